@@ -1,0 +1,380 @@
+"""Simulated workloads on a scratch share: harmless attacks and heavy benign jobs.
+
+Used by ``tocsin-agent drill``, the tests, the fixture recorder and the
+evaluation suite. Every function takes the directory it may touch and never
+touches anything outside it (paths are resolved and checked). The "encryption"
+is a seeded XOR keystream: irreversible-looking bytes on disk, reversible by
+anyone with the seed, and no key ever leaves the process.
+
+Run as a process (so it has its own pid for the agent to find and suspend)::
+
+    python -m tocsin.agent.simulate share DIR [--files N] [--seed S]
+    python -m tocsin.agent.simulate run STYLE DIR [--rate FILES_PER_S] [--workers N]
+
+STYLE is one of ``ATTACKS`` or ``BENIGN`` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import io
+import multiprocessing
+import os
+import random
+import sqlite3
+import sys
+import tarfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+NOTE_NAME = "LISEZ-MOI_RESTAURATION.txt"
+NOTE_TEXT = "Vos fichiers ont ete chiffres (exercice tocsin, rien n'est perdu).\n"
+LOCKED_EXT = ".locked"
+
+DEPARTMENTS = (
+    "Urbanisme",
+    "Etat-civil",
+    "Finances",
+    "RH",
+    "Marches-publics",
+    "Conseil-municipal",
+    "Ecoles",
+    "Services-techniques",
+)
+KINDS = ("docx", "xlsx", "pdf", "jpg", "png", "txt", "csv", "odt")
+
+
+# --------------------------------------------------------------------------
+# File contents with a real type signature
+
+
+def _words(rng: random.Random, n: int) -> str:
+    vocab = (
+        "deliberation conseil municipal commune budget voirie permis construire "
+        "arrete maire adjoint ecole cantine marche public facture mandat titre "
+        "etat civil naissance mariage deces urbanisme parcelle cadastre agent"
+    ).split()
+    return " ".join(rng.choice(vocab) for _ in range(n))
+
+
+def _zip_office(rng: random.Random, size: int, kind: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", '<?xml version="1.0"?><Types/>')
+        main = "word/document.xml" if kind in ("docx", "odt") else "xl/worksheets/sheet1.xml"
+        z.writestr(main, "<doc>" + _words(rng, max(size // 6, 20)) + "</doc>")
+        z.writestr("docProps/thumbnail.jpeg", rng.randbytes(size // 4))
+    return buf.getvalue()
+
+
+def _pdf(rng: random.Random, size: int) -> bytes:
+    stream = zlib.compress(_words(rng, max(size // 6, 20)).encode())
+    return (
+        b"%PDF-1.7\n1 0 obj <</Length " + str(len(stream)).encode() + b">> stream\n"
+        + stream + b"\nendstream endobj\ntrailer <</Root 1 0 R>>\n%%EOF\n"
+    )
+
+
+def _jpeg(rng: random.Random, size: int) -> bytes:
+    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + rng.randbytes(
+        size
+    ) + b"\xff\xd9"
+
+
+def _png(rng: random.Random, size: int) -> bytes:
+    return b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + rng.randbytes(size)
+
+
+def file_content(kind: str, rng: random.Random, size: int) -> bytes:
+    """Bytes that carry ``kind``'s real signature, about ``size`` bytes long."""
+    if kind in ("docx", "xlsx", "odt"):
+        return _zip_office(rng, size, kind)
+    if kind == "pdf":
+        return _pdf(rng, size)
+    if kind == "jpg":
+        return _jpeg(rng, size)
+    if kind == "png":
+        return _png(rng, size)
+    if kind == "csv":
+        return "\n".join(
+            f"{i};{_words(rng, 3)};{rng.randint(0, 99999)}" for i in range(size // 30)
+        ).encode()
+    return _words(rng, max(size // 6, 10)).encode()
+
+
+def make_share(root: Path, files: int = 400, seed: int = 7) -> list[Path]:
+    """Create a town-hall-like tree of ``files`` typed files under ``root``.
+
+    Deterministic for a given seed. Returns the created paths in creation order.
+    """
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(files):
+        dept = DEPARTMENTS[i % len(DEPARTMENTS)]
+        sub = root / dept / f"{2020 + (i // len(DEPARTMENTS)) % 6}"
+        sub.mkdir(parents=True, exist_ok=True)
+        kind = KINDS[rng.randrange(len(KINDS))]
+        path = sub / f"document_{i:05d}.{kind}"
+        path.write_bytes(file_content(kind, rng, rng.randint(3_000, 24_000)))
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------
+# Pacing and safety
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _victims(root: Path) -> list[Path]:
+    out = [
+        p for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink() and _inside(root, p)
+        and p.name != NOTE_NAME and not p.name.endswith(LOCKED_EXT)
+        and not p.name.startswith(".tocsin")
+    ]
+    return out
+
+
+def paced(items: list[Path], rate_per_s: float) -> Iterator[Path]:
+    """Yield ``items`` no faster than ``rate_per_s`` (0: as fast as possible)."""
+    start = time.monotonic()
+    for i, item in enumerate(items):
+        if rate_per_s > 0:
+            due = start + i / rate_per_s
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        yield item
+
+
+def _keystream(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _xor(data: bytes, seed: int) -> bytes:
+    key = _keystream(seed, len(data))
+    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        len(data), "little"
+    )
+
+
+# --------------------------------------------------------------------------
+# Attacks (each returns the number of files it ruined)
+
+
+def encrypt_inplace(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Overwrite every file with its encryption, same name, same size."""
+    n = 0
+    for p in paced(_victims(root), rate_per_s):
+        data = p.read_bytes()
+        with p.open("r+b") as fh:
+            fh.write(_xor(data, seed + n))
+        n += 1
+    return n
+
+
+def encrypt_copy(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Write ``name.ext.locked`` encrypted, delete the original, leave a note per directory."""
+    n = 0
+    noted: set[Path] = set()
+    for p in paced(_victims(root), rate_per_s):
+        if p.parent not in noted:
+            (p.parent / NOTE_NAME).write_text(NOTE_TEXT)
+            noted.add(p.parent)
+        p.with_name(p.name + LOCKED_EXT).write_bytes(_xor(p.read_bytes(), seed + n))
+        p.unlink()
+        n += 1
+    return n
+
+
+def encrypt_head(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Intermittent: encrypt only the first 4 KiB of each file, in place."""
+    n = 0
+    for p in paced(_victims(root), rate_per_s):
+        with p.open("r+b") as fh:
+            head = fh.read(4096)
+            fh.seek(0)
+            fh.write(_xor(head, seed + n))
+        n += 1
+    return n
+
+
+def encrypt_stripes(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Intermittent: encrypt every other 16-byte block of each file, in place."""
+    n = 0
+    for p in paced(_victims(root), rate_per_s):
+        data = bytearray(p.read_bytes())
+        key = _keystream(seed + n, len(data))
+        for off in range(0, len(data), 32):
+            for j in range(off, min(off + 16, len(data))):
+                data[j] ^= key[j]
+        p.write_bytes(bytes(data))
+        n += 1
+    return n
+
+
+def encrypt_base64(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Encrypt, then write the ciphertext as base64 text in place (defeats byte entropy)."""
+    n = 0
+    for p in paced(_victims(root), rate_per_s):
+        p.write_bytes(base64.b64encode(_xor(p.read_bytes(), seed + n)))
+        n += 1
+    return n
+
+
+def _worker(args: tuple[str, list[str], float, int]) -> int:
+    root, names, rate, seed = args
+    n = 0
+    for p in paced([Path(x) for x in names], rate):
+        data = p.read_bytes()
+        with p.open("r+b") as fh:
+            fh.write(_xor(data, seed + n))
+        n += 1
+    return n
+
+
+def encrypt_workers(
+    root: Path, rate_per_s: float = 200, seed: int = 1, workers: int = 8
+) -> int:
+    """``workers`` child processes of this one, each encrypting its share of the files."""
+    victims = [str(p) for p in _victims(root)]
+    parts = [victims[i::workers] for i in range(workers)]
+    jobs = [(str(root), part, rate_per_s / workers, seed + i * 100_000) for i, part in enumerate(parts)]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(workers) as pool:
+        return sum(pool.map(_worker, jobs))
+
+
+# --------------------------------------------------------------------------
+# Heavy benign jobs (each returns the number of files it wrote or removed)
+
+
+def backup_targz(root: Path, rate_per_s: float = 0, seed: int = 1) -> int:
+    """tar+gzip the share into ``root/Sauvegardes/`` (one big high-entropy file)."""
+    out = root / "Sauvegardes"
+    out.mkdir(exist_ok=True)
+    victims = [p for p in _victims(root) if out not in p.parents]
+    with tarfile.open(out / f"partage-{seed}.tar.gz", "w:gz") as tar:
+        for p in paced(victims, rate_per_s):
+            tar.add(p, arcname=str(p.relative_to(root)))
+    return 1
+
+
+def photo_import(root: Path, rate_per_s: float = 200, seed: int = 1, files: int = 300) -> int:
+    """New JPEG files arrive in a new folder (high entropy, correct type)."""
+    rng = random.Random(seed)
+    dest = root / "Communication" / f"photos-{seed}"
+    dest.mkdir(parents=True, exist_ok=True)
+    names = [dest / f"IMG_{i:04d}.jpg" for i in range(files)]
+    for p in paced(names, rate_per_s):
+        p.write_bytes(_jpeg(rng, rng.randint(20_000, 60_000)))
+    return files
+
+
+def office_saves(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Every office document is re-saved (new zip content, same type)."""
+    rng = random.Random(seed)
+    docs = [p for p in _victims(root) if p.suffix in (".docx", ".xlsx", ".odt")]
+    for p in paced(docs, rate_per_s):
+        p.write_bytes(_zip_office(rng, rng.randint(3_000, 24_000), p.suffix[1:]))
+    return len(docs)
+
+
+def mass_delete(root: Path, rate_per_s: float = 0, seed: int = 1) -> int:
+    """Delete every file of two departments (an archive purge)."""
+    victims = [p for p in _victims(root) if p.relative_to(root).parts[0] in DEPARTMENTS[:2]]
+    for p in paced(victims, rate_per_s):
+        p.unlink()
+    return len(victims)
+
+
+def gzip_logs(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Compress every text and csv file to ``.gz`` and remove the original (log rotation)."""
+    victims = [p for p in _victims(root) if p.suffix in (".txt", ".csv")]
+    for p in paced(victims, rate_per_s):
+        with gzip.open(p.with_name(p.name + ".gz"), "wb") as fh:
+            fh.write(p.read_bytes())
+        p.unlink()
+    return len(victims)
+
+
+def sqlite_churn(root: Path, rate_per_s: float = 200, seed: int = 1, rows: int = 2000) -> int:
+    """An application database taking many small transactions."""
+    db = root / "Finances" / "comptabilite.sqlite"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE IF NOT EXISTS ecriture (id INTEGER PRIMARY KEY, libelle TEXT, montant REAL)")
+    rng = random.Random(seed)
+    start = time.monotonic()
+    for i in range(rows):
+        con.execute("INSERT INTO ecriture (libelle, montant) VALUES (?, ?)", (f"mandat {i}", rng.random() * 1e4))
+        con.commit()
+        if rate_per_s > 0:
+            delay = start + (i + 1) / rate_per_s - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    con.close()
+    return rows
+
+
+ATTACKS: dict[str, Callable[..., int]] = {
+    "encrypt-inplace": encrypt_inplace,
+    "encrypt-copy": encrypt_copy,
+    "encrypt-head": encrypt_head,
+    "encrypt-stripes": encrypt_stripes,
+    "encrypt-base64": encrypt_base64,
+    "encrypt-workers": encrypt_workers,
+}
+BENIGN: dict[str, Callable[..., int]] = {
+    "backup-targz": backup_targz,
+    "photo-import": photo_import,
+    "office-saves": office_saves,
+    "mass-delete": mass_delete,
+    "gzip-logs": gzip_logs,
+    "sqlite-churn": sqlite_churn,
+}
+WORKLOADS: dict[str, Callable[..., int]] = {**ATTACKS, **BENIGN}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tocsin.agent.simulate")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    share = sub.add_parser("share", help="create a scratch share")
+    share.add_argument("dir", type=Path)
+    share.add_argument("--files", type=int, default=400)
+    share.add_argument("--seed", type=int, default=7)
+    run = sub.add_parser("run", help="run one workload on a share")
+    run.add_argument("style", choices=sorted(WORKLOADS))
+    run.add_argument("dir", type=Path)
+    run.add_argument("--rate", type=float, default=200.0, help="files per second (0: unpaced)")
+    run.add_argument("--seed", type=int, default=1)
+    run.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.cmd == "share":
+        make_share(args.dir, args.files, args.seed)
+        return 0
+    fn = WORKLOADS[args.style]
+    kwargs: dict[str, object] = {"rate_per_s": args.rate, "seed": args.seed}
+    if args.style == "encrypt-workers":
+        kwargs["workers"] = args.workers
+    n = fn(args.dir, **kwargs)
+    print(f"{args.style}: {n} files", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ListHostsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HostInfo(_message.Message):
+    __slots__ = ("host_id", "hostname", "connected", "last_seen", "windows", "isolated", "suspended_pids", "agent_version", "open_alerts")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    ISOLATED_FIELD_NUMBER: _ClassVar[int]
+    SUSPENDED_PIDS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPEN_ALERTS_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    hostname: str
+    connected: bool
+    last_seen: _timestamp_pb2.Timestamp
+    windows: int
+    isolated: bool
+    suspended_pids: _containers.RepeatedScalarFieldContainer[int]
+    agent_version: str
+    open_alerts: int
+    def __init__(self, host_id: _Optional[str] = ..., hostname: _Optional[str] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., windows: _Optional[int] = ..., isolated: _Optional[bool] = ..., suspended_pids: _Optional[_Iterable[int]] = ..., agent_version: _Optional[str] = ..., open_alerts: _Optional[int] = ...) -> None: ...
+
+class ListHostsResponse(_message.Message):
+    __slots__ = ("hosts",)
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
+    hosts: _containers.RepeatedCompositeFieldContainer[HostInfo]
+    def __init__(self, hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ...) -> None: ...
+
+class ListAlertsRequest(_message.Message):
+    __slots__ = ("host_id", "limit")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    limit: int
+    def __init__(self, host_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class AlertInfo(_message.Message):
+    __slots__ = ("alert_id", "host_id", "severity", "score", "detected_at", "reasons", "process", "summary", "json")
+    ALERT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    SEVERITY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    DETECTED_AT_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    PROCESS_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    alert_id: str
+    host_id: str
+    severity: str
+    score: float
+    detected_at: _timestamp_pb2.Timestamp
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    process: str
+    summary: str
+    json: str
+    def __init__(self, alert_id: _Optional[str] = ..., host_id: _Optional[str] = ..., severity: _Optional[str] = ..., score: _Optional[float] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., process: _Optional[str] = ..., summary: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class ListAlertsResponse(_message.Message):
+    __slots__ = ("alerts",)
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
+    alerts: _containers.RepeatedCompositeFieldContainer[AlertInfo]
+    def __init__(self, alerts: _Optional[_Iterable[_Union[AlertInfo, _Mapping]]] = ...) -> None: ...
+
+class HostActionRequest(_message.Message):
+    __slots__ = ("host_id", "processes", "operator", "timeout_s")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    processes: str
+    operator: str
+    timeout_s: float
+    def __init__(self, host_id: _Optional[str] = ..., processes: _Optional[str] = ..., operator: _Optional[str] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class HostActionResponse(_message.Message):
+    __slots__ = ("status", "detail", "still_suspended")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    STILL_SUSPENDED_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    detail: str
+    still_suspended: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, status: _Optional[str] = ..., detail: _Optional[str] = ..., still_suspended: _Optional[_Iterable[int]] = ...) -> None: ...
