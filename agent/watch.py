@@ -1,0 +1,136 @@
+"""Filesystem events from inotify (watchdog), as compact records in a bounded queue.
+
+Contract: ``FileWatcher(roots, queue_size)`` watches every root recursively once
+``start()`` is called. Each event becomes one ``FsEvent`` put without blocking
+into a queue of at most ``queue_size`` items; when the queue is full the event
+is dropped and ``events_dropped`` grows. A kernel inotify queue overflow
+(IN_Q_OVERFLOW, which watchdog reports by logging) grows ``queue_overflows``.
+Paths under any ``ignore`` prefix (the agent's state dir, recordings) are never
+queued. Counters only grow; readers take differences.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+log = logging.getLogger(__name__)
+
+KINDS = ("created", "modified", "deleted", "moved", "closed")
+
+
+@dataclass(frozen=True, slots=True)
+class FsEvent:
+    """One filesystem event. ``kind``: created, modified, deleted, moved or closed."""
+
+    kind: str
+    path: str
+    dest_path: str
+    is_dir: bool
+    at_monotonic_s: float
+
+
+def _text(p: bytes | str) -> str:
+    return os.fsdecode(p)
+
+
+class _OverflowCounter(logging.Handler):
+    """Counts watchdog's "Inotify queue overflowed" warnings (its only overflow signal)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.count += 1
+
+
+_overflow = _OverflowCounter()
+logging.getLogger("watchdog.observers.inotify_c").addHandler(_overflow)
+logging.getLogger("watchdog.observers.inotify").addHandler(_overflow)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, watcher: FileWatcher) -> None:
+        self._w = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = event.event_type
+        if kind == "closed_no_write" or kind == "opened":
+            return
+        if kind not in KINDS:
+            return
+        self._w.push(
+            FsEvent(
+                kind=kind,
+                path=_text(event.src_path),
+                dest_path=_text(event.dest_path) if event.dest_path else "",
+                is_dir=event.is_directory,
+                at_monotonic_s=time.monotonic(),
+            )
+        )
+
+
+class FileWatcher:
+    """Recursive inotify watch over ``roots`` feeding a bounded queue (see module contract)."""
+
+    def __init__(
+        self, roots: list[str], queue_size: int = 65536, ignore: list[str] | None = None
+    ) -> None:
+        self.roots = [os.path.realpath(r) for r in roots]
+        self.queue: queue.Queue[FsEvent] = queue.Queue(maxsize=queue_size)
+        self._ignore = tuple(os.path.realpath(p) for p in (ignore or []))
+        self._lock = threading.Lock()
+        self._dropped = 0
+        self._overflow_base = _overflow.count
+        self._observer = Observer()
+        self._observer.daemon = True
+
+    @property
+    def events_dropped(self) -> int:
+        return self._dropped
+
+    @property
+    def queue_overflows(self) -> int:
+        return _overflow.count - self._overflow_base
+
+    def _ignored(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + os.sep) for p in self._ignore)
+
+    def push(self, ev: FsEvent) -> None:
+        """Queue ``ev`` unless ignored; never blocks, counts a drop when full."""
+        if self._ignored(ev.path):
+            return
+        try:
+            self.queue.put_nowait(ev)
+        except queue.Full:
+            with self._lock:
+                self._dropped += 1
+
+    def start(self) -> None:
+        handler = _Handler(self)
+        for root in self.roots:
+            self._observer.schedule(handler, root, recursive=True)
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)
+
+    def drain(self, max_events: int = 100_000) -> list[FsEvent]:
+        """Take up to ``max_events`` queued events without blocking."""
+        out: list[FsEvent] = []
+        while len(out) < max_events:
+            try:
+                out.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
