@@ -1,0 +1,50 @@
+# tocsin: the commands a new user and a developer run.
+#   make demo    install into .venv and run the whole chain on loopback
+#   make test    the test suite (some tests need root, ip netns and nft; they skip otherwise)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tocsin-installed
+
+.PHONY: install demo test lint fmt bench bench-scorer bench-agent model eval proto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: bench-scorer bench-agent
+
+bench-scorer: $(STAMP)
+	$(PY) bench/bench_scorer.py
+
+bench-agent: $(STAMP)
+	$(PY) bench/bench_agent.py
+
+# Rebuild the shipped baseline model from the committed training telemetry.
+model: $(STAMP)
+	$(PY) tools/benign_corpus.py --seed 0 --out models/training/benign-synthetic.jsonl
+	$(VENV)/bin/tocsin train models/training/*.jsonl --seed 0 --out models/baseline
+
+proto: $(STAMP)
+	PATH=$(VENV)/bin:$$PATH tools/genproto.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
