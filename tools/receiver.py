@@ -1,9 +1,9 @@
-"""A real HTTP webhook receiver for tests, usable in-process or as a program.
+"""A small HTTP webhook receiver (demo and tests), usable in-process or as a program.
 
 As a program (to run inside a network namespace)::
 
-    python tests/receiver.py webhook HOST PORT OUT.jsonl   # POST bodies -> JSON lines
-    python tests/receiver.py listen HOST PORT               # accepts TCP connections, says "hi"
+    python tools/receiver.py webhook HOST PORT OUT.jsonl   # POST bodies -> JSON lines
+    python tools/receiver.py listen HOST PORT               # accepts TCP connections, says "hi"
 
 Each received POST is appended to OUT.jsonl as ``{"headers": {...}, "body": <json>}``.
 """
@@ -14,6 +14,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ class _Handler(BaseHTTPRequestHandler):
             body: Any = json.loads(raw)
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        status = self.server.record({"headers": dict(self.headers), "body": body})
+        item = {"headers": dict(self.headers), "body": body, "received_at": time.time()}
+        status = self.server.record(item)
         self.send_response(status)
         self.end_headers()
 
@@ -89,11 +91,11 @@ class WebhookReceiver:
         self._server.server_close()
 
 
-def read_bodies(path: Path) -> list[Any]:
-    """The bodies a receiver program has written so far."""
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """What a receiver program has written so far: headers, body, received_at."""
     if not path.exists():
         return []
-    return [json.loads(line)["body"] for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _listen(host: str, port: int) -> None:
