@@ -1,0 +1,346 @@
+"""Which processes wrote into the watched trees during a window.
+
+Contract: ``Attributor(roots, ...)`` started with ``start()`` collects writers;
+``collect(destroyed_paths)`` (called once per window by the window thread)
+returns at most ``top_n`` ``ProcessSample`` messages, biggest writers first,
+and resets the per-window counts. The agent's own pid is never reported.
+
+Two sources. As root, fanotify (a mount mark for FAN_CLOSE_WRITE on each
+root's mount) names the writer of every file closed after writing; a reader
+thread keeps paths under the roots and counts them per pid (at most
+``max_paths_per_pid`` paths kept per pid per window, every fd closed). Without
+fanotify, psutil io counters: processes whose write_chars grew since the last
+window and whose cwd or an open file lies under a root (or whose child does).
+
+``tree_root_pid``: from a writer, climb to the parent while the parent has the
+same cmdline (forked workers) or wrote recently; stop at pid 1, the agent, and
+at a parent with another cmdline that did not write.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import select
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+
+from tocsin.v1 import telemetry_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+FAN_CLASS_NOTIF = 0x0
+FAN_CLOEXEC = 0x1
+FAN_NONBLOCK = 0x2
+FAN_MARK_ADD = 0x1
+FAN_MARK_MOUNT = 0x10
+FAN_CLOSE_WRITE = 0x8
+FAN_Q_OVERFLOW = 0x4000
+AT_FDCWD = -100
+O_LARGEFILE = 0o100000
+_META = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata (24 bytes)
+
+
+@dataclass
+class ProcInfo:
+    """What we remember of a process (captured when first seen: it may exit soon)."""
+
+    pid: int
+    ppid: int
+    name: str
+    exe: str
+    user: str
+    cmdline: str
+    create_time: float
+
+
+def proc_info(pid: int) -> ProcInfo | None:
+    """Snapshot of ``pid`` via psutil, ``None`` if it is gone or hidden."""
+    try:
+        p = psutil.Process(pid)
+        with p.oneshot():
+            try:
+                exe = p.exe()
+            except (psutil.AccessDenied, OSError):
+                exe = ""
+            return ProcInfo(
+                pid=pid,
+                ppid=p.ppid(),
+                name=p.name(),
+                exe=exe,
+                user=p.username(),
+                cmdline=" ".join(p.cmdline())[:1024],
+                create_time=p.create_time(),
+            )
+    except (psutil.Error, OSError):
+        return None
+
+
+def _io_chars(pid: int) -> tuple[int, int] | None:
+    """(read_chars, write_chars) of ``pid`` (all read/write syscalls), ``None`` if gone."""
+    try:
+        io = psutil.Process(pid).io_counters()
+    except (psutil.Error, OSError):
+        return None
+    return (getattr(io, "read_chars", io.read_bytes), getattr(io, "write_chars", io.write_bytes))
+
+
+@dataclass
+class _Writer:
+    files_touched: int = 0
+    paths: set[str] = field(default_factory=set)
+
+
+class FanotifySource:
+    """A fanotify mount mark on each root, read by a daemon thread (root only)."""
+
+    def __init__(self, roots: list[str], on_write: Callable[[int, str], None]) -> None:
+        self._roots = roots
+        self._on_write = on_write
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        self._init = libc.fanotify_init
+        self._init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+        self._mark = libc.fanotify_mark
+        self._mark.argtypes = [
+            ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p
+        ]
+        fd = self._init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, os.O_RDONLY | O_LARGEFILE)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "fanotify_init failed")
+        self._fd = fd
+        for root in roots:
+            rc = self._mark(fd, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD,
+                            os.fsencode(root))
+            if rc != 0:
+                err = ctypes.get_errno()
+                os.close(fd)
+                raise OSError(err, f"fanotify_mark {root} failed")
+        self.overflows = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tocsin-fanotify", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.2)
+            if not ready:
+                continue
+            try:
+                buf = os.read(self._fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                log.exception("fanotify read failed; attribution stops")
+                return
+            self._parse(buf)
+
+    def _parse(self, buf: bytes) -> None:
+        off = 0
+        while off + _META.size <= len(buf):
+            event_len, _vers, _res, _mlen, mask, fd, pid = _META.unpack_from(buf, off)
+            if event_len < _META.size:
+                break
+            off += event_len
+            if mask & FAN_Q_OVERFLOW:
+                self.overflows += 1
+            if fd < 0:
+                continue
+            try:
+                path = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                path = ""
+            finally:
+                os.close(fd)
+            if path and any(path == r or path.startswith(r + os.sep) for r in self._roots):
+                self._on_write(pid, path)
+
+
+class Attributor:
+    """Per-window writer attribution (see module contract)."""
+
+    def __init__(
+        self,
+        roots: list[str],
+        use_fanotify: bool | None = None,
+        top_n: int = 8,
+        max_paths_per_pid: int = 4096,
+        info: Callable[[int], ProcInfo | None] = proc_info,
+        self_pid: int | None = None,
+    ) -> None:
+        self.roots = [os.path.realpath(r) for r in roots]
+        self.top_n = top_n
+        self.max_paths_per_pid = max_paths_per_pid
+        self._info = info
+        self._self_pid = self_pid if self_pid is not None else os.getpid()
+        self._lock = threading.Lock()
+        self._writers: dict[int, _Writer] = {}
+        self._known: dict[int, ProcInfo] = {}
+        self._recent_writers: dict[int, float] = {}  # pid -> monotonic time last seen writing
+        self._io_last: dict[int, tuple[int, int]] = {}
+        self._io_latest: dict[int, tuple[int, int]] = {}
+        self._io_read_at: dict[int, float] = {}
+        self._fan: FanotifySource | None = None
+        if use_fanotify is None:
+            use_fanotify = os.geteuid() == 0
+        if use_fanotify:
+            try:
+                self._fan = FanotifySource(self.roots, self._on_write)
+            except (OSError, AttributeError) as exc:
+                log.warning("fanotify unavailable (%s); falling back to psutil io counters", exc)
+
+    @property
+    def method(self) -> str:
+        """"fanotify" or "psutil-io"."""
+        return "fanotify" if self._fan is not None else "psutil-io"
+
+    @property
+    def overflows(self) -> int:
+        return self._fan.overflows if self._fan else 0
+
+    def start(self) -> None:
+        if self._fan:
+            self._fan.start()
+
+    def stop(self) -> None:
+        if self._fan:
+            self._fan.stop()
+
+    def _on_write(self, pid: int, path: str) -> None:
+        if pid == self._self_pid:
+            return
+        with self._lock:
+            w = self._writers.setdefault(pid, _Writer())
+            w.files_touched += 1
+            if len(w.paths) < self.max_paths_per_pid:
+                w.paths.add(path)
+            new = pid not in self._known
+        if new:
+            info = self._info(pid)
+            if info is not None:
+                with self._lock:
+                    self._known[pid] = info
+        now = time.monotonic()
+        if now - self._io_read_at.get(pid, 0.0) > 0.2:
+            self._io_read_at[pid] = now
+            chars = _io_chars(pid)
+            if chars is not None:
+                with self._lock:
+                    self._io_latest[pid] = chars
+
+    def _under_roots(self, path: str) -> bool:
+        return any(path == r or path.startswith(r + os.sep) for r in self.roots)
+
+    def _psutil_writers(self) -> dict[int, _Writer]:
+        """Fallback: processes whose write_chars grew and which touch a root."""
+        out: dict[int, _Writer] = {}
+        seen: dict[int, tuple[int, int]] = {}
+        for p in psutil.process_iter():
+            if p.pid == self._self_pid:
+                continue
+            try:
+                io = p.io_counters()
+                chars = (getattr(io, "read_chars", io.read_bytes),
+                         getattr(io, "write_chars", io.write_bytes))
+            except (psutil.Error, OSError):
+                continue
+            seen[p.pid] = chars
+            last = self._io_last.get(p.pid)
+            if last is None or chars[1] <= last[1]:
+                continue
+            try:
+                cwd = p.cwd()
+                files = [f.path for f in p.open_files()]
+            except (psutil.Error, OSError):
+                continue
+            if self._under_roots(cwd) or any(self._under_roots(f) for f in files):
+                out[p.pid] = _Writer(files_touched=0, paths=set())
+                info = self._info(p.pid)
+                if info is not None:
+                    self._known[p.pid] = info
+        self._io_last = seen
+        return out
+
+    def tree_root(self, pid: int) -> int:
+        """The pid of the process tree ``pid`` belongs to (see module contract)."""
+        now = time.monotonic()
+        cur = self._known.get(pid) or self._info(pid)
+        if cur is None:
+            return pid
+        for _ in range(64):
+            ppid = cur.ppid
+            if ppid <= 1 or ppid == self._self_pid:
+                break
+            parent = self._known.get(ppid) or self._info(ppid)
+            if parent is None:
+                break
+            recent = now - self._recent_writers.get(ppid, -1e9) < 30.0
+            if parent.cmdline != cur.cmdline and not recent:
+                break
+            cur = parent
+        return cur.pid
+
+    def collect(self, destroyed_paths: list[str] | None = None) -> list[pb.ProcessSample]:
+        """Top writers of the window now closing; resets the window's counts."""
+        with self._lock:
+            writers, self._writers = self._writers, {}
+        attribution = pb.ATTRIBUTION_FANOTIFY
+        if self._fan is None:
+            writers = self._psutil_writers()
+            attribution = pb.ATTRIBUTION_PSUTIL_IO
+        now = time.monotonic()
+        for pid in writers:
+            self._recent_writers[pid] = now
+        self._recent_writers = {p: t for p, t in self._recent_writers.items() if now - t < 60}
+        destroyed = set(destroyed_paths or [])
+        samples: list[pb.ProcessSample] = []
+        for pid, w in writers.items():
+            info = self._known.get(pid)
+            if info is None:
+                continue
+            s = pb.ProcessSample(
+                pid=pid, ppid=info.ppid, name=info.name, exe=info.exe, user=info.user,
+                files_touched=w.files_touched, cmdline=info.cmdline,
+                create_time=info.create_time, attribution=attribution,
+                files_type_destroyed=len(destroyed & w.paths),
+            )
+            chars = _io_chars(pid) or self._io_latest.get(pid)
+            if chars is not None:
+                last = self._io_last.get(pid, (0, 0))
+                if self._fan is not None:
+                    self._io_last[pid] = chars
+                s.bytes_written = max(chars[1] - last[1], 0)
+                s.bytes_read = max(chars[0] - last[0], 0)
+            try:
+                s.children = len(psutil.Process(pid).children())
+            except (psutil.Error, OSError):
+                pass
+            s.tree_root_pid = self.tree_root(pid)
+            samples.append(s)
+        samples.sort(key=lambda s: (s.files_touched, s.bytes_written), reverse=True)
+        # Forget processes that stopped writing so the caches stay bounded.
+        if len(self._known) > 4096:
+            self._known = {p: i for p, i in self._known.items() if p in self._recent_writers}
+        if self._fan is not None:
+            keep = self._recent_writers
+            with self._lock:
+                self._io_last = {p: c for p, c in self._io_last.items() if p in keep}
+                self._io_latest = {p: c for p, c in self._io_latest.items() if p in keep}
+                self._io_read_at = {p: t for p, t in self._io_read_at.items() if p in keep}
+        return samples[: self.top_n]
