@@ -1,0 +1,306 @@
+"""The judge: windows and their anomaly scores in, incident decisions out.
+
+Pure and deterministic: ``Judge.observe(host_id, window, score)`` looks only at
+the window, its score and what earlier windows of the same host left behind,
+and reads time only from the windows' own timestamps, so a replayed recording
+gets the same decisions as the live stream did.
+
+Rules (``JudgeConfig`` holds the numbers):
+
+- Confirmers are deterministic evidence of destruction: known types destroyed,
+  files turned into encoded random text, encrypted twins, one new extension
+  spreading across directories, one note name in many directories. Each one
+  fires on a single window (>= 3) or on its sum over a horizon (the last 10
+  windows, 60 s, 1 h of window time, per host), so that a slow attack or many
+  small processes still add up.
+- Strong evidence: the destructive counts summed over 60 s or 1 h pass a high
+  bar, or two different confirmers fire at once.
+- Severity: ``critical`` = (anomalous score or strong evidence) and a
+  confirmer, or a canary touched, or the agent's tripwire fired; ``warning`` =
+  an anomalous score, a confirmer alone, or many dropped events. Entropy alone
+  is never a confirmer: a backup is anomalous and gets a warning at most.
+- One incident per (host, process tree root). Its first active window opens it
+  (decision ``open``, to be posted); a later warning -> critical is an
+  ``escalate`` (posted again); other active windows are ``update`` (stored, not
+  posted). A window within ``hysteresis`` below the threshold keeps an open
+  incident alive. After ``quiet_s`` of window time with no active window the
+  incident is ``close``d.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tocsin.v1 import telemetry_pb2 as pb
+
+Severity = Literal["warning", "critical"]
+DecisionKind = Literal["open", "escalate", "update", "close"]
+
+# Counted evidence kinds summed over horizons, and the reason prefix of each.
+_COUNTED = (
+    ("files_type_destroyed", "type_destroyed"),
+    ("files_encoded_random", "encoded_random"),
+    ("encrypted_twins", "encrypted_twins"),
+)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    window_confirm: int = 3
+    # Sums over (last N windows, short_s, long_s) at which a counted kind confirms.
+    horizon_windows: int = 10
+    short_s: float = 60.0
+    long_s: float = 3600.0
+    horizon_confirm: tuple[int, int, int] = (6, 10, 30)
+    # Destructive sums (all counted kinds) that make strong evidence.
+    strong_short: int = 20
+    strong_long: int = 100
+    dropped_warning: int = 1000
+    hysteresis: float = 0.05
+    quiet_s: float = 120.0
+    # Most windows of history kept per host (bounded: an hour of 1 s windows).
+    max_history: int = 4096
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    name: str
+    exe: str
+    tree_root_pid: int
+
+    def as_json(self) -> dict[str, object]:
+        return {"pid": self.pid, "name": self.name, "exe": self.exe}
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: DecisionKind
+    incident_id: str
+    host_id: str
+    root_pid: int
+    severity: Severity
+    score: float | None
+    reasons: tuple[str, ...]
+    window_start_s: float
+    window_end_s: float
+    process: ProcessInfo | None
+    drill: bool = False
+    example_paths: tuple[str, ...] = ()
+    seq: int = 0
+
+    @property
+    def posts(self) -> bool:
+        """True for decisions a human must hear about (``open`` and ``escalate``)."""
+        return self.kind in ("open", "escalate")
+
+
+@dataclass
+class _Entry:
+    end_s: float
+    counts: dict[str, int]
+    new_ext: tuple[str, int]
+    note: tuple[str, int]
+
+
+@dataclass
+class _Incident:
+    incident_id: str
+    severity: Severity
+    first_start_s: float
+    last_active_s: float
+    reasons: set[str] = field(default_factory=set)
+
+
+def ts_s(ts: object) -> float:
+    """Epoch seconds of a protobuf Timestamp."""
+    return float(ts.seconds) + float(ts.nanos) / 1e9  # type: ignore[attr-defined]
+
+
+def top_writer(w: pb.Window) -> ProcessInfo | None:
+    """The writer most likely to be the culprit: most types destroyed, files, bytes."""
+    if not w.top_writers:
+        return None
+    p = max(
+        w.top_writers, key=lambda p: (p.files_type_destroyed, p.files_touched, p.bytes_written)
+    )
+    return ProcessInfo(p.pid, p.name, p.exe, p.tree_root_pid or p.pid)
+
+
+class Judge:
+    """Feeds on windows in seq order per host; returns what to tell and do (see module doc)."""
+
+    def __init__(
+        self,
+        threshold: float,
+        config: JudgeConfig | None = None,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
+    ) -> None:
+        self.threshold = threshold
+        self.config = config or JudgeConfig()
+        self._new_id = new_id
+        self._history: dict[str, deque[_Entry]] = {}
+        self._incidents: dict[tuple[str, int], _Incident] = {}
+
+    def open_incidents(self, host_id: str | None = None) -> list[tuple[str, int]]:
+        return [k for k in self._incidents if host_id is None or k[0] == host_id]
+
+    def observe(self, host_id: str, w: pb.Window, score: float | None) -> list[Decision]:
+        cfg = self.config
+        start_s, end_s = ts_s(w.start), ts_s(w.end)
+        hist = self._history.setdefault(host_id, deque(maxlen=cfg.max_history))
+        hist.append(
+            _Entry(
+                end_s=end_s,
+                counts={k: int(getattr(w, k)) for k, _ in _COUNTED},
+                new_ext=(w.top_new_extension, int(w.top_new_extension_dirs)),
+                note=(w.repeated_name, int(w.repeated_name_dirs)),
+            )
+        )
+        while hist and hist[0].end_s < end_s - cfg.long_s:
+            hist.popleft()
+
+        proc = top_writer(w)
+        root = proc.tree_root_pid if proc else 0
+        decisions = self._close_quiet(host_id, end_s, keep=(host_id, root))
+        severity, reasons = self._evaluate(w, score, hist)
+        key = (host_id, root)
+        inc = self._incidents.get(key)
+
+        if inc is not None and end_s - inc.last_active_s >= cfg.quiet_s:
+            decisions.append(self._decision("close", key, inc, w, score, (), proc))
+            del self._incidents[key]
+            inc = None
+
+        keeps_alive = (
+            inc is not None and score is not None and score > self.threshold - cfg.hysteresis
+        )
+        if severity is None and not keeps_alive:
+            return decisions
+        if inc is None:
+            assert severity is not None
+            inc = _Incident(self._new_id(), severity, start_s, end_s, set(reasons))
+            self._incidents[key] = inc
+            decisions.append(self._decision("open", key, inc, w, score, reasons, proc))
+            return decisions
+        inc.last_active_s = end_s
+        inc.reasons.update(reasons)
+        if severity == "critical" and inc.severity == "warning":
+            inc.severity = "critical"
+            decisions.append(self._decision("escalate", key, inc, w, score, reasons, proc))
+        else:
+            decisions.append(self._decision("update", key, inc, w, score, reasons, proc))
+        return decisions
+
+    def _close_quiet(
+        self, host_id: str, now_s: float, keep: tuple[str, int]
+    ) -> list[Decision]:
+        out = []
+        for key, inc in list(self._incidents.items()):
+            quiet = now_s - inc.last_active_s >= self.config.quiet_s
+            if key[0] == host_id and key != keep and quiet:
+                out.append(
+                    Decision(
+                        "close", inc.incident_id, host_id, key[1], inc.severity, None,
+                        tuple(sorted(inc.reasons)), inc.first_start_s, inc.last_active_s, None,
+                    )
+                )
+                del self._incidents[key]
+        return out
+
+    def _decision(
+        self,
+        kind: DecisionKind,
+        key: tuple[str, int],
+        inc: _Incident,
+        w: pb.Window,
+        score: float | None,
+        reasons: Iterable[str],
+        proc: ProcessInfo | None,
+    ) -> Decision:
+        return Decision(
+            kind=kind, incident_id=inc.incident_id, host_id=key[0], root_pid=key[1],
+            severity=inc.severity, score=score, reasons=tuple(reasons),
+            window_start_s=ts_s(w.start), window_end_s=ts_s(w.end), process=proc,
+            drill=bool(w.drill), example_paths=tuple(w.example_paths[:5]), seq=int(w.seq),
+        )
+
+    def _evaluate(
+        self, w: pb.Window, score: float | None, hist: deque[_Entry]
+    ) -> tuple[Severity | None, list[str]]:
+        cfg = self.config
+        end_s = ts_s(w.end)
+        recent = list(hist)[-cfg.horizon_windows :]
+        short = [e for e in hist if e.end_s > end_s - cfg.short_s]
+        confirmers: list[str] = []
+
+        for attr, reason in _COUNTED:
+            n = int(getattr(w, attr))
+            if n >= cfg.window_confirm:
+                confirmers.append(f"{reason}:{n}")
+                continue
+            if n == 0:  # history alone never confirms: the attack must still be going on
+                continue
+            for label, entries, bar in zip(
+                ("10w", "60s", "1h"), (recent, short, hist), cfg.horizon_confirm, strict=True
+            ):
+                total = sum(e.counts[attr] for e in entries)
+                if total >= bar:
+                    confirmers.append(f"{reason}:{total}:{label}")
+                    break
+
+        ext, ext_dirs = _spread(short, lambda e: e.new_ext)
+        if ext and ext == w.top_new_extension and ext_dirs >= cfg.window_confirm:
+            confirmers.append(f"new_extension_spreading:{ext}:{ext_dirs}dirs")
+        note, note_dirs = _spread(short, lambda e: e.note)
+        if note and note == w.repeated_name and note_dirs >= cfg.window_confirm:
+            confirmers.append(f"ransom_note:{note}:{note_dirs}dirs")
+
+        destructive_short = sum(sum(e.counts.values()) for e in short)
+        destructive_long = sum(sum(e.counts.values()) for e in hist)
+        strong = (
+            destructive_short >= cfg.strong_short
+            or destructive_long >= cfg.strong_long
+            or len(confirmers) >= 2
+        )
+        anomalous = score is not None and score > self.threshold
+
+        reasons: list[str] = []
+        if anomalous:
+            reasons.append(f"anomaly_score:{score:.2f}")
+        reasons.extend(confirmers)
+        blatant = False
+        if w.canary_touches > 0:
+            reasons.append("canary_touched")
+            blatant = True
+        if w.tripwire_fired:
+            reasons.append(f"tripwire:{w.tripwire_reason or 'fired'}")
+            blatant = True
+        dropped = int(w.events_dropped + w.queue_overflows)
+        if dropped > 0:
+            reasons.append(f"events_dropped:{dropped}")
+
+        if blatant or ((anomalous or strong) and confirmers):
+            return "critical", reasons
+        if anomalous or confirmers or dropped >= cfg.dropped_warning:
+            return "warning", reasons
+        return None, reasons
+
+
+def _spread(
+    entries: Iterable[_Entry], pick: Callable[[_Entry], tuple[str, int]]
+) -> tuple[str, int]:
+    """The name seen in the most directories, summed over ``entries`` (per-window maxima)."""
+    totals: dict[str, int] = {}
+    for e in entries:
+        name, dirs = pick(e)
+        if name:
+            totals[name] = totals.get(name, 0) + dirs
+    if not totals:
+        return "", 0
+    name = max(totals, key=lambda k: totals[k])
+    return name, totals[name]

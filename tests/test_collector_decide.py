@@ -1,0 +1,129 @@
+"""The judge on hand-built windows: severity, horizons, incidents, hysteresis."""
+
+from __future__ import annotations
+
+import itertools
+
+from tocsin.collector.decide import Judge, JudgeConfig
+from tocsin.v1 import telemetry_pb2 as pb
+
+T0 = 1_700_000_000
+
+
+def window(seq: int, *, t: float | None = None, root: int = 100, **fields: object) -> pb.Window:
+    t = T0 + seq if t is None else t
+    w = pb.Window(seq=seq, **fields)  # type: ignore[arg-type]
+    w.start.seconds, w.end.seconds = int(t), int(t) + 1
+    w.top_writers.add(pid=root + 1, name="python3", exe="/usr/bin/python3", tree_root_pid=root,
+                      files_touched=10)
+    return w
+
+
+def judge(**cfg: object) -> Judge:
+    ids = itertools.count(1)
+    return Judge(threshold=0.6, config=JudgeConfig(**cfg), new_id=lambda: f"inc{next(ids)}")  # type: ignore[arg-type]
+
+
+def test_benign_backup_high_entropy_is_warning_at_most() -> None:
+    j = judge()
+    sev = set()
+    for seq in range(1, 40):
+        w = window(seq, files_created=200, files_probed=50, files_high_entropy=50,
+                   files_incompressible=50, mean_entropy=7.99, bytes_written=50_000_000)
+        for d in j.observe("srv", w, 0.8):
+            sev.add(d.severity)
+    assert sev == {"warning"}
+
+
+def test_in_place_encryption_is_critical_with_reasons() -> None:
+    j = judge()
+    w = window(1, files_modified=40, files_probed=40, files_type_destroyed=42,
+               encrypted_twins=30, top_new_extension=".locked", top_new_extension_dirs=8,
+               repeated_name="LISEZ-MOI.txt", repeated_name_dirs=6, events_dropped=1200)
+    (d,) = j.observe("srv", w, 0.71)
+    assert (d.kind, d.severity, d.root_pid) == ("open", "critical", 100)
+    for r in ("anomaly_score:0.71", "type_destroyed:42", "encrypted_twins:30",
+              "new_extension_spreading:.locked:8dirs", "ransom_note:LISEZ-MOI.txt:6dirs",
+              "events_dropped:1200"):
+        assert r in d.reasons
+    assert d.process is not None and d.process.name == "python3"
+
+
+def test_confirmer_with_normal_score_is_warning_then_strong_evidence_makes_critical() -> None:
+    j = judge()
+    (d,) = j.observe("srv", window(1, files_type_destroyed=3), 0.3)
+    assert (d.kind, d.severity) == ("open", "warning")
+    kinds = []
+    for seq in range(2, 8):
+        out = j.observe("srv", window(seq, files_type_destroyed=4), 0.3)
+        kinds += [(d.kind, d.severity) for d in out]
+    assert ("escalate", "critical") in kinds
+    assert kinds.count(("escalate", "critical")) == 1
+
+
+def test_slow_attack_two_files_per_second_adds_up_to_critical() -> None:
+    j = judge()
+    seen = []
+    for seq in range(1, 61):
+        w = window(seq, files_modified=2, files_type_destroyed=2)
+        seen += j.observe("srv", w, 0.4)
+    posted = [d for d in seen if d.posts]
+    assert posted and posted[-1].severity == "critical"
+    assert any(r.startswith("type_destroyed:") and ":10w" in r for r in posted[-1].reasons)
+    assert len({d.incident_id for d in seen}) == 1
+
+
+def test_one_file_per_window_never_confirms_alone_within_a_few_windows() -> None:
+    j = judge()
+    out = []
+    for seq in range(1, 5):
+        out += j.observe("srv", window(seq, files_type_destroyed=1), 0.3)
+    assert out == []
+
+
+def test_canary_and_tripwire_are_critical_without_model() -> None:
+    j = judge()
+    (d,) = j.observe("srv", window(1, canary_touches=1), None)
+    assert d.severity == "critical" and "canary_touched" in d.reasons
+    (d,) = j.observe("other", window(1, tripwire_fired=True, tripwire_reason="canary"), 0.1)
+    assert d.severity == "critical" and "tripwire:canary" in d.reasons
+
+
+def test_one_incident_per_tree_root_and_no_repost() -> None:
+    j = judge()
+    a = j.observe("srv", window(1, root=100, files_type_destroyed=9), 0.9)
+    b = j.observe("srv", window(2, root=100, files_type_destroyed=9), 0.9)
+    c = j.observe("srv", window(3, root=200, files_type_destroyed=9), 0.9)
+    assert [d.kind for d in a + b + c] == ["open", "update", "open"]
+    assert a[0].incident_id == b[0].incident_id != c[0].incident_id
+    assert sorted(j.open_incidents("srv")) == [("srv", 100), ("srv", 200)]
+
+
+def test_incident_closes_after_quiet_window_time_and_reopens() -> None:
+    j = judge(quiet_s=120.0)
+    (d,) = j.observe("srv", window(1, files_type_destroyed=9), 0.9)
+    assert j.observe("srv", window(60, files_created=1), 0.2) == []  # quiet, still open
+    closed = j.observe("srv", window(200, files_created=1), 0.2)
+    assert [x.kind for x in closed] == ["close"] and closed[0].incident_id == d.incident_id
+    (again,) = j.observe("srv", window(201, files_type_destroyed=9), 0.9)
+    assert again.kind == "open" and again.incident_id != d.incident_id
+
+
+def test_hysteresis_keeps_incident_alive_slightly_below_threshold() -> None:
+    j = judge(quiet_s=120.0)
+    j.observe("srv", window(1), 0.7)
+    for seq in range(2, 300, 50):
+        out = j.observe("srv", window(seq), 0.58)  # above 0.6 - 0.05
+        assert [d.kind for d in out] == ["update"]
+
+
+def test_replay_gives_same_decisions() -> None:
+    def run() -> list[tuple[str, str, tuple[str, ...]]]:
+        j = judge()
+        out = []
+        for seq in range(1, 30):
+            w = window(seq, files_type_destroyed=seq % 4, encrypted_twins=seq % 3)
+            out += [(d.kind, d.severity, d.reasons) for d in j.observe("srv", w, 0.5)]
+        return out
+
+    assert run() == run() and run()
