@@ -194,6 +194,7 @@ class Attributor:
         self._known: dict[int, ProcInfo] = {}
         self._recent_writers: dict[int, float] = {}  # pid -> monotonic time last seen writing
         self._io_last: dict[int, tuple[int, int]] = {}
+        self._tree_roots: dict[int, int] = {}
         self._io_latest: dict[int, tuple[int, int]] = {}
         self._io_read_at: dict[int, float] = {}
         self._fan: FanotifySource | None = None
@@ -279,6 +280,8 @@ class Attributor:
 
     def tree_root(self, pid: int) -> int:
         """The pid of the process tree ``pid`` belongs to (see module contract)."""
+        if pid in self._tree_roots:
+            return self._tree_roots[pid]
         now = time.monotonic()
         cur = self._known.get(pid) or self._info(pid)
         if cur is None:
@@ -294,6 +297,9 @@ class Attributor:
             if parent.cmdline != cur.cmdline and not recent:
                 break
             cur = parent
+        if len(self._tree_roots) > 4096:
+            self._tree_roots = {p: r for p, r in self._tree_roots.items() if p in self._known}
+        self._tree_roots[pid] = cur.pid
         return cur.pid
 
     def collect(self, destroyed_paths: list[str] | None = None) -> list[pb.ProcessSample]:

@@ -1,0 +1,157 @@
+"""``tocsin-agent``: run the agent (default) or ``tocsin-agent drill``.
+
+Contract: every user mistake (bad flag, bad config, missing directory, no TLS
+material without --insecure) prints exactly one line
+``tocsin-agent: error: ...`` on stderr and exits 2, never a traceback.
+SIGTERM/SIGINT stop the agent cleanly (Goodbye, flush) with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tocsin.agent.tripwire import MODES
+from tocsin.v1.errors import ConfigError, TocsinError
+
+PROG = "tocsin-agent"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message.replace("\n", " "))
+
+
+def _agent_parser() -> _Parser:
+    p = _Parser(prog=PROG, description="tocsin agent: watch file trees, stream windows")
+    p.add_argument("--collector", help="collector HOST:PORT")
+    p.add_argument("--watch", action="append", help="directory to watch (repeatable)")
+    p.add_argument("--host-id")
+    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--config", type=Path, help="TOML file with the same keys")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="plaintext gRPC (tests, labs)")
+    p.add_argument("--tls-ca", type=Path)
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
+    p.add_argument("--record", type=Path, help="append every sent message to this JSONL file")
+    p.add_argument("--tripwire", choices=MODES)
+    p.add_argument("--window-s", type=float)
+    p.add_argument("--allow", action="append", help="CIDR kept reachable when isolated")
+    p.add_argument("--canary", action="append", help="canary file path (created if missing)")
+    p.add_argument("--log-level", default=None,
+                   choices=["debug", "info", "warning", "error"])
+    return p
+
+
+KEYS = {"collector": str, "watch": list, "host_id": str, "state_dir": str, "insecure": bool,
+        "tripwire": str, "window_s": (int, float), "allow": list, "record": str,
+        "tls_ca": str, "tls_cert": str, "tls_key": str, "log_level": str, "canary": list}
+
+
+def _load_config(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: {exc}") from None
+    for k, v in data.items():
+        if k not in KEYS:
+            raise ConfigError(f"config {path}: unknown key {k!r}")
+        if not isinstance(v, KEYS[k]):  # type: ignore[arg-type]
+            raise ConfigError(f"config {path}: key {k!r} has the wrong type")
+    return data
+
+
+def build_config(argv: list[str]) -> tuple[Any, str]:
+    """Parse flags + config into an AgentConfig; raises ConfigError on any mistake."""
+    from tocsin.agent.runtime import AgentConfig
+
+    args = _agent_parser().parse_args(argv)
+    conf: dict[str, Any] = _load_config(args.config) if args.config else {}
+    merged = {k: conf.get(k) for k in KEYS}
+    for k in KEYS:
+        v = getattr(args, k, None)
+        if v is not None:
+            merged[k] = v
+    for k in ("collector", "watch", "host_id", "state_dir"):
+        if not merged.get(k):
+            raise ConfigError(f"--{k.replace('_', '-')} is required")
+    host, _, port = str(merged["collector"]).rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--collector must be HOST:PORT, not {merged['collector']!r}")
+    for d in merged["watch"]:
+        if not os.path.isdir(d):
+            raise ConfigError(f"--watch {d}: not a directory")
+    tls = [merged.get("tls_ca"), merged.get("tls_cert"), merged.get("tls_key")]
+    if not merged.get("insecure"):
+        if not all(tls):
+            raise ConfigError("no TLS material (--tls-ca, --tls-cert, --tls-key); "
+                              "pass --insecure to run without TLS")
+        for t in tls:
+            if not os.path.isfile(str(t)):
+                raise ConfigError(f"TLS file {t}: not found")
+    mode = merged.get("tripwire") or "dry-run"
+    if mode not in MODES:
+        raise ConfigError(f"tripwire must be one of {', '.join(MODES)}, not {mode!r}")
+    window_s = float(merged.get("window_s") or 1.0)
+    if not 0.05 <= window_s <= 60:
+        raise ConfigError(f"--window-s must be between 0.05 and 60, not {window_s}")
+    import ipaddress
+    for cidr in merged.get("allow") or []:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"--allow {cidr!r}: not a CIDR") from None
+    state_dir = Path(merged["state_dir"])
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--state-dir {state_dir}: {exc.strerror}") from None
+    cfg = AgentConfig(
+        collector=str(merged["collector"]), watch=[str(w) for w in merged["watch"]],
+        host_id=str(merged["host_id"]), state_dir=state_dir,
+        insecure=bool(merged.get("insecure")),
+        tls_ca=Path(tls[0]) if tls[0] else None, tls_cert=Path(tls[1]) if tls[1] else None,
+        tls_key=Path(tls[2]) if tls[2] else None,
+        record=Path(merged["record"]) if merged.get("record") else None,
+        tripwire=mode, window_s=window_s, allow=list(merged.get("allow") or []),
+        canaries=list(merged.get("canary") or []),
+    )
+    return cfg, str(merged.get("log_level") or "info")
+
+
+def _run_agent(argv: list[str]) -> int:
+    cfg, level = build_config(argv)
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tocsin.agent.runtime import Agent
+
+    agent = Agent(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
+    return agent.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "drill":
+            from tocsin.agent.drill import main as drill_main
+
+            return drill_main(argv[1:])
+        return _run_agent(argv)
+    except TocsinError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""The running agent: watch -> window (probe, attribute, tripwire) -> spool -> ship, and obey.
+
+Contract: ``Agent(config)`` builds every part from an ``AgentConfig``;
+``run()`` starts the threads and blocks until ``request_stop()`` (signal
+handlers call it), then sends Goodbye, flushes and returns 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from tocsin.agent.act import Actions
+from tocsin.agent.attribute import Attributor
+from tocsin.agent.ship import HelloInfo, Shipper
+from tocsin.agent.spool import WindowSpool
+from tocsin.agent.tripwire import Tripwire
+from tocsin.agent.watch import FileWatcher
+from tocsin.agent.window import WindowLoop
+from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.recording import Recorder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentConfig:
+    collector: str
+    watch: list[str]
+    host_id: str
+    state_dir: Path
+    insecure: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    record: Path | None = None
+    tripwire: str = "dry-run"
+    window_s: float = 1.0
+    allow: list[str] = field(default_factory=list)
+    canaries: list[str] = field(default_factory=list)
+
+    @property
+    def collector_host_port(self) -> tuple[str, int]:
+        host, _, port = self.collector.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class Agent:
+    """All agent threads wired together (see module contract)."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.boot_id = str(uuid.uuid4())
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        host, port = cfg.collector_host_port
+        self.actions = Actions(cfg.state_dir, host, port, cfg.allow)
+        self.spool = WindowSpool(cfg.state_dir / "spool.sqlite")
+        ignore = [str(cfg.state_dir)] + ([str(cfg.record)] if cfg.record else [])
+        self.watcher = FileWatcher(cfg.watch, ignore=ignore)
+        self.attributor = Attributor(cfg.watch)
+        self.tripwire = Tripwire(self.actions, cfg.tripwire)
+        creds = None
+        if not cfg.insecure:
+            assert cfg.tls_ca and cfg.tls_cert and cfg.tls_key
+            creds = grpc.ssl_channel_credentials(
+                cfg.tls_ca.read_bytes(), cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())
+        caps = ["suspend", "isolate", self.attributor.method]
+        self.recorder = Recorder(cfg.record) if cfg.record else None
+        self.shipper = Shipper(
+            cfg.collector, self.spool,
+            HelloInfo(cfg.host_id, self.boot_id, [os.path.realpath(w) for w in cfg.watch],
+                      caps, cfg.tripwire),
+            self.actions.run, creds, self.recorder)
+        self.window = WindowLoop(
+            self.watcher, self.attributor, self.shipper.submit_window, window_s=cfg.window_s,
+            canaries=frozenset(os.path.realpath(c) for c in cfg.canaries),
+            on_window=self._on_window, spool_dropped=lambda: self.spool.dropped)
+        self._stop = threading.Event()
+
+    def _on_window(self, w: pb.Window, writers: list[pb.ProcessSample]) -> None:
+        result = self.tripwire.check(w, writers)
+        if result is not None:
+            self.shipper.submit_result(result)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        again = self.actions.reapply()
+        if again:
+            log.warning("isolation re-applied at start: %s", again)
+        self.watcher.start()
+        self.attributor.start()
+        self.window.start()
+        self.shipper.start()
+        log.info("tocsin agent %s watching %s, collector %s (attribution: %s)", self.boot_id,
+                 self.cfg.watch, self.cfg.collector, self.attributor.method)
+        while not self._stop.wait(0.5):
+            pass
+        self.window.stop()
+        self.watcher.stop()
+        self.attributor.stop()
+        self.shipper.stop()
+        if self.recorder:
+            self.recorder.close()
+        self.spool.close()
+        return 0

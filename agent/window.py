@@ -1,0 +1,337 @@
+"""One-second windows: raw events in, one ``tocsin.v1.Window`` of counts out.
+
+Contract: ``WindowAccumulator`` is pure bookkeeping (no threads, no I/O except
+the bounded initial extension scan): ``add(event)`` for every event of the
+window, then ``close(...)`` returns the filled Window (without ``seq``, which
+the shipper assigns) and starts the next window. ``WindowLoop`` is the
+windowing thread: it drains the watcher every ``poll_s``, closes a window every
+``window_s`` (earlier once ``burst_events`` events arrived), probes a bounded
+sample of the written files, asks the attributor for the top writers, lets the
+tripwire act, and hands the window to ``sink``. Windows without file activity
+are handed over at most every ``idle_every_s`` seconds (still with counts).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psutil
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tocsin.agent.attribute import Attributor
+from tocsin.agent.probe import SIGNATURES, expected_type, probe_files
+from tocsin.agent.watch import FileWatcher, FsEvent
+from tocsin.v1 import telemetry_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+_EXT_RE = re.compile(r"^[a-z0-9]{1,12}$")
+NEW_EXT_HORIZON_S = 600.0
+NAME_HORIZON_S = 120.0
+MAX_TRACKED = 4096
+MAX_EXAMPLE_PATHS = 5
+MAX_PATH_CHARS = 512
+
+
+def extension(path: str) -> str:
+    """Lower-case last extension of ``path`` ("" when none or not a plain token)."""
+    name = os.path.basename(path)
+    if "." not in name.lstrip("."):
+        return ""
+    ext = name.rsplit(".", 1)[1].lower()
+    return ext if _EXT_RE.match(ext) else ""
+
+
+def scan_extensions(roots: list[str], max_files: int = 50_000) -> set[str]:
+    """Extensions present in ``roots`` (walks at most ``max_files`` files)."""
+    seen: set[str] = set()
+    n = 0
+    for root in roots:
+        for _dir, _subdirs, files in os.walk(root):
+            for f in files:
+                e = extension(f)
+                if e:
+                    seen.add(e)
+                n += 1
+                if n >= max_files:
+                    return seen
+    return seen
+
+
+def _ts(t: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(t * 1e9))
+    return ts
+
+
+@dataclass
+class WindowAccumulator:
+    """Counts for the window being built, plus the short memories windows share."""
+
+    known_extensions: set[str]
+    canaries: frozenset[str] = frozenset()
+    counts: dict[str, int] = field(default_factory=dict)
+    created: dict[str, None] = field(default_factory=dict)
+    modified: dict[str, None] = field(default_factory=dict)
+    closed: dict[str, None] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+    renamed: set[str] = field(default_factory=set)
+    dirs: set[str] = field(default_factory=set)
+    exts: set[str] = field(default_factory=set)
+    canary_touches: int = 0
+    # memories across windows (bounded)
+    new_ext_first_seen: dict[str, float] = field(default_factory=dict)
+    new_ext_dirs: dict[str, set[str]] = field(default_factory=dict)
+    name_dirs: dict[str, dict[str, float]] = field(default_factory=dict)
+    prev_created: set[str] = field(default_factory=set)
+    prev_deleted: set[str] = field(default_factory=set)
+    twinned: set[str] = field(default_factory=set)
+
+    @property
+    def events(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def file_activity(self) -> bool:
+        return bool(self.created or self.modified or self.closed or self.deleted or self.renamed)
+
+    def add(self, ev: FsEvent) -> None:
+        if ev.kind != "closed":
+            self.counts[ev.kind] = self.counts.get(ev.kind, 0) + 1
+        if ev.path in self.canaries or ev.dest_path in self.canaries:
+            self.canary_touches += 1
+        if ev.is_dir:
+            return
+        written = ev.dest_path if ev.kind == "moved" else ev.path
+        self.dirs.add(os.path.dirname(ev.path))
+        if ev.kind == "created":
+            self.created[ev.path] = None
+        elif ev.kind == "modified":
+            self.modified[ev.path] = None
+        elif ev.kind == "closed":
+            self.closed[ev.path] = None
+        elif ev.kind == "deleted":
+            self.deleted.add(ev.path)
+        elif ev.kind == "moved":
+            self.renamed.add(ev.path)
+            self.deleted.add(ev.path)
+            self.created[ev.dest_path] = None
+            self.dirs.add(os.path.dirname(ev.dest_path))
+        if ev.kind != "deleted":
+            e = extension(written)
+            if e:
+                self.exts.add(e)
+
+    def _new_extensions(self, now: float) -> tuple[int, str, int]:
+        for p in self.created:
+            e = extension(p)
+            if not e or e in self.known_extensions:
+                continue
+            if e not in self.new_ext_first_seen and len(self.new_ext_first_seen) < MAX_TRACKED:
+                self.new_ext_first_seen[e] = now
+            dirs = self.new_ext_dirs.setdefault(e, set())
+            if len(dirs) < MAX_TRACKED:
+                dirs.add(os.path.dirname(p))
+        for e, t in list(self.new_ext_first_seen.items()):
+            if now - t > NEW_EXT_HORIZON_S:
+                del self.new_ext_first_seen[e]
+                self.new_ext_dirs.pop(e, None)
+                self.known_extensions.add(e)
+        fresh = self.exts & set(self.new_ext_first_seen)
+        if not fresh:
+            return 0, "", 0
+        top = max(fresh, key=lambda e: len(self.new_ext_dirs.get(e, ())))
+        return len(fresh), top, len(self.new_ext_dirs.get(top, ()))
+
+    def _repeated_name(self, now: float) -> tuple[str, int]:
+        for p in self.created:
+            name = os.path.basename(p)
+            if name not in self.name_dirs and len(self.name_dirs) >= MAX_TRACKED:
+                continue
+            self.name_dirs.setdefault(name, {})[os.path.dirname(p)] = now
+        for name in list(self.name_dirs):
+            dirs = {d: t for d, t in self.name_dirs[name].items() if now - t < NAME_HORIZON_S}
+            if dirs:
+                self.name_dirs[name] = dirs
+            else:
+                del self.name_dirs[name]
+        names = {os.path.basename(p) for p in self.created}
+        best, best_n = "", 0
+        for name in names:
+            n = len(self.name_dirs.get(name, ()))
+            if n > best_n:
+                best, best_n = name, n
+        return (best, best_n) if best_n >= 2 else ("", 0)
+
+    def _twins(self) -> int:
+        created = set(self.created) | self.prev_created
+        deleted = self.deleted | self.prev_deleted
+        n = 0
+        for d in deleted:
+            if d in self.twinned:
+                continue
+            for suffix_owner in (c for c in created if c.startswith(d + ".")):
+                if expected_type(suffix_owner) in SIGNATURES:
+                    continue  # a.txt -> a.txt.gz: a real container of its own
+                self.twinned.add(d)
+                n += 1
+                break
+        self.prev_created = set(self.created)
+        self.prev_deleted = set(self.deleted)
+        self.twinned &= deleted
+        return n
+
+    def probe_candidates(self) -> list[str]:
+        """Written files, closed-after-write first, deleted ones excluded."""
+        order = list(self.closed) + [p for p in self.created if p not in self.closed]
+        order += [p for p in self.modified if p not in self.closed and p not in self.created]
+        return [p for p in order if p not in self.deleted]
+
+    def close(self, start: float, end: float, max_probe_files: int = 64) -> tuple[pb.Window,
+                                                                                  list[str]]:
+        """The finished window (counts and probes) and its type-destroyed paths; resets."""
+        probes = probe_files(self.probe_candidates(), max_probe_files)
+        n_new, top_ext, top_dirs = self._new_extensions(end)
+        rep_name, rep_dirs = self._repeated_name(end)
+        w = pb.Window(
+            start=_ts(start), end=_ts(end),
+            events_created=self.counts.get("created", 0),
+            events_modified=self.counts.get("modified", 0),
+            events_deleted=self.counts.get("deleted", 0),
+            events_moved=self.counts.get("moved", 0),
+            files_created=len(self.created),
+            files_modified=len((set(self.modified) | set(self.closed)) - set(self.created)),
+            files_deleted=len(self.deleted - self.renamed),
+            files_renamed=len(self.renamed),
+            dirs_touched=len(self.dirs),
+            extensions_touched=len(self.exts),
+            new_extensions=n_new, top_new_extension=top_ext, top_new_extension_dirs=top_dirs,
+            files_probed=probes.files_probed, bytes_probed=probes.bytes_probed,
+            files_high_entropy=probes.files_high_entropy,
+            files_type_destroyed=probes.files_type_destroyed,
+            mean_entropy=probes.mean_entropy,
+            files_incompressible=probes.files_incompressible,
+            files_encoded_random=probes.files_encoded_random,
+            repeated_name=rep_name[:MAX_PATH_CHARS], repeated_name_dirs=rep_dirs,
+            encrypted_twins=self._twins(),
+            canary_touches=self.canary_touches,
+        )
+        examples = probes.destroyed_paths[:MAX_EXAMPLE_PATHS]
+        for p in list(self.created) + list(self.closed):
+            if len(examples) >= MAX_EXAMPLE_PATHS:
+                break
+            if p not in examples:
+                examples.append(p)
+        w.example_paths.extend(p[:MAX_PATH_CHARS] for p in examples)
+        destroyed = probes.destroyed_paths
+        self.counts = {}
+        self.created, self.modified, self.closed = {}, {}, {}
+        self.deleted, self.renamed, self.dirs, self.exts = set(), set(), set(), set()
+        self.canary_touches = 0
+        return w, destroyed
+
+
+def net_bytes_sent() -> int:
+    return int(psutil.net_io_counters().bytes_sent)
+
+
+class WindowLoop:
+    """The windowing thread (see module contract)."""
+
+    def __init__(
+        self,
+        watcher: FileWatcher,
+        attributor: Attributor | None,
+        sink: Callable[[pb.Window], None],
+        window_s: float = 1.0,
+        burst_events: int = 20_000,
+        idle_every_s: float = 10.0,
+        max_probe_files: int = 64,
+        canaries: frozenset[str] = frozenset(),
+        on_window: Callable[[pb.Window, list[pb.ProcessSample]], None] | None = None,
+        spool_dropped: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.time,
+        net_bytes: Callable[[], int] = net_bytes_sent,
+        poll_s: float = 0.05,
+    ) -> None:
+        self.watcher = watcher
+        self.attributor = attributor
+        self.sink = sink
+        self.window_s = window_s
+        self.burst_events = burst_events
+        self.idle_every_s = idle_every_s
+        self.max_probe_files = max_probe_files
+        self.on_window = on_window
+        self._spool_dropped = spool_dropped
+        self._clock = clock
+        self._net = net_bytes
+        self._poll_s = poll_s
+        self.acc = WindowAccumulator(scan_extensions(watcher.roots), canaries=canaries)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tocsin-window", daemon=True)
+        self.windows_closed = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        start = self._clock()
+        last_sent = 0.0
+        dropped_base = self.watcher.events_dropped
+        overflow_base = self.watcher.queue_overflows
+        fan_base = self.attributor.overflows if self.attributor else 0
+        net_base = self._safe_net()
+        while not self._stop.is_set():
+            deadline = time.monotonic() + self.window_s
+            while time.monotonic() < deadline and not self._stop.is_set():
+                for ev in self.watcher.drain(self.burst_events):
+                    self.acc.add(ev)
+                if self.acc.events >= self.burst_events:
+                    break
+                self._stop.wait(self._poll_s)
+            for ev in self.watcher.drain(self.burst_events):
+                self.acc.add(ev)
+            end = self._clock()
+            try:
+                active = self.acc.file_activity
+                w, destroyed = self.acc.close(start, end, self.max_probe_files)
+                writers = self.attributor.collect(destroyed) if self.attributor else []
+                dropped = self.watcher.events_dropped
+                overflows = self.watcher.queue_overflows
+                fan = self.attributor.overflows if self.attributor else 0
+                net = self._safe_net()
+                w.events_dropped = dropped - dropped_base
+                w.queue_overflows = (overflows - overflow_base) + (fan - fan_base)
+                w.net_bytes_out = max(net - net_base, 0)
+                dropped_base, overflow_base, fan_base, net_base = dropped, overflows, fan, net
+                w.top_writers.extend(writers)
+                w.bytes_written = sum(s.bytes_written for s in writers)
+                w.bytes_read = sum(s.bytes_read for s in writers)
+                w.drill = bool(writers) and "tocsin-drill" in writers[0].cmdline
+                if self.on_window is not None:
+                    self.on_window(w, writers)
+                noisy = active or w.events_dropped or w.queue_overflows or w.canary_touches
+                if noisy or end - last_sent >= self.idle_every_s:
+                    w.spool_dropped = self._spool_dropped()
+                    self.sink(w)
+                    last_sent = end
+                self.windows_closed += 1
+            except Exception:
+                log.exception("window failed; continuing with the next one")
+            start = end
+
+    def _safe_net(self) -> int:
+        try:
+            return self._net()
+        except (OSError, psutil.Error):
+            return 0
