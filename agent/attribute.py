@@ -45,6 +45,9 @@ FAN_CLOSE_WRITE = 0x8
 FAN_Q_OVERFLOW = 0x4000
 AT_FDCWD = -100
 O_LARGEFILE = 0o100000
+# Never climb into these (a Samba worker is the tree, not the smbd master).
+STOP_NAMES = frozenset({"systemd", "init", "sshd", "smbd", "nmbd", "tocsin-agent", "bash", "sh",
+                        "zsh", "sudo", "su", "cron", "containerd-shim", "screen", "tmux"})
 _META = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata (24 bytes)
 
 
@@ -287,11 +290,13 @@ class Attributor:
         if cur is None:
             return pid
         for _ in range(64):
+            if "tocsin-drill" in cur.cmdline:
+                break  # a drill's encryptor is its own tree, never its launcher
             ppid = cur.ppid
             if ppid <= 1 or ppid == self._self_pid:
                 break
             parent = self._known.get(ppid) or self._info(ppid)
-            if parent is None:
+            if parent is None or parent.name in STOP_NAMES:
                 break
             recent = now - self._recent_writers.get(ppid, -1e9) < 30.0
             if parent.cmdline != cur.cmdline and not recent:

@@ -380,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seed", type=int, default=1)
     run.add_argument("--workers", type=int, default=8)
     run.add_argument("--progress", type=Path, help="append '<time> <path>' per finished file")
+    run.add_argument("--tag", default="", help="a marker in the cmdline (e.g. tocsin-drill)")
     args = parser.parse_args(argv)
     if args.cmd == "share":
         make_share(args.dir, args.files, args.seed)
