@@ -1,0 +1,214 @@
+"""The Telemetry service: one bidirectional stream per connected agent.
+
+Per stream, in order:
+
+1. The first message must be ``Hello`` with a valid ``host_id``
+   (``[A-Za-z0-9._-]{1,64}``) and ``boot_id``; otherwise the stream ends with
+   INVALID_ARGUMENT naming the problem. With mTLS, the certificate's common name
+   must be the host id (PERMISSION_DENIED otherwise). The host is registered
+   and an ``Ack`` of what is already stored for this boot is sent at once.
+2. Each ``Window`` (seq > 0) is committed to the store, THEN acked (``Ack.seq``
+   is the highest seq stored for the boot), THEN judged. A resent window
+   already stored is acked and counted in ``duplicates``, not judged again.
+3. ``ActionResult`` goes to the responder; ``Heartbeat`` refreshes last_seen;
+   ``Goodbye`` marks a clean disconnect and ends the stream.
+
+Commands queued for the host (``CommandRouter``) are written to the newest
+stream of that host. A bad message ends only its own stream; other streams
+and the server go on. Outgoing messages go through a bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from tocsin.collector.commands import CommandRouter
+from tocsin.collector.decide import ts_s
+from tocsin.collector.features import window_features
+from tocsin.collector.pipeline import JudgeStage
+from tocsin.collector.respond import Responder
+from tocsin.collector.store import Store, StoredWindow
+from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
+from tocsin.v1.errors import WireError
+
+log = logging.getLogger("tocsin.collector.ingest")
+
+HOST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+BOOT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass(frozen=True)
+class _End:
+    code: grpc.StatusCode | None = None
+    detail: str = ""
+
+
+class _StreamSession:
+    def __init__(self, host_id: str, max_outbound: int) -> None:
+        self.host_id = host_id
+        self.out: asyncio.Queue[pb.CollectorMessage | _End] = asyncio.Queue(max_outbound)
+
+    def displace(self) -> None:
+        end = _End(grpc.StatusCode.ABORTED, "replaced by a newer stream from the same host")
+        with contextlib.suppress(asyncio.QueueFull):
+            self.out.put_nowait(end)
+
+
+def validate_hello(msg: pb.AgentMessage) -> pb.Hello:
+    """The hello of a stream's first message, or ``WireError`` saying what is wrong."""
+    if msg.WhichOneof("body") != "hello":
+        got = msg.WhichOneof("body") or "an empty message"
+        raise WireError(f"first message must be hello, got {got}")
+    hello = msg.hello
+    if not HOST_ID_RE.fullmatch(hello.host_id):
+        raise WireError(f"invalid host_id {hello.host_id[:80]!r}: want [A-Za-z0-9._-]{{1,64}}")
+    if not BOOT_ID_RE.fullmatch(hello.boot_id):
+        raise WireError(f"invalid boot_id {hello.boot_id[:80]!r}")
+    return hello
+
+
+class TelemetryService(pb_grpc.TelemetryServicer):
+    def __init__(
+        self,
+        store: Store,
+        router: CommandRouter,
+        stage: JudgeStage,
+        responder: Responder,
+        max_outbound: int = 256,
+    ) -> None:
+        self.store, self.router, self.stage, self.responder = store, router, stage, responder
+        self.max_outbound = max_outbound
+        self.windows_stored = 0
+        self.duplicates = 0
+        self.bad_streams = 0
+
+    async def Stream(
+        self,
+        request_iterator: AsyncIterator[pb.AgentMessage],
+        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
+    ) -> None:
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        try:
+            hello = validate_hello(first)
+            self._check_identity(hello.host_id, context)
+        except WireError as exc:
+            self.bad_streams += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except PermissionError as exc:
+            self.bad_streams += 1
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+
+        host_id, boot_id = hello.host_id, hello.boot_id
+        self.store.upsert_host(
+            host_id, hostname=hello.hostname, agent_version=hello.agent_version,
+            tripwire_mode=hello.tripwire_mode,
+        )
+        session = _StreamSession(host_id, self.max_outbound)
+        displaced = self.router.attach(host_id, session)
+        if displaced is not None:
+            displaced.displace()
+        log.info("agent %s connected (boot %s, version %s)", host_id, boot_id, hello.agent_version)
+        committed = self.store.committed_seq(host_id, boot_id)
+        await context.write(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=committed)))
+
+        reader = asyncio.create_task(self._read(request_iterator, session, boot_id, committed))
+        pump = asyncio.create_task(self._pump(session))
+        end = _End()
+        try:
+            while True:
+                item = await session.out.get()
+                if isinstance(item, _End):
+                    end = item
+                    break
+                await context.write(item)
+        finally:
+            pump.cancel()
+            reader.cancel()
+            await asyncio.gather(pump, reader, return_exceptions=True)
+            self.router.detach(host_id, session)
+            self.store.touch_host(host_id)
+            log.info("agent %s stream ended%s", host_id, f": {end.detail}" if end.detail else "")
+        if end.code is not None:
+            self.bad_streams += 1
+            await context.abort(end.code, end.detail)
+
+    def _check_identity(
+        self, host_id: str, context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
+    ) -> None:
+        names = context.auth_context().get("x509_common_name") or []
+        if names and host_id.encode() not in names:
+            cn = names[0].decode(errors="replace")
+            raise PermissionError(f"host_id {host_id!r} does not match certificate name {cn!r}")
+
+    async def _pump(self, session: _StreamSession) -> None:
+        queue = self.router.queue(session.host_id)
+        while True:
+            cmd = await queue.get()
+            await session.out.put(pb.CollectorMessage(command=cmd))
+
+    async def _read(
+        self,
+        requests: AsyncIterator[pb.AgentMessage],
+        session: _StreamSession,
+        boot_id: str,
+        acked: int,
+    ) -> None:
+        host_id = session.host_id
+        end = _End()
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("body")
+                if kind == "window":
+                    acked = await self._window(host_id, boot_id, msg.window, session, acked)
+                elif kind == "action_result":
+                    await self.responder.on_action_result(host_id, msg.action_result)
+                elif kind == "heartbeat":
+                    self.store.touch_host(host_id)
+                elif kind == "goodbye":
+                    self.store.touch_host(host_id, clean_disconnect=True)
+                    break
+                elif kind == "hello":
+                    raise WireError("hello sent twice on one stream")
+                else:
+                    raise WireError("empty AgentMessage")
+        except WireError as exc:
+            log.warning("agent %s: %s", host_id, exc)
+            end = _End(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            end = _End(None, f"stream broken: {exc.code().name}")
+        except Exception as exc:
+            log.exception("agent %s: stream failed", host_id)
+            end = _End(grpc.StatusCode.INTERNAL, f"collector error: {type(exc).__name__}")
+        await session.out.put(end)
+
+    async def _window(
+        self, host_id: str, boot_id: str, w: pb.Window, session: _StreamSession, acked: int
+    ) -> int:
+        if w.seq <= 0:
+            raise WireError("window seq must be > 0")
+        x = window_features(w)
+        stored = StoredWindow(
+            seq=int(w.seq), start_s=ts_s(w.start), end_s=ts_s(w.end),
+            features=x.tolist(), raw=w.SerializeToString(),
+        )
+        (inserted,) = await asyncio.to_thread(self.store.add_windows, host_id, boot_id, [stored])
+        acked = max(acked, int(w.seq))
+        await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
+        if not inserted:
+            self.duplicates += 1
+            return acked
+        self.windows_stored += 1
+        await self.stage.judge_window(host_id, boot_id, w, x)
+        return acked

@@ -1,0 +1,120 @@
+"""The Operator service: what ``tocsin hosts|alerts|isolate|release`` asks.
+
+Contract: list calls read the store. ``Isolate`` and ``Release`` are audited
+with the operator's name, sent to the agent whatever the respond mode (the mode
+governs automatic responses, not a human's decision), and wait up to
+``timeout_s`` for the agent's report; status is the agent's ("done",
+"failed", ...) or "queued" when the agent is offline or silent. ``Release``
+then resumes or kills the suspended processes if asked ("resume" / "kill")
+and always answers which pids are still stopped. Unknown hosts: NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from tocsin.collector.commands import CommandRouter
+from tocsin.collector.respond import Responder
+from tocsin.collector.store import Store
+from tocsin.v1 import operator_pb2 as op
+from tocsin.v1 import operator_pb2_grpc as op_grpc
+
+_Ctx = grpc.aio.ServicerContext[object, object]
+
+
+def _ts(t_s: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(t_s * 1e9))
+    return ts
+
+
+class OperatorService(op_grpc.OperatorServicer):
+    def __init__(
+        self, store: Store, router: CommandRouter, responder: Responder,
+        default_timeout_s: float = 10.0,
+    ) -> None:
+        self.store, self.router, self.responder = store, router, responder
+        self.default_timeout_s = default_timeout_s
+
+    async def ListHosts(
+        self, request: op.ListHostsRequest, context: _Ctx
+    ) -> op.ListHostsResponse:
+        open_alerts: dict[str, int] = {}
+        for a in self.store.list_alerts(limit=10_000):
+            if a.open:
+                open_alerts[a.host_id] = open_alerts.get(a.host_id, 0) + 1
+        return op.ListHostsResponse(
+            hosts=[
+                op.HostInfo(
+                    host_id=h.host_id, hostname=h.hostname,
+                    connected=self.router.is_connected(h.host_id),
+                    last_seen=_ts(h.last_seen_s), windows=h.windows, isolated=h.isolated,
+                    suspended_pids=h.suspended_pids, agent_version=h.agent_version,
+                    open_alerts=open_alerts.get(h.host_id, 0),
+                )
+                for h in self.store.list_hosts()
+            ]
+        )
+
+    async def ListAlerts(
+        self, request: op.ListAlertsRequest, context: _Ctx
+    ) -> op.ListAlertsResponse:
+        import json
+
+        limit = min(request.limit or 50, 1000)
+        alerts = []
+        for a in self.store.list_alerts(request.host_id, limit):
+            proc = f"{a.process['name']} (pid {a.process['pid']})" if a.process else ""
+            alerts.append(
+                op.AlertInfo(
+                    alert_id=a.alert_id, host_id=a.host_id, severity=a.severity, score=a.score,
+                    detected_at=_ts(a.detected_at_s), reasons=a.reasons, process=proc,
+                    summary=str(a.payload.get("summary", "")), json=json.dumps(a.payload),
+                )
+            )
+        return op.ListAlertsResponse(alerts=alerts)
+
+    async def _host_or_abort(self, host_id: str, context: _Ctx) -> None:
+        if not host_id or self.store.get_host(host_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown host {host_id!r}")
+
+    async def Isolate(
+        self, request: op.HostActionRequest, context: _Ctx
+    ) -> op.HostActionResponse:
+        await self._host_or_abort(request.host_id, context)
+        who = f"operator:{request.operator or 'unknown'}"
+        timeout_s = request.timeout_s or self.default_timeout_s
+        status, detail = await self.responder.command(
+            request.host_id, "isolate", [], who, timeout_s
+        )
+        return self._reply(request.host_id, status, detail)
+
+    async def Release(
+        self, request: op.HostActionRequest, context: _Ctx
+    ) -> op.HostActionResponse:
+        await self._host_or_abort(request.host_id, context)
+        processes = request.processes or "keep"
+        if processes not in ("keep", "resume", "kill"):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"processes must be keep, resume or kill, not {processes!r}",
+            )
+        who = f"operator:{request.operator or 'unknown'}"
+        timeout_s = request.timeout_s or self.default_timeout_s
+        status, detail = await self.responder.command(
+            request.host_id, "release", [], who, timeout_s
+        )
+        host = self.store.get_host(request.host_id)
+        if processes != "keep" and host is not None and host.suspended_pids:
+            p_status, p_detail = await self.responder.command(
+                request.host_id, processes, host.suspended_pids, who, timeout_s
+            )
+            detail = f"{detail}; {processes}: {p_status} {p_detail}".strip("; ")
+            if p_status != "done" and status == "done":
+                status = p_status
+        return self._reply(request.host_id, status, detail)
+
+    def _reply(self, host_id: str, status: str, detail: str) -> op.HostActionResponse:
+        host = self.store.get_host(host_id)
+        still = host.suspended_pids if host else []
+        return op.HostActionResponse(status=status, detail=detail, still_suspended=still)

@@ -1,0 +1,303 @@
+"""What the collector does about a decision: tell humans, command the agent.
+
+``Responder`` contract:
+
+- ``on_decision(d)``: an ``open`` or ``escalate`` decision becomes an alert
+  (stored, then posted to the webhooks in the background as event ``alert``);
+  ``update`` refreshes the stored alert of the incident; ``close`` marks it
+  closed. Never blocks on a receiver.
+- Mode ``off``: alerts only. ``dry-run``: alerts list the actions tocsin would
+  take with status ``dry-run``; nothing is sent. ``enforce``: a critical
+  alert suspends the tree root (``suspend``) and isolates the host
+  (``isolate``, with the operator allowlist), except for a drill, which is
+  never isolated ("skipped: drill"), or a host already isolated.
+- ``command(...)``: operator-requested actions (always sent; audited).
+- ``on_action_result(host_id, result)``: the agent's report is stored,
+  audited, folded into the host state (isolated, suspended pids) and posted as
+  event ``action``.
+Background posts are bounded (``max_inflight``; extra posts are dropped and
+counted in ``posts_dropped``); ``drain()`` waits for those in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from tocsin.collector.commands import CommandRouter
+from tocsin.collector.decide import Decision
+from tocsin.collector.store import ActionRecord, AlertRecord, Store
+from tocsin.collector.webhook import WebhookSink
+from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.errors import TocsinError
+
+log = logging.getLogger("tocsin.collector.respond")
+
+Mode = Literal["off", "dry-run", "enforce"]
+MODES: tuple[str, ...] = ("off", "dry-run", "enforce")
+
+_PHRASES = {
+    "type_destroyed": "{n} files lost their file type",
+    "encrypted_twins": "{n} files were replaced by encrypted copies",
+    "encoded_random": "{n} files were rewritten as encoded random data",
+    "new_extension_spreading": "the new extension {a} spread to {b} directories",
+    "ransom_note": "a note named {a} appeared in {b} directories",
+    "canary_touched": "a canary file was touched",
+    "tripwire": "the agent's tripwire fired ({a})",
+    "anomaly_score": "activity was unusual (score {a})",
+}
+
+
+def rfc3339(t_s: float) -> str:
+    """RFC 3339 UTC with milliseconds and a Z."""
+    stamp = dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def describe(reasons: Sequence[str]) -> str:
+    parts = []
+    for reason in reasons:
+        head, *rest = reason.split(":")
+        phrase = _PHRASES.get(head)
+        if phrase is None:
+            continue
+        a = rest[0] if rest else ""
+        b = rest[1].removesuffix("dirs") if len(rest) > 1 else ""
+        parts.append(phrase.format(n=a, a=a, b=b))
+    return "; ".join(parts) or "unusual file activity"
+
+
+class Responder:
+    def __init__(
+        self,
+        store: Store,
+        sink: WebhookSink,
+        router: CommandRouter,
+        mode: str = "dry-run",
+        allow: Sequence[str] = (),
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
+        max_inflight: int = 256,
+        command_ttl_s: float = 300.0,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"respond mode must be one of {MODES}, not {mode!r}")
+        self.store, self.sink, self.router = store, sink, router
+        self.mode = mode
+        self.allow = list(allow)
+        self._clock, self._new_id = clock, new_id
+        self.max_inflight = max_inflight
+        self.command_ttl_s = command_ttl_s
+        self.posts_dropped = 0
+        self.posts_failed = 0
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._alerts: dict[str, AlertRecord] = {}
+
+    # ---------------------------------------------------------------- decisions
+
+    async def on_decision(
+        self, d: Decision, explanation: Sequence[tuple[str, float]] = ()
+    ) -> dict[str, Any] | None:
+        """Store and post an alert for ``open``/``escalate``; returns the posted body."""
+        if d.kind == "update":
+            self._update(d)
+            return None
+        if d.kind == "close":
+            alert = self._alerts.pop(d.incident_id, None)
+            if alert is not None:
+                alert.open = False
+                self.store.save_alert(alert)
+            return None
+        alert_id = self._new_id()
+        actions = self._respond(d, alert_id) if d.severity == "critical" else []
+        proc = d.process.as_json() if d.process else None
+        payload: dict[str, Any] = {
+            "event": "alert",
+            "alert_id": alert_id,
+            "incident_id": d.incident_id,
+            "host_id": d.host_id,
+            "severity": d.severity,
+            "score": d.score,
+            "detected_at": rfc3339(self._clock()),
+            "window_start": rfc3339(d.window_start_s),
+            "window_end": rfc3339(d.window_end_s),
+            "reasons": list(d.reasons),
+            "process": proc,
+            "actions": actions,
+            "summary": self._summary(d, actions),
+            "example_paths": list(d.example_paths),
+            "mode": self.mode,
+            "drill": d.drill,
+            "top_features": [[name, round(v, 4)] for name, v in explanation],
+        }
+        previous = self._alerts.get(d.incident_id)
+        if previous is not None:
+            previous.open = False
+            self.store.save_alert(previous)
+        alert = AlertRecord(
+            alert_id=alert_id, host_id=d.host_id, incident_id=d.incident_id,
+            severity=d.severity, score=d.score or 0.0, detected_at_s=self._clock(),
+            window_start_s=d.window_start_s, window_end_s=d.window_end_s,
+            reasons=list(d.reasons), process=proc, payload=payload,
+        )
+        self.store.save_alert(alert)
+        self._alerts[d.incident_id] = alert
+        self.store.audit("collector", f"alert {d.severity}", f"{alert_id} {d.host_id} {d.reasons}")
+        self._post_later(payload)
+        return payload
+
+    def _update(self, d: Decision) -> None:
+        alert = self._alerts.get(d.incident_id)
+        if alert is None:
+            return
+        alert.window_end_s = max(alert.window_end_s, d.window_end_s)
+        alert.score = max(alert.score, d.score or 0.0)
+        alert.reasons = sorted(set(alert.reasons) | set(d.reasons))
+        self.store.save_alert(alert)
+
+    def _respond(self, d: Decision, alert_id: str) -> list[dict[str, Any]]:
+        if self.mode == "off":
+            return []
+        host = self.store.get_host(d.host_id)
+        name = d.process.name if d.process else "?"
+        actions: list[dict[str, Any]] = []
+        if d.root_pid > 0:
+            detail = f"would suspend pid {d.root_pid} ({name})"
+            if self.mode == "enforce":
+                self._send(d.host_id, "suspend", [d.root_pid], "collector", alert_id)
+                actions.append({"action": "suspend", "status": "sent", "pids": [d.root_pid]})
+            else:
+                actions.append(
+                    {"action": "suspend", "status": "dry-run", "detail": detail,
+                     "pids": [d.root_pid]}
+                )
+        if d.drill:
+            actions.append({"action": "isolate", "status": "skipped: drill",
+                            "detail": "a drill never isolates the host"})
+        elif host is not None and host.isolated:
+            actions.append({"action": "isolate", "status": "skipped: already isolated"})
+        elif self.mode == "enforce":
+            self._send(d.host_id, "isolate", [], "collector", alert_id)
+            actions.append({"action": "isolate", "status": "sent"})
+        else:
+            actions.append({"action": "isolate", "status": "dry-run",
+                            "detail": "would isolate host"})
+        return actions
+
+    def _summary(self, d: Decision, actions: Sequence[dict[str, Any]]) -> str:
+        who = f"{d.process.name} (pid {d.process.pid})" if d.process else "an unknown process"
+        did = [f"{a['action']} {a['status']}" for a in actions]
+        if self.mode == "off" or not actions:
+            done = "tocsin only alerts (respond=" + self.mode + ")"
+        else:
+            done = "tocsin: " + ", ".join(did)
+        drill = " (drill)" if d.drill else ""
+        return (
+            f"{d.severity.capitalize()}{drill} on {d.host_id}: {describe(d.reasons)}, "
+            f"written by {who}; {done}."
+        )
+
+    # ---------------------------------------------------------------- commands
+
+    def _send(
+        self, host_id: str, kind: str, pids: Sequence[int], who: str, alert_id: str = ""
+    ) -> ActionRecord:
+        cmd = pb.Command(id=self._new_id(), kind=kind, pids=list(pids))
+        if kind == "isolate" and self.allow:
+            cmd.parameters["allow"] = ",".join(self.allow)
+        if alert_id:
+            cmd.parameters["alert_id"] = alert_id
+        cmd.deadline.FromNanoseconds(int((self._clock() + self.command_ttl_s) * 1e9))
+        action = ActionRecord(
+            action_id=cmd.id, alert_id=alert_id, host_id=host_id, kind=kind, requested_by=who,
+            requested_at_s=self._clock(), status="sent", pids=list(pids),
+        )
+        self.store.add_action(action)
+        self.store.audit(who, f"{kind} requested", f"{host_id} pids={list(pids)} id={cmd.id}")
+        self.router.send(host_id, cmd)
+        return action
+
+    async def command(
+        self, host_id: str, kind: str, pids: Sequence[int], who: str, timeout_s: float
+    ) -> tuple[str, str]:
+        """Send an operator command and wait for the agent's report: (status, detail)."""
+        connected = self.router.is_connected(host_id)
+        fut = None
+        action = ActionRecord("", "", host_id, kind, who, 0.0, "")
+        try:
+            action = self._send(host_id, kind, pids, who)
+            fut = self.router.expect(action.action_id)
+            if not connected:
+                return "queued", "agent offline; the command waits for it to reconnect"
+            result = await asyncio.wait_for(fut, timeout=max(timeout_s, 0.1))
+            return result.status, result.detail
+        except TimeoutError:
+            return "queued", f"no report from the agent within {timeout_s:g} s"
+        finally:
+            if fut is not None and not fut.done() and connected:
+                fut.cancel()
+
+    async def on_action_result(self, host_id: str, r: pb.ActionResult) -> None:
+        pids = list(r.pids)
+        action = self.store.finish_action(r.command_id, r.status, r.detail, pids) if (
+            r.command_id
+        ) else None
+        if action is None:
+            action = ActionRecord(
+                action_id=r.command_id or self._new_id(), alert_id="", host_id=host_id,
+                kind=r.kind, requested_by="agent" if r.local else "unknown",
+                requested_at_s=self._clock(), status=r.status, detail=r.detail, pids=pids,
+                finished_at_s=self._clock(),
+            )
+            self.store.add_action(action)
+        self.store.audit(f"agent:{host_id}", f"{r.kind} {r.status}", r.detail)
+        if r.status == "done":
+            self._fold_host_state(host_id, r.kind, pids or action.pids)
+        self.router.resolve(r)
+        self._post_later({
+            "event": "action", "alert_id": action.alert_id, "host_id": host_id,
+            "action": r.kind, "status": r.status, "detail": r.detail,
+            "pids": pids or action.pids, "command_id": r.command_id, "local": r.local,
+            "at": rfc3339(self._clock()), "mode": self.mode,
+        })
+
+    def _fold_host_state(self, host_id: str, kind: str, pids: Sequence[int]) -> None:
+        host = self.store.get_host(host_id)
+        if host is None:
+            return
+        if kind == "isolate":
+            self.store.set_host_state(host_id, isolated=True)
+        elif kind == "release":
+            self.store.set_host_state(host_id, isolated=False)
+        elif kind == "suspend":
+            self.store.set_host_state(host_id, suspended_pids=host.suspended_pids + list(pids))
+        elif kind in ("resume", "kill"):
+            left = [p for p in host.suspended_pids if p not in set(pids)]
+            self.store.set_host_state(host_id, suspended_pids=left)
+
+    # ---------------------------------------------------------------- posting
+
+    def _post_later(self, event: dict[str, Any]) -> None:
+        if len(self._inflight) >= self.max_inflight:
+            self.posts_dropped += 1
+            log.warning("webhook backlog full; dropped %s %s", event["event"], event["host_id"])
+            return
+        task = asyncio.get_running_loop().create_task(self._post(event))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _post(self, event: dict[str, Any]) -> None:
+        try:
+            await self.sink.post(event)
+        except TocsinError as exc:
+            self.posts_failed += 1
+            log.warning("%s", exc)
+
+    async def drain(self) -> None:
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)

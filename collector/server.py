@@ -1,0 +1,79 @@
+"""One collector process: the parts wired together behind one gRPC port.
+
+``Collector(store, scorer, sink, mode)`` builds the router, responder, judge
+and both services; ``await start(listen)`` binds ``HOST:PORT`` (port 0 picks
+a free one) and returns the bound port; ``await stop(grace_s)`` stops taking
+streams, lets posts in flight finish and closes the store. Message sizes are
+bounded by ``tocsin.v1.CHANNEL_OPTIONS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+from tocsin.collector.commands import CommandRouter
+from tocsin.collector.decide import Judge, JudgeConfig
+from tocsin.collector.ingest import TelemetryService
+from tocsin.collector.opserver import OperatorService
+from tocsin.collector.pipeline import JudgeStage
+from tocsin.collector.protocols import Scorer
+from tocsin.collector.respond import Responder
+from tocsin.collector.store import Store
+from tocsin.collector.webhook import WebhookSink
+from tocsin.v1 import CHANNEL_OPTIONS
+from tocsin.v1 import operator_pb2_grpc as op_grpc
+from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
+from tocsin.v1.errors import ConfigError
+
+
+class Collector:
+    def __init__(
+        self,
+        store: Store,
+        scorer: Scorer,
+        sink: WebhookSink,
+        mode: str = "dry-run",
+        allow: Sequence[str] = (),
+        credentials: grpc.ServerCredentials | None = None,
+        judge_config: JudgeConfig | None = None,
+    ) -> None:
+        self.store = store
+        self.scorer = scorer
+        self.router = CommandRouter()
+        self.responder = Responder(store, sink, self.router, mode=mode, allow=allow)
+        self.judge = Judge(scorer.threshold, judge_config)
+        self.stage = JudgeStage(scorer, self.judge, self.responder, store)
+        self.telemetry = TelemetryService(store, self.router, self.stage, self.responder)
+        self.operator = OperatorService(store, self.router, self.responder)
+        self.credentials = credentials
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self, listen: str) -> int:
+        server = grpc.aio.server(options=CHANNEL_OPTIONS)
+        pb_grpc.add_TelemetryServicer_to_server(self.telemetry, server)
+        op_grpc.add_OperatorServicer_to_server(self.operator, server)
+        try:
+            if self.credentials is None:
+                port = server.add_insecure_port(listen)
+            else:
+                port = server.add_secure_port(listen, self.credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {listen}: {exc}") from None
+        if port == 0:
+            raise ConfigError(f"cannot listen on {listen}")
+        await server.start()
+        self._server = server
+        return port
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None
+        await self.stage.batch.close()
+        await self.responder.drain()
+        self.store.close()
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

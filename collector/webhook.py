@@ -1,0 +1,91 @@
+"""Where alert and action events go: the ``WebhookSink`` seam.
+
+Contract: ``await sink.post(event)`` delivers one JSON object to every
+configured receiver or raises ``ResponseError`` naming the receivers that
+refused it after the retries. ``HttpWebhookSink`` POSTs with urllib in a worker
+thread (``timeout_s`` per attempt), retrying connection errors, 408, 429 and
+5xx with capped exponential backoff and jitter. ``MemoryWebhookSink`` keeps
+what it was given (tests; a collector without receivers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from tocsin.v1.errors import ResponseError
+
+_RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+
+
+class WebhookSink(Protocol):
+    async def post(self, event: dict[str, Any]) -> None: ...
+
+
+class MemoryWebhookSink:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def post(self, event: dict[str, Any]) -> None:
+        self.events.append(json.loads(json.dumps(event)))
+
+
+class HttpWebhookSink:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        timeout_s: float = 5.0,
+        attempts: int = 4,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 8.0,
+        user_agent: str = "tocsin-collector",
+    ) -> None:
+        self.urls = list(urls)
+        self.timeout_s = timeout_s
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.user_agent = user_agent
+        self.failures = 0
+
+    async def post(self, event: dict[str, Any]) -> None:
+        body = json.dumps(event, sort_keys=True).encode()
+        results = await asyncio.gather(
+            *(self._post_one(url, body) for url in self.urls), return_exceptions=True
+        )
+        failed = [f"{url}: {r}" for url, r in zip(self.urls, results, strict=True) if r]
+        if failed:
+            self.failures += len(failed)
+            raise ResponseError("webhook not delivered: " + "; ".join(failed))
+
+    async def _post_one(self, url: str, body: bytes) -> str | None:
+        """None on success, else the last error."""
+        error = "not tried"
+        for attempt in range(self.attempts):
+            retryable, error = await asyncio.to_thread(self._attempt, url, body)
+            if not error:
+                return None
+            if not retryable:
+                break
+            delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        return error
+
+    def _attempt(self, url: str, body: bytes) -> tuple[bool, str]:
+        req = urllib.request.Request(
+            url, data=body, method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": self.user_agent},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                resp.read()
+            return False, ""
+        except urllib.error.HTTPError as exc:
+            return exc.code in _RETRYABLE_HTTP, f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            return True, str(getattr(exc, "reason", exc))

@@ -1,0 +1,275 @@
+"""The real collector in-process: grpc.aio on 127.0.0.1:0, SQLite file, HTTP webhook receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from tocsin.collector.protocols import ThresholdScorer
+from tocsin.collector.server import Collector
+from tocsin.collector.store import SqliteStore
+from tocsin.collector.webhook import HttpWebhookSink
+from tocsin.v1 import CHANNEL_OPTIONS
+from tocsin.v1 import operator_pb2 as op
+from tocsin.v1 import operator_pb2_grpc as op_grpc
+from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
+
+T0 = 1_700_000_000
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.events.append(json.loads(body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+def hello(host: str = "srv-mairie", boot: str = "boot1") -> pb.AgentMessage:
+    return pb.AgentMessage(hello=pb.Hello(host_id=host, boot_id=boot, agent_version="0.1.0",
+                                          hostname=host, tripwire_mode="enforce"))
+
+
+def encrypting(seq: int, *, drill: bool = False) -> pb.AgentMessage:
+    w = pb.Window(
+        seq=seq, files_modified=60, files_renamed=60, files_probed=60, files_high_entropy=60,
+        files_incompressible=60, files_type_destroyed=55, mean_entropy=7.99,
+        encrypted_twins=50, new_extensions=1, top_new_extension=".locked",
+        top_new_extension_dirs=8, repeated_name="LISEZ-MOI.txt", repeated_name_dirs=6,
+        bytes_written=30_000_000, dirs_touched=8, drill=drill,
+        example_paths=["/srv/partage/Finances/budget.xlsx.locked"],
+    )
+    w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
+    w.top_writers.add(pid=4242, ppid=1, name="python3", exe="/usr/bin/python3",
+                      tree_root_pid=4242, files_touched=60, files_type_destroyed=55)
+    return pb.AgentMessage(window=w)
+
+
+def quiet(seq: int) -> pb.AgentMessage:
+    w = pb.Window(seq=seq, files_modified=1)
+    w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
+    return pb.AgentMessage(window=w)
+
+
+async def run_collector(tmp_path: Path, url: str, mode: str) -> tuple[Collector, int]:
+    store = SqliteStore(tmp_path / "tocsin.db")
+    c = Collector(store, ThresholdScorer(), HttpWebhookSink([url], attempts=2), mode=mode)
+    port = await c.start("127.0.0.1:0")
+    return c, port
+
+
+async def until(pred: Any, timeout_s: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while not pred():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def stream(
+    port: int, messages: list[pb.AgentMessage], want_commands: int = 0
+) -> tuple[list[int], list[pb.Command]]:
+    """Send messages, read until every window is acked and ``want_commands`` commands came."""
+    acks: list[int] = []
+    cmds: list[pb.Command] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as ch:
+        call = pb_grpc.TelemetryStub(ch).Stream()
+        for m in messages:
+            await call.write(m)
+        n_acks = 1 + sum(1 for m in messages if m.HasField("window"))
+        async def read() -> None:
+            async for resp in call:
+                if resp.HasField("ack"):
+                    acks.append(resp.ack.seq)
+                else:
+                    cmds.append(resp.command)
+                if len(acks) >= n_acks and len(cmds) >= want_commands:
+                    return
+        await asyncio.wait_for(read(), 10)
+        await call.done_writing()
+    return acks, cmds
+
+
+def test_enforce_encryption_alerts_suspends_isolates_and_dedupes(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async def main() -> None:
+        c, port = await run_collector(tmp_path, receiver.url, "enforce")
+        try:
+            msgs = [hello(), quiet(1), encrypting(2), encrypting(3), encrypting(4)]
+            acks, cmds = await stream(port, msgs, want_commands=2)
+            assert acks[0] == 0 and acks[-1] == 4 and acks == sorted(acks)
+            assert [(x.kind, list(x.pids)) for x in cmds] == [("suspend", [4242]), ("isolate", [])]
+            await until(lambda: receiver.of("alert"))
+            (alert,) = receiver.of("alert")
+            for key in ("alert_id", "host_id", "severity", "score", "detected_at", "window_start",
+                        "window_end", "reasons", "process", "actions", "summary",
+                        "example_paths", "incident_id", "mode"):
+                assert key in alert, key
+            assert alert["severity"] == "critical" and alert["host_id"] == "srv-mairie"
+            assert alert["detected_at"].endswith("Z") and alert["window_start"].endswith("Z")
+            assert "type_destroyed:55" in alert["reasons"]
+            assert any(r.startswith("anomaly_score:") for r in alert["reasons"])
+            assert alert["process"] == {"pid": 4242, "name": "python3", "exe": "/usr/bin/python3"}
+            assert {a["action"]: a["status"] for a in alert["actions"]} == {
+                "suspend": "sent", "isolate": "sent"}
+            assert "python3" in alert["summary"] and "srv-mairie" in alert["summary"]
+
+            # Reconnect and resend: duplicates acked, not judged or stored again.
+            result = pb.AgentMessage(action_result=pb.ActionResult(
+                command_id=cmds[0].id, kind="suspend", status="done", pids=[4242],
+                detail="stopped 3 processes"))
+            acks2, _ = await stream(port, [hello(), encrypting(3), result, encrypting(4)])
+            assert acks2[0] == 4 and acks2[-1] == 4
+            assert c.telemetry.duplicates == 2 and c.telemetry.windows_stored == 4
+            await until(lambda: receiver.of("action"))
+            (action,) = receiver.of("action")
+            assert action["alert_id"] == alert["alert_id"] and action["status"] == "done"
+            assert action["action"] == "suspend" and action["pids"] == [4242]
+            host = c.store.get_host("srv-mairie")
+            assert host is not None and host.suspended_pids == [4242] and host.windows == 4
+            assert len(receiver.of("alert")) == 1
+        finally:
+            await c.stop(0.5)
+
+    asyncio.run(main())
+
+
+def test_dry_run_sends_no_commands_and_says_what_it_would_do(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async def main() -> None:
+        c, port = await run_collector(tmp_path, receiver.url, "dry-run")
+        try:
+            acks, cmds = await stream(port, [hello(), encrypting(1), encrypting(2)])
+            assert cmds == [] and acks[-1] == 2
+            await until(lambda: receiver.of("alert"))
+            (alert,) = receiver.of("alert")
+            assert alert["mode"] == "dry-run"
+            assert [a["status"] for a in alert["actions"]] == ["dry-run", "dry-run"]
+            assert alert["actions"][0]["detail"] == "would suspend pid 4242 (python3)"
+            assert c.router.pending("srv-mairie") == 0
+        finally:
+            await c.stop(0.5)
+
+    asyncio.run(main())
+
+
+def test_drill_is_suspended_but_never_isolated(tmp_path: Path, receiver: Receiver) -> None:
+    async def main() -> None:
+        c, port = await run_collector(tmp_path, receiver.url, "enforce")
+        try:
+            _, cmds = await stream(port, [hello(), encrypting(1, drill=True)], want_commands=1)
+            assert [x.kind for x in cmds] == ["suspend"]
+            await until(lambda: receiver.of("alert"))
+            actions = {a["action"]: a["status"] for a in receiver.of("alert")[0]["actions"]}
+            assert actions == {"suspend": "sent", "isolate": "skipped: drill"}
+        finally:
+            await c.stop(0.5)
+
+    asyncio.run(main())
+
+
+def test_first_message_not_hello_is_refused_and_server_goes_on(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async def main() -> None:
+        c, port = await run_collector(tmp_path, receiver.url, "off")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                call = pb_grpc.TelemetryStub(ch).Stream()
+                await call.write(quiet(1))
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in call:
+                        pass
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "first message must be hello" in (err.value.details() or "")
+                bad = pb_grpc.TelemetryStub(ch).Stream()
+                await bad.write(hello(host="bad host/../x"))
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in bad:
+                        pass
+                assert "invalid host_id" in (err.value.details() or "")
+            acks, _ = await stream(port, [hello(), quiet(1)])
+            assert acks[-1] == 1
+        finally:
+            await c.stop(0.5)
+
+    asyncio.run(main())
+
+
+def test_operator_isolate_waits_for_agent_and_release_lists_stopped(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async def main() -> None:
+        c, port = await run_collector(tmp_path, receiver.url, "off")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                opstub = op_grpc.OperatorStub(ch)
+                call = pb_grpc.TelemetryStub(ch).Stream()
+                await call.write(hello())
+                it = call.__aiter__()
+                assert (await it.__anext__()).HasField("ack")
+                c.store.set_host_state("srv-mairie", suspended_pids=[77])
+
+                isolate = asyncio.ensure_future(opstub.Isolate(op.HostActionRequest(
+                    host_id="srv-mairie", operator="alice", timeout_s=5)))
+                cmd = (await it.__anext__()).command
+                assert cmd.kind == "isolate"
+                await call.write(pb.AgentMessage(action_result=pb.ActionResult(
+                    command_id=cmd.id, kind="isolate", status="done", detail="table tocsin")))
+                reply = await isolate
+                assert reply.status == "done" and list(reply.still_suspended) == [77]
+
+                hosts = await opstub.ListHosts(op.ListHostsRequest())
+                (h,) = hosts.hosts
+                assert h.connected and h.isolated
+
+                release = asyncio.ensure_future(opstub.Release(op.HostActionRequest(
+                    host_id="srv-mairie", operator="alice", timeout_s=5)))
+                cmd = (await it.__anext__()).command
+                assert cmd.kind == "release"
+                await call.write(pb.AgentMessage(action_result=pb.ActionResult(
+                    command_id=cmd.id, kind="release", status="done")))
+                reply = await release
+                assert reply.status == "done" and list(reply.still_suspended) == [77]
+                await call.done_writing()
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await opstub.Isolate(op.HostActionRequest(host_id="nope"))
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            whats = [a[2] for a in c.store.audit_log()]
+            assert "isolate requested" in whats and "release done" in whats
+        finally:
+            await c.stop(0.5)
+
+    asyncio.run(main())
