@@ -1,0 +1,63 @@
+"""Probes on real typed files and their ruined versions."""
+
+from __future__ import annotations
+
+import base64
+import random
+from pathlib import Path
+
+import pytest
+
+from tocsin.agent import simulate
+from tocsin.agent.probe import probe_file, probe_files
+
+
+@pytest.mark.parametrize("kind", simulate.KINDS)
+def test_intact_files_keep_their_type(tmp_path: Path, kind: str) -> None:
+    p = tmp_path / f"doc.{kind}"
+    p.write_bytes(simulate.file_content(kind, random.Random(1), 12_000))
+    r = probe_file(str(p))
+    assert r is not None
+    assert not r.type_destroyed
+    assert not r.encoded_random
+
+
+@pytest.mark.parametrize("kind", simulate.KINDS)
+def test_encrypted_files_lose_their_type(tmp_path: Path, kind: str) -> None:
+    data = simulate.file_content(kind, random.Random(1), 12_000)
+    full = tmp_path / f"full.{kind}"
+    full.write_bytes(simulate._xor(data, 3))
+    b64 = tmp_path / f"b64.{kind}"
+    b64.write_bytes(base64.b64encode(simulate._xor(data, 3)))
+    r_full, r_b64 = probe_file(str(full)), probe_file(str(b64))
+    assert r_full is not None and r_full.type_destroyed and r_full.high_entropy
+    assert r_b64 is not None and r_b64.type_destroyed and r_b64.encoded_random
+    assert not r_b64.high_entropy  # base64 defeats byte entropy; the decoder does not
+
+
+def test_intermittent_head_encryption_destroys_type(tmp_path: Path) -> None:
+    p = tmp_path / "a.pdf"
+    p.write_bytes(simulate.file_content("pdf", random.Random(2), 20_000))
+    simulate.encrypt_head(tmp_path, rate_per_s=0)
+    r = probe_file(str(p))
+    assert r is not None and r.type_destroyed
+
+
+def test_high_entropy_formats_are_not_destroyed(tmp_path: Path) -> None:
+    p = tmp_path / "photo.jpg"
+    p.write_bytes(simulate.file_content("jpg", random.Random(3), 50_000))
+    r = probe_file(str(p))
+    assert r is not None and r.high_entropy and r.incompressible and not r.type_destroyed
+
+
+def test_vanished_files_are_skipped_and_budget_holds(tmp_path: Path) -> None:
+    paths = []
+    for i in range(10):
+        p = tmp_path / f"f{i}.txt"
+        p.write_text("conseil municipal " * 500)
+        paths.append(str(p))
+    s = probe_files([str(tmp_path / "gone.txt"), *paths], max_files=4)
+    assert s.files_skipped == 1
+    assert s.files_probed == 4
+    assert s.bytes_probed <= 4 * 64 * 1024
+    assert s.files_type_destroyed == 0

@@ -1,0 +1,98 @@
+"""Real inotify + fanotify on a tmp share while simulated workloads run in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tocsin.agent import simulate
+from tocsin.agent.attribute import Attributor
+from tocsin.agent.watch import FileWatcher
+from tocsin.agent.window import WindowLoop
+from tocsin.v1 import telemetry_pb2 as pb
+
+
+def _run(tmp_path: Path, style: str, files: int = 80,
+         extra: tuple[str, ...] = ()) -> tuple[list[pb.Window], int]:
+    share = tmp_path / "share"
+    simulate.make_share(share, files)
+    watcher = FileWatcher([str(share)])
+    attributor = Attributor([str(share)])
+    got: list[pb.Window] = []
+    loop = WindowLoop(watcher, attributor, got.append, window_s=0.5, idle_every_s=0.5)
+    watcher.start()
+    attributor.start()
+    loop.start()
+    time.sleep(0.3)
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "tocsin.agent.simulate", "run", style,
+                                  str(share), "--rate", "400", *extra])
+        assert child.wait(timeout=60) == 0
+        time.sleep(1.2)
+    finally:
+        loop.stop()
+        watcher.stop()
+        attributor.stop()
+    return got, child.pid
+
+
+def _total(ws: list[pb.Window], name: str) -> int:
+    return sum(getattr(w, name) for w in ws)
+
+
+def test_encrypt_inplace_destroys_types_and_names_the_writer(tmp_path: Path) -> None:
+    ws, pid = _run(tmp_path, "encrypt-inplace")
+    assert _total(ws, "files_type_destroyed") >= 40
+    assert _total(ws, "files_modified") >= 70
+    writers = [s for w in ws for s in w.top_writers]
+    if os.geteuid() == 0:
+        assert writers and writers[0].pid == pid
+        assert writers[0].attribution == pb.ATTRIBUTION_FANOTIFY
+        assert sum(s.files_type_destroyed for s in writers if s.pid == pid) >= 40
+        assert any(w.bytes_written > 0 for w in ws)
+
+
+def test_encrypt_copy_twins_notes_and_new_extension(tmp_path: Path) -> None:
+    ws, _ = _run(tmp_path, "encrypt-copy")
+    assert _total(ws, "encrypted_twins") >= 60
+    assert max(w.repeated_name_dirs for w in ws) >= 10
+    assert any(w.repeated_name == simulate.NOTE_NAME for w in ws)
+    assert any(w.top_new_extension == "locked" and w.top_new_extension_dirs >= 10 for w in ws)
+    assert _total(ws, "files_deleted") >= 60
+
+
+def test_office_saves_destroy_nothing(tmp_path: Path) -> None:
+    ws, _ = _run(tmp_path, "office-saves")
+    assert _total(ws, "files_modified") >= 10
+    assert _total(ws, "files_type_destroyed") == 0
+    assert _total(ws, "encrypted_twins") == 0
+    assert _total(ws, "new_extensions") == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
+def test_forked_workers_share_one_tree_root(tmp_path: Path) -> None:
+    ws, pid = _run(tmp_path, "encrypt-workers", extra=("--workers", "4"))
+    writers = [s for w in ws for s in w.top_writers]
+    worker_pids = {s.pid for s in writers}
+    assert len(worker_pids) >= 4
+    assert {s.tree_root_pid for s in writers} == {pid}
+    assert all(s.ppid == pid for s in writers)
+
+
+def test_full_queue_counts_drops(tmp_path: Path) -> None:
+    watcher = FileWatcher([str(tmp_path)], queue_size=5)
+    watcher.start()
+    try:
+        time.sleep(0.2)
+        for i in range(30):
+            (tmp_path / f"f{i}").write_text("x")
+        time.sleep(0.5)
+    finally:
+        watcher.stop()
+    assert watcher.queue.qsize() == 5
+    assert watcher.events_dropped > 20
