@@ -5,7 +5,8 @@ Contract: ``Shipper.submit_window(w)`` gives ``w`` the next seq of this boot
 ``submit_result(r)`` queues an ActionResult in memory (bounded, drops oldest,
 counted). The sender thread connects, sends Hello, then every unacked spooled
 window in spool order (earlier boots' windows under their own boot_id), then
-new ones as they come; an Ack trims the spool; a Command is handed to
+new ones as they come (a window always follows a Hello of its own boot: a
+repeated Hello switches boot); an Ack trims the spool; a Command is handed to
 ``on_command`` and its ActionResult sent back. On any stream failure it
 reconnects with exponential backoff (jitter, cap) and resends all unacked
 windows. ``stop()`` sends Goodbye and half-closes. Every message sent is
@@ -130,12 +131,20 @@ class Shipper:
             self.recorder.write(msg)
         return msg
 
-    def _requests(self) -> Iterator[pb.AgentMessage]:
+    def _hello(self, boot_id: str) -> pb.AgentMessage:
         h = self.hello
-        yield self._send(pb.AgentMessage(hello=pb.Hello(
-            host_id=h.host_id, boot_id=h.boot_id, agent_version=AGENT_VERSION,
+        return self._send(pb.AgentMessage(hello=pb.Hello(
+            host_id=h.host_id, boot_id=boot_id, agent_version=AGENT_VERSION,
             watched_roots=h.watched_roots, capabilities=h.capabilities, hostname=h.hostname,
             tripwire_mode=h.tripwire_mode)))
+
+    def _requests(self) -> Iterator[pb.AgentMessage]:
+        # Windows of an earlier boot are preceded by a Hello carrying that boot_id, and the
+        # current boot's Hello is repeated before its own windows: the windows after a
+        # Hello belong to its boot.
+        pending = self.spool.pending(limit=1)
+        boot = pending[0][1].boot_id if pending else self.hello.boot_id
+        yield self._hello(boot)
         last_row = 0
         last_sent = time.monotonic()
         while True:
@@ -149,6 +158,9 @@ class Shipper:
                 sent_any = True
             for row_id, sw in self.spool.pending(after_id=last_row, limit=256):
                 last_row = row_id
+                if sw.boot_id != boot:
+                    boot = sw.boot_id
+                    yield self._hello(boot)
                 msg = pb.AgentMessage.FromString(sw.payload)
                 yield self._send(msg)
                 sent_any = True

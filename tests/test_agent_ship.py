@@ -1,0 +1,121 @@
+"""The shipper against a real gRPC Telemetry server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from tocsin.agent.ship import HelloInfo, Shipper
+from tocsin.agent.spool import WindowSpool
+from tocsin.v1 import CHANNEL_OPTIONS, telemetry_pb2_grpc
+from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.recording import read_recording
+
+
+class _Collector(telemetry_pb2_grpc.TelemetryServicer):
+    """Records every message; acks windows unless ``ack`` is False; can send one command."""
+
+    def __init__(self, ack: bool = True, command: pb.Command | None = None) -> None:
+        self.received: list[pb.AgentMessage] = []
+        self.ack = ack
+        self.command = command
+        self.lock = threading.Lock()
+
+    def Stream(self, request_iterator: Iterator[pb.AgentMessage],  # noqa: N802
+               context: grpc.ServicerContext) -> Iterator[pb.CollectorMessage]:
+        boot = ""
+        for msg in request_iterator:
+            with self.lock:
+                self.received.append(msg)
+            which = msg.WhichOneof("body")
+            if which == "hello":
+                boot = msg.hello.boot_id
+                if self.command is not None:
+                    yield pb.CollectorMessage(command=self.command)
+            elif which == "window" and self.ack:
+                yield pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=msg.window.seq))
+
+    def kinds(self) -> list[str]:
+        with self.lock:
+            return [str(m.WhichOneof("body")) for m in self.received]
+
+
+def _serve(servicer: _Collector, port: int = 0) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(4), options=CHANNEL_OPTIONS)
+    telemetry_pb2_grpc.add_TelemetryServicer_to_server(servicer, server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server, port
+
+
+def _wait(cond: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition never became true")
+
+
+def _result(cmd: pb.Command) -> pb.ActionResult:
+    return pb.ActionResult(command_id=cmd.id, kind=cmd.kind, status="dry-run", detail="test")
+
+
+def test_hello_windows_acks_command_and_resend_after_restart(tmp_path: Path) -> None:
+    first = _Collector(ack=False, command=pb.Command(id="cmd-1", kind="suspend", pids=[42],
+                                                      dry_run=True))
+    server, port = _serve(first)
+    spool = WindowSpool(tmp_path / "spool.sqlite")
+    shipper = Shipper(f"127.0.0.1:{port}", spool,
+                      HelloInfo("host-1", "boot-1", ["/srv"], ["suspend"]), _result,
+                      recorder=None, backoff_initial_s=0.1, backoff_max_s=0.5)
+    from tocsin.v1.recording import Recorder
+    shipper.recorder = Recorder(tmp_path / "rec.jsonl")
+    shipper.start()
+    try:
+        for _ in range(3):
+            shipper.submit_window(pb.Window(files_modified=1))
+        _wait(lambda: first.kinds().count("window") == 3 and "action_result" in first.kinds())
+        assert first.kinds()[0] == "hello"
+        assert first.received[0].hello.host_id == "host-1"
+        seqs = [m.window.seq for m in first.received if m.WhichOneof("body") == "window"]
+        assert seqs == [1, 2, 3]
+        res = next(m.action_result for m in first.received if m.HasField("action_result"))
+        assert res.command_id == "cmd-1"
+        assert spool.depth == 3  # nothing acked yet
+
+        server.stop(0).wait()
+        shipper.submit_window(pb.Window(files_modified=4))  # spooled while disconnected
+        second = _Collector(ack=True)
+        server, _ = _serve(second, port)
+        _wait(lambda: spool.depth == 0)
+        seqs = [m.window.seq for m in second.received if m.WhichOneof("body") == "window"]
+        assert second.kinds()[0] == "hello"
+        assert seqs == [1, 2, 3, 4]  # every unacked window resent, in order
+    finally:
+        shipper.stop()
+        server.stop(0)
+    recorded = [m.WhichOneof("body") for m in read_recording(tmp_path / "rec.jsonl")]
+    assert recorded[0] == "hello" and "action_result" in recorded and "window" in recorded
+
+
+def test_previous_boot_windows_are_resent_under_their_boot(tmp_path: Path) -> None:
+    spool = WindowSpool(tmp_path / "spool.sqlite")
+    spool.put("old-boot", 7, pb.AgentMessage(window=pb.Window(seq=7)).SerializeToString())
+    col = _Collector(ack=False)
+    server, port = _serve(col)
+    shipper = Shipper(f"127.0.0.1:{port}", spool, HelloInfo("h", "new-boot", []), _result)
+    shipper.start()
+    try:
+        shipper.submit_window(pb.Window())
+        _wait(lambda: col.kinds().count("window") == 2)
+        seen = [(m.hello.boot_id if m.HasField("hello") else m.window.seq) for m in col.received]
+        assert seen == ["old-boot", 7, "new-boot", 1]
+    finally:
+        shipper.stop()
+        server.stop(0)
