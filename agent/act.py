@@ -34,7 +34,6 @@ from pathlib import Path
 
 import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -314,7 +313,7 @@ class Actions:
                 status, detail = self.release(cmd.dry_run)
                 proc = cmd.parameters.get("processes", "keep")
                 if proc in ("resume", "kill"):
-                    s2, d2, pids = self.resume([], proc == "kill", cmd.dry_run)
+                    _s2, d2, pids = self.resume([], proc == "kill", cmd.dry_run)
                     detail += f"; {d2}"
             else:
                 status, detail = "refused", f"unknown command kind {kind!r}"

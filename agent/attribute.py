@@ -19,6 +19,7 @@ at a parent with another cmdline that did not write.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -31,7 +32,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
-
 from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -135,10 +135,8 @@ class FanotifySource:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2)
-        try:
+        with contextlib.suppress(OSError):
             os.close(self._fd)
-        except OSError:
-            pass
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -338,10 +336,8 @@ class Attributor:
                     self._io_last[pid] = chars
                 s.bytes_written = max(chars[1] - last[1], 0)
                 s.bytes_read = max(chars[0] - last[0], 0)
-            try:
+            with contextlib.suppress(psutil.Error, OSError):
                 s.children = len(psutil.Process(pid).children())
-            except (psutil.Error, OSError):
-                pass
             s.tree_root_pid = self.tree_root(pid)
             samples.append(s)
         samples.sort(key=lambda s: (s.files_touched, s.bytes_written), reverse=True)

@@ -11,6 +11,7 @@ child and removes the scratch share; never touches anything outside DIR.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import psutil
-
 from tocsin.agent import simulate
 from tocsin.v1.errors import ConfigError
 
@@ -98,10 +98,8 @@ def main(argv: list[str]) -> int:
             print(f"drill: nothing stopped the encryptor within {args.timeout:g} s; is a "
                   f"tocsin agent watching {root}?", flush=True)
     finally:
-        try:
+        with contextlib.suppress(OSError):
             child.send_signal(9)
-        except OSError:
-            pass
         child.wait()
         shutil.rmtree(share, ignore_errors=True)
         progress.unlink(missing_ok=True)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-
 from tocsin.agent.act import Actions
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.ship import HelloInfo, Shipper

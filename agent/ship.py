@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
-
 from tocsin.agent.spool import WindowSpool
 from tocsin.v1 import CHANNEL_OPTIONS, telemetry_pb2_grpc
 from tocsin.v1 import telemetry_pb2 as pb

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.probe import SIGNATURES, expected_type, probe_files
 from tocsin.agent.watch import FileWatcher, FsEvent

@@ -12,11 +12,14 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from tocsin.agent.act import Actions, ruleset
 from tocsin.v1 import telemetry_pb2 as pb
 
-TREE = "import subprocess,sys,time; subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); time.sleep(60)"
+TREE = (
+    "import subprocess,sys,time;"
+    "subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']);"
+    "time.sleep(60)"
+)
 
 
 def _status(pid: int, want: str = psutil.STATUS_STOPPED) -> str:

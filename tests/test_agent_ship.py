@@ -9,7 +9,6 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
 from tocsin.v1 import CHANNEL_OPTIONS, telemetry_pb2_grpc
@@ -26,7 +25,7 @@ class _Collector(telemetry_pb2_grpc.TelemetryServicer):
         self.command = command
         self.lock = threading.Lock()
 
-    def Stream(self, request_iterator: Iterator[pb.AgentMessage],  # noqa: N802
+    def Stream(self, request_iterator: Iterator[pb.AgentMessage],
                context: grpc.ServicerContext) -> Iterator[pb.CollectorMessage]:
         boot = ""
         for msg in request_iterator:

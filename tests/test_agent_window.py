@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from tocsin.agent import simulate
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.watch import FileWatcher
