@@ -189,8 +189,8 @@ def save_model(stem: Path, arrays: ForestArrays, card: dict[str, Any]) -> tuple[
     stem.parent.mkdir(parents=True, exist_ok=True)
     blob = npz_bytes(arrays)
     card = {**card, "arrays_sha256": sha256_hex(blob)}
-    npz_path = stem.with_suffix(".npz")
-    json_path = stem.with_suffix(".json")
+    npz_path = stem.parent / (stem.name + ".npz")
+    json_path = stem.parent / (stem.name + ".json")
     npz_path.write_bytes(blob)
     json_path.write_bytes(card_bytes(card))
     return json_path, npz_path

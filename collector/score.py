@@ -37,6 +37,22 @@ DEFAULT_CHUNK_ROWS = 128
 EXPLAIN_TOP = 5
 
 
+def _packaged(name: str) -> bytes:
+    """A file of the ``tocsin.models`` package (the shipped baseline)."""
+    try:
+        return importlib.resources.files("tocsin.models").joinpath(name).read_bytes()
+    except (NotADirectoryError, TypeError, ModuleNotFoundError):
+        # An editable install can expose tocsin.models as a namespace package
+        # whose path importlib.resources cannot read; look in its directories.
+        import tocsin.models
+
+        for entry in tocsin.models.__path__:
+            candidate = Path(entry) / name
+            if candidate.is_file():
+                return candidate.read_bytes()
+        raise FileNotFoundError(f"tocsin.models has no {name}") from None
+
+
 class ForestScorer:
     """An exported isolation forest, ready to score (n, d) float64 feature rows.
 
@@ -136,9 +152,8 @@ class ForestScorer:
         card's. ``OSError`` when a file is missing.
         """
         if path is None:
-            res = importlib.resources.files("tocsin.models")
-            card_data = res.joinpath("baseline.json").read_bytes()
-            npz_data = res.joinpath("baseline.npz").read_bytes()
+            card_data = _packaged("baseline.json")
+            npz_data = _packaged("baseline.npz")
             where = "tocsin.models/baseline"
         else:
             path = Path(path)
