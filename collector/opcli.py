@@ -1,0 +1,168 @@
+"""``tocsin``: the operator's command.
+
+    tocsin hosts   --collector HOST:PORT [--insecure | --tls-*] [--json]
+    tocsin alerts  [--host ID] [--limit N] --collector HOST:PORT ... [--json]
+    tocsin isolate HOST --collector HOST:PORT ...
+    tocsin release HOST [--resume | --kill] --collector HOST:PORT ...
+    tocsin replay FILE --collector HOST:PORT [--speed N] [--host-id ID] ...
+    tocsin train ...          (see tocsin.collector.train)
+
+Errors are one line on stderr ("tocsin: error: ...") and exit status 2 for bad
+flags or files, 1 when the collector cannot be reached or refuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import getpass
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import json_format
+from tocsin.collector.grpcconf import TlsFiles, client_channel
+from tocsin.v1 import operator_pb2 as op
+from tocsin.v1 import operator_pb2_grpc as op_grpc
+from tocsin.v1.errors import ConfigError, TocsinError
+
+PROG = "tocsin"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def build_parser() -> _Parser:
+    common = _Parser(add_help=False)
+    common.add_argument("--collector", required=True, help="HOST:PORT of the collector")
+    common.add_argument("--insecure", action="store_true", help="no TLS")
+    common.add_argument("--tls-ca", dest="tls_ca", type=Path)
+    common.add_argument("--tls-cert", dest="tls_cert", type=Path)
+    common.add_argument("--tls-key", dest="tls_key", type=Path)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait")
+    p = _Parser(prog=PROG, description="tocsin operator commands")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("hosts", parents=[common], help="list hosts")
+    alerts = sub.add_parser("alerts", parents=[common], help="list alerts, newest first")
+    alerts.add_argument("--host", default="")
+    alerts.add_argument("--limit", type=int, default=20)
+    iso = sub.add_parser("isolate", parents=[common], help="isolate a host now")
+    iso.add_argument("host")
+    rel = sub.add_parser("release", parents=[common], help="lift a host's isolation")
+    rel.add_argument("host")
+    what = rel.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true", help="resume suspended processes")
+    what.add_argument("--kill", action="store_true", help="kill suspended processes")
+    rep = sub.add_parser("replay", parents=[common], help="stream a recording into a collector")
+    rep.add_argument("file", type=Path)
+    rep.add_argument("--speed", type=float, default=1.0, help="time factor; 0 = no pacing")
+    rep.add_argument("--host-id", dest="host_id")
+    return p
+
+
+def _when(ts: Any) -> str:
+    if not ts.seconds:
+        return "-"
+    return dt.datetime.fromtimestamp(ts.seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _dict(msg: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in rows)
+
+
+async def _run(args: argparse.Namespace) -> int:
+    tls = TlsFiles(args.tls_ca, args.tls_cert, args.tls_key)
+    async with client_channel(args.collector, tls, args.insecure) as channel:
+        if args.command == "replay":
+            from tocsin.collector.replay import replay
+
+            if not args.file.is_file():
+                raise ConfigError(f"{args.file}: no such recording")
+            if args.speed < 0:
+                raise ConfigError("--speed must be >= 0")
+            stats = await replay(args.file, channel, args.speed, args.host_id)
+            print(f"windows sent {stats.windows_sent}, acked {stats.windows_acked}"
+                  f" ({stats.streams} stream(s), commands received: {len(stats.commands)})")
+            return 0
+        stub = op_grpc.OperatorStub(channel)
+        t = args.timeout
+        if args.command == "hosts":
+            hosts = await stub.ListHosts(op.ListHostsRequest(), timeout=t)
+            if args.json:
+                print(json.dumps([_dict(h) for h in hosts.hosts], indent=2))
+                return 0
+            rows = [["HOST", "CONNECTED", "LAST SEEN", "WINDOWS", "ISOLATED", "SUSPENDED",
+                     "OPEN ALERTS"]]
+            for h in hosts.hosts:
+                rows.append([h.host_id, "yes" if h.connected else "no", _when(h.last_seen),
+                             str(h.windows), "YES" if h.isolated else "no",
+                             ",".join(map(str, h.suspended_pids)) or "-", str(h.open_alerts)])
+            print(_table(rows))
+            return 0
+        if args.command == "alerts":
+            alerts = await stub.ListAlerts(
+                op.ListAlertsRequest(host_id=args.host, limit=args.limit), timeout=t
+            )
+            if args.json:
+                print(json.dumps([json.loads(a.json) for a in alerts.alerts], indent=2))
+                return 0
+            rows = [["DETECTED", "HOST", "SEVERITY", "SCORE", "PROCESS", "REASONS"]]
+            for a in alerts.alerts:
+                rows.append([_when(a.detected_at), a.host_id, a.severity, f"{a.score:.2f}",
+                             a.process or "-", " ".join(a.reasons)])
+            print(_table(rows))
+            return 0
+        req = op.HostActionRequest(host_id=args.host, operator=getpass.getuser(), timeout_s=t)
+        if args.command == "isolate":
+            reply = await stub.Isolate(req, timeout=t + 5)
+        else:
+            req.processes = "resume" if args.resume else "kill" if args.kill else "keep"
+            reply = await stub.Release(req, timeout=t * 2 + 5)
+        if args.json:
+            print(json.dumps(_dict(reply), indent=2))
+        else:
+            print(f"{args.command} {args.host}: {reply.status}"
+                  + (f" ({reply.detail})" if reply.detail else ""))
+            if reply.still_suspended:
+                pids = ", ".join(map(str, reply.still_suspended))
+                print(f"still stopped: {pids} (tocsin release {args.host} --resume or --kill)")
+            elif args.command == "release":
+                print("no process is stopped by tocsin")
+        return 0 if reply.status in ("done", "dry-run") else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train":
+        from tocsin.collector.train import main as train_main
+
+        return int(train_main(argv[1:]) or 0)
+    try:
+        args = build_parser().parse_args(argv)
+        return asyncio.run(_run(args))
+    except TocsinError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_status
+    except grpc.aio.AioRpcError as exc:
+        print(f"{PROG}: error: collector {exc.code().name.lower()}: {exc.details()}",
+              file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""tocsin-collector and tocsin as processes: one-line errors, replay, hosts, alerts."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.recording import Recorder
+
+BIN = Path(sys.executable).parent
+T0 = 1_700_000_000
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--bogus"], "unrecognized arguments"),
+        (["--listen", "nonsense"], "--listen wants HOST:PORT"),
+        (["--respond", "maybe"], "--respond must be one of"),
+        (["--webhook", "ftp://x"], "--webhook wants"),
+        (["--allow", "10.0.0.300/8"], "--allow wants a CIDR"),
+        (["--log-level", "loud"], "--log-level"),
+        (["--db", "/nonexistent-dir/c.db"], "does not exist"),
+        (["--model", "/nonexistent/model.json"], "--model"),
+        (["--tls-ca", "/nonexistent/ca.pem"], "--insecure and TLS"),
+        (["--config", "/nonexistent.toml"], "--config"),
+    ],
+)
+def test_collector_bad_flags_give_one_line_and_exit_2(
+    tmp_path: Path, extra: list[str], needle: str
+) -> None:
+    base = ["--listen", "127.0.0.1:0", "--db", str(tmp_path / "c.db"), "--insecure"]
+    res = run(str(BIN / "tocsin-collector"), *base, *extra)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tocsin-collector: error: "), res.stderr
+    assert needle in lines[0]
+
+
+def test_collector_refuses_without_tls_or_insecure(tmp_path: Path) -> None:
+    res = run(str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db",
+              str(tmp_path / "c.db"))
+    assert res.returncode == 2 and "--insecure" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_config_file_unknown_key_and_flags_override(tmp_path: Path) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text('listen = "127.0.0.1:0"\ncolour = "blue"\n')
+    res = run(str(BIN / "tocsin-collector"), "--config", str(conf), "--db", str(tmp_path / "d"))
+    assert res.returncode == 2 and "unknown key 'colour'" in res.stderr
+
+
+def test_tocsin_bad_flags_one_line_exit_2() -> None:
+    for args in (["hosts"], ["frobnicate", "--collector", "x:1"],
+                 ["hosts", "--collector", "nope"]):
+        res = run(str(BIN / "tocsin"), *args)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tocsin: error: "), res.stderr
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[str]:
+    log = tmp_path / "collector.log"
+    proc = subprocess.Popen(
+        [str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db",
+         str(tmp_path / "c.db"), "--respond", "dry-run", "--insecure"],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        end = time.monotonic() + 20
+        addr = None
+        while addr is None and time.monotonic() < end and proc.poll() is None:
+            m = re.search(r"listening on (\S+:\d+)", log.read_text())
+            addr = m.group(1) if m else None
+            time.sleep(0.05)
+        assert addr, log.read_text()
+        yield addr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert "stopping" in log.read_text()
+
+
+def make_recording(path: Path, n: int) -> None:
+    rec = Recorder(path)
+    rec.write(pb.AgentMessage(hello=pb.Hello(host_id="rec-host", boot_id="b1")))
+    for seq in range(1, n + 1):
+        w = pb.Window(seq=seq, files_modified=40, files_probed=40, files_type_destroyed=30,
+                      encrypted_twins=30, files_high_entropy=40, mean_entropy=7.9)
+        w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
+        w.top_writers.add(pid=99, name="cryptor", exe="/tmp/cryptor", tree_root_pid=99,
+                          files_touched=40, files_type_destroyed=30)
+        rec.write(pb.AgentMessage(window=w))
+    rec.close()
+
+
+def test_replay_then_hosts_and_alerts(tmp_path: Path, collector: str) -> None:
+    recording = tmp_path / "r.jsonl"
+    make_recording(recording, 5)
+    t0 = time.monotonic()
+    res = run(str(BIN / "tocsin"), "replay", str(recording), "--collector", collector,
+              "--insecure", "--speed", "10", "--host-id", "replayed")
+    assert res.returncode == 0, res.stderr
+    assert time.monotonic() - t0 >= 0.4  # 4 s of windows at speed 10
+    assert "windows sent 5, acked 5" in res.stdout
+
+    res = run(str(BIN / "tocsin"), "hosts", "--collector", collector, "--insecure", "--json")
+    (host,) = json.loads(res.stdout)
+    assert host["host_id"] == "replayed" and host["windows"] == "5"  # uint64 is a JSON string
+    assert host["connected"] is False
+
+    res = run(str(BIN / "tocsin"), "alerts", "--collector", collector, "--insecure", "--json")
+    alerts = json.loads(res.stdout)
+    assert alerts and alerts[0]["severity"] == "critical" and alerts[0]["host_id"] == "replayed"
+    assert alerts[0]["mode"] == "dry-run"
+    table = run(str(BIN / "tocsin"), "alerts", "--collector", collector, "--insecure").stdout
+    assert "replayed" in table and "critical" in table and "cryptor (pid 99)" in table
+
+    res = run(str(BIN / "tocsin"), "release", "replayed", "--collector", collector,
+              "--insecure", "--timeout", "0.5")
+    assert "release replayed: queued" in res.stdout and res.returncode == 1
