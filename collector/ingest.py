@@ -145,7 +145,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
     def _check_identity(
         self, host_id: str, context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
     ) -> None:
-        names = context.auth_context().get("x509_common_name") or []
+        names = list(context.auth_context().get("x509_common_name") or [])
         if names and host_id.encode() not in names:
             cn = names[0].decode(errors="replace")
             raise PermissionError(f"host_id {host_id!r} does not match certificate name {cn!r}")

@@ -151,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] == "train":
         from tocsin.collector.train import main as train_main
 
-        return int(train_main(argv[1:]) or 0)
+        status: int = train_main(argv[1:])
+        return status
     try:
         args = build_parser().parse_args(argv)
         return asyncio.run(_run(args))

@@ -96,7 +96,7 @@ class JudgeStage:
             explanation: list[tuple[str, float]] = []
             if d.posts:
                 try:
-                    explanation = await asyncio.to_thread(self.scorer.explain, x)
+                    explanation = list(await asyncio.to_thread(self.scorer.explain, x))
                 except Exception:
                     log.exception("scorer could not explain a window")
             await self.responder.on_decision(d, explanation)

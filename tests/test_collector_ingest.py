@@ -273,3 +273,34 @@ def test_operator_isolate_waits_for_agent_and_release_lists_stopped(
             await c.stop(0.5)
 
     asyncio.run(main())
+
+
+def test_bad_seq_and_oversized_message_end_only_their_stream(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async def refused(port: int, msgs: list[pb.AgentMessage]) -> grpc.aio.AioRpcError:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = pb_grpc.TelemetryStub(ch).Stream()
+            for m in msgs:
+                await call.write(m)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in call:
+                    pass
+            return err.value
+
+    async def main() -> None:
+        c, port = await run_collector(tmp_path, receiver.url, "off")
+        try:
+            err = await refused(port, [hello(), quiet(0)])
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "seq must be > 0" in (err.details() or "")
+            huge = quiet(1)
+            huge.window.example_paths.extend(["/x" * 1000] * 200)  # ~400 KB
+            err = await refused(port, [hello(boot="b2"), huge])
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            acks, _ = await stream(port, [hello(boot="b3"), quiet(1), quiet(2)])
+            assert acks[-1] == 2 and c.telemetry.windows_stored == 2
+        finally:
+            await c.stop(0.5)
+
+    asyncio.run(main())
