@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except TocsinError as exc:
         print(f"tocsin train: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return int(exc.exit_status)
     except OSError as exc:
         print(f"tocsin train: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
