@@ -5,8 +5,8 @@ Contract: ``Attributor(roots, ...)`` started with ``start()`` collects writers;
 returns at most ``top_n`` ``ProcessSample`` messages, biggest writers first,
 and resets the per-window counts. The agent's own pid is never reported.
 
-Two sources. As root, fanotify (a mount mark for FAN_CLOSE_WRITE on each
-root's mount) names the writer of every file closed after writing; a reader
+Two sources. As root, fanotify (a filesystem mark for FAN_CLOSE_WRITE on each
+root's filesystem, a mount mark on older kernels) names the writer of every file closed after writing; a reader
 thread keeps paths under the roots and counts them per pid (at most
 ``max_paths_per_pid`` paths kept per pid per window, every fd closed). Without
 fanotify, psutil io counters: processes whose write_chars grew since the last
@@ -41,6 +41,7 @@ FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
 FAN_MARK_ADD = 0x1
 FAN_MARK_MOUNT = 0x10
+FAN_MARK_FILESYSTEM = 0x100
 FAN_CLOSE_WRITE = 0x8
 FAN_Q_OVERFLOW = 0x4000
 AT_FDCWD = -100
@@ -119,8 +120,14 @@ class FanotifySource:
             raise OSError(ctypes.get_errno(), "fanotify_init failed")
         self._fd = fd
         for root in roots:
-            rc = self._mark(fd, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD,
+            # A filesystem mark sees writes made through any mount of the
+            # filesystem, from any mount namespace (containers, `ip netns exec`,
+            # bind mounts); a mount mark sees only this namespace's mount.
+            rc = self._mark(fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_CLOSE_WRITE, AT_FDCWD,
                             os.fsencode(root))
+            if rc != 0:
+                rc = self._mark(fd, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD,
+                                os.fsencode(root))
             if rc != 0:
                 err = ctypes.get_errno()
                 os.close(fd)
