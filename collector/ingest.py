@@ -10,6 +10,9 @@ Per stream, in order:
 2. Each ``Window`` (seq > 0) is committed to the store, THEN acked (``Ack.seq``
    is the highest seq stored for the boot), THEN judged. A resent window
    already stored is acked and counted in ``duplicates``, not judged again.
+   A later ``Hello`` of the same host switches the boot the following windows
+   belong to (how an agent resends an earlier boot's unacknowledged windows);
+   it is answered with an ``Ack`` of that boot.
 3. ``ActionResult`` goes to the responder; ``Heartbeat`` refreshes last_seen;
    ``Goodbye`` marks a clean disconnect and ends the stream.
 
@@ -178,7 +181,17 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                     self.store.touch_host(host_id, clean_disconnect=True)
                     break
                 elif kind == "hello":
-                    raise WireError("hello sent twice on one stream")
+                    # A later hello switches boot: the agent resends an earlier
+                    # boot's unacknowledged windows under a hello of that boot,
+                    # then repeats its current hello before its own windows.
+                    hello = validate_hello(msg)
+                    if hello.host_id != host_id:
+                        raise WireError(f"hello for {hello.host_id!r} on {host_id!r}'s stream")
+                    boot_id = hello.boot_id
+                    acked = await asyncio.to_thread(self.store.committed_seq, host_id, boot_id)
+                    await session.out.put(
+                        pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked))
+                    )
                 else:
                     raise WireError("empty AgentMessage")
         except WireError as exc:

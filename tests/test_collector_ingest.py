@@ -106,7 +106,7 @@ async def stream(
         call = pb_grpc.TelemetryStub(ch).Stream()
         for m in messages:
             await call.write(m)
-        n_acks = 1 + sum(1 for m in messages if m.HasField("window"))
+        n_acks = sum(1 for m in messages if m.HasField("window") or m.HasField("hello"))
         async def read() -> None:
             async for resp in call:
                 if resp.HasField("ack"):
@@ -300,6 +300,27 @@ def test_bad_seq_and_oversized_message_end_only_their_stream(
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             acks, _ = await stream(port, [hello(boot="b3"), quiet(1), quiet(2)])
             assert acks[-1] == 2 and c.telemetry.windows_stored == 2
+        finally:
+            await c.stop(0.5)
+
+    asyncio.run(main())
+
+
+def test_later_hello_switches_boot_for_resent_windows(tmp_path: Path, receiver: Receiver) -> None:
+    """An agent resends an earlier boot's windows under that boot's hello, then its own."""
+
+    async def main() -> None:
+        c, port = await run_collector(tmp_path, receiver.url, "off")
+        try:
+            msgs = [hello(boot="boot-old"), quiet(7), quiet(8), hello(boot="boot-new"), quiet(1)]
+            acks, _ = await stream(port, msgs + [quiet(2)])
+            assert c.store.committed_seq("srv-mairie", "boot-old") == 8
+            assert c.store.committed_seq("srv-mairie", "boot-new") == 2
+            assert 8 in acks and acks[-1] == 2
+            # Another host's hello on this stream is refused.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stream(port, [hello(), quiet(1), hello(host="other"), quiet(1)])
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         finally:
             await c.stop(0.5)
 
