@@ -130,7 +130,10 @@ class WindowAccumulator:
     def _new_extensions(self, now: float) -> tuple[int, str, int]:
         for p in self.created:
             e = extension(p)
-            if not e or e in self.known_extensions:
+            # An extension that names a type the probe can check (.gz, .pdf...)
+            # is not "new" evidence: if its content lies, the file counts as
+            # type-destroyed instead. Log rotation spreading .gz stays quiet.
+            if not e or e in self.known_extensions or expected_type(p):
                 continue
             if e not in self.new_ext_first_seen and len(self.new_ext_first_seen) < MAX_TRACKED:
                 self.new_ext_first_seen[e] = now
