@@ -1,16 +1,29 @@
 """The gRPC client: one Telemetry.Stream to the collector, kept open forever.
 
 Contract: ``Shipper.submit_window(w)`` gives ``w`` the next seq of this boot
-(starting at 1) and stores it in the spool before returning (durable);
+(starting at 1) and stores it in the spool before returning (durable); a
+window too large for the wire (``MAX_MESSAGE_BYTES``) loses its example paths,
+then its top writers, and is never refused by the collector for its size.
 ``submit_result(r)`` queues an ActionResult in memory (bounded, drops oldest,
 counted). The sender thread connects, sends Hello, then every unacked spooled
 window in spool order (earlier boots' windows under their own boot_id), then
 new ones as they come (a window always follows a Hello of its own boot: a
-repeated Hello switches boot); an Ack trims the spool; a Command is handed to
-``on_command`` and its ActionResult sent back. On any stream failure it
-reconnects with exponential backoff (jitter, cap) and resends all unacked
-windows. ``stop()`` sends Goodbye and half-closes. Every message sent is
+repeated Hello switches boot); an Ack trims the spool (the collector acks only
+what it committed); a Command is handed to ``on_command`` and its ActionResult
+sent back. ``stop()`` sends Goodbye and half-closes. Every message sent is
 written to the optional Recorder.
+
+Retries follow the OpenTelemetry exporter rules: after a stream ends with a
+retryable status (``RETRYABLE``; RESOURCE_EXHAUSTED only when the collector
+sent a ``grpc-retry-pushback-ms`` hint) the shipper reconnects after an
+exponential backoff with full jitter, capped at ``backoff_max_s``, or after
+the collector's hint when it gave one; the backoff restarts from
+``backoff_initial_s`` once an ack shows progress. A non-retryable status
+(INVALID_ARGUMENT, PERMISSION_DENIED, UNAUTHENTICATED, ...) is a problem for
+a human: it is logged at ERROR and the shipper only tries again after
+``refused_retry_s`` (an agent never gives up for good; its spool keeps
+filling meanwhile). Keepalive pings (``CHANNEL_OPTIONS``) turn a dead link
+into UNAVAILABLE within ~15 s.
 """
 
 from __future__ import annotations
@@ -26,21 +39,68 @@ from dataclasses import dataclass, field
 
 import grpc
 from tocsin.agent.spool import WindowSpool
-from tocsin.v1 import CHANNEL_OPTIONS, telemetry_pb2_grpc
+from tocsin.v1 import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, telemetry_pb2_grpc
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.recording import Recorder
 
 log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
+# The OpenTelemetry OTLP/gRPC retryable codes; RESOURCE_EXHAUSTED only with a hint.
 RETRYABLE = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.INTERNAL,
     grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DATA_LOSS,
 })
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# Room left under MAX_MESSAGE_BYTES for the AgentMessage envelope.
+_WIRE_SLACK_BYTES = 1024
+
+
+def retry_delay_s(
+    code: grpc.StatusCode | None, pushback_ms: int | None, attempt: int,
+    initial_s: float, max_s: float, rand: Callable[[], float] = random.random,
+) -> float | None:
+    """Seconds to wait before reconnecting, or None if ``code`` is not retryable.
+
+    The collector's hint wins when given (even for RESOURCE_EXHAUSTED); otherwise
+    exponential backoff with full jitter: uniform(0.5, 1) * min(max_s, initial_s * 2**attempt).
+    """
+    if pushback_ms is not None and pushback_ms >= 0 and (
+        code in RETRYABLE or code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    ):
+        return min(pushback_ms / 1000.0, max_s * 4) * (1.0 + 0.1 * rand())
+    if code is not None and code not in RETRYABLE:
+        return None
+    return min(max_s, initial_s * 2**attempt) * (0.5 + 0.5 * rand())
+
+
+def pushback_ms_of(exc: grpc.RpcError) -> int | None:
+    """The collector's ``grpc-retry-pushback-ms`` trailer, if any."""
+    try:
+        trailers = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    except Exception:
+        return None
+    for key, value in trailers:
+        if key == PUSHBACK_KEY:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def fit_window(w: pb.Window, max_bytes: int = MAX_MESSAGE_BYTES - _WIRE_SLACK_BYTES) -> bool:
+    """Shrink ``w`` in place under ``max_bytes``; False if even the counts do not fit."""
+    if w.ByteSize() <= max_bytes:
+        return True
+    del w.example_paths[:]
+    while w.ByteSize() > max_bytes and w.top_writers:
+        del w.top_writers[-1]
+    return w.ByteSize() <= max_bytes
 
 
 @dataclass
@@ -68,6 +128,7 @@ class Shipper:
         backoff_max_s: float = 15.0,
         heartbeat_s: float = 10.0,
         max_results: int = 1000,
+        refused_retry_s: float = 300.0,
     ) -> None:
         self.target = target
         self.spool = spool
@@ -78,6 +139,10 @@ class Shipper:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.heartbeat_s = heartbeat_s
+        self.refused_retry_s = refused_retry_s
+        self.windows_trimmed = 0
+        self.last_status: grpc.StatusCode | None = None
+        self._progress = False
         self._seq = 0
         self._seq_lock = threading.Lock()
         self._wake = threading.Condition()
@@ -93,6 +158,10 @@ class Shipper:
     # ------------------------------------------------------------ producers
     def submit_window(self, w: pb.Window) -> int:
         """Assign the next seq, spool durably, wake the sender; returns the seq."""
+        if w.ByteSize() > MAX_MESSAGE_BYTES - _WIRE_SLACK_BYTES:
+            self.windows_trimmed += 1
+            if not fit_window(w):  # only counts left: cannot happen with proto3 scalars
+                log.error("window too large for the wire even without paths and writers")
         with self._seq_lock:
             self._seq += 1
             w.seq = self._seq
@@ -186,7 +255,9 @@ class Shipper:
     def _run(self) -> None:
         attempt = 0
         while not self._stop.is_set():
-            started = time.monotonic()
+            self._progress = False
+            code: grpc.StatusCode | None = None
+            pushback: int | None = None
             try:
                 with self._channel() as channel:
                     stub = telemetry_pb2_grpc.TelemetryStub(channel)
@@ -200,28 +271,36 @@ class Shipper:
                     log.info("collector closed the stream")
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
+                pushback = pushback_ms_of(exc)
+                details = exc.details() if hasattr(exc, "details") else str(exc)
+                self.last_status = code
                 if self._stop.is_set():
                     break
-                if code in RETRYABLE:
-                    log.info("stream to %s lost (%s); reconnecting", self.target, code)
+                if code in RETRYABLE or pushback is not None:
+                    log.info("stream to %s lost (%s: %s); reconnecting", self.target,
+                             code, details)
                 else:
-                    log.error("stream to %s failed (%s: %s); retrying", self.target, code,
-                              exc.details() if hasattr(exc, "details") else exc)
+                    log.error("collector %s refused the stream (%s: %s); not retrying for %.0f s",
+                              self.target, code, details, self.refused_retry_s)
             finally:
                 self.connected.clear()
                 self._call = None
             if self._stop.is_set():
                 break
-            if time.monotonic() - started > 10:
+            if self._progress:
                 attempt = 0
-            delay = min(self.backoff_max_s, self.backoff_initial_s * 2**attempt)
+            delay = retry_delay_s(code, pushback, attempt, self.backoff_initial_s,
+                                  self.backoff_max_s)
+            if delay is None:
+                delay = self.refused_retry_s
             attempt += 1
-            self._stop.wait(delay * random.uniform(0.5, 1.0))
+            self._stop.wait(delay)
 
     def _handle(self, reply: pb.CollectorMessage) -> None:
         which = reply.WhichOneof("body")
         if which == "ack":
-            self.spool.ack(reply.ack.boot_id, reply.ack.seq)
+            if self.spool.ack(reply.ack.boot_id, reply.ack.seq):
+                self._progress = True
             self.acked = (reply.ack.boot_id, reply.ack.seq)
         elif which == "command":
             result = self.on_command(reply.command)
