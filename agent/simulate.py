@@ -366,6 +366,99 @@ BENIGN: dict[str, Callable[..., int]] = {
 WORKLOADS: dict[str, Callable[..., int]] = {**ATTACKS, **BENIGN}
 
 
+# --------------------------------------------------------------------------
+# More workloads for the evaluation suite (appended; the tables below list them)
+
+SLOW_RATE_PER_S = 2.0
+BURST_FILES = 20
+
+
+def encrypt_slow(root: Path, rate_per_s: float = SLOW_RATE_PER_S, seed: int = 1) -> int:
+    """A paced attack: in-place encryption at ``SLOW_RATE_PER_S`` files a second or less."""
+    rate = SLOW_RATE_PER_S if rate_per_s <= 0 else min(rate_per_s, SLOW_RATE_PER_S)
+    return encrypt_inplace(root, rate, seed)
+
+
+def encrypt_burst(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """A short burst: ``BURST_FILES`` files encrypted in place, then the process exits."""
+    n = 0
+    for p in paced(_victims(root)[:BURST_FILES], rate_per_s):
+        data = p.read_bytes()
+        with p.open("r+b") as fh:
+            fh.write(_xor(data, seed + n))
+        n += 1
+    return n
+
+
+def backup_encrypted(root: Path, rate_per_s: float = 0, seed: int = 1) -> int:
+    """tar the share, then encrypt the archive into a new ``.tar.gz.enc`` (gpg/openssl-like).
+
+    Nothing is deleted: the archive is built in memory and only the encrypted
+    file is written, in ``root/Sauvegardes/``.
+    """
+    out = root / "Sauvegardes"
+    out.mkdir(exist_ok=True)
+    victims = [p for p in _victims(root) if out not in p.parents]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in paced(victims, rate_per_s):
+            tar.add(p, arcname=str(p.relative_to(root)))
+    (out / f"partage-{seed}.tar.gz.enc").write_bytes(b"Salted__" + _xor(buf.getvalue(), seed))
+    return 1
+
+
+def source_checkout(root: Path, rate_per_s: float = 200, seed: int = 1, files: int = 400) -> int:
+    """A git-like checkout: small text files in many new directories, zlib objects beside."""
+    rng = random.Random(seed)
+    repo = root / "Informatique" / f"depot-{seed}"
+    objects = repo / ".git" / "objects"
+    names = [
+        repo / f"module_{i // 8:03d}" / f"sous_{i % 4}" / f"fichier_{i:04d}.py"
+        for i in range(files)
+    ]
+    for i, p in enumerate(paced(names, rate_per_s)):
+        text = f"# {_words(rng, 6)}\ndef f_{i}():\n    return {rng.randint(0, 999)}\n"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        blob = zlib.compress(f"blob {len(text)}\0{text}".encode())
+        digest = f"{rng.getrandbits(160):040x}"
+        obj = objects / digest[:2] / digest[2:]
+        obj.parent.mkdir(parents=True, exist_ok=True)
+        obj.write_bytes(blob)
+    return files
+
+
+def rsync_mirror(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Copy the share into a new mirror directory: temp name first, renamed into place."""
+    mirror = root / f"Miroir-{seed}"
+    victims = [p for p in _victims(root) if mirror not in p.parents]
+    n = 0
+    for p in paced(victims, rate_per_s):
+        dest = mirror / p.relative_to(root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{rng_suffix(seed, n)}")
+        tmp.write_bytes(p.read_bytes())
+        tmp.rename(dest)
+        n += 1
+    return n
+
+
+def rng_suffix(seed: int, n: int) -> str:
+    """rsync-like temporary suffix (6 letters), deterministic."""
+    rng = random.Random(seed * 1_000_003 + n)
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return "".join(rng.choice(letters) for _ in range(6))
+
+
+ATTACKS.update({"encrypt-slow": encrypt_slow, "encrypt-burst": encrypt_burst})
+BENIGN.update({
+    "backup-encrypted": backup_encrypted,
+    "source-checkout": source_checkout,
+    "rsync-mirror": rsync_mirror,
+})
+WORKLOADS.update({**ATTACKS, **BENIGN})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tocsin.agent.simulate")
     sub = parser.add_subparsers(dest="cmd", required=True)
