@@ -84,7 +84,7 @@ class ProcessSample(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., name: _Optional[str] = ..., exe: _Optional[str] = ..., user: _Optional[str] = ..., bytes_written: _Optional[int] = ..., bytes_read: _Optional[int] = ..., files_touched: _Optional[int] = ..., children: _Optional[int] = ..., tree_root_pid: _Optional[int] = ..., cmdline: _Optional[str] = ..., files_type_destroyed: _Optional[int] = ..., create_time: _Optional[float] = ..., attribution: _Optional[_Union[Attribution, str]] = ...) -> None: ...
 
 class Window(_message.Message):
-    __slots__ = ("seq", "start", "end", "events_created", "events_modified", "events_deleted", "events_moved", "files_created", "files_modified", "files_deleted", "files_renamed", "dirs_touched", "extensions_touched", "new_extensions", "top_new_extension", "top_new_extension_dirs", "files_probed", "bytes_probed", "files_high_entropy", "files_type_destroyed", "mean_entropy", "files_incompressible", "repeated_name", "repeated_name_dirs", "encrypted_twins", "canary_touches", "bytes_read", "bytes_written", "net_bytes_out", "events_dropped", "queue_overflows", "spool_dropped", "top_writers", "example_paths", "files_encoded_random", "tripwire_fired", "tripwire_reason", "files_read", "drill")
+    __slots__ = ("seq", "start", "end", "events_created", "events_modified", "events_deleted", "events_moved", "files_created", "files_modified", "files_deleted", "files_renamed", "dirs_touched", "extensions_touched", "new_extensions", "top_new_extension", "top_new_extension_dirs", "files_probed", "bytes_probed", "files_high_entropy", "files_type_destroyed", "mean_entropy", "files_incompressible", "repeated_name", "repeated_name_dirs", "encrypted_twins", "canary_touches", "bytes_read", "bytes_written", "net_bytes_out", "events_dropped", "queue_overflows", "spool_dropped", "top_writers", "example_paths", "files_encoded_random", "tripwire_fired", "tripwire_reason", "files_read", "drill", "read_dirs", "archives_created", "watch_limit_hits", "files_unprobed")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,10 @@ class Window(_message.Message):
     TRIPWIRE_REASON_FIELD_NUMBER: _ClassVar[int]
     FILES_READ_FIELD_NUMBER: _ClassVar[int]
     DRILL_FIELD_NUMBER: _ClassVar[int]
+    READ_DIRS_FIELD_NUMBER: _ClassVar[int]
+    ARCHIVES_CREATED_FIELD_NUMBER: _ClassVar[int]
+    WATCH_LIMIT_HITS_FIELD_NUMBER: _ClassVar[int]
+    FILES_UNPROBED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
@@ -163,7 +167,11 @@ class Window(_message.Message):
     tripwire_reason: str
     files_read: int
     drill: bool
-    def __init__(self, seq: _Optional[int] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., events_created: _Optional[int] = ..., events_modified: _Optional[int] = ..., events_deleted: _Optional[int] = ..., events_moved: _Optional[int] = ..., files_created: _Optional[int] = ..., files_modified: _Optional[int] = ..., files_deleted: _Optional[int] = ..., files_renamed: _Optional[int] = ..., dirs_touched: _Optional[int] = ..., extensions_touched: _Optional[int] = ..., new_extensions: _Optional[int] = ..., top_new_extension: _Optional[str] = ..., top_new_extension_dirs: _Optional[int] = ..., files_probed: _Optional[int] = ..., bytes_probed: _Optional[int] = ..., files_high_entropy: _Optional[int] = ..., files_type_destroyed: _Optional[int] = ..., mean_entropy: _Optional[float] = ..., files_incompressible: _Optional[int] = ..., repeated_name: _Optional[str] = ..., repeated_name_dirs: _Optional[int] = ..., encrypted_twins: _Optional[int] = ..., canary_touches: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_written: _Optional[int] = ..., net_bytes_out: _Optional[int] = ..., events_dropped: _Optional[int] = ..., queue_overflows: _Optional[int] = ..., spool_dropped: _Optional[int] = ..., top_writers: _Optional[_Iterable[_Union[ProcessSample, _Mapping]]] = ..., example_paths: _Optional[_Iterable[str]] = ..., files_encoded_random: _Optional[int] = ..., tripwire_fired: _Optional[bool] = ..., tripwire_reason: _Optional[str] = ..., files_read: _Optional[int] = ..., drill: _Optional[bool] = ...) -> None: ...
+    read_dirs: int
+    archives_created: int
+    watch_limit_hits: int
+    files_unprobed: int
+    def __init__(self, seq: _Optional[int] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., events_created: _Optional[int] = ..., events_modified: _Optional[int] = ..., events_deleted: _Optional[int] = ..., events_moved: _Optional[int] = ..., files_created: _Optional[int] = ..., files_modified: _Optional[int] = ..., files_deleted: _Optional[int] = ..., files_renamed: _Optional[int] = ..., dirs_touched: _Optional[int] = ..., extensions_touched: _Optional[int] = ..., new_extensions: _Optional[int] = ..., top_new_extension: _Optional[str] = ..., top_new_extension_dirs: _Optional[int] = ..., files_probed: _Optional[int] = ..., bytes_probed: _Optional[int] = ..., files_high_entropy: _Optional[int] = ..., files_type_destroyed: _Optional[int] = ..., mean_entropy: _Optional[float] = ..., files_incompressible: _Optional[int] = ..., repeated_name: _Optional[str] = ..., repeated_name_dirs: _Optional[int] = ..., encrypted_twins: _Optional[int] = ..., canary_touches: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_written: _Optional[int] = ..., net_bytes_out: _Optional[int] = ..., events_dropped: _Optional[int] = ..., queue_overflows: _Optional[int] = ..., spool_dropped: _Optional[int] = ..., top_writers: _Optional[_Iterable[_Union[ProcessSample, _Mapping]]] = ..., example_paths: _Optional[_Iterable[str]] = ..., files_encoded_random: _Optional[int] = ..., tripwire_fired: _Optional[bool] = ..., tripwire_reason: _Optional[str] = ..., files_read: _Optional[int] = ..., drill: _Optional[bool] = ..., read_dirs: _Optional[int] = ..., archives_created: _Optional[int] = ..., watch_limit_hits: _Optional[int] = ..., files_unprobed: _Optional[int] = ...) -> None: ...
 
 class ActionResult(_message.Message):
     __slots__ = ("command_id", "kind", "status", "detail", "pids", "at", "local")
