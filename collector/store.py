@@ -29,7 +29,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from tocsin.v1.errors import ConfigError
+from tocsin.v1.errors import ConfigError, TocsinError
+
+
+class StoreUnavailable(TocsinError):
+    """The database cannot take a write now (locked, I/O error); nothing was committed."""
+
+
+class StoreFull(StoreUnavailable):
+    """The database's disk (or its size limit) is full; nothing was committed."""
+
+
+def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "full" in str(exc):
+        return StoreFull(f"database full: {exc}")
+    return StoreUnavailable(f"database unavailable: {exc}")
 
 
 @dataclass(frozen=True)
@@ -157,7 +172,10 @@ class SqliteStore:
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise _unavailable(exc) from exc
 
     def upsert_host(
         self, host_id: str, *, hostname: str, agent_version: str, tripwire_mode: str
@@ -232,8 +250,11 @@ class SqliteStore:
                     )
                     inserted.append(cur.rowcount == 1)
                 self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except BaseException as exc:
+                if self._db.in_transaction:  # SQLITE_FULL may already have rolled back
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _unavailable(exc) from exc
                 raise
         return inserted
 
