@@ -3,8 +3,9 @@
 Contract: ``probe_file(path)`` reads at most three ``BLOCK_BYTES`` blocks (head,
 middle, tail; so at most ``MAX_BYTES_PER_FILE`` bytes) and returns a
 ``ProbeResult``, or ``None`` when the file is unreadable, vanished or empty
-(never raises for those). ``probe_files`` probes at most ``max_files`` paths and
-sums the results into a ``ProbeSummary``.
+(never raises for those). ``probe_files`` probes paths in order until
+``max_files`` were probed or ``max_bytes`` were read (the window's budget), sums
+the results into a ``ProbeSummary`` and counts the paths left unprobed.
 
 A file whose extension promises a recognisable type (zip-based office, pdf,
 jpeg, png, gzip, sqlite, plain text) and whose head no longer carries it is
@@ -180,6 +181,7 @@ class ProbeSummary:
     files_incompressible: int = 0
     files_encoded_random: int = 0
     files_skipped: int = 0
+    files_unprobed: int = 0  # left over when the budget was spent
     entropy_sum: float = 0.0
     destroyed_paths: list[str] = field(default_factory=list)
 
@@ -199,12 +201,15 @@ class ProbeSummary:
             self.destroyed_paths.append(r.path)
 
 
-def probe_files(paths: Iterable[str], max_files: int = 64) -> ProbeSummary:
-    """Probe up to ``max_files`` of ``paths`` (in order); unreadable ones are counted as skipped."""
+def probe_files(
+    paths: Iterable[str], max_files: int = 64, max_bytes: int = 2 * 1024 * 1024
+) -> ProbeSummary:
+    """Probe ``paths`` in order within the budget; unreadable ones are counted as skipped."""
     summary = ProbeSummary()
     for path in paths:
-        if summary.files_probed >= max_files:
-            break
+        if summary.files_probed >= max_files or summary.bytes_probed >= max_bytes:
+            summary.files_unprobed += 1
+            continue
         r = probe_file(path)
         if r is None:
             summary.files_skipped += 1

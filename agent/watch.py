@@ -5,12 +5,18 @@ Contract: ``FileWatcher(roots, queue_size)`` watches every root recursively once
 into a queue of at most ``queue_size`` items; when the queue is full the event
 is dropped and ``events_dropped`` grows. A kernel inotify queue overflow
 (IN_Q_OVERFLOW, which watchdog reports by logging) grows ``queue_overflows``.
-Paths under any ``ignore`` prefix (the agent's state dir, recordings) are never
-queued. Counters only grow; readers take differences.
+A directory that could not be watched because the inotify watch limit was
+reached (watchdog swallows that error for subdirectories) grows
+``watch_limit_hits`` and is logged once. Directories created later are watched
+(watchdog adds them). A file closed without writing becomes a ``read`` event
+(exfiltration staging); opens and directory-modified events are never asked of
+the kernel. Paths under any ``ignore`` prefix (the agent's state dir,
+recordings) are never queued. Counters only grow; readers take differences.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -18,19 +24,36 @@ import threading
 import time
 from dataclasses import dataclass
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileClosedNoWriteEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 
 log = logging.getLogger(__name__)
 
-KINDS = ("created", "modified", "deleted", "moved", "closed")
+KINDS = ("created", "modified", "deleted", "moved", "closed", "read")
+# What the kernel is asked for: no IN_OPEN, no directory-modified echo of every create.
+EVENT_FILTER: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileDeletedEvent, DirDeletedEvent,
+    FileMovedEvent, DirMovedEvent, FileClosedEvent, FileClosedNoWriteEvent,
+]
 
 
 @dataclass(frozen=True, slots=True)
 class FsEvent:
     """One filesystem event. ``kind``: created, modified, deleted, moved or closed."""
 
-    kind: str
+    kind: str  # one of KINDS
     path: str
     dest_path: str
     is_dir: bool
@@ -49,13 +72,48 @@ class _OverflowCounter(logging.Handler):
         self.count = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
+        # One line per kernel overflow (the per-watch "reconciling" lines are not counted).
+        if "overflowed; filesystem events were lost" in record.getMessage():
             self.count += 1
 
 
 _overflow = _OverflowCounter()
 logging.getLogger("watchdog.observers.inotify_c").addHandler(_overflow)
-logging.getLogger("watchdog.observers.inotify").addHandler(_overflow)
+
+
+class _WatchLimit:
+    """Counts directories watchdog could not watch for lack of inotify watches."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._installed = False
+
+    def install(self) -> None:
+        """Wrap watchdog's add_callback once, so ENOSPC (swallowed for subdirs) is seen."""
+        if self._installed:
+            return
+        from watchdog.observers import inotify_c
+
+        original = inotify_c.InotifyFD.add_callback
+        counter = self
+
+        def add_callback(fd: object, path: bytes, *args: object, **kw: object) -> object:
+            try:
+                return original(fd, path, *args, **kw)  # type: ignore[arg-type]
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    if counter.count == 0:
+                        log.error("inotify watch limit reached: %s and later directories are "
+                                  "NOT watched; raise fs.inotify.max_user_watches",
+                                  os.fsdecode(path))
+                    counter.count += 1
+                raise
+
+        inotify_c.InotifyFD.add_callback = add_callback  # type: ignore[method-assign]
+        self._installed = True
+
+
+_watch_limit = _WatchLimit()
 
 
 class _Handler(FileSystemEventHandler):
@@ -64,9 +122,11 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         kind = event.event_type
-        if kind == "closed_no_write" or kind == "opened":
-            return
-        if kind not in KINDS:
+        if kind == "closed_no_write":
+            if event.is_directory:
+                return
+            kind = "read"
+        elif kind not in KINDS:
             return
         self._w.push(
             FsEvent(
@@ -91,6 +151,7 @@ class FileWatcher:
         self._lock = threading.Lock()
         self._dropped = 0
         self._overflow_base = _overflow.count
+        self._limit_base = _watch_limit.count
         self._observer = Observer()
         self._observer.daemon = True
 
@@ -101,6 +162,10 @@ class FileWatcher:
     @property
     def queue_overflows(self) -> int:
         return _overflow.count - self._overflow_base
+
+    @property
+    def watch_limit_hits(self) -> int:
+        return _watch_limit.count - self._limit_base
 
     def _ignored(self, path: str) -> bool:
         return any(path == p or path.startswith(p + os.sep) for p in self._ignore)
@@ -116,9 +181,10 @@ class FileWatcher:
                 self._dropped += 1
 
     def start(self) -> None:
+        _watch_limit.install()
         handler = _Handler(self)
         for root in self.roots:
-            self._observer.schedule(handler, root, recursive=True)
+            self._observer.schedule(handler, root, recursive=True, event_filter=EVENT_FILTER)
         self._observer.start()
 
     def stop(self) -> None:

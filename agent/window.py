@@ -9,6 +9,13 @@ windowing thread: it drains the watcher every ``poll_s``, closes a window every
 sample of the written files, asks the attributor for the top writers, lets the
 tripwire act, and hands the window to ``sink``. Windows without file activity
 are handed over at most every ``idle_every_s`` seconds (still with counts).
+
+Spreading evidence counts only directories where something was destroyed
+(a file deleted, renamed away, or whose type was destroyed) within the name
+horizon: a backup that writes ``.gpg`` copies and a manifest into every folder
+of its own tree deletes nothing there and stays quiet; ransomware that leaves a
+note and replaces the originals does not. Reads (files closed without writing)
+give ``files_read``/``read_dirs``; archives written give ``archives_created``.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from dataclasses import dataclass, field
 
 import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from tocsin.agent import limits
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.probe import SIGNATURES, expected_type, probe_files
 from tocsin.agent.watch import FileWatcher, FsEvent
@@ -36,6 +45,7 @@ NAME_HORIZON_S = 120.0
 MAX_TRACKED = 4096
 MAX_EXAMPLE_PATHS = 5
 MAX_PATH_CHARS = 512
+ARCHIVE_EXTENSIONS = frozenset({"zip", "7z", "rar", "tar", "tgz", "gz", "bz2", "xz", "zst", "cab"})
 
 
 def extension(path: str) -> str:
@@ -47,20 +57,27 @@ def extension(path: str) -> str:
     return ext if _EXT_RE.match(ext) else ""
 
 
-def scan_extensions(roots: list[str], max_files: int = 50_000) -> set[str]:
-    """Extensions present in ``roots`` (walks at most ``max_files`` files)."""
+def scan_tree(roots: list[str], max_files: int = limits.SCAN_MAX_FILES) -> tuple[set[str], int]:
+    """(extensions present, directories seen) in ``roots``, walking at most ``max_files`` files."""
     seen: set[str] = set()
     n = 0
+    dirs = 0
     for root in roots:
         for _dir, _subdirs, files in os.walk(root):
+            dirs += 1
             for f in files:
                 e = extension(f)
                 if e:
                     seen.add(e)
-                n += 1
-                if n >= max_files:
-                    return seen
-    return seen
+            n += len(files)
+            if n >= max_files:
+                return seen, dirs
+    return seen, dirs
+
+
+def scan_extensions(roots: list[str], max_files: int = limits.SCAN_MAX_FILES) -> set[str]:
+    """Extensions present in ``roots`` (walks at most ``max_files`` files)."""
+    return scan_tree(roots, max_files)[0]
 
 
 def _ts(t: float) -> Timestamp:
@@ -81,6 +98,7 @@ class WindowAccumulator:
     closed: dict[str, None] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     renamed: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
     dirs: set[str] = field(default_factory=set)
     exts: set[str] = field(default_factory=set)
     canary_touches: int = 0
@@ -91,6 +109,8 @@ class WindowAccumulator:
     prev_created: set[str] = field(default_factory=set)
     prev_deleted: set[str] = field(default_factory=set)
     twinned: set[str] = field(default_factory=set)
+    destroyed_dirs: dict[str, float] = field(default_factory=dict)
+    name_reported: dict[str, int] = field(default_factory=dict)
 
     @property
     def events(self) -> int:
@@ -106,6 +126,10 @@ class WindowAccumulator:
         if ev.path in self.canaries or ev.dest_path in self.canaries:
             self.canary_touches += 1
         if ev.is_dir:
+            return
+        if ev.kind == "read":
+            if len(self.read) < MAX_TRACKED:
+                self.read.add(ev.path)
             return
         written = ev.dest_path if ev.kind == "moved" else ev.path
         self.dirs.add(os.path.dirname(ev.path))
@@ -126,6 +150,18 @@ class WindowAccumulator:
             e = extension(written)
             if e:
                 self.exts.add(e)
+
+    def _mark_destroyed(self, now: float, destroyed_paths: list[str]) -> None:
+        """Remember the directories where something was destroyed in this window."""
+        for p in (*self.deleted, *destroyed_paths):
+            d = os.path.dirname(p)
+            if d in self.destroyed_dirs or len(self.destroyed_dirs) < MAX_TRACKED:
+                self.destroyed_dirs[d] = now
+        self.destroyed_dirs = {d: t for d, t in self.destroyed_dirs.items()
+                               if now - t < NAME_HORIZON_S}
+
+    def _destroyed_count(self, dirs: set[str] | dict[str, float]) -> int:
+        return sum(1 for d in dirs if d in self.destroyed_dirs)
 
     def _new_extensions(self, now: float) -> tuple[int, str, int]:
         for p in self.created:
@@ -148,8 +184,11 @@ class WindowAccumulator:
         fresh = self.exts & set(self.new_ext_first_seen)
         if not fresh:
             return 0, "", 0
-        top = max(fresh, key=lambda e: len(self.new_ext_dirs.get(e, ())))
-        return len(fresh), top, len(self.new_ext_dirs.get(top, ()))
+        spread = {e: self._destroyed_count(self.new_ext_dirs.get(e, set())) for e in fresh}
+        top = max(fresh, key=lambda e: spread[e])
+        if spread[top] == 0:
+            return len(fresh), "", 0
+        return len(fresh), top, spread[top]
 
     def _repeated_name(self, now: float) -> tuple[str, int]:
         for p in self.created:
@@ -163,13 +202,16 @@ class WindowAccumulator:
                 self.name_dirs[name] = dirs
             else:
                 del self.name_dirs[name]
-        names = {os.path.basename(p) for p in self.created}
+        self.name_reported = {n: c for n, c in self.name_reported.items() if n in self.name_dirs}
         best, best_n = "", 0
-        for name in names:
-            n = len(self.name_dirs.get(name, ()))
-            if n > best_n:
+        for name, dirs in self.name_dirs.items():
+            n = self._destroyed_count(dirs)
+            if n > best_n and n > self.name_reported.get(name, 0):
                 best, best_n = name, n
-        return (best, best_n) if best_n >= 2 else ("", 0)
+        if best_n < 2:
+            return "", 0
+        self.name_reported[best] = best_n
+        return best, best_n
 
     def _twins(self) -> int:
         created = set(self.created) | self.prev_created
@@ -195,10 +237,14 @@ class WindowAccumulator:
         order += [p for p in self.modified if p not in self.closed and p not in self.created]
         return [p for p in order if p not in self.deleted]
 
-    def close(self, start: float, end: float, max_probe_files: int = 64) -> tuple[pb.Window,
-                                                                                  list[str]]:
+    def close(
+        self, start: float, end: float,
+        max_probe_files: int = limits.PROBE_MAX_FILES_PER_WINDOW,
+        max_probe_bytes: int = limits.PROBE_MAX_BYTES_PER_WINDOW,
+    ) -> tuple[pb.Window, list[str]]:
         """The finished window (counts and probes) and its type-destroyed paths; resets."""
-        probes = probe_files(self.probe_candidates(), max_probe_files)
+        probes = probe_files(self.probe_candidates(), max_probe_files, max_probe_bytes)
+        self._mark_destroyed(end, probes.destroyed_paths)
         n_new, top_ext, top_dirs = self._new_extensions(end)
         rep_name, rep_dirs = self._repeated_name(end)
         w = pb.Window(
@@ -223,6 +269,11 @@ class WindowAccumulator:
             repeated_name=rep_name[:MAX_PATH_CHARS], repeated_name_dirs=rep_dirs,
             encrypted_twins=self._twins(),
             canary_touches=self.canary_touches,
+            files_read=len(self.read),
+            read_dirs=len({os.path.dirname(p) for p in self.read}),
+            archives_created=sum(1 for p in {*self.created, *self.closed}
+                                 if extension(p) in ARCHIVE_EXTENSIONS and p not in self.deleted),
+            files_unprobed=probes.files_unprobed,
         )
         examples = probes.destroyed_paths[:MAX_EXAMPLE_PATHS]
         for p in list(self.created) + list(self.closed):
@@ -235,6 +286,7 @@ class WindowAccumulator:
         self.counts = {}
         self.created, self.modified, self.closed = {}, {}, {}
         self.deleted, self.renamed, self.dirs, self.exts = set(), set(), set(), set()
+        self.read = set()
         self.canary_touches = 0
         return w, destroyed
 
@@ -252,10 +304,12 @@ class WindowLoop:
         attributor: Attributor | None,
         sink: Callable[[pb.Window], None],
         window_s: float = 1.0,
-        burst_events: int = 20_000,
+        burst_events: int = limits.BURST_EVENTS,
         idle_every_s: float = 10.0,
-        max_probe_files: int = 64,
+        max_probe_files: int = limits.PROBE_MAX_FILES_PER_WINDOW,
+        max_probe_bytes: int = limits.PROBE_MAX_BYTES_PER_WINDOW,
         canaries: frozenset[str] = frozenset(),
+        known_extensions: set[str] | None = None,
         on_window: Callable[[pb.Window, list[pb.ProcessSample]], None] | None = None,
         spool_dropped: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.time,
@@ -269,12 +323,15 @@ class WindowLoop:
         self.burst_events = burst_events
         self.idle_every_s = idle_every_s
         self.max_probe_files = max_probe_files
+        self.max_probe_bytes = max_probe_bytes
         self.on_window = on_window
         self._spool_dropped = spool_dropped
         self._clock = clock
         self._net = net_bytes
         self._poll_s = poll_s
-        self.acc = WindowAccumulator(scan_extensions(watcher.roots), canaries=canaries)
+        if known_extensions is None:
+            known_extensions = scan_extensions(watcher.roots)
+        self.acc = WindowAccumulator(known_extensions, canaries=canaries)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tocsin-window", daemon=True)
         self.windows_closed = 0
@@ -291,6 +348,7 @@ class WindowLoop:
         last_sent = 0.0
         dropped_base = self.watcher.events_dropped
         overflow_base = self.watcher.queue_overflows
+        limit_base = self.watcher.watch_limit_hits
         fan_base = self.attributor.overflows if self.attributor else 0
         net_base = self._safe_net()
         while not self._stop.is_set():
@@ -305,13 +363,17 @@ class WindowLoop:
                 self.acc.add(ev)
             end = self._clock()
             try:
-                active = self.acc.file_activity
-                w, destroyed = self.acc.close(start, end, self.max_probe_files)
+                active = self.acc.file_activity or bool(self.acc.read)
+                w, destroyed = self.acc.close(start, end, self.max_probe_files,
+                                              self.max_probe_bytes)
                 writers = self.attributor.collect(destroyed) if self.attributor else []
                 dropped = self.watcher.events_dropped
                 overflows = self.watcher.queue_overflows
                 fan = self.attributor.overflows if self.attributor else 0
                 net = self._safe_net()
+                limit_hits = self.watcher.watch_limit_hits
+                w.watch_limit_hits = limit_hits - limit_base
+                limit_base = limit_hits
                 w.events_dropped = dropped - dropped_base
                 w.queue_overflows = (overflows - overflow_base) + (fan - fan_base)
                 w.net_bytes_out = max(net - net_base, 0)
@@ -322,7 +384,8 @@ class WindowLoop:
                 w.drill = bool(writers) and "tocsin-drill" in writers[0].cmdline
                 if self.on_window is not None:
                     self.on_window(w, writers)
-                noisy = active or w.events_dropped or w.queue_overflows or w.canary_touches
+                noisy = (active or w.events_dropped or w.queue_overflows or w.canary_touches
+                         or w.watch_limit_hits)
                 if noisy or end - last_sent >= self.idle_every_s:
                     w.spool_dropped = self._spool_dropped()
                     self.sink(w)
