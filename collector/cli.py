@@ -43,7 +43,8 @@ log = logging.getLogger("tocsin.collector")
 _KEYS = {
     "listen": str, "db": str, "webhook": list, "respond": str, "insecure": bool,
     "tls_ca": str, "tls_cert": str, "tls_key": str, "model": str, "allow": list,
-    "log_level": str,
+    "log_level": str, "silent_after": (int, float), "max_windows_per_s": (int, float),
+    "max_bytes_per_s": (int, float),
 }
 
 
@@ -68,6 +69,12 @@ def build_parser() -> OneLineParser:
     p.add_argument("--model", help="model card (.json beside its .npz); default: shipped")
     p.add_argument("--allow", action="append", help="CIDR kept reachable when isolated")
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--silent-after", dest="silent_after", type=float,
+                   help="seconds without a message (and no goodbye) before host_silent (60)")
+    p.add_argument("--max-windows-per-s", dest="max_windows_per_s", type=float,
+                   help="per-agent messages per second (200; bursts of 100x)")
+    p.add_argument("--max-bytes-per-s", dest="max_bytes_per_s", type=float,
+                   help="per-agent bytes per second (4 MiB; bursts of 16x)")
     return p
 
 
@@ -85,7 +92,8 @@ def load_config(path: str) -> dict[str, Any]:
         if key in ("webhook", "allow") and isinstance(value, str):
             value = [value]
         if not isinstance(value, want):
-            raise ConfigError(f"--config {path}: {key} must be a {want.__name__}")
+            name = getattr(want, "__name__", "number")
+            raise ConfigError(f"--config {path}: {key} must be a {name}")
         data[key] = value
     return {k.replace("-", "_"): v for k, v in data.items()}
 
@@ -124,6 +132,10 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level wants DEBUG, INFO, WARNING or ERROR, got {level!r}")
     merged["log_level"] = level
+    for key, lowest in (("silent_after", 0.5), ("max_windows_per_s", 1.0),
+                        ("max_bytes_per_s", 1024.0)):
+        if key in merged and float(merged[key]) < lowest:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= {lowest:g}")
     tls = TlsFiles(*(Path(merged[k]) if merged.get(k) else None
                      for k in ("tls_ca", "tls_cert", "tls_key")))
     require_tls_or_insecure(tls, bool(merged["insecure"]))
@@ -147,15 +159,24 @@ async def serve(conf: dict[str, Any]) -> None:
 
     scorer = load_scorer(conf.get("model"))
     store = SqliteStore(Path(conf["db"]))
+    from tocsin.collector.ratelimit import RateLimits
+
     tls: TlsFiles = conf["tls"]
+    per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
+    bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
     collector = Collector(
         store, scorer, HttpWebhookSink(conf["webhook"]), mode=conf["respond"],
         allow=conf["allow"], credentials=server_credentials(tls) if tls.given() else None,
+        silent_after_s=float(conf.get("silent_after") or 60.0),
+        rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
     )
     port = await collector.start(conf["listen"])
     host, _ = parse_hostport(conf["listen"])
     model = conf.get("model") or "shipped baseline"
     log.info("listening on %s:%d (respond=%s, model=%s)", host, port, conf["respond"], model)
+    if conf["insecure"]:
+        log.warning("WARNING: --insecure: agents are neither encrypted nor authenticated;"
+                    " any host can claim any host id")
     if not conf["webhook"]:
         log.warning("no --webhook: alerts are stored but nobody is told")
     stop = asyncio.Event()

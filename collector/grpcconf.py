@@ -14,6 +14,16 @@ import grpc
 from tocsin.v1 import CHANNEL_OPTIONS
 from tocsin.v1.errors import ConfigError
 
+# The server side of the keepalive contract. Agents ping every 10 s (keepalive_time_ms in
+# CHANNEL_OPTIONS), even on an idle stream; a server keeps its default minimum of 5 minutes
+# between pings without data and answers faster pings with GOAWAY "too_many_pings". Accept
+# pings every 5 s, and ping agents ourselves so a dead peer's stream ends within ~15 s.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    *CHANNEL_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 5),
+]
+
 
 def parse_hostport(value: str, what: str = "--listen") -> tuple[str, int]:
     """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port); port 0..65535."""

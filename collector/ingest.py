@@ -16,6 +16,20 @@ Per stream, in order:
 3. ``ActionResult`` goes to the responder; ``Heartbeat`` refreshes last_seen;
    ``Goodbye`` marks a clean disconnect and ends the stream.
 
+Every message counts against the host's rate limits (``AgentRateLimits``) and
+tells the ``SilenceWatch`` the host is alive. How a stream ends badly (always
+with a log line naming the host):
+
+- malformed, out-of-order (seq <= 0), another host's hello: INVALID_ARGUMENT;
+- a hello whose host id is not the certificate's: PERMISSION_DENIED;
+- a flood past the rate limits: RESOURCE_EXHAUSTED with a
+  ``grpc-retry-pushback-ms`` trailer (when the buckets are useful again);
+- the database full: RESOURCE_EXHAUSTED, pushback ``store_retry_ms``; any
+  other database failure: UNAVAILABLE, same pushback. Nothing that was not
+  committed is ever acked, so the agent keeps it spooled and resends it;
+- a message larger than ``MAX_MESSAGE_BYTES``: gRPC itself answers
+  RESOURCE_EXHAUSTED before the message reaches this code.
+
 Commands queued for the host (``CommandRouter``) are written to the newest
 stream of that host. A bad message ends only its own stream; other streams
 and the server go on. Outgoing messages go through a bounded queue.
@@ -31,17 +45,22 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
 from tocsin.collector.features import window_features
 from tocsin.collector.pipeline import JudgeStage
+from tocsin.collector.ratelimit import AgentRateLimits
 from tocsin.collector.respond import Responder
-from tocsin.collector.store import Store, StoredWindow
+from tocsin.collector.silence import SilenceWatch
+from tocsin.collector.store import Store, StoredWindow, StoreFull, StoreUnavailable
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import WireError
 
 log = logging.getLogger("tocsin.collector.ingest")
+
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 HOST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 BOOT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -51,6 +70,7 @@ BOOT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 class _End:
     code: grpc.StatusCode | None = None
     detail: str = ""
+    retry_after_ms: int | None = None
 
 
 class _StreamSession:
@@ -85,12 +105,20 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         stage: JudgeStage,
         responder: Responder,
         max_outbound: int = 256,
+        limits: AgentRateLimits | None = None,
+        silence: SilenceWatch | None = None,
+        store_retry_ms: int = 5_000,
     ) -> None:
         self.store, self.router, self.stage, self.responder = store, router, stage, responder
         self.max_outbound = max_outbound
+        self.limits = limits or AgentRateLimits()
+        self.silence = silence
+        self.store_retry_ms = store_retry_ms
         self.windows_stored = 0
         self.duplicates = 0
         self.bad_streams = 0
+        self.store_refusals = 0
+        self.rate_refusals = 0
 
     async def Stream(
         self,
@@ -101,27 +129,38 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             first = await anext(aiter(request_iterator))
         except StopAsyncIteration:
             return
+        peer = context.peer()
         try:
             hello = validate_hello(first)
             self._check_identity(hello.host_id, context)
         except WireError as exc:
             self.bad_streams += 1
+            log.warning("stream from %s refused: %s", peer, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except PermissionError as exc:
             self.bad_streams += 1
+            log.warning("stream from %s refused: %s", peer, exc)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
 
         host_id, boot_id = hello.host_id, hello.boot_id
-        self.store.upsert_host(
-            host_id, hostname=hello.hostname, agent_version=hello.agent_version,
-            tripwire_mode=hello.tripwire_mode,
-        )
+        refusal = self.limits.admit(host_id, first.ByteSize())
+        if refusal is not None:
+            await self._refuse(context, host_id, self._rate_end(host_id, refusal))
+        if self.silence is not None:
+            self.silence.seen(host_id)
+        try:
+            self.store.upsert_host(
+                host_id, hostname=hello.hostname, agent_version=hello.agent_version,
+                tripwire_mode=hello.tripwire_mode,
+            )
+            committed = self.store.committed_seq(host_id, boot_id)
+        except StoreUnavailable as exc:
+            await self._refuse(context, host_id, self._store_end(host_id, exc, 0))
         session = _StreamSession(host_id, self.max_outbound)
         displaced = self.router.attach(host_id, session)
         if displaced is not None:
             displaced.displace()
         log.info("agent %s connected (boot %s, version %s)", host_id, boot_id, hello.agent_version)
-        committed = self.store.committed_seq(host_id, boot_id)
         await context.write(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=committed)))
 
         reader = asyncio.create_task(self._read(request_iterator, session, boot_id, committed))
@@ -139,11 +178,38 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             reader.cancel()
             await asyncio.gather(pump, reader, return_exceptions=True)
             self.router.detach(host_id, session)
-            self.store.touch_host(host_id)
+            with contextlib.suppress(StoreUnavailable):
+                self.store.touch_host(host_id)
             log.info("agent %s stream ended%s", host_id, f": {end.detail}" if end.detail else "")
         if end.code is not None:
             self.bad_streams += 1
-            await context.abort(end.code, end.detail)
+            await self._refuse(context, host_id, end)
+
+    async def _refuse(
+        self,
+        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
+        host_id: str,
+        end: _End,
+    ) -> None:
+        """End the stream with ``end``'s status (and pushback hint); never returns."""
+        if end.retry_after_ms is not None:
+            context.set_trailing_metadata(((PUSHBACK_KEY, str(end.retry_after_ms)),))
+        assert end.code is not None
+        await context.abort(end.code, end.detail)
+
+    def _rate_end(self, host_id: str, refusal: object) -> _End:
+        self.rate_refusals += 1
+        wait_ms = int(getattr(refusal, "retry_after_s", 1.0) * 1000) + 1
+        log.warning("agent %s: %s; stream ended, retry in %d ms", host_id, refusal, wait_ms)
+        return _End(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refusal), wait_ms)
+
+    def _store_end(self, host_id: str, exc: StoreUnavailable, acked: int) -> _End:
+        self.store_refusals += 1
+        code = (grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, StoreFull)
+                else grpc.StatusCode.UNAVAILABLE)
+        log.error("agent %s: %s; refusing its windows (acked up to seq %d, nothing more),"
+                  " the agent keeps them spooled", host_id, exc, acked)
+        return _End(code, f"collector cannot store now: {exc}", self.store_retry_ms)
 
     def _check_identity(
         self, host_id: str, context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
@@ -170,6 +236,12 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         end = _End()
         try:
             async for msg in requests:
+                refusal = self.limits.admit(host_id, msg.ByteSize())
+                if refusal is not None:
+                    end = self._rate_end(host_id, refusal)
+                    break
+                if self.silence is not None:
+                    self.silence.seen(host_id)
                 kind = msg.WhichOneof("body")
                 if kind == "window":
                     acked = await self._window(host_id, boot_id, msg.window, session, acked)
@@ -179,6 +251,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                     self.store.touch_host(host_id)
                 elif kind == "goodbye":
                     self.store.touch_host(host_id, clean_disconnect=True)
+                    if self.silence is not None:
+                        self.silence.goodbye(host_id)
                     break
                 elif kind == "hello":
                     # A later hello switches boot: the agent resends an earlier
@@ -197,6 +271,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         except WireError as exc:
             log.warning("agent %s: %s", host_id, exc)
             end = _End(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except StoreUnavailable as exc:
+            end = self._store_end(host_id, exc, acked)
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as exc:
