@@ -45,6 +45,9 @@ def _agent_parser() -> _Parser:
     p.add_argument("--window-s", type=float)
     p.add_argument("--allow", action="append", help="CIDR kept reachable when isolated")
     p.add_argument("--canary", action="append", help="canary file path (created if missing)")
+    p.add_argument("--spool-max-windows", type=int,
+                   help="windows kept for the collector at most (100000; oldest dropped)")
+    p.add_argument("--spool-max-mb", type=float, help="spool size limit in MiB (256)")
     p.add_argument("--log-level", default=None,
                    choices=["debug", "info", "warning", "error"])
     return p
@@ -52,7 +55,8 @@ def _agent_parser() -> _Parser:
 
 KEYS = {"collector": str, "watch": list, "host_id": str, "state_dir": str, "insecure": bool,
         "tripwire": str, "window_s": (int, float), "allow": list, "record": str,
-        "tls_ca": str, "tls_cert": str, "tls_key": str, "log_level": str, "canary": list}
+        "tls_ca": str, "tls_cert": str, "tls_key": str, "log_level": str, "canary": list,
+        "spool_max_windows": int, "spool_max_mb": (int, float)}
 
 
 def _load_config(path: Path) -> dict[str, Any]:
@@ -110,6 +114,10 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ConfigError(f"--allow {cidr!r}: not a CIDR") from None
+    spool_windows = int(merged.get("spool_max_windows") or 100_000)
+    spool_mb = float(merged.get("spool_max_mb") or 256)
+    if spool_windows < 10 or spool_mb < 1:
+        raise ConfigError("--spool-max-windows must be >= 10 and --spool-max-mb >= 1")
     state_dir = Path(merged["state_dir"])
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +132,7 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
         record=Path(merged["record"]) if merged.get("record") else None,
         tripwire=mode, window_s=window_s, allow=list(merged.get("allow") or []),
         canaries=list(merged.get("canary") or []),
+        spool_max_windows=spool_windows, spool_max_bytes=int(spool_mb * 1024 * 1024),
     )
     return cfg, str(merged.get("log_level") or "info")
 

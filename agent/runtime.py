@@ -43,6 +43,8 @@ class AgentConfig:
     window_s: float = 1.0
     allow: list[str] = field(default_factory=list)
     canaries: list[str] = field(default_factory=list)
+    spool_max_windows: int = 100_000
+    spool_max_bytes: int = 256 * 1024 * 1024
 
     @property
     def collector_host_port(self) -> tuple[str, int]:
@@ -59,14 +61,19 @@ class Agent:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         host, port = cfg.collector_host_port
         self.actions = Actions(cfg.state_dir, host, port, cfg.allow)
-        self.spool = WindowSpool(cfg.state_dir / "spool.sqlite")
+        self.spool = WindowSpool(cfg.state_dir / "spool.sqlite", cfg.spool_max_windows,
+                                 cfg.spool_max_bytes)
         ignore = [str(cfg.state_dir)] + ([str(cfg.record)] if cfg.record else [])
         self.watcher = FileWatcher(cfg.watch, ignore=ignore)
         self.attributor = Attributor(cfg.watch)
         self.tripwire = Tripwire(self.actions, cfg.tripwire)
         creds = None
-        if not cfg.insecure:
+        if cfg.insecure:
+            log.warning("WARNING: --insecure: telemetry to %s is neither encrypted nor"
+                        " authenticated", cfg.collector)
+        else:
             assert cfg.tls_ca and cfg.tls_cert and cfg.tls_key
+            log.info("mutual TLS to %s as %s", cfg.collector, cfg.tls_cert)
             creds = grpc.ssl_channel_credentials(
                 cfg.tls_ca.read_bytes(), cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())
         caps = ["suspend", "isolate", self.attributor.method]

@@ -6,6 +6,7 @@
     tocsin release HOST [--resume | --kill] --collector HOST:PORT ...
     tocsin replay FILE --collector HOST:PORT [--speed N] [--host-id ID] ...
     tocsin train ...          (see tocsin.collector.train)
+    tocsin certs init --dir D | certs issue NAME --dir D [--collector] [--san H]
 
 Errors are one line on stderr ("tocsin: error: ...") and exit status 2 for bad
 flags or files, 1 when the collector cannot be reached or refuses.
@@ -148,6 +149,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "certs":
+        from tocsin.collector.certs import main as certs_main
+
+        return certs_main(argv[1:])
     if argv and argv[0] == "train":
         from tocsin.collector.train import main as train_main
 
