@@ -206,6 +206,7 @@ class Attributor:
         self._io_latest: dict[int, tuple[int, int]] = {}
         self._io_read_at: dict[int, float] = {}
         self._fan: FanotifySource | None = None
+        self.canary_trees: set[int] = set()
         if use_fanotify is None:
             use_fanotify = os.geteuid() == 0
         if use_fanotify:
@@ -312,8 +313,14 @@ class Attributor:
         self._tree_roots[pid] = cur.pid
         return cur.pid
 
-    def collect(self, destroyed_paths: list[str] | None = None) -> list[pb.ProcessSample]:
-        """Top writers of the window now closing; resets the window's counts."""
+    def collect(
+        self, destroyed_paths: list[str] | None = None, canary_paths: set[str] | None = None
+    ) -> list[pb.ProcessSample]:
+        """Top writers of the window now closing; resets the window's counts.
+
+        ``canary_trees`` is left holding the tree roots of the writers that
+        wrote one of ``canary_paths`` (fanotify only: psutil cannot tell).
+        """
         with self._lock:
             writers, self._writers = self._writers, {}
         attribution = pb.ATTRIBUTION_FANOTIFY
@@ -325,6 +332,8 @@ class Attributor:
             self._recent_writers[pid] = now
         self._recent_writers = {p: t for p, t in self._recent_writers.items() if now - t < 60}
         destroyed = set(destroyed_paths or [])
+        canaries = canary_paths or set()
+        self.canary_trees = set()
         samples: list[pb.ProcessSample] = []
         for pid, w in writers.items():
             info = self._known.get(pid)
@@ -346,6 +355,8 @@ class Attributor:
             with contextlib.suppress(psutil.Error, OSError):
                 s.children = len(psutil.Process(pid).children())
             s.tree_root_pid = self.tree_root(pid)
+            if canaries & w.paths:
+                self.canary_trees.add(s.tree_root_pid)
             samples.append(s)
         samples.sort(key=lambda s: (s.files_touched, s.bytes_written), reverse=True)
         # Forget processes that stopped writing so the caches stay bounded.

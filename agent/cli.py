@@ -45,6 +45,10 @@ def _agent_parser() -> _Parser:
     p.add_argument("--window-s", type=float)
     p.add_argument("--allow", action="append", help="CIDR kept reachable when isolated")
     p.add_argument("--canary", action="append", help="canary file path (created if missing)")
+    p.add_argument("--canaries", action="store_true", default=None,
+                   help="plant the default decoy documents in every watched root")
+    p.add_argument("--protect", action="append",
+                   help="pid, process name or executable the tripwire never suspends")
     p.add_argument("--spool-max-windows", type=int,
                    help="windows kept for the collector at most (100000; oldest dropped)")
     p.add_argument("--spool-max-mb", type=float, help="spool size limit in MiB (256)")
@@ -56,7 +60,8 @@ def _agent_parser() -> _Parser:
 KEYS = {"collector": str, "watch": list, "host_id": str, "state_dir": str, "insecure": bool,
         "tripwire": str, "window_s": (int, float), "allow": list, "record": str,
         "tls_ca": str, "tls_cert": str, "tls_key": str, "log_level": str, "canary": list,
-        "spool_max_windows": int, "spool_max_mb": (int, float)}
+        "spool_max_windows": int, "spool_max_mb": (int, float), "canaries": bool,
+        "protect": list}
 
 
 def _load_config(path: Path) -> dict[str, Any]:
@@ -132,6 +137,8 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
         record=Path(merged["record"]) if merged.get("record") else None,
         tripwire=mode, window_s=window_s, allow=list(merged.get("allow") or []),
         canaries=list(merged.get("canary") or []),
+        plant_canaries=bool(merged.get("canaries")),
+        protect=[str(x) for x in merged.get("protect") or []],
         spool_max_windows=spool_windows, spool_max_bytes=int(spool_mb * 1024 * 1024),
     )
     return cfg, str(merged.get("log_level") or "info")

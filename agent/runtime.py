@@ -15,13 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+
 from tocsin.agent.act import Actions
 from tocsin.agent.attribute import Attributor
+from tocsin.agent.canary import plant
+from tocsin.agent.limits import ensure_max_user_watches
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
 from tocsin.agent.tripwire import Tripwire
 from tocsin.agent.watch import FileWatcher
-from tocsin.agent.window import WindowLoop
+from tocsin.agent.window import WindowLoop, scan_tree
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.recording import Recorder
 
@@ -43,6 +46,10 @@ class AgentConfig:
     window_s: float = 1.0
     allow: list[str] = field(default_factory=list)
     canaries: list[str] = field(default_factory=list)
+    # Plant the default decoy documents (tocsin.agent.canary) in every watched root.
+    plant_canaries: bool = False
+    # Never suspended by the local tripwire: pids, process names or executable paths.
+    protect: list[str] = field(default_factory=list)
     spool_max_windows: int = 100_000
     spool_max_bytes: int = 256 * 1024 * 1024
 
@@ -64,9 +71,18 @@ class Agent:
         self.spool = WindowSpool(cfg.state_dir / "spool.sqlite", cfg.spool_max_windows,
                                  cfg.spool_max_bytes)
         ignore = [str(cfg.state_dir)] + ([str(cfg.record)] if cfg.record else [])
+        canary_paths = [os.path.realpath(c) for c in cfg.canaries]
+        if cfg.plant_canaries:
+            canary_paths += plant(cfg.watch)
+        for c in cfg.canaries:
+            if not os.path.exists(c):
+                canary_paths += plant([os.path.dirname(c) or "."], (os.path.basename(c),))
+        exts, dirs = scan_tree(cfg.watch)
+        limit = ensure_max_user_watches(dirs)
+        self.watch_limit_ok = limit.ok
         self.watcher = FileWatcher(cfg.watch, ignore=ignore)
         self.attributor = Attributor(cfg.watch)
-        self.tripwire = Tripwire(self.actions, cfg.tripwire)
+        self.tripwire = Tripwire(self.actions, cfg.tripwire, protect=cfg.protect)
         creds = None
         if cfg.insecure:
             log.warning("WARNING: --insecure: telemetry to %s is neither encrypted nor"
@@ -85,12 +101,12 @@ class Agent:
             self.actions.run, creds, self.recorder)
         self.window = WindowLoop(
             self.watcher, self.attributor, self.shipper.submit_window, window_s=cfg.window_s,
-            canaries=frozenset(os.path.realpath(c) for c in cfg.canaries),
+            canaries=frozenset(canary_paths), known_extensions=exts,
             on_window=self._on_window, spool_dropped=lambda: self.spool.dropped)
         self._stop = threading.Event()
 
     def _on_window(self, w: pb.Window, writers: list[pb.ProcessSample]) -> None:
-        result = self.tripwire.check(w, writers)
+        result = self.tripwire.check(w, writers, self.attributor.canary_trees)
         if result is not None:
             self.shipper.submit_result(result)
 

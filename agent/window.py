@@ -102,6 +102,9 @@ class WindowAccumulator:
     dirs: set[str] = field(default_factory=set)
     exts: set[str] = field(default_factory=set)
     canary_touches: int = 0
+    canary_paths: set[str] = field(default_factory=set)
+    # the canaries touched in the window last closed (for attribution)
+    last_canary_paths: set[str] = field(default_factory=set)
     # memories across windows (bounded)
     new_ext_first_seen: dict[str, float] = field(default_factory=dict)
     new_ext_dirs: dict[str, set[str]] = field(default_factory=dict)
@@ -123,8 +126,9 @@ class WindowAccumulator:
     def add(self, ev: FsEvent) -> None:
         if ev.kind != "closed":
             self.counts[ev.kind] = self.counts.get(ev.kind, 0) + 1
-        if ev.path in self.canaries or ev.dest_path in self.canaries:
+        if ev.kind != "read" and (ev.path in self.canaries or ev.dest_path in self.canaries):
             self.canary_touches += 1
+            self.canary_paths.add(ev.path)
         if ev.is_dir:
             return
         if ev.kind == "read":
@@ -288,6 +292,7 @@ class WindowAccumulator:
         self.deleted, self.renamed, self.dirs, self.exts = set(), set(), set(), set()
         self.read = set()
         self.canary_touches = 0
+        self.last_canary_paths, self.canary_paths = self.canary_paths, set()
         return w, destroyed
 
 
@@ -366,7 +371,9 @@ class WindowLoop:
                 active = self.acc.file_activity or bool(self.acc.read)
                 w, destroyed = self.acc.close(start, end, self.max_probe_files,
                                               self.max_probe_bytes)
-                writers = self.attributor.collect(destroyed) if self.attributor else []
+                canaries = self.acc.last_canary_paths
+                writers = (self.attributor.collect(destroyed, canaries)
+                           if self.attributor else [])
                 dropped = self.watcher.events_dropped
                 overflows = self.watcher.queue_overflows
                 fan = self.attributor.overflows if self.attributor else 0
