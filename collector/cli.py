@@ -3,11 +3,18 @@
     tocsin-collector --listen HOST:PORT --db PATH --webhook URL [--webhook URL ...]
                      --respond off|dry-run|enforce [--config FILE] [--insecure]
                      [--tls-ca F --tls-cert F --tls-key F] [--model PATH]
-                     [--allow CIDR ...] [--log-level LEVEL]
+                     [--allow CIDR ...] [--log-level LEVEL] [--log-format text|json]
+                     [--webhook-secret whsec_... --webhook-format FMT]
+                     [--fleet-guard N] [--metrics HOST:PORT]
 
 The TOML config file takes the same keys (``listen``, ``db``, ``webhook`` as a
 list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
-``model``, ``allow``, ``log_level``); flags override it. Every problem with
+``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
+``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
+``webhook_retry_max_s``, ``webhook_max_age_s``, ...) plus tables only a file
+can hold: ``[[webhooks]]`` (url, format, secret, events, min_severity,
+timeout_s, name) and ``[[hooks]]`` (path, args, timeout_s, on, name); flags
+override it. Every problem with
 flags, config, database, model or address is one line on stderr
 ("tocsin-collector: error: ...") and exit status 2. Once bound, it logs
 "listening on HOST:PORT (respond=MODE, model=...)" with the real port (useful
@@ -45,6 +52,10 @@ _KEYS = {
     "tls_ca": str, "tls_cert": str, "tls_key": str, "model": str, "allow": list,
     "log_level": str, "silent_after": (int, float), "max_windows_per_s": (int, float),
     "max_bytes_per_s": (int, float),
+    "log_format": str, "webhook_secret": str, "webhook_format": str,
+    "webhooks": list, "hooks": list, "fleet_guard": int, "metrics": str,
+    "webhook_retry_initial_s": (int, float), "webhook_retry_max_s": (int, float),
+    "webhook_max_age_s": (int, float),
 }
 
 
@@ -75,6 +86,15 @@ def build_parser() -> OneLineParser:
                    help="per-agent messages per second (200; bursts of 100x)")
     p.add_argument("--max-bytes-per-s", dest="max_bytes_per_s", type=float,
                    help="per-agent bytes per second (4 MiB; bursts of 16x)")
+    p.add_argument("--log-format", dest="log_format", help="text (default) or json")
+    p.add_argument("--webhook-secret", dest="webhook_secret",
+                   help="whsec_<base64> key signing the --webhook URLs (Standard Webhooks)")
+    p.add_argument("--webhook-format", dest="webhook_format",
+                   help="format of the --webhook URLs: generic, slack, mattermost, teams, "
+                   "alertmanager")
+    p.add_argument("--fleet-guard", dest="fleet_guard", type=int,
+                   help="hold automatic isolation beyond N hosts per minute (3; 0: no guard)")
+    p.add_argument("--metrics", help="HOST:PORT for the Prometheus /metrics endpoint (off)")
     return p
 
 
@@ -91,7 +111,7 @@ def load_config(path: str) -> dict[str, Any]:
             raise ConfigError(f"--config {path}: unknown key {key!r}")
         if key in ("webhook", "allow") and isinstance(value, str):
             value = [value]
-        if not isinstance(value, want):
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             name = getattr(want, "__name__", "number")
             raise ConfigError(f"--config {path}: {key} must be a {name}")
         data[key] = value
@@ -104,7 +124,9 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     conf = load_config(args["config"]) if args["config"] else {}
     merged: dict[str, Any] = {
         "respond": "dry-run", "webhook": [], "allow": [], "insecure": False,
-        "log_level": "INFO",
+        "log_level": "INFO", "log_format": "text", "webhooks": [], "hooks": [],
+        "fleet_guard": 3, "webhook_format": "generic", "webhook_retry_initial_s": 1.0,
+        "webhook_retry_max_s": 300.0, "webhook_max_age_s": 86400.0,
     }
     merged.update(conf)
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
@@ -132,6 +154,19 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"--log-level wants DEBUG, INFO, WARNING or ERROR, got {level!r}")
     merged["log_level"] = level
+    if merged["log_format"] not in ("text", "json"):
+        raise ConfigError(f"--log-format wants text or json, got {merged['log_format']!r}")
+    if merged["fleet_guard"] < 0:
+        raise ConfigError("--fleet-guard wants a number of hosts per minute >= 0")
+    if merged.get("metrics"):
+        parse_hostport(merged["metrics"])
+    for key in ("webhook_retry_initial_s", "webhook_retry_max_s", "webhook_max_age_s"):
+        merged[key] = float(merged[key])
+        if merged[key] <= 0:
+            raise ConfigError(f"{key} must be > 0")
+    merged["destinations"] = destinations(merged)
+    merged["hook_list"] = [_hook(h, f"[[hooks]] #{i + 1}") for i, h in
+                           enumerate(_tables(merged["hooks"], "hooks"))]
     for key, lowest in (("silent_after", 0.5), ("max_windows_per_s", 1.0),
                         ("max_bytes_per_s", 1024.0)):
         if key in merged and float(merged[key]) < lowest:
@@ -141,6 +176,37 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     require_tls_or_insecure(tls, bool(merged["insecure"]))
     merged["tls"] = tls
     return merged
+
+
+def _tables(items: list[Any], what: str) -> list[dict[str, Any]]:
+    if not all(isinstance(t, dict) for t in items):
+        raise ConfigError(f"{what} must be [[{what}]] tables")
+    return items
+
+
+def _hook(spec: dict[str, Any], where: str) -> Any:
+    from tocsin.collector.hooks import hook
+
+    return hook(spec, where)
+
+
+def destinations(merged: dict[str, Any]) -> list[Any]:
+    """Every webhook destination: --webhook URLs (one format and secret) and [[webhooks]]."""
+    from tocsin.collector.outbox import destination
+
+    out = []
+    for url in merged["webhook"]:
+        spec = {"url": url, "format": merged["webhook_format"]}
+        if merged.get("webhook_secret"):
+            spec["secret"] = merged["webhook_secret"]
+        out.append(destination(spec, "--webhook"))
+    for i, spec in enumerate(_tables(merged["webhooks"], "webhooks")):
+        out.append(destination(spec, f"[[webhooks]] #{i + 1}"))
+    seen = [d.dest_id for d in out]
+    dup = next((d for d in seen if seen.count(d) > 1), None)
+    if dup:
+        raise ConfigError(f"webhook {dup} is configured twice; give one a name")
+    return out
 
 
 def load_scorer(model: str | None) -> Any:
@@ -153,39 +219,66 @@ def load_scorer(model: str | None) -> Any:
 
 
 async def serve(conf: dict[str, Any]) -> None:
+    from tocsin.collector import sdnotify
+    from tocsin.collector.fleetguard import FleetGuard
+    from tocsin.collector.hooks import HookRunner
+    from tocsin.collector.metrics import ObservedScorer, attach_metrics
+    from tocsin.collector.outbox import Outbox
     from tocsin.collector.server import Collector
     from tocsin.collector.store import SqliteStore
-    from tocsin.collector.webhook import HttpWebhookSink
 
-    scorer = load_scorer(conf.get("model"))
+    scorer = ObservedScorer(load_scorer(conf.get("model")))
     store = SqliteStore(Path(conf["db"]))
+    outbox = Outbox(
+        Path(conf["db"]), conf["destinations"],
+        retry_initial_s=conf["webhook_retry_initial_s"],
+        retry_max_s=conf["webhook_retry_max_s"], max_age_s=conf["webhook_max_age_s"],
+    )
     from tocsin.collector.ratelimit import RateLimits
 
     tls: TlsFiles = conf["tls"]
     per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
     bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
     collector = Collector(
-        store, scorer, HttpWebhookSink(conf["webhook"]), mode=conf["respond"],
+        store, scorer, outbox, mode=conf["respond"],
         allow=conf["allow"], credentials=server_credentials(tls) if tls.given() else None,
         silent_after_s=float(conf.get("silent_after") or 60.0),
         rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
     )
+    responder = collector.responder
+    responder.guard = FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None
+    if conf["hook_list"]:
+        responder.hooks = HookRunner(conf["hook_list"], responder.on_hook_outcome)
     port = await collector.start(conf["listen"])
+    outbox.start()
+    metrics_server = None
+    if conf.get("metrics"):
+        metrics_server = attach_metrics(conf["metrics"], collector, outbox, scorer)
+        log.info("metrics on http://%s:%d/metrics", *metrics_server.address)
     host, _ = parse_hostport(conf["listen"])
     model = conf.get("model") or "shipped baseline"
     log.info("listening on %s:%d (respond=%s, model=%s)", host, port, conf["respond"], model)
     if conf["insecure"]:
         log.warning("WARNING: --insecure: agents are neither encrypted nor authenticated;"
                     " any host can claim any host id")
-    if not conf["webhook"]:
+    if not conf["destinations"]:
         log.warning("no --webhook: alerts are stored but nobody is told")
+    watchdog = sdnotify.start_watchdog()
+    sdnotify.notify(f"READY=1\nSTATUS=listening on {host}:{port}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
+    sdnotify.notify("STOPPING=1")
+    if watchdog is not None:
+        watchdog.cancel()
     await collector.stop(grace_s=5.0)
+    await outbox.stop()
+    outbox.close()
+    if metrics_server is not None:
+        metrics_server.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,6 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=conf["log_level"], stream=sys.stderr, format=f"{PROG}: %(message)s"
         )
+        if conf["log_format"] == "json":
+            from tocsin.collector.jsonlog import use_json_logs
+
+            use_json_logs(PROG)
         asyncio.run(serve(conf))
     except TocsinError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)

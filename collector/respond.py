@@ -10,13 +10,20 @@
   take with status ``dry-run``; nothing is sent. ``enforce``: a critical
   alert suspends the tree root (``suspend``) and isolates the host
   (``isolate``, with the operator allowlist), except for a drill, which is
-  never isolated ("skipped: drill"), or a host already isolated.
+  never isolated ("skipped: drill"), or a host already isolated. When the
+  fleet guard (``guard``) refuses, the isolation is ``held``: audited, stored
+  as an action with status "held", and posted as event ``fleet_guard``; an
+  operator can still isolate the host by hand.
+- Hooks (``hooks``) run on every posted event they match; their outcome is
+  audited, stored as an action of kind ``hook`` and posted as event ``action``.
 - ``command(...)``: operator-requested actions (always sent; audited).
 - ``on_action_result(host_id, result)``: the agent's report is stored,
   audited, folded into the host state (isolated, suspended pids) and posted as
   event ``action``.
-Background posts are bounded (``max_inflight``; extra posts are dropped and
-counted in ``posts_dropped``); ``drain()`` waits for those in flight.
+A sink with ``enqueue`` (the durable outbox) takes events synchronously, so
+an alert is queued for its webhooks before ``on_decision`` returns. Other
+sinks get background posts, bounded (``max_inflight``; extra posts are dropped
+and counted in ``posts_dropped``); ``drain()`` waits for those in flight.
 """
 
 from __future__ import annotations
@@ -26,11 +33,14 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import Decision
+from tocsin.collector.fleetguard import FleetGuard
+from tocsin.collector.hooks import HookOutcome, HookRunner
 from tocsin.collector.store import ActionRecord, AlertRecord, Store
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1 import telemetry_pb2 as pb
@@ -84,6 +94,8 @@ class Responder:
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
         max_inflight: int = 256,
         command_ttl_s: float = 300.0,
+        guard: FleetGuard | None = None,
+        hooks: HookRunner | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"respond mode must be one of {MODES}, not {mode!r}")
@@ -97,6 +109,12 @@ class Responder:
         self.posts_failed = 0
         self._inflight: set[asyncio.Task[None]] = set()
         self._alerts: dict[str, AlertRecord] = {}
+        self.guard = guard
+        self.hooks = hooks
+        if hooks is not None and hooks.on_outcome is None:
+            hooks.on_outcome = self.on_hook_outcome
+        self.alerts_total: Counter[str] = Counter()
+        self.actions_total: Counter[tuple[str, str]] = Counter()
 
     # ---------------------------------------------------------------- decisions
 
@@ -148,6 +166,7 @@ class Responder:
         self.store.save_alert(alert)
         self._alerts[d.incident_id] = alert
         self.store.audit("collector", f"alert {d.severity}", f"{alert_id} {d.host_id} {d.reasons}")
+        self.alerts_total[d.severity] += 1
         self._post_later(payload)
         return payload
 
@@ -181,6 +200,10 @@ class Responder:
                             "detail": "a drill never isolates the host"})
         elif host is not None and host.isolated:
             actions.append({"action": "isolate", "status": "skipped: already isolated"})
+        elif self.mode == "enforce" and self.guard is not None and not self.guard.admit(
+            d.host_id
+        ):
+            actions.append(self._hold(d, alert_id))
         elif self.mode == "enforce":
             self._send(d.host_id, "isolate", [], "collector", alert_id)
             actions.append({"action": "isolate", "status": "sent"})
@@ -188,6 +211,27 @@ class Responder:
             actions.append({"action": "isolate", "status": "dry-run",
                             "detail": "would isolate host"})
         return actions
+
+    def _hold(self, d: Decision, alert_id: str) -> dict[str, Any]:
+        """The fleet guard refused an automatic isolation: record, audit, ask a human."""
+        assert self.guard is not None
+        limit = self.guard.max_per_minute
+        detail = (f"fleet guard: {self.guard.recent()} hosts isolated in the last minute "
+                  f"(limit {limit}); a human must decide (tocsin isolate {d.host_id})")
+        self.store.add_action(ActionRecord(
+            action_id=self._new_id(), alert_id=alert_id, host_id=d.host_id, kind="isolate",
+            requested_by="collector", requested_at_s=self._clock(), status="held",
+            detail=detail, finished_at_s=self._clock()))
+        self.store.audit("collector", "isolate held", f"{d.host_id} {detail}")
+        self.actions_total[("isolate", "held")] += 1
+        log.error("isolation of %s held by the fleet guard", d.host_id)
+        self._post_later({
+            "event": "fleet_guard", "alert_id": alert_id, "host_id": d.host_id,
+            "severity": "critical", "held_hosts": list(self.guard.held),
+            "isolations_last_minute": self.guard.recent(), "limit": limit,
+            "detail": detail, "at": rfc3339(self._clock()), "mode": self.mode,
+        })
+        return {"action": "isolate", "status": "held", "detail": detail}
 
     def _summary(self, d: Decision, actions: Sequence[dict[str, Any]]) -> str:
         who = f"{d.process.name} (pid {d.process.pid})" if d.process else "an unknown process"
@@ -256,6 +300,7 @@ class Responder:
             )
             self.store.add_action(action)
         self.store.audit(f"agent:{host_id}", f"{r.kind} {r.status}", r.detail)
+        self.actions_total[(r.kind, r.status)] += 1
         if r.status == "done":
             self._fold_host_state(host_id, r.kind, pids or action.pids)
         self.router.resolve(r)
@@ -282,7 +327,36 @@ class Responder:
 
     # ---------------------------------------------------------------- posting
 
+    async def on_hook_outcome(self, o: HookOutcome) -> None:
+        """Audit a hook run and tell the receivers (event ``action``, action ``hook``)."""
+        host_id = str(o.event.get("host_id", ""))
+        alert_id = str(o.event.get("alert_id", ""))
+        now = self._clock()
+        self.store.add_action(ActionRecord(
+            action_id=self._new_id(), alert_id=alert_id, host_id=host_id, kind="hook",
+            requested_by=f"hook:{o.hook.label}", requested_at_s=now - o.duration_s,
+            status=o.status, detail=f"{o.hook.path}: {o.detail}", finished_at_s=now))
+        self.store.audit(f"hook:{o.hook.label}", f"hook {o.status}",
+                         f"{o.hook.path} {list(o.hook.args)} on {o.event.get('event')} "
+                         f"{alert_id} {host_id}: {o.detail} ({o.duration_s:.2f} s)")
+        self.actions_total[("hook", o.status)] += 1
+        self._post_later({
+            "event": "action", "alert_id": alert_id, "host_id": host_id, "action": "hook",
+            "status": o.status, "detail": f"{o.hook.label}: {o.detail}", "pids": [],
+            "command_id": "", "local": False, "at": rfc3339(now), "mode": self.mode,
+        })
+
     def _post_later(self, event: dict[str, Any]) -> None:
+        if self.hooks is not None and event.get("action") != "hook":
+            self.hooks.fire(event)
+        enqueue = getattr(self.sink, "enqueue", None)
+        if enqueue is not None:
+            try:
+                enqueue(event)
+            except Exception:
+                self.posts_failed += 1
+                log.exception("could not queue %s for the webhooks", event.get("event"))
+            return
         if len(self._inflight) >= self.max_inflight:
             self.posts_dropped += 1
             log.warning("webhook backlog full; dropped %s %s", event["event"], event["host_id"])
@@ -299,5 +373,7 @@ class Responder:
             log.warning("%s", exc)
 
     async def drain(self) -> None:
+        if self.hooks is not None:
+            await self.hooks.drain()
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)

@@ -1,6 +1,11 @@
-"""Where alert and action events go: the ``WebhookSink`` seam.
+"""Where alert and action events go: the ``WebhookSink`` seam, and webhook signing.
 
-Contract: ``await sink.post(event)`` delivers one JSON object to every
+Signing follows Standard Webhooks: a secret ``whsec_<base64 key>``; headers
+``webhook-id`` (the message id, the same on every retry: receivers dedupe on
+it), ``webhook-timestamp`` (integer epoch seconds of this attempt) and
+``webhook-signature`` = ``v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``.
+
+Sink contract: ``await sink.post(event)`` delivers one JSON object to every
 configured receiver or raises ``ResponseError`` naming the receivers that
 refused it after the retries. ``HttpWebhookSink`` POSTs with urllib in a worker
 thread (``timeout_s`` per attempt), retrying connection errors, 408, 429 and
@@ -11,6 +16,10 @@ what it was given (tests; a collector without receivers).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
 import json
 import random
 import urllib.error
@@ -18,13 +27,50 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from tocsin.v1.errors import ResponseError
+from tocsin.v1.errors import ConfigError, ResponseError
 
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+SECRET_PREFIX = "whsec_"
+
+
+def parse_secret(secret: str) -> bytes:
+    """The HMAC key of a ``whsec_<base64>`` secret; ``ConfigError`` if it is not one."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ConfigError("a webhook secret must look like whsec_<base64>")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("a webhook secret must be whsec_ followed by base64") from None
+    if len(key) < 16:
+        raise ConfigError("a webhook secret needs at least 16 bytes of key")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp_s: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value for one attempt."""
+    signed = f"{msg_id}.{timestamp_s}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(key: bytes | None, msg_id: str, timestamp_s: int, body: bytes) -> dict[str, str]:
+    """Standard Webhooks headers (the signature only when there is a key)."""
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp_s)}
+    if key is not None:
+        headers["webhook-signature"] = sign(key, msg_id, timestamp_s, body)
+    return headers
 
 
 class WebhookSink(Protocol):
+    """Where events go. ``enqueue`` must not block on a receiver."""
+
     async def post(self, event: dict[str, Any]) -> None: ...
+
+
+class EventQueue(Protocol):
+    """A sink that takes events synchronously and durably (the outbox)."""
+
+    def enqueue(self, event: dict[str, Any]) -> None: ...
 
 
 class MemoryWebhookSink:
@@ -32,6 +78,9 @@ class MemoryWebhookSink:
         self.events: list[dict[str, Any]] = []
 
     async def post(self, event: dict[str, Any]) -> None:
+        self.enqueue(event)
+
+    def enqueue(self, event: dict[str, Any]) -> None:
         self.events.append(json.loads(json.dumps(event)))
 
 

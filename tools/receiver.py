@@ -5,7 +5,8 @@ As a program (to run inside a network namespace)::
     python tools/receiver.py webhook HOST PORT OUT.jsonl   # POST bodies -> JSON lines
     python tools/receiver.py listen HOST PORT               # accepts TCP connections, says "hi"
 
-Each received POST is appended to OUT.jsonl as ``{"headers": {...}, "body": <json>}``.
+Each received POST is appended to OUT.jsonl as ``{"headers": {...}, "body": <json>,
+"raw": <the exact body text, for signature checks>}``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class _Handler(BaseHTTPRequestHandler):
             body: Any = json.loads(raw)
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        item = {"headers": dict(self.headers), "body": body, "received_at": time.time()}
+        item = {"headers": dict(self.headers), "body": body, "received_at": time.time(),
+                "raw": raw.decode("utf-8", "replace")}
         status = self.server.record(item)
         self.send_response(status)
         self.end_headers()
@@ -76,6 +78,12 @@ class WebhookReceiver:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/hook"
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Every accepted POST: headers, body, raw (exact body text), received_at."""
+        with self._server.lock:
+            return list(self._server.received)
 
     @property
     def bodies(self) -> list[Any]:
