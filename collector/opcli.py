@@ -6,6 +6,7 @@
     tocsin release HOST [--resume | --kill] --collector HOST:PORT ...
     tocsin replay FILE --collector HOST:PORT [--speed N] [--host-id ID] ...
     tocsin train ...          (see tocsin.collector.train)
+    tocsin webhook test [--config F | --webhook URL --format F --secret S]
     tocsin certs init --dir D | certs issue NAME --dir D [--collector] [--san H]
 
 Errors are one line on stderr ("tocsin: error: ...") and exit status 2 for bad
@@ -159,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = train_main(argv[1:])
         return status
     try:
+        if argv and argv[0] == "webhook":
+            from tocsin.collector.webhooktest import main as webhook_main
+
+            return webhook_main(argv[1:])
         args = build_parser().parse_args(argv)
         return asyncio.run(_run(args))
     except TocsinError as exc:
