@@ -76,6 +76,8 @@ class _End:
 class _StreamSession:
     def __init__(self, host_id: str, max_outbound: int) -> None:
         self.host_id = host_id
+        self.stored = 0
+        self.duplicates = 0
         self.out: asyncio.Queue[pb.CollectorMessage | _End] = asyncio.Queue(max_outbound)
 
     def displace(self) -> None:
@@ -180,7 +182,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             self.router.detach(host_id, session)
             with contextlib.suppress(StoreUnavailable):
                 self.store.touch_host(host_id)
-            log.info("agent %s stream ended%s", host_id, f": {end.detail}" if end.detail else "")
+            log.info("agent %s stream ended (windows stored %d, duplicates dropped %d)%s",
+                     host_id, session.stored, session.duplicates,
+                     f": {end.detail}" if end.detail else "")
         if end.code is not None:
             self.bad_streams += 1
             await self._refuse(context, host_id, end)
@@ -297,7 +301,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
         if not inserted:
             self.duplicates += 1
+            session.duplicates += 1
             return acked
         self.windows_stored += 1
+        session.stored += 1
         await self.stage.judge_window(host_id, boot_id, w, x)
         return acked
