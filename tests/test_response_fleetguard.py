@@ -1,0 +1,208 @@
+"""The fleet guard with several fake agents (real gRPC clients) firing together,
+and the responder's operator hooks (real scripts, real subprocesses)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from receiver import WebhookReceiver
+from tocsin.collector.commands import CommandRouter
+from tocsin.collector.decide import Decision, ProcessInfo
+from tocsin.collector.fleetguard import FleetGuard
+from tocsin.collector.hooks import Hook, HookRunner
+from tocsin.collector.outbox import Outbox, destination
+from tocsin.collector.protocols import ThresholdScorer
+from tocsin.collector.respond import Responder
+from tocsin.collector.server import Collector
+from tocsin.collector.store import MemoryStore, SqliteStore
+from tocsin.collector.webhook import MemoryWebhookSink
+from tocsin.v1 import CHANNEL_OPTIONS
+from tocsin.v1 import operator_pb2 as op
+from tocsin.v1 import operator_pb2_grpc as op_grpc
+from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
+
+T0 = 1_700_000_000
+
+
+def encrypting(seq: int) -> pb.AgentMessage:
+    w = pb.Window(
+        seq=seq, files_modified=60, files_renamed=60, files_probed=60, files_high_entropy=60,
+        files_incompressible=60, files_type_destroyed=55, mean_entropy=7.99,
+        encrypted_twins=50, new_extensions=1, top_new_extension=".locked",
+        top_new_extension_dirs=8, repeated_name="LISEZ-MOI.txt", repeated_name_dirs=6,
+        bytes_written=30_000_000, dirs_touched=8,
+    )
+    w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
+    w.top_writers.add(pid=4242, ppid=1, name="python3", exe="/usr/bin/python3",
+                      tree_root_pid=4242, files_touched=60, files_type_destroyed=55)
+    return pb.AgentMessage(window=w)
+
+
+class FakeAgent:
+    """A real gRPC client: hello, windows, and 'done' for every command it gets."""
+
+    def __init__(self, port: int, host_id: str) -> None:
+        self.port, self.host_id = port, host_id
+        self.commands: list[pb.Command] = []
+        self.stop = asyncio.Event()
+
+    async def run(self, windows: int = 3) -> None:
+        out: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
+        await out.put(pb.AgentMessage(hello=pb.Hello(host_id=self.host_id, boot_id="b1")))
+        for seq in range(1, windows + 1):
+            await out.put(encrypting(seq))
+
+        async def requests() -> Any:
+            while (m := await out.get()) is not None:
+                yield m
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}",
+                                             options=CHANNEL_OPTIONS) as ch:
+            call = pb_grpc.TelemetryStub(ch).Stream(requests())
+
+            async def read() -> None:
+                async for resp in call:
+                    if resp.HasField("command"):
+                        cmd = resp.command
+                        self.commands.append(cmd)
+                        await out.put(pb.AgentMessage(action_result=pb.ActionResult(
+                            command_id=cmd.id, kind=cmd.kind, status="done",
+                            detail=f"{cmd.kind} done", pids=list(cmd.pids))))
+
+            reader = asyncio.create_task(read())
+            await self.stop.wait()
+            await out.put(None)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    def kinds(self) -> list[str]:
+        return [c.kind for c in self.commands]
+
+
+async def _until(pred: Any, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < end, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def test_fleet_guard_holds_beyond_the_limit_and_an_operator_can_still_isolate(
+    tmp_path: Path,
+) -> None:
+    with WebhookReceiver() as receiver:
+        asyncio.run(_fleet(tmp_path, receiver))
+
+
+async def _fleet(tmp_path: Path, receiver: WebhookReceiver) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    outbox = Outbox(tmp_path / "c.db", [destination({"url": receiver.url})],
+                    retry_initial_s=0.1)
+    c = Collector(store, ThresholdScorer(), outbox, mode="enforce")
+    c.responder.guard = FleetGuard(2)
+    port = await c.start("127.0.0.1:0")
+    outbox.start()
+    agents = [FakeAgent(port, f"fs{i}") for i in range(5)]
+    tasks = [asyncio.create_task(a.run()) for a in agents]
+    try:
+        await _until(lambda: sum(1 for a in agents if "suspend" in a.kinds()) == 5)
+        await asyncio.sleep(0.5)
+        isolated = [a.host_id for a in agents if "isolate" in a.kinds()]
+        held = sorted({a.host_id for a in agents} - set(isolated))
+        assert len(isolated) == 2, [a.kinds() for a in agents]
+
+        await _until(lambda: {r["body"]["host_id"] for r in receiver.records
+                              if r["body"]["event"] == "fleet_guard"} == set(held))
+        guard_event = next(r["body"] for r in receiver.records
+                           if r["body"]["event"] == "fleet_guard")
+        assert guard_event["limit"] == 2 and "tocsin isolate" in guard_event["detail"]
+        alerts = {r["body"]["host_id"]: r["body"] for r in receiver.records
+                  if r["body"]["event"] == "alert"}
+        for host in held:
+            statuses = {a["action"]: a["status"] for a in alerts[host]["actions"]}
+            assert statuses == {"suspend": "sent", "isolate": "held"}, alerts[host]
+        assert c.responder.actions_total[("isolate", "held")] == 3
+        audit = [row for row in store.audit_log(200) if row[2] == "isolate held"]
+        assert {row[3].split()[0] for row in audit} == set(held)
+
+        # A human decides: isolate one held host by hand; the guard does not apply.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            reply = await op_grpc.OperatorStub(ch).Isolate(op.HostActionRequest(
+                host_id=held[0], operator="alice", timeout_s=5))
+        assert reply.status == "done", reply
+        target = next(a for a in agents if a.host_id == held[0])
+        assert target.kinds().count("isolate") == 1
+        assert any(r[1] == "operator:alice" and r[2] == "isolate requested"
+                   for r in store.audit_log(200))
+    finally:
+        for a in agents:
+            a.stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await c.stop(grace_s=1)
+        await outbox.stop()
+        outbox.close()
+
+
+def test_fleet_guard_window_slides() -> None:
+    now = [0.0]
+    g = FleetGuard(2, clock=lambda: now[0])
+    assert g.admit("a") and g.admit("b") and not g.admit("c")
+    assert g.admit("a")  # the same host again is not a new isolation
+    now[0] = 61.0
+    assert g.admit("c") and g.held_total == 1
+    assert FleetGuard(0).admit("x")
+
+
+def _decision(severity: str = "critical") -> Decision:
+    return Decision(kind="open", incident_id="inc1", host_id="fs1", root_pid=4242,
+                    severity=severity,  # type: ignore[arg-type]
+                    score=0.9, reasons=("type_destroyed:55",), window_start_s=T0,
+                    window_end_s=T0 + 1,
+                    process=ProcessInfo(pid=4242, name="cryptor", exe="/tmp/cryptor",
+                                        tree_root_pid=4242))
+
+
+def test_hooks_run_without_shell_get_the_alert_and_are_audited(tmp_path: Path) -> None:
+    out = tmp_path / "hook.out"
+    ok = tmp_path / "switch-port.sh"
+    ok.write_text(f"#!/bin/sh\necho \"$@\" > {out}.args\ncat > {out}\necho bye >&2\n")
+    slow = tmp_path / "slow.sh"
+    slow.write_text("#!/bin/sh\nsleep 30\n")
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/bin/sh\necho 'no such port' >&2\nexit 3\n")
+    for f in (ok, slow, bad):
+        f.chmod(0o755)
+    store, sink = MemoryStore(), MemoryWebhookSink()
+    hooks = HookRunner([
+        Hook(str(ok), ("--port", "$HOST; rm -rf /"), 5.0, frozenset({"critical"})),
+        Hook(str(slow), (), 0.5, frozenset({"critical"})),
+        Hook(str(bad), (), 5.0, frozenset({"critical"})),
+        Hook(str(ok), ("never",), 5.0, frozenset({"fleet_guard"})),
+    ])
+    responder = Responder(store, sink, CommandRouter(), mode="dry-run", hooks=hooks)
+
+    async def go() -> dict[str, Any] | None:
+        payload = await responder.on_decision(_decision())
+        await responder.drain()
+        return payload
+
+    t0 = time.monotonic()
+    payload = asyncio.run(go())
+    assert time.monotonic() - t0 < 5  # the slow hook was killed at its timeout
+    assert payload is not None
+    assert json.loads(out.read_text())["alert_id"] == payload["alert_id"]
+    # No shell: the argument reached the script as one literal word.
+    assert out.with_suffix(".out.args").read_text().strip() == "--port $HOST; rm -rf /"
+    audit = {row[1]: row for row in store.audit_log(50) if row[1].startswith("hook:")}
+    assert audit["hook:switch-port.sh"][2] == "hook done"
+    assert audit["hook:slow.sh"][2] == "hook timeout"
+    assert audit["hook:bad.sh"][2] == "hook failed" and "no such port" in audit["hook:bad.sh"][3]
+    events = [e for e in sink.events if e["event"] == "action" and e["action"] == "hook"]
+    assert sorted(e["status"] for e in events) == ["done", "failed", "timeout"]
+    assert hooks.runs == {"done": 1, "timeout": 1, "failed": 1}
