@@ -6,15 +6,24 @@ returns at most ``top_n`` ``ProcessSample`` messages, biggest writers first,
 and resets the per-window counts. The agent's own pid is never reported.
 
 Two sources. As root, fanotify (a filesystem mark for FAN_CLOSE_WRITE on each
-root's filesystem, a mount mark on older kernels) names the writer of every file closed after writing; a reader
-thread keeps paths under the roots and counts them per pid (at most
-``max_paths_per_pid`` paths kept per pid per window, every fd closed). Without
-fanotify, psutil io counters: processes whose write_chars grew since the last
+root's filesystem, a mount mark on older kernels) names the writer of every
+file closed after writing; a reader thread keeps paths under the roots and
+counts them per pid (at most ``max_paths_per_pid`` paths kept per pid per
+window, every fd closed). Without fanotify, psutil io counters: processes whose write_chars grew since the last
 window and whose cwd or an open file lies under a root (or whose child does).
 
 ``tree_root_pid``: from a writer, climb to the parent while the parent has the
 same cmdline (forked workers) or wrote recently; stop at pid 1, the agent, and
-at a parent with another cmdline that did not write.
+at a parent with another cmdline that did not write. Siblings: when two or more
+writers of one window that are each their own tree share a parent (a launcher
+spawning short-lived encryptors with another cmdline), the parent becomes
+their tree root (unless it is pid 1, the agent or a ``STOP_NAMES`` process).
+
+Per tree: samples are ordered by their tree's totals (types destroyed, files),
+so one tree's workers come together and first; when there are more writers
+than ``top_n``, every tree with several writers is folded into one sample
+(pid = the tree root, counts summed, ``children`` = its writers), so the
+collector always sees the whole damage of a tree as one actor.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
+
 from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -313,6 +323,61 @@ class Attributor:
         self._tree_roots[pid] = cur.pid
         return cur.pid
 
+    def _merge_siblings(self, samples: list[pb.ProcessSample], now: float) -> None:
+        """Writers alone in their tree that share a parent get that parent as tree root."""
+        alone: dict[int, list[pb.ProcessSample]] = {}
+        for s in samples:
+            if s.tree_root_pid == s.pid and s.ppid > 1 and s.ppid != self._self_pid:
+                alone.setdefault(s.ppid, []).append(s)
+        for ppid, kids in alone.items():
+            if len(kids) < 2:
+                continue
+            parent = self._known.get(ppid) or self._info(ppid)
+            if parent is None or parent.name in STOP_NAMES:
+                continue
+            self._known[ppid] = parent
+            self._recent_writers[ppid] = now  # later lone workers climb into it too
+            for k in kids:
+                self._tree_roots.pop(k.pid, None)
+            self._tree_roots.pop(ppid, None)
+            root = self.tree_root(ppid)
+            for k in kids:
+                k.tree_root_pid = root
+                self._tree_roots[k.pid] = root
+
+    def _per_tree(self, samples: list[pb.ProcessSample]) -> list[pb.ProcessSample]:
+        """Order by tree totals; fold multi-writer trees when over ``top_n`` (see contract)."""
+        totals: dict[int, list[int]] = {}
+        members: dict[int, list[pb.ProcessSample]] = {}
+        for s in samples:
+            t = totals.setdefault(s.tree_root_pid, [0, 0, 0])
+            t[0] += s.files_type_destroyed
+            t[1] += s.files_touched
+            t[2] += s.bytes_written
+            members.setdefault(s.tree_root_pid, []).append(s)
+        order = sorted(members, key=lambda r: tuple(totals[r]), reverse=True)
+        own = lambda s: (s.files_type_destroyed, s.files_touched, s.bytes_written)  # noqa: E731
+        if len(samples) <= self.top_n:
+            return [s for r in order for s in sorted(members[r], key=own, reverse=True)]
+        out: list[pb.ProcessSample] = []
+        for r in order:
+            group = sorted(members[r], key=own, reverse=True)
+            if len(group) == 1:
+                out.append(group[0])
+                continue
+            agg = pb.ProcessSample()
+            agg.CopyFrom(group[0])
+            info = self._known.get(r)
+            agg.pid, agg.tree_root_pid = r, r
+            if info is not None:
+                agg.ppid, agg.name, agg.exe, agg.user = info.ppid, info.name, info.exe, info.user
+                agg.cmdline, agg.create_time = info.cmdline, info.create_time
+            agg.files_type_destroyed, agg.files_touched, agg.bytes_written = totals[r]
+            agg.bytes_read = sum(s.bytes_read for s in group)
+            agg.children = len(group)
+            out.append(agg)
+        return out
+
     def collect(
         self, destroyed_paths: list[str] | None = None, canary_paths: set[str] | None = None
     ) -> list[pb.ProcessSample]:
@@ -358,7 +423,8 @@ class Attributor:
             if canaries & w.paths:
                 self.canary_trees.add(s.tree_root_pid)
             samples.append(s)
-        samples.sort(key=lambda s: (s.files_touched, s.bytes_written), reverse=True)
+        self._merge_siblings(samples, now)
+        samples = self._per_tree(samples)
         # Forget processes that stopped writing so the caches stay bounded.
         if len(self._known) > 4096:
             self._known = {p: i for p, i in self._known.items() if p in self._recent_writers}

@@ -184,6 +184,8 @@ class ProbeSummary:
     files_unprobed: int = 0  # left over when the budget was spent
     entropy_sum: float = 0.0
     destroyed_paths: list[str] = field(default_factory=list)
+    # Every path opened (the agent's own reads, which inotify reports back).
+    opened_paths: list[str] = field(default_factory=list)
 
     @property
     def mean_entropy(self) -> float:
@@ -211,6 +213,7 @@ def probe_files(
             summary.files_unprobed += 1
             continue
         r = probe_file(path)
+        summary.opened_paths.append(path)
         if r is None:
             summary.files_skipped += 1
         else:

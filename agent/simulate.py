@@ -424,11 +424,16 @@ def sed_inplace(root: Path, rate_per_s: float = 0, seed: int = 1) -> int:
 
 
 def convert_images(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
-    """Convert every PNG to a JPEG beside it and remove the PNG (same stem, typed output)."""
+    """Convert every PNG to JPEG and every JPEG to PNG beside it, removing the source
+    (same stem, a new but typed file: what an image batch converter does)."""
     rng = random.Random(seed)
-    victims = [p for p in _victims(root) if p.suffix == ".png"]
+    victims = [p for p in _victims(root) if p.suffix in (".png", ".jpg")]
     for p in paced(victims, rate_per_s):
-        p.with_suffix(".jpg").write_bytes(_jpeg(rng, max(p.stat().st_size // 2, 1000)))
+        size = max(p.stat().st_size // 2, 1000)
+        if p.suffix == ".png":
+            p.with_suffix(".jpg").write_bytes(_jpeg(rng, size))
+        else:
+            p.with_suffix(".png").write_bytes(_png(rng, size))
         p.unlink()
     return len(victims)
 

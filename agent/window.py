@@ -103,6 +103,7 @@ class WindowAccumulator:
     exts: set[str] = field(default_factory=set)
     canary_touches: int = 0
     canary_paths: set[str] = field(default_factory=set)
+    own_reads: set[str] = field(default_factory=set)
     # the canaries touched in the window last closed (for attribution)
     last_canary_paths: set[str] = field(default_factory=set)
     # memories across windows (bounded)
@@ -132,6 +133,9 @@ class WindowAccumulator:
         if ev.is_dir:
             return
         if ev.kind == "read":
+            if ev.path in self.own_reads:
+                self.own_reads.discard(ev.path)  # the probe's own read, echoed by inotify
+                return
             if len(self.read) < MAX_TRACKED:
                 self.read.add(ev.path)
             return
@@ -249,6 +253,8 @@ class WindowAccumulator:
         """The finished window (counts and probes) and its type-destroyed paths; resets."""
         probes = probe_files(self.probe_candidates(), max_probe_files, max_probe_bytes)
         self._mark_destroyed(end, probes.destroyed_paths)
+        # Echoes of the previous window's probes have arrived by now; keep this window's.
+        self.own_reads = set(probes.opened_paths)
         n_new, top_ext, top_dirs = self._new_extensions(end)
         rep_name, rep_dirs = self._repeated_name(end)
         w = pb.Window(
