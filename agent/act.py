@@ -29,11 +29,13 @@ import signal
 import socket
 import subprocess
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ PROTECTED_NAMES = frozenset(
      "kthreadd", "smbd", "nmbd"}
 )
 TABLE = "tocsin"
+KINDS = frozenset({"suspend", "resume", "kill", "isolate", "release"})
 
 # (args, stdin text) -> (returncode, combined output)
 NftRunner = Callable[[list[str], str], tuple[int, str]]
@@ -85,6 +88,7 @@ def ruleset(collector_ip: str, collector_port: int, allow: list[str]) -> str:
         "  chain input {",
         "    type filter hook input priority -10; policy drop;",
         "    iif lo accept",
+        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept",
         f"    {fam} saddr {collector_ip} tcp sport {collector_port} accept",
         "    udp sport 53 accept",
         "    tcp sport 53 ct state established accept",
@@ -94,6 +98,7 @@ def ruleset(collector_ip: str, collector_port: int, allow: list[str]) -> str:
         "  chain output {",
         "    type filter hook output priority -10; policy drop;",
         "    oif lo accept",
+        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
         f"    {fam} daddr {collector_ip} tcp dport {collector_port} accept",
         "    udp dport 53 accept",
         "    tcp dport 53 accept",
@@ -140,6 +145,8 @@ class Actions:
         state = self._load()
         self.suspended: set[int] = set(state.get("suspended", []))
         self.isolated: bool = bool(state.get("isolated", False))
+        # (kind, status) -> how many times (metrics).
+        self.outcomes: Counter[tuple[str, str]] = Counter()
 
     # ------------------------------------------------------------ state
     def _ancestors(self) -> set[int]:
@@ -252,7 +259,8 @@ class Actions:
         """Apply the isolation table; roll back if the collector becomes unreachable."""
         host = host or self.collector_host
         port = port or self.collector_port
-        allow = self.allow if allow is None else allow
+        # The agent's own allowlist (the admin's jump host) is always kept.
+        allow = sorted(set(self.allow) | set(allow or []))
         try:
             ip = self._collector_ip(host)
             script = ruleset(ip, port, allow)
@@ -320,5 +328,6 @@ class Actions:
         except Exception as exc:  # a bug, but the stream must report it, not die
             log.exception("command %s failed", cmd.id)
             status, detail = "failed", f"{type(exc).__name__}: {exc}"
+        self.outcomes[(kind if kind in KINDS else "unknown", status)] += 1
         return pb.ActionResult(command_id=cmd.id, kind=kind, status=status, detail=detail,
                                pids=pids, at=_now(), local=local)

@@ -52,6 +52,9 @@ def _agent_parser() -> _Parser:
     p.add_argument("--spool-max-windows", type=int,
                    help="windows kept for the collector at most (100000; oldest dropped)")
     p.add_argument("--spool-max-mb", type=float, help="spool size limit in MiB (256)")
+    p.add_argument("--metrics", help="HOST:PORT for the Prometheus /metrics endpoint (off)")
+    p.add_argument("--log-format", choices=["text", "json"], default=None,
+                   help="text (default) or json: one JSON object per line")
     p.add_argument("--log-level", default=None,
                    choices=["debug", "info", "warning", "error"])
     return p
@@ -60,6 +63,7 @@ def _agent_parser() -> _Parser:
 KEYS = {"collector": str, "watch": list, "host_id": str, "state_dir": str, "insecure": bool,
         "tripwire": str, "window_s": (int, float), "allow": list, "record": str,
         "tls_ca": str, "tls_cert": str, "tls_key": str, "log_level": str, "canary": list,
+        "metrics": str, "log_format": str,
         "spool_max_windows": int, "spool_max_mb": (int, float), "canaries": bool,
         "protect": list}
 
@@ -123,6 +127,14 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
     spool_mb = float(merged.get("spool_max_mb") or 256)
     if spool_windows < 10 or spool_mb < 1:
         raise ConfigError("--spool-max-windows must be >= 10 and --spool-max-mb >= 1")
+    metrics = str(merged.get("metrics") or "")
+    if metrics:
+        m_host, _, m_port = metrics.rpartition(":")
+        if not m_host or not m_port.isdigit() or not 0 <= int(m_port) < 65536:
+            raise ConfigError(f"--metrics must be HOST:PORT, not {metrics!r}")
+    log_format = str(merged.get("log_format") or "text")
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"--log-format must be text or json, not {log_format!r}")
     state_dir = Path(merged["state_dir"])
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +152,7 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
         plant_canaries=bool(merged.get("canaries")),
         protect=[str(x) for x in merged.get("protect") or []],
         spool_max_windows=spool_windows, spool_max_bytes=int(spool_mb * 1024 * 1024),
+        metrics=metrics, log_format=log_format,
     )
     return cfg, str(merged.get("log_level") or "info")
 
@@ -148,6 +161,10 @@ def _run_agent(argv: list[str]) -> int:
     cfg, level = build_config(argv)
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.log_format == "json":
+        from tocsin.agent.jsonlog import use_json_logs
+
+        use_json_logs(PROG)
     from tocsin.agent.runtime import Agent
 
     agent = Agent(cfg)

@@ -1,8 +1,11 @@
 """The running agent: watch -> window (probe, attribute, tripwire) -> spool -> ship, and obey.
 
 Contract: ``Agent(config)`` builds every part from an ``AgentConfig``;
-``run()`` starts the threads and blocks until ``request_stop()`` (signal
-handlers call it), then sends Goodbye, flushes and returns 0.
+``run()`` re-applies a persisted isolation, starts the threads and blocks
+until ``request_stop()`` (signal handlers call it), then sends Goodbye,
+flushes and returns 0. Under systemd (``$NOTIFY_SOCKET``) it says READY=1 only
+once the watches are in place and the metrics endpoint (``metrics``) is
+serving, pings WATCHDOG=1 while its worker threads live, and says STOPPING=1.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from pathlib import Path
 
 import grpc
 
+from tocsin.agent import sdnotify
 from tocsin.agent.act import Actions
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.canary import plant
-from tocsin.agent.limits import ensure_max_user_watches
+from tocsin.agent.limits import BURST_EVENTS, ensure_max_user_watches
+from tocsin.agent.metrics import AgentMetrics
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
 from tocsin.agent.tripwire import Tripwire
@@ -29,6 +34,13 @@ from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.recording import Recorder
 
 log = logging.getLogger(__name__)
+
+# Onset: a window that follows a quiet one (fewer than ONSET_EVENTS events)
+# closes as soon as ONSET_EVENTS events arrived, so the first seconds of a
+# burst reach the collector within tens of milliseconds instead of up to a
+# window later. A window after a busy one keeps the full BURST_EVENTS budget:
+# a sustained storm costs at most one short window per quiet spell.
+ONSET_EVENTS = 8
 
 
 @dataclass
@@ -52,6 +64,9 @@ class AgentConfig:
     protect: list[str] = field(default_factory=list)
     spool_max_windows: int = 100_000
     spool_max_bytes: int = 256 * 1024 * 1024
+    # HOST:PORT of the Prometheus /metrics endpoint; empty: off.
+    metrics: str = ""
+    log_format: str = "text"
 
     @property
     def collector_host_port(self) -> tuple[str, int]:
@@ -104,8 +119,18 @@ class Agent:
             canaries=frozenset(canary_paths), known_extensions=exts,
             on_window=self._on_window, spool_dropped=lambda: self.spool.dropped)
         self._stop = threading.Event()
+        self.metrics = AgentMetrics(self)
+        self.metrics_address: tuple[str, int] | None = None
+
+    def _alive(self) -> bool:
+        """The worker threads the watchdog vouches for are all running."""
+        names = {t.name for t in threading.enumerate() if t.is_alive()}
+        return {"tocsin-window", "tocsin-ship"} <= names
 
     def _on_window(self, w: pb.Window, writers: list[pb.ProcessSample]) -> None:
+        self.metrics.observe_window(w)
+        events = w.events_created + w.events_modified + w.events_deleted + w.events_moved
+        self.window.burst_events = ONSET_EVENTS if events < ONSET_EVENTS else BURST_EVENTS
         result = self.tripwire.check(w, writers, self.attributor.canary_trees)
         if result is not None:
             self.shipper.submit_result(result)
@@ -123,8 +148,18 @@ class Agent:
         self.shipper.start()
         log.info("tocsin agent %s watching %s, collector %s (attribution: %s)", self.boot_id,
                  self.cfg.watch, self.cfg.collector, self.attributor.method)
+        if self.cfg.metrics:
+            host, _, port = self.cfg.metrics.rpartition(":")
+            self.metrics_address = self.metrics.serve(host.strip("[]"), int(port))
+            log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
+        watchdog = sdnotify.Watchdog(self._alive)
+        watchdog.start()
+        sdnotify.notify(f"READY=1\nSTATUS=watching {len(self.cfg.watch)} trees")
         while not self._stop.wait(0.5):
             pass
+        sdnotify.notify("STOPPING=1")
+        watchdog.stop()
+        self.metrics.close()
         self.window.stop()
         self.watcher.stop()
         self.attributor.stop()
