@@ -1,0 +1,68 @@
+"""A tiny Telemetry server on 127.0.0.1 for tests and benches: stores what agents send, acks it.
+
+``GrpcSink()`` listens on 127.0.0.1:<port 0>; ``.target`` is "127.0.0.1:PORT";
+``.messages`` holds every AgentMessage received (bounded by ``max_messages``,
+then only counted in ``.dropped``); ``windows()`` returns the received windows.
+Every window is acknowledged at once, so the agent's spool stays empty.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+
+from tocsin.v1 import CHANNEL_OPTIONS
+from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
+
+
+class _Servicer(pb_grpc.TelemetryServicer):
+    def __init__(self, sink: GrpcSink) -> None:
+        self._sink = sink
+
+    def Stream(self, request_iterator: Iterator[pb.AgentMessage],
+               context: grpc.ServicerContext) -> Iterator[pb.CollectorMessage]:
+        boot = ""
+        for msg in request_iterator:
+            self._sink.add(msg)
+            kind = msg.WhichOneof("body")
+            if kind == "hello":
+                boot = msg.hello.boot_id
+            elif kind == "window":
+                yield pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=msg.window.seq))
+
+
+class GrpcSink:
+    def __init__(self, max_messages: int = 100_000) -> None:
+        self.messages: list[pb.AgentMessage] = []
+        self.dropped = 0
+        self._max = max_messages
+        self._lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                                  options=CHANNEL_OPTIONS)
+        pb_grpc.add_TelemetryServicer_to_server(_Servicer(self), self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.target = f"127.0.0.1:{port}"
+        self.server.start()
+
+    def add(self, msg: pb.AgentMessage) -> None:
+        with self._lock:
+            if len(self.messages) < self._max:
+                self.messages.append(msg)
+            else:
+                self.dropped += 1
+
+    def windows(self) -> list[pb.Window]:
+        with self._lock:
+            return [m.window for m in self.messages if m.WhichOneof("body") == "window"]
+
+    def results(self) -> list[pb.ActionResult]:
+        with self._lock:
+            return [m.action_result for m in self.messages
+                    if m.WhichOneof("body") == "action_result"]
+
+    def stop(self) -> None:
+        self.server.stop(grace=0.5)
