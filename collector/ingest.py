@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
@@ -131,6 +132,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             first = await anext(aiter(request_iterator))
         except StopAsyncIteration:
             return
+        except DecodeError:
+            self.bad_streams += 1
+            log.warning("stream from %s refused: first message is not an AgentMessage",
+                        context.peer())
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed AgentMessage")
         peer = context.peer()
         try:
             hello = validate_hello(first)
@@ -275,6 +281,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         except WireError as exc:
             log.warning("agent %s: %s", host_id, exc)
             end = _End(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except DecodeError:
+            log.warning("agent %s: malformed AgentMessage", host_id)
+            end = _End(grpc.StatusCode.INVALID_ARGUMENT, "malformed AgentMessage")
         except StoreUnavailable as exc:
             end = self._store_end(host_id, exc, acked)
         except asyncio.CancelledError:
