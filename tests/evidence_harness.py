@@ -17,8 +17,9 @@ from tocsin.v1 import telemetry_pb2 as pb
 
 def run_workload(share: Path, style: str, rate: float = 400, files: int = 60,
                  extra: tuple[str, ...] = (), canaries: frozenset[str] = frozenset(),
-                 make: bool = True) -> tuple[list[pb.Window], int]:
-    """Windows seen while ``style`` ran on ``share`` (created with ``files`` files)."""
+                 make: bool = True, argv: list[str] | None = None,
+                 ) -> tuple[list[pb.Window], int]:
+    """Windows seen while ``style`` (or the command ``argv``) ran on ``share``."""
     if make:
         simulate.make_share(share, files)
     watcher = FileWatcher([str(share)])
@@ -31,8 +32,8 @@ def run_workload(share: Path, style: str, rate: float = 400, files: int = 60,
     loop.start()
     time.sleep(0.3)
     try:
-        child = subprocess.Popen([sys.executable, "-m", "tocsin.agent.simulate", "run", style,
-                                  str(share), "--rate", str(rate), *extra])
+        child = subprocess.Popen(argv or [sys.executable, "-m", "tocsin.agent.simulate", "run",
+                                          style, str(share), "--rate", str(rate), *extra])
         assert child.wait(timeout=60) == 0
         time.sleep(1.2)
     finally:

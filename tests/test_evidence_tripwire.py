@@ -1,0 +1,186 @@
+"""The local tripwire with the collector cut off, the protection list, and one actor per tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+from evidence_harness import run_workload
+
+from tocsin.agent import simulate
+from tocsin.agent.tripwire import Tripwire
+from tocsin.v1 import telemetry_pb2 as pb
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify and SIGSTOP of others need root")
+
+
+def _agent(share: Path, state: Path, *extra: str) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).with_name("tocsin-agent")
+    p = subprocess.Popen(
+        [str(exe), "--collector", "127.0.0.1:9", "--watch", str(share), "--host-id", "cut-off",
+         "--state-dir", str(state), "--insecure", "--tripwire", "enforce", *extra],
+        stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    for line in p.stderr:  # wait until it watches
+        if "watching" in line:
+            return p
+    raise AssertionError("agent did not start")
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _attack_until_stopped(share: Path, tmp: Path, style: str, rate: int
+                          ) -> tuple[bool, int, float]:
+    progress = tmp / "progress.txt"
+    attack = subprocess.Popen([sys.executable, "-m", "tocsin.agent.simulate", "run", style,
+                               str(share), "--rate", str(rate), "--progress", str(progress)])
+    t0 = time.monotonic()
+    try:
+        while attack.poll() is None and not _stopped(attack.pid):
+            time.sleep(0.01)
+        stopped = _stopped(attack.pid)
+        elapsed = time.monotonic() - t0
+        ruined = len(progress.read_text().splitlines()) if progress.exists() else 0
+    finally:
+        attack.send_signal(signal.SIGKILL)
+        os.kill(attack.pid, signal.SIGCONT) if attack.poll() is None else None
+        attack.wait(timeout=10)
+    return stopped, ruined, elapsed
+
+
+@ROOT_ONLY
+def test_tripwire_suspends_encryptor_with_collector_unreachable(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    simulate.make_share(share, 600)
+    agent = _agent(share, tmp_path / "state")
+    try:
+        stopped, ruined, elapsed = _attack_until_stopped(share, tmp_path, "encrypt-inplace", 200)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+    print(f"\ntripwire: encryptor at 200 files/s suspended={stopped} after {ruined} files "
+          f"({elapsed:.2f} s), collector unreachable")
+    assert stopped, "the encryptor ran to the end"
+    assert ruined < 600
+    assert ruined <= 400  # within ~2 s at 200 files/s
+
+
+@ROOT_ONLY
+def test_canary_touch_fires_the_tripwire(tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    simulate.make_share(share, 24)
+    agent = _agent(share, tmp_path / "state", "--canaries")
+    try:
+        # Slow enough that type-destroyed alone stays under the threshold per window.
+        stopped, ruined, _ = _attack_until_stopped(share, tmp_path, "encrypt-inplace", 4)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+    assert stopped and ruined < 24
+
+
+class _Actions:
+    def __init__(self) -> None:
+        self.commands: list[pb.Command] = []
+
+    def run(self, cmd: pb.Command, local: bool = False) -> pb.ActionResult:
+        self.commands.append(cmd)
+        return pb.ActionResult(command_id=cmd.id, kind=cmd.kind, status="done", local=local)
+
+
+def _window(writers: list[pb.ProcessSample], canaries: int = 0) -> pb.Window:
+    w = pb.Window(canary_touches=canaries)
+    w.top_writers.extend(writers)
+    return w
+
+
+def _sample(pid: int, root: int, destroyed: int, name: str = "crypt", exe: str = "") -> (
+        pb.ProcessSample):
+    return pb.ProcessSample(pid=pid, tree_root_pid=root, files_type_destroyed=destroyed,
+                            files_touched=destroyed, name=name, exe=exe)
+
+
+def test_tripwire_sums_a_tree_and_never_touches_init_itself_or_protected() -> None:
+    acts = _Actions()
+    tw = Tripwire(acts, "enforce", destroyed_threshold=10, protect=["borg", "/usr/bin/restic"],
+                  self_pid=4242)
+    # Four workers of one tree, 3 files each: 12 >= 10 only as a tree.
+    ws = [_sample(100 + i, 100, 3) for i in range(4)]
+    assert tw.check(_window(ws), ws) is not None
+    assert [list(c.pids) for c in acts.commands] == [[100]]
+    for root, name, exe in ((1, "crypt", ""), (4242, "crypt", ""), (300, "borg", ""),
+                            (400, "x", "/usr/bin/restic")):
+        w = _window([_sample(root, root, 50, name, exe)])
+        assert tw.check(w, list(w.top_writers)) is None
+        assert w.tripwire_fired and "not suspended" in w.tripwire_reason
+    assert len(acts.commands) == 1
+    # A canary with no known writer marks the window, suspends nothing.
+    w = _window([], canaries=1)
+    assert tw.check(w, []) is None and w.tripwire_fired
+    # A canary written by a known tree: that tree, even if it is not the biggest writer.
+    big, small = _sample(500, 500, 0), _sample(600, 600, 0)
+    big.files_touched = 90
+    assert tw.check(_window([big, small], 1), [big, small], canary_trees={600}) is not None
+    assert list(acts.commands[-1].pids) == [600]
+    # dry-run asks for a dry run; off does nothing at all.
+    dry = Tripwire(acts, "dry-run")
+    ws = [_sample(700, 700, 20)]
+    dry.check(_window(ws), ws)
+    assert acts.commands[-1].dry_run
+    off = Tripwire(acts, "off")
+    w = _window(ws)
+    assert off.check(w, ws) is None and not w.tripwire_fired
+
+
+@ROOT_ONLY
+def test_eight_workers_of_one_parent_are_one_actor(tmp_path: Path) -> None:
+    """8 forked workers at 25 files/s each: all damage lands on one tree."""
+    ws, parent = run_workload(tmp_path / "share", "encrypt-workers", rate=200, files=400,
+                              extra=("--workers", "8"))
+    per_tree: Counter[int] = Counter()
+    workers: set[int] = set()
+    for w in ws:
+        for s in w.top_writers:
+            per_tree[s.tree_root_pid] += s.files_type_destroyed
+            workers.add(s.pid)
+    destroyed = sum(w.files_type_destroyed for w in ws)
+    print(f"\n8 workers: {len(workers)} writer pids, per tree {dict(per_tree)}, "
+          f"window total {destroyed}")
+    assert len(workers) >= 8
+    assert [t for t, n in per_tree.items() if n] == [parent]
+    assert per_tree[parent] >= 0.8 * destroyed
+    assert destroyed >= 200  # the probe budget (64 files per window) samples the rest
+
+
+LAUNCHER = """
+import subprocess, sys
+share, dirs = sys.argv[1], sys.argv[2:]
+kids = [subprocess.Popen([sys.executable, "-m", "tocsin.agent.simulate", "run",
+                          "encrypt-inplace", f"{share}/{d}", "--rate", "60"]) for d in dirs]
+sys.exit(max(k.wait() for k in kids))
+"""
+
+
+@ROOT_ONLY
+def test_launcher_of_short_lived_encryptors_is_the_tree(tmp_path: Path) -> None:
+    """Children with another cmdline than their (non-writing) launcher share its tree."""
+    share = tmp_path / "share"
+    simulate.make_share(share, 160)
+    launcher = ("-c", LAUNCHER)
+    ws, _ = run_workload(share, "encrypt-inplace", files=0, make=False, extra=(), argv=[
+        sys.executable, *launcher, str(share), *simulate.DEPARTMENTS[:3]])
+    roots = {s.tree_root_pid for w in ws for s in w.top_writers if s.files_type_destroyed}
+    pids = {s.pid for w in ws for s in w.top_writers if s.files_type_destroyed}
+    assert len(pids) >= 3 and len(roots) == 1
