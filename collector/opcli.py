@@ -2,6 +2,8 @@
 
     tocsin hosts   --collector HOST:PORT [--insecure | --tls-*] [--json]
     tocsin alerts  [--host ID] [--limit N] --collector HOST:PORT ... [--json]
+    tocsin incidents [--host ID] [--limit N] --collector HOST:PORT ... [--json]
+    tocsin actions [--host ID] [--limit N] --collector HOST:PORT ... [--json]  (the audit)
     tocsin isolate HOST --collector HOST:PORT ...
     tocsin release HOST [--resume | --kill] --collector HOST:PORT ...
     tocsin replay FILE --collector HOST:PORT [--speed N] [--host-id ID] ...
@@ -55,6 +57,11 @@ def build_parser() -> _Parser:
     alerts = sub.add_parser("alerts", parents=[common], help="list alerts, newest first")
     alerts.add_argument("--host", default="")
     alerts.add_argument("--limit", type=int, default=20)
+    for name, what in (("incidents", "incidents (alerts of one process tree) and their actions"),
+                       ("actions", "every action, who asked, when, the outcome reported")):
+        listing = sub.add_parser(name, parents=[common], help=what)
+        listing.add_argument("--host", default="")
+        listing.add_argument("--limit", type=int, default=50)
     iso = sub.add_parser("isolate", parents=[common], help="isolate a host now")
     iso.add_argument("host")
     rel = sub.add_parser("release", parents=[common], help="lift a host's isolation")
@@ -129,6 +136,26 @@ async def _run(args: argparse.Namespace) -> int:
                              a.process or "-", " ".join(a.reasons)])
             print(_table(rows))
             return 0
+        if args.command in ("actions", "incidents"):
+            from tocsin.collector import optables
+
+            acts = await stub.ListActions(
+                op.ListActionsRequest(host_id=args.host, limit=args.limit * 20), timeout=t)
+            if args.command == "actions":
+                listed = list(acts.actions)[: args.limit]
+                if args.json:
+                    print(json.dumps([_dict(a) for a in listed], indent=2))
+                else:
+                    print(optables.table(optables.actions_rows(listed)))
+                return 0
+            alerts = await stub.ListAlerts(
+                op.ListAlertsRequest(host_id=args.host, limit=1000), timeout=t)
+            items = optables.incidents(alerts.alerts, acts.actions)[: args.limit]
+            if args.json:
+                print(json.dumps(items, indent=2))
+            else:
+                print(optables.table(optables.incident_rows(items)))
+            return 0
         req = op.HostActionRequest(host_id=args.host, operator=getpass.getuser(), timeout_s=t)
         if args.command == "isolate":
             reply = await stub.Isolate(req, timeout=t + 5)
@@ -145,6 +172,13 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"still stopped: {pids} (tocsin release {args.host} --resume or --kill)")
             elif args.command == "release":
                 print("no process is stopped by tocsin")
+            from tocsin.collector import optables
+
+            recent = await stub.ListActions(
+                op.ListActionsRequest(host_id=args.host, limit=5), timeout=t)
+            if recent.actions:
+                print()
+                print(optables.table(optables.actions_rows(recent.actions)))
         return 0 if reply.status in ("done", "dry-run") else 1
 
 

@@ -7,6 +7,8 @@ governs automatic responses, not a human's decision), and wait up to
 "failed", ...) or "queued" when the agent is offline or silent. ``Release``
 then resumes or kills the suspended processes if asked ("resume" / "kill")
 and always answers which pids are still stopped. Unknown hosts: NOT_FOUND.
+``ListActions`` is the audit of actions (automatic, operator, agent, hook),
+newest first, with the outcome reported.
 """
 
 from __future__ import annotations
@@ -73,6 +75,20 @@ class OperatorService(op_grpc.OperatorServicer):
                 )
             )
         return op.ListAlertsResponse(alerts=alerts)
+
+    async def ListActions(
+        self, request: op.ListActionsRequest, context: _Ctx
+    ) -> op.ListActionsResponse:
+        limit = min(request.limit or 50, 5000)
+        return op.ListActionsResponse(actions=[
+            op.ActionInfo(
+                action_id=a.action_id, alert_id=a.alert_id, host_id=a.host_id, kind=a.kind,
+                requested_by=a.requested_by, requested_at=_ts(a.requested_at_s),
+                status=a.status, detail=a.detail, pids=a.pids,
+                finished_at=_ts(a.finished_at_s) if a.finished_at_s else None,
+            )
+            for a in self.store.list_actions(request.host_id, limit)
+        ])
 
     async def _host_or_abort(self, host_id: str, context: _Ctx) -> None:
         if not host_id or self.store.get_host(host_id) is None:

@@ -125,6 +125,7 @@ class Store(Protocol):
         self, action_id: str, status: str, detail: str, pids: list[int] | None = None
     ) -> ActionRecord | None: ...
     def get_action(self, action_id: str) -> ActionRecord | None: ...
+    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]: ...
     def audit(self, who: str, what: str, detail: str = "") -> None: ...
     def audit_log(self, limit: int = 100) -> list[tuple[float, str, str, str]]: ...
     def close(self) -> None: ...
@@ -311,6 +312,12 @@ class SqliteStore:
              json.dumps(action.pids), action.finished_at_s),
         )
 
+    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]:
+        where, args = (" WHERE host_id=?", [host_id]) if host_id else ("", [])
+        ids = self._exec(f"SELECT id FROM actions{where} ORDER BY requested_at DESC, rowid DESC"
+                         " LIMIT ?", (*args, limit))
+        return [a for (i,) in ids if (a := self.get_action(i)) is not None]
+
     def get_action(self, action_id: str) -> ActionRecord | None:
         rows = self._exec(
             "SELECT id, alert_id, host_id, kind, requested_by, requested_at, status, detail,"
@@ -434,6 +441,11 @@ class MemoryStore:
 
     def add_action(self, action: ActionRecord) -> None:
         self._actions[action.action_id] = replace(action)
+
+    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]:
+        found = [replace(a) for a in self._actions.values() if not host_id or a.host_id == host_id]
+        found.sort(key=lambda a: a.requested_at_s, reverse=True)
+        return found[:limit]
 
     def get_action(self, action_id: str) -> ActionRecord | None:
         action = self._actions.get(action_id)

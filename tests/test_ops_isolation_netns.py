@@ -9,6 +9,7 @@ A is joined to C and to J by two veth pairs; every packet stays on this machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -197,10 +198,8 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
     finally:
         for p in procs:
             if p.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, 18)
-                except ProcessLookupError:
-                    pass
                 p.kill()
                 p.wait(timeout=10)
 

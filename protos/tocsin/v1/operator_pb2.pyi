@@ -98,3 +98,41 @@ class HostActionResponse(_message.Message):
     detail: str
     still_suspended: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, status: _Optional[str] = ..., detail: _Optional[str] = ..., still_suspended: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ListActionsRequest(_message.Message):
+    __slots__ = ("host_id", "limit")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    limit: int
+    def __init__(self, host_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ActionInfo(_message.Message):
+    __slots__ = ("action_id", "alert_id", "host_id", "kind", "requested_by", "requested_at", "status", "detail", "pids", "finished_at")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ALERT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    action_id: str
+    alert_id: str
+    host_id: str
+    kind: str
+    requested_by: str
+    requested_at: _timestamp_pb2.Timestamp
+    status: str
+    detail: str
+    pids: _containers.RepeatedScalarFieldContainer[int]
+    finished_at: _timestamp_pb2.Timestamp
+    def __init__(self, action_id: _Optional[str] = ..., alert_id: _Optional[str] = ..., host_id: _Optional[str] = ..., kind: _Optional[str] = ..., requested_by: _Optional[str] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListActionsResponse(_message.Message):
+    __slots__ = ("actions",)
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    actions: _containers.RepeatedCompositeFieldContainer[ActionInfo]
+    def __init__(self, actions: _Optional[_Iterable[_Union[ActionInfo, _Mapping]]] = ...) -> None: ...

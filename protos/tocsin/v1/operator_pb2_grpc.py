@@ -54,6 +54,11 @@ class OperatorStub:
                 request_serializer=tocsin_dot_v1_dot_operator__pb2.HostActionRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_operator__pb2.HostActionResponse.FromString,
                 _registered_method=True)
+        self.ListActions = channel.unary_unary(
+                '/tocsin.v1.Operator/ListActions',
+                request_serializer=tocsin_dot_v1_dot_operator__pb2.ListActionsRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_operator__pb2.ListActionsResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServicer:
@@ -85,6 +90,14 @@ class OperatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListActions(self, request, context):
+        """The audit of actions: every automatic or operator action, who asked, when,
+        and the outcome the agent (or hook) reported. Newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +120,11 @@ def add_OperatorServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=tocsin_dot_v1_dot_operator__pb2.HostActionRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_operator__pb2.HostActionResponse.SerializeToString,
+            ),
+            'ListActions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActions,
+                    request_deserializer=tocsin_dot_v1_dot_operator__pb2.ListActionsRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_operator__pb2.ListActionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +235,33 @@ class Operator:
             '/tocsin.v1.Operator/Release',
             tocsin_dot_v1_dot_operator__pb2.HostActionRequest.SerializeToString,
             tocsin_dot_v1_dot_operator__pb2.HostActionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.Operator/ListActions',
+            tocsin_dot_v1_dot_operator__pb2.ListActionsRequest.SerializeToString,
+            tocsin_dot_v1_dot_operator__pb2.ListActionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
