@@ -47,7 +47,7 @@ from tocsin.v1.errors import ConfigError
 log = logging.getLogger("tocsin.collector.outbox")
 
 RETRYABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
-EVENTS = ("alert", "action", "fleet_guard", "host_silent", "hook", "test")
+EVENTS = ("alert", "action", "fleet_guard", "host_silent", "host_back", "hook", "test")
 SEVERITIES = ("warning", "critical")
 
 _SCHEMA = """

@@ -142,6 +142,9 @@ class SilenceWatch:
         except TocsinError as exc:
             self.posts_failed += 1
             log.warning("%s", exc)
+        except Exception as exc:  # a sink's own storage failing (disk full) must not kill us
+            self.posts_failed += 1
+            log.error("could not post %s for %s: %s", event["event"], event["host_id"], exc)
 
     async def drain(self) -> None:
         while self._inflight:
