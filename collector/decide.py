@@ -13,8 +13,10 @@ Rules (``JudgeConfig`` holds the numbers):
   fires on a single window (>= 3) or on its sum over a horizon (the last 10
   windows, 60 s, 1 h of window time, per host), so that a slow attack or many
   small processes still add up.
-- Strong evidence: the destructive counts summed over 60 s or 1 h pass a high
-  bar, or two different confirmers fire at once.
+- Strong evidence: one window in which most probed files were destroyed (at
+  least ``strong_window`` of them) or most new files were encrypted twins, the
+  destructive counts summed over 60 s or 1 h passing a high bar, or two
+  different confirmers firing at once.
 - Severity: ``critical`` = (anomalous score or strong evidence) and a
   confirmer, or a canary touched, or the agent's tripwire fired; ``warning`` =
   an anomalous score, a confirmer alone, or many dropped events. Entropy alone
@@ -59,6 +61,12 @@ class JudgeConfig:
     # Destructive sums (all counted kinds) that make strong evidence.
     strong_short: int = 20
     strong_long: int = 100
+    # One window is strong evidence on its own when at least this many probed files
+    # were destroyed (type lost or turned into encoded random text) and they are at
+    # least this fraction of the files probed, or when at least ``window_confirm``
+    # encrypted twins are this fraction of the files created.
+    strong_window: int = 5
+    strong_window_frac: float = 0.5
     dropped_warning: int = 1000
     hysteresis: float = 0.05
     quiet_s: float = 120.0
@@ -262,8 +270,17 @@ class Judge:
 
         destructive_short = sum(sum(e.counts.values()) for e in short)
         destructive_long = sum(sum(e.counts.values()) for e in hist)
+        ruined_now = max(int(w.files_type_destroyed), int(w.files_encoded_random))
+        strong_now = (
+            ruined_now >= cfg.strong_window
+            and ruined_now >= cfg.strong_window_frac * max(int(w.files_probed), ruined_now)
+        ) or (
+            int(w.encrypted_twins) >= cfg.window_confirm
+            and int(w.encrypted_twins) >= cfg.strong_window_frac * int(w.files_created)
+        )
         strong = (
-            destructive_short >= cfg.strong_short
+            strong_now
+            or destructive_short >= cfg.strong_short
             or destructive_long >= cfg.strong_long
             or len(confirmers) >= 2
         )

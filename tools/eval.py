@@ -1,0 +1,438 @@
+"""The evaluation suite: every simulated workload through the real agent and collector.
+
+    python tools/eval.py [--out docs/evaluation.md] [--rate 200] [--files 600] [NAME ...]
+
+One real ``tocsin-collector`` (respond=enforce) and one in-process webhook
+receiver on 127.0.0.1. For each workload of ``tocsin.agent.simulate``: a fresh
+scratch share, a real ``tocsin-agent`` watching it under its own host id (the
+agent's tripwire at its shipped default), then the workload as its own process
+with ``--progress`` (one "<unix time> <path>" line per finished file).
+
+Measured per workload: whether a critical alert arrived, the seconds from the
+first ruined file to the critical webhook's receipt, the files ruined before
+the process was suspended (progress lines when its state became "stopped"),
+and the warnings and criticals posted for the host. Workloads run with the
+``tocsin-drill`` marker in their command line, so the collector suspends them
+for real but never isolates this machine (a drill never isolates); nothing
+else changes in the judgement. Loopback only. Writes a markdown table and
+fills the ``evaluation.end_to_end`` section of ``models/baseline.json``
+(``--no-card`` leaves the card alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from receiver import WebhookReceiver  # noqa: E402
+
+from tocsin.agent.simulate import ATTACKS, BENIGN, make_share  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DRILL_TAG = "tocsin-drill"
+# Order of the table: attacks first, then benign jobs.
+DEFAULT_ATTACKS = (
+    "encrypt-inplace", "encrypt-copy", "encrypt-stripes", "encrypt-head", "encrypt-base64",
+    "encrypt-workers", "encrypt-burst", "encrypt-slow",
+)
+DEFAULT_BENIGN = (
+    "backup-targz", "backup-encrypted", "gzip-logs", "photo-import", "office-saves",
+    "sqlite-churn", "mass-delete", "source-checkout", "rsync-mirror",
+)
+DESCRIPTIONS = {
+    "encrypt-inplace": "in-place encryption",
+    "encrypt-copy": "encrypted copy .locked, original deleted, note per directory",
+    "encrypt-stripes": "intermittent: every other 16 bytes",
+    "encrypt-head": "intermittent: first 4 KiB only",
+    "encrypt-base64": "encrypted, written as base64 text",
+    "encrypt-workers": "8 cooperating worker processes",
+    "encrypt-burst": "short burst of 20 files",
+    "encrypt-slow": "slow attack, 2 files/s",
+    "backup-targz": "tar+gzip backup of the share",
+    "backup-encrypted": "encrypted backup (tar.gz then cipher, new file)",
+    "gzip-logs": "log rotation with gzip",
+    "photo-import": "photo import (300 JPEG)",
+    "office-saves": "bulk office saves",
+    "sqlite-churn": "SQLite churn (2000 transactions)",
+    "mass-delete": "mass delete (two departments)",
+    "source-checkout": "source checkout (400 files, zlib objects)",
+    "rsync-mirror": "rsync mirror (temp names renamed into place)",
+}
+
+
+@dataclass
+class Row:
+    name: str
+    kind: str
+    rate_per_s: float
+    files_done: int = 0
+    detected: bool = False
+    seconds_to_critical: float | None = None
+    ruined_before_stop: int | None = None
+    stopped: bool = False
+    warnings: int = 0
+    criticals: int = 0
+    wall_s: float = 0.0
+    reasons: list[str] = field(default_factory=list)
+    note: str = ""
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float, interval_s: float = 0.1) -> Any:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval_s)
+    return None
+
+
+def progress_times(path: Path) -> list[float]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        head = line.split(" ", 1)[0]
+        try:
+            out.append(float(head))
+        except ValueError:
+            continue
+    return out
+
+
+def tree_stopped(proc: psutil.Process) -> bool:
+    """True when the process (and every child it has) is stopped."""
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+        return all(p.status() == psutil.STATUS_STOPPED for p in procs)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kill_tree(pid: int) -> None:
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+
+
+class Suite:
+    def __init__(
+        self, tmp: Path, hooks: WebhookReceiver, files: int, settle_s: float, seed: int = 0
+    ) -> None:
+        self.tmp, self.hooks, self.files, self.settle_s = tmp, hooks, files, settle_s
+        self.rng = random.Random(seed)
+        self.addr = ""
+        self.collector: subprocess.Popen[bytes] | None = None
+
+    def start_collector(self) -> None:
+        log = self.tmp / "collector.log"
+        self.collector = subprocess.Popen(
+            [str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db",
+             str(self.tmp / "collector.db"), "--webhook", self.hooks.url,
+             "--respond", "enforce", "--insecure"],
+            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        )
+
+        def listening() -> str:
+            m = re.search(r"listening on (\S+:\d+)", log.read_text(errors="replace"))
+            return m.group(1) if m else ""
+
+        self.addr = wait_for(listening, 30) or ""
+        if not self.addr:
+            raise SystemExit("eval: the collector did not start\n" + log.read_text())
+
+    def connected(self, host_id: str) -> bool:
+        res = subprocess.run(
+            [str(BIN / "tocsin"), "hosts", "--json", "--collector", self.addr, "--insecure"],
+            capture_output=True, text=True,
+        )
+        if res.returncode != 0:
+            return False
+        return any(h["host_id"] == host_id and h["connected"] for h in json.loads(res.stdout))
+
+    def alerts(self, host_id: str) -> list[dict[str, Any]]:
+        with self.hooks._server.lock:
+            recs = list(self.hooks._server.received)
+        return [
+            {**r["body"], "_received_at": r["received_at"]} for r in recs
+            if isinstance(r["body"], dict) and r["body"].get("event") == "alert"
+            and r["body"].get("host_id") == host_id
+        ]
+
+    def run(self, name: str, rate: float, timeout_s: float) -> Row:
+        kind = "attack" if name in ATTACKS else "benign"
+        row = Row(name, kind, rate if name != "encrypt-slow" else 2.0)
+        work = self.tmp / name
+        share = work / "share"
+        make_share(share, files=self.files, seed=11)
+        host_id = f"eval-{name}"
+        agent = subprocess.Popen(
+            [str(BIN / "tocsin-agent"), "--collector", self.addr, "--watch", str(share),
+             "--host-id", host_id, "--state-dir", str(work / "state"), "--insecure"],
+            stdout=(work / "agent.log").open("wb"), stderr=subprocess.STDOUT,
+        )
+        workload: subprocess.Popen[bytes] | None = None
+        try:
+            if not wait_for(lambda: self.connected(host_id), 30, 0.3):
+                row.note = "agent never connected"
+                return row
+            # A random phase against the agent's 1 s windows (seeded per workload), so
+            # the figures are not those of one lucky or unlucky alignment.
+            time.sleep(self.settle_s + self.rng.random())
+            progress = work / "progress.log"
+            t0 = time.monotonic()
+            workload = subprocess.Popen(
+                [sys.executable, "-m", "tocsin.agent.simulate", "run", name, str(share),
+                 "--rate", str(rate), "--progress", str(progress), "--tag", DRILL_TAG],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            proc = psutil.Process(workload.pid)
+            end = time.monotonic() + timeout_s
+            while time.monotonic() < end and workload.poll() is None:
+                if tree_stopped(proc):
+                    row.stopped = True
+                    break
+                time.sleep(0.01)
+            if row.stopped:
+                row.ruined_before_stop = len(progress_times(progress))
+            elif workload.poll() is None:
+                row.note = f"still running after {timeout_s:.0f} s"
+            row.wall_s = round(time.monotonic() - t0, 2)
+            # Late alerts (benign jobs, or the critical after a burst ended) need time.
+            time.sleep(self.settle_s if kind == "attack" and row.stopped else 2 * self.settle_s)
+            times = progress_times(progress)
+            row.files_done = len(times)
+            alerts = self.alerts(host_id)
+            row.warnings = sum(1 for a in alerts if a.get("severity") == "warning")
+            crit = [a for a in alerts if a.get("severity") == "critical"]
+            row.criticals = len(crit)
+            row.detected = bool(crit)
+            if crit and times:
+                row.seconds_to_critical = round(crit[0]["_received_at"] - times[0], 3)
+                row.reasons = list(crit[0].get("reasons", []))
+            elif alerts:
+                row.reasons = list(alerts[0].get("reasons", []))
+            return row
+        finally:
+            if workload is not None:
+                kill_tree(workload.pid)
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+
+    def stop(self) -> None:
+        if self.collector is not None and self.collector.poll() is None:
+            self.collector.send_signal(signal.SIGTERM)
+            try:
+                self.collector.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.collector.kill()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary(rows: list[Row], rate: float) -> dict[str, Any]:
+    fast = [r for r in rows if r.kind == "attack" and r.rate_per_s == rate]
+    attacks = [r for r in rows if r.kind == "attack"]
+    benign = [r for r in rows if r.kind == "benign"]
+    ruined = [float(r.ruined_before_stop) for r in fast if r.ruined_before_stop is not None]
+    secs = [r.seconds_to_critical for r in fast if r.seconds_to_critical is not None]
+    return {
+        "attacks": len(attacks),
+        "attacks_detected": sum(r.detected for r in attacks),
+        "attacks_suspended": sum(r.stopped for r in attacks),
+        "rate_files_per_s": rate,
+        "median_files_ruined_before_stop": round(statistics.median(ruined), 1) if ruined else None,
+        "p95_files_ruined_before_stop": round(percentile(ruined, 0.95), 1) if ruined else None,
+        "median_s_to_critical": round(statistics.median(secs), 3) if secs else None,
+        "p95_s_to_critical": round(percentile(secs, 0.95), 3) if secs else None,
+        "benign_jobs": len(benign),
+        "benign_warnings": sum(r.warnings for r in benign),
+        "benign_criticals": sum(r.criticals for r in benign),
+        "benign_jobs_over_one_warning": sum(r.warnings > 1 for r in benign),
+    }
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took_s: float) -> str:
+    lines = [
+        "# Evaluation",
+        "",
+        "Written by `make eval` (`tools/eval.py`); do not edit by hand.",
+        "",
+        f"Every workload below ran as its own process on a fresh scratch share of {args.files} "
+        "typed files, watched by a real `tocsin-agent` (tripwire at its shipped default, "
+        "dry-run) streaming to one real `tocsin-collector` (`--respond enforce`, shipped "
+        "model) over gRPC on 127.0.0.1, with a webhook receiver on 127.0.0.1. Attacks ran at "
+        f"{args.rate:g} files/s unless the row says otherwise. Workloads carry the drill marker, "
+        "so the collector suspends them for real but never isolates the machine running the "
+        "suite; the judgement is the same.",
+        "",
+        "- **seconds to critical**: from the first ruined file (the workload's progress log) "
+        "to the receipt of the critical webhook.",
+        "- **ruined before stop**: files the workload had finished when its process tree's "
+        "state became stopped (SIGSTOP from the collector's suspend command).",
+        "- **warnings / criticals**: alerts posted for the host (one per incident, plus one "
+        "when it escalates).",
+        "",
+        "| workload | what | kind | files/s | detected | s to critical | ruined before stop "
+        "| files done | warnings | criticals | first reasons |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        reasons = ", ".join(r.reasons[:4]) + (" ..." if len(r.reasons) > 4 else "")
+        if r.note:
+            reasons = f"{r.note}; {reasons}"
+        lines.append(
+            f"| {r.name} | {DESCRIPTIONS.get(r.name, '')} | {r.kind} | {r.rate_per_s:g} | "
+            f"{_fmt(r.detected) if r.kind == 'attack' else '-'} | {_fmt(r.seconds_to_critical)} "
+            f"| {_fmt(r.ruined_before_stop)} | {r.files_done} | {r.warnings} | {r.criticals} "
+            f"| {reasons.replace('|', '/')} |"
+        )
+    s = summ
+    lines += [
+        "",
+        "## Totals",
+        "",
+        f"- attacks detected (critical): **{s['attacks_detected']} / {s['attacks']}**; "
+        f"suspended: {s['attacks_suspended']} / {s['attacks']}",
+        f"- attacks at {s['rate_files_per_s']:g} files/s, files ruined before suspension: "
+        f"median **{_fmt(s['median_files_ruined_before_stop'])}**, "
+        f"p95 **{_fmt(s['p95_files_ruined_before_stop'])}**",
+        f"- attacks at {s['rate_files_per_s']:g} files/s, seconds from first ruined file to "
+        f"critical webhook: median **{_fmt(s['median_s_to_critical'])}**, "
+        f"p95 **{_fmt(s['p95_s_to_critical'])}**",
+        f"- benign jobs: {s['benign_jobs']}; false criticals **{s['benign_criticals']}**, "
+        f"false warnings **{s['benign_warnings']}** (jobs with more than one warning: "
+        f"{s['benign_jobs_over_one_warning']})",
+        f"- suite wall time: {took_s:.0f} s",
+        "",
+        "## Reproduce",
+        "",
+        "```",
+        "make eval            # = .venv/bin/python tools/eval.py",
+        f"python tools/eval.py --rate {args.rate:g} --files {args.files} [WORKLOAD ...]",
+        "```",
+        "",
+        "Needs root for the agent's fanotify attribution (without it the agent falls back to "
+        "psutil and attribution is slower). Workloads are `python -m tocsin.agent.simulate run "
+        "STYLE DIR`; their list is in `agent/simulate.py`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def update_card(card_path: Path, summ: dict[str, Any]) -> None:
+    """Put the totals into the card's ``evaluation.end_to_end`` (arrays untouched)."""
+    card = json.loads(card_path.read_text())
+    evaluation = card.get("evaluation") or {}
+    evaluation["end_to_end"] = {
+        "source": "make eval (tools/eval.py), table in docs/evaluation.md", **summ,
+    }
+    card["evaluation"] = evaluation
+    card_path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation.md")
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON")
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--files", type=int, default=600)
+    parser.add_argument("--settle-s", type=float, default=1.5)
+    parser.add_argument("--timeout-s", type=float, default=60.0)
+    parser.add_argument("--no-card", action="store_true", help="leave models/baseline.json alone")
+    parser.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, db)")
+    parser.add_argument("names", nargs="*")
+    args = parser.parse_args()
+    names = args.names or [*DEFAULT_ATTACKS, *DEFAULT_BENIGN]
+    for name in names:
+        if name not in ATTACKS and name not in BENIGN:
+            raise SystemExit(f"eval: unknown workload {name!r}")
+    started = time.monotonic()
+    rows: list[Row] = []
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            work = args.keep
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tocsin-eval-")))
+        hooks = stack.enter_context(WebhookReceiver())
+        suite = Suite(work, hooks, args.files, args.settle_s)
+        suite.start_collector()
+        try:
+            for name in names:
+                timeout = 120.0 if name == "encrypt-slow" else args.timeout_s
+                row = suite.run(name, args.rate, timeout)
+                rows.append(row)
+                print(
+                    f"{name:18s} {row.kind:6s} detected={_fmt(row.detected):3s} "
+                    f"s_to_critical={_fmt(row.seconds_to_critical):6s} "
+                    f"ruined={_fmt(row.ruined_before_stop):4s} done={row.files_done:4d} "
+                    f"warn={row.warnings} crit={row.criticals} {row.note}",
+                    flush=True,
+                )
+        finally:
+            suite.stop()
+    took = time.monotonic() - started
+    summ = summary(rows, args.rate)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(rows, summ, args, took))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "summary": summ}))
+    if not args.no_card and not args.names:
+        update_card(ROOT / "models" / "baseline.json", summ)
+    print(json.dumps(summ))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())
