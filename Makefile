@@ -41,7 +41,11 @@ bench-agent: $(STAMP)
 # Rebuild the shipped baseline model from the committed training telemetry.
 model: $(STAMP)
 	$(PY) tools/benign_corpus.py --seed 0 --out models/training/benign-synthetic.jsonl
-	$(VENV)/bin/tocsin train models/training/*.jsonl --seed 0 --out models/baseline
+	$(VENV)/bin/tocsin train models/training/*.jsonl --seed 0 --out models/baseline --contamination-quantile 0.99
+
+# Every simulated workload through the real agent and collector -> docs/evaluation.md.
+eval: $(STAMP)
+	$(PY) tools/eval.py
 
 proto: $(STAMP)
 	PATH=$(VENV)/bin:$$PATH tools/genproto.sh
