@@ -19,9 +19,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from watchdog.events import (
@@ -146,7 +146,9 @@ class FileWatcher:
         self, roots: list[str], queue_size: int = 65536, ignore: list[str] | None = None
     ) -> None:
         self.roots = [os.path.realpath(r) for r in roots]
-        self.queue: queue.Queue[FsEvent] = queue.Queue(maxsize=queue_size)
+        # A deque: append/popleft are atomic under the GIL, no lock per event.
+        self.queue: deque[FsEvent] = deque()
+        self.queue_size = queue_size
         self._ignore = tuple(os.path.realpath(p) for p in (ignore or []))
         self._lock = threading.Lock()
         self._dropped = 0
@@ -174,11 +176,11 @@ class FileWatcher:
         """Queue ``ev`` unless ignored; never blocks, counts a drop when full."""
         if self._ignored(ev.path):
             return
-        try:
-            self.queue.put_nowait(ev)
-        except queue.Full:
+        if len(self.queue) >= self.queue_size:
             with self._lock:
                 self._dropped += 1
+            return
+        self.queue.append(ev)
 
     def start(self) -> None:
         _watch_limit.install()
@@ -194,9 +196,7 @@ class FileWatcher:
     def drain(self, max_events: int = 100_000) -> list[FsEvent]:
         """Take up to ``max_events`` queued events without blocking."""
         out: list[FsEvent] = []
-        while len(out) < max_events:
-            try:
-                out.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
+        q = self.queue
+        while q and len(out) < max_events:
+            out.append(q.popleft())
         return out

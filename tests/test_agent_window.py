@@ -93,5 +93,5 @@ def test_full_queue_counts_drops(tmp_path: Path) -> None:
         time.sleep(0.5)
     finally:
         watcher.stop()
-    assert watcher.queue.qsize() == 5
+    assert len(watcher.queue) == 5
     assert watcher.events_dropped > 20
