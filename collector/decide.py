@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tocsin.collector.incidents import IncidentBook, IncidentRecord, MemoryIncidentBook
 from tocsin.v1 import telemetry_pb2 as pb
 
 Severity = Literal["warning", "critical"]
@@ -147,18 +148,44 @@ class Judge:
         threshold: float,
         config: JudgeConfig | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
+        book: IncidentBook | None = None,
     ) -> None:
         self.threshold = threshold
         self.config = config or JudgeConfig()
         self._new_id = new_id
         self._history: dict[str, deque[_Entry]] = {}
         self._incidents: dict[tuple[str, int], _Incident] = {}
+        self.book: IncidentBook = MemoryIncidentBook()
+        self.adopt_book(book if book is not None else self.book)
+
+    def adopt_book(self, book: IncidentBook) -> None:
+        """Keep incidents in ``book`` from now on, starting from those it holds open."""
+        self.book = book
+        for rec in book.open_incidents():
+            sev: Severity = "critical" if rec.severity == "critical" else "warning"
+            self._incidents.setdefault((rec.host_id, rec.root_pid), _Incident(
+                rec.incident_id, sev, rec.first_start_s, rec.last_active_s, set(rec.reasons)
+            ))
+
+    def in_incident(self, host_id: str) -> bool:
+        """True while the host has an open incident (per-host learning waits for it)."""
+        return any(k[0] == host_id for k in self._incidents)
+
+    def _keep(self, key: tuple[str, int], inc: _Incident) -> None:
+        self.book.save(IncidentRecord(
+            inc.incident_id, key[0], key[1], inc.severity, inc.first_start_s,
+            inc.last_active_s, sorted(inc.reasons),
+        ))
 
     def open_incidents(self, host_id: str | None = None) -> list[tuple[str, int]]:
         return [k for k in self._incidents if host_id is None or k[0] == host_id]
 
-    def observe(self, host_id: str, w: pb.Window, score: float | None) -> list[Decision]:
+    def observe(
+        self, host_id: str, w: pb.Window, score: float | None, threshold: float | None = None
+    ) -> list[Decision]:
+        """Judge one window; ``threshold`` overrides the judge's (a host's own model)."""
         cfg = self.config
+        thr = self.threshold if threshold is None else threshold
         start_s, end_s = ts_s(w.start), ts_s(w.end)
         hist = self._history.setdefault(host_id, deque(maxlen=cfg.max_history))
         hist.append(
@@ -175,28 +202,29 @@ class Judge:
         proc = top_writer(w)
         root = proc.tree_root_pid if proc else 0
         decisions = self._close_quiet(host_id, end_s, keep=(host_id, root))
-        severity, reasons = self._evaluate(w, score, hist)
+        severity, reasons = self._evaluate(w, score, hist, thr)
         key = (host_id, root)
         inc = self._incidents.get(key)
 
         if inc is not None and end_s - inc.last_active_s >= cfg.quiet_s:
             decisions.append(self._decision("close", key, inc, w, score, (), proc))
             del self._incidents[key]
+            self.book.close(inc.incident_id, end_s)
             inc = None
 
-        keeps_alive = (
-            inc is not None and score is not None and score > self.threshold - cfg.hysteresis
-        )
+        keeps_alive = inc is not None and score is not None and score > thr - cfg.hysteresis
         if severity is None and not keeps_alive:
             return decisions
         if inc is None:
             assert severity is not None
             inc = _Incident(self._new_id(), severity, start_s, end_s, set(reasons))
             self._incidents[key] = inc
+            self._keep(key, inc)
             decisions.append(self._decision("open", key, inc, w, score, reasons, proc))
             return decisions
         inc.last_active_s = end_s
         inc.reasons.update(reasons)
+        self._keep(key, inc)
         if severity == "critical" and inc.severity == "warning":
             inc.severity = "critical"
             decisions.append(self._decision("escalate", key, inc, w, score, reasons, proc))
@@ -218,6 +246,7 @@ class Judge:
                     )
                 )
                 del self._incidents[key]
+                self.book.close(inc.incident_id, now_s)
         return out
 
     def _decision(
@@ -238,7 +267,7 @@ class Judge:
         )
 
     def _evaluate(
-        self, w: pb.Window, score: float | None, hist: deque[_Entry]
+        self, w: pb.Window, score: float | None, hist: deque[_Entry], threshold: float
     ) -> tuple[Severity | None, list[str]]:
         cfg = self.config
         end_s = ts_s(w.end)
@@ -284,7 +313,7 @@ class Judge:
             or destructive_long >= cfg.strong_long
             or len(confirmers) >= 2
         )
-        anomalous = score is not None and score > self.threshold
+        anomalous = score is not None and score > threshold
 
         reasons: list[str] = []
         if anomalous:

@@ -118,6 +118,11 @@ class Responder:
 
     # ---------------------------------------------------------------- decisions
 
+    def adopt(self, alert: AlertRecord) -> None:
+        """Take back a stored open alert after a restart, so its incident's updates land on it."""
+        if alert.open:
+            self._alerts.setdefault(alert.incident_id, alert)
+
     async def on_decision(
         self, d: Decision, explanation: Sequence[tuple[str, float]] = ()
     ) -> dict[str, Any] | None:

@@ -161,6 +161,7 @@ class SqliteStore:
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        self.path = Path(path)  # other tables of the collector live in the same file
         try:
             self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
