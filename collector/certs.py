@@ -44,16 +44,21 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _crypto():  # type: ignore[no-untyped-def]
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    except ImportError:
+try:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    _HAVE_CRYPTOGRAPHY = True
+except ImportError:  # the agent's install: no certificates made there
+    _HAVE_CRYPTOGRAPHY = False
+
+
+def _need_crypto() -> None:
+    if not _HAVE_CRYPTOGRAPHY:
         raise ConfigError("tocsin certs needs the 'cryptography' package"
-                          " (pip install 'tocsin[collector]')") from None
-    return x509, hashes, serialization, ec, ExtendedKeyUsageOID, NameOID
+                          " (pip install 'tocsin[collector]')")
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
@@ -78,7 +83,7 @@ def _ensure_dir(d: Path) -> None:
 
 def init_ca(d: Path, name: str = "tocsin town CA", days: int = 3650) -> Path:
     """Create the CA in ``d``; returns the path of ca.pem."""
-    x509, hashes, serialization, ec, _, NameOID = _crypto()
+    _need_crypto()
     _ensure_dir(d)
     if (d / "ca.key").exists() or (d / "ca.pem").exists():
         raise ConfigError(f"{d} already holds a CA; refusing to overwrite it")
@@ -111,11 +116,14 @@ def issue(
     d: Path, name: str, collector: bool = False, sans: Sequence[str] = (), days: int = 825
 ) -> tuple[Path, Path]:
     """Issue NAME's certificate with the CA in ``d``; returns (cert path, key path)."""
-    x509, hashes, serialization, ec, EKU, NameOID = _crypto()
+    _need_crypto()
+    EKU = ExtendedKeyUsageOID
     if not NAME_RE.fullmatch(name):
         raise ConfigError(f"name {name!r}: want [A-Za-z0-9._-]{{1,64}} (the agent's host id)")
     try:
         ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), None)
+        if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+            raise ValueError("ca.key is not an EC key made by tocsin certs init")
         ca_cert = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
     except OSError:
         raise ConfigError(f"no CA in {d}; run 'tocsin certs init --dir {d}' first") from None
@@ -190,4 +198,4 @@ def main(argv: Sequence[str]) -> int:
         return 0
     except TocsinError as exc:
         print(f"tocsin: error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_status
+        return int(exc.exit_status)

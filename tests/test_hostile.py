@@ -33,7 +33,7 @@ from tocsin.collector.ratelimit import RateLimits
 from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore
 from tocsin.collector.webhook import MemoryWebhookSink
-from tocsin.v1 import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
+from tocsin.v1 import MAX_MESSAGE_BYTES
 from tocsin.v1 import telemetry_pb2 as pb
 
 METHOD = "/tocsin.v1.Telemetry/Stream"

@@ -17,8 +17,8 @@ S = grpc.StatusCode
 
 
 def test_retry_rules_follow_otel() -> None:
-    assert RETRYABLE == {S.CANCELLED, S.DEADLINE_EXCEEDED, S.ABORTED, S.OUT_OF_RANGE,
-                         S.UNAVAILABLE, S.DATA_LOSS}
+    assert {S.CANCELLED, S.DEADLINE_EXCEEDED, S.ABORTED, S.OUT_OF_RANGE,
+                         S.UNAVAILABLE, S.DATA_LOSS} == RETRYABLE
     for code in (S.INVALID_ARGUMENT, S.PERMISSION_DENIED, S.UNAUTHENTICATED, S.INTERNAL,
                  S.RESOURCE_EXHAUSTED):
         assert retry_delay_s(code, None, 0, 0.5, 15) is None, code
