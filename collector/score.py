@@ -225,10 +225,12 @@ class ForestScorer:
         xv = np.empty(node.shape, dtype=np.float32)
         tv = np.empty(node.shape, dtype=np.float32)
         for _ in range(self._depth - 1):
-            self._feature_heap.take(node, out=cols)
+            # mode="clip": indices are in range by construction, and numpy buffers
+            # ``out`` only in the default mode="raise" (an extra copy per step).
+            self._feature_heap.take(node, out=cols, mode="clip")
             cols += row_base
-            x_flat.take(cols, out=xv)
-            self._threshold_heap.take(node, out=tv)
+            x_flat.take(cols, out=xv, mode="clip")
+            self._threshold_heap.take(node, out=tv, mode="clip")
             np.greater(xv, tv, out=go_right)
             if nan_rows:
                 nan = np.isnan(xv)
