@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import Decision
+from tocsin.collector.explain import explain_decision
 from tocsin.collector.fleetguard import FleetGuard
 from tocsin.collector.hooks import HookOutcome, HookRunner
 from tocsin.collector.store import ActionRecord, AlertRecord, Store
@@ -157,6 +158,7 @@ class Responder:
             "mode": self.mode,
             "drill": d.drill,
             "top_features": [[name, round(v, 4)] for name, v in explanation],
+            "explanation": explain_decision(d, explanation),
         }
         previous = self._alerts.get(d.incident_id)
         if previous is not None:
