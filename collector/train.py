@@ -2,7 +2,7 @@
 
     tocsin train RECORDING.jsonl [RECORDING ...] --out models/baseline --seed 0
                  [--trees 200] [--max-samples 256] [--contamination-quantile 0.995]
-                 [--date 2025-03-03T20:00:00Z]
+                 [--date 2025-03-03T20:00:00Z] [--eval RECORDING.jsonl ...]
 
 Reads the windows of every recording (``tocsin.v1.recording``), turns them into
 features (``tocsin.collector.features``), fits scikit-learn's
@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from tocsin.collector.features import FEATURE_NAMES, feature_matrix
 from tocsin.collector.model import CARD_FORMAT, export_forest, save_model
 from tocsin.collector.score import ForestScorer
@@ -129,8 +130,15 @@ def train(
     max_samples: int = 256,
     quantile: float = 0.995,
     date: str | None = None,
+    eval_paths: Sequence[Path] = (),
 ) -> dict[str, Any]:
-    """Fit, export and write ``out.npz`` + ``out.json``; returns the card written."""
+    """Fit, export and write ``out.npz`` + ``out.json``; returns the card written.
+
+    ``eval_paths`` (recordings of attacks or benign jobs, e.g. tests/fixtures)
+    are scored with the new model: the card's ``evaluation.recordings`` gives,
+    per file, its windows, how many score above the threshold, and the highest
+    score. ``make eval`` adds ``evaluation.end_to_end`` (the real chain).
+    """
     from sklearn import __version__ as sklearn_version
     from sklearn.ensemble import IsolationForest
 
@@ -190,10 +198,28 @@ def train(
             round(float(v), 9)
             for v in np.quantile(X, 0.75, axis=0) - np.quantile(X, 0.25, axis=0)
         ],
-        "evaluation": {},
+        "evaluation": evaluate(arrays, provisional, threshold, eval_paths),
     }
     save_model(out, arrays, card)
     return card
+
+
+def evaluate(
+    arrays: Any, card: dict[str, Any], threshold: float, paths: Sequence[Path]
+) -> dict[str, Any]:
+    """Per-recording scores of the new model (see ``train``)."""
+    if not paths:
+        return {}
+    scorer = ForestScorer(arrays, {**card, "threshold": threshold})
+    out = []
+    for f in (load_training_file(p) for p in sorted(paths, key=lambda p: p.name)):
+        scores = scorer.score(feature_matrix(f.windows))
+        out.append({
+            "name": f.name, "sha256": f.sha256, "windows": len(f.windows),
+            "above_threshold": int((scores > threshold).sum()),
+            "max_score": round(float(scores.max()), 6),
+        })
+    return {"recordings": out}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=256)
     p.add_argument("--contamination-quantile", type=float, default=0.995)
     p.add_argument("--date", default=None, help="trained_at (RFC 3339); default: newest window")
+    p.add_argument("--eval", nargs="+", type=Path, default=[], metavar="RECORDING.jsonl",
+                   help="recordings to score with the new model (card: evaluation)")
     return p
 
 
@@ -220,6 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         card = train(
             args.recordings, out, seed=args.seed, trees=args.trees,
             max_samples=args.max_samples, quantile=args.contamination_quantile, date=args.date,
+            eval_paths=args.eval,
         )
     except TocsinError as exc:
         print(f"tocsin train: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -75,10 +76,27 @@ def test_shipped_baseline_is_what_the_documented_command_makes(
     out_at = args.index("--out")
     args[out_at + 1] = str(tmp_path / "baseline")
     assert train.main(args) == 0
-    for suffix in (".json", ".npz"):
-        assert (tmp_path / f"baseline{suffix}").read_bytes() == (
-            MODELS / f"baseline{suffix}"
-        ).read_bytes()
+    assert (tmp_path / "baseline.npz").read_bytes() == (MODELS / "baseline.npz").read_bytes()
+    # ``make eval`` adds the end-to-end figures to the shipped card; the rest is the command's.
+    shipped_card = json.loads((MODELS / "baseline.json").read_text())
+    end_to_end = shipped_card["evaluation"].pop("end_to_end", None)
+    assert json.loads((tmp_path / "baseline.json").read_text()) == shipped_card
+    if end_to_end is not None:
+        assert {"attacks_detected", "median_files_ruined_before_stop"} <= set(end_to_end)
+
+
+def test_eval_recordings_are_scored_into_the_card(tmp_path: Path) -> None:
+    rec = _corpus(tmp_path, windows=400)
+    fixtures = ROOT / "tests" / "fixtures"
+    attack, benign = fixtures / "encrypt-inplace.jsonl", fixtures / "backup-targz.jsonl"
+    stem = tmp_path / "m"
+    argv = [str(rec), "--out", str(stem), "--trees", "20", "--eval", str(attack), str(benign)]
+    assert train.main(argv) == 0
+    card = ForestScorer.load(tmp_path / "m.json").card
+    by_name = {r["name"]: r for r in card["evaluation"]["recordings"]}
+    assert set(by_name) == {"encrypt-inplace.jsonl", "backup-targz.jsonl"}
+    assert by_name["encrypt-inplace.jsonl"]["above_threshold"] >= 1
+    assert by_name["encrypt-inplace.jsonl"]["max_score"] > card["threshold"]
 
 
 @pytest.mark.parametrize(
