@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sklearn
+
 from tocsin.collector import train
 from tocsin.collector.score import ForestScorer
 
