@@ -1,7 +1,7 @@
 """``tocsin certs``: a small certificate authority for one town.
 
     tocsin certs init  --dir D [--name "Mairie de X"] [--days 3650]
-    tocsin certs issue NAME --dir D [--collector] [--san HOST_OR_IP ...] [--days 825]
+    tocsin certs issue NAME --dir D [--collector | --operator] [--san HOST_OR_IP ...] [--days 825]
 
 Contract:
 
@@ -14,8 +14,13 @@ Contract:
   is good for client authentication only. ``--collector`` makes a server
   certificate (also good as a client, for the operator's ``tocsin`` command):
   its SANs are NAME plus every ``--san`` (a DNS name or an IP address): the
-  address agents dial must be among them. Existing files are never
-  overwritten.
+  address agents dial must be among them. ``--operator`` makes a client
+  certificate for a person running ``tocsin`` (NAME is recorded in the audit).
+  Collector and operator certificates carry the organisational unit
+  ``OPERATOR_OU``; the collector's Operator service (hosts, alerts, isolate,
+  release) accepts only those, so an agent's certificate, which an attacker on
+  a file server may hold, can never release its own host. Existing files are
+  never overwritten.
 - Every mistake is a ``ConfigError`` (one line, exit status 2).
 
 Keys never leave the machine that runs the command; copy NAME.key and
@@ -37,6 +42,8 @@ from typing import NoReturn
 from tocsin.v1.errors import ConfigError, TocsinError
 
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Organisational unit of certificates allowed to call the Operator service.
+OPERATOR_OU = "tocsin-operator"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,7 +120,8 @@ def init_ca(d: Path, name: str = "tocsin town CA", days: int = 3650) -> Path:
 
 
 def issue(
-    d: Path, name: str, collector: bool = False, sans: Sequence[str] = (), days: int = 825
+    d: Path, name: str, collector: bool = False, sans: Sequence[str] = (), days: int = 825,
+    operator: bool = False,
 ) -> tuple[Path, Path]:
     """Issue NAME's certificate with the CA in ``d``; returns (cert path, key path)."""
     _need_crypto()
@@ -140,9 +148,12 @@ def issue(
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     usages = [EKU.SERVER_AUTH, EKU.CLIENT_AUTH] if collector else [EKU.CLIENT_AUTH]
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    if collector or operator:
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, OPERATOR_OU))
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .subject_name(x509.Name(subject))
         .issuer_name(ca_cert.subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -176,7 +187,10 @@ def build_parser() -> _Parser:
     s = sub.add_parser("issue", help="issue an agent (default) or collector certificate")
     s.add_argument("name", help="agent: its host id; collector: its DNS name")
     s.add_argument("--dir", required=True, type=Path)
-    s.add_argument("--collector", action="store_true", help="a server certificate")
+    role = s.add_mutually_exclusive_group()
+    role.add_argument("--collector", action="store_true", help="a server certificate")
+    role.add_argument("--operator", action="store_true",
+                      help="a certificate for a person running the tocsin command")
     s.add_argument("--san", action="append", default=[],
                    help="extra DNS name or IP address (collector: what agents dial)")
     s.add_argument("--days", type=int, default=825)
@@ -192,8 +206,9 @@ def main(argv: Sequence[str]) -> int:
             path = init_ca(args.dir, args.name, args.days)
             print(f"CA created: {path} (keep {args.dir / 'ca.key'} on this machine only)")
         else:
-            cert, key = issue(args.dir, args.name, args.collector, args.san, args.days)
-            kind = "collector" if args.collector else "agent"
+            cert, key = issue(args.dir, args.name, args.collector, args.san, args.days,
+                              operator=args.operator)
+            kind = "collector" if args.collector else "operator" if args.operator else "agent"
             print(f"{kind} certificate: {cert}, key: {key}")
         return 0
     except TocsinError as exc:

@@ -9,6 +9,12 @@ then resumes or kills the suspended processes if asked ("resume" / "kill")
 and always answers which pids are still stopped. Unknown hosts: NOT_FOUND.
 ``ListActions`` is the audit of actions (automatic, operator, agent, hook),
 newest first, with the outcome reported.
+
+Authorisation: over TLS, every call needs a client certificate whose subject
+carries the operator unit (``tocsin certs issue NAME --operator``, or the
+collector's own certificate); anything else, an agent's certificate first of
+all, gets PERMISSION_DENIED. The audit then names the certificate's CN. Without
+TLS (``--insecure``) every caller is trusted, as the collector logs at start.
 """
 
 from __future__ import annotations
@@ -22,6 +28,24 @@ from tocsin.v1 import operator_pb2 as op
 from tocsin.v1 import operator_pb2_grpc as op_grpc
 
 _Ctx = grpc.aio.ServicerContext[object, object]
+OPERATOR_OU = "tocsin-operator"  # as written by tocsin.collector.certs
+
+
+def operator_identity(context: _Ctx) -> str | None:
+    """The operator's name from the peer certificate, "" without TLS, None if not an operator."""
+    auth = context.auth_context()
+    pems = auth.get("x509_pem_cert") or []
+    if not pems:
+        return ""
+    from cryptography import x509  # the collector extra has it; only TLS peers get here
+    from cryptography.x509.oid import NameOID
+
+    cert = x509.load_pem_x509_certificate(pems[0])
+    units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if not any(u.value == OPERATOR_OU for u in units):
+        return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else "?"
 
 
 def _ts(t_s: float) -> Timestamp:
@@ -41,6 +65,7 @@ class OperatorService(op_grpc.OperatorServicer):
     async def ListHosts(
         self, request: op.ListHostsRequest, context: _Ctx
     ) -> op.ListHostsResponse:
+        await self._authorise(request, context)
         open_alerts: dict[str, int] = {}
         for a in self.store.list_alerts(limit=10_000):
             if a.open:
@@ -61,6 +86,7 @@ class OperatorService(op_grpc.OperatorServicer):
     async def ListAlerts(
         self, request: op.ListAlertsRequest, context: _Ctx
     ) -> op.ListAlertsResponse:
+        await self._authorise(request, context)
         import json
 
         limit = min(request.limit or 50, 1000)
@@ -79,6 +105,7 @@ class OperatorService(op_grpc.OperatorServicer):
     async def ListActions(
         self, request: op.ListActionsRequest, context: _Ctx
     ) -> op.ListActionsResponse:
+        await self._authorise(request, context)
         limit = min(request.limit or 50, 5000)
         return op.ListActionsResponse(actions=[
             op.ActionInfo(
@@ -90,6 +117,17 @@ class OperatorService(op_grpc.OperatorServicer):
             for a in self.store.list_actions(request.host_id, limit)
         ])
 
+    async def _authorise(self, request: object, context: _Ctx) -> str:
+        """``operator:<name>`` for the audit, or abort PERMISSION_DENIED."""
+        name = operator_identity(context)
+        if name is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this certificate is not an operator's (tocsin certs issue NAME --operator)",
+            )
+        claimed = getattr(request, "operator", "") or "unknown"
+        return f"operator:{name or claimed}"
+
     async def _host_or_abort(self, host_id: str, context: _Ctx) -> None:
         if not host_id or self.store.get_host(host_id) is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown host {host_id!r}")
@@ -97,8 +135,8 @@ class OperatorService(op_grpc.OperatorServicer):
     async def Isolate(
         self, request: op.HostActionRequest, context: _Ctx
     ) -> op.HostActionResponse:
+        who = await self._authorise(request, context)
         await self._host_or_abort(request.host_id, context)
-        who = f"operator:{request.operator or 'unknown'}"
         timeout_s = request.timeout_s or self.default_timeout_s
         status, detail = await self.responder.command(
             request.host_id, "isolate", [], who, timeout_s
@@ -108,6 +146,7 @@ class OperatorService(op_grpc.OperatorServicer):
     async def Release(
         self, request: op.HostActionRequest, context: _Ctx
     ) -> op.HostActionResponse:
+        who = await self._authorise(request, context)
         await self._host_or_abort(request.host_id, context)
         processes = request.processes or "keep"
         if processes not in ("keep", "resume", "kill"):
@@ -115,7 +154,6 @@ class OperatorService(op_grpc.OperatorServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"processes must be keep, resume or kill, not {processes!r}",
             )
-        who = f"operator:{request.operator or 'unknown'}"
         timeout_s = request.timeout_s or self.default_timeout_s
         status, detail = await self.responder.command(
             request.host_id, "release", [], who, timeout_s

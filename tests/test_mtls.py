@@ -164,3 +164,26 @@ def test_insecure_is_a_logged_choice(tmp_path: Path) -> None:
         assert "WARNING: --insecure" in col.text()
     finally:
         assert col.stop() == 0
+
+
+def test_operator_service_accepts_only_operator_certificates(
+    collector: CollectorProc, pki: dict[str, Path], tmp_path: Path
+) -> None:
+    """An agent's certificate (which an attacker on a file server holds) cannot release."""
+    town = pki["town"]
+    assert certs("issue", "alice", "--dir", str(town), "--operator").returncode == 0
+
+    def hosts_as(cert: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "tocsin"), "hosts", "--collector", collector.listen,
+             "--tls-ca", str(town / "ca.pem"), "--tls-cert", str(town / f"{cert}.pem"),
+             "--tls-key", str(town / f"{cert}.key")],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    for cert in ("alice", "collector"):
+        ok = hosts_as(cert)
+        assert ok.returncode == 0, (cert, ok.stderr)
+    refused = hosts_as("mairie-fs2")
+    assert refused.returncode != 0
+    assert "not an operator" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
