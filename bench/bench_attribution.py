@@ -1,7 +1,6 @@
 """fanotify vs psutil attribution: time to name a writer, and CPU per collect.
 
-A writer process writes one file a second... no: it writes continuously (one
-small file every 20 ms) into a tmp tree; each method's ``Attributor.collect``
+A writer process closes one small file every 20 ms in a tmp tree; each method's ``Attributor.collect``
 is called every ``--every-s`` (1 s, the window) for ``--seconds``. Prints, per
 method: seconds from the writer's start to the first collect naming its pid,
 how many collects named it, and CPU seconds the attributing process spent per
