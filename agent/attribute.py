@@ -9,8 +9,9 @@ Two sources. As root, fanotify (a filesystem mark for FAN_CLOSE_WRITE on each
 root's filesystem, a mount mark on older kernels) names the writer of every
 file closed after writing; a reader thread keeps paths under the roots and
 counts them per pid (at most ``max_paths_per_pid`` paths kept per pid per
-window, every fd closed). Without fanotify, psutil io counters: processes whose write_chars grew since the last
-window and whose cwd or an open file lies under a root (or whose child does).
+window, every fd closed). Without fanotify, psutil io counters: processes
+whose write_chars grew since the last window and whose cwd or an open file
+lies under a root (or whose child does).
 
 ``tree_root_pid``: from a writer, climb to the parent while the parent has the
 same cmdline (forked workers) or wrote recently; stop at pid 1, the agent, and
@@ -253,9 +254,15 @@ class Attributor:
             new = pid not in self._known
         if new:
             info = self._info(pid)
-            if info is not None:
-                with self._lock:
+            # The parent too, while it lives: a pool's parent may exit before the
+            # window closes, and its tree must still be found.
+            parent = (self._info(info.ppid) if info is not None and info.ppid > 1
+                      and info.ppid not in self._known else None)
+            with self._lock:
+                if info is not None:
                     self._known[pid] = info
+                if parent is not None:
+                    self._known[parent.pid] = parent
         now = time.monotonic()
         if now - self._io_read_at.get(pid, 0.0) > 0.2:
             self._io_read_at[pid] = now
