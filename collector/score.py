@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from tocsin.collector.features import FEATURE_NAMES, check_feature_names
 from tocsin.collector.model import (
     ForestArrays,

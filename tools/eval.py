@@ -41,9 +41,8 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from receiver import WebhookReceiver  # noqa: E402
-
-from tocsin.agent.simulate import ATTACKS, BENIGN, make_share  # noqa: E402
+from receiver import WebhookReceiver
+from tocsin.agent.simulate import ATTACKS, BENIGN, make_share
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
