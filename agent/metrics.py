@@ -9,6 +9,9 @@ Families (prefix ``tocsin_agent_``): events_total{kind}, windows_total,
 events_dropped_total, queue_overflows_total, spool_depth, spool_dropped_total,
 connected, connections_total, results_dropped_total, actions_total{kind,status},
 tripwire_fired_total, isolated, suspended_processes.
+
+prometheus-client is imported only when the endpoint is served: an agent
+without ``--metrics`` does not pay its few megabytes of memory.
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
-
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import start_http_server
-from prometheus_client.registry import CollectorRegistry
+from typing import TYPE_CHECKING, Any
 
 from tocsin.v1 import telemetry_pb2 as pb
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 _KINDS = ("created", "modified", "deleted", "moved")
 
@@ -42,6 +44,8 @@ class AgentMetrics:
             self.tripwire_fired += int(w.tripwire_fired)
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         p = "tocsin_agent_"
         a = self.agent
         ev = CounterMetricFamily(p + "events", "File events seen", labels=["kind"])
@@ -79,6 +83,9 @@ class AgentMetrics:
                                 value=len(a.actions.suspended))
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
+        from prometheus_client.exposition import start_http_server
+        from prometheus_client.registry import CollectorRegistry
+
         registry = CollectorRegistry(auto_describe=False)
         registry.register(self)  # type: ignore[arg-type]
         self._server, _ = start_http_server(port, host, registry=registry)

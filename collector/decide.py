@@ -19,7 +19,9 @@ Rules (``JudgeConfig`` holds the numbers):
   different confirmers firing at once.
 - Severity: ``critical`` = (anomalous score or strong evidence) and a
   confirmer, or a canary touched, or the agent's tripwire fired; ``warning`` =
-  an anomalous score, a confirmer alone, or many dropped events. Entropy alone
+  an anomalous score, a confirmer alone, many dropped events, blindness (a
+  kernel queue overflow, a directory left unwatched), or exfiltration staging
+  (one window reading many files across many directories). Entropy alone
   is never a confirmer: a backup is anomalous and gets a warning at most.
 - One incident per (host, process tree root). Its first active window opens it
   (decision ``open``, to be posted); a later warning -> critical is an
@@ -69,6 +71,10 @@ class JudgeConfig:
     strong_window: int = 5
     strong_window_frac: float = 0.5
     dropped_warning: int = 1000
+    # Exfiltration staging (warning only): files read in one window, across directories.
+    staging_files_read: int = 200
+    staging_dirs: int = 20
+    staging_net_bytes: int = 10_000_000
     hysteresis: float = 0.05
     quiet_s: float = 120.0
     # Most windows of history kept per host (bounded: an hour of 1 s windows).
@@ -329,10 +335,27 @@ class Judge:
         dropped = int(w.events_dropped + w.queue_overflows)
         if dropped > 0:
             reasons.append(f"events_dropped:{dropped}")
+        # Blindness: the kernel dropped events or a directory went unwatched.
+        blind = int(w.queue_overflows) > 0 or int(w.watch_limit_hits) > 0
+        if w.queue_overflows:
+            reasons.append(f"inotify_overflow:{int(w.queue_overflows)}")
+        if w.watch_limit_hits:
+            reasons.append(f"watch_limit:{int(w.watch_limit_hits)}")
+        # Exfiltration staging: one window sweeping many files in many directories,
+        # with the archive or the network traffic that usually goes with it.
+        staging = (
+            int(w.files_read) >= cfg.staging_files_read and int(w.read_dirs) >= cfg.staging_dirs
+        )
+        if staging:
+            reasons.append(f"read_sweep:{int(w.files_read)}files:{int(w.read_dirs)}dirs")
+            if w.archives_created:
+                reasons.append(f"archive_created:{int(w.archives_created)}")
+            if w.net_bytes_out >= cfg.staging_net_bytes:
+                reasons.append(f"net_out_mb:{int(w.net_bytes_out) // 1_000_000}")
 
         if blatant or ((anomalous or strong) and confirmers):
             return "critical", reasons
-        if anomalous or confirmers or dropped >= cfg.dropped_warning:
+        if anomalous or confirmers or dropped >= cfg.dropped_warning or blind or staging:
             return "warning", reasons
         return None, reasons
 

@@ -127,3 +127,28 @@ def test_replay_gives_same_decisions() -> None:
         return out
 
     assert run() == run() and run()
+
+
+def test_blindness_is_a_warning_not_a_silence() -> None:
+    """A kernel queue overflow or an unwatched directory warns even with a normal score."""
+    for fields, reason in (({"queue_overflows": 1}, "inotify_overflow:1"),
+                           ({"watch_limit_hits": 3}, "watch_limit:3")):
+        (d,) = judge().observe("srv", window(1, **fields), 0.2)
+        assert (d.severity, reason in d.reasons) == ("warning", True), d.reasons
+    assert judge().observe("srv", window(1, files_modified=2), 0.2) == []
+
+
+def test_exfiltration_staging_is_a_warning_never_critical() -> None:
+    j = judge()
+    sev = set()
+    reasons: set[str] = set()
+    for seq in range(1, 20):
+        w = window(seq, files_read=600, read_dirs=45, archives_created=1,
+                   net_bytes_out=30_000_000)
+        for d in j.observe("srv", w, 0.9):
+            sev.add(d.severity)
+            reasons |= set(d.reasons)
+    assert sev == {"warning"}
+    assert {"read_sweep:600files:45dirs", "archive_created:1", "net_out_mb:30"} <= reasons
+    # A reader that stays in a few directories is ordinary work.
+    assert judge().observe("srv", window(1, files_read=600, read_dirs=3), 0.2) == []

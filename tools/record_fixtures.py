@@ -24,6 +24,8 @@ from pathlib import Path
 from tocsin.agent.simulate import ATTACKS, WORKLOADS, make_share
 
 BIN = Path(sys.executable).parent
+# Paced workloads get a smaller share so that a recording stays under a minute.
+SHARE_FILES = {"encrypt-slow": 40}
 
 
 def _wait(what: str, check: object, timeout_s: float = 30) -> None:
@@ -106,7 +108,8 @@ def main() -> int:
     for name in args.names:
         if name not in WORKLOADS:
             raise SystemExit(f"record_fixtures: unknown workload {name!r}")
-        dest = record(name, args.out, args.rate, args.files, args.settle_s)
+        files = SHARE_FILES.get(name, args.files)
+        dest = record(name, args.out, args.rate, files, args.settle_s)
         kind = "attack" if name in ATTACKS else "benign"
         lines = sum(1 for _ in dest.open())
         print(f"{name:18s} {kind:6s} {lines:4d} messages -> {dest}")
