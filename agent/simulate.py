@@ -453,7 +453,7 @@ def zip_folders(root: Path, rate_per_s: float = 0, seed: int = 1) -> int:
     return n
 
 
-def encrypted_backup(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+def backup_gpg_files(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
     """Encrypted copies ``Sauvegardes/chiffrees/<tree>/<name>.gpg`` plus one manifest per
     folder; deletes and modifies nothing."""
     dest = root / "Sauvegardes" / "chiffrees"
@@ -491,7 +491,7 @@ BENIGN: dict[str, Callable[..., int]] = {
     "sed-inplace": sed_inplace,
     "convert-images": convert_images,
     "zip-folders": zip_folders,
-    "encrypted-backup": encrypted_backup,
+    "backup-gpg-files": backup_gpg_files,
 }
 # Warning-level: data theft before encryption (no file is ruined).
 STAGING: dict[str, Callable[..., int]] = {

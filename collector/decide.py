@@ -72,8 +72,11 @@ class JudgeConfig:
     strong_window_frac: float = 0.5
     dropped_warning: int = 1000
     # Exfiltration staging (warning only): files read in one window, across directories.
-    staging_files_read: int = 200
-    staging_dirs: int = 20
+    staging_files_read: int = 150
+    staging_dirs: int = 12
+    # ... or, for a slower sweep, files read over ``short_s`` while still reading widely.
+    staging_files_read_short: int = 1500
+    staging_dirs_slow: int = 5
     staging_net_bytes: int = 10_000_000
     hysteresis: float = 0.05
     quiet_s: float = 120.0
@@ -120,6 +123,7 @@ class _Entry:
     counts: dict[str, int]
     new_ext: tuple[str, int]
     note: tuple[str, int]
+    files_read: int = 0
 
 
 @dataclass
@@ -200,6 +204,7 @@ class Judge:
                 counts={k: int(getattr(w, k)) for k, _ in _COUNTED},
                 new_ext=(w.top_new_extension, int(w.top_new_extension_dirs)),
                 note=(w.repeated_name, int(w.repeated_name_dirs)),
+                files_read=int(w.files_read),
             )
         )
         while hist and hist[0].end_s < end_s - cfg.long_s:
@@ -343,11 +348,16 @@ class Judge:
             reasons.append(f"watch_limit:{int(w.watch_limit_hits)}")
         # Exfiltration staging: one window sweeping many files in many directories,
         # with the archive or the network traffic that usually goes with it.
+        read_short = sum(e.files_read for e in short)
         staging = (
             int(w.files_read) >= cfg.staging_files_read and int(w.read_dirs) >= cfg.staging_dirs
+        ) or (
+            w.files_read > 0 and int(w.read_dirs) >= cfg.staging_dirs_slow
+            and read_short >= cfg.staging_files_read_short
         )
         if staging:
-            reasons.append(f"read_sweep:{int(w.files_read)}files:{int(w.read_dirs)}dirs")
+            reasons.append(f"read_sweep:{max(int(w.files_read), read_short)}files:"
+                           f"{int(w.read_dirs)}dirs")
             if w.archives_created:
                 reasons.append(f"archive_created:{int(w.archives_created)}")
             if w.net_bytes_out >= cfg.staging_net_bytes:

@@ -152,3 +152,12 @@ def test_exfiltration_staging_is_a_warning_never_critical() -> None:
     assert {"read_sweep:600files:45dirs", "archive_created:1", "net_out_mb:30"} <= reasons
     # A reader that stays in a few directories is ordinary work.
     assert judge().observe("srv", window(1, files_read=600, read_dirs=3), 0.2) == []
+
+
+def test_slow_read_sweep_adds_up_over_a_minute() -> None:
+    j = judge()
+    out = []
+    for seq in range(1, 60):
+        out += j.observe("srv", window(seq, files_read=40, read_dirs=6), 0.2)
+    assert out and {d.severity for d in out} == {"warning"}
+    assert any(r.startswith("read_sweep:") for d in out for r in d.reasons)

@@ -41,7 +41,7 @@ def test_twins_spreading_extension_and_note(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("style", ["gzip-logs", "zip-folders", "convert-images", "office-saves",
-                                   "encrypted-backup", "mass-delete", "sed-inplace"])
+                                   "backup-gpg-files", "mass-delete", "sed-inplace"])
 def test_legitimate_jobs_stay_quiet(tmp_path: Path, style: str) -> None:
     share = tmp_path / "share"
     simulate.make_share(share, FILES)

@@ -2,7 +2,9 @@
 
 The recordings in tests/fixtures/ were made by tools/record_fixtures.py: the real
 agent watching a scratch share while one simulated workload ran. Attacks must
-reach ``critical``; heavy benign jobs must never be ``critical``.
+reach ``critical``; heavy benign jobs must never be ``critical``; exfiltration
+staging (reading the whole share into an archive) must raise a ``warning`` and
+never a ``critical``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 
 from receiver import WebhookReceiver
-from tocsin.agent.simulate import ATTACKS, BENIGN
+from tocsin.agent.simulate import ATTACKS, BENIGN, STAGING
 
 FIXTURES = Path(__file__).with_name("fixtures")
 BIN = Path(sys.executable).parent
@@ -29,7 +31,7 @@ REQUIRED_BENIGN = {"backup-targz", "photo-import", "office-saves", "mass-delete"
 
 def test_required_fixtures_are_recorded() -> None:
     assert REQUIRED_ATTACKS | REQUIRED_BENIGN <= set(RECORDED)
-    assert set(RECORDED) <= set(ATTACKS) | set(BENIGN)
+    assert set(RECORDED) <= set(ATTACKS) | set(BENIGN) | set(STAGING)
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +74,17 @@ def test_fixture_replays_to_expected_severity(
         capture_output=True, text=True, timeout=120,
     )
     assert res.returncode == 0, res.stderr
-    if name in ATTACKS:
+    if name in ATTACKS or name in STAGING:
+        want = "critical" if name in ATTACKS else "warning"
         end = time.monotonic() + 15
         while time.monotonic() < end:
-            if any(a["severity"] == "critical" for a in alerts_for(hooks, host_id)):
+            if any(a["severity"] == want for a in alerts_for(hooks, host_id)):
                 break
             time.sleep(0.1)
         severities = [a["severity"] for a in alerts_for(hooks, host_id)]
-        assert "critical" in severities, f"{name}: {severities}"
+        assert want in severities, f"{name}: {severities}"
+        if name in STAGING:
+            assert "critical" not in severities, f"{name}: {severities}"
     else:
         time.sleep(2.0)  # deliveries are asynchronous: give a wrong alert time to show
         alerts = alerts_for(hooks, host_id)
