@@ -50,11 +50,12 @@ DRILL_TAG = "tocsin-drill"
 # Order of the table: attacks first, then benign jobs.
 DEFAULT_ATTACKS = (
     "encrypt-inplace", "encrypt-copy", "encrypt-stripes", "encrypt-head", "encrypt-base64",
-    "encrypt-workers", "encrypt-burst", "encrypt-slow",
+    "encrypt-workers", "encrypt-burst", "encrypt-slow", "encrypt-pattern", "encrypt-hex",
 )
 DEFAULT_BENIGN = (
     "backup-targz", "backup-encrypted", "gzip-logs", "photo-import", "office-saves",
-    "sqlite-churn", "mass-delete", "source-checkout", "rsync-mirror",
+    "sqlite-churn", "mass-delete", "source-checkout", "rsync-mirror", "backup-gpg-files",
+    "convert-images", "zip-folders", "sed-inplace",
 )
 DESCRIPTIONS = {
     "encrypt-inplace": "in-place encryption",
@@ -74,6 +75,12 @@ DESCRIPTIONS = {
     "mass-delete": "mass delete (two departments)",
     "source-checkout": "source checkout (400 files, zlib objects)",
     "rsync-mirror": "rsync mirror (temp names renamed into place)",
+    "encrypt-pattern": "intermittent: 64 of every 192 bytes",
+    "encrypt-hex": "encrypted, written as hex text",
+    "backup-gpg-files": "encrypted backup: a .gpg copy of every file, nothing deleted",
+    "convert-images": "image conversion (png <-> jpg, the source removed)",
+    "zip-folders": "compress each year folder into a zip, files removed",
+    "sed-inplace": "sed -i over every text file",
 }
 
 
