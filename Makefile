@@ -6,12 +6,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tocsin-installed
+# When the primary package index does not answer but mirrors are configured,
+# pip uses those (tools/pip-index-env.sh) instead of timing out per package.
+PIP_ENV = eval "$$(tools/pip-index-env.sh $(PYTHON))";
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
 .PHONY: install demo test lint fmt bench bench-scorer bench-agent model eval proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP_ENV) $(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
 install: $(STAMP)
@@ -20,7 +24,7 @@ demo: $(STAMP)
 	$(PY) tools/demo.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PIP_ENV) $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

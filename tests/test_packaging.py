@@ -14,11 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_agent_extra_does_not_install_scikit_learn(tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+    # `make test` points pip at a configured mirror when the primary index does not
+    # answer (tools/pip-index-env.sh); run alone, at least do not wait minutes per package.
+    env["PIP_DEFAULT_TIMEOUT"] = "20"
     subprocess.run(
         [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
          f"{ROOT}[agent]"],
