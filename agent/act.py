@@ -41,8 +41,18 @@ from tocsin.v1 import telemetry_pb2 as pb
 log = logging.getLogger(__name__)
 
 PROTECTED_NAMES = frozenset(
-    {"systemd", "init", "sshd", "tocsin-agent", "dbus-daemon", "journald", "systemd-journald",
-     "kthreadd", "smbd", "nmbd"}
+    {
+        "systemd",
+        "init",
+        "sshd",
+        "tocsin-agent",
+        "dbus-daemon",
+        "journald",
+        "systemd-journald",
+        "kthreadd",
+        "smbd",
+        "nmbd",
+    }
 )
 TABLE = "tocsin"
 KINDS = frozenset({"suspend", "resume", "kill", "isolate", "release"})
@@ -81,33 +91,35 @@ def ruleset(collector_ip: str, collector_port: int, allow: list[str]) -> str:
         f = "ip6" if net.version == 6 else "ip"
         allow_in.append(f"    {f} saddr {net} accept")
         allow_out.append(f"    {f} daddr {net} accept")
-    return "\n".join([
-        f"table inet {TABLE}",
-        f"delete table inet {TABLE}",
-        f"table inet {TABLE} {{",
-        "  chain input {",
-        "    type filter hook input priority -10; policy drop;",
-        "    iif lo accept",
-        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept",
-        f"    {fam} saddr {collector_ip} tcp sport {collector_port} accept",
-        "    udp sport 53 accept",
-        "    tcp sport 53 ct state established accept",
-        "    udp sport { 67, 68 } udp dport { 67, 68 } accept",
-        *allow_in,
-        "  }",
-        "  chain output {",
-        "    type filter hook output priority -10; policy drop;",
-        "    oif lo accept",
-        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
-        f"    {fam} daddr {collector_ip} tcp dport {collector_port} accept",
-        "    udp dport 53 accept",
-        "    tcp dport 53 accept",
-        "    udp sport { 67, 68 } udp dport { 67, 68 } accept",
-        *allow_out,
-        "  }",
-        "}",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"table inet {TABLE}",
+            f"delete table inet {TABLE}",
+            f"table inet {TABLE} {{",
+            "  chain input {",
+            "    type filter hook input priority -10; policy drop;",
+            "    iif lo accept",
+            "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept",
+            f"    {fam} saddr {collector_ip} tcp sport {collector_port} accept",
+            "    udp sport 53 accept",
+            "    tcp sport 53 ct state established accept",
+            "    udp sport { 67, 68 } udp dport { 67, 68 } accept",
+            *allow_in,
+            "  }",
+            "  chain output {",
+            "    type filter hook output priority -10; policy drop;",
+            "    oif lo accept",
+            "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
+            f"    {fam} daddr {collector_ip} tcp dport {collector_port} accept",
+            "    udp dport 53 accept",
+            "    tcp dport 53 accept",
+            "    udp sport { 67, 68 } udp dport { 67, 68 } accept",
+            *allow_out,
+            "  }",
+            "}",
+            "",
+        ]
+    )
 
 
 def _now() -> Timestamp:
@@ -216,12 +228,14 @@ class Actions:
             self.suspended.update(stopped)
             self._save()
         status = "done" if stopped else "failed"
-        detail = f"stopped {len(stopped)} processes" + (f"; {'; '.join(refusals)}" if refusals
-                                                         else "")
+        detail = f"stopped {len(stopped)} processes" + (
+            f"; {'; '.join(refusals)}" if refusals else ""
+        )
         return status, detail, stopped
 
-    def resume(self, pids: list[int], kill: bool = False,
-               dry_run: bool = False) -> tuple[str, str, list[int]]:
+    def resume(
+        self, pids: list[int], kill: bool = False, dry_run: bool = False
+    ) -> tuple[str, str, list[int]]:
         """SIGCONT (and SIGKILL if ``kill``) ``pids``, or all suspended when empty."""
         with self._lock:
             roots = list(pids) or sorted(self.suspended)
@@ -254,8 +268,9 @@ class Actions:
     def _collector_ip(self, host: str) -> str:
         return socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]
 
-    def isolate(self, host: str = "", port: int = 0, allow: list[str] | None = None,
-                dry_run: bool = False) -> tuple[str, str]:
+    def isolate(
+        self, host: str = "", port: int = 0, allow: list[str] | None = None, dry_run: bool = False
+    ) -> tuple[str, str]:
         """Apply the isolation table; roll back if the collector becomes unreachable."""
         host = host or self.collector_host
         port = port or self.collector_port
@@ -314,9 +329,12 @@ class Actions:
             elif kind == "isolate":
                 params = cmd.parameters
                 allow = [a for a in params.get("allow", "").split(",") if a] or None
-                status, detail = self.isolate(params.get("collector_host", ""),
-                                              int(params.get("collector_port", "0") or 0),
-                                              allow, cmd.dry_run)
+                status, detail = self.isolate(
+                    params.get("collector_host", ""),
+                    int(params.get("collector_port", "0") or 0),
+                    allow,
+                    cmd.dry_run,
+                )
             elif kind == "release":
                 status, detail = self.release(cmd.dry_run)
                 proc = cmd.parameters.get("processes", "keep")
@@ -329,5 +347,12 @@ class Actions:
             log.exception("command %s failed", cmd.id)
             status, detail = "failed", f"{type(exc).__name__}: {exc}"
         self.outcomes[(kind if kind in KINDS else "unknown", status)] += 1
-        return pb.ActionResult(command_id=cmd.id, kind=kind, status=status, detail=detail,
-                               pids=pids, at=_now(), local=local)
+        return pb.ActionResult(
+            command_id=cmd.id,
+            kind=kind,
+            status=status,
+            detail=detail,
+            pids=pids,
+            at=_now(),
+            local=local,
+        )

@@ -58,8 +58,25 @@ FAN_Q_OVERFLOW = 0x4000
 AT_FDCWD = -100
 O_LARGEFILE = 0o100000
 # Never climb into these (a Samba worker is the tree, not the smbd master).
-STOP_NAMES = frozenset({"systemd", "init", "sshd", "smbd", "nmbd", "tocsin-agent", "bash", "sh",
-                        "zsh", "sudo", "su", "cron", "containerd-shim", "screen", "tmux"})
+STOP_NAMES = frozenset(
+    {
+        "systemd",
+        "init",
+        "sshd",
+        "smbd",
+        "nmbd",
+        "tocsin-agent",
+        "bash",
+        "sh",
+        "zsh",
+        "sudo",
+        "su",
+        "cron",
+        "containerd-shim",
+        "screen",
+        "tmux",
+    }
+)
 _META = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata (24 bytes)
 
 
@@ -124,7 +141,11 @@ class FanotifySource:
         self._init.argtypes = [ctypes.c_uint, ctypes.c_uint]
         self._mark = libc.fanotify_mark
         self._mark.argtypes = [
-            ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint64,
+            ctypes.c_int,
+            ctypes.c_char_p,
         ]
         fd = self._init(FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK, os.O_RDONLY | O_LARGEFILE)
         if fd < 0:
@@ -134,11 +155,13 @@ class FanotifySource:
             # A filesystem mark sees writes made through any mount of the
             # filesystem, from any mount namespace (containers, `ip netns exec`,
             # bind mounts); a mount mark sees only this namespace's mount.
-            rc = self._mark(fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_CLOSE_WRITE, AT_FDCWD,
-                            os.fsencode(root))
+            rc = self._mark(
+                fd, FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_CLOSE_WRITE, AT_FDCWD, os.fsencode(root)
+            )
             if rc != 0:
-                rc = self._mark(fd, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD,
-                                os.fsencode(root))
+                rc = self._mark(
+                    fd, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD, os.fsencode(root)
+                )
             if rc != 0:
                 err = ctypes.get_errno()
                 os.close(fd)
@@ -228,7 +251,7 @@ class Attributor:
 
     @property
     def method(self) -> str:
-        """"fanotify" or "psutil-io"."""
+        """ "fanotify" or "psutil-io"."""
         return "fanotify" if self._fan is not None else "psutil-io"
 
     @property
@@ -256,8 +279,11 @@ class Attributor:
             info = self._info(pid)
             # The parent too, while it lives: a pool's parent may exit before the
             # window closes, and its tree must still be found.
-            parent = (self._info(info.ppid) if info is not None and info.ppid > 1
-                      and info.ppid not in self._known else None)
+            parent = (
+                self._info(info.ppid)
+                if info is not None and info.ppid > 1 and info.ppid not in self._known
+                else None
+            )
             with self._lock:
                 if info is not None:
                     self._known[pid] = info
@@ -283,8 +309,10 @@ class Attributor:
                 continue
             try:
                 io = p.io_counters()
-                chars = (getattr(io, "read_chars", io.read_bytes),
-                         getattr(io, "write_chars", io.write_bytes))
+                chars = (
+                    getattr(io, "read_chars", io.read_bytes),
+                    getattr(io, "write_chars", io.write_bytes),
+                )
             except (psutil.Error, OSError):
                 continue
             seen[p.pid] = chars
@@ -412,9 +440,15 @@ class Attributor:
             if info is None:
                 continue
             s = pb.ProcessSample(
-                pid=pid, ppid=info.ppid, name=info.name, exe=info.exe, user=info.user,
-                files_touched=w.files_touched, cmdline=info.cmdline,
-                create_time=info.create_time, attribution=attribution,
+                pid=pid,
+                ppid=info.ppid,
+                name=info.name,
+                exe=info.exe,
+                user=info.user,
+                files_touched=w.files_touched,
+                cmdline=info.cmdline,
+                create_time=info.create_time,
+                attribution=attribution,
                 files_type_destroyed=len(destroyed & w.paths),
             )
             chars = _io_chars(pid) or self._io_latest.get(pid)

@@ -32,62 +32,112 @@ MAX_DIRS_PER_ROOT = 64
 def _xlsx() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("[Content_Types].xml", (
-            '<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/'
-            'package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.'
-            'openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType='
-            '"application/xml"/><Override PartName="/xl/workbook.xml" ContentType="application/'
-            'vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/><Override PartName='
-            '"/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-'
-            'officedocument.spreadsheetml.worksheet+xml"/></Types>'))
-        z.writestr("_rels/.rels", (
-            '<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.'
-            'openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://'
-            'schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" '
-            'Target="xl/workbook.xml"/></Relationships>'))
-        z.writestr("xl/workbook.xml", (
-            '<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="http://schemas.openxmlformats.'
-            'org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/'
-            'officeDocument/2006/relationships"><sheets><sheet name="Budget" sheetId="1" '
-            'r:id="rId1"/></sheets></workbook>'))
-        z.writestr("xl/_rels/workbook.xml.rels", (
-            '<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.'
-            'openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://'
-            'schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" '
-            'Target="worksheets/sheet1.xml"/></Relationships>'))
+        z.writestr(
+            "[Content_Types].xml",
+            (
+                '<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.'
+                "openxmlformats.org/"
+                'package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.'
+                'openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType='
+                '"application/xml"/><Override PartName="/xl/workbook.xml" '
+                'ContentType="application/'
+                'vnd.openxmlformats-officedocument.spreadsheetml.sheet.main+xml"/><Override PartName='
+                '"/xl/worksheets/sheet1.xml" ContentType="application/vnd.openxmlformats-'
+                'officedocument.spreadsheetml.worksheet+xml"/></Types>'
+            ),
+        )
+        z.writestr(
+            "_rels/.rels",
+            (
+                '<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.'
+                'openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://'
+                'schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" '
+                'Target="xl/workbook.xml"/></Relationships>'
+            ),
+        )
+        z.writestr(
+            "xl/workbook.xml",
+            (
+                '<?xml version="1.0" encoding="UTF-8"?><workbook xmlns="http://schemas.openxmlformats.'
+                'org/spreadsheetml/2006/main" xmlns:r="http://schemas.openxmlformats.org/'
+                'officeDocument/2006/relationships"><sheets><sheet name="Budget" sheetId="1" '
+                'r:id="rId1"/></sheets></workbook>'
+            ),
+        )
+        z.writestr(
+            "xl/_rels/workbook.xml.rels",
+            (
+                '<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.'
+                'openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://'
+                'schemas.openxmlformats.org/officeDocument/2006/relationships/worksheet" '
+                'Target="worksheets/sheet1.xml"/></Relationships>'
+            ),
+        )
         rows = "".join(
             f'<row r="{i}"><c r="A{i}" t="inlineStr"><is><t>{label}</t></is></c>'
             f'<c r="B{i}"><v>{amount}</v></c></row>'
             for i, (label, amount) in enumerate(
-                [("Voirie", 182400), ("Ecoles", 96350), ("Personnel", 412900),
-                 ("Cantine", 58100), ("Eclairage public", 23750)], start=1))
-        z.writestr("xl/worksheets/sheet1.xml", (
-            '<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.'
-            f'openxmlformats.org/spreadsheetml/2006/main"><sheetData>{rows}</sheetData></worksheet>'))
+                [
+                    ("Voirie", 182400),
+                    ("Ecoles", 96350),
+                    ("Personnel", 412900),
+                    ("Cantine", 58100),
+                    ("Eclairage public", 23750),
+                ],
+                start=1,
+            )
+        )
+        z.writestr(
+            "xl/worksheets/sheet1.xml",
+            (
+                '<?xml version="1.0" encoding="UTF-8"?><worksheet xmlns="http://schemas.'
+                f'openxmlformats.org/spreadsheetml/2006/main"><sheetData>{rows}</sheetData></worksheet>'
+            ),
+        )
     return buf.getvalue()
 
 
 def _docx() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("[Content_Types].xml", (
-            '<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.openxmlformats.org/'
-            'package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.'
-            'openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType='
-            '"application/xml"/><Override PartName="/word/document.xml" ContentType="application/'
-            'vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>'))
-        z.writestr("_rels/.rels", (
-            '<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.'
-            'openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://'
-            'schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" '
-            'Target="word/document.xml"/></Relationships>'))
-        paras = "".join(f"<w:p><w:r><w:t>{t}</w:t></w:r></w:p>" for t in (
-            "Liste des agents communaux et remunerations 2024",
-            "Service technique : 4 agents", "Ecoles et periscolaire : 6 agents",
-            "Secretariat de mairie : 2 agents", "Document interne - ne pas diffuser"))
-        z.writestr("word/document.xml", (
-            '<?xml version="1.0" encoding="UTF-8"?><w:document xmlns:w="http://schemas.'
-            f'openxmlformats.org/wordprocessingml/2006/main"><w:body>{paras}</w:body></w:document>'))
+        z.writestr(
+            "[Content_Types].xml",
+            (
+                '<?xml version="1.0" encoding="UTF-8"?><Types xmlns="http://schemas.'
+                "openxmlformats.org/"
+                'package/2006/content-types"><Default Extension="rels" ContentType="application/vnd.'
+                'openxmlformats-package.relationships+xml"/><Default Extension="xml" ContentType='
+                '"application/xml"/><Override PartName="/word/document.xml" '
+                'ContentType="application/'
+                'vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>'
+            ),
+        )
+        z.writestr(
+            "_rels/.rels",
+            (
+                '<?xml version="1.0" encoding="UTF-8"?><Relationships xmlns="http://schemas.'
+                'openxmlformats.org/package/2006/relationships"><Relationship Id="rId1" Type="http://'
+                'schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument" '
+                'Target="word/document.xml"/></Relationships>'
+            ),
+        )
+        paras = "".join(
+            f"<w:p><w:r><w:t>{t}</w:t></w:r></w:p>"
+            for t in (
+                "Liste des agents communaux et remunerations 2024",
+                "Service technique : 4 agents",
+                "Ecoles et periscolaire : 6 agents",
+                "Secretariat de mairie : 2 agents",
+                "Document interne - ne pas diffuser",
+            )
+        )
+        z.writestr(
+            "word/document.xml",
+            (
+                '<?xml version="1.0" encoding="UTF-8"?><w:document xmlns:w="http://schemas.'
+                f'openxmlformats.org/wordprocessingml/2006/main"><w:body>{paras}</w:body></w:document>'
+            ),
+        )
     return buf.getvalue()
 
 
@@ -135,8 +185,11 @@ def plant(roots: list[str], names: tuple[str, ...] = DEFAULT_NAMES) -> list[str]
         base = Path(root).resolve()
         dirs = [base]
         try:
-            subs = sorted(e.path for e in os.scandir(base)
-                          if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+            subs = sorted(
+                e.path
+                for e in os.scandir(base)
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith(".")
+            )
         except OSError:
             subs = []
         dirs += [Path(s) for s in subs[:MAX_DIRS_PER_ROOT]]

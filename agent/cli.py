@@ -35,8 +35,9 @@ def _agent_parser() -> _Parser:
     p.add_argument("--host-id")
     p.add_argument("--state-dir", type=Path)
     p.add_argument("--config", type=Path, help="TOML file with the same keys")
-    p.add_argument("--insecure", action="store_true", default=None,
-                   help="plaintext gRPC (tests, labs)")
+    p.add_argument(
+        "--insecure", action="store_true", default=None, help="plaintext gRPC (tests, labs)"
+    )
     p.add_argument("--tls-ca", type=Path)
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
@@ -45,27 +46,56 @@ def _agent_parser() -> _Parser:
     p.add_argument("--window-s", type=float)
     p.add_argument("--allow", action="append", help="CIDR kept reachable when isolated")
     p.add_argument("--canary", action="append", help="canary file path (created if missing)")
-    p.add_argument("--canaries", action="store_true", default=None,
-                   help="plant the default decoy documents in every watched root")
-    p.add_argument("--protect", action="append",
-                   help="pid, process name or executable the tripwire never suspends")
-    p.add_argument("--spool-max-windows", type=int,
-                   help="windows kept for the collector at most (100000; oldest dropped)")
+    p.add_argument(
+        "--canaries",
+        action="store_true",
+        default=None,
+        help="plant the default decoy documents in every watched root",
+    )
+    p.add_argument(
+        "--protect",
+        action="append",
+        help="pid, process name or executable the tripwire never suspends",
+    )
+    p.add_argument(
+        "--spool-max-windows",
+        type=int,
+        help="windows kept for the collector at most (100000; oldest dropped)",
+    )
     p.add_argument("--spool-max-mb", type=float, help="spool size limit in MiB (256)")
     p.add_argument("--metrics", help="HOST:PORT for the Prometheus /metrics endpoint (off)")
-    p.add_argument("--log-format", choices=["text", "json"], default=None,
-                   help="text (default) or json: one JSON object per line")
-    p.add_argument("--log-level", default=None,
-                   choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=None,
+        help="text (default) or json: one JSON object per line",
+    )
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     return p
 
 
-KEYS = {"collector": str, "watch": list, "host_id": str, "state_dir": str, "insecure": bool,
-        "tripwire": str, "window_s": (int, float), "allow": list, "record": str,
-        "tls_ca": str, "tls_cert": str, "tls_key": str, "log_level": str, "canary": list,
-        "metrics": str, "log_format": str,
-        "spool_max_windows": int, "spool_max_mb": (int, float), "canaries": bool,
-        "protect": list}
+KEYS = {
+    "collector": str,
+    "watch": list,
+    "host_id": str,
+    "state_dir": str,
+    "insecure": bool,
+    "tripwire": str,
+    "window_s": (int, float),
+    "allow": list,
+    "record": str,
+    "tls_ca": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "log_level": str,
+    "canary": list,
+    "metrics": str,
+    "log_format": str,
+    "spool_max_windows": int,
+    "spool_max_mb": (int, float),
+    "canaries": bool,
+    "protect": list,
+}
 
 
 def _load_config(path: Path) -> dict[str, Any]:
@@ -106,8 +136,10 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
     tls = [merged.get("tls_ca"), merged.get("tls_cert"), merged.get("tls_key")]
     if not merged.get("insecure"):
         if not all(tls):
-            raise ConfigError("no TLS material (--tls-ca, --tls-cert, --tls-key); "
-                              "pass --insecure to run without TLS")
+            raise ConfigError(
+                "no TLS material (--tls-ca, --tls-cert, --tls-key); "
+                "pass --insecure to run without TLS"
+            )
         for t in tls:
             if not os.path.isfile(str(t)):
                 raise ConfigError(f"TLS file {t}: not found")
@@ -118,6 +150,7 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
     if not 0.05 <= window_s <= 60:
         raise ConfigError(f"--window-s must be between 0.05 and 60, not {window_s}")
     import ipaddress
+
     for cidr in merged.get("allow") or []:
         try:
             ipaddress.ip_network(cidr, strict=False)
@@ -141,26 +174,36 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
     except OSError as exc:
         raise ConfigError(f"--state-dir {state_dir}: {exc.strerror}") from None
     cfg = AgentConfig(
-        collector=str(merged["collector"]), watch=[str(w) for w in merged["watch"]],
-        host_id=str(merged["host_id"]), state_dir=state_dir,
+        collector=str(merged["collector"]),
+        watch=[str(w) for w in merged["watch"]],
+        host_id=str(merged["host_id"]),
+        state_dir=state_dir,
         insecure=bool(merged.get("insecure")),
-        tls_ca=Path(tls[0]) if tls[0] else None, tls_cert=Path(tls[1]) if tls[1] else None,
+        tls_ca=Path(tls[0]) if tls[0] else None,
+        tls_cert=Path(tls[1]) if tls[1] else None,
         tls_key=Path(tls[2]) if tls[2] else None,
         record=Path(merged["record"]) if merged.get("record") else None,
-        tripwire=mode, window_s=window_s, allow=list(merged.get("allow") or []),
+        tripwire=mode,
+        window_s=window_s,
+        allow=list(merged.get("allow") or []),
         canaries=list(merged.get("canary") or []),
         plant_canaries=bool(merged.get("canaries")),
         protect=[str(x) for x in merged.get("protect") or []],
-        spool_max_windows=spool_windows, spool_max_bytes=int(spool_mb * 1024 * 1024),
-        metrics=metrics, log_format=log_format,
+        spool_max_windows=spool_windows,
+        spool_max_bytes=int(spool_mb * 1024 * 1024),
+        metrics=metrics,
+        log_format=log_format,
     )
     return cfg, str(merged.get("log_level") or "info")
 
 
 def _run_agent(argv: list[str]) -> int:
     cfg, level = build_config(argv)
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if cfg.log_format == "json":
         from tocsin.agent.jsonlog import use_json_logs
 

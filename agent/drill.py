@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import psutil
+
 from tocsin.agent import simulate
 from tocsin.v1.errors import ConfigError
 
@@ -60,12 +61,27 @@ def main(argv: list[str]) -> int:
         shutil.rmtree(share)
     progress.unlink(missing_ok=True)
     simulate.make_share(share, args.files)
-    print(f"drill: scratch share of {args.files} files in {share}; encrypting at "
-          f"{args.rate:g} files/s (a running tocsin agent must watch {root})", flush=True)
-    child = subprocess.Popen([
-        sys.executable, "-m", "tocsin.agent.simulate", "run", "encrypt-inplace", str(share),
-        "--rate", str(args.rate), "--progress", str(progress), "--tag", "tocsin-drill",
-    ])
+    print(
+        f"drill: scratch share of {args.files} files in {share}; encrypting at "
+        f"{args.rate:g} files/s (a running tocsin agent must watch {root})",
+        flush=True,
+    )
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tocsin.agent.simulate",
+            "run",
+            "encrypt-inplace",
+            str(share),
+            "--rate",
+            str(args.rate),
+            "--progress",
+            str(progress),
+            "--tag",
+            "tocsin-drill",
+        ]
+    )
     proc = psutil.Process(child.pid)
     deadline = time.monotonic() + args.timeout
     verdict = 1
@@ -77,9 +93,12 @@ def main(argv: list[str]) -> int:
                 print(f"drill: {n} files ruined", flush=True)
                 last = n
             if child.poll() is not None:
-                print(f"drill: the encryptor FINISHED ({n} files) without being stopped: "
-                      "the chain is broken (is the agent running, watching this dir, with "
-                      "the collector in enforce mode or --tripwire enforce?)", flush=True)
+                print(
+                    f"drill: the encryptor FINISHED ({n} files) without being stopped: "
+                    "the chain is broken (is the agent running, watching this dir, with "
+                    "the collector in enforce mode or --tripwire enforce?)",
+                    flush=True,
+                )
                 break
             try:
                 stopped = proc.status() == psutil.STATUS_STOPPED
@@ -89,14 +108,20 @@ def main(argv: list[str]) -> int:
                 time.sleep(0.2)
                 n, first = _progress(progress)
                 after = time.time() - first if first else 0.0
-                print(f"drill: suspended by tocsin after {n} files, {after:.1f} s after the "
-                      "first ruined file", flush=True)
+                print(
+                    f"drill: suspended by tocsin after {n} files, {after:.1f} s after the "
+                    "first ruined file",
+                    flush=True,
+                )
                 verdict = 0
                 break
             time.sleep(0.1)
         else:
-            print(f"drill: nothing stopped the encryptor within {args.timeout:g} s; is a "
-                  f"tocsin agent watching {root}?", flush=True)
+            print(
+                f"drill: nothing stopped the encryptor within {args.timeout:g} s; is a "
+                f"tocsin agent watching {root}?",
+                flush=True,
+            )
     finally:
         with contextlib.suppress(OSError):
             child.send_signal(9)

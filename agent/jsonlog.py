@@ -23,8 +23,10 @@ class JsonFormatter(logging.Formatter):
         stamp = dt.datetime.fromtimestamp(record.created, dt.UTC)
         item = {
             "ts": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "level": record.levelname.lower(), "logger": record.name,
-            "program": self.program, "msg": record.getMessage(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "program": self.program,
+            "msg": record.getMessage(),
         }
         if record.exc_info:
             item["exc"] = self.formatException(record.exc_info)

@@ -61,10 +61,20 @@ def ensure_max_user_watches(
         after = int(sysctl.read_text().strip())
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
-        log.error("fs.inotify.max_user_watches is %d but %d directories need watching and it "
-                  "could not be raised (%s; uid %d): run `sysctl fs.inotify.max_user_watches=%d`",
-                  before, dirs_needed, reason, os.geteuid(), target)
+        log.error(
+            "fs.inotify.max_user_watches is %d but %d directories need watching and it "
+            "could not be raised (%s; uid %d): run `sysctl fs.inotify.max_user_watches=%d`",
+            before,
+            dirs_needed,
+            reason,
+            os.geteuid(),
+            target,
+        )
         return WatchLimit(before, before, needed, False, False)
-    log.info("raised fs.inotify.max_user_watches from %d to %d for %d directories",
-             before, after, dirs_needed)
+    log.info(
+        "raised fs.inotify.max_user_watches from %d to %d for %d directories",
+        before,
+        after,
+        dirs_needed,
+    )
     return WatchLimit(before, after, needed, True, after >= needed)

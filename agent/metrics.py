@@ -54,33 +54,55 @@ class AgentMetrics:
                 ev.add_metric([kind], self.events[kind])
             fired = self.tripwire_fired
         yield ev
-        yield CounterMetricFamily(p + "windows", "Windows closed and spooled",
-                                  value=a.window.windows_closed)
-        yield CounterMetricFamily(p + "events_dropped", "Events lost to a full internal queue",
-                                  value=a.watcher.events_dropped)
-        yield CounterMetricFamily(p + "queue_overflows", "Kernel inotify queue overflows",
-                                  value=a.watcher.queue_overflows)
-        yield GaugeMetricFamily(p + "spool_depth", "Windows spooled, not yet acknowledged",
-                                value=a.spool.depth)
-        yield CounterMetricFamily(p + "spool_dropped", "Windows dropped from the full spool",
-                                  value=a.spool.dropped)
-        yield GaugeMetricFamily(p + "connected", "1 while the collector stream is up",
-                                value=1 if a.shipper.connected.is_set() else 0)
-        yield CounterMetricFamily(p + "connections", "Streams opened to the collector",
-                                  value=a.shipper.connections)
-        yield CounterMetricFamily(p + "results_dropped", "Action reports dropped (queue full)",
-                                  value=a.shipper.results_dropped)
-        ac = CounterMetricFamily(p + "actions", "Actions carried out, by outcome",
-                                 labels=["kind", "status"])
+        yield CounterMetricFamily(
+            p + "windows", "Windows closed and spooled", value=a.window.windows_closed
+        )
+        yield CounterMetricFamily(
+            p + "events_dropped",
+            "Events lost to a full internal queue",
+            value=a.watcher.events_dropped,
+        )
+        yield CounterMetricFamily(
+            p + "queue_overflows", "Kernel inotify queue overflows", value=a.watcher.queue_overflows
+        )
+        yield GaugeMetricFamily(
+            p + "spool_depth", "Windows spooled, not yet acknowledged", value=a.spool.depth
+        )
+        yield CounterMetricFamily(
+            p + "spool_dropped", "Windows dropped from the full spool", value=a.spool.dropped
+        )
+        yield GaugeMetricFamily(
+            p + "connected",
+            "1 while the collector stream is up",
+            value=1 if a.shipper.connected.is_set() else 0,
+        )
+        yield CounterMetricFamily(
+            p + "connections", "Streams opened to the collector", value=a.shipper.connections
+        )
+        yield CounterMetricFamily(
+            p + "results_dropped",
+            "Action reports dropped (queue full)",
+            value=a.shipper.results_dropped,
+        )
+        ac = CounterMetricFamily(
+            p + "actions", "Actions carried out, by outcome", labels=["kind", "status"]
+        )
         for (kind, status), n in sorted(a.actions.outcomes.items()):
             ac.add_metric([kind, status], n)
         yield ac
-        yield CounterMetricFamily(p + "tripwire_fired", "Windows where the tripwire fired",
-                                  value=fired)
-        yield GaugeMetricFamily(p + "isolated", "1 while the isolation table is in place",
-                                value=1 if a.actions.isolated else 0)
-        yield GaugeMetricFamily(p + "suspended_processes", "Processes tocsin keeps stopped",
-                                value=len(a.actions.suspended))
+        yield CounterMetricFamily(
+            p + "tripwire_fired", "Windows where the tripwire fired", value=fired
+        )
+        yield GaugeMetricFamily(
+            p + "isolated",
+            "1 while the isolation table is in place",
+            value=1 if a.actions.isolated else 0,
+        )
+        yield GaugeMetricFamily(
+            p + "suspended_processes",
+            "Processes tocsin keeps stopped",
+            value=len(a.actions.suspended),
+        )
 
     def serve(self, host: str, port: int) -> tuple[str, int]:
         from prometheus_client.exposition import start_http_server

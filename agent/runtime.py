@@ -86,8 +86,9 @@ class Agent:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         host, port = cfg.collector_host_port
         self.actions = Actions(cfg.state_dir, host, port, cfg.allow)
-        self.spool = WindowSpool(cfg.state_dir / "spool.sqlite", cfg.spool_max_windows,
-                                 cfg.spool_max_bytes)
+        self.spool = WindowSpool(
+            cfg.state_dir / "spool.sqlite", cfg.spool_max_windows, cfg.spool_max_bytes
+        )
         ignore = [str(cfg.state_dir)] + ([str(cfg.record)] if cfg.record else [])
         canary_paths = [os.path.realpath(c) for c in cfg.canaries]
         if cfg.plant_canaries:
@@ -103,25 +104,43 @@ class Agent:
         self.tripwire = Tripwire(self.actions, cfg.tripwire, protect=cfg.protect)
         creds = None
         if cfg.insecure:
-            log.warning("WARNING: --insecure: telemetry to %s is neither encrypted nor"
-                        " authenticated", cfg.collector)
+            log.warning(
+                "WARNING: --insecure: telemetry to %s is neither encrypted nor authenticated",
+                cfg.collector,
+            )
         else:
             assert cfg.tls_ca and cfg.tls_cert and cfg.tls_key
             log.info("mutual TLS to %s as %s", cfg.collector, cfg.tls_cert)
             creds = grpc.ssl_channel_credentials(
-                cfg.tls_ca.read_bytes(), cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())
+                cfg.tls_ca.read_bytes(), cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes()
+            )
         caps = ["suspend", "isolate", self.attributor.method]
         self.recorder = Recorder(cfg.record) if cfg.record else None
         self.shipper = Shipper(
-            cfg.collector, self.spool,
-            HelloInfo(cfg.host_id, self.boot_id, [os.path.realpath(w) for w in cfg.watch],
-                      caps, cfg.tripwire),
-            self.actions.run, creds, self.recorder)
+            cfg.collector,
+            self.spool,
+            HelloInfo(
+                cfg.host_id,
+                self.boot_id,
+                [os.path.realpath(w) for w in cfg.watch],
+                caps,
+                cfg.tripwire,
+            ),
+            self.actions.run,
+            creds,
+            self.recorder,
+        )
         self.window = WindowLoop(
-            self.watcher, self.attributor, self.shipper.submit_window, window_s=cfg.window_s,
-            canaries=frozenset(canary_paths), known_extensions=exts,
-            on_window=self._on_window, spool_dropped=lambda: self.spool.dropped,
-            poll_s=ONSET_POLL_S)
+            self.watcher,
+            self.attributor,
+            self.shipper.submit_window,
+            window_s=cfg.window_s,
+            canaries=frozenset(canary_paths),
+            known_extensions=exts,
+            on_window=self._on_window,
+            spool_dropped=lambda: self.spool.dropped,
+            poll_s=ONSET_POLL_S,
+        )
         self._stop = threading.Event()
         self.metrics = AgentMetrics(self)
         self.metrics_address: tuple[str, int] | None = None
@@ -152,8 +171,13 @@ class Agent:
         self.attributor.start()
         self.window.start()
         self.shipper.start()
-        log.info("tocsin agent %s watching %s, collector %s (attribution: %s)", self.boot_id,
-                 self.cfg.watch, self.cfg.collector, self.attributor.method)
+        log.info(
+            "tocsin agent %s watching %s, collector %s (attribution: %s)",
+            self.boot_id,
+            self.cfg.watch,
+            self.cfg.collector,
+            self.attributor.method,
+        )
         if self.cfg.metrics:
             host, _, port = self.cfg.metrics.rpartition(":")
             self.metrics_address = self.metrics.serve(host.strip("[]"), int(port))

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
+
 from tocsin.agent.spool import WindowSpool
 from tocsin.v1 import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, telemetry_pb2_grpc
 from tocsin.v1 import telemetry_pb2 as pb
@@ -47,30 +48,38 @@ log = logging.getLogger(__name__)
 
 AGENT_VERSION = "0.1.0"
 # The OpenTelemetry OTLP/gRPC retryable codes; RESOURCE_EXHAUSTED only with a hint.
-RETRYABLE = frozenset({
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DATA_LOSS,
-})
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 # Room left under MAX_MESSAGE_BYTES for the AgentMessage envelope.
 _WIRE_SLACK_BYTES = 1024
 
 
 def retry_delay_s(
-    code: grpc.StatusCode | None, pushback_ms: int | None, attempt: int,
-    initial_s: float, max_s: float, rand: Callable[[], float] = random.random,
+    code: grpc.StatusCode | None,
+    pushback_ms: int | None,
+    attempt: int,
+    initial_s: float,
+    max_s: float,
+    rand: Callable[[], float] = random.random,
 ) -> float | None:
     """Seconds to wait before reconnecting, or None if ``code`` is not retryable.
 
     The collector's hint wins when given (even for RESOURCE_EXHAUSTED); otherwise
     exponential backoff with full jitter: uniform(0.5, 1) * min(max_s, initial_s * 2**attempt).
     """
-    if pushback_ms is not None and pushback_ms >= 0 and (
-        code in RETRYABLE or code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    if (
+        pushback_ms is not None
+        and pushback_ms >= 0
+        and (code in RETRYABLE or code == grpc.StatusCode.RESOURCE_EXHAUSTED)
     ):
         return min(pushback_ms / 1000.0, max_s * 4) * (1.0 + 0.1 * rand())
     if code is not None and code not in RETRYABLE:
@@ -201,10 +210,19 @@ class Shipper:
 
     def _hello(self, boot_id: str) -> pb.AgentMessage:
         h = self.hello
-        return self._send(pb.AgentMessage(hello=pb.Hello(
-            host_id=h.host_id, boot_id=boot_id, agent_version=AGENT_VERSION,
-            watched_roots=h.watched_roots, capabilities=h.capabilities, hostname=h.hostname,
-            tripwire_mode=h.tripwire_mode)))
+        return self._send(
+            pb.AgentMessage(
+                hello=pb.Hello(
+                    host_id=h.host_id,
+                    boot_id=boot_id,
+                    agent_version=AGENT_VERSION,
+                    watched_roots=h.watched_roots,
+                    capabilities=h.capabilities,
+                    hostname=h.hostname,
+                    tripwire_mode=h.tripwire_mode,
+                )
+            )
+        )
 
     def _requests(self) -> Iterator[pb.AgentMessage]:
         # Windows of an earlier boot are preceded by a Hello carrying that boot_id, and the
@@ -277,11 +295,15 @@ class Shipper:
                 if self._stop.is_set():
                     break
                 if code in RETRYABLE or pushback is not None:
-                    log.info("stream to %s lost (%s: %s); reconnecting", self.target,
-                             code, details)
+                    log.info("stream to %s lost (%s: %s); reconnecting", self.target, code, details)
                 else:
-                    log.error("collector %s refused the stream (%s: %s); not retrying for %.0f s",
-                              self.target, code, details, self.refused_retry_s)
+                    log.error(
+                        "collector %s refused the stream (%s: %s); not retrying for %.0f s",
+                        self.target,
+                        code,
+                        details,
+                        self.refused_retry_s,
+                    )
             finally:
                 self.connected.clear()
                 self._call = None
@@ -289,8 +311,9 @@ class Shipper:
                 break
             if self._progress:
                 attempt = 0
-            delay = retry_delay_s(code, pushback, attempt, self.backoff_initial_s,
-                                  self.backoff_max_s)
+            delay = retry_delay_s(
+                code, pushback, attempt, self.backoff_initial_s, self.backoff_max_s
+            )
             if delay is None:
                 delay = self.refused_retry_s
             attempt += 1
@@ -306,5 +329,7 @@ class Shipper:
             result = self.on_command(reply.command)
             self.submit_result(result)
         elif which == "config":
-            log.info("config update received (tripwire_mode=%s); not applied yet",
-                     reply.config.tripwire_mode)
+            log.info(
+                "config update received (tripwire_mode=%s); not applied yet",
+                reply.config.tripwire_mode,
+            )

@@ -54,11 +54,35 @@ KINDS = ("docx", "xlsx", "pdf", "jpg", "png", "txt", "csv", "odt")
 
 
 def _words(rng: random.Random, n: int) -> str:
-    vocab = (
-        "deliberation conseil municipal commune budget voirie permis construire "
-        "arrete maire adjoint ecole cantine marche public facture mandat titre "
-        "etat civil naissance mariage deces urbanisme parcelle cadastre agent"
-    ).split()
+    vocab = [
+        "deliberation",
+        "conseil",
+        "municipal",
+        "commune",
+        "budget",
+        "voirie",
+        "permis",
+        "construire",
+        "arrete",
+        "maire",
+        "adjoint",
+        "ecole",
+        "cantine",
+        "marche",
+        "public",
+        "facture",
+        "mandat",
+        "titre",
+        "etat",
+        "civil",
+        "naissance",
+        "mariage",
+        "deces",
+        "urbanisme",
+        "parcelle",
+        "cadastre",
+        "agent",
+    ]
     return " ".join(rng.choice(vocab) for _ in range(n))
 
 
@@ -75,15 +99,20 @@ def _zip_office(rng: random.Random, size: int, kind: str) -> bytes:
 def _pdf(rng: random.Random, size: int) -> bytes:
     stream = zlib.compress(_words(rng, max(size // 6, 20)).encode())
     return (
-        b"%PDF-1.7\n1 0 obj <</Length " + str(len(stream)).encode() + b">> stream\n"
-        + stream + b"\nendstream endobj\ntrailer <</Root 1 0 R>>\n%%EOF\n"
+        b"%PDF-1.7\n1 0 obj <</Length "
+        + str(len(stream)).encode()
+        + b">> stream\n"
+        + stream
+        + b"\nendstream endobj\ntrailer <</Root 1 0 R>>\n%%EOF\n"
     )
 
 
 def _jpeg(rng: random.Random, size: int) -> bytes:
-    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00" + rng.randbytes(
-        size
-    ) + b"\xff\xd9"
+    return (
+        b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+        + rng.randbytes(size)
+        + b"\xff\xd9"
+    )
 
 
 def _png(rng: random.Random, size: int) -> bytes:
@@ -140,9 +169,13 @@ def _inside(root: Path, path: Path) -> bool:
 
 def _victims(root: Path) -> list[Path]:
     out = [
-        p for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.is_symlink() and _inside(root, p)
-        and p.name != NOTE_NAME and not p.name.endswith(LOCKED_EXT)
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+        and not p.is_symlink()
+        and _inside(root, p)
+        and p.name != NOTE_NAME
+        and not p.name.endswith(LOCKED_EXT)
         and not p.name.startswith(".tocsin")
     ]
     return out
@@ -253,7 +286,7 @@ def encrypt_base64(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
 
 
 def _worker(args: tuple[str, list[str], float, int]) -> int:
-    root, names, rate, seed = args
+    _root, names, rate, seed = args
     n = 0
     for p in paced([Path(x) for x in names], rate):
         data = p.read_bytes()
@@ -263,13 +296,13 @@ def _worker(args: tuple[str, list[str], float, int]) -> int:
     return n
 
 
-def encrypt_workers(
-    root: Path, rate_per_s: float = 200, seed: int = 1, workers: int = 8
-) -> int:
+def encrypt_workers(root: Path, rate_per_s: float = 200, seed: int = 1, workers: int = 8) -> int:
     """``workers`` child processes of this one, each encrypting its share of the files."""
     victims = [str(p) for p in _victims(root)]
     parts = [victims[i::workers] for i in range(workers)]
-    jobs = [(str(root), part, rate_per_s / workers, seed + i * 100_000) for i, part in enumerate(parts)]
+    jobs = [
+        (str(root), part, rate_per_s / workers, seed + i * 100_000) for i, part in enumerate(parts)
+    ]
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(workers) as pool:
         return sum(pool.map(_worker, jobs))
@@ -333,11 +366,16 @@ def sqlite_churn(root: Path, rate_per_s: float = 200, seed: int = 1, rows: int =
     db = root / "Finances" / "comptabilite.sqlite"
     db.parent.mkdir(parents=True, exist_ok=True)
     con = sqlite3.connect(db)
-    con.execute("CREATE TABLE IF NOT EXISTS ecriture (id INTEGER PRIMARY KEY, libelle TEXT, montant REAL)")
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS ecriture (id INTEGER PRIMARY KEY, libelle TEXT, montant REAL)"
+    )
     rng = random.Random(seed)
     start = time.monotonic()
     for i in range(rows):
-        con.execute("INSERT INTO ecriture (libelle, montant) VALUES (?, ?)", (f"mandat {i}", rng.random() * 1e4))
+        con.execute(
+            "INSERT INTO ecriture (libelle, montant) VALUES (?, ?)",
+            (f"mandat {i}", rng.random() * 1e4),
+        )
         con.commit()
         if rate_per_s > 0:
             delay = start + (i + 1) / rate_per_s - time.monotonic()
@@ -585,11 +623,13 @@ def rng_suffix(seed: int, n: int) -> str:
 
 
 ATTACKS.update({"encrypt-slow": encrypt_slow, "encrypt-burst": encrypt_burst})
-BENIGN.update({
-    "backup-encrypted": backup_encrypted,
-    "source-checkout": source_checkout,
-    "rsync-mirror": rsync_mirror,
-})
+BENIGN.update(
+    {
+        "backup-encrypted": backup_encrypted,
+        "source-checkout": source_checkout,
+        "rsync-mirror": rsync_mirror,
+    }
+)
 WORKLOADS.update({**ATTACKS, **BENIGN})
 
 

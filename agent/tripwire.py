@@ -37,9 +37,14 @@ MODES = ("off", "dry-run", "enforce")
 class Tripwire:
     """Local suspend on blatant evidence (see module contract)."""
 
-    def __init__(self, actions: Actions, mode: str = "dry-run",
-                 destroyed_threshold: int = 10, protect: Iterable[str] = (),
-                 self_pid: int | None = None) -> None:
+    def __init__(
+        self,
+        actions: Actions,
+        mode: str = "dry-run",
+        destroyed_threshold: int = 10,
+        protect: Iterable[str] = (),
+        self_pid: int | None = None,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"tripwire mode must be one of {MODES}, not {mode!r}")
         self.actions = actions
@@ -63,8 +68,9 @@ class Tripwire:
                     return f"{key} is on the protection list"
         return "protected" if str(root) in self.protect else ""
 
-    def check(self, window: pb.Window, writers: list[pb.ProcessSample],
-              canary_trees: Iterable[int] = ()) -> pb.ActionResult | None:
+    def check(
+        self, window: pb.Window, writers: list[pb.ProcessSample], canary_trees: Iterable[int] = ()
+    ) -> pb.ActionResult | None:
         if self.mode == "off" or not (writers or window.canary_touches):
             return None
         by_tree: Counter[int] = Counter()
@@ -78,9 +84,13 @@ class Tripwire:
         elif window.canary_touches:
             trees = sorted(canary_trees)
             root = trees[0] if trees else (touched.most_common(1)[0][0] if touched else 0)
-            reason = (f"canary:{window.canary_touches} touched, "
-                      + (f"writer tree {root}" if trees else f"top writer tree {root}"
-                         if root else "writer unknown"))
+            reason = f"canary:{window.canary_touches} touched, " + (
+                f"writer tree {root}"
+                if trees
+                else f"top writer tree {root}"
+                if root
+                else "writer unknown"
+            )
         else:
             return None
         window.tripwire_fired = True
@@ -93,8 +103,12 @@ class Tripwire:
             log.warning("tripwire fired (%s) but %s", reason, why)
             return None
         self._acted.add(root)
-        cmd = pb.Command(id=f"local-{root}-{window.end.seconds}", kind="suspend", pids=[root],
-                         dry_run=self.mode != "enforce")
+        cmd = pb.Command(
+            id=f"local-{root}-{window.end.seconds}",
+            kind="suspend",
+            pids=[root],
+            dry_run=self.mode != "enforce",
+        )
         result = self.actions.run(cmd, local=True)
         log.warning("tripwire fired (%s): %s %s", reason, result.status, result.detail)
         return result

@@ -44,8 +44,15 @@ log = logging.getLogger(__name__)
 KINDS = ("created", "modified", "deleted", "moved", "closed", "read")
 # What the kernel is asked for: no IN_OPEN, no directory-modified echo of every create.
 EVENT_FILTER: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, DirCreatedEvent, FileModifiedEvent, FileDeletedEvent, DirDeletedEvent,
-    FileMovedEvent, DirMovedEvent, FileClosedEvent, FileClosedNoWriteEvent,
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileClosedNoWriteEvent,
 ]
 
 
@@ -103,9 +110,11 @@ class _WatchLimit:
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     if counter.count == 0:
-                        log.error("inotify watch limit reached: %s and later directories are "
-                                  "NOT watched; raise fs.inotify.max_user_watches",
-                                  os.fsdecode(path))
+                        log.error(
+                            "inotify watch limit reached: %s and later directories are "
+                            "NOT watched; raise fs.inotify.max_user_watches",
+                            os.fsdecode(path),
+                        )
                     counter.count += 1
                 raise
 

@@ -165,8 +165,9 @@ class WindowAccumulator:
             d = os.path.dirname(p)
             if d in self.destroyed_dirs or len(self.destroyed_dirs) < MAX_TRACKED:
                 self.destroyed_dirs[d] = now
-        self.destroyed_dirs = {d: t for d, t in self.destroyed_dirs.items()
-                               if now - t < NAME_HORIZON_S}
+        self.destroyed_dirs = {
+            d: t for d, t in self.destroyed_dirs.items() if now - t < NAME_HORIZON_S
+        }
 
     def _destroyed_count(self, dirs: set[str] | dict[str, float]) -> int:
         return sum(1 for d in dirs if d in self.destroyed_dirs)
@@ -252,7 +253,9 @@ class WindowAccumulator:
         return [p for p in order if p not in self.deleted]
 
     def close(
-        self, start: float, end: float,
+        self,
+        start: float,
+        end: float,
         max_probe_files: int = limits.PROBE_MAX_FILES_PER_WINDOW,
         max_probe_bytes: int = limits.PROBE_MAX_BYTES_PER_WINDOW,
     ) -> tuple[pb.Window, list[str]]:
@@ -264,7 +267,8 @@ class WindowAccumulator:
         n_new, top_ext, top_dirs = self._new_extensions(end)
         rep_name, rep_dirs = self._repeated_name(end)
         w = pb.Window(
-            start=_ts(start), end=_ts(end),
+            start=_ts(start),
+            end=_ts(end),
             events_created=self.counts.get("created", 0),
             events_modified=self.counts.get("modified", 0),
             events_deleted=self.counts.get("deleted", 0),
@@ -275,20 +279,27 @@ class WindowAccumulator:
             files_renamed=len(self.renamed),
             dirs_touched=len(self.dirs),
             extensions_touched=len(self.exts),
-            new_extensions=n_new, top_new_extension=top_ext, top_new_extension_dirs=top_dirs,
-            files_probed=probes.files_probed, bytes_probed=probes.bytes_probed,
+            new_extensions=n_new,
+            top_new_extension=top_ext,
+            top_new_extension_dirs=top_dirs,
+            files_probed=probes.files_probed,
+            bytes_probed=probes.bytes_probed,
             files_high_entropy=probes.files_high_entropy,
             files_type_destroyed=probes.files_type_destroyed,
             mean_entropy=probes.mean_entropy,
             files_incompressible=probes.files_incompressible,
             files_encoded_random=probes.files_encoded_random,
-            repeated_name=rep_name[:MAX_PATH_CHARS], repeated_name_dirs=rep_dirs,
+            repeated_name=rep_name[:MAX_PATH_CHARS],
+            repeated_name_dirs=rep_dirs,
             encrypted_twins=self._twins(),
             canary_touches=self.canary_touches,
             files_read=len(self.read),
             read_dirs=len({os.path.dirname(p) for p in self.read}),
-            archives_created=sum(1 for p in {*self.created, *self.closed}
-                                 if extension(p) in ARCHIVE_EXTENSIONS and p not in self.deleted),
+            archives_created=sum(
+                1
+                for p in {*self.created, *self.closed}
+                if extension(p) in ARCHIVE_EXTENSIONS and p not in self.deleted
+            ),
             files_unprobed=probes.files_unprobed,
         )
         examples = probes.destroyed_paths[:MAX_EXAMPLE_PATHS]
@@ -381,11 +392,11 @@ class WindowLoop:
             end = self._clock()
             try:
                 active = self.acc.file_activity or bool(self.acc.read)
-                w, destroyed = self.acc.close(start, end, self.max_probe_files,
-                                              self.max_probe_bytes)
+                w, destroyed = self.acc.close(
+                    start, end, self.max_probe_files, self.max_probe_bytes
+                )
                 canaries = self.acc.last_canary_paths
-                writers = (self.attributor.collect(destroyed, canaries)
-                           if self.attributor else [])
+                writers = self.attributor.collect(destroyed, canaries) if self.attributor else []
                 dropped = self.watcher.events_dropped
                 overflows = self.watcher.queue_overflows
                 fan = self.attributor.overflows if self.attributor else 0
@@ -403,8 +414,13 @@ class WindowLoop:
                 w.drill = bool(writers) and "tocsin-drill" in writers[0].cmdline
                 if self.on_window is not None:
                     self.on_window(w, writers)
-                noisy = (active or w.events_dropped or w.queue_overflows or w.canary_touches
-                         or w.watch_limit_hits)
+                noisy = (
+                    active
+                    or w.events_dropped
+                    or w.queue_overflows
+                    or w.canary_touches
+                    or w.watch_limit_hits
+                )
                 if noisy or end - last_sent >= self.idle_every_s:
                     w.spool_dropped = self._spool_dropped()
                     self.sink(w)

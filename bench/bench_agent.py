@@ -20,7 +20,6 @@ Usage: python bench/bench_agent.py [--files N] [--idle-s S] [--storm-s S] [--rat
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-from grpc_sink import GrpcSink  # noqa: E402
+from grpc_sink import GrpcSink
 
 BASELINE = textwrap.dedent("""
     import sys, time, signal
@@ -116,13 +115,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.monotonic()
         dirs = build_tree(tree, args.files)
-        print(f"tree: {args.files} files in {dirs} directories ({time.monotonic() - t0:.1f} s)",
-              flush=True)
+        print(
+            f"tree: {args.files} files in {dirs} directories ({time.monotonic() - t0:.1f} s)",
+            flush=True,
+        )
         exe = Path(sys.executable).with_name("tocsin-agent")
         agent = subprocess.Popen(
-            [str(exe), "--collector", sink.target, "--watch", str(tree), "--host-id", "bench",
-             "--state-dir", str(state), "--insecure", "--tripwire", "dry-run"],
-            stderr=subprocess.PIPE, text=True)
+            [
+                str(exe),
+                "--collector",
+                sink.target,
+                "--watch",
+                str(tree),
+                "--host-id",
+                "bench",
+                "--state-dir",
+                str(state),
+                "--insecure",
+                "--tripwire",
+                "dry-run",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         agent_log: list[str] = []
         assert agent.stderr is not None
         for line in agent.stderr:
@@ -130,14 +145,18 @@ def main(argv: list[str] | None = None) -> int:
             if "watching" in line:
                 break
         threading.Thread(target=_drain, args=(agent.stderr, agent_log), daemon=True).start()
-        base = subprocess.Popen([sys.executable, "-c", BASELINE, str(tree)],
-                                stdout=subprocess.PIPE, text=True)
+        base = subprocess.Popen(
+            [sys.executable, "-c", BASELINE, str(tree)], stdout=subprocess.PIPE, text=True
+        )
         assert base.stdout is not None
         base.stdout.readline()
         procs = {"agent": psutil.Process(agent.pid), "baseline": psutil.Process(base.pid)}
-        print(f"agent pid {agent.pid} (attribution line: "
-              f"{[x.strip() for x in agent_log if 'watching' in x][-1][-40:]}), "
-              f"baseline pid {base.pid}; settling {args.settle_s:.0f} s", flush=True)
+        print(
+            f"agent pid {agent.pid} (attribution line: "
+            f"{[x.strip() for x in agent_log if 'watching' in x][-1][-40:]}), "
+            f"baseline pid {base.pid}; settling {args.settle_s:.0f} s",
+            flush=True,
+        )
         time.sleep(args.settle_s)
 
         print(f"idle: {args.idle_s:.0f} s ...", flush=True)
@@ -147,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         lost_before = sum(w.events_dropped + w.queue_overflows for w in sink.windows())
         print(f"storm: {args.rate:.0f} events/s for {args.storm_s:.0f} s ...", flush=True)
         storm_dir = tree / "storm"
-        writer = subprocess.Popen([sys.executable, "-c", STORM, str(storm_dir), str(args.rate),
-                                   str(args.storm_s)], stdout=subprocess.PIPE, text=True)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", STORM, str(storm_dir), str(args.rate), str(args.storm_s)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         storm = measure(procs, args.storm_s)
         out, _ = writer.communicate(timeout=120)
         cycles, took = out.split()
@@ -164,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         # Baseline counts every event (directory echoes too): only file events compared.
         windows = sink.windows()
         agent_lost = sum(w.events_dropped + w.queue_overflows for w in windows) - lost_before
-        agent_seen = sum(w.events_created + w.events_modified + w.events_deleted
-                         + w.events_moved for w in windows)
+        agent_seen = sum(
+            w.events_created + w.events_modified + w.events_deleted + w.events_moved
+            for w in windows
+        )
         rss_after = {k: p.memory_info().rss / 2**20 for k, p in procs.items()}
     finally:
         for p in (agent, base):
@@ -182,21 +206,32 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{'':34}{'agent':>12}{'bare watchdog':>15}{'ratio':>9}{'goal':>12}")
     rows = [
-        (f"idle CPU, {args.files} files, {args.idle_s:.0f} s (% core)", idle["agent"],
-         idle["baseline"], "<= 0.5"),
+        (
+            f"idle CPU, {args.files} files, {args.idle_s:.0f} s (% core)",
+            idle["agent"],
+            idle["baseline"],
+            "<= 0.5",
+        ),
         ("RSS after idle (MB)", rss["agent"], rss["baseline"], "<= 45"),
-        (f"storm CPU, {rate_real:.0f} ev/s x {args.storm_s:.0f} s (%)", storm["agent"],
-         storm["baseline"], "<= 35"),
+        (
+            f"storm CPU, {rate_real:.0f} ev/s x {args.storm_s:.0f} s (%)",
+            storm["agent"],
+            storm["baseline"],
+            "<= 35",
+        ),
         ("RSS after storm (MB)", rss_after["agent"], rss_after["baseline"], ""),
     ]
     for name, a, b, goal in rows:
         ratio = f"{a / b:.2f}" if b > 0 else "-"
         print(f"{name:34}{a:12.2f}{b:15.2f}{ratio:>9}{goal:>12}")
-    print(f"{'storm events lost':34}{agent_lost:12d}{max(expected - received, 0):15d}"
-          f"{'':>9}{'':>12}")
-    print(f"\nstorm writer: {int(cycles)} cycles (4 events each) in {float(took):.1f} s; "
-          f"agent windows: {len(windows)}, file events counted {agent_seen}; "
-          f"baseline handler events {received} (includes directory events)")
+    print(
+        f"{'storm events lost':34}{agent_lost:12d}{max(expected - received, 0):15d}{'':>9}{'':>12}"
+    )
+    print(
+        f"\nstorm writer: {int(cycles)} cycles (4 events each) in {float(took):.1f} s; "
+        f"agent windows: {len(windows)}, file events counted {agent_seen}; "
+        f"baseline handler events {received} (includes directory events)"
+    )
     ok = idle["agent"] <= 0.5 and rss["agent"] <= 45 and storm["agent"] <= 35
     print("goals met" if ok else "GOALS MISSED")
     return 0

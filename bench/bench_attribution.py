@@ -1,8 +1,9 @@
 """fanotify vs psutil attribution: time to name a writer, and CPU per collect.
 
-A writer process closes one small file every 20 ms in a tmp tree; each method's ``Attributor.collect``
-is called every ``--every-s`` (1 s, the window) for ``--seconds``. Prints, per
-method: seconds from the writer's start to the first collect naming its pid,
+A writer process closes one small file every 20 ms in a tmp tree; each
+method's ``Attributor.collect`` is called every ``--every-s`` (1 s, the
+window) for ``--seconds``. Prints, per method: seconds from the writer's start
+to the first collect naming its pid,
 how many collects named it, and CPU seconds the attributing process spent per
 collect (threads included). Root is needed for fanotify.
 Usage: python bench/bench_attribution.py [--seconds 10]
@@ -18,13 +19,16 @@ import tempfile
 import time
 
 import psutil
+
 from tocsin.agent.attribute import Attributor
 
-WRITER = ("import os,sys,time\n"
-          "i=0\n"
-          "while True:\n"
-          "    open(os.path.join(sys.argv[1], f'f{i % 50}.txt'), 'w').write('x' * 4096); i += 1\n"
-          "    time.sleep(0.02)\n")
+WRITER = (
+    "import os,sys,time\n"
+    "i=0\n"
+    "while True:\n"
+    "    open(os.path.join(sys.argv[1], f'f{i % 50}.txt'), 'w').write('x' * 4096); i += 1\n"
+    "    time.sleep(0.02)\n"
+)
 
 
 def run(method: str, seconds: float, every_s: float) -> str:
@@ -55,8 +59,10 @@ def run(method: str, seconds: float, every_s: float) -> str:
             a.stop()
         cpu = sum(me.cpu_times()[:2]) - cpu0
         first_s = f"{first:.2f} s" if first is not None else "never"
-        return (f"{method:10} first named after {first_s:>8}; named in {named}/{calls} windows; "
-                f"CPU {1000 * cpu / calls:.1f} ms per window ({100 * cpu / seconds:.2f} % core)")
+        return (
+            f"{method:10} first named after {first_s:>8}; named in {named}/{calls} windows; "
+            f"CPU {1000 * cpu / calls:.1f} ms per window ({100 * cpu / seconds:.2f} % core)"
+        )
 
 
 def main() -> int:

@@ -23,6 +23,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 from sklearn.ensemble import IsolationForest  # noqa: E402
+
 from tocsin.collector.features import FEATURE_NAMES, feature_matrix  # noqa: E402
 from tocsin.collector.model import export_forest  # noqa: E402
 from tocsin.collector.score import ForestScorer  # noqa: E402
@@ -60,8 +61,11 @@ def main() -> None:
     forest = IsolationForest(n_estimators=args.trees, random_state=0).fit(X)
     arrays = export_forest(forest)
     card = {
-        "feature_names": list(FEATURE_NAMES), "n_trees": arrays.n_trees,
-        "max_samples": arrays.max_samples, "depth": arrays.depth, "threshold": 0.6,
+        "feature_names": list(FEATURE_NAMES),
+        "n_trees": arrays.n_trees,
+        "max_samples": arrays.max_samples,
+        "depth": arrays.depth,
+        "threshold": 0.6,
     }
     scorer = ForestScorer(arrays, card)
     data = X[rng.integers(0, len(X), size=4096)]
@@ -71,9 +75,7 @@ def main() -> None:
     for batch in (1, 16, 256, 4096):
         part = data[:batch]
         ours, ours_call = best_rate(lambda p=part: scorer.score(p), batch, args.seconds)
-        theirs, theirs_call = best_rate(
-            lambda p=part: forest.score_samples(p), batch, args.seconds
-        )
+        theirs, theirs_call = best_rate(lambda p=part: forest.score_samples(p), batch, args.seconds)
         print(f"{batch:>6} {ours:>12,.0f} {theirs:>12,.0f} {ours / theirs:>7.1f}")
         if batch == 1:
             latency = (ours_call * 1e3, theirs_call * 1e3)

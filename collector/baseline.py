@@ -108,7 +108,7 @@ class HostBaselines:
             return now_s - trained >= cfg.refit_every_s
         first = self._first_s.get(host_id)
         if first is None:
-            rows = self._q('SELECT MIN(start) FROM windows WHERE host_id=?', (host_id,))
+            rows = self._q("SELECT MIN(start) FROM windows WHERE host_id=?", (host_id,))
             if not rows or rows[0][0] is None:
                 return False
             first = self._first_s[host_id] = float(rows[0][0])
@@ -129,7 +129,8 @@ class HostBaselines:
             (host_id, now_s - cfg.history_s, now_s, cfg.max_windows),
         )
         feats = [
-            json.loads(f) for end, f in rows
+            json.loads(f)
+            for end, f in rows
             if f and not any(a - 1.0 <= end <= b + 1.0 for a, b in skip_spans)
         ]
         feats = [f for f in feats if len(f) == len(FEATURE_NAMES)]
@@ -137,15 +138,23 @@ class HostBaselines:
             return False
         X = np.asarray(feats[::-1], dtype=np.float64)
         forest = IsolationForest(
-            n_estimators=cfg.trees, max_samples=min(cfg.max_samples, len(X)),
+            n_estimators=cfg.trees,
+            max_samples=min(cfg.max_samples, len(X)),
             random_state=cfg.seed,
         ).fit(X)
         arrays = export_forest(forest)
         card: dict[str, Any] = {
-            "format": CARD_FORMAT, "model": "isolation-forest", "host_id": host_id,
-            "feature_names": list(FEATURE_NAMES), "n_trees": arrays.n_trees,
-            "max_samples": arrays.max_samples, "depth": arrays.depth, "seed": cfg.seed,
-            "threshold": 1.0, "trained_at_s": now_s, "training": {"windows": len(X)},
+            "format": CARD_FORMAT,
+            "model": "isolation-forest",
+            "host_id": host_id,
+            "feature_names": list(FEATURE_NAMES),
+            "n_trees": arrays.n_trees,
+            "max_samples": arrays.max_samples,
+            "depth": arrays.depth,
+            "seed": cfg.seed,
+            "threshold": 1.0,
+            "trained_at_s": now_s,
+            "training": {"windows": len(X)},
             "feature_medians": [float(v) for v in np.median(X, axis=0)],
         }
         scores = ForestScorer(arrays, card).score(X)

@@ -64,8 +64,9 @@ except ImportError:  # the agent's install: no certificates made there
 
 def _need_crypto() -> None:
     if not _HAVE_CRYPTOGRAPHY:
-        raise ConfigError("tocsin certs needs the 'cryptography' package"
-                          " (pip install 'tocsin[collector]')")
+        raise ConfigError(
+            "tocsin certs needs the 'cryptography' package (pip install 'tocsin[collector]')"
+        )
 
 
 def _write_private(path: Path, data: bytes, mode: int) -> None:
@@ -95,32 +96,58 @@ def init_ca(d: Path, name: str = "tocsin town CA", days: int = 3650) -> Path:
     if (d / "ca.key").exists() or (d / "ca.pem").exists():
         raise ConfigError(f"{d} already holds a CA; refusing to overwrite it")
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tocsin")])
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tocsin"),
+        ]
+    )
     now = dt.datetime.now(dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=False, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_private(d / "ca.key", key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()), 0o600)
+    _write_private(
+        d / "ca.key",
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        0o600,
+    )
     _write_private(d / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return d / "ca.pem"
 
 
 def issue(
-    d: Path, name: str, collector: bool = False, sans: Sequence[str] = (), days: int = 825,
+    d: Path,
+    name: str,
+    collector: bool = False,
+    sans: Sequence[str] = (),
+    days: int = 825,
     operator: bool = False,
 ) -> tuple[Path, Path]:
     """Issue NAME's certificate with the CA in ``d``; returns (cert path, key path)."""
@@ -154,25 +181,42 @@ def issue(
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name(subject))
-        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
-            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     cert_path, key_path = d / f"{name}.pem", d / f"{name}.key"
     if cert_path.exists():
         raise ConfigError(f"{cert_path} exists; refusing to overwrite it")
-    _write_private(key_path, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()), 0o600)
+    _write_private(
+        key_path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+        0o600,
+    )
     _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert_path, key_path
 
@@ -189,10 +233,17 @@ def build_parser() -> _Parser:
     s.add_argument("--dir", required=True, type=Path)
     role = s.add_mutually_exclusive_group()
     role.add_argument("--collector", action="store_true", help="a server certificate")
-    role.add_argument("--operator", action="store_true",
-                      help="a certificate for a person running the tocsin command")
-    s.add_argument("--san", action="append", default=[],
-                   help="extra DNS name or IP address (collector: what agents dial)")
+    role.add_argument(
+        "--operator",
+        action="store_true",
+        help="a certificate for a person running the tocsin command",
+    )
+    s.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        help="extra DNS name or IP address (collector: what agents dial)",
+    )
     s.add_argument("--days", type=int, default=825)
     return p
 
@@ -206,8 +257,9 @@ def main(argv: Sequence[str]) -> int:
             path = init_ca(args.dir, args.name, args.days)
             print(f"CA created: {path} (keep {args.dir / 'ca.key'} on this machine only)")
         else:
-            cert, key = issue(args.dir, args.name, args.collector, args.san, args.days,
-                              operator=args.operator)
+            cert, key = issue(
+                args.dir, args.name, args.collector, args.san, args.days, operator=args.operator
+            )
             kind = "collector" if args.collector else "operator" if args.operator else "agent"
             print(f"{kind} certificate: {cert}, key: {key}")
         return 0

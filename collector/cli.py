@@ -48,13 +48,29 @@ PROG = "tocsin-collector"
 log = logging.getLogger("tocsin.collector")
 
 _KEYS = {
-    "listen": str, "db": str, "webhook": list, "respond": str, "insecure": bool,
-    "tls_ca": str, "tls_cert": str, "tls_key": str, "model": str, "allow": list,
-    "log_level": str, "silent_after": (int, float), "max_windows_per_s": (int, float),
+    "listen": str,
+    "db": str,
+    "webhook": list,
+    "respond": str,
+    "insecure": bool,
+    "tls_ca": str,
+    "tls_cert": str,
+    "tls_key": str,
+    "model": str,
+    "allow": list,
+    "log_level": str,
+    "silent_after": (int, float),
+    "max_windows_per_s": (int, float),
     "max_bytes_per_s": (int, float),
-    "log_format": str, "webhook_secret": str, "webhook_format": str,
-    "webhooks": list, "hooks": list, "fleet_guard": int, "metrics": str,
-    "webhook_retry_initial_s": (int, float), "webhook_retry_max_s": (int, float),
+    "log_format": str,
+    "webhook_secret": str,
+    "webhook_format": str,
+    "webhooks": list,
+    "hooks": list,
+    "fleet_guard": int,
+    "metrics": str,
+    "webhook_retry_initial_s": (int, float),
+    "webhook_retry_max_s": (int, float),
     "webhook_max_age_s": (int, float),
 }
 
@@ -80,20 +96,41 @@ def build_parser() -> OneLineParser:
     p.add_argument("--model", help="model card (.json beside its .npz); default: shipped")
     p.add_argument("--allow", action="append", help="CIDR kept reachable when isolated")
     p.add_argument("--log-level", dest="log_level", help="DEBUG, INFO, WARNING or ERROR")
-    p.add_argument("--silent-after", dest="silent_after", type=float,
-                   help="seconds without a message (and no goodbye) before host_silent (60)")
-    p.add_argument("--max-windows-per-s", dest="max_windows_per_s", type=float,
-                   help="per-agent messages per second (200; bursts of 100x)")
-    p.add_argument("--max-bytes-per-s", dest="max_bytes_per_s", type=float,
-                   help="per-agent bytes per second (4 MiB; bursts of 16x)")
+    p.add_argument(
+        "--silent-after",
+        dest="silent_after",
+        type=float,
+        help="seconds without a message (and no goodbye) before host_silent (60)",
+    )
+    p.add_argument(
+        "--max-windows-per-s",
+        dest="max_windows_per_s",
+        type=float,
+        help="per-agent messages per second (200; bursts of 100x)",
+    )
+    p.add_argument(
+        "--max-bytes-per-s",
+        dest="max_bytes_per_s",
+        type=float,
+        help="per-agent bytes per second (4 MiB; bursts of 16x)",
+    )
     p.add_argument("--log-format", dest="log_format", help="text (default) or json")
-    p.add_argument("--webhook-secret", dest="webhook_secret",
-                   help="whsec_<base64> key signing the --webhook URLs (Standard Webhooks)")
-    p.add_argument("--webhook-format", dest="webhook_format",
-                   help="format of the --webhook URLs: generic, slack, mattermost, teams, "
-                   "alertmanager")
-    p.add_argument("--fleet-guard", dest="fleet_guard", type=int,
-                   help="hold automatic isolation beyond N hosts per minute (3; 0: no guard)")
+    p.add_argument(
+        "--webhook-secret",
+        dest="webhook_secret",
+        help="whsec_<base64> key signing the --webhook URLs (Standard Webhooks)",
+    )
+    p.add_argument(
+        "--webhook-format",
+        dest="webhook_format",
+        help="format of the --webhook URLs: generic, slack, mattermost, teams, alertmanager",
+    )
+    p.add_argument(
+        "--fleet-guard",
+        dest="fleet_guard",
+        type=int,
+        help="hold automatic isolation beyond N hosts per minute (3; 0: no guard)",
+    )
     p.add_argument("--metrics", help="HOST:PORT for the Prometheus /metrics endpoint (off)")
     return p
 
@@ -123,10 +160,19 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     args = vars(build_parser().parse_args(argv))
     conf = load_config(args["config"]) if args["config"] else {}
     merged: dict[str, Any] = {
-        "respond": "dry-run", "webhook": [], "allow": [], "insecure": False,
-        "log_level": "INFO", "log_format": "text", "webhooks": [], "hooks": [],
-        "fleet_guard": 3, "webhook_format": "generic", "webhook_retry_initial_s": 1.0,
-        "webhook_retry_max_s": 300.0, "webhook_max_age_s": 86400.0,
+        "respond": "dry-run",
+        "webhook": [],
+        "allow": [],
+        "insecure": False,
+        "log_level": "INFO",
+        "log_format": "text",
+        "webhooks": [],
+        "hooks": [],
+        "fleet_guard": 3,
+        "webhook_format": "generic",
+        "webhook_retry_initial_s": 1.0,
+        "webhook_retry_max_s": 300.0,
+        "webhook_max_age_s": 86400.0,
     }
     merged.update(conf)
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
@@ -165,14 +211,19 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         if merged[key] <= 0:
             raise ConfigError(f"{key} must be > 0")
     merged["destinations"] = destinations(merged)
-    merged["hook_list"] = [_hook(h, f"[[hooks]] #{i + 1}") for i, h in
-                           enumerate(_tables(merged["hooks"], "hooks"))]
-    for key, lowest in (("silent_after", 0.5), ("max_windows_per_s", 1.0),
-                        ("max_bytes_per_s", 1024.0)):
+    merged["hook_list"] = [
+        _hook(h, f"[[hooks]] #{i + 1}") for i, h in enumerate(_tables(merged["hooks"], "hooks"))
+    ]
+    for key, lowest in (
+        ("silent_after", 0.5),
+        ("max_windows_per_s", 1.0),
+        ("max_bytes_per_s", 1024.0),
+    ):
         if key in merged and float(merged[key]) < lowest:
             raise ConfigError(f"--{key.replace('_', '-')} must be >= {lowest:g}")
-    tls = TlsFiles(*(Path(merged[k]) if merged.get(k) else None
-                     for k in ("tls_ca", "tls_cert", "tls_key")))
+    tls = TlsFiles(
+        *(Path(merged[k]) if merged.get(k) else None for k in ("tls_ca", "tls_cert", "tls_key"))
+    )
     require_tls_or_insecure(tls, bool(merged["insecure"]))
     merged["tls"] = tls
     return merged
@@ -230,9 +281,11 @@ async def serve(conf: dict[str, Any]) -> None:
     scorer = ObservedScorer(load_scorer(conf.get("model")))
     store = SqliteStore(Path(conf["db"]))
     outbox = Outbox(
-        Path(conf["db"]), conf["destinations"],
+        Path(conf["db"]),
+        conf["destinations"],
         retry_initial_s=conf["webhook_retry_initial_s"],
-        retry_max_s=conf["webhook_retry_max_s"], max_age_s=conf["webhook_max_age_s"],
+        retry_max_s=conf["webhook_retry_max_s"],
+        max_age_s=conf["webhook_max_age_s"],
     )
     from tocsin.collector.ratelimit import RateLimits
 
@@ -240,8 +293,12 @@ async def serve(conf: dict[str, Any]) -> None:
     per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
     bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
     collector = Collector(
-        store, scorer, outbox, mode=conf["respond"],
-        allow=conf["allow"], credentials=server_credentials(tls) if tls.given() else None,
+        store,
+        scorer,
+        outbox,
+        mode=conf["respond"],
+        allow=conf["allow"],
+        credentials=server_credentials(tls) if tls.given() else None,
         silent_after_s=float(conf.get("silent_after") or 60.0),
         rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
     )
@@ -259,8 +316,10 @@ async def serve(conf: dict[str, Any]) -> None:
     model = conf.get("model") or "shipped baseline"
     log.info("listening on %s:%d (respond=%s, model=%s)", host, port, conf["respond"], model)
     if conf["insecure"]:
-        log.warning("WARNING: --insecure: agents are neither encrypted nor authenticated;"
-                    " any host can claim any host id")
+        log.warning(
+            "WARNING: --insecure: agents are neither encrypted nor authenticated;"
+            " any host can claim any host id"
+        )
     if not conf["destinations"]:
         log.warning("no --webhook: alerts are stored but nobody is told")
     watchdog = sdnotify.start_watchdog()

@@ -144,9 +144,7 @@ def top_writer(w: pb.Window) -> ProcessInfo | None:
     """The writer most likely to be the culprit: most types destroyed, files, bytes."""
     if not w.top_writers:
         return None
-    p = max(
-        w.top_writers, key=lambda p: (p.files_type_destroyed, p.files_touched, p.bytes_written)
-    )
+    p = max(w.top_writers, key=lambda p: (p.files_type_destroyed, p.files_touched, p.bytes_written))
     return ProcessInfo(p.pid, p.name, p.exe, p.tree_root_pid or p.pid)
 
 
@@ -173,19 +171,29 @@ class Judge:
         self.book = book
         for rec in book.open_incidents():
             sev: Severity = "critical" if rec.severity == "critical" else "warning"
-            self._incidents.setdefault((rec.host_id, rec.root_pid), _Incident(
-                rec.incident_id, sev, rec.first_start_s, rec.last_active_s, set(rec.reasons)
-            ))
+            self._incidents.setdefault(
+                (rec.host_id, rec.root_pid),
+                _Incident(
+                    rec.incident_id, sev, rec.first_start_s, rec.last_active_s, set(rec.reasons)
+                ),
+            )
 
     def in_incident(self, host_id: str) -> bool:
         """True while the host has an open incident (per-host learning waits for it)."""
         return any(k[0] == host_id for k in self._incidents)
 
     def _keep(self, key: tuple[str, int], inc: _Incident) -> None:
-        self.book.save(IncidentRecord(
-            inc.incident_id, key[0], key[1], inc.severity, inc.first_start_s,
-            inc.last_active_s, sorted(inc.reasons),
-        ))
+        self.book.save(
+            IncidentRecord(
+                inc.incident_id,
+                key[0],
+                key[1],
+                inc.severity,
+                inc.first_start_s,
+                inc.last_active_s,
+                sorted(inc.reasons),
+            )
+        )
 
     def open_incidents(self, host_id: str | None = None) -> list[tuple[str, int]]:
         return [k for k in self._incidents if host_id is None or k[0] == host_id]
@@ -243,17 +251,23 @@ class Judge:
             decisions.append(self._decision("update", key, inc, w, score, reasons, proc))
         return decisions
 
-    def _close_quiet(
-        self, host_id: str, now_s: float, keep: tuple[str, int]
-    ) -> list[Decision]:
+    def _close_quiet(self, host_id: str, now_s: float, keep: tuple[str, int]) -> list[Decision]:
         out = []
         for key, inc in list(self._incidents.items()):
             quiet = now_s - inc.last_active_s >= self.config.quiet_s
             if key[0] == host_id and key != keep and quiet:
                 out.append(
                     Decision(
-                        "close", inc.incident_id, host_id, key[1], inc.severity, None,
-                        tuple(sorted(inc.reasons)), inc.first_start_s, inc.last_active_s, None,
+                        "close",
+                        inc.incident_id,
+                        host_id,
+                        key[1],
+                        inc.severity,
+                        None,
+                        tuple(sorted(inc.reasons)),
+                        inc.first_start_s,
+                        inc.last_active_s,
+                        None,
                     )
                 )
                 del self._incidents[key]
@@ -271,10 +285,19 @@ class Judge:
         proc: ProcessInfo | None,
     ) -> Decision:
         return Decision(
-            kind=kind, incident_id=inc.incident_id, host_id=key[0], root_pid=key[1],
-            severity=inc.severity, score=score, reasons=tuple(reasons),
-            window_start_s=ts_s(w.start), window_end_s=ts_s(w.end), process=proc,
-            drill=bool(w.drill), example_paths=tuple(w.example_paths[:5]), seq=int(w.seq),
+            kind=kind,
+            incident_id=inc.incident_id,
+            host_id=key[0],
+            root_pid=key[1],
+            severity=inc.severity,
+            score=score,
+            reasons=tuple(reasons),
+            window_start_s=ts_s(w.start),
+            window_end_s=ts_s(w.end),
+            process=proc,
+            drill=bool(w.drill),
+            example_paths=tuple(w.example_paths[:5]),
+            seq=int(w.seq),
         )
 
     def _evaluate(
@@ -352,12 +375,14 @@ class Judge:
         staging = (
             int(w.files_read) >= cfg.staging_files_read and int(w.read_dirs) >= cfg.staging_dirs
         ) or (
-            w.files_read > 0 and int(w.read_dirs) >= cfg.staging_dirs_slow
+            w.files_read > 0
+            and int(w.read_dirs) >= cfg.staging_dirs_slow
             and read_short >= cfg.staging_files_read_short
         )
         if staging:
-            reasons.append(f"read_sweep:{max(int(w.files_read), read_short)}files:"
-                           f"{int(w.read_dirs)}dirs")
+            reasons.append(
+                f"read_sweep:{max(int(w.files_read), read_short)}files:{int(w.read_dirs)}dirs"
+            )
             if w.archives_created:
                 reasons.append(f"archive_created:{int(w.archives_created)}")
             if w.net_bytes_out >= cfg.staging_net_bytes:

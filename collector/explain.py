@@ -13,15 +13,18 @@ from collections.abc import Sequence
 
 from tocsin.collector.decide import Decision
 
-_HORIZON = {"10w": "over the last 10 windows", "60s": "over the last minute",
-            "1h": "over the last hour"}
+_HORIZON = {
+    "10w": "over the last 10 windows",
+    "60s": "over the last minute",
+    "1h": "over the last hour",
+}
 _EVIDENCE = {
     "type_destroyed": "{n} files that had a recognisable type (document, image, archive) "
-                      "no longer do",
+    "no longer do",
     "encoded_random": "{n} files were rewritten as encoded random text (base64 or hex of "
-                      "encrypted data)",
+    "encrypted data)",
     "encrypted_twins": "{n} files were replaced by an encrypted copy next to them and the "
-                       "original deleted",
+    "original deleted",
 }
 _FEATURES = {
     "files_written_rate": "files written per second",
@@ -57,11 +60,15 @@ def evidence_sentences(reasons: Sequence[str]) -> list[str]:
                 text += " within one window"
             out.append(text)
         elif head == "new_extension_spreading" and len(rest) >= 2:
-            out.append(f"the new extension {rest[0]} appeared in {rest[1].removesuffix('dirs')} "
-                       "directories")
+            out.append(
+                f"the new extension {rest[0]} appeared in {rest[1].removesuffix('dirs')} "
+                "directories"
+            )
         elif head == "ransom_note" and len(rest) >= 2:
-            out.append(f"a file named {rest[0]} appeared in {rest[1].removesuffix('dirs')} "
-                       "directories (a ransom note does that)")
+            out.append(
+                f"a file named {rest[0]} appeared in {rest[1].removesuffix('dirs')} "
+                "directories (a ransom note does that)"
+            )
         elif head == "canary_touched":
             out.append("a canary (decoy) file was modified: nothing legitimate touches those")
         elif head == "tripwire":
@@ -92,9 +99,13 @@ def explain_decision(d: Decision, top_features: Sequence[tuple[str, float]] = ()
     if moved:
         parts.append("Most unusual compared with normal activity: " + ", ".join(moved) + ".")
     if d.severity == "critical":
-        parts.append("Critical: the activity destroys files (or touched a canary), so tocsin "
-                     "treats it as ransomware.")
+        parts.append(
+            "Critical: the activity destroys files (or touched a canary), so tocsin "
+            "treats it as ransomware."
+        )
     else:
-        parts.append("Warning only: unusual activity without proof that files are being "
-                     "destroyed (a large backup or copy looks like this).")
+        parts.append(
+            "Warning only: unusual activity without proof that files are being "
+            "destroyed (a large backup or copy looks like this)."
+        )
     return " ".join(parts)

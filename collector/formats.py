@@ -38,10 +38,12 @@ def headline(event: dict[str, Any]) -> str:
         return f"tocsin {event.get('action', '?')} on {host}: {event.get('status', '?')}{detail}"
     if kind == "fleet_guard":
         held = ", ".join(map(str, event.get("held_hosts", []))) or host
-        return (f"tocsin fleet guard: isolation of {held} is HELD "
-                f"({event.get('isolations_last_minute', '?')} hosts isolated in the last minute, "
-                f"limit {event.get('limit', '?')}); a human must decide: "
-                f"tocsin isolate HOST to isolate anyway")
+        return (
+            f"tocsin fleet guard: isolation of {held} is HELD "
+            f"({event.get('isolations_last_minute', '?')} hosts isolated in the last minute, "
+            f"limit {event.get('limit', '?')}); a human must decide: "
+            f"tocsin isolate HOST to isolate anyway"
+        )
     if kind == "host_silent":
         return f"tocsin: {host} went silent ({event.get('detail', 'no telemetry')})"
     if kind == "test":
@@ -62,8 +64,9 @@ def _facts(event: dict[str, Any]) -> list[tuple[str, str]]:
         facts.append(("Reasons", ", ".join(map(str, event["reasons"]))))
     actions = event.get("actions")
     if actions:
-        facts.append(("Actions", ", ".join(f"{a.get('action')} {a.get('status')}"
-                                             for a in actions)))
+        facts.append(
+            ("Actions", ", ".join(f"{a.get('action')} {a.get('status')}" for a in actions))
+        )
     for key in ("action", "status", "detail", "detected_at", "at", "alert_id"):
         if event.get(key):
             facts.append((key.replace("_", " ").capitalize(), str(event[key])))
@@ -86,13 +89,16 @@ def _mattermost(event: dict[str, Any]) -> dict[str, Any]:
     text = headline(event)
     return {
         "text": text,
-        "attachments": [{
-            "fallback": text,
-            "color": _COLOURS.get(str(event.get("severity")), "#3060a0"),
-            "title": f"tocsin {event.get('event', 'event')}",
-            "fields": [{"title": k, "value": v, "short": len(v) < 40}
-                       for k, v in _facts(event)],
-        }],
+        "attachments": [
+            {
+                "fallback": text,
+                "color": _COLOURS.get(str(event.get("severity")), "#3060a0"),
+                "title": f"tocsin {event.get('event', 'event')}",
+                "fields": [
+                    {"title": k, "value": v, "short": len(v) < 40} for k, v in _facts(event)
+                ],
+            }
+        ],
     }
 
 
@@ -103,35 +109,52 @@ def _teams(event: dict[str, Any]) -> dict[str, Any]:
         "type": "AdaptiveCard",
         "version": "1.4",
         "body": [
-            {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": True,
-             "color": "Attention" if event.get("severity") == "critical" else "Default",
-             "text": f"tocsin {event.get('event', 'event')}"},
+            {
+                "type": "TextBlock",
+                "size": "Medium",
+                "weight": "Bolder",
+                "wrap": True,
+                "color": "Attention" if event.get("severity") == "critical" else "Default",
+                "text": f"tocsin {event.get('event', 'event')}",
+            },
             {"type": "TextBlock", "wrap": True, "text": text},
-            {"type": "FactSet",
-             "facts": [{"title": k, "value": v} for k, v in _facts(event)]},
+            {"type": "FactSet", "facts": [{"title": k, "value": v} for k, v in _facts(event)]},
         ],
     }
     return {
         "type": "message",
-        "attachments": [{
-            "contentType": "application/vnd.microsoft.card.adaptive",
-            "contentUrl": None,
-            "content": card,
-        }],
+        "attachments": [
+            {
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "contentUrl": None,
+                "content": card,
+            }
+        ],
     }
 
 
 def _alertmanager(event: dict[str, Any]) -> list[dict[str, Any]]:
     kind = str(event.get("event", "event"))
-    name = {"alert": "TocsinRansomware", "fleet_guard": "TocsinFleetGuard",
-            "host_silent": "TocsinHostSilent", "action": "TocsinAction"}.get(kind, "TocsinEvent")
+    name = {
+        "alert": "TocsinRansomware",
+        "fleet_guard": "TocsinFleetGuard",
+        "host_silent": "TocsinHostSilent",
+        "action": "TocsinAction",
+    }.get(kind, "TocsinEvent")
     severity = str(event.get("severity") or ("critical" if kind == "fleet_guard" else "info"))
-    labels = {"alertname": name, "host_id": str(event.get("host_id", "")),
-              "severity": severity, "event": kind, "source": "tocsin"}
+    labels = {
+        "alertname": name,
+        "host_id": str(event.get("host_id", "")),
+        "severity": severity,
+        "event": kind,
+        "source": "tocsin",
+    }
     if event.get("incident_id"):
         labels["incident_id"] = str(event["incident_id"])
-    annotations = {"summary": headline(event),
-                   "description": "; ".join(f"{k}: {v}" for k, v in _facts(event))}
+    annotations = {
+        "summary": headline(event),
+        "description": "; ".join(f"{k}: {v}" for k, v in _facts(event)),
+    }
     if event.get("alert_id"):
         annotations["alert_id"] = str(event["alert_id"])
     alert: dict[str, Any] = {"labels": labels, "annotations": annotations}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
 from tocsin.v1 import CHANNEL_OPTIONS
 from tocsin.v1.errors import ConfigError
 
@@ -46,8 +47,11 @@ class TlsFiles:
         if not (self.ca and self.cert and self.key):
             raise ConfigError("TLS needs all of --tls-ca, --tls-cert and --tls-key")
         out = []
-        for flag, path in (("--tls-ca", self.ca), ("--tls-cert", self.cert),
-                           ("--tls-key", self.key)):
+        for flag, path in (
+            ("--tls-ca", self.ca),
+            ("--tls-cert", self.cert),
+            ("--tls-key", self.key),
+        ):
             try:
                 out.append(path.read_bytes())
             except OSError as exc:

@@ -74,8 +74,13 @@ def hook(spec: dict[str, Any], where: str = "hooks") -> Hook:
     on = spec.get("on", ["critical"])
     if not isinstance(on, list) or not on or any(t not in TRIGGERS for t in on):
         raise ConfigError(f"{where}: on must be a non-empty list of {', '.join(TRIGGERS)}")
-    return Hook(path=path, args=tuple(args), timeout_s=float(timeout_s), on=frozenset(on),
-                name=str(spec.get("name", "")))
+    return Hook(
+        path=path,
+        args=tuple(args),
+        timeout_s=float(timeout_s),
+        on=frozenset(on),
+        name=str(spec.get("name", "")),
+    )
 
 
 @dataclass(frozen=True)
@@ -138,19 +143,28 @@ class HookRunner:
 
 async def run_hook(h: Hook, event: dict[str, Any]) -> HookOutcome:
     """Run one hook to its end or its timeout (see module contract)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "LANG": os.environ.get("LANG", "C.UTF-8"),
-           "TOCSIN_EVENT": str(event.get("event", "")),
-           "TOCSIN_HOST_ID": str(event.get("host_id", "")),
-           "TOCSIN_ALERT_ID": str(event.get("alert_id", ""))}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "TOCSIN_EVENT": str(event.get("event", "")),
+        "TOCSIN_HOST_ID": str(event.get("host_id", "")),
+        "TOCSIN_ALERT_ID": str(event.get("alert_id", "")),
+    }
     t0 = time.monotonic()
     try:
         proc = await asyncio.create_subprocess_exec(
-            h.path, *h.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+            h.path,
+            *h.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
     except OSError as exc:
-        return HookOutcome(h, event, "error", None, f"cannot start: {exc.strerror or exc}",
-                           time.monotonic() - t0)
+        return HookOutcome(
+            h, event, "error", None, f"cannot start: {exc.strerror or exc}", time.monotonic() - t0
+        )
     data = json.dumps(event, sort_keys=True).encode()
     try:
         _, err = await asyncio.wait_for(proc.communicate(data), timeout=h.timeout_s)
@@ -158,10 +172,12 @@ async def run_hook(h: Hook, event: dict[str, Any]) -> HookOutcome:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
-        return HookOutcome(h, event, "timeout", None, f"killed after {h.timeout_s:g} s",
-                           time.monotonic() - t0)
+        return HookOutcome(
+            h, event, "timeout", None, f"killed after {h.timeout_s:g} s", time.monotonic() - t0
+        )
     code = proc.returncode if proc.returncode is not None else -1
     tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
     detail = f"exit {code}" + (f": {' | '.join(tail)[:300]}" if tail else "")
-    return HookOutcome(h, event, "done" if code == 0 else "failed", code, detail,
-                       time.monotonic() - t0)
+    return HookOutcome(
+        h, event, "done" if code == 0 else "failed", code, detail, time.monotonic() - t0
+    )

@@ -63,7 +63,8 @@ class MemoryIncidentBook:
 
     def spans(self, host_id: str, severity: str) -> list[tuple[float, float]]:
         return [
-            (r.first_start_s, r.last_active_s) for r in self._recs.values()
+            (r.first_start_s, r.last_active_s)
+            for r in self._recs.values()
             if r.host_id == host_id and r.severity == severity
         ]
 
@@ -94,8 +95,16 @@ class SqliteIncidentBook:
     def save(self, rec: IncidentRecord) -> None:
         self._exec(
             "INSERT OR REPLACE INTO incidents VALUES (?,?,?,?,?,?,?,?)",
-            (rec.incident_id, rec.host_id, rec.root_pid, rec.severity, rec.first_start_s,
-             rec.last_active_s, json.dumps(sorted(rec.reasons)), rec.closed_at_s),
+            (
+                rec.incident_id,
+                rec.host_id,
+                rec.root_pid,
+                rec.severity,
+                rec.first_start_s,
+                rec.last_active_s,
+                json.dumps(sorted(rec.reasons)),
+                rec.closed_at_s,
+            ),
         )
 
     def close(self, incident_id: str, closed_at_s: float) -> None:
@@ -109,8 +118,15 @@ class SqliteIncidentBook:
             " FROM incidents WHERE closed_at IS NULL ORDER BY first_start"
         )
         return [
-            IncidentRecord(r[0], r[1], int(r[2]), r[3], float(r[4]), float(r[5]),
-                           list(json.loads(r[6] or "[]")))
+            IncidentRecord(
+                r[0],
+                r[1],
+                int(r[2]),
+                r[3],
+                float(r[4]),
+                float(r[5]),
+                list(json.loads(r[6] or "[]")),
+            )
             for r in rows
         ]
 

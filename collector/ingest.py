@@ -134,8 +134,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             return
         except DecodeError:
             self.bad_streams += 1
-            log.warning("stream from %s refused: first message is not an AgentMessage",
-                        context.peer())
+            log.warning(
+                "stream from %s refused: first message is not an AgentMessage", context.peer()
+            )
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed AgentMessage")
         peer = context.peer()
         try:
@@ -158,7 +159,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             self.silence.seen(host_id)
         try:
             self.store.upsert_host(
-                host_id, hostname=hello.hostname, agent_version=hello.agent_version,
+                host_id,
+                hostname=hello.hostname,
+                agent_version=hello.agent_version,
                 tripwire_mode=hello.tripwire_mode,
             )
             committed = self.store.committed_seq(host_id, boot_id)
@@ -188,9 +191,13 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             self.router.detach(host_id, session)
             with contextlib.suppress(StoreUnavailable):
                 self.store.touch_host(host_id)
-            log.info("agent %s stream ended (windows stored %d, duplicates dropped %d)%s",
-                     host_id, session.stored, session.duplicates,
-                     f": {end.detail}" if end.detail else "")
+            log.info(
+                "agent %s stream ended (windows stored %d, duplicates dropped %d)%s",
+                host_id,
+                session.stored,
+                session.duplicates,
+                f": {end.detail}" if end.detail else "",
+            )
         if end.code is not None:
             self.bad_streams += 1
             await self._refuse(context, host_id, end)
@@ -215,10 +222,18 @@ class TelemetryService(pb_grpc.TelemetryServicer):
 
     def _store_end(self, host_id: str, exc: StoreUnavailable, acked: int) -> _End:
         self.store_refusals += 1
-        code = (grpc.StatusCode.RESOURCE_EXHAUSTED if isinstance(exc, StoreFull)
-                else grpc.StatusCode.UNAVAILABLE)
-        log.error("agent %s: %s; refusing its windows (acked up to seq %d, nothing more),"
-                  " the agent keeps them spooled", host_id, exc, acked)
+        code = (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+            if isinstance(exc, StoreFull)
+            else grpc.StatusCode.UNAVAILABLE
+        )
+        log.error(
+            "agent %s: %s; refusing its windows (acked up to seq %d, nothing more),"
+            " the agent keeps them spooled",
+            host_id,
+            exc,
+            acked,
+        )
         return _End(code, f"collector cannot store now: {exc}", self.store_retry_ms)
 
     def _check_identity(
@@ -302,8 +317,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             raise WireError("window seq must be > 0")
         x = window_features(w)
         stored = StoredWindow(
-            seq=int(w.seq), start_s=ts_s(w.start), end_s=ts_s(w.end),
-            features=x.tolist(), raw=w.SerializeToString(),
+            seq=int(w.seq),
+            start_s=ts_s(w.start),
+            end_s=ts_s(w.end),
+            features=x.tolist(),
+            raw=w.SerializeToString(),
         )
         (inserted,) = await asyncio.to_thread(self.store.add_windows, host_id, boot_id, [stored])
         acked = max(acked, int(w.seq))

@@ -105,8 +105,9 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 
 class _CollectorFamilies:
-    def __init__(self, collector: Any, outbox: Any, scorer: ObservedScorer | None,
-                 stage: MeteredStage) -> None:
+    def __init__(
+        self, collector: Any, outbox: Any, scorer: ObservedScorer | None, stage: MeteredStage
+    ) -> None:
         self.c, self.outbox, self.scorer, self.stage = collector, outbox, scorer, stage
 
     def collect(self) -> Iterator[Metric]:
@@ -119,45 +120,70 @@ class _CollectorFamilies:
         for kind in _EVENT_FIELDS:
             ev.add_metric([kind], self.stage.events[kind])
         yield ev
-        yield _counter(p + "agent_events_dropped", "Events agents reported lost",
-                       self.stage.agent_events_dropped)
-        sp = GaugeMetricFamily(p + "agent_spool_dropped",
-                               "Windows an agent dropped from its full spool (since boot)",
-                               labels=["host_id"])
+        yield _counter(
+            p + "agent_events_dropped",
+            "Events agents reported lost",
+            self.stage.agent_events_dropped,
+        )
+        sp = GaugeMetricFamily(
+            p + "agent_spool_dropped",
+            "Windows an agent dropped from its full spool (since boot)",
+            labels=["host_id"],
+        )
         for host, n in sorted(self.stage.spool_dropped.items()):
             sp.add_metric([host], n)
         yield sp
         if self.scorer is not None:
             buckets, total = self.scorer.histogram()
-            yield HistogramMetricFamily(p + "score", "Anomaly scores of windows",
-                                        buckets=buckets, sum_value=total)
+            yield HistogramMetricFamily(
+                p + "score", "Anomaly scores of windows", buckets=buckets, sum_value=total
+            )
         batch = getattr(self.stage.inner, "batch", None)
-        yield _counter(p + "scoring_dropped", "Windows judged without a score (queue full)",
-                       getattr(batch, "dropped", 0))
+        yield _counter(
+            p + "scoring_dropped",
+            "Windows judged without a score (queue full)",
+            getattr(batch, "dropped", 0),
+        )
         al = CounterMetricFamily(p + "alerts", "Alerts raised", labels=["severity"])
         for sev in ("warning", "critical"):
             al.add_metric([sev], responder.alerts_total[sev])
         yield al
-        ac = CounterMetricFamily(p + "actions", "Action outcomes (agent reports, holds, hooks)",
-                                 labels=["kind", "status"])
+        ac = CounterMetricFamily(
+            p + "actions",
+            "Action outcomes (agent reports, holds, hooks)",
+            labels=["kind", "status"],
+        )
         for (kind, status), n in sorted(responder.actions_total.items()):
             ac.add_metric([kind, status], n)
         yield ac
-        yield _counter(p + "commands_dropped", "Commands dropped from a full host queue",
-                       router.dropped)
-        wd = CounterMetricFamily(p + "webhook_deliveries", "Webhook delivery attempts by outcome",
-                                 labels=["destination", "outcome"])
+        yield _counter(
+            p + "commands_dropped", "Commands dropped from a full host queue", router.dropped
+        )
+        wd = CounterMetricFamily(
+            p + "webhook_deliveries",
+            "Webhook delivery attempts by outcome",
+            labels=["destination", "outcome"],
+        )
         stats = self.outbox.stats
-        for outcome, counts in (("delivered", stats.delivered),
-                                ("failed_attempt", stats.failed_attempts),
-                                ("rejected", stats.rejected), ("expired", stats.expired)):
+        for outcome, counts in (
+            ("delivered", stats.delivered),
+            ("failed_attempt", stats.failed_attempts),
+            ("rejected", stats.rejected),
+            ("expired", stats.expired),
+        ):
             for dest in self.outbox.destinations:
                 wd.add_metric([dest, outcome], counts[dest])
         yield wd
-        yield GaugeMetricFamily(p + "webhook_outbox_depth", "Webhook messages not yet delivered",
-                                value=self.outbox.depth())
-        yield _counter(p + "webhook_dropped", "Events refused by a full outbox",
-                       self.outbox.dropped + responder.posts_dropped)
+        yield GaugeMetricFamily(
+            p + "webhook_outbox_depth",
+            "Webhook messages not yet delivered",
+            value=self.outbox.depth(),
+        )
+        yield _counter(
+            p + "webhook_dropped",
+            "Events refused by a full outbox",
+            self.outbox.dropped + responder.posts_dropped,
+        )
         hosts = list(self.c.store.list_hosts())
         hs = GaugeMetricFamily(p + "hosts", "Hosts by state", labels=["state"])
         hs.add_metric(["known"], len(hosts))
@@ -165,10 +191,12 @@ class _CollectorFamilies:
         hs.add_metric(["isolated"], sum(1 for h in hosts if h.isolated))
         yield hs
         guard = responder.guard
-        yield _counter(p + "fleet_guard_held", "Automatic isolations held by the fleet guard",
-                       guard.held_total if guard is not None else 0)
-        hr = CounterMetricFamily(p + "hook_runs", "Operator hook runs by status",
-                                 labels=["status"])
+        yield _counter(
+            p + "fleet_guard_held",
+            "Automatic isolations held by the fleet guard",
+            guard.held_total if guard is not None else 0,
+        )
+        hr = CounterMetricFamily(p + "hook_runs", "Operator hook runs by status", labels=["status"])
         runs = responder.hooks.runs if responder.hooks is not None else {}
         for status in ("done", "failed", "timeout", "error"):
             hr.add_metric([status], runs.get(status, 0))
@@ -185,8 +213,9 @@ class MetricsServer:
         self._server.server_close()
 
 
-def attach_metrics(listen: str, collector: Any, outbox: Any,
-                   scorer: ObservedScorer | None = None) -> MetricsServer:
+def attach_metrics(
+    listen: str, collector: Any, outbox: Any, scorer: ObservedScorer | None = None
+) -> MetricsServer:
     """Meter ``collector`` and serve /metrics on ``listen`` (see module contract)."""
     stage = MeteredStage(collector.telemetry.stage)
     collector.telemetry.stage = stage

@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
+
 from tocsin.collector.grpcconf import TlsFiles, client_channel
 from tocsin.v1 import operator_pb2 as op
 from tocsin.v1 import operator_pb2_grpc as op_grpc
@@ -57,8 +58,10 @@ def build_parser() -> _Parser:
     alerts = sub.add_parser("alerts", parents=[common], help="list alerts, newest first")
     alerts.add_argument("--host", default="")
     alerts.add_argument("--limit", type=int, default=20)
-    for name, what in (("incidents", "incidents (alerts of one process tree) and their actions"),
-                       ("actions", "every action, who asked, when, the outcome reported")):
+    for name, what in (
+        ("incidents", "incidents (alerts of one process tree) and their actions"),
+        ("actions", "every action, who asked, when, the outcome reported"),
+    ):
         listing = sub.add_parser(name, parents=[common], help=what)
         listing.add_argument("--host", default="")
         listing.add_argument("--limit", type=int, default=50)
@@ -90,8 +93,9 @@ def _dict(msg: Any) -> dict[str, Any]:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -105,8 +109,10 @@ async def _run(args: argparse.Namespace) -> int:
             if args.speed < 0:
                 raise ConfigError("--speed must be >= 0")
             stats = await replay(args.file, channel, args.speed, args.host_id)
-            print(f"windows sent {stats.windows_sent}, acked {stats.windows_acked}"
-                  f" ({stats.streams} stream(s), commands received: {len(stats.commands)})")
+            print(
+                f"windows sent {stats.windows_sent}, acked {stats.windows_acked}"
+                f" ({stats.streams} stream(s), commands received: {len(stats.commands)})"
+            )
             return 0
         stub = op_grpc.OperatorStub(channel)
         t = args.timeout
@@ -115,12 +121,29 @@ async def _run(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([_dict(h) for h in hosts.hosts], indent=2))
                 return 0
-            rows = [["HOST", "CONNECTED", "LAST SEEN", "WINDOWS", "ISOLATED", "SUSPENDED",
-                     "OPEN ALERTS"]]
+            rows = [
+                [
+                    "HOST",
+                    "CONNECTED",
+                    "LAST SEEN",
+                    "WINDOWS",
+                    "ISOLATED",
+                    "SUSPENDED",
+                    "OPEN ALERTS",
+                ]
+            ]
             for h in hosts.hosts:
-                rows.append([h.host_id, "yes" if h.connected else "no", _when(h.last_seen),
-                             str(h.windows), "YES" if h.isolated else "no",
-                             ",".join(map(str, h.suspended_pids)) or "-", str(h.open_alerts)])
+                rows.append(
+                    [
+                        h.host_id,
+                        "yes" if h.connected else "no",
+                        _when(h.last_seen),
+                        str(h.windows),
+                        "YES" if h.isolated else "no",
+                        ",".join(map(str, h.suspended_pids)) or "-",
+                        str(h.open_alerts),
+                    ]
+                )
             print(_table(rows))
             return 0
         if args.command == "alerts":
@@ -132,15 +155,24 @@ async def _run(args: argparse.Namespace) -> int:
                 return 0
             rows = [["DETECTED", "HOST", "SEVERITY", "SCORE", "PROCESS", "REASONS"]]
             for a in alerts.alerts:
-                rows.append([_when(a.detected_at), a.host_id, a.severity, f"{a.score:.2f}",
-                             a.process or "-", " ".join(a.reasons)])
+                rows.append(
+                    [
+                        _when(a.detected_at),
+                        a.host_id,
+                        a.severity,
+                        f"{a.score:.2f}",
+                        a.process or "-",
+                        " ".join(a.reasons),
+                    ]
+                )
             print(_table(rows))
             return 0
         if args.command in ("actions", "incidents"):
             from tocsin.collector import optables
 
             acts = await stub.ListActions(
-                op.ListActionsRequest(host_id=args.host, limit=args.limit * 20), timeout=t)
+                op.ListActionsRequest(host_id=args.host, limit=args.limit * 20), timeout=t
+            )
             if args.command == "actions":
                 listed = list(acts.actions)[: args.limit]
                 if args.json:
@@ -149,7 +181,8 @@ async def _run(args: argparse.Namespace) -> int:
                     print(optables.table(optables.actions_rows(listed)))
                 return 0
             alerts = await stub.ListAlerts(
-                op.ListAlertsRequest(host_id=args.host, limit=1000), timeout=t)
+                op.ListAlertsRequest(host_id=args.host, limit=1000), timeout=t
+            )
             items = optables.incidents(alerts.alerts, acts.actions)[: args.limit]
             if args.json:
                 print(json.dumps(items, indent=2))
@@ -165,8 +198,10 @@ async def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(_dict(reply), indent=2))
         else:
-            print(f"{args.command} {args.host}: {reply.status}"
-                  + (f" ({reply.detail})" if reply.detail else ""))
+            print(
+                f"{args.command} {args.host}: {reply.status}"
+                + (f" ({reply.detail})" if reply.detail else "")
+            )
             if reply.still_suspended:
                 pids = ", ".join(map(str, reply.still_suspended))
                 print(f"still stopped: {pids} (tocsin release {args.host} --resume or --kill)")
@@ -175,7 +210,8 @@ async def _run(args: argparse.Namespace) -> int:
             from tocsin.collector import optables
 
             recent = await stub.ListActions(
-                op.ListActionsRequest(host_id=args.host, limit=5), timeout=t)
+                op.ListActionsRequest(host_id=args.host, limit=5), timeout=t
+            )
             if recent.actions:
                 print()
                 print(optables.table(optables.actions_rows(recent.actions)))
@@ -204,8 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_status
     except grpc.aio.AioRpcError as exc:
-        print(f"{PROG}: error: collector {exc.code().name.lower()}: {exc.details()}",
-              file=sys.stderr, flush=True)
+        print(
+            f"{PROG}: error: collector {exc.code().name.lower()}: {exc.details()}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.respond import Responder
 from tocsin.collector.store import Store
@@ -56,15 +57,16 @@ def _ts(t_s: float) -> Timestamp:
 
 class OperatorService(op_grpc.OperatorServicer):
     def __init__(
-        self, store: Store, router: CommandRouter, responder: Responder,
+        self,
+        store: Store,
+        router: CommandRouter,
+        responder: Responder,
         default_timeout_s: float = 10.0,
     ) -> None:
         self.store, self.router, self.responder = store, router, responder
         self.default_timeout_s = default_timeout_s
 
-    async def ListHosts(
-        self, request: op.ListHostsRequest, context: _Ctx
-    ) -> op.ListHostsResponse:
+    async def ListHosts(self, request: op.ListHostsRequest, context: _Ctx) -> op.ListHostsResponse:
         await self._authorise(request, context)
         open_alerts: dict[str, int] = {}
         for a in self.store.list_alerts(limit=10_000):
@@ -73,10 +75,14 @@ class OperatorService(op_grpc.OperatorServicer):
         return op.ListHostsResponse(
             hosts=[
                 op.HostInfo(
-                    host_id=h.host_id, hostname=h.hostname,
+                    host_id=h.host_id,
+                    hostname=h.hostname,
                     connected=self.router.is_connected(h.host_id),
-                    last_seen=_ts(h.last_seen_s), windows=h.windows, isolated=h.isolated,
-                    suspended_pids=h.suspended_pids, agent_version=h.agent_version,
+                    last_seen=_ts(h.last_seen_s),
+                    windows=h.windows,
+                    isolated=h.isolated,
+                    suspended_pids=h.suspended_pids,
+                    agent_version=h.agent_version,
                     open_alerts=open_alerts.get(h.host_id, 0),
                 )
                 for h in self.store.list_hosts()
@@ -95,9 +101,15 @@ class OperatorService(op_grpc.OperatorServicer):
             proc = f"{a.process['name']} (pid {a.process['pid']})" if a.process else ""
             alerts.append(
                 op.AlertInfo(
-                    alert_id=a.alert_id, host_id=a.host_id, severity=a.severity, score=a.score,
-                    detected_at=_ts(a.detected_at_s), reasons=a.reasons, process=proc,
-                    summary=str(a.payload.get("summary", "")), json=json.dumps(a.payload),
+                    alert_id=a.alert_id,
+                    host_id=a.host_id,
+                    severity=a.severity,
+                    score=a.score,
+                    detected_at=_ts(a.detected_at_s),
+                    reasons=a.reasons,
+                    process=proc,
+                    summary=str(a.payload.get("summary", "")),
+                    json=json.dumps(a.payload),
                 )
             )
         return op.ListAlertsResponse(alerts=alerts)
@@ -107,15 +119,23 @@ class OperatorService(op_grpc.OperatorServicer):
     ) -> op.ListActionsResponse:
         await self._authorise(request, context)
         limit = min(request.limit or 50, 5000)
-        return op.ListActionsResponse(actions=[
-            op.ActionInfo(
-                action_id=a.action_id, alert_id=a.alert_id, host_id=a.host_id, kind=a.kind,
-                requested_by=a.requested_by, requested_at=_ts(a.requested_at_s),
-                status=a.status, detail=a.detail, pids=a.pids,
-                finished_at=_ts(a.finished_at_s) if a.finished_at_s else None,
-            )
-            for a in self.store.list_actions(request.host_id, limit)
-        ])
+        return op.ListActionsResponse(
+            actions=[
+                op.ActionInfo(
+                    action_id=a.action_id,
+                    alert_id=a.alert_id,
+                    host_id=a.host_id,
+                    kind=a.kind,
+                    requested_by=a.requested_by,
+                    requested_at=_ts(a.requested_at_s),
+                    status=a.status,
+                    detail=a.detail,
+                    pids=a.pids,
+                    finished_at=_ts(a.finished_at_s) if a.finished_at_s else None,
+                )
+                for a in self.store.list_actions(request.host_id, limit)
+            ]
+        )
 
     async def _authorise(self, request: object, context: _Ctx) -> str:
         """``operator:<name>`` for the audit, or abort PERMISSION_DENIED."""
@@ -132,9 +152,7 @@ class OperatorService(op_grpc.OperatorServicer):
         if not host_id or self.store.get_host(host_id) is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown host {host_id!r}")
 
-    async def Isolate(
-        self, request: op.HostActionRequest, context: _Ctx
-    ) -> op.HostActionResponse:
+    async def Isolate(self, request: op.HostActionRequest, context: _Ctx) -> op.HostActionResponse:
         who = await self._authorise(request, context)
         await self._host_or_abort(request.host_id, context)
         timeout_s = request.timeout_s or self.default_timeout_s
@@ -143,9 +161,7 @@ class OperatorService(op_grpc.OperatorServicer):
         )
         return self._reply(request.host_id, status, detail)
 
-    async def Release(
-        self, request: op.HostActionRequest, context: _Ctx
-    ) -> op.HostActionResponse:
+    async def Release(self, request: op.HostActionRequest, context: _Ctx) -> op.HostActionResponse:
         who = await self._authorise(request, context)
         await self._host_or_abort(request.host_id, context)
         processes = request.processes or "keep"

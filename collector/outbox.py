@@ -107,8 +107,9 @@ def destination(spec: dict[str, Any], where: str = "webhooks") -> Destination:
         key = parse_secret(secret) if secret else None
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    default_events = ("alert", "fleet_guard", "host_silent", "test") if fmt == "alertmanager" \
-        else EVENTS
+    default_events = (
+        ("alert", "fleet_guard", "host_silent", "test") if fmt == "alertmanager" else EVENTS
+    )
     events = spec.get("events", list(default_events))
     if not isinstance(events, list) or any(e not in EVENTS for e in events):
         raise ConfigError(f"{where}: events must be a list of {', '.join(EVENTS)}")
@@ -118,20 +119,31 @@ def destination(spec: dict[str, Any], where: str = "webhooks") -> Destination:
     timeout_s = spec.get("timeout_s", 10.0)
     if not isinstance(timeout_s, int | float) or not 0 < timeout_s <= 120:
         raise ConfigError(f"{where}: timeout_s must be a number of seconds in (0, 120]")
-    return Destination(url=url, format=str(fmt), key=key, events=frozenset(events) | {"test"},
-                       min_severity=str(sev), timeout_s=float(timeout_s),
-                       name=str(spec.get("name", "")))
+    return Destination(
+        url=url,
+        format=str(fmt),
+        key=key,
+        events=frozenset(events) | {"test"},
+        min_severity=str(sev),
+        timeout_s=float(timeout_s),
+        name=str(spec.get("name", "")),
+    )
 
 
 # (url, body, headers, timeout_s) -> (http status or 0 for no answer, error text, retry-after s)
 Poster = Callable[[str, bytes, dict[str, str], float], tuple[int, str, float | None]]
 
 
-def urllib_post(url: str, body: bytes, headers: dict[str, str],
-                timeout_s: float) -> tuple[int, str, float | None]:
+def urllib_post(
+    url: str, body: bytes, headers: dict[str, str], timeout_s: float
+) -> tuple[int, str, float | None]:
     """POST with urllib: (status, error, Retry-After seconds); status 0 = no answer."""
-    req = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": "application/json", "User-Agent": "tocsin-collector", **headers})
+    req = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "tocsin-collector", **headers},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             resp.read(65536)
@@ -147,13 +159,19 @@ def urllib_post(url: str, body: bytes, headers: dict[str, str],
         return 0, str(getattr(exc, "reason", exc)), None
 
 
-def deliver_once(dest: Destination, msg_id: str, event: dict[str, Any],
-                 poster: Poster = urllib_post, now_s: float | None = None) -> tuple[int, str]:
+def deliver_once(
+    dest: Destination,
+    msg_id: str,
+    event: dict[str, Any],
+    poster: Poster = urllib_post,
+    now_s: float | None = None,
+) -> tuple[int, str]:
     """One signed attempt to one destination: (HTTP status or 0, error text or "")."""
     body = json.dumps(render(dest.format, event), sort_keys=True).encode()
     stamp = int(now_s if now_s is not None else time.time())
-    status, error, _ = poster(dest.url, body, signed_headers(dest.key, msg_id, stamp, body),
-                              dest.timeout_s)
+    status, error, _ = poster(
+        dest.url, body, signed_headers(dest.key, msg_id, stamp, body), dest.timeout_s
+    )
     return status, error
 
 
@@ -187,8 +205,7 @@ class Outbox:
         self.dropped = 0
         self.stats = OutboxStats()
         try:
-            self._db = sqlite3.connect(str(db_path), check_same_thread=False,
-                                       isolation_level=None)
+            self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -212,8 +229,12 @@ class Outbox:
             return ""
         if self.depth() >= self.max_pending:
             self.dropped += 1
-            log.error("webhook outbox full (%d): dropped %s for %s", self.max_pending,
-                      event.get("event"), event.get("host_id"))
+            log.error(
+                "webhook outbox full (%d): dropped %s for %s",
+                self.max_pending,
+                event.get("event"),
+                event.get("host_id"),
+            )
             return ""
         msg_id = str(event.get("webhook_id") or f"msg_{uuid.uuid4().hex}")
         now = self._clock()
@@ -225,7 +246,8 @@ class Outbox:
                     self._db.execute(
                         "INSERT OR IGNORE INTO outbox(msg_id, dest, event, kind, created,"
                         " next_at) VALUES (?,?,?,?,?,?)",
-                        (msg_id, d.dest_id, text, str(event.get("event", "")), now, now))
+                        (msg_id, d.dest_id, text, str(event.get("event", "")), now, now),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -255,10 +277,8 @@ class Outbox:
         return int(self._exec("SELECT COUNT(*) FROM outbox WHERE status='pending'")[0][0])
 
     def rows(self, limit: int = 1000) -> list[dict[str, Any]]:
-        cols = ("msg_id", "dest", "kind", "status", "attempts", "last_error", "created",
-                "done_at")
-        got = self._exec(f"SELECT {', '.join(cols)} FROM outbox ORDER BY id DESC LIMIT ?",
-                         (limit,))
+        cols = ("msg_id", "dest", "kind", "status", "attempts", "last_error", "created", "done_at")
+        got = self._exec(f"SELECT {', '.join(cols)} FROM outbox ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(zip(cols, r, strict=True)) for r in got]
 
     # ------------------------------------------------------------ delivery
@@ -297,14 +317,17 @@ class Outbox:
         return self._exec(
             "SELECT id, msg_id, dest, event, attempts, created FROM outbox WHERE status='pending'"
             f" AND next_at<=? AND dest IN ({marks}) ORDER BY next_at LIMIT ?",
-            (now, *self.destinations, self.max_parallel * 4))
+            (now, *self.destinations, self.max_parallel * 4),
+        )
 
     def _next_due_in(self, now: float) -> float:
         if not self.destinations:
             return 60.0
         marks = ",".join("?" * len(self.destinations))
-        row = self._exec(f"SELECT MIN(next_at) FROM outbox WHERE status='pending'"
-                         f" AND dest IN ({marks})", tuple(self.destinations))
+        row = self._exec(
+            f"SELECT MIN(next_at) FROM outbox WHERE status='pending' AND dest IN ({marks})",
+            tuple(self.destinations),
+        )
         return 60.0 if row[0][0] is None else min(60.0, max(0.0, float(row[0][0]) - now))
 
     async def deliver_due(self) -> float:
@@ -320,42 +343,73 @@ class Outbox:
         await asyncio.gather(*(one(r) for r in due))
         return self._next_due_in(self._clock())
 
-    async def _attempt(self, row_id: int, msg_id: str, dest_id: str, text: str,
-                       attempts: int, created: float) -> None:
+    async def _attempt(
+        self, row_id: int, msg_id: str, dest_id: str, text: str, attempts: int, created: float
+    ) -> None:
         dest = self.destinations[dest_id]
         event = json.loads(text)
         body = json.dumps(render(dest.format, event), sort_keys=True).encode()
         headers = signed_headers(dest.key, msg_id, int(self._clock()), body)
         status, error, hint = await asyncio.to_thread(
-            self._poster, dest.url, body, headers, dest.timeout_s)
+            self._poster, dest.url, body, headers, dest.timeout_s
+        )
         now = self._clock()
         attempts += 1
         if 200 <= status < 300:
             self.stats.delivered[dest_id] += 1
-            self._exec("UPDATE outbox SET status='delivered', attempts=?, done_at=?,"
-                       " last_error='' WHERE id=?", (attempts, now, row_id))
+            self._exec(
+                "UPDATE outbox SET status='delivered', attempts=?, done_at=?,"
+                " last_error='' WHERE id=?",
+                (attempts, now, row_id),
+            )
             return
         error = error or f"HTTP {status}"
         if status and status not in RETRYABLE_HTTP:
             self.stats.rejected[dest_id] += 1
-            log.error("webhook %s rejected %s %s: %s (not retried)", dest_id,
-                      event.get("event"), msg_id, error)
-            self._exec("UPDATE outbox SET status='rejected', attempts=?, done_at=?,"
-                       " last_error=? WHERE id=?", (attempts, now, error, row_id))
+            log.error(
+                "webhook %s rejected %s %s: %s (not retried)",
+                dest_id,
+                event.get("event"),
+                msg_id,
+                error,
+            )
+            self._exec(
+                "UPDATE outbox SET status='rejected', attempts=?, done_at=?,"
+                " last_error=? WHERE id=?",
+                (attempts, now, error, row_id),
+            )
             return
         self.stats.failed_attempts[dest_id] += 1
         if now - created >= self.max_age_s:
             self.stats.expired[dest_id] += 1
-            log.error("webhook %s: gave up on %s %s after %d attempts: %s", dest_id,
-                      event.get("event"), msg_id, attempts, error)
-            self._exec("UPDATE outbox SET status='expired', attempts=?, done_at=?,"
-                       " last_error=? WHERE id=?", (attempts, now, error, row_id))
+            log.error(
+                "webhook %s: gave up on %s %s after %d attempts: %s",
+                dest_id,
+                event.get("event"),
+                msg_id,
+                attempts,
+                error,
+            )
+            self._exec(
+                "UPDATE outbox SET status='expired', attempts=?, done_at=?,"
+                " last_error=? WHERE id=?",
+                (attempts, now, error, row_id),
+            )
             return
         delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (attempts - 1))
         delay *= random.uniform(0.8, 1.2)
         if hint is not None:
             delay = min(self.retry_max_s, max(delay, hint))
-        log.warning("webhook %s: %s %s attempt %d failed (%s); retry in %.1f s", dest_id,
-                    event.get("event"), msg_id, attempts, error, delay)
-        self._exec("UPDATE outbox SET attempts=?, next_at=?, last_error=? WHERE id=?",
-                   (attempts, now + delay, error, row_id))
+        log.warning(
+            "webhook %s: %s %s attempt %d failed (%s); retry in %.1f s",
+            dest_id,
+            event.get("event"),
+            msg_id,
+            attempts,
+            error,
+            delay,
+        )
+        self._exec(
+            "UPDATE outbox SET attempts=?, next_at=?, last_error=? WHERE id=?",
+            (attempts, now + delay, error, row_id),
+        )

@@ -47,9 +47,7 @@ class BatchScorer:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_pending)
         self._worker: asyncio.Task[None] | None = None
 
-    async def score(
-        self, x: npt.NDArray[np.float64], scorer: Scorer | None = None
-    ) -> float | None:
+    async def score(self, x: npt.NDArray[np.float64], scorer: Scorer | None = None) -> float | None:
         """The score of ``x`` by ``scorer`` (default: the batch's), or None (dropped/failed)."""
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -104,8 +102,13 @@ class JudgeStage:
     """
 
     def __init__(
-        self, scorer: Scorer, judge: Judge, responder: Responder, store: Store,
-        batch: BatchScorer | None = None, baselines: HostBaselines | None = None,
+        self,
+        scorer: Scorer,
+        judge: Judge,
+        responder: Responder,
+        store: Store,
+        batch: BatchScorer | None = None,
+        baselines: HostBaselines | None = None,
         book: IncidentBook | None = None,
     ) -> None:
         self.scorer, self.judge, self.responder, self.store = scorer, judge, responder, store

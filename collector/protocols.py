@@ -18,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+
 from tocsin.collector.features import FEATURE_NAMES
 
 

@@ -83,8 +83,10 @@ class AgentRateLimits:
         now, lim = self._clock(), self.limits
         pair = self._hosts.get(host_id)
         if pair is None:
-            pair = (TokenBucket(lim.messages_per_s, lim.messages_burst, now),
-                    TokenBucket(lim.bytes_per_s, lim.bytes_burst, now))
+            pair = (
+                TokenBucket(lim.messages_per_s, lim.messages_burst, now),
+                TokenBucket(lim.bytes_per_s, lim.bytes_burst, now),
+            )
             self._hosts[host_id] = pair
             while len(self._hosts) > lim.max_hosts:
                 self._hosts.popitem(last=False)
@@ -99,8 +101,9 @@ class AgentRateLimits:
             return Refusal("messages", msgs.rate_per_s, msgs.seconds_until(msgs.burst / 10))
         if not size.can_pay(n_bytes):
             self.refusals += 1
-            return Refusal("bytes", size.rate_per_s,
-                           size.seconds_until(max(n_bytes, size.burst / 10)))
+            return Refusal(
+                "bytes", size.rate_per_s, size.seconds_until(max(n_bytes, size.burst / 10))
+            )
         msgs.pay(1)
         size.pay(n_bytes)
         return None

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+
 from tocsin.collector.decide import ts_s
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc

@@ -165,10 +165,17 @@ class Responder:
             previous.open = False
             self.store.save_alert(previous)
         alert = AlertRecord(
-            alert_id=alert_id, host_id=d.host_id, incident_id=d.incident_id,
-            severity=d.severity, score=d.score or 0.0, detected_at_s=self._clock(),
-            window_start_s=d.window_start_s, window_end_s=d.window_end_s,
-            reasons=list(d.reasons), process=proc, payload=payload,
+            alert_id=alert_id,
+            host_id=d.host_id,
+            incident_id=d.incident_id,
+            severity=d.severity,
+            score=d.score or 0.0,
+            detected_at_s=self._clock(),
+            window_start_s=d.window_start_s,
+            window_end_s=d.window_end_s,
+            reasons=list(d.reasons),
+            process=proc,
+            payload=payload,
         )
         self.store.save_alert(alert)
         self._alerts[d.incident_id] = alert
@@ -199,45 +206,72 @@ class Responder:
                 actions.append({"action": "suspend", "status": "sent", "pids": [d.root_pid]})
             else:
                 actions.append(
-                    {"action": "suspend", "status": "dry-run", "detail": detail,
-                     "pids": [d.root_pid]}
+                    {
+                        "action": "suspend",
+                        "status": "dry-run",
+                        "detail": detail,
+                        "pids": [d.root_pid],
+                    }
                 )
         if d.drill:
-            actions.append({"action": "isolate", "status": "skipped: drill",
-                            "detail": "a drill never isolates the host"})
+            actions.append(
+                {
+                    "action": "isolate",
+                    "status": "skipped: drill",
+                    "detail": "a drill never isolates the host",
+                }
+            )
         elif host is not None and host.isolated:
             actions.append({"action": "isolate", "status": "skipped: already isolated"})
-        elif self.mode == "enforce" and self.guard is not None and not self.guard.admit(
-            d.host_id
-        ):
+        elif self.mode == "enforce" and self.guard is not None and not self.guard.admit(d.host_id):
             actions.append(self._hold(d, alert_id))
         elif self.mode == "enforce":
             self._send(d.host_id, "isolate", [], "collector", alert_id)
             actions.append({"action": "isolate", "status": "sent"})
         else:
-            actions.append({"action": "isolate", "status": "dry-run",
-                            "detail": "would isolate host"})
+            actions.append(
+                {"action": "isolate", "status": "dry-run", "detail": "would isolate host"}
+            )
         return actions
 
     def _hold(self, d: Decision, alert_id: str) -> dict[str, Any]:
         """The fleet guard refused an automatic isolation: record, audit, ask a human."""
         assert self.guard is not None
         limit = self.guard.max_per_minute
-        detail = (f"fleet guard: {self.guard.recent()} hosts isolated in the last minute "
-                  f"(limit {limit}); a human must decide (tocsin isolate {d.host_id})")
-        self.store.add_action(ActionRecord(
-            action_id=self._new_id(), alert_id=alert_id, host_id=d.host_id, kind="isolate",
-            requested_by="collector", requested_at_s=self._clock(), status="held",
-            detail=detail, finished_at_s=self._clock()))
+        detail = (
+            f"fleet guard: {self.guard.recent()} hosts isolated in the last minute "
+            f"(limit {limit}); a human must decide (tocsin isolate {d.host_id})"
+        )
+        self.store.add_action(
+            ActionRecord(
+                action_id=self._new_id(),
+                alert_id=alert_id,
+                host_id=d.host_id,
+                kind="isolate",
+                requested_by="collector",
+                requested_at_s=self._clock(),
+                status="held",
+                detail=detail,
+                finished_at_s=self._clock(),
+            )
+        )
         self.store.audit("collector", "isolate held", f"{d.host_id} {detail}")
         self.actions_total[("isolate", "held")] += 1
         log.error("isolation of %s held by the fleet guard", d.host_id)
-        self._post_later({
-            "event": "fleet_guard", "alert_id": alert_id, "host_id": d.host_id,
-            "severity": "critical", "held_hosts": list(self.guard.held),
-            "isolations_last_minute": self.guard.recent(), "limit": limit,
-            "detail": detail, "at": rfc3339(self._clock()), "mode": self.mode,
-        })
+        self._post_later(
+            {
+                "event": "fleet_guard",
+                "alert_id": alert_id,
+                "host_id": d.host_id,
+                "severity": "critical",
+                "held_hosts": list(self.guard.held),
+                "isolations_last_minute": self.guard.recent(),
+                "limit": limit,
+                "detail": detail,
+                "at": rfc3339(self._clock()),
+                "mode": self.mode,
+            }
+        )
         return {"action": "isolate", "status": "held", "detail": detail}
 
     def _summary(self, d: Decision, actions: Sequence[dict[str, Any]]) -> str:
@@ -265,8 +299,14 @@ class Responder:
             cmd.parameters["alert_id"] = alert_id
         cmd.deadline.FromNanoseconds(int((self._clock() + self.command_ttl_s) * 1e9))
         action = ActionRecord(
-            action_id=cmd.id, alert_id=alert_id, host_id=host_id, kind=kind, requested_by=who,
-            requested_at_s=self._clock(), status="sent", pids=list(pids),
+            action_id=cmd.id,
+            alert_id=alert_id,
+            host_id=host_id,
+            kind=kind,
+            requested_by=who,
+            requested_at_s=self._clock(),
+            status="sent",
+            pids=list(pids),
         )
         self.store.add_action(action)
         self.store.audit(who, f"{kind} requested", f"{host_id} pids={list(pids)} id={cmd.id}")
@@ -295,14 +335,22 @@ class Responder:
 
     async def on_action_result(self, host_id: str, r: pb.ActionResult) -> None:
         pids = list(r.pids)
-        action = self.store.finish_action(r.command_id, r.status, r.detail, pids) if (
-            r.command_id
-        ) else None
+        action = (
+            self.store.finish_action(r.command_id, r.status, r.detail, pids)
+            if (r.command_id)
+            else None
+        )
         if action is None:
             action = ActionRecord(
-                action_id=r.command_id or self._new_id(), alert_id="", host_id=host_id,
-                kind=r.kind, requested_by="agent" if r.local else "unknown",
-                requested_at_s=self._clock(), status=r.status, detail=r.detail, pids=pids,
+                action_id=r.command_id or self._new_id(),
+                alert_id="",
+                host_id=host_id,
+                kind=r.kind,
+                requested_by="agent" if r.local else "unknown",
+                requested_at_s=self._clock(),
+                status=r.status,
+                detail=r.detail,
+                pids=pids,
                 finished_at_s=self._clock(),
             )
             self.store.add_action(action)
@@ -311,12 +359,21 @@ class Responder:
         if r.status == "done":
             self._fold_host_state(host_id, r.kind, pids or action.pids)
         self.router.resolve(r)
-        self._post_later({
-            "event": "action", "alert_id": action.alert_id, "host_id": host_id,
-            "action": r.kind, "status": r.status, "detail": r.detail,
-            "pids": pids or action.pids, "command_id": r.command_id, "local": r.local,
-            "at": rfc3339(self._clock()), "mode": self.mode,
-        })
+        self._post_later(
+            {
+                "event": "action",
+                "alert_id": action.alert_id,
+                "host_id": host_id,
+                "action": r.kind,
+                "status": r.status,
+                "detail": r.detail,
+                "pids": pids or action.pids,
+                "command_id": r.command_id,
+                "local": r.local,
+                "at": rfc3339(self._clock()),
+                "mode": self.mode,
+            }
+        )
 
     def _fold_host_state(self, host_id: str, kind: str, pids: Sequence[int]) -> None:
         host = self.store.get_host(host_id)
@@ -339,19 +396,41 @@ class Responder:
         host_id = str(o.event.get("host_id", ""))
         alert_id = str(o.event.get("alert_id", ""))
         now = self._clock()
-        self.store.add_action(ActionRecord(
-            action_id=self._new_id(), alert_id=alert_id, host_id=host_id, kind="hook",
-            requested_by=f"hook:{o.hook.label}", requested_at_s=now - o.duration_s,
-            status=o.status, detail=f"{o.hook.path}: {o.detail}", finished_at_s=now))
-        self.store.audit(f"hook:{o.hook.label}", f"hook {o.status}",
-                         f"{o.hook.path} {list(o.hook.args)} on {o.event.get('event')} "
-                         f"{alert_id} {host_id}: {o.detail} ({o.duration_s:.2f} s)")
+        self.store.add_action(
+            ActionRecord(
+                action_id=self._new_id(),
+                alert_id=alert_id,
+                host_id=host_id,
+                kind="hook",
+                requested_by=f"hook:{o.hook.label}",
+                requested_at_s=now - o.duration_s,
+                status=o.status,
+                detail=f"{o.hook.path}: {o.detail}",
+                finished_at_s=now,
+            )
+        )
+        self.store.audit(
+            f"hook:{o.hook.label}",
+            f"hook {o.status}",
+            f"{o.hook.path} {list(o.hook.args)} on {o.event.get('event')} "
+            f"{alert_id} {host_id}: {o.detail} ({o.duration_s:.2f} s)",
+        )
         self.actions_total[("hook", o.status)] += 1
-        self._post_later({
-            "event": "action", "alert_id": alert_id, "host_id": host_id, "action": "hook",
-            "status": o.status, "detail": f"{o.hook.label}: {o.detail}", "pids": [],
-            "command_id": "", "local": False, "at": rfc3339(now), "mode": self.mode,
-        })
+        self._post_later(
+            {
+                "event": "action",
+                "alert_id": alert_id,
+                "host_id": host_id,
+                "action": "hook",
+                "status": o.status,
+                "detail": f"{o.hook.label}: {o.detail}",
+                "pids": [],
+                "command_id": "",
+                "local": False,
+                "at": rfc3339(now),
+                "mode": self.mode,
+            }
+        )
 
     def _post_later(self, event: dict[str, Any]) -> None:
         if self.hooks is not None and event.get("action") != "hook":

@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import Sequence
 
 import grpc
+
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import Judge, JudgeConfig
 from tocsin.collector.grpcconf import SERVER_OPTIONS
@@ -56,7 +57,11 @@ class Collector:
         self.silence = SilenceWatch(sink, silent_after_s)
         self.limits = AgentRateLimits(rate_limits)
         self.telemetry = TelemetryService(
-            store, self.router, self.stage, self.responder, limits=self.limits,
+            store,
+            self.router,
+            self.stage,
+            self.responder,
+            limits=self.limits,
             silence=self.silence,
         )
         self._silence_task: asyncio.Task[None] | None = None

@@ -95,8 +95,11 @@ class SilenceWatch:
     def check(self) -> list[str]:
         """Declare silent every host quiet for longer than ``silent_after_s``; returns them."""
         now = self._clock()
-        newly = [h for h, t in self._last_seen.items()
-                 if h not in self._silent and now - t > self.silent_after_s]
+        newly = [
+            h
+            for h, t in self._last_seen.items()
+            if h not in self._silent and now - t > self.silent_after_s
+        ]
         for host_id in newly:
             self._silent.add(host_id)
             last = self._last_seen[host_id]
@@ -114,15 +117,25 @@ class SilenceWatch:
     ) -> dict[str, Any]:
         silent_for_s = round(now_s - last_seen_s, 1)
         return {
-            "event": kind, "alert_id": uuid.uuid4().hex[:16], "host_id": host_id,
-            "severity": severity, "score": None, "detected_at": _rfc3339(now_s),
-            "window_start": _rfc3339(last_seen_s), "window_end": _rfc3339(now_s),
-            "reasons": [f"{kind}:{silent_for_s:g}s"], "process": None, "actions": [],
-            "last_seen": _rfc3339(last_seen_s), "silent_for_s": silent_for_s,
+            "event": kind,
+            "alert_id": uuid.uuid4().hex[:16],
+            "host_id": host_id,
+            "severity": severity,
+            "score": None,
+            "detected_at": _rfc3339(now_s),
+            "window_start": _rfc3339(last_seen_s),
+            "window_end": _rfc3339(now_s),
+            "reasons": [f"{kind}:{silent_for_s:g}s"],
+            "process": None,
+            "actions": [],
+            "last_seen": _rfc3339(last_seen_s),
+            "silent_for_s": silent_for_s,
             "silent_after_s": self.silent_after_s,
-            "summary": (f"{host_id} has sent nothing for {silent_for_s:g} s (no goodbye)"
-                        if kind == "host_silent"
-                        else f"{host_id} is back after {silent_for_s:g} s of silence"),
+            "summary": (
+                f"{host_id} has sent nothing for {silent_for_s:g} s (no goodbye)"
+                if kind == "host_silent"
+                else f"{host_id} is back after {silent_for_s:g} s of silence"
+            ),
         }
 
     def _post(self, event: dict[str, Any]) -> None:

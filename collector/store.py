@@ -206,10 +206,16 @@ class SqliteStore:
 
     def _host(self, row: Sequence[Any]) -> HostRecord:
         return HostRecord(
-            host_id=row[0], hostname=row[1] or "", agent_version=row[2] or "",
-            first_seen_s=row[3] or 0.0, last_seen_s=row[4] or 0.0, isolated=bool(row[5]),
-            suspended_pids=list(json.loads(row[6] or "[]")), tripwire_mode=row[7] or "",
-            clean_disconnect=bool(row[8]), windows=int(row[9]),
+            host_id=row[0],
+            hostname=row[1] or "",
+            agent_version=row[2] or "",
+            first_seen_s=row[3] or 0.0,
+            last_seen_s=row[4] or 0.0,
+            isolated=bool(row[5]),
+            suspended_pids=list(json.loads(row[6] or "[]")),
+            tripwire_mode=row[7] or "",
+            clean_disconnect=bool(row[8]),
+            windows=int(row[9]),
         )
 
     _HOST_SQL = (
@@ -247,8 +253,16 @@ class SqliteStore:
                     cur = self._db.execute(
                         'INSERT OR IGNORE INTO windows(host_id, boot_id, seq, start, "end",'
                         " score, features, raw) VALUES (?,?,?,?,?,?,?,?)",
-                        (host_id, boot_id, w.seq, w.start_s, w.end_s, w.score,
-                         json.dumps([float(v) for v in w.features]), w.raw),
+                        (
+                            host_id,
+                            boot_id,
+                            w.seq,
+                            w.start_s,
+                            w.end_s,
+                            w.score,
+                            json.dumps([float(v) for v in w.features]),
+                            w.raw,
+                        ),
                     )
                     inserted.append(cur.rowcount == 1)
                 self._db.execute("COMMIT")
@@ -277,10 +291,20 @@ class SqliteStore:
             "INSERT OR REPLACE INTO alerts(alert_id, host_id, incident_id, severity, score,"
             " detected_at, window_start, window_end, reasons, process, payload, open)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (alert.alert_id, alert.host_id, alert.incident_id, alert.severity, alert.score,
-             alert.detected_at_s, alert.window_start_s, alert.window_end_s,
-             json.dumps(alert.reasons), json.dumps(alert.process), json.dumps(alert.payload),
-             int(alert.open)),
+            (
+                alert.alert_id,
+                alert.host_id,
+                alert.incident_id,
+                alert.severity,
+                alert.score,
+                alert.detected_at_s,
+                alert.window_start_s,
+                alert.window_end_s,
+                json.dumps(alert.reasons),
+                json.dumps(alert.process),
+                json.dumps(alert.payload),
+                int(alert.open),
+            ),
         )
 
     def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]:
@@ -296,9 +320,17 @@ class SqliteStore:
         args.append(limit)
         return [
             AlertRecord(
-                alert_id=r[0], host_id=r[1], incident_id=r[2], severity=r[3], score=r[4],
-                detected_at_s=r[5], window_start_s=r[6], window_end_s=r[7],
-                reasons=json.loads(r[8]), process=json.loads(r[9]), payload=json.loads(r[10]),
+                alert_id=r[0],
+                host_id=r[1],
+                incident_id=r[2],
+                severity=r[3],
+                score=r[4],
+                detected_at_s=r[5],
+                window_start_s=r[6],
+                window_end_s=r[7],
+                reasons=json.loads(r[8]),
+                process=json.loads(r[9]),
+                payload=json.loads(r[10]),
                 open=bool(r[11]),
             )
             for r in self._exec(sql, args)
@@ -308,15 +340,26 @@ class SqliteStore:
         self._exec(
             "INSERT OR REPLACE INTO actions(id, alert_id, host_id, kind, requested_by,"
             " requested_at, status, detail, pids, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (action.action_id, action.alert_id, action.host_id, action.kind,
-             action.requested_by, action.requested_at_s, action.status, action.detail,
-             json.dumps(action.pids), action.finished_at_s),
+            (
+                action.action_id,
+                action.alert_id,
+                action.host_id,
+                action.kind,
+                action.requested_by,
+                action.requested_at_s,
+                action.status,
+                action.detail,
+                json.dumps(action.pids),
+                action.finished_at_s,
+            ),
         )
 
     def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]:
         where, args = (" WHERE host_id=?", [host_id]) if host_id else ("", [])
-        ids = self._exec(f"SELECT id FROM actions{where} ORDER BY requested_at DESC, rowid DESC"
-                         " LIMIT ?", (*args, limit))
+        ids = self._exec(
+            f"SELECT id FROM actions{where} ORDER BY requested_at DESC, rowid DESC LIMIT ?",
+            (*args, limit),
+        )
         return [a for (i,) in ids if (a := self.get_action(i)) is not None]
 
     def get_action(self, action_id: str) -> ActionRecord | None:
@@ -329,8 +372,15 @@ class SqliteStore:
             return None
         r = rows[0]
         return ActionRecord(
-            action_id=r[0], alert_id=r[1] or "", host_id=r[2], kind=r[3], requested_by=r[4],
-            requested_at_s=r[5], status=r[6], detail=r[7] or "", pids=json.loads(r[8] or "[]"),
+            action_id=r[0],
+            alert_id=r[1] or "",
+            host_id=r[2],
+            kind=r[3],
+            requested_by=r[4],
+            requested_at_s=r[5],
+            status=r[6],
+            detail=r[7] or "",
+            pids=json.loads(r[8] or "[]"),
             finished_at_s=r[9],
         )
 
@@ -341,7 +391,10 @@ class SqliteStore:
         if action is None:
             return None
         done = replace(
-            action, status=status, detail=detail, finished_at_s=self._clock(),
+            action,
+            status=status,
+            detail=detail,
+            finished_at_s=self._clock(),
             pids=list(pids) if pids else action.pids,
         )
         self.add_action(done)
@@ -377,7 +430,9 @@ class MemoryStore:
         now = self._clock()
         host = self._hosts.get(host_id) or HostRecord(host_id=host_id, first_seen_s=now)
         host.hostname, host.agent_version, host.tripwire_mode = (
-            hostname, agent_version, tripwire_mode
+            hostname,
+            agent_version,
+            tripwire_mode,
         )
         host.last_seen_s, host.clean_disconnect = now, False
         self._hosts[host_id] = host
@@ -459,7 +514,10 @@ class MemoryStore:
         if action is None:
             return None
         done = replace(
-            action, status=status, detail=detail, finished_at_s=self._clock(),
+            action,
+            status=status,
+            detail=detail,
+            finished_at_s=self._clock(),
             pids=list(pids) if pids else action.pids,
         )
         self._actions[action_id] = done

@@ -195,8 +195,7 @@ def train(
         "training_scores": _stats(scores),
         "feature_medians": [round(float(v), 9) for v in np.median(X, axis=0)],
         "feature_iqr": [
-            round(float(v), 9)
-            for v in np.quantile(X, 0.75, axis=0) - np.quantile(X, 0.25, axis=0)
+            round(float(v), 9) for v in np.quantile(X, 0.75, axis=0) - np.quantile(X, 0.25, axis=0)
         ],
         "evaluation": evaluate(arrays, provisional, threshold, eval_paths),
     }
@@ -214,11 +213,15 @@ def evaluate(
     out = []
     for f in (load_training_file(p) for p in sorted(paths, key=lambda p: p.name)):
         scores = scorer.score(feature_matrix(f.windows))
-        out.append({
-            "name": f.name, "sha256": f.sha256, "windows": len(f.windows),
-            "above_threshold": int((scores > threshold).sum()),
-            "max_score": round(float(scores.max()), 6),
-        })
+        out.append(
+            {
+                "name": f.name,
+                "sha256": f.sha256,
+                "windows": len(f.windows),
+                "above_threshold": int((scores > threshold).sum()),
+                "max_score": round(float(scores.max()), 6),
+            }
+        )
     return {"recordings": out}
 
 
@@ -233,8 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=256)
     p.add_argument("--contamination-quantile", type=float, default=0.995)
     p.add_argument("--date", default=None, help="trained_at (RFC 3339); default: newest window")
-    p.add_argument("--eval", nargs="+", type=Path, default=[], metavar="RECORDING.jsonl",
-                   help="recordings to score with the new model (card: evaluation)")
+    p.add_argument(
+        "--eval",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="RECORDING.jsonl",
+        help="recordings to score with the new model (card: evaluation)",
+    )
     return p
 
 
@@ -246,8 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = out.with_suffix("")
     try:
         card = train(
-            args.recordings, out, seed=args.seed, trees=args.trees,
-            max_samples=args.max_samples, quantile=args.contamination_quantile, date=args.date,
+            args.recordings,
+            out,
+            seed=args.seed,
+            trees=args.trees,
+            max_samples=args.max_samples,
+            quantile=args.contamination_quantile,
+            date=args.date,
             eval_paths=args.eval,
         )
     except TocsinError as exc:

@@ -38,7 +38,7 @@ def parse_secret(secret: str) -> bytes:
     if not secret.startswith(SECRET_PREFIX):
         raise ConfigError("a webhook secret must look like whsec_<base64>")
     try:
-        key = base64.b64decode(secret[len(SECRET_PREFIX):], validate=True)
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except (binascii.Error, ValueError):
         raise ConfigError("a webhook secret must be whsec_ followed by base64") from None
     if len(key) < 16:
@@ -127,7 +127,9 @@ class HttpWebhookSink:
 
     def _attempt(self, url: str, body: bytes) -> tuple[bool, str]:
         req = urllib.request.Request(
-            url, data=body, method="POST",
+            url,
+            data=body,
+            method="POST",
             headers={"Content-Type": "application/json", "User-Agent": self.user_agent},
         )
         try:

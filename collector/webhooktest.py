@@ -37,8 +37,11 @@ def _parser() -> _Parser:
     src = t.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="the collector's TOML config (all its webhooks)")
     src.add_argument("--webhook", help="one receiver URL")
-    t.add_argument("--format", default="generic",
-                   help="generic, slack, mattermost, teams or alertmanager (with --webhook)")
+    t.add_argument(
+        "--format",
+        default="generic",
+        help="generic, slack, mattermost, teams or alertmanager (with --webhook)",
+    )
     t.add_argument("--secret", help="whsec_<base64> signing key (with --webhook)")
     return p
 
@@ -48,10 +51,17 @@ def sample_event() -> dict[str, object]:
 
     now = time.time()
     return {
-        "event": "test", "alert_id": "", "host_id": socket.gethostname(),
-        "severity": "warning", "at": rfc3339(now), "detected_at": rfc3339(now),
+        "event": "test",
+        "alert_id": "",
+        "host_id": socket.gethostname(),
+        "severity": "warning",
+        "at": rfc3339(now),
+        "detected_at": rfc3339(now),
         "summary": "tocsin webhook test: if you read this, the webhook works",
-        "requested_by": getpass.getuser(), "reasons": [], "actions": [], "process": None,
+        "requested_by": getpass.getuser(),
+        "reasons": [],
+        "actions": [],
+        "process": None,
     }
 
 
@@ -64,9 +74,12 @@ def _destinations(args: argparse.Namespace) -> list[Destination]:
     from tocsin.collector.cli import destinations, load_config
 
     conf = load_config(args.config)
-    merged = {"webhook": conf.get("webhook", []), "webhooks": conf.get("webhooks", []),
-              "webhook_format": conf.get("webhook_format", "generic"),
-              "webhook_secret": conf.get("webhook_secret")}
+    merged = {
+        "webhook": conf.get("webhook", []),
+        "webhooks": conf.get("webhooks", []),
+        "webhook_format": conf.get("webhook_format", "generic"),
+        "webhook_secret": conf.get("webhook_secret"),
+    }
     found = destinations(merged)
     if not found:
         raise ConfigError(f"--config {args.config}: no webhook configured")
@@ -81,8 +94,10 @@ def main(argv: Sequence[str]) -> int:
         status, error = deliver_once(dest, msg_id, sample_event())
         signed = "signed" if dest.key else "unsigned"
         if 200 <= status < 300:
-            print(f"{dest.dest_id} ({dest.format}, {signed}): delivered (HTTP {status}, "
-                  f"webhook-id {msg_id})")
+            print(
+                f"{dest.dest_id} ({dest.format}, {signed}): delivered (HTTP {status}, "
+                f"webhook-id {msg_id})"
+            )
         else:
             failures += 1
             print(f"{dest.dest_id} ({dest.format}, {signed}): FAILED ({error or status})")

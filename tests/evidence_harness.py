@@ -15,25 +15,44 @@ from tocsin.agent.window import WindowLoop
 from tocsin.v1 import telemetry_pb2 as pb
 
 
-def run_workload(share: Path, style: str, rate: float = 400, files: int = 60,
-                 extra: tuple[str, ...] = (), canaries: frozenset[str] = frozenset(),
-                 make: bool = True, argv: list[str] | None = None,
-                 ) -> tuple[list[pb.Window], int]:
+def run_workload(
+    share: Path,
+    style: str,
+    rate: float = 400,
+    files: int = 60,
+    extra: tuple[str, ...] = (),
+    canaries: frozenset[str] = frozenset(),
+    make: bool = True,
+    argv: list[str] | None = None,
+) -> tuple[list[pb.Window], int]:
     """Windows seen while ``style`` (or the command ``argv``) ran on ``share``."""
     if make:
         simulate.make_share(share, files)
     watcher = FileWatcher([str(share)])
     attributor = Attributor([str(share)])
     got: list[pb.Window] = []
-    loop = WindowLoop(watcher, attributor, got.append, window_s=0.5, idle_every_s=0.5,
-                      canaries=canaries)
+    loop = WindowLoop(
+        watcher, attributor, got.append, window_s=0.5, idle_every_s=0.5, canaries=canaries
+    )
     watcher.start()
     attributor.start()
     loop.start()
     time.sleep(0.3)
     try:
-        child = subprocess.Popen(argv or [sys.executable, "-m", "tocsin.agent.simulate", "run",
-                                          style, str(share), "--rate", str(rate), *extra])
+        child = subprocess.Popen(
+            argv
+            or [
+                sys.executable,
+                "-m",
+                "tocsin.agent.simulate",
+                "run",
+                style,
+                str(share),
+                "--rate",
+                str(rate),
+                *extra,
+            ]
+        )
         assert child.wait(timeout=60) == 0
         time.sleep(1.2)
     finally:

@@ -17,15 +17,33 @@ T0 = 1_700_000_000
 
 def encrypting(seq: int) -> pb.AgentMessage:
     w = pb.Window(
-        seq=seq, files_modified=60, files_renamed=60, files_probed=60, files_high_entropy=60,
-        files_incompressible=60, files_type_destroyed=55, mean_entropy=7.99,
-        encrypted_twins=50, new_extensions=1, top_new_extension=".locked",
-        top_new_extension_dirs=8, repeated_name="LISEZ-MOI.txt", repeated_name_dirs=6,
-        bytes_written=30_000_000, dirs_touched=8,
+        seq=seq,
+        files_modified=60,
+        files_renamed=60,
+        files_probed=60,
+        files_high_entropy=60,
+        files_incompressible=60,
+        files_type_destroyed=55,
+        mean_entropy=7.99,
+        encrypted_twins=50,
+        new_extensions=1,
+        top_new_extension=".locked",
+        top_new_extension_dirs=8,
+        repeated_name="LISEZ-MOI.txt",
+        repeated_name_dirs=6,
+        bytes_written=30_000_000,
+        dirs_touched=8,
     )
     w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
-    w.top_writers.add(pid=4242, ppid=1, name="python3", exe="/usr/bin/python3",
-                      tree_root_pid=4242, files_touched=60, files_type_destroyed=55)
+    w.top_writers.add(
+        pid=4242,
+        ppid=1,
+        name="python3",
+        exe="/usr/bin/python3",
+        tree_root_pid=4242,
+        files_touched=60,
+        files_type_destroyed=55,
+    )
     return pb.AgentMessage(window=w)
 
 
@@ -47,8 +65,9 @@ class FakeAgent:
             while (m := await out.get()) is not None:
                 yield m
 
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}",
-                                             options=CHANNEL_OPTIONS) as ch:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{self.port}", options=CHANNEL_OPTIONS
+        ) as ch:
             call = pb_grpc.TelemetryStub(ch).Stream(requests())
 
             async def read() -> None:
@@ -56,9 +75,17 @@ class FakeAgent:
                     if resp.HasField("command"):
                         cmd = resp.command
                         self.commands.append(cmd)
-                        await out.put(pb.AgentMessage(action_result=pb.ActionResult(
-                            command_id=cmd.id, kind=cmd.kind, status="done",
-                            detail=f"{cmd.kind} done", pids=list(cmd.pids))))
+                        await out.put(
+                            pb.AgentMessage(
+                                action_result=pb.ActionResult(
+                                    command_id=cmd.id,
+                                    kind=cmd.kind,
+                                    status="done",
+                                    detail=f"{cmd.kind} done",
+                                    pids=list(cmd.pids),
+                                )
+                            )
+                        )
 
             reader = asyncio.create_task(read())
             await self.stop.wait()

@@ -42,8 +42,11 @@ def main() -> int:
     p.add_argument("--spool-max-windows", type=int, default=100_000)
     p.add_argument("--backoff-max-s", type=float, default=3.0)
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s fleet %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s fleet %(levelname)s %(name)s: %(message)s",
+    )
     args.dir.mkdir(parents=True, exist_ok=True)
     log_fh = (args.dir / "created.log").open("a", encoding="utf-8")
     log_lock = threading.Lock()
@@ -59,9 +62,13 @@ def main() -> int:
         spool = WindowSpool(args.dir / host / "spool.sqlite", max_windows=args.spool_max_windows)
         boot = str(uuid.uuid4())
         shipper = Shipper(
-            args.collector, spool, HelloInfo(host, boot, [f"/srv/{host}"], ["suspend"]),
+            args.collector,
+            spool,
+            HelloInfo(host, boot, [f"/srv/{host}"], ["suspend"]),
             on_command=lambda c: pb.ActionResult(command_id=c.id, kind=c.kind, status="refused"),
-            backoff_initial_s=0.2, backoff_max_s=args.backoff_max_s, heartbeat_s=2.0,
+            backoff_initial_s=0.2,
+            backoff_max_s=args.backoff_max_s,
+            heartbeat_s=2.0,
         )
         shipper.start()
         shippers.append(shipper)
@@ -73,12 +80,24 @@ def main() -> int:
         while not stop.is_set():
             if creating.is_set():
                 now = time.time()
-                w = pb.Window(files_modified=1, events_modified=2, bytes_written=4096,
-                              dirs_touched=1, extensions_touched=1)
+                w = pb.Window(
+                    files_modified=1,
+                    events_modified=2,
+                    bytes_written=4096,
+                    dirs_touched=1,
+                    extensions_touched=1,
+                )
                 w.start.FromNanoseconds(int((now - period) * 1e9))
                 w.end.FromNanoseconds(int(now * 1e9))
-                w.top_writers.add(pid=1000, ppid=1, name="smbd", exe="/usr/sbin/smbd",
-                                  tree_root_pid=1000, files_touched=1, bytes_written=4096)
+                w.top_writers.add(
+                    pid=1000,
+                    ppid=1,
+                    name="smbd",
+                    exe="/usr/sbin/smbd",
+                    tree_root_pid=1000,
+                    files_touched=1,
+                    bytes_written=4096,
+                )
                 seq = shipper.submit_window(w)
                 with log_lock:
                     log_fh.write(f"{shipper.hello.host_id} {shipper.hello.boot_id} {seq}\n")
@@ -86,8 +105,10 @@ def main() -> int:
             next_at += period
             stop.wait(max(0.0, next_at - time.monotonic()))
 
-    producers = [threading.Thread(target=produce, args=(s, i / (args.rate * len(shippers))),
-                                  daemon=True) for i, s in enumerate(shippers)]
+    producers = [
+        threading.Thread(target=produce, args=(s, i / (args.rate * len(shippers))), daemon=True)
+        for i, s in enumerate(shippers)
+    ]
     for t in producers:
         t.start()
     print(f"fleet of {len(shippers)} agents started", flush=True)

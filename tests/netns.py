@@ -7,6 +7,7 @@ test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -44,7 +45,9 @@ class Netns:
     def popen(self, args: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.cmd(args), **kw)  # type: ignore[call-overload,no-any-return]
 
-    def run(self, args: Sequence[str], timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, args: Sequence[str], timeout: float = 60, **kw: object
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(  # type: ignore[call-overload,no-any-return]
             self.cmd(args), capture_output=True, text=True, timeout=timeout, **kw
         )
@@ -82,8 +85,21 @@ def veth_pair(prefix: str = "tcs") -> Iterator[tuple[Netns, Netns]]:
             _run("ip", "netns", "add", ns.name)
             created.append(ns.name)
             _run("ip", "-n", ns.name, "link", "set", "lo", "up")
-        _run("ip", "link", "add", veth_a, "netns", a.name, "type", "veth", "peer", "name", veth_b,
-             "netns", b.name)
+        _run(
+            "ip",
+            "link",
+            "add",
+            veth_a,
+            "netns",
+            a.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            veth_b,
+            "netns",
+            b.name,
+        )
         for ns, dev in ((a, veth_a), (b, veth_b)):
             _run("ip", "-n", ns.name, "addr", "add", f"{ns.address}/24", "dev", dev)
             _run("ip", "-n", ns.name, "link", "set", dev, "up")
@@ -92,8 +108,6 @@ def veth_pair(prefix: str = "tcs") -> Iterator[tuple[Netns, Netns]]:
         for name in created:
             pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
             for pid in pids.stdout.split():
-                try:
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), 9)
-                except (ProcessLookupError, ValueError):
-                    pass
             subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from tocsin.agent.act import Actions, ruleset
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -108,12 +109,23 @@ def test_isolation_in_a_network_namespace(tmp_path: Path) -> None:
         subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"], check=True)
 
         def nft(args: list[str], stdin: str) -> tuple[int, str]:
-            cp = subprocess.run(["ip", "netns", "exec", ns, "nft", *args], input=stdin,
-                                capture_output=True, text=True, check=False)
+            cp = subprocess.run(
+                ["ip", "netns", "exec", ns, "nft", *args],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             return cp.returncode, cp.stderr + cp.stdout
 
-        acts = Actions(tmp_path, "127.0.0.1", 7443, allow=["192.0.2.0/24"], nft=nft,
-                       reachable=lambda h, p: True)
+        acts = Actions(
+            tmp_path,
+            "127.0.0.1",
+            7443,
+            allow=["192.0.2.0/24"],
+            nft=nft,
+            reachable=lambda h, p: True,
+        )
         r = acts.run(pb.Command(id="i", kind="isolate"))
         assert r.status == "done", r.detail
         rc, listing = nft(["list", "table", "inet", "tocsin"], "")

@@ -10,15 +10,38 @@ import pytest
 
 
 def _agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tocsin.agent.cli", *args],
-                          capture_output=True, text=True, timeout=30, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "tocsin.agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
 
 
-@pytest.mark.parametrize("case", ["bad-flag", "no-tls", "missing-dir", "bad-config",
-                                  "bad-tripwire", "bad-collector", "drill-not-empty"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad-flag",
+        "no-tls",
+        "missing-dir",
+        "bad-config",
+        "bad-tripwire",
+        "bad-collector",
+        "drill-not-empty",
+    ],
+)
 def test_user_mistakes(tmp_path: Path, case: str) -> None:
-    base = ["--collector", "127.0.0.1:7443", "--host-id", "h", "--state-dir",
-            str(tmp_path / "st"), "--watch", str(tmp_path)]
+    base = [
+        "--collector",
+        "127.0.0.1:7443",
+        "--host-id",
+        "h",
+        "--state-dir",
+        str(tmp_path / "st"),
+        "--watch",
+        str(tmp_path),
+    ]
     cfg = tmp_path / "agent.toml"
     cfg.write_text("collector = [1, 2\n")
     (tmp_path / "junk").write_text("x")
@@ -43,8 +66,10 @@ def test_config_file_keys_and_flag_override(tmp_path: Path) -> None:
     from tocsin.agent.cli import build_config
 
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(f'collector = "10.0.0.1:7443"\nwatch = ["{tmp_path}"]\nhost_id = "mairie-1"\n'
-                   f'state_dir = "{tmp_path / "st"}"\ninsecure = true\ntripwire = "off"\n')
+    cfg.write_text(
+        f'collector = "10.0.0.1:7443"\nwatch = ["{tmp_path}"]\nhost_id = "mairie-1"\n'
+        f'state_dir = "{tmp_path / "st"}"\ninsecure = true\ntripwire = "off"\n'
+    )
     conf, _ = build_config(["--config", str(cfg), "--tripwire", "enforce"])
     assert conf.collector_host_port == ("10.0.0.1", 7443)
     assert conf.host_id == "mairie-1"

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+
 from tocsin.agent import simulate
 from tocsin.agent.probe import probe_file, probe_files
 

@@ -9,6 +9,7 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
 from tocsin.v1 import CHANNEL_OPTIONS, telemetry_pb2_grpc
@@ -25,8 +26,9 @@ class _Collector(telemetry_pb2_grpc.TelemetryServicer):
         self.command = command
         self.lock = threading.Lock()
 
-    def Stream(self, request_iterator: Iterator[pb.AgentMessage],
-               context: grpc.ServicerContext) -> Iterator[pb.CollectorMessage]:
+    def Stream(
+        self, request_iterator: Iterator[pb.AgentMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.CollectorMessage]:
         boot = ""
         for msg in request_iterator:
             with self.lock:
@@ -66,14 +68,22 @@ def _result(cmd: pb.Command) -> pb.ActionResult:
 
 
 def test_hello_windows_acks_command_and_resend_after_restart(tmp_path: Path) -> None:
-    first = _Collector(ack=False, command=pb.Command(id="cmd-1", kind="suspend", pids=[42],
-                                                      dry_run=True))
+    first = _Collector(
+        ack=False, command=pb.Command(id="cmd-1", kind="suspend", pids=[42], dry_run=True)
+    )
     server, port = _serve(first)
     spool = WindowSpool(tmp_path / "spool.sqlite")
-    shipper = Shipper(f"127.0.0.1:{port}", spool,
-                      HelloInfo("host-1", "boot-1", ["/srv"], ["suspend"]), _result,
-                      recorder=None, backoff_initial_s=0.1, backoff_max_s=0.5)
+    shipper = Shipper(
+        f"127.0.0.1:{port}",
+        spool,
+        HelloInfo("host-1", "boot-1", ["/srv"], ["suspend"]),
+        _result,
+        recorder=None,
+        backoff_initial_s=0.1,
+        backoff_max_s=0.5,
+    )
     from tocsin.v1.recording import Recorder
+
     shipper.recorder = Recorder(tmp_path / "rec.jsonl")
     shipper.start()
     try:

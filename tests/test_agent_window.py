@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tocsin.agent import simulate
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.watch import FileWatcher
@@ -16,8 +17,9 @@ from tocsin.agent.window import WindowLoop
 from tocsin.v1 import telemetry_pb2 as pb
 
 
-def _run(tmp_path: Path, style: str, files: int = 80,
-         extra: tuple[str, ...] = ()) -> tuple[list[pb.Window], int]:
+def _run(
+    tmp_path: Path, style: str, files: int = 80, extra: tuple[str, ...] = ()
+) -> tuple[list[pb.Window], int]:
     share = tmp_path / "share"
     simulate.make_share(share, files)
     watcher = FileWatcher([str(share)])
@@ -29,8 +31,19 @@ def _run(tmp_path: Path, style: str, files: int = 80,
     loop.start()
     time.sleep(0.3)
     try:
-        child = subprocess.Popen([sys.executable, "-m", "tocsin.agent.simulate", "run", style,
-                                  str(share), "--rate", "400", *extra])
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tocsin.agent.simulate",
+                "run",
+                style,
+                str(share),
+                "--rate",
+                "400",
+                *extra,
+            ]
+        )
         assert child.wait(timeout=60) == 0
         time.sleep(1.2)
     finally:

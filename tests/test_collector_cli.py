@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.recording import Recorder
 
@@ -50,8 +51,9 @@ def test_collector_bad_flags_give_one_line_and_exit_2(
 
 
 def test_collector_refuses_without_tls_or_insecure(tmp_path: Path) -> None:
-    res = run(str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db",
-              str(tmp_path / "c.db"))
+    res = run(
+        str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db", str(tmp_path / "c.db")
+    )
     assert res.returncode == 2 and "--insecure" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
 
@@ -64,8 +66,7 @@ def test_config_file_unknown_key_and_flags_override(tmp_path: Path) -> None:
 
 
 def test_tocsin_bad_flags_one_line_exit_2() -> None:
-    for args in (["hosts"], ["frobnicate", "--collector", "x:1"],
-                 ["hosts", "--collector", "nope"]):
+    for args in (["hosts"], ["frobnicate", "--collector", "x:1"], ["hosts", "--collector", "nope"]):
         res = run(str(BIN / "tocsin"), *args)
         assert res.returncode == 2, (args, res.stderr)
         lines = res.stderr.strip().splitlines()
@@ -76,9 +77,18 @@ def test_tocsin_bad_flags_one_line_exit_2() -> None:
 def collector(tmp_path: Path) -> Iterator[str]:
     log = tmp_path / "collector.log"
     proc = subprocess.Popen(
-        [str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db",
-         str(tmp_path / "c.db"), "--respond", "dry-run", "--insecure"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        [
+            str(BIN / "tocsin-collector"),
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(tmp_path / "c.db"),
+            "--respond",
+            "dry-run",
+            "--insecure",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         end = time.monotonic() + 20
@@ -99,11 +109,24 @@ def make_recording(path: Path, n: int) -> None:
     rec = Recorder(path)
     rec.write(pb.AgentMessage(hello=pb.Hello(host_id="rec-host", boot_id="b1")))
     for seq in range(1, n + 1):
-        w = pb.Window(seq=seq, files_modified=40, files_probed=40, files_type_destroyed=30,
-                      encrypted_twins=30, files_high_entropy=40, mean_entropy=7.9)
+        w = pb.Window(
+            seq=seq,
+            files_modified=40,
+            files_probed=40,
+            files_type_destroyed=30,
+            encrypted_twins=30,
+            files_high_entropy=40,
+            mean_entropy=7.9,
+        )
         w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
-        w.top_writers.add(pid=99, name="cryptor", exe="/tmp/cryptor", tree_root_pid=99,
-                          files_touched=40, files_type_destroyed=30)
+        w.top_writers.add(
+            pid=99,
+            name="cryptor",
+            exe="/tmp/cryptor",
+            tree_root_pid=99,
+            files_touched=40,
+            files_type_destroyed=30,
+        )
         rec.write(pb.AgentMessage(window=w))
     rec.close()
 
@@ -112,8 +135,18 @@ def test_replay_then_hosts_and_alerts(tmp_path: Path, collector: str) -> None:
     recording = tmp_path / "r.jsonl"
     make_recording(recording, 5)
     t0 = time.monotonic()
-    res = run(str(BIN / "tocsin"), "replay", str(recording), "--collector", collector,
-              "--insecure", "--speed", "10", "--host-id", "replayed")
+    res = run(
+        str(BIN / "tocsin"),
+        "replay",
+        str(recording),
+        "--collector",
+        collector,
+        "--insecure",
+        "--speed",
+        "10",
+        "--host-id",
+        "replayed",
+    )
     assert res.returncode == 0, res.stderr
     assert time.monotonic() - t0 >= 0.4  # 4 s of windows at speed 10
     assert "windows sent 5, acked 5" in res.stdout
@@ -130,6 +163,14 @@ def test_replay_then_hosts_and_alerts(tmp_path: Path, collector: str) -> None:
     table = run(str(BIN / "tocsin"), "alerts", "--collector", collector, "--insecure").stdout
     assert "replayed" in table and "critical" in table and "cryptor (pid 99)" in table
 
-    res = run(str(BIN / "tocsin"), "release", "replayed", "--collector", collector,
-              "--insecure", "--timeout", "0.5")
+    res = run(
+        str(BIN / "tocsin"),
+        "release",
+        "replayed",
+        "--collector",
+        collector,
+        "--insecure",
+        "--timeout",
+        "0.5",
+    )
     assert "release replayed: queued" in res.stdout and res.returncode == 1

@@ -14,8 +14,9 @@ def window(seq: int, *, t: float | None = None, root: int = 100, **fields: objec
     t = T0 + seq if t is None else t
     w = pb.Window(seq=seq, **fields)  # type: ignore[arg-type]
     w.start.seconds, w.end.seconds = int(t), int(t) + 1
-    w.top_writers.add(pid=root + 1, name="python3", exe="/usr/bin/python3", tree_root_pid=root,
-                      files_touched=10)
+    w.top_writers.add(
+        pid=root + 1, name="python3", exe="/usr/bin/python3", tree_root_pid=root, files_touched=10
+    )
     return w
 
 
@@ -28,8 +29,15 @@ def test_benign_backup_high_entropy_is_warning_at_most() -> None:
     j = judge()
     sev = set()
     for seq in range(1, 40):
-        w = window(seq, files_created=200, files_probed=50, files_high_entropy=50,
-                   files_incompressible=50, mean_entropy=7.99, bytes_written=50_000_000)
+        w = window(
+            seq,
+            files_created=200,
+            files_probed=50,
+            files_high_entropy=50,
+            files_incompressible=50,
+            mean_entropy=7.99,
+            bytes_written=50_000_000,
+        )
         for d in j.observe("srv", w, 0.8):
             sev.add(d.severity)
     assert sev == {"warning"}
@@ -37,14 +45,28 @@ def test_benign_backup_high_entropy_is_warning_at_most() -> None:
 
 def test_in_place_encryption_is_critical_with_reasons() -> None:
     j = judge()
-    w = window(1, files_modified=40, files_probed=40, files_type_destroyed=42,
-               encrypted_twins=30, top_new_extension=".locked", top_new_extension_dirs=8,
-               repeated_name="LISEZ-MOI.txt", repeated_name_dirs=6, events_dropped=1200)
+    w = window(
+        1,
+        files_modified=40,
+        files_probed=40,
+        files_type_destroyed=42,
+        encrypted_twins=30,
+        top_new_extension=".locked",
+        top_new_extension_dirs=8,
+        repeated_name="LISEZ-MOI.txt",
+        repeated_name_dirs=6,
+        events_dropped=1200,
+    )
     (d,) = j.observe("srv", w, 0.71)
     assert (d.kind, d.severity, d.root_pid) == ("open", "critical", 100)
-    for r in ("anomaly_score:0.71", "type_destroyed:42", "encrypted_twins:30",
-              "new_extension_spreading:.locked:8dirs", "ransom_note:LISEZ-MOI.txt:6dirs",
-              "events_dropped:1200"):
+    for r in (
+        "anomaly_score:0.71",
+        "type_destroyed:42",
+        "encrypted_twins:30",
+        "new_extension_spreading:.locked:8dirs",
+        "ransom_note:LISEZ-MOI.txt:6dirs",
+        "events_dropped:1200",
+    ):
         assert r in d.reasons
     assert d.process is not None and d.process.name == "python3"
 
@@ -131,8 +153,10 @@ def test_replay_gives_same_decisions() -> None:
 
 def test_blindness_is_a_warning_not_a_silence() -> None:
     """A kernel queue overflow or an unwatched directory warns even with a normal score."""
-    for fields, reason in (({"queue_overflows": 1}, "inotify_overflow:1"),
-                           ({"watch_limit_hits": 3}, "watch_limit:3")):
+    for fields, reason in (
+        ({"queue_overflows": 1}, "inotify_overflow:1"),
+        ({"watch_limit_hits": 3}, "watch_limit:3"),
+    ):
         (d,) = judge().observe("srv", window(1, **fields), 0.2)
         assert (d.severity, reason in d.reasons) == ("warning", True), d.reasons
     assert judge().observe("srv", window(1, files_modified=2), 0.2) == []
@@ -143,8 +167,7 @@ def test_exfiltration_staging_is_a_warning_never_critical() -> None:
     sev = set()
     reasons: set[str] = set()
     for seq in range(1, 20):
-        w = window(seq, files_read=600, read_dirs=45, archives_created=1,
-                   net_bytes_out=30_000_000)
+        w = window(seq, files_read=600, read_dirs=45, archives_created=1, net_bytes_out=30_000_000)
         for d in j.observe("srv", w, 0.9):
             sev.add(d.severity)
             reasons |= set(d.reasons)

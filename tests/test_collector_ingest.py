@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore
@@ -56,22 +57,48 @@ def receiver() -> Iterator[Receiver]:
 
 
 def hello(host: str = "srv-mairie", boot: str = "boot1") -> pb.AgentMessage:
-    return pb.AgentMessage(hello=pb.Hello(host_id=host, boot_id=boot, agent_version="0.1.0",
-                                          hostname=host, tripwire_mode="enforce"))
+    return pb.AgentMessage(
+        hello=pb.Hello(
+            host_id=host,
+            boot_id=boot,
+            agent_version="0.1.0",
+            hostname=host,
+            tripwire_mode="enforce",
+        )
+    )
 
 
 def encrypting(seq: int, *, drill: bool = False) -> pb.AgentMessage:
     w = pb.Window(
-        seq=seq, files_modified=60, files_renamed=60, files_probed=60, files_high_entropy=60,
-        files_incompressible=60, files_type_destroyed=55, mean_entropy=7.99,
-        encrypted_twins=50, new_extensions=1, top_new_extension=".locked",
-        top_new_extension_dirs=8, repeated_name="LISEZ-MOI.txt", repeated_name_dirs=6,
-        bytes_written=30_000_000, dirs_touched=8, drill=drill,
+        seq=seq,
+        files_modified=60,
+        files_renamed=60,
+        files_probed=60,
+        files_high_entropy=60,
+        files_incompressible=60,
+        files_type_destroyed=55,
+        mean_entropy=7.99,
+        encrypted_twins=50,
+        new_extensions=1,
+        top_new_extension=".locked",
+        top_new_extension_dirs=8,
+        repeated_name="LISEZ-MOI.txt",
+        repeated_name_dirs=6,
+        bytes_written=30_000_000,
+        dirs_touched=8,
+        drill=drill,
         example_paths=["/srv/partage/Finances/budget.xlsx.locked"],
     )
     w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
-    w.top_writers.add(pid=4242, ppid=1, name="python3", exe="/usr/bin/python3",
-                      tree_root_pid=4242, files_touched=60, files_type_destroyed=55)
+    w.top_writers.add(
+        pid=4242,
+        ppid=1,
+        name="python3",
+        exe="/usr/bin/python3",
+        tree_root_pid=4242,
+        files_touched=60,
+        files_type_destroyed=55,
+    )
     return pb.AgentMessage(window=w)
 
 
@@ -107,6 +134,7 @@ async def stream(
         for m in messages:
             await call.write(m)
         n_acks = sum(1 for m in messages if m.HasField("window") or m.HasField("hello"))
+
         async def read() -> None:
             async for resp in call:
                 if resp.HasField("ack"):
@@ -115,6 +143,7 @@ async def stream(
                     cmds.append(resp.command)
                 if len(acks) >= n_acks and len(cmds) >= want_commands:
                     return
+
         await asyncio.wait_for(read(), 10)
         await call.done_writing()
     return acks, cmds
@@ -132,9 +161,22 @@ def test_enforce_encryption_alerts_suspends_isolates_and_dedupes(
             assert [(x.kind, list(x.pids)) for x in cmds] == [("suspend", [4242]), ("isolate", [])]
             await until(lambda: receiver.of("alert"))
             (alert,) = receiver.of("alert")
-            for key in ("alert_id", "host_id", "severity", "score", "detected_at", "window_start",
-                        "window_end", "reasons", "process", "actions", "summary",
-                        "example_paths", "incident_id", "mode"):
+            for key in (
+                "alert_id",
+                "host_id",
+                "severity",
+                "score",
+                "detected_at",
+                "window_start",
+                "window_end",
+                "reasons",
+                "process",
+                "actions",
+                "summary",
+                "example_paths",
+                "incident_id",
+                "mode",
+            ):
                 assert key in alert, key
             assert alert["severity"] == "critical" and alert["host_id"] == "srv-mairie"
             assert alert["detected_at"].endswith("Z") and alert["window_start"].endswith("Z")
@@ -142,13 +184,21 @@ def test_enforce_encryption_alerts_suspends_isolates_and_dedupes(
             assert any(r.startswith("anomaly_score:") for r in alert["reasons"])
             assert alert["process"] == {"pid": 4242, "name": "python3", "exe": "/usr/bin/python3"}
             assert {a["action"]: a["status"] for a in alert["actions"]} == {
-                "suspend": "sent", "isolate": "sent"}
+                "suspend": "sent",
+                "isolate": "sent",
+            }
             assert "python3" in alert["summary"] and "srv-mairie" in alert["summary"]
 
             # Reconnect and resend: duplicates acked, not judged or stored again.
-            result = pb.AgentMessage(action_result=pb.ActionResult(
-                command_id=cmds[0].id, kind="suspend", status="done", pids=[4242],
-                detail="stopped 3 processes"))
+            result = pb.AgentMessage(
+                action_result=pb.ActionResult(
+                    command_id=cmds[0].id,
+                    kind="suspend",
+                    status="done",
+                    pids=[4242],
+                    detail="stopped 3 processes",
+                )
+            )
             acks2, _ = await stream(port, [hello(), encrypting(3), result, encrypting(4)])
             assert acks2[0] == 4 and acks2[-1] == 4
             assert c.telemetry.duplicates == 2 and c.telemetry.windows_stored == 4
@@ -242,12 +292,20 @@ def test_operator_isolate_waits_for_agent_and_release_lists_stopped(
                 assert (await it.__anext__()).HasField("ack")
                 c.store.set_host_state("srv-mairie", suspended_pids=[77])
 
-                isolate = asyncio.ensure_future(opstub.Isolate(op.HostActionRequest(
-                    host_id="srv-mairie", operator="alice", timeout_s=5)))
+                isolate = asyncio.ensure_future(
+                    opstub.Isolate(
+                        op.HostActionRequest(host_id="srv-mairie", operator="alice", timeout_s=5)
+                    )
+                )
                 cmd = (await it.__anext__()).command
                 assert cmd.kind == "isolate"
-                await call.write(pb.AgentMessage(action_result=pb.ActionResult(
-                    command_id=cmd.id, kind="isolate", status="done", detail="table tocsin")))
+                await call.write(
+                    pb.AgentMessage(
+                        action_result=pb.ActionResult(
+                            command_id=cmd.id, kind="isolate", status="done", detail="table tocsin"
+                        )
+                    )
+                )
                 reply = await isolate
                 assert reply.status == "done" and list(reply.still_suspended) == [77]
 
@@ -255,12 +313,20 @@ def test_operator_isolate_waits_for_agent_and_release_lists_stopped(
                 (h,) = hosts.hosts
                 assert h.connected and h.isolated
 
-                release = asyncio.ensure_future(opstub.Release(op.HostActionRequest(
-                    host_id="srv-mairie", operator="alice", timeout_s=5)))
+                release = asyncio.ensure_future(
+                    opstub.Release(
+                        op.HostActionRequest(host_id="srv-mairie", operator="alice", timeout_s=5)
+                    )
+                )
                 cmd = (await it.__anext__()).command
                 assert cmd.kind == "release"
-                await call.write(pb.AgentMessage(action_result=pb.ActionResult(
-                    command_id=cmd.id, kind="release", status="done")))
+                await call.write(
+                    pb.AgentMessage(
+                        action_result=pb.ActionResult(
+                            command_id=cmd.id, kind="release", status="done"
+                        )
+                    )
+                )
                 reply = await release
                 assert reply.status == "done" and list(reply.still_suspended) == [77]
                 await call.done_writing()
@@ -313,7 +379,7 @@ def test_later_hello_switches_boot_for_resent_windows(tmp_path: Path, receiver: 
         c, port = await run_collector(tmp_path, receiver.url, "off")
         try:
             msgs = [hello(boot="boot-old"), quiet(7), quiet(8), hello(boot="boot-new"), quiet(1)]
-            acks, _ = await stream(port, msgs + [quiet(2)])
+            acks, _ = await stream(port, [*msgs, quiet(2)])
             assert c.store.committed_seq("srv-mairie", "boot-old") == 8
             assert c.store.committed_seq("srv-mairie", "boot-new") == 2
             assert 8 in acks and acks[-1] == 2

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from tocsin.collector.store import (
     ActionRecord,
     AlertRecord,
@@ -18,8 +19,13 @@ from tocsin.v1.errors import ConfigError
 
 
 def win(seq: int) -> StoredWindow:
-    return StoredWindow(seq=seq, start_s=100.0 + seq, end_s=101.0 + seq, features=[1.0, 2.0],
-                        raw=b"\x08" + bytes([seq]))
+    return StoredWindow(
+        seq=seq,
+        start_s=100.0 + seq,
+        end_s=101.0 + seq,
+        features=[1.0, 2.0],
+        raw=b"\x08" + bytes([seq]),
+    )
 
 
 @pytest.fixture(params=["sqlite", "memory"])
@@ -48,12 +54,24 @@ def test_host_state_alerts_actions_audit(store: Store) -> None:
     host = store.get_host("h1")
     assert host is not None and host.isolated and host.suspended_pids == [3, 5]
     for i in range(3):
-        store.save_alert(AlertRecord(f"a{i}", "h1", "inc", "critical", 0.9, 10.0 + i, 1.0, 2.0,
-                                     ["x"], {"pid": 1, "name": "p", "exe": ""}, {"i": i}))
+        store.save_alert(
+            AlertRecord(
+                f"a{i}",
+                "h1",
+                "inc",
+                "critical",
+                0.9,
+                10.0 + i,
+                1.0,
+                2.0,
+                ["x"],
+                {"pid": 1, "name": "p", "exe": ""},
+                {"i": i},
+            )
+        )
     assert [a.alert_id for a in store.list_alerts("h1", limit=2)] == ["a2", "a1"]
     assert store.list_alerts("other") == []
-    store.add_action(ActionRecord("c1", "a1", "h1", "suspend", "collector", 1.0, "sent",
-                                  pids=[3]))
+    store.add_action(ActionRecord("c1", "a1", "h1", "suspend", "collector", 1.0, "sent", pids=[3]))
     done = store.finish_action("c1", "done", "stopped", [3, 4])
     assert done is not None and done.status == "done" and done.pids == [3, 4]
     assert store.finish_action("missing", "done", "") is None

@@ -8,20 +8,36 @@ from tocsin.collector.explain import explain_decision
 
 def test_critical_explanation_names_evidence_process_paths_and_features() -> None:
     d = Decision(
-        kind="open", incident_id="i1", host_id="mairie-fs1", root_pid=4242, severity="critical",
+        kind="open",
+        incident_id="i1",
+        host_id="mairie-fs1",
+        root_pid=4242,
+        severity="critical",
         score=0.71,
-        reasons=("anomaly_score:0.71", "type_destroyed:14", "encrypted_twins:30:60s",
-                 "ransom_note:LISEZ-MOI.txt:6dirs"),
-        window_start_s=0.0, window_end_s=1.0,
+        reasons=(
+            "anomaly_score:0.71",
+            "type_destroyed:14",
+            "encrypted_twins:30:60s",
+            "ransom_note:LISEZ-MOI.txt:6dirs",
+        ),
+        window_start_s=0.0,
+        window_end_s=1.0,
         process=ProcessInfo(4243, "chiffre", "/tmp/chiffre", 4242),
         example_paths=("/srv/partage/Finances/budget.xlsx",),
     )
     text = explain_decision(d, [("type_destroyed_rate", 0.8), ("high_entropy_frac", 0.3)])
-    for part in ("14 files that had a recognisable type", "within one window",
-                 "30 files were replaced by an encrypted copy", "over the last minute",
-                 "LISEZ-MOI.txt appeared in 6 directories", "chiffre (pid 4243",
-                 "process tree 4242", "/srv/partage/Finances/budget.xlsx",
-                 "files losing their type per second", "Critical"):
+    for part in (
+        "14 files that had a recognisable type",
+        "within one window",
+        "30 files were replaced by an encrypted copy",
+        "over the last minute",
+        "LISEZ-MOI.txt appeared in 6 directories",
+        "chiffre (pid 4243",
+        "process tree 4242",
+        "/srv/partage/Finances/budget.xlsx",
+        "files losing their type per second",
+        "Critical",
+    ):
         assert part in text, (part, text)
 
 

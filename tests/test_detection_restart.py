@@ -20,14 +20,27 @@ def window(seq: int, t: float, **fields: object) -> pb.Window:
     w = pb.Window(seq=seq, **fields)  # type: ignore[arg-type]
     w.start.FromNanoseconds(int(t * 1e9))
     w.end.FromNanoseconds(int((t + 1) * 1e9))
-    w.top_writers.add(pid=4242, name="chiffre", exe="/tmp/chiffre", tree_root_pid=4242,
-                      files_touched=12, files_type_destroyed=12)
+    w.top_writers.add(
+        pid=4242,
+        name="chiffre",
+        exe="/tmp/chiffre",
+        tree_root_pid=4242,
+        files_touched=12,
+        files_type_destroyed=12,
+    )
     return w
 
 
 def attack(seq: int, t: float) -> pb.Window:
-    return window(seq, t, files_modified=12, files_probed=12, files_type_destroyed=12,
-                  files_high_entropy=12, mean_entropy=7.99)
+    return window(
+        seq,
+        t,
+        files_modified=12,
+        files_probed=12,
+        files_type_destroyed=12,
+        files_high_entropy=12,
+        mean_entropy=7.99,
+    )
 
 
 async def judge_one(c: Collector, host: str, w: pb.Window) -> list[str]:
@@ -76,9 +89,15 @@ def test_host_learns_its_own_baseline_and_keeps_it_across_restart(tmp_path: Path
     windows = []
     for i in range(700):  # a busy host: a backup every 50 s, saves in between
         busy = i % 50 < 5
-        w = window(i + 1, T0 + i, files_created=300 if busy else 2, files_probed=64 if busy else 2,
-                   files_high_entropy=64 if busy else 1, mean_entropy=7.9,
-                   bytes_written=80_000_000 if busy else 40_000)
+        w = window(
+            i + 1,
+            T0 + i,
+            files_created=300 if busy else 2,
+            files_probed=64 if busy else 2,
+            files_high_entropy=64 if busy else 1,
+            mean_entropy=7.9,
+            bytes_written=80_000_000 if busy else 40_000,
+        )
         windows.append(StoredWindow(i + 1, T0 + i, T0 + i + 1, window_features(w).tolist(), b""))
     store.add_windows("srv", "boot", windows)
     cfg = BaselineConfig(learning_s=600.0, min_windows=500, trees=30, check_every_s=0.0)

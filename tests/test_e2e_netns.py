@@ -8,6 +8,7 @@ nothing else: every packet stays on this machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -28,8 +29,9 @@ from tocsin.agent.simulate import make_share
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
-    pytest.mark.skipif(netns_unavailable_reason() is not None,
-                       reason=str(netns_unavailable_reason())),
+    pytest.mark.skipif(
+        netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason())
+    ),
 ]
 
 BIN = Path(sys.executable).parent
@@ -41,8 +43,9 @@ SHARE_FILES = 2000
 ATTACK_RATE = 200.0
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30,
-             interval_s: float = 0.1) -> Any:
+def wait_for(
+    what: str, check: Callable[[], Any], timeout_s: float = 30, interval_s: float = 0.1
+) -> Any:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         value = check()
@@ -83,8 +86,18 @@ class Chain:
 
     def attack(self, progress: Path) -> subprocess.Popen[bytes]:
         proc = self.agent_ns.popen(
-            [sys.executable, "-m", "tocsin.agent.simulate", "run", "encrypt-inplace",
-             str(self.share), "--rate", str(ATTACK_RATE), "--progress", str(progress)],
+            [
+                sys.executable,
+                "-m",
+                "tocsin.agent.simulate",
+                "run",
+                "encrypt-inplace",
+                str(self.share),
+                "--rate",
+                str(ATTACK_RATE),
+                "--progress",
+                str(progress),
+            ],
             stderr=subprocess.DEVNULL,
         )
         self.procs.append(proc)
@@ -114,20 +127,50 @@ def chain_factory(tmp_path: Path) -> Iterator[Callable[[str], Chain]]:
             chain.procs.append(ns.popen(args, stdout=fh, stderr=subprocess.STDOUT))
 
         receiver = str(Path(__file__).resolve().parents[1] / "tools" / "receiver.py")
-        spawn(cns, [sys.executable, receiver, "webhook", cns.address, str(WEBHOOK_PORT),
-                    str(chain.hooks)], "receiver.log")
-        spawn(cns, [sys.executable, receiver, "listen", cns.address, str(OTHER_PORT)],
-              "listener.log")
-        spawn(cns, [str(BIN / "tocsin-collector"), "--listen", chain.collector_addr,
-                    "--db", str(tmp_path / "collector.db"),
-                    "--webhook", f"http://{cns.address}:{WEBHOOK_PORT}/hook",
-                    "--respond", mode, "--insecure"], "collector.log")
+        spawn(
+            cns,
+            [sys.executable, receiver, "webhook", cns.address, str(WEBHOOK_PORT), str(chain.hooks)],
+            "receiver.log",
+        )
+        spawn(
+            cns, [sys.executable, receiver, "listen", cns.address, str(OTHER_PORT)], "listener.log"
+        )
+        spawn(
+            cns,
+            [
+                str(BIN / "tocsin-collector"),
+                "--listen",
+                chain.collector_addr,
+                "--db",
+                str(tmp_path / "collector.db"),
+                "--webhook",
+                f"http://{cns.address}:{WEBHOOK_PORT}/hook",
+                "--respond",
+                mode,
+                "--insecure",
+            ],
+            "collector.log",
+        )
         ans.wait_connect(cns.address, COLLECTOR_PORT)
         ans.wait_connect(cns.address, OTHER_PORT)
-        spawn(ans, [str(BIN / "tocsin-agent"), "--collector", chain.collector_addr,
-                    "--watch", str(chain.share), "--host-id", HOST_ID,
-                    "--state-dir", str(tmp_path / "agent-state"), "--insecure",
-                    "--tripwire", "off"], "agent.log")
+        spawn(
+            ans,
+            [
+                str(BIN / "tocsin-agent"),
+                "--collector",
+                chain.collector_addr,
+                "--watch",
+                str(chain.share),
+                "--host-id",
+                HOST_ID,
+                "--state-dir",
+                str(tmp_path / "agent-state"),
+                "--insecure",
+                "--tripwire",
+                "off",
+            ],
+            "agent.log",
+        )
 
         def connected() -> bool:
             res = chain.tocsin("hosts", "--json")
@@ -149,10 +192,8 @@ def chain_factory(tmp_path: Path) -> Iterator[Callable[[str], Chain]]:
         if isinstance(item, Chain):
             for proc in item.procs:
                 if proc.poll() is None:
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(proc.pid, 18)  # SIGCONT, in case it was stopped
-                    except ProcessLookupError:
-                        pass
                     proc.kill()
                     proc.wait(timeout=10)
         else:
@@ -185,8 +226,11 @@ def test_enforce_suspends_isolates_and_release_restores(
     assert body["process"] is not None and body["process"]["pid"] == attacker.pid, body
 
     try:
-        wait_for("the attacker to be stopped",
-                 lambda: proc.status() == psutil.STATUS_STOPPED, timeout_s=15)
+        wait_for(
+            "the attacker to be stopped",
+            lambda: proc.status() == psutil.STATUS_STOPPED,
+            timeout_s=15,
+        )
     except AssertionError:
         raise AssertionError("attacker not stopped\n" + chain.logs()) from None
     time.sleep(0.3)
@@ -200,10 +244,18 @@ def test_enforce_suspends_isolates_and_release_restores(
     assert not chain.agent_ns.can_connect(chain.collector_ns.address, OTHER_PORT)
 
     # The outcome reached the operator as an action event.
-    wait_for("action webhooks", lambda: {
-        (b["body"].get("action"), b["body"].get("status")) for b in chain.webhooks()
-        if b["body"].get("event") == "action"
-    } >= {("suspend", "done"), ("isolate", "done")}, timeout_s=15)
+    wait_for(
+        "action webhooks",
+        lambda: (
+            {
+                (b["body"].get("action"), b["body"].get("status"))
+                for b in chain.webhooks()
+                if b["body"].get("event") == "action"
+            }
+            >= {("suspend", "done"), ("isolate", "done")}
+        ),
+        timeout_s=15,
+    )
 
     # The files stay as they were while the process is stopped.
     time.sleep(1.0)
@@ -211,12 +263,15 @@ def test_enforce_suspends_isolates_and_release_restores(
 
     res = chain.tocsin("release", HOST_ID, "--resume")
     assert res.returncode == 0, res.stderr + res.stdout + chain.logs()
-    wait_for("the listener to be reachable again",
-             lambda: chain.agent_ns.can_connect(chain.collector_ns.address, OTHER_PORT),
-             timeout_s=15)
+    wait_for(
+        "the listener to be reachable again",
+        lambda: chain.agent_ns.can_connect(chain.collector_ns.address, OTHER_PORT),
+        timeout_s=15,
+    )
     assert not tocsin_table_present(chain.agent_ns)
-    wait_for("the attacker to be resumed",
-             lambda: proc.status() != psutil.STATUS_STOPPED, timeout_s=10)
+    wait_for(
+        "the attacker to be resumed", lambda: proc.status() != psutil.STATUS_STOPPED, timeout_s=10
+    )
 
     figures = {
         "rate_files_per_s": ATTACK_RATE,

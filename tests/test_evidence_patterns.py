@@ -17,8 +17,9 @@ FILES = 60
 QUIET = 3
 
 
-@pytest.mark.parametrize("style", ["encrypt-inplace", "encrypt-head", "encrypt-stripes",
-                                   "encrypt-pattern"])
+@pytest.mark.parametrize(
+    "style", ["encrypt-inplace", "encrypt-head", "encrypt-stripes", "encrypt-pattern"]
+)
 def test_type_destroyed_even_when_intermittent(tmp_path: Path, style: str) -> None:
     ws, _ = run_workload(tmp_path / "share", style, files=FILES)
     assert total(ws, "files_type_destroyed") >= FILES * 0.9, style
@@ -40,8 +41,18 @@ def test_twins_spreading_extension_and_note(tmp_path: Path) -> None:
     assert any(w.repeated_name == simulate.NOTE_NAME and w.repeated_name_dirs >= 10 for w in ws)
 
 
-@pytest.mark.parametrize("style", ["gzip-logs", "zip-folders", "convert-images", "office-saves",
-                                   "backup-gpg-files", "mass-delete", "sed-inplace"])
+@pytest.mark.parametrize(
+    "style",
+    [
+        "gzip-logs",
+        "zip-folders",
+        "convert-images",
+        "office-saves",
+        "backup-gpg-files",
+        "mass-delete",
+        "sed-inplace",
+    ],
+)
 def test_legitimate_jobs_stay_quiet(tmp_path: Path, style: str) -> None:
     share = tmp_path / "share"
     simulate.make_share(share, FILES)
@@ -65,8 +76,9 @@ def test_canary_modified_is_touched(tmp_path: Path) -> None:
     simulate.make_share(share, 16)
     planted = canary.plant([str(share)])
     assert len(planted) >= 3 * 2
-    ws, _ = run_workload(share, "encrypt-inplace", files=16, make=False,
-                         canaries=frozenset(planted))
+    ws, _ = run_workload(
+        share, "encrypt-inplace", files=16, make=False, canaries=frozenset(planted)
+    )
     assert total(ws, "canary_touches") >= len(planted)
 
 

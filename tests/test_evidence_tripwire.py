@@ -24,9 +24,24 @@ ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify and SIGSTOP o
 def _agent(share: Path, state: Path, *extra: str) -> subprocess.Popen[str]:
     exe = Path(sys.executable).with_name("tocsin-agent")
     p = subprocess.Popen(
-        [str(exe), "--collector", "127.0.0.1:9", "--watch", str(share), "--host-id", "cut-off",
-         "--state-dir", str(state), "--insecure", "--tripwire", "enforce", *extra],
-        stderr=subprocess.PIPE, text=True)
+        [
+            str(exe),
+            "--collector",
+            "127.0.0.1:9",
+            "--watch",
+            str(share),
+            "--host-id",
+            "cut-off",
+            "--state-dir",
+            str(state),
+            "--insecure",
+            "--tripwire",
+            "enforce",
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert p.stderr is not None
     for line in p.stderr:  # wait until it watches
         if "watching" in line:
@@ -41,11 +56,22 @@ def _stopped(pid: int) -> bool:
         return False
 
 
-def _attack_until_stopped(share: Path, tmp: Path, style: str, rate: int
-                          ) -> tuple[bool, int, float]:
+def _attack_until_stopped(share: Path, tmp: Path, style: str, rate: int) -> tuple[bool, int, float]:
     progress = tmp / "progress.txt"
-    attack = subprocess.Popen([sys.executable, "-m", "tocsin.agent.simulate", "run", style,
-                               str(share), "--rate", str(rate), "--progress", str(progress)])
+    attack = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tocsin.agent.simulate",
+            "run",
+            style,
+            str(share),
+            "--rate",
+            str(rate),
+            "--progress",
+            str(progress),
+        ]
+    )
     t0 = time.monotonic()
     try:
         while attack.poll() is None and not _stopped(attack.pid):
@@ -70,8 +96,10 @@ def test_tripwire_suspends_encryptor_with_collector_unreachable(tmp_path: Path) 
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=20)
-    print(f"\ntripwire: encryptor at 200 files/s suspended={stopped} after {ruined} files "
-          f"({elapsed:.2f} s), collector unreachable")
+    print(
+        f"\ntripwire: encryptor at 200 files/s suspended={stopped} after {ruined} files "
+        f"({elapsed:.2f} s), collector unreachable"
+    )
     assert stopped, "the encryptor ran to the end"
     assert ruined < 600
     assert ruined <= 400  # within ~2 s at 200 files/s
@@ -106,22 +134,34 @@ def _window(writers: list[pb.ProcessSample], canaries: int = 0) -> pb.Window:
     return w
 
 
-def _sample(pid: int, root: int, destroyed: int, name: str = "crypt", exe: str = "") -> (
-        pb.ProcessSample):
-    return pb.ProcessSample(pid=pid, tree_root_pid=root, files_type_destroyed=destroyed,
-                            files_touched=destroyed, name=name, exe=exe)
+def _sample(
+    pid: int, root: int, destroyed: int, name: str = "crypt", exe: str = ""
+) -> pb.ProcessSample:
+    return pb.ProcessSample(
+        pid=pid,
+        tree_root_pid=root,
+        files_type_destroyed=destroyed,
+        files_touched=destroyed,
+        name=name,
+        exe=exe,
+    )
 
 
 def test_tripwire_sums_a_tree_and_never_touches_init_itself_or_protected() -> None:
     acts = _Actions()
-    tw = Tripwire(acts, "enforce", destroyed_threshold=10, protect=["borg", "/usr/bin/restic"],
-                  self_pid=4242)
+    tw = Tripwire(
+        acts, "enforce", destroyed_threshold=10, protect=["borg", "/usr/bin/restic"], self_pid=4242
+    )
     # Four workers of one tree, 3 files each: 12 >= 10 only as a tree.
     ws = [_sample(100 + i, 100, 3) for i in range(4)]
     assert tw.check(_window(ws), ws) is not None
     assert [list(c.pids) for c in acts.commands] == [[100]]
-    for root, name, exe in ((1, "crypt", ""), (4242, "crypt", ""), (300, "borg", ""),
-                            (400, "x", "/usr/bin/restic")):
+    for root, name, exe in (
+        (1, "crypt", ""),
+        (4242, "crypt", ""),
+        (300, "borg", ""),
+        (400, "x", "/usr/bin/restic"),
+    ):
         w = _window([_sample(root, root, 50, name, exe)])
         assert tw.check(w, list(w.top_writers)) is None
         assert w.tripwire_fired and "not suspended" in w.tripwire_reason
@@ -147,8 +187,9 @@ def test_tripwire_sums_a_tree_and_never_touches_init_itself_or_protected() -> No
 @ROOT_ONLY
 def test_eight_workers_of_one_parent_are_one_actor(tmp_path: Path) -> None:
     """8 forked workers at 25 files/s each: all damage lands on one tree."""
-    ws, parent = run_workload(tmp_path / "share", "encrypt-workers", rate=200, files=400,
-                              extra=("--workers", "8"))
+    ws, parent = run_workload(
+        tmp_path / "share", "encrypt-workers", rate=200, files=400, extra=("--workers", "8")
+    )
     per_tree: Counter[int] = Counter()
     workers: set[int] = set()
     for w in ws:
@@ -156,8 +197,10 @@ def test_eight_workers_of_one_parent_are_one_actor(tmp_path: Path) -> None:
             per_tree[s.tree_root_pid] += s.files_type_destroyed
             workers.add(s.pid)
     destroyed = sum(w.files_type_destroyed for w in ws)
-    print(f"\n8 workers: {len(workers)} writer pids, per tree {dict(per_tree)}, "
-          f"window total {destroyed}")
+    print(
+        f"\n8 workers: {len(workers)} writer pids, per tree {dict(per_tree)}, "
+        f"window total {destroyed}"
+    )
     assert len(workers) >= 8
     assert [t for t, n in per_tree.items() if n] == [parent]
     assert per_tree[parent] >= 0.8 * destroyed
@@ -179,8 +222,14 @@ def test_launcher_of_short_lived_encryptors_is_the_tree(tmp_path: Path) -> None:
     share = tmp_path / "share"
     simulate.make_share(share, 160)
     launcher = ("-c", LAUNCHER)
-    ws, _ = run_workload(share, "encrypt-inplace", files=0, make=False, extra=(), argv=[
-        sys.executable, *launcher, str(share), *simulate.DEPARTMENTS[:3]])
+    ws, _ = run_workload(
+        share,
+        "encrypt-inplace",
+        files=0,
+        make=False,
+        extra=(),
+        argv=[sys.executable, *launcher, str(share), *simulate.DEPARTMENTS[:3]],
+    )
     roots = {s.tree_root_pid for w in ws for s in w.top_writers if s.files_type_destroyed}
     pids = {s.pid for w in ws for s in w.top_writers if s.files_type_destroyed}
     assert len(pids) >= 3 and len(roots) == 1

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from transport_procs import (
     BIN,
     FLEET,
@@ -55,26 +54,56 @@ class Town:
     def start_fleet(self) -> None:
         fh = (self.tmp / "fleet.log").open("ab")
         self.procs["fleet"] = subprocess.Popen(
-            [sys.executable, str(FLEET), "--collector", self.addr, "--dir",
-             str(self.tmp / "fleet"), "--agents", str(AGENTS), "--rate", str(RATE)],
-            stdout=fh, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                str(FLEET),
+                "--collector",
+                self.addr,
+                "--dir",
+                str(self.tmp / "fleet"),
+                "--agents",
+                str(AGENTS),
+                "--rate",
+                str(RATE),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
 
     def start_agent(self) -> None:
         fh = (self.tmp / "agent.log").open("ab")
         self.procs["agent"] = subprocess.Popen(
-            [str(BIN / "tocsin-agent"), "--collector", self.addr, "--watch",
-             str(self.tmp / "share"), "--host-id", "real-agent", "--state-dir",
-             str(self.tmp / "agent-state"), "--insecure", "--window-s", "0.25",
-             "--tripwire", "off", "--record", str(self.tmp / "agent.jsonl")],
-            stdout=fh, stderr=subprocess.STDOUT)
+            [
+                str(BIN / "tocsin-agent"),
+                "--collector",
+                self.addr,
+                "--watch",
+                str(self.tmp / "share"),
+                "--host-id",
+                "real-agent",
+                "--state-dir",
+                str(self.tmp / "agent-state"),
+                "--insecure",
+                "--window-s",
+                "0.25",
+                "--tripwire",
+                "off",
+                "--record",
+                str(self.tmp / "agent.jsonl"),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
 
     def kill(self, name: str) -> None:
         self.procs[name].send_signal(signal.SIGKILL)
         self.procs[name].wait(10)
 
     def spools(self) -> list[Path]:
-        return [*sorted((self.tmp / "fleet").glob("fleet-*/spool.sqlite")),
-                self.tmp / "agent-state" / "spool.sqlite"]
+        return [
+            *sorted((self.tmp / "fleet").glob("fleet-*/spool.sqlite")),
+            self.tmp / "agent-state" / "spool.sqlite",
+        ]
 
     def spool_depth(self) -> int:
         return sum(len(v) for p in self.spools() for v in spooled(p).values())
@@ -131,8 +160,12 @@ def town(tmp_path: Path) -> Iterator[Town]:
     (tmp_path / "share").mkdir()
     db = tmp_path / "db" / "tocsin.db"
     db.parent.mkdir()
-    col = CollectorProc(db, tmp_path / "collector.log", f"127.0.0.1:{free_port()}",
-                        ["--insecure", "--log-level", "INFO"])
+    col = CollectorProc(
+        db,
+        tmp_path / "collector.log",
+        f"127.0.0.1:{free_port()}",
+        ["--insecure", "--log-level", "INFO"],
+    )
     addr = col.start()
     t = Town(tmp_path, col, addr)
     threading.Thread(target=t.writer, daemon=True).start()
@@ -169,8 +202,9 @@ def test_collector_killed_mid_stream_and_restarted(town: Town) -> None:
     time.sleep(3)  # the agents go on creating and spooling
     assert town.spool_depth() > 0
     town.collector.start()
-    wait_for("catch-up", lambda: sum(map(len, stored(town.collector.db).values()))
-             > killed_at + 200, 60)
+    wait_for(
+        "catch-up", lambda: sum(map(len, stored(town.collector.db).values())) > killed_at + 200, 60
+    )
     figures = town.quiesce_and_count()
     check_real_agent(town)
     assert figures["hosts"] == AGENTS + 1
@@ -206,12 +240,15 @@ def test_agents_killed_and_restarted_resend_their_old_boot(town: Town) -> None:
 def test_collector_disk_full_refuses_then_catches_up(tmp_path: Path) -> None:
     mnt = tmp_path / "db"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tocsin-test", str(mnt)],
-                   check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tocsin-test", str(mnt)], check=True)
     try:
         (tmp_path / "share").mkdir()
-        col = CollectorProc(mnt / "tocsin.db", tmp_path / "collector.log",
-                            f"127.0.0.1:{free_port()}", ["--insecure"])
+        col = CollectorProc(
+            mnt / "tocsin.db",
+            tmp_path / "collector.log",
+            f"127.0.0.1:{free_port()}",
+            ["--insecure"],
+        )
         town = Town(tmp_path, col, col.start())
         threading.Thread(target=town.writer, daemon=True).start()
         town.writing.set()

@@ -19,9 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from netns import netns_unavailable_reason, veth_pair
-from receiver import read_records
 from transport_procs import (
     BIN,
     FLEET,
@@ -34,11 +31,15 @@ from transport_procs import (
     wait_for,
 )
 
+from netns import netns_unavailable_reason, veth_pair
+from receiver import read_records
+
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
-    pytest.mark.skipif(netns_unavailable_reason() is not None,
-                       reason=str(netns_unavailable_reason())),
+    pytest.mark.skipif(
+        netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason())
+    ),
 ]
 
 PARTITION_S = float(os.environ.get("TOCSIN_PARTITION_S", "120"))  # the issue asks for 120
@@ -60,32 +61,77 @@ def test_link_down_two_minutes_nothing_lost(tmp_path: Path) -> None:
         share.mkdir()
         hooks = tmp_path / "hooks.jsonl"
         receiver = str(Path(__file__).resolve().parents[1] / "tools" / "receiver.py")
-        procs.append(cns.popen([sys.executable, receiver, "webhook", cns.address,
-                                str(HOOK_PORT), str(hooks)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL))
+        procs.append(
+            cns.popen(
+                [sys.executable, receiver, "webhook", cns.address, str(HOOK_PORT), str(hooks)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         col = CollectorProc(
-            tmp_path / "tocsin.db", tmp_path / "collector.log", f"{cns.address}:{PORT}",
-            ["--insecure", "--silent-after", str(PARTITION_S / 4),
-             "--webhook", f"http://{cns.address}:{HOOK_PORT}/hook"], prefix=cns.cmd([]))
+            tmp_path / "tocsin.db",
+            tmp_path / "collector.log",
+            f"{cns.address}:{PORT}",
+            [
+                "--insecure",
+                "--silent-after",
+                str(PARTITION_S / 4),
+                "--webhook",
+                f"http://{cns.address}:{HOOK_PORT}/hook",
+            ],
+            prefix=cns.cmd([]),
+        )
         addr = col.start()
         try:
+
             def spawn(args: list[str], log: str) -> subprocess.Popen[bytes]:
-                p = ans.popen(args, stdout=(tmp_path / log).open("ab"),
-                              stderr=subprocess.STDOUT)
+                p = ans.popen(args, stdout=(tmp_path / log).open("ab"), stderr=subprocess.STDOUT)
                 procs.append(p)
                 return p
 
-            fleet = spawn([sys.executable, str(FLEET), "--collector", addr, "--dir",
-                           str(tmp_path / "fleet"), "--agents", str(AGENTS), "--rate", "2",
-                           "--backoff-max-s", "5"], "fleet.log")
-            agent = spawn([str(BIN / "tocsin-agent"), "--collector", addr, "--watch", str(share),
-                           "--host-id", "real-agent", "--state-dir", str(tmp_path / "st"),
-                           "--insecure", "--window-s", "0.5", "--tripwire", "off"],
-                          "agent.log")
+            fleet = spawn(
+                [
+                    sys.executable,
+                    str(FLEET),
+                    "--collector",
+                    addr,
+                    "--dir",
+                    str(tmp_path / "fleet"),
+                    "--agents",
+                    str(AGENTS),
+                    "--rate",
+                    "2",
+                    "--backoff-max-s",
+                    "5",
+                ],
+                "fleet.log",
+            )
+            agent = spawn(
+                [
+                    str(BIN / "tocsin-agent"),
+                    "--collector",
+                    addr,
+                    "--watch",
+                    str(share),
+                    "--host-id",
+                    "real-agent",
+                    "--state-dir",
+                    str(tmp_path / "st"),
+                    "--insecure",
+                    "--window-s",
+                    "0.5",
+                    "--tripwire",
+                    "off",
+                ],
+                "agent.log",
+            )
             writer = spawn([sys.executable, "-c", WRITER, str(share)], "writer.log")
+
             def depth() -> int:
-                spools = [*sorted((tmp_path / "fleet").glob("fleet-*/spool.sqlite")),
-                          tmp_path / "st" / "spool.sqlite"]
+                spools = [
+                    *sorted((tmp_path / "fleet").glob("fleet-*/spool.sqlite")),
+                    tmp_path / "st" / "spool.sqlite",
+                ]
                 assert len(spools) == AGENTS + 1
                 return sum(len(v) for p in spools for v in spooled(p).values())
 
@@ -103,8 +149,10 @@ def test_link_down_two_minutes_nothing_lost(tmp_path: Path) -> None:
             # Windows made in the first seconds may still have been in flight; after that
             # nothing can arrive while the link is down.
             assert during - before < 200, (before, during)
-            assert backlog > AGENTS * PARTITION_S, (backlog, created_from_log(
-                tmp_path / "fleet" / "created.log"))
+            assert backlog > AGENTS * PARTITION_S, (
+                backlog,
+                created_from_log(tmp_path / "fleet" / "created.log"),
+            )
 
             wait_for("catch-up", lambda: depth() < 50, 120, 1)
             fleet.send_signal(signal.SIGUSR1)
@@ -118,9 +166,14 @@ def test_link_down_two_minutes_nothing_lost(tmp_path: Path) -> None:
             for key, seqs in stored(col.db).items():
                 created[key] = max(created.get(key, 0), max(seqs))
             figures = ledger(created, col.db)
-            wait_for("host_back webhooks", lambda: len(
-                [r for r in read_records(hooks) if r["body"]["event"] == "host_back"])
-                >= AGENTS + 1, 30)
+            wait_for(
+                "host_back webhooks",
+                lambda: (
+                    len([r for r in read_records(hooks) if r["body"]["event"] == "host_back"])
+                    >= AGENTS + 1
+                ),
+                30,
+            )
             assert col.stop() == 0
             events = [r["body"] for r in read_records(hooks)]
             silent = {e["host_id"] for e in events if e["event"] == "host_silent"}

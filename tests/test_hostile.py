@@ -26,6 +26,7 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
 from tocsin.collector.protocols import ThresholdScorer
@@ -39,8 +40,11 @@ from tocsin.v1 import telemetry_pb2 as pb
 METHOD = "/tocsin.v1.Telemetry/Stream"
 GOOD = "good-agent"
 ALLOWED = {
-    grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED,
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.ABORTED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 # gRPC itself answers a frame that is not an AgentMessage (before our code sees it).
@@ -59,10 +63,16 @@ class CollectorThread:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        limits = RateLimits(messages_per_s=25, messages_burst=60, bytes_per_s=200_000,
-                            bytes_burst=1_000_000)
-        self.collector = Collector(SqliteStore(self.tmp / "c.db"), ThresholdScorer(),
-                                   MemoryWebhookSink(), mode="off", rate_limits=limits)
+        limits = RateLimits(
+            messages_per_s=25, messages_burst=60, bytes_per_s=200_000, bytes_burst=1_000_000
+        )
+        self.collector = Collector(
+            SqliteStore(self.tmp / "c.db"),
+            ThresholdScorer(),
+            MemoryWebhookSink(),
+            mode="off",
+            rate_limits=limits,
+        )
         self.port = self.loop.run_until_complete(self.collector.start("127.0.0.1:0"))
         self.ready.set()
         self.loop.run_forever()
@@ -79,9 +89,14 @@ def town(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CollectorTh
     tmp = tmp_path_factory.mktemp("hostile")
     col = CollectorThread(tmp)
     spool = WindowSpool(tmp / "good-spool.sqlite")
-    good = Shipper(f"127.0.0.1:{col.port}", spool, HelloInfo(GOOD, "good-boot", ["/srv"]),
-                   lambda c: pb.ActionResult(command_id=c.id), backoff_initial_s=0.05,
-                   backoff_max_s=0.5)
+    good = Shipper(
+        f"127.0.0.1:{col.port}",
+        spool,
+        HelloInfo(GOOD, "good-boot", ["/srv"]),
+        lambda c: pb.ActionResult(command_id=c.id),
+        backoff_initial_s=0.05,
+        backoff_max_s=0.5,
+    )
     good.start()
     stop = threading.Event()
 
@@ -107,30 +122,36 @@ def hostile_id() -> st.SearchStrategy[str]:
 
 
 windows = st.builds(
-    lambda seq, n, paths: pb.AgentMessage(window=pb.Window(
-        seq=seq, files_modified=n, example_paths=paths)),
+    lambda seq, n, paths: pb.AgentMessage(
+        window=pb.Window(seq=seq, files_modified=n, example_paths=paths)
+    ),
     st.one_of(st.integers(0, 5), st.integers(0, 2**64 - 1)),
     st.integers(0, 2**32 - 1),
     st.lists(st.text(max_size=50), max_size=5),
 )
 hellos = st.builds(
     lambda h, b: pb.AgentMessage(hello=pb.Hello(host_id=h, boot_id=b)),
-    hostile_id(), st.one_of(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True), st.text()),
+    hostile_id(),
+    st.one_of(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True), st.text()),
 )
-others = st.sampled_from([
-    pb.AgentMessage(),
-    pb.AgentMessage(heartbeat=pb.Heartbeat(spool_depth=1)),
-    pb.AgentMessage(goodbye=pb.Goodbye(reason="bye")),
-    pb.AgentMessage(action_result=pb.ActionResult(command_id="nope", kind="isolate",
-                                                  status="done")),
-])
+others = st.sampled_from(
+    [
+        pb.AgentMessage(),
+        pb.AgentMessage(heartbeat=pb.Heartbeat(spool_depth=1)),
+        pb.AgentMessage(goodbye=pb.Goodbye(reason="bye")),
+        pb.AgentMessage(
+            action_result=pb.ActionResult(command_id="nope", kind="isolate", status="done")
+        ),
+    ]
+)
 messages = st.lists(st.one_of(hellos, windows, others), min_size=1, max_size=12)
 
 
 @st.composite
 def hostile_stream(draw: st.DrawFn) -> tuple[str, list[bytes]]:
-    kind = draw(st.sampled_from(["raw", "messages", "valid-then-junk", "oversized", "flood",
-                                 "replay"]))
+    kind = draw(
+        st.sampled_from(["raw", "messages", "valid-then-junk", "oversized", "flood", "replay"])
+    )
     host = draw(st.from_regex(r"x[a-z0-9]{1,8}", fullmatch=True))
     hello = pb.AgentMessage(hello=pb.Hello(host_id=host, boot_id="b1")).SerializeToString()
     if kind == "raw":
@@ -148,15 +169,19 @@ def hostile_stream(draw: st.DrawFn) -> tuple[str, list[bytes]]:
         w = [pb.AgentMessage(window=pb.Window(seq=i + 1)).SerializeToString() for i in range(n)]
         return kind, [hello, *w]
     seqs = draw(st.lists(st.integers(1, 5), min_size=1, max_size=10))  # replayed, out of order
-    return kind, [hello, *(pb.AgentMessage(window=pb.Window(seq=s)).SerializeToString()
-                           for s in seqs)]
+    return kind, [
+        hello,
+        *(pb.AgentMessage(window=pb.Window(seq=s)).SerializeToString() for s in seqs),
+    ]
 
 
 def run_stream(port: int, frames: list[bytes]) -> grpc.StatusCode:
-    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
-        ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES)]) as ch:
-        call = ch.stream_stream(METHOD, request_serializer=lambda b: b,
-                                response_deserializer=lambda b: b)
+    with grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES)]
+    ) as ch:
+        call = ch.stream_stream(
+            METHOD, request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
         try:
             for _ in call(iter(frames), timeout=5):
                 pass
@@ -165,11 +190,15 @@ def run_stream(port: int, frames: list[bytes]) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-@settings(max_examples=100, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(stream=hostile_stream())
-def test_hostile_streams_end_cleanly(town: tuple[CollectorThread, Shipper],
-                                     stream: tuple[str, list[bytes]]) -> None:
+def test_hostile_streams_end_cleanly(
+    town: tuple[CollectorThread, Shipper], stream: tuple[str, list[bytes]]
+) -> None:
     col, _ = town
     kind, frames = stream
     code = run_stream(col.port, frames)
@@ -178,14 +207,16 @@ def test_hostile_streams_end_cleanly(town: tuple[CollectorThread, Shipper],
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, kind
 
 
-def test_after_the_storm_the_good_agent_lost_nothing(
-    town: tuple[CollectorThread, Shipper]
-) -> None:
+def test_after_the_storm_the_good_agent_lost_nothing(town: tuple[CollectorThread, Shipper]) -> None:
     col, good = town
     # The collector still takes a fresh, honest stream.
-    ok = run_stream(col.port, [
-        pb.AgentMessage(hello=pb.Hello(host_id="honest-2", boot_id="b")).SerializeToString(),
-        pb.AgentMessage(window=pb.Window(seq=1)).SerializeToString()])
+    ok = run_stream(
+        col.port,
+        [
+            pb.AgentMessage(hello=pb.Hello(host_id="honest-2", boot_id="b")).SerializeToString(),
+            pb.AgentMessage(window=pb.Window(seq=1)).SerializeToString(),
+        ],
+    )
     assert ok == grpc.StatusCode.OK
     end = time.monotonic() + 20
     while good.spool.depth > 0 and time.monotonic() < end:
@@ -197,7 +228,8 @@ def test_after_the_storm_the_good_agent_lost_nothing(
     while store.committed_seq(GOOD, "good-boot") < top and time.monotonic() < deadline:
         time.sleep(0.05)
     rows = store._exec(  # type: ignore[attr-defined]
-        "SELECT seq FROM windows WHERE host_id=? AND boot_id=? ORDER BY seq", (GOOD, "good-boot"))
-    assert [r[0] for r in rows][: top] == list(range(1, top + 1))
+        "SELECT seq FROM windows WHERE host_id=? AND boot_id=? ORDER BY seq", (GOOD, "good-boot")
+    )
+    assert [r[0] for r in rows][:top] == list(range(1, top + 1))
     assert col.collector.limits.refusals > 0  # floods were cut
     assert good.last_status is None  # the good agent's stream was never refused

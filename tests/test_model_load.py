@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from tocsin.collector.features import FEATURE_NAMES, window_features
 from tocsin.collector.model import card_bytes, export_forest, npz_bytes, save_model
 from tocsin.collector.score import ForestScorer
@@ -134,31 +135,61 @@ def _window(**fields: float) -> np.ndarray:
 
 ENCRYPTION = {
     "in place": _window(
-        files_modified=150, dirs_touched=12, extensions_touched=6, files_probed=64,
-        files_high_entropy=64, files_type_destroyed=60, mean_entropy=7.99,
-        files_incompressible=64, bytes_written=3_000_000,
+        files_modified=150,
+        dirs_touched=12,
+        extensions_touched=6,
+        files_probed=64,
+        files_high_entropy=64,
+        files_type_destroyed=60,
+        mean_entropy=7.99,
+        files_incompressible=64,
+        bytes_written=3_000_000,
     ),
     "copy + notes": _window(
-        files_created=100, files_deleted=100, dirs_touched=20, extensions_touched=7,
-        new_extensions=1, top_new_extension_dirs=20, files_probed=64, files_high_entropy=60,
-        mean_entropy=7.95, files_incompressible=60, repeated_name_dirs=20,
-        encrypted_twins=100, bytes_written=2_000_000,
+        files_created=100,
+        files_deleted=100,
+        dirs_touched=20,
+        extensions_touched=7,
+        new_extensions=1,
+        top_new_extension_dirs=20,
+        files_probed=64,
+        files_high_entropy=60,
+        mean_entropy=7.95,
+        files_incompressible=60,
+        repeated_name_dirs=20,
+        encrypted_twins=100,
+        bytes_written=2_000_000,
     ),
     "base64": _window(
-        files_modified=100, dirs_touched=10, extensions_touched=6, files_probed=64,
-        files_encoded_random=60, files_type_destroyed=60, mean_entropy=6.0,
+        files_modified=100,
+        dirs_touched=10,
+        extensions_touched=6,
+        files_probed=64,
+        files_encoded_random=60,
+        files_type_destroyed=60,
+        mean_entropy=6.0,
         bytes_written=2_000_000,
     ),
 }
 BENIGN = {
     "idle": _window(),
     "office save": _window(
-        files_modified=2, dirs_touched=1, extensions_touched=1, files_probed=2,
-        files_high_entropy=2, mean_entropy=7.8, files_incompressible=1, bytes_written=120_000,
+        files_modified=2,
+        dirs_touched=1,
+        extensions_touched=1,
+        files_probed=2,
+        files_high_entropy=2,
+        mean_entropy=7.8,
+        files_incompressible=1,
+        bytes_written=120_000,
     ),
     "text edit": _window(
-        files_modified=1, dirs_touched=1, extensions_touched=1, files_probed=1,
-        mean_entropy=4.5, bytes_written=3_000,
+        files_modified=1,
+        dirs_touched=1,
+        extensions_touched=1,
+        files_probed=1,
+        mean_entropy=4.5,
+        bytes_written=3_000,
     ),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.ensemble import IsolationForest
+
 from tocsin.collector.features import FEATURE_NAMES
 from tocsin.collector.model import ForestArrays, export_forest
 from tocsin.collector.score import ForestScorer
@@ -76,8 +77,10 @@ def _edge_rows(arrays: ForestArrays, rng: np.random.Generator) -> np.ndarray:
 )
 def test_scores_match_sklearn(seed: int, max_samples: int, trees: int, data: str) -> None:
     rng = np.random.default_rng(seed)
-    make = (lambda n: rng.lognormal(size=(n, D))) if data == "random" else (
-        lambda n: _benign_like(rng, n)
+    make = (
+        (lambda n: rng.lognormal(size=(n, D)))
+        if data == "random"
+        else (lambda n: _benign_like(rng, n))
     )
     forest = IsolationForest(n_estimators=trees, max_samples=max_samples, random_state=seed)
     forest.fit(make(3000))

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import grpc
 import pytest
+from transport_procs import BIN, CollectorProc, free_port, stored, wait_for
+
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
 from tocsin.v1 import telemetry_pb2 as pb
 
-from transport_procs import BIN, CollectorProc, free_port, stored, wait_for
-
 
 def certs(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "tocsin"), "certs", *args], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [str(BIN / "tocsin"), "certs", *args], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     town, other = root / "town", root / "other"
     for d in (town, other):
         assert certs("init", "--dir", str(d)).returncode == 0
-    assert certs("issue", "collector", "--dir", str(town), "--collector",
-                 "--san", "127.0.0.1").returncode == 0
+    assert (
+        certs(
+            "issue", "collector", "--dir", str(town), "--collector", "--san", "127.0.0.1"
+        ).returncode
+        == 0
+    )
     for name in ("mairie-fs1", "mairie-fs2"):
         assert certs("issue", name, "--dir", str(town)).returncode == 0
     assert certs("issue", "mairie-fs1", "--dir", str(other)).returncode == 0
@@ -37,13 +42,24 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def collector(pki: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-              ) -> Iterator[CollectorProc]:
+def collector(
+    pki: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CollectorProc]:
     tmp = tmp_path_factory.mktemp("col")
     town = pki["town"]
-    col = CollectorProc(tmp / "c.db", tmp / "c.log", f"127.0.0.1:{free_port()}",
-                        ["--tls-ca", str(town / "ca.pem"), "--tls-cert",
-                         str(town / "collector.pem"), "--tls-key", str(town / "collector.key")])
+    col = CollectorProc(
+        tmp / "c.db",
+        tmp / "c.log",
+        f"127.0.0.1:{free_port()}",
+        [
+            "--tls-ca",
+            str(town / "ca.pem"),
+            "--tls-cert",
+            str(town / "collector.pem"),
+            "--tls-key",
+            str(town / "collector.key"),
+        ],
+    )
     col.start()
     yield col
     col.stop()
@@ -67,15 +83,32 @@ def test_certs_files_and_permissions(pki: dict[str, Path]) -> None:
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
-def ship(col: CollectorProc, tmp: Path, ca: Path, cert_dir: Path, cert: str, host_id: str,
-         boot: str, n: int = 3, wait_s: float = 8.0) -> Shipper:
+def ship(
+    col: CollectorProc,
+    tmp: Path,
+    ca: Path,
+    cert_dir: Path,
+    cert: str,
+    host_id: str,
+    boot: str,
+    n: int = 3,
+    wait_s: float = 8.0,
+) -> Shipper:
     creds = grpc.ssl_channel_credentials(
-        ca.read_bytes(), (cert_dir / f"{cert}.key").read_bytes(),
-        (cert_dir / f"{cert}.pem").read_bytes())
+        ca.read_bytes(),
+        (cert_dir / f"{cert}.key").read_bytes(),
+        (cert_dir / f"{cert}.pem").read_bytes(),
+    )
     spool = WindowSpool(tmp / f"{boot}.sqlite")
-    s = Shipper(col.listen, spool, HelloInfo(host_id, boot, ["/srv"]),
-                lambda c: pb.ActionResult(command_id=c.id), credentials=creds,
-                backoff_initial_s=0.1, backoff_max_s=0.5)
+    s = Shipper(
+        col.listen,
+        spool,
+        HelloInfo(host_id, boot, ["/srv"]),
+        lambda c: pb.ActionResult(command_id=c.id),
+        credentials=creds,
+        backoff_initial_s=0.1,
+        backoff_max_s=0.5,
+    )
     s.start()
     for _ in range(n):
         s.submit_window(pb.Window(files_modified=1))
@@ -85,8 +118,9 @@ def ship(col: CollectorProc, tmp: Path, ca: Path, cert_dir: Path, cert: str, hos
     return s
 
 
-def test_valid_agent_is_accepted(collector: CollectorProc, pki: dict[str, Path],
-                                 tmp_path: Path) -> None:
+def test_valid_agent_is_accepted(
+    collector: CollectorProc, pki: dict[str, Path], tmp_path: Path
+) -> None:
     town = pki["town"]
     s = ship(collector, tmp_path, town / "ca.pem", town, "mairie-fs1", "mairie-fs1", "good-1")
     try:
@@ -96,11 +130,20 @@ def test_valid_agent_is_accepted(collector: CollectorProc, pki: dict[str, Path],
         s.stop()
 
 
-def test_certificate_of_another_ca_is_refused(collector: CollectorProc, pki: dict[str, Path],
-                                              tmp_path: Path) -> None:
+def test_certificate_of_another_ca_is_refused(
+    collector: CollectorProc, pki: dict[str, Path], tmp_path: Path
+) -> None:
     # The agent trusts the town's collector, but its own certificate comes from elsewhere.
-    s = ship(collector, tmp_path, pki["town"] / "ca.pem", pki["other"], "mairie-fs1",
-             "mairie-fs1", "evil-1", wait_s=3)
+    s = ship(
+        collector,
+        tmp_path,
+        pki["town"] / "ca.pem",
+        pki["other"],
+        "mairie-fs1",
+        "mairie-fs1",
+        "evil-1",
+        wait_s=3,
+    )
     try:
         assert s.spool.depth == 3 and s.connections == 0
         assert ("mairie-fs1", "evil-1") not in stored(collector.db)
@@ -122,23 +165,46 @@ def test_valid_certificate_claiming_another_host_is_refused(
         s.stop()
 
 
-def test_real_agent_over_mtls(collector: CollectorProc, pki: dict[str, Path],
-                              tmp_path: Path) -> None:
+def test_real_agent_over_mtls(
+    collector: CollectorProc, pki: dict[str, Path], tmp_path: Path
+) -> None:
     town = pki["town"]
     (tmp_path / "share").mkdir()
     log = tmp_path / "agent.log"
     proc = subprocess.Popen(
-        [str(BIN / "tocsin-agent"), "--collector", collector.listen, "--watch",
-         str(tmp_path / "share"), "--host-id", "mairie-fs2", "--state-dir", str(tmp_path / "st"),
-         "--tls-ca", str(town / "ca.pem"), "--tls-cert", str(town / "mairie-fs2.pem"),
-         "--tls-key", str(town / "mairie-fs2.key"), "--window-s", "0.2", "--tripwire", "off"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT)
+        [
+            str(BIN / "tocsin-agent"),
+            "--collector",
+            collector.listen,
+            "--watch",
+            str(tmp_path / "share"),
+            "--host-id",
+            "mairie-fs2",
+            "--state-dir",
+            str(tmp_path / "st"),
+            "--tls-ca",
+            str(town / "ca.pem"),
+            "--tls-cert",
+            str(town / "mairie-fs2.pem"),
+            "--tls-key",
+            str(town / "mairie-fs2.key"),
+            "--window-s",
+            "0.2",
+            "--tripwire",
+            "off",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         for i in range(10):
             (tmp_path / "share" / f"f{i}.txt").write_text("x" * i)
             time.sleep(0.05)
-        wait_for("the agent's windows", lambda: any(
-            h == "mairie-fs2" for h, _ in stored(collector.db)), 20)
+        wait_for(
+            "the agent's windows",
+            lambda: any(h == "mairie-fs2" for h, _ in stored(collector.db)),
+            20,
+        )
     finally:
         proc.terminate()
         assert proc.wait(20) == 0, log.read_text()
@@ -146,11 +212,28 @@ def test_real_agent_over_mtls(collector: CollectorProc, pki: dict[str, Path],
 
 
 def test_no_tls_and_no_insecure_refuses_to_start(tmp_path: Path) -> None:
-    col = subprocess.run([str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db",
-                          str(tmp_path / "c.db")], capture_output=True, text=True, timeout=60)
-    agent = subprocess.run([str(BIN / "tocsin-agent"), "--collector", "127.0.0.1:1", "--watch",
-                            str(tmp_path), "--host-id", "h", "--state-dir", str(tmp_path / "s")],
-                           capture_output=True, text=True, timeout=60)
+    col = subprocess.run(
+        [str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db", str(tmp_path / "c.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    agent = subprocess.run(
+        [
+            str(BIN / "tocsin-agent"),
+            "--collector",
+            "127.0.0.1:1",
+            "--watch",
+            str(tmp_path),
+            "--host-id",
+            "h",
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     for res, prog in ((col, "tocsin-collector"), (agent, "tocsin-agent")):
         assert res.returncode == 2
         (line,) = res.stderr.strip().splitlines()
@@ -175,10 +258,21 @@ def test_operator_service_accepts_only_operator_certificates(
 
     def hosts_as(cert: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(BIN / "tocsin"), "hosts", "--collector", collector.listen,
-             "--tls-ca", str(town / "ca.pem"), "--tls-cert", str(town / f"{cert}.pem"),
-             "--tls-key", str(town / f"{cert}.key")],
-            capture_output=True, text=True, timeout=60,
+            [
+                str(BIN / "tocsin"),
+                "hosts",
+                "--collector",
+                collector.listen,
+                "--tls-ca",
+                str(town / "ca.pem"),
+                "--tls-cert",
+                str(town / f"{cert}.pem"),
+                "--tls-key",
+                str(town / f"{cert}.key"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     for cert in ("alice", "collector"):

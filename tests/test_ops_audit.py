@@ -23,8 +23,14 @@ BIN = Path(sys.executable).parent
 
 async def tocsin(port: int, *args: str) -> tuple[int, str]:
     proc = await asyncio.create_subprocess_exec(
-        str(BIN / "tocsin"), *args, "--collector", f"127.0.0.1:{port}", "--insecure",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        str(BIN / "tocsin"),
+        *args,
+        "--collector",
+        f"127.0.0.1:{port}",
+        "--insecure",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode()
 
@@ -66,21 +72,35 @@ async def _audit(tmp_path: Path) -> None:
         rc, out = await tocsin(port, "actions", "--json")
         actions = json.loads(out)
         seen = {(a["kind"], a["requested_by"], a["status"]) for a in actions}
-        assert {("suspend", "collector", "done"), ("isolate", "collector", "done"),
-                ("isolate", me, "done"), ("release", me, "done"),
-                ("resume", me, "done")} <= seen, seen
+        assert {
+            ("suspend", "collector", "done"),
+            ("isolate", "collector", "done"),
+            ("isolate", me, "done"),
+            ("release", me, "done"),
+            ("resume", me, "done"),
+        } <= seen, seen
         assert all(a["requested_at"] and a["finished_at"] for a in actions)
         rc, table = await tocsin(port, "actions")
         header = table.splitlines()[0].split()
-        assert header == ["REQUESTED", "HOST", "ACTION", "BY", "STATUS", "FINISHED", "PIDS",
-                          "DETAIL"]
+        assert header == [
+            "REQUESTED",
+            "HOST",
+            "ACTION",
+            "BY",
+            "STATUS",
+            "FINISHED",
+            "PIDS",
+            "DETAIL",
+        ]
         assert len(table.splitlines()) == len(actions) + 1
 
         rc, out = await tocsin(port, "incidents", "--json")
         (incident,) = json.loads(out)
         assert incident["host_id"] == "fs-audit" and incident["severity"] == "critical"
         assert [(a["action"], a["status"]) for a in incident["actions"]] == [
-            ("suspend", "done"), ("isolate", "done")]
+            ("suspend", "done"),
+            ("isolate", "done"),
+        ]
         rc, out = await tocsin(port, "incidents")
         assert "suspend done, isolate done" in out and "LAST ALERT" in out
         audit = [(who, what) for _, who, what, _ in store.audit_log(100)]

@@ -29,8 +29,9 @@ from tocsin.agent.simulate import make_share
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
-    pytest.mark.skipif(netns_unavailable_reason() is not None,
-                       reason=str(netns_unavailable_reason())),
+    pytest.mark.skipif(
+        netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason())
+    ),
 ]
 
 BIN = Path(sys.executable).parent
@@ -63,8 +64,21 @@ class Topology:
             _run("ip", "-n", name, "link", "set", "lo", "up")
         for i, (near, far) in enumerate(((self.a_to_c, self.c), (self.a_to_j, self.j))):
             va, vb = f"to{self._tag}{i}a", f"to{self._tag}{i}b"
-            _run("ip", "link", "add", va, "netns", near.name, "type", "veth", "peer", "name", vb,
-                 "netns", far.name)
+            _run(
+                "ip",
+                "link",
+                "add",
+                va,
+                "netns",
+                near.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                vb,
+                "netns",
+                far.name,
+            )
             for ns, dev in ((near, va), (far, vb)):
                 _run("ip", "-n", ns.name, "addr", "add", f"{ns.address}/24", "dev", dev)
                 _run("ip", "-n", ns.name, "link", "set", dev, "up")
@@ -82,8 +96,9 @@ class Topology:
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30,
-             interval_s: float = 0.2) -> Any:
+def wait_for(
+    what: str, check: Callable[[], Any], timeout_s: float = 30, interval_s: float = 0.2
+) -> Any:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         value = check()
@@ -114,8 +129,10 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
         return p
 
     def logs() -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted(tmp_path.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
+            for p in sorted(tmp_path.glob("*.log"))
+        )
 
     collector = f"{topo.c.address}:{COLLECTOR_PORT}"
 
@@ -125,23 +142,54 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
     def connected() -> bool:
         res = tocsin("hosts", "--json")
         return res.returncode == 0 and any(
-            h["host_id"] == HOST_ID and h["connected"] for h in json.loads(res.stdout))
+            h["host_id"] == HOST_ID and h["connected"] for h in json.loads(res.stdout)
+        )
 
-    agent_args = [str(BIN / "tocsin-agent"), "--collector", collector, "--watch",
-                  str(tmp_path / "share"), "--host-id", HOST_ID, "--state-dir",
-                  str(tmp_path / "state"), "--insecure", "--tripwire", "off",
-                  "--allow", f"{topo.j.address}/32"]
+    agent_args = [
+        str(BIN / "tocsin-agent"),
+        "--collector",
+        collector,
+        "--watch",
+        str(tmp_path / "share"),
+        "--host-id",
+        HOST_ID,
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--insecure",
+        "--tripwire",
+        "off",
+        "--allow",
+        f"{topo.j.address}/32",
+    ]
     make_share(tmp_path / "share", files=1500, seed=5)
     try:
-        spawn(topo.c, [str(BIN / "tocsin-collector"), "--listen", collector, "--db",
-                       str(tmp_path / "c.db"), "--respond", "enforce", "--insecure"],
-              "collector.log")
-        spawn(topo.c, [sys.executable, RECEIVER, "listen", topo.c.address, str(OTHER_PORT)],
-              "other.log")
-        spawn(topo.j, [sys.executable, RECEIVER, "listen", topo.j.address, str(JUMP_PORT)],
-              "jump.log")
-        spawn(topo.a, [sys.executable, RECEIVER, "listen", "0.0.0.0", str(AGENT_SVC_PORT)],
-              "agent-svc.log")
+        spawn(
+            topo.c,
+            [
+                str(BIN / "tocsin-collector"),
+                "--listen",
+                collector,
+                "--db",
+                str(tmp_path / "c.db"),
+                "--respond",
+                "enforce",
+                "--insecure",
+            ],
+            "collector.log",
+        )
+        spawn(
+            topo.c,
+            [sys.executable, RECEIVER, "listen", topo.c.address, str(OTHER_PORT)],
+            "other.log",
+        )
+        spawn(
+            topo.j, [sys.executable, RECEIVER, "listen", topo.j.address, str(JUMP_PORT)], "jump.log"
+        )
+        spawn(
+            topo.a,
+            [sys.executable, RECEIVER, "listen", "0.0.0.0", str(AGENT_SVC_PORT)],
+            "agent-svc.log",
+        )
         topo.a.wait_connect(topo.c.address, COLLECTOR_PORT)
         topo.a.wait_connect(topo.j.address, JUMP_PORT)
         topo.a.wait_connect(topo.c.address, OTHER_PORT)
@@ -153,13 +201,25 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
         time.sleep(1.0)
 
         # An attack: the collector suspends it and isolates the host.
-        attacker = spawn(topo.a, [sys.executable, "-m", "tocsin.agent.simulate", "run",
-                                  "encrypt-inplace", str(tmp_path / "share"), "--rate", "200"],
-                         "attack.log")
+        attacker = spawn(
+            topo.a,
+            [
+                sys.executable,
+                "-m",
+                "tocsin.agent.simulate",
+                "run",
+                "encrypt-inplace",
+                str(tmp_path / "share"),
+                "--rate",
+                "200",
+            ],
+            "attack.log",
+        )
         proc = psutil.Process(attacker.pid)
         try:
-            wait_for("the attacker to be stopped",
-                     lambda: proc.status() == psutil.STATUS_STOPPED, 40)
+            wait_for(
+                "the attacker to be stopped", lambda: proc.status() == psutil.STATUS_STOPPED, 40
+            )
             wait_for("the isolation table", lambda: table_present(topo.a), 15)
         except AssertionError:
             raise AssertionError(logs()) from None
@@ -192,8 +252,7 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
         assert not table_present(topo.a)
         assert topo.a.can_connect(topo.c.address, OTHER_PORT)
         assert topo.c.can_connect(topo.a.address, AGENT_SVC_PORT)
-        wait_for("the attacker to be resumed",
-                 lambda: proc.status() != psutil.STATUS_STOPPED, 10)
+        wait_for("the attacker to be resumed", lambda: proc.status() != psutil.STATUS_STOPPED, 10)
         assert "no process is stopped by tocsin" in res.stdout
     finally:
         for p in procs:
@@ -221,8 +280,10 @@ print(json.dumps({"status": r.status, "detail": r.detail, "tables": tables,
 def test_isolation_rolls_back_when_it_would_cut_the_collector(
     topo: Topology, tmp_path: Path, case: str
 ) -> None:
-    listener = topo.c.popen([sys.executable, RECEIVER, "listen", topo.c.address,
-                             str(OTHER_PORT)], stdout=subprocess.DEVNULL)
+    listener = topo.c.popen(
+        [sys.executable, RECEIVER, "listen", topo.c.address, str(OTHER_PORT)],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         topo.a.wait_connect(topo.c.address, OTHER_PORT)
         # The agent believes the collector is at a port (or address) nothing answers on.

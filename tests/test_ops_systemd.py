@@ -49,8 +49,13 @@ def test_units_are_hardened_notify_services(name: str) -> None:
         assert u["CapabilityBoundingSet"] == [""] and u["DynamicUser"] == ["yes"]
     else:
         caps = set(u["CapabilityBoundingSet"][0].split())
-        assert caps == {"CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_KILL", "CAP_SYS_PTRACE",
-                        "CAP_NET_ADMIN"}
+        assert caps == {
+            "CAP_SYS_ADMIN",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_KILL",
+            "CAP_SYS_PTRACE",
+            "CAP_NET_ADMIN",
+        }
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
@@ -63,9 +68,13 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
         text = text.replace(f"/usr/local/bin/{program}", str(BIN / program))
         (tmp_path / name).write_text(text)
         paths.append(str(tmp_path / name))
-    res = subprocess.run(["systemd-analyze", "verify", "--man=no", *paths],
-                         capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "SYSTEMD_LOG_LEVEL": "notice"})
+    res = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *paths],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SYSTEMD_LOG_LEVEL": "notice"},
+    )
     assert res.returncode == 0, res.stderr
     assert "tocsin" not in res.stderr, res.stderr  # no warning about our units
 
@@ -156,9 +165,22 @@ def test_readiness_watchdog_metrics_and_json_logs(
     c_notify = NotifyHarness(tmp_path / "collector.notify")
     a_notify = NotifyHarness(None)  # abstract namespace, as systemd may use
     c_log, a_log = tmp_path / "collector.log", tmp_path / "agent.log"
-    collector = stack([str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db",
-                       str(tmp_path / "c.db"), "--insecure", "--metrics", "127.0.0.1:0",
-                       "--log-format", "json"], c_log, c_notify)
+    collector = stack(
+        [
+            str(BIN / "tocsin-collector"),
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            str(tmp_path / "c.db"),
+            "--insecure",
+            "--metrics",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        c_log,
+        c_notify,
+    )
     c_notify.wait_for("READY=1", 30)
     # Ready means bound: the port answers at once.
     addr = _grep(c_log, r"listening on (\S+:\d+)")
@@ -169,10 +191,28 @@ def test_readiness_watchdog_metrics_and_json_logs(
 
     share = tmp_path / "share"
     share.mkdir()
-    agent = stack([str(BIN / "tocsin-agent"), "--collector", addr, "--watch", str(share),
-                   "--host-id", "fs-notify", "--state-dir", str(tmp_path / "state"),
-                   "--insecure", "--tripwire", "off", "--metrics", "127.0.0.1:0",
-                   "--log-format", "json"], a_log, a_notify)
+    agent = stack(
+        [
+            str(BIN / "tocsin-agent"),
+            "--collector",
+            addr,
+            "--watch",
+            str(share),
+            "--host-id",
+            "fs-notify",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--insecure",
+            "--tripwire",
+            "off",
+            "--metrics",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ],
+        a_log,
+        a_notify,
+    )
     a_notify.wait_for("READY=1", 60)
     # Ready means watching and serving: a file written now is seen, metrics answer now.
     (share / "right-after-ready.txt").write_text("x")
@@ -199,16 +239,28 @@ def test_readiness_watchdog_metrics_and_json_logs(
             break
         time.sleep(0.3)
     a = _scrape(a_metrics)
-    for name in ("tocsin_agent_events", "tocsin_agent_windows", "tocsin_agent_events_dropped",
-                 "tocsin_agent_spool_depth", "tocsin_agent_spool_dropped",
-                 "tocsin_agent_connected", "tocsin_agent_isolated"):
+    for name in (
+        "tocsin_agent_events",
+        "tocsin_agent_windows",
+        "tocsin_agent_events_dropped",
+        "tocsin_agent_spool_depth",
+        "tocsin_agent_spool_dropped",
+        "tocsin_agent_connected",
+        "tocsin_agent_isolated",
+    ):
         assert name in a, (name, sorted(a))
     assert _value(a, "tocsin_agent_windows") >= 1 and _value(a, "tocsin_agent_connected") == 1
-    for name in ("tocsin_collector_windows", "tocsin_collector_events",
-                 "tocsin_collector_agent_events_dropped", "tocsin_collector_score",
-                 "tocsin_collector_alerts", "tocsin_collector_actions",
-                 "tocsin_collector_webhook_deliveries", "tocsin_collector_webhook_outbox_depth",
-                 "tocsin_collector_hosts"):
+    for name in (
+        "tocsin_collector_windows",
+        "tocsin_collector_events",
+        "tocsin_collector_agent_events_dropped",
+        "tocsin_collector_score",
+        "tocsin_collector_alerts",
+        "tocsin_collector_actions",
+        "tocsin_collector_webhook_deliveries",
+        "tocsin_collector_webhook_outbox_depth",
+        "tocsin_collector_hosts",
+    ):
         assert name in c, (name, sorted(c))
     assert _value(c, "tocsin_collector_windows") >= 1
     assert _value(c, "tocsin_collector_events", kind="created") >= 1

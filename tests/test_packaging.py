@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import venv
 from pathlib import Path
@@ -20,17 +21,36 @@ def test_agent_extra_does_not_install_scikit_learn(tmp_path: Path) -> None:
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    # `make test` points pip at a configured mirror when the primary index does not
-    # answer (tools/pip-index-env.sh); run alone, at least do not wait minutes per package.
+    # Like `make test`: a configured mirror when the primary index does not answer.
     env["PIP_DEFAULT_TIMEOUT"] = "20"
+    if "PIP_INDEX_URL" not in env:
+        exports = subprocess.run(
+            ["sh", str(ROOT / "tools" / "pip-index-env.sh"), str(py)],
+            capture_output=True, text=True, env=env, check=True,
+        ).stdout
+        for line in exports.splitlines():
+            if line.startswith("export PIP_INDEX_URL="):
+                env["PIP_INDEX_URL"] = shlex.split(line.split("=", 1)[1])[0]
     subprocess.run(
-        [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         f"{ROOT}[agent]"],
-        check=True, env=env, cwd=tmp_path,
+        [
+            str(py),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"{ROOT}[agent]",
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
     )
     listed = subprocess.run(
         [str(py), "-m", "pip", "list", "--format", "json"],
-        check=True, capture_output=True, text=True, env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     installed = {d["name"].lower().replace("_", "-") for d in json.loads(listed.stdout)}
     assert {"tocsin", "watchdog", "psutil", "grpcio", "protobuf"} <= installed
@@ -38,7 +58,10 @@ def test_agent_extra_does_not_install_scikit_learn(tmp_path: Path) -> None:
     # The installed agent imports and answers, without the collector's stack.
     probe = subprocess.run(
         [str(env_dir / "bin" / "tocsin-agent"), "--help"],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert probe.returncode == 0, probe.stderr
     assert "--collector" in probe.stdout

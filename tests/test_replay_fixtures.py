@@ -30,7 +30,7 @@ REQUIRED_BENIGN = {"backup-targz", "photo-import", "office-saves", "mass-delete"
 
 
 def test_required_fixtures_are_recorded() -> None:
-    assert REQUIRED_ATTACKS | REQUIRED_BENIGN <= set(RECORDED)
+    assert set(RECORDED) >= REQUIRED_ATTACKS | REQUIRED_BENIGN
     assert set(RECORDED) <= set(ATTACKS) | set(BENIGN) | set(STAGING)
 
 
@@ -40,9 +40,20 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, W
     log = tmp / "collector.log"
     with WebhookReceiver() as hooks:
         proc = subprocess.Popen(
-            [str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db",
-             str(tmp / "c.db"), "--webhook", hooks.url, "--respond", "dry-run", "--insecure"],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            [
+                str(BIN / "tocsin-collector"),
+                "--listen",
+                "127.0.0.1:0",
+                "--db",
+                str(tmp / "c.db"),
+                "--webhook",
+                hooks.url,
+                "--respond",
+                "dry-run",
+                "--insecure",
+            ],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
         )
         try:
             end = time.monotonic() + 20
@@ -69,9 +80,21 @@ def test_fixture_replays_to_expected_severity(
     addr, hooks = collector
     host_id = f"replay-{name}"
     res = subprocess.run(
-        [str(BIN / "tocsin"), "replay", str(FIXTURES / f"{name}.jsonl"), "--collector", addr,
-         "--insecure", "--speed", "0", "--host-id", host_id],
-        capture_output=True, text=True, timeout=120,
+        [
+            str(BIN / "tocsin"),
+            "replay",
+            str(FIXTURES / f"{name}.jsonl"),
+            "--collector",
+            addr,
+            "--insecure",
+            "--speed",
+            "0",
+            "--host-id",
+            host_id,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     if name in ATTACKS or name in STAGING:

@@ -45,8 +45,7 @@ def test_fleet_guard_holds_beyond_the_limit_and_an_operator_can_still_isolate(
 
 async def _fleet(tmp_path: Path, receiver: WebhookReceiver) -> None:
     store = SqliteStore(tmp_path / "c.db")
-    outbox = Outbox(tmp_path / "c.db", [destination({"url": receiver.url})],
-                    retry_initial_s=0.1)
+    outbox = Outbox(tmp_path / "c.db", [destination({"url": receiver.url})], retry_initial_s=0.1)
     c = Collector(store, ThresholdScorer(), outbox, mode="enforce")
     c.responder.guard = FleetGuard(2)
     port = await c.start("127.0.0.1:0")
@@ -60,13 +59,25 @@ async def _fleet(tmp_path: Path, receiver: WebhookReceiver) -> None:
         held = sorted({a.host_id for a in agents} - set(isolated))
         assert len(isolated) == 2, [a.kinds() for a in agents]
 
-        await _until(lambda: {r["body"]["host_id"] for r in receiver.records
-                              if r["body"]["event"] == "fleet_guard"} == set(held))
-        guard_event = next(r["body"] for r in receiver.records
-                           if r["body"]["event"] == "fleet_guard")
+        await _until(
+            lambda: (
+                {
+                    r["body"]["host_id"]
+                    for r in receiver.records
+                    if r["body"]["event"] == "fleet_guard"
+                }
+                == set(held)
+            )
+        )
+        guard_event = next(
+            r["body"] for r in receiver.records if r["body"]["event"] == "fleet_guard"
+        )
         assert guard_event["limit"] == 2 and "tocsin isolate" in guard_event["detail"]
-        alerts = {r["body"]["host_id"]: r["body"] for r in receiver.records
-                  if r["body"]["event"] == "alert"}
+        alerts = {
+            r["body"]["host_id"]: r["body"]
+            for r in receiver.records
+            if r["body"]["event"] == "alert"
+        }
         for host in held:
             statuses = {a["action"]: a["status"] for a in alerts[host]["actions"]}
             assert statuses == {"suspend": "sent", "isolate": "held"}, alerts[host]
@@ -76,13 +87,15 @@ async def _fleet(tmp_path: Path, receiver: WebhookReceiver) -> None:
 
         # A human decides: isolate one held host by hand; the guard does not apply.
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            reply = await op_grpc.OperatorStub(ch).Isolate(op.HostActionRequest(
-                host_id=held[0], operator="alice", timeout_s=5))
+            reply = await op_grpc.OperatorStub(ch).Isolate(
+                op.HostActionRequest(host_id=held[0], operator="alice", timeout_s=5)
+            )
         assert reply.status == "done", reply
         target = next(a for a in agents if a.host_id == held[0])
         assert target.kinds().count("isolate") == 1
-        assert any(r[1] == "operator:alice" and r[2] == "isolate requested"
-                   for r in store.audit_log(200))
+        assert any(
+            r[1] == "operator:alice" and r[2] == "isolate requested" for r in store.audit_log(200)
+        )
     finally:
         for a in agents:
             a.stop.set()
@@ -103,18 +116,24 @@ def test_fleet_guard_window_slides() -> None:
 
 
 def _decision(severity: str = "critical") -> Decision:
-    return Decision(kind="open", incident_id="inc1", host_id="fs1", root_pid=4242,
-                    severity=severity,  # type: ignore[arg-type]
-                    score=0.9, reasons=("type_destroyed:55",), window_start_s=T0,
-                    window_end_s=T0 + 1,
-                    process=ProcessInfo(pid=4242, name="cryptor", exe="/tmp/cryptor",
-                                        tree_root_pid=4242))
+    return Decision(
+        kind="open",
+        incident_id="inc1",
+        host_id="fs1",
+        root_pid=4242,
+        severity=severity,  # type: ignore[arg-type]
+        score=0.9,
+        reasons=("type_destroyed:55",),
+        window_start_s=T0,
+        window_end_s=T0 + 1,
+        process=ProcessInfo(pid=4242, name="cryptor", exe="/tmp/cryptor", tree_root_pid=4242),
+    )
 
 
 def test_hooks_run_without_shell_get_the_alert_and_are_audited(tmp_path: Path) -> None:
     out = tmp_path / "hook.out"
     ok = tmp_path / "switch-port.sh"
-    ok.write_text(f"#!/bin/sh\necho \"$@\" > {out}.args\ncat > {out}\necho bye >&2\n")
+    ok.write_text(f'#!/bin/sh\necho "$@" > {out}.args\ncat > {out}\necho bye >&2\n')
     slow = tmp_path / "slow.sh"
     slow.write_text("#!/bin/sh\nsleep 30\n")
     bad = tmp_path / "bad.sh"
@@ -122,12 +141,14 @@ def test_hooks_run_without_shell_get_the_alert_and_are_audited(tmp_path: Path) -
     for f in (ok, slow, bad):
         f.chmod(0o755)
     store, sink = MemoryStore(), MemoryWebhookSink()
-    hooks = HookRunner([
-        Hook(str(ok), ("--port", "$HOST; rm -rf /"), 5.0, frozenset({"critical"})),
-        Hook(str(slow), (), 0.5, frozenset({"critical"})),
-        Hook(str(bad), (), 5.0, frozenset({"critical"})),
-        Hook(str(ok), ("never",), 5.0, frozenset({"fleet_guard"})),
-    ])
+    hooks = HookRunner(
+        [
+            Hook(str(ok), ("--port", "$HOST; rm -rf /"), 5.0, frozenset({"critical"})),
+            Hook(str(slow), (), 0.5, frozenset({"critical"})),
+            Hook(str(bad), (), 5.0, frozenset({"critical"})),
+            Hook(str(ok), ("never",), 5.0, frozenset({"fleet_guard"})),
+        ]
+    )
     responder = Responder(store, sink, CommandRouter(), mode="dry-run", hooks=hooks)
 
     async def go() -> dict[str, Any] | None:

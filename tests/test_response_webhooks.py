@@ -49,9 +49,15 @@ def verify(secret: str, headers: dict[str, str], raw: str, tolerance_s: float = 
 
 def alert_event(alert_id: str = "a1") -> dict[str, Any]:
     return {
-        "event": "alert", "alert_id": alert_id, "incident_id": "i1", "host_id": "mairie-fs1",
-        "severity": "critical", "score": 0.71, "detected_at": "2025-01-01T10:00:00.000Z",
-        "window_start": "2025-01-01T09:59:59.000Z", "window_end": "2025-01-01T10:00:00.000Z",
+        "event": "alert",
+        "alert_id": alert_id,
+        "incident_id": "i1",
+        "host_id": "mairie-fs1",
+        "severity": "critical",
+        "score": 0.71,
+        "detected_at": "2025-01-01T10:00:00.000Z",
+        "window_start": "2025-01-01T09:59:59.000Z",
+        "window_end": "2025-01-01T10:00:00.000Z",
         "reasons": ["type_destroyed:55", "encrypted_twins:50"],
         "process": {"pid": 4242, "name": "cryptor", "exe": "/tmp/cryptor"},
         "actions": [{"action": "suspend", "status": "sent"}],
@@ -76,8 +82,10 @@ def test_every_format_delivered_signed(tmp_path: Path) -> None:
     for r in receivers:
         r.__enter__()
     try:
-        dests = [destination({"url": r.url, "format": f, "secret": SECRET, "name": f})
-                 for r, f in zip(receivers, fmts, strict=True)]
+        dests = [
+            destination({"url": r.url, "format": f, "secret": SECRET, "name": f})
+            for r, f in zip(receivers, fmts, strict=True)
+        ]
         outbox = Outbox(tmp_path / "c.db", dests, retry_initial_s=0.05)
 
         async def go() -> None:
@@ -122,8 +130,9 @@ def test_every_format_delivered_signed(tmp_path: Path) -> None:
 def test_retries_with_backoff_then_rejects_a_4xx(tmp_path: Path) -> None:
     calls: list[float] = []
 
-    def poster(url: str, body: bytes, headers: dict[str, str],
-               timeout_s: float) -> tuple[int, str, float | None]:
+    def poster(
+        url: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> tuple[int, str, float | None]:
         calls.append(time.monotonic())
         if url.endswith("/gone"):
             return 404, "HTTP 404", None
@@ -160,23 +169,40 @@ def _recording(path: Path, hosts: list[str]) -> None:
         rec = Recorder(path.with_name(f"{host}.jsonl"))
         rec.write(pb.AgentMessage(hello=pb.Hello(host_id=host, boot_id="b1")))
         for seq in range(1, 5):
-            w = pb.Window(seq=seq, files_modified=40, files_probed=40, files_type_destroyed=30,
-                          encrypted_twins=30, files_high_entropy=40, mean_entropy=7.9)
+            w = pb.Window(
+                seq=seq,
+                files_modified=40,
+                files_probed=40,
+                files_type_destroyed=30,
+                encrypted_twins=30,
+                files_high_entropy=40,
+                mean_entropy=7.9,
+            )
             w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
-            w.top_writers.add(pid=99, name="cryptor", exe="/tmp/cryptor", tree_root_pid=99,
-                              files_touched=40, files_type_destroyed=30)
+            w.top_writers.add(
+                pid=99,
+                name="cryptor",
+                exe="/tmp/cryptor",
+                tree_root_pid=99,
+                files_touched=40,
+                files_type_destroyed=30,
+            )
             rec.write(pb.AgentMessage(window=w))
         rec.close()
 
 
 def _start_collector(tmp_path: Path, conf: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    proc = subprocess.Popen([str(BIN / "tocsin-collector"), "--config", str(conf)],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(BIN / "tocsin-collector"), "--config", str(conf)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
     end = time.monotonic() + 20
     size = log.stat().st_size if log.exists() else 0
     while time.monotonic() < end and proc.poll() is None:
-        found = re.findall(r"listening on (\S+:\d+)", log.read_text()[size:] if size else
-                           log.read_text())
+        found = re.findall(
+            r"listening on (\S+:\d+)", log.read_text()[size:] if size else log.read_text()
+        )
         if found:
             return proc, found[-1]
         time.sleep(0.05)
@@ -197,18 +223,33 @@ def test_outage_and_collector_crash_every_alert_exactly_once(tmp_path: Path) -> 
         conf.write_text(
             f'listen = "127.0.0.1:0"\ndb = "{tmp_path / "c.db"}"\ninsecure = true\n'
             f'respond = "dry-run"\nwebhook = ["{receiver.url}"]\nwebhook_secret = "{SECRET}"\n'
-            "webhook_retry_initial_s = 1.5\nwebhook_retry_max_s = 3\n")
+            "webhook_retry_initial_s = 1.5\nwebhook_retry_max_s = 3\n"
+        )
         proc, addr = _start_collector(tmp_path, conf, log)
         try:
             for host in hosts:
                 res = subprocess.run(
-                    [str(BIN / "tocsin"), "replay", str(tmp_path / f"{host}.jsonl"),
-                     "--collector", addr, "--insecure", "--speed", "0"],
-                    capture_output=True, text=True, timeout=30)
+                    [
+                        str(BIN / "tocsin"),
+                        "replay",
+                        str(tmp_path / f"{host}.jsonl"),
+                        "--collector",
+                        addr,
+                        "--insecure",
+                        "--speed",
+                        "0",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
                 assert res.returncode == 0, res.stderr
-            res = subprocess.run([str(BIN / "tocsin"), "alerts", "--collector", addr,
-                                  "--insecure", "--json"], capture_output=True, text=True,
-                                 timeout=30)
+            res = subprocess.run(
+                [str(BIN / "tocsin"), "alerts", "--collector", addr, "--insecure", "--json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             stored = {a["alert_id"] for a in json.loads(res.stdout)}
             assert len(stored) == 3, res.stdout
             # Crash while the receiver is still refusing: nothing delivered yet.
@@ -239,21 +280,44 @@ def test_outage_and_collector_crash_every_alert_exactly_once(tmp_path: Path) -> 
 def test_webhook_test_command(tmp_path: Path) -> None:
     with WebhookReceiver() as ok:
         res = subprocess.run(
-            [str(BIN / "tocsin"), "webhook", "test", "--webhook", ok.url, "--format", "slack",
-             "--secret", SECRET], capture_output=True, text=True, timeout=30)
+            [
+                str(BIN / "tocsin"),
+                "webhook",
+                "test",
+                "--webhook",
+                ok.url,
+                "--format",
+                "slack",
+                "--secret",
+                SECRET,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert res.returncode == 0, res.stderr
         assert "delivered (HTTP 200" in res.stdout
         (rec,) = ok.records
         assert verify(SECRET, rec["headers"], rec["raw"])
         assert "webhook works" in rec["body"]["text"]
         conf = tmp_path / "c.toml"
-        conf.write_text(f'[[webhooks]]\nurl = "{ok.url}"\nformat = "teams"\n'
-                        '[[webhooks]]\nurl = "http://127.0.0.1:9/nothing"\nname = "dead"\n')
-        res = subprocess.run([str(BIN / "tocsin"), "webhook", "test", "--config", str(conf)],
-                             capture_output=True, text=True, timeout=30)
+        conf.write_text(
+            f'[[webhooks]]\nurl = "{ok.url}"\nformat = "teams"\n'
+            '[[webhooks]]\nurl = "http://127.0.0.1:9/nothing"\nname = "dead"\n'
+        )
+        res = subprocess.run(
+            [str(BIN / "tocsin"), "webhook", "test", "--config", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert res.returncode == 1
         assert "(teams, unsigned): delivered" in res.stdout and "dead (generic" in res.stdout
         assert "FAILED" in res.stdout
-    res = subprocess.run([str(BIN / "tocsin"), "webhook", "test", "--webhook", "http://x/",
-                          "--secret", "plain"], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [str(BIN / "tocsin"), "webhook", "test", "--webhook", "http://x/", "--secret", "plain"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 2 and res.stderr.startswith("tocsin: error: ")

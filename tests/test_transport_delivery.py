@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import grpc
+
 from tocsin.agent.ship import RETRYABLE, HelloInfo, Shipper, fit_window, retry_delay_s
 from tocsin.agent.spool import WindowSpool
 from tocsin.collector.grpcconf import SERVER_OPTIONS
@@ -17,15 +18,25 @@ S = grpc.StatusCode
 
 
 def test_retry_rules_follow_otel() -> None:
-    assert {S.CANCELLED, S.DEADLINE_EXCEEDED, S.ABORTED, S.OUT_OF_RANGE,
-                         S.UNAVAILABLE, S.DATA_LOSS} == RETRYABLE
-    for code in (S.INVALID_ARGUMENT, S.PERMISSION_DENIED, S.UNAUTHENTICATED, S.INTERNAL,
-                 S.RESOURCE_EXHAUSTED):
+    assert {
+        S.CANCELLED,
+        S.DEADLINE_EXCEEDED,
+        S.ABORTED,
+        S.OUT_OF_RANGE,
+        S.UNAVAILABLE,
+        S.DATA_LOSS,
+    } == RETRYABLE
+    for code in (
+        S.INVALID_ARGUMENT,
+        S.PERMISSION_DENIED,
+        S.UNAUTHENTICATED,
+        S.INTERNAL,
+        S.RESOURCE_EXHAUSTED,
+    ):
         assert retry_delay_s(code, None, 0, 0.5, 15) is None, code
     # RESOURCE_EXHAUSTED is retried when the collector says when.
     assert 2.0 <= retry_delay_s(S.RESOURCE_EXHAUSTED, 2000, 5, 0.5, 15) <= 2.2  # type: ignore
-    delays = [retry_delay_s(S.UNAVAILABLE, None, a, 0.5, 15, rand=lambda: 1.0)
-              for a in range(8)]
+    delays = [retry_delay_s(S.UNAVAILABLE, None, a, 0.5, 15, rand=lambda: 1.0) for a in range(8)]
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 15, 15, 15]  # doubling, capped
     low = retry_delay_s(S.UNAVAILABLE, None, 3, 0.5, 15, rand=lambda: 0.0)
     assert low == 2.0  # jitter spans [half, full]
@@ -48,8 +59,10 @@ def test_oversized_window_is_trimmed_not_refused() -> None:
 
 def test_rate_limits_per_host_and_hint() -> None:
     now = [0.0]
-    lim = AgentRateLimits(RateLimits(messages_per_s=10, messages_burst=20, bytes_per_s=1000,
-                                     bytes_burst=5000), clock=lambda: now[0])
+    lim = AgentRateLimits(
+        RateLimits(messages_per_s=10, messages_burst=20, bytes_per_s=1000, bytes_burst=5000),
+        clock=lambda: now[0],
+    )
     assert all(lim.admit("a", 10) is None for _ in range(20))
     refusal = lim.admit("a", 10)
     assert refusal is not None and refusal.what == "messages" and refusal.retry_after_s > 0
@@ -63,8 +76,9 @@ def test_rate_limits_per_host_and_hint() -> None:
 
 def test_full_spool_drops_oldest_and_reports_it(tmp_path: Path) -> None:
     spool = WindowSpool(tmp_path / "s.sqlite", max_windows=10)
-    shipper = Shipper("127.0.0.1:1", spool, HelloInfo("h", "b", []),
-                      lambda c: pb.ActionResult(), heartbeat_s=0.1)
+    shipper = Shipper(
+        "127.0.0.1:1", spool, HelloInfo("h", "b", []), lambda c: pb.ActionResult(), heartbeat_s=0.1
+    )
     for _ in range(25):
         shipper.submit_window(pb.Window())
     assert spool.depth == 10 and spool.dropped == 15

@@ -7,24 +7,42 @@ import subprocess
 import time
 from pathlib import Path
 
-from receiver import WebhookReceiver
 from transport_procs import BIN, CollectorProc, free_port, wait_for
+
+from receiver import WebhookReceiver
 
 
 def test_killed_agent_is_silent_then_back_and_a_goodbye_is_not(tmp_path: Path) -> None:
     share = tmp_path / "share"
     share.mkdir()
     with WebhookReceiver() as hooks:
-        col = CollectorProc(tmp_path / "c.db", tmp_path / "c.log", f"127.0.0.1:{free_port()}",
-                            ["--insecure", "--silent-after", "2", "--webhook", hooks.url])
+        col = CollectorProc(
+            tmp_path / "c.db",
+            tmp_path / "c.log",
+            f"127.0.0.1:{free_port()}",
+            ["--insecure", "--silent-after", "2", "--webhook", hooks.url],
+        )
         col.start()
 
         def agent(host: str) -> subprocess.Popen[bytes]:
             return subprocess.Popen(
-                [str(BIN / "tocsin-agent"), "--collector", col.listen, "--watch", str(share),
-                 "--host-id", host, "--state-dir", str(tmp_path / host), "--insecure",
-                 "--tripwire", "off"],
-                stdout=(tmp_path / f"{host}.log").open("ab"), stderr=subprocess.STDOUT)
+                [
+                    str(BIN / "tocsin-agent"),
+                    "--collector",
+                    col.listen,
+                    "--watch",
+                    str(share),
+                    "--host-id",
+                    host,
+                    "--state-dir",
+                    str(tmp_path / host),
+                    "--insecure",
+                    "--tripwire",
+                    "off",
+                ],
+                stdout=(tmp_path / f"{host}.log").open("ab"),
+                stderr=subprocess.STDOUT,
+            )
 
         def events(kind: str) -> list[dict[str, object]]:
             return [b for b in hooks.bodies if b.get("event") == kind]

@@ -29,8 +29,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30,
-             interval_s: float = 0.1) -> Any:
+def wait_for(
+    what: str, check: Callable[[], Any], timeout_s: float = 30, interval_s: float = 0.1
+) -> Any:
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
         value = check()
@@ -43,8 +44,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 30,
 class CollectorProc:
     """``tocsin-collector`` as a process, restartable on the same port and database."""
 
-    def __init__(self, db: Path, log: Path, listen: str, extra: Sequence[str] = (),
-                 prefix: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        db: Path,
+        log: Path,
+        listen: str,
+        extra: Sequence[str] = (),
+        prefix: Sequence[str] = (),
+    ) -> None:
         self.db, self.log, self.listen = db, log, listen
         self.extra, self.prefix = list(extra), list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -54,9 +61,20 @@ class CollectorProc:
         offset = self.log.stat().st_size if self.log.exists() else 0
         fh = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [*self.prefix, str(BIN / "tocsin-collector"), "--listen", self.listen,
-             "--db", str(self.db), "--respond", "off", *self.extra],
-            stdout=fh, stderr=subprocess.STDOUT)
+            [
+                *self.prefix,
+                str(BIN / "tocsin-collector"),
+                "--listen",
+                self.listen,
+                "--db",
+                str(self.db),
+                "--respond",
+                "off",
+                *self.extra,
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
         self.starts += 1
 
         def bound() -> str | None:
@@ -150,8 +168,12 @@ def ledger(created: dict[tuple[str, str], int], db: Path) -> dict[str, int]:
     extra = {k: v for k, v in have.items() if k not in created}
     assert not missing, "windows lost: " + "; ".join(missing[:10])
     assert not extra, f"stored windows nobody created: {list(extra)[:5]}"
-    return {"created": total_created, "stored": total_stored,
-            "boots": len(created), "hosts": len({h for h, _ in created})}
+    return {
+        "created": total_created,
+        "stored": total_stored,
+        "boots": len(created),
+        "hosts": len({h for h, _ in created}),
+    }
 
 
 def duplicates_dropped(log_text: str) -> int:

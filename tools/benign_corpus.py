@@ -93,7 +93,10 @@ def idle(rng: random.Random) -> Iterator[Activity]:
     for _ in range(_lognormal_int(rng, 6, 1.2, 1, 400)):
         if rng.random() < 0.08:  # a lone touch: a lock file, a thumbnail cache
             yield Activity(
-                modified=1, dirs=1, extensions=1, mean_entropy=_frac(rng, 2.0, 6.0),
+                modified=1,
+                dirs=1,
+                extensions=1,
+                mean_entropy=_frac(rng, 2.0, 6.0),
                 bytes_written=rng.randint(100, 20_000),
             )
         else:
@@ -108,10 +111,14 @@ def office_saves(rng: random.Random) -> Iterator[Activity]:
             continue
         lock_files = _poisson(rng, 0.5)
         yield Activity(
-            created=lock_files, modified=saves, deleted=_poisson(rng, 0.4 * lock_files),
-            renamed=_poisson(rng, 0.3 * saves), dirs=min(saves + lock_files, rng.randint(1, 3)),
+            created=lock_files,
+            modified=saves,
+            deleted=_poisson(rng, 0.4 * lock_files),
+            renamed=_poisson(rng, 0.3 * saves),
+            dirs=min(saves + lock_files, rng.randint(1, 3)),
             extensions=rng.randint(1, min(3, saves + lock_files + 1)),
-            high_entropy_frac=_frac(rng, 0.4, 1.0), mean_entropy=_frac(rng, 7.3, 7.97),
+            high_entropy_frac=_frac(rng, 0.4, 1.0),
+            mean_entropy=_frac(rng, 7.3, 7.97),
             incompressible_frac=_frac(rng, 0.3, 1.0),
             twins=1 if rng.random() < 0.03 else 0,
             bytes_written=saves * _lognormal_int(rng, 60_000, 1.0, 4_000, 8_000_000),
@@ -126,8 +133,11 @@ def text_edits(rng: random.Random) -> Iterator[Activity]:
             yield Activity()
             continue
         yield Activity(
-            created=_poisson(rng, 0.2), modified=n, renamed=_poisson(rng, 0.2),
-            dirs=rng.randint(1, min(n, 3)), extensions=rng.randint(1, min(n, 3)),
+            created=_poisson(rng, 0.2),
+            modified=n,
+            renamed=_poisson(rng, 0.2),
+            dirs=rng.randint(1, min(n, 3)),
+            extensions=rng.randint(1, min(n, 3)),
             mean_entropy=_frac(rng, 3.8, 5.4),
             bytes_written=n * _lognormal_int(rng, 4_000, 1.2, 50, 2_000_000),
         )
@@ -138,7 +148,9 @@ def photo_import(rng: random.Random) -> Iterator[Activity]:
     for i in range(_lognormal_int(rng, 25, 0.8, 2, 300)):
         n = _poisson(rng, rate)
         yield Activity(
-            created=n, dirs=1 if n else 0, extensions=min(n, rng.choice((1, 1, 1, 2))),
+            created=n,
+            dirs=1 if n else 0,
+            extensions=min(n, rng.choice((1, 1, 1, 2))),
             new_extensions=1 if i == 0 and rng.random() < 0.05 else 0,
             high_entropy_frac=_frac(rng, 0.9, 1.0) if n else 0.0,
             mean_entropy=_frac(rng, 7.85, 7.99) if n else 0.0,
@@ -152,8 +164,13 @@ def backup_targz(rng: random.Random) -> Iterator[Activity]:
     speed = _lognormal_int(rng, 40_000_000, 0.6, 3_000_000, 250_000_000)
     for i in range(_lognormal_int(rng, 90, 0.8, 5, 900)):
         yield Activity(
-            created=1 if i == 0 else 0, modified=0 if i == 0 else 1, dirs=1, extensions=1,
-            high_entropy_frac=1.0, mean_entropy=_frac(rng, 7.95, 7.999), incompressible_frac=1.0,
+            created=1 if i == 0 else 0,
+            modified=0 if i == 0 else 1,
+            dirs=1,
+            extensions=1,
+            high_entropy_frac=1.0,
+            mean_entropy=_frac(rng, 7.95, 7.999),
+            incompressible_frac=1.0,
             bytes_written=max(0, round(rng.gauss(speed, speed * 0.15))),
             bytes_read=max(0, round(rng.gauss(speed * 3, speed * 0.5))),
         )
@@ -165,10 +182,16 @@ def log_rotation(rng: random.Random) -> Iterator[Activity]:
         n = min(total, _lognormal_int(rng, 60, 1.0, 1, 800))
         total -= n
         yield Activity(
-            created=n, deleted=n, dirs=min(n, rng.randint(1, 6)), extensions=2,
-            new_extensions=1 if rng.random() < 0.02 else 0, top_new_extension="gz",
-            high_entropy_frac=_frac(rng, 0.85, 1.0), mean_entropy=_frac(rng, 7.8, 7.99),
-            incompressible_frac=_frac(rng, 0.9, 1.0), twins=n,
+            created=n,
+            deleted=n,
+            dirs=min(n, rng.randint(1, 6)),
+            extensions=2,
+            new_extensions=1 if rng.random() < 0.02 else 0,
+            top_new_extension="gz",
+            high_entropy_frac=_frac(rng, 0.85, 1.0),
+            mean_entropy=_frac(rng, 7.8, 7.99),
+            incompressible_frac=_frac(rng, 0.9, 1.0),
+            twins=n,
             bytes_written=n * _lognormal_int(rng, 30_000, 1.2, 200, 20_000_000),
             bytes_read=n * _lognormal_int(rng, 200_000, 1.2, 1_000, 200_000_000),
             duration_s=_frac(rng, 0.3, 1.0) if n > 200 else 1.0,
@@ -181,7 +204,8 @@ def mass_delete(rng: random.Random) -> Iterator[Activity]:
         n = min(total, _lognormal_int(rng, 700, 0.8, 5, 6_000))
         total -= n
         yield Activity(
-            deleted=n, dirs=min(n, _lognormal_int(rng, 15, 1.0, 1, 400)),
+            deleted=n,
+            dirs=min(n, _lognormal_int(rng, 15, 1.0, 1, 400)),
             extensions=min(n, rng.randint(1, 9)),
             dropped=_poisson(rng, 40) if n > 3_000 and rng.random() < 0.2 else 0,
             duration_s=_frac(rng, 0.25, 1.0) if n > 1_000 else 1.0,
@@ -194,10 +218,13 @@ def rsync_mirror(rng: random.Random) -> Iterator[Activity]:
         n = min(total, _lognormal_int(rng, 40, 1.0, 1, 1_500))
         total -= n
         yield Activity(
-            created=n, renamed=n, modified=_poisson(rng, 0.1 * n),
+            created=n,
+            renamed=n,
+            modified=_poisson(rng, 0.1 * n),
             dirs=min(n, _lognormal_int(rng, 10, 1.0, 1, 200)),
             extensions=min(n, _lognormal_int(rng, 5, 0.6, 1, 25)),
-            high_entropy_frac=_frac(rng, 0.2, 0.8), mean_entropy=_frac(rng, 5.0, 7.7),
+            high_entropy_frac=_frac(rng, 0.2, 0.8),
+            mean_entropy=_frac(rng, 5.0, 7.7),
             incompressible_frac=_frac(rng, 0.1, 0.7),
             repeated_name="Thumbs.db" if rng.random() < 0.1 else "",
             repeated_name_dirs=rng.randint(2, 12) if rng.random() < 0.1 else 0,
@@ -216,12 +243,15 @@ def source_checkout(rng: random.Random) -> Iterator[Activity]:
         total -= n
         new_ext = rng.choice((0, 0, 1, 2, 3, 5)) if first else 0
         yield Activity(
-            created=n, modified=_poisson(rng, 0.05 * n),
+            created=n,
+            modified=_poisson(rng, 0.05 * n),
             dirs=min(n, _lognormal_int(rng, max(n / 12, 1), 0.5, 1, 800)),
             extensions=min(n, _lognormal_int(rng, 9, 0.5, 2, 40)),
-            new_extensions=new_ext, top_new_extension="py" if new_ext else "",
+            new_extensions=new_ext,
+            top_new_extension="py" if new_ext else "",
             top_new_extension_dirs=min(n, _lognormal_int(rng, 8, 1.0, 1, 60)) if new_ext else 0,
-            high_entropy_frac=_frac(rng, 0.0, 0.08), mean_entropy=_frac(rng, 4.2, 5.6),
+            high_entropy_frac=_frac(rng, 0.0, 0.08),
+            mean_entropy=_frac(rng, 4.2, 5.6),
             incompressible_frac=_frac(rng, 0.0, 0.05),
             repeated_name="__init__.py" if rng.random() < 0.5 else "README.md",
             repeated_name_dirs=min(n, _lognormal_int(rng, 6, 1.0, 0, 120)),
@@ -240,9 +270,14 @@ def sqlite_churn(rng: random.Random) -> Iterator[Activity]:
             continue
         journal = rng.random() < 0.5
         yield Activity(
-            created=1 if journal else 0, modified=rng.randint(1, 2), deleted=1 if journal else 0,
-            dirs=1, extensions=rng.randint(1, 3), mean_entropy=_frac(rng, 2.5, 6.0),
-            high_entropy_frac=0.0, incompressible_frac=_frac(rng, 0.0, 0.1),
+            created=1 if journal else 0,
+            modified=rng.randint(1, 2),
+            deleted=1 if journal else 0,
+            dirs=1,
+            extensions=rng.randint(1, 3),
+            mean_entropy=_frac(rng, 2.5, 6.0),
+            high_entropy_frac=0.0,
+            incompressible_frac=_frac(rng, 0.0, 0.1),
             bytes_written=tx * _lognormal_int(rng, 8_192, 0.8, 4_096, 2_000_000),
         )
 
@@ -310,9 +345,12 @@ def generate(seed: int, windows: int = DEFAULT_WINDOWS) -> Iterator[pb.AgentMess
     rng = random.Random(seed)
     yield pb.AgentMessage(
         hello=pb.Hello(
-            host_id="benign-synthetic", boot_id=f"synthetic-seed-{seed}",
-            agent_version="benign-corpus", watched_roots=["/srv/partage"],
-            hostname="fichiers-mairie", tripwire_mode="off",
+            host_id="benign-synthetic",
+            boot_id=f"synthetic-seed-{seed}",
+            agent_version="benign-corpus",
+            watched_roots=["/srv/partage"],
+            hostname="fichiers-mairie",
+            tripwire_mode="off",
         )
     )
     kinds = [k for k, _ in EPISODES]

@@ -11,7 +11,6 @@ and nothing outside a temporary directory is touched.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from receiver import WebhookReceiver  # noqa: E402
+from receiver import WebhookReceiver
 
 BIN = Path(sys.executable).parent
 HOST_ID = "demo-fileserver"
@@ -47,7 +46,8 @@ def wait_listening(log: Path, proc: subprocess.Popen[bytes], timeout_s: float = 
 def host_connected(collector: str) -> bool:
     res = subprocess.run(
         [str(BIN / "tocsin"), "hosts", "--json", "--collector", collector, "--insecure"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if res.returncode != 0:
         return False
@@ -58,14 +58,18 @@ def show_webhook(body: dict[str, Any]) -> None:
     if body.get("event") == "alert":
         proc = body.get("process") or {}
         print(f"  [{body['severity'].upper()}] {body.get('summary', '')}")
-        print(f"    host={body['host_id']} score={body['score']:.2f} "
-              f"process={proc.get('name')} pid={proc.get('pid')}")
+        print(
+            f"    host={body['host_id']} score={body['score']:.2f} "
+            f"process={proc.get('name')} pid={proc.get('pid')}"
+        )
         print(f"    reasons: {', '.join(body['reasons'])}")
         for act in body.get("actions", []):
             print(f"    action: {act['action']} -> {act['status']}")
     else:
-        print(f"  [{body.get('event')}] {body.get('action', '')} -> {body.get('status', '')}"
-              f" {body.get('detail', '')}")
+        print(
+            f"  [{body.get('event')}] {body.get('action', '')} -> {body.get('status', '')}"
+            f" {body.get('detail', '')}"
+        )
 
 
 def main() -> int:
@@ -78,22 +82,46 @@ def main() -> int:
             with WebhookReceiver() as hooks:
                 say(f"webhook receiver (stands in for your chat tool) on {hooks.url}")
                 clog = tmp / "collector.log"
-                procs.append(subprocess.Popen(
-                    [str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0",
-                     "--db", str(tmp / "collector.db"), "--webhook", hooks.url,
-                     "--respond", "enforce", "--insecure"],
-                    stdout=clog.open("wb"), stderr=subprocess.STDOUT,
-                ))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            str(BIN / "tocsin-collector"),
+                            "--listen",
+                            "127.0.0.1:0",
+                            "--db",
+                            str(tmp / "collector.db"),
+                            "--webhook",
+                            hooks.url,
+                            "--respond",
+                            "enforce",
+                            "--insecure",
+                        ],
+                        stdout=clog.open("wb"),
+                        stderr=subprocess.STDOUT,
+                    )
+                )
                 collector = wait_listening(clog, procs[-1])
                 say(f"collector listening on {collector} (respond=enforce)")
 
                 alog = tmp / "agent.log"
-                procs.append(subprocess.Popen(
-                    [str(BIN / "tocsin-agent"), "--collector", collector, "--watch", str(share),
-                     "--host-id", HOST_ID, "--state-dir", str(tmp / "agent-state"),
-                     "--insecure"],
-                    stdout=alog.open("wb"), stderr=subprocess.STDOUT,
-                ))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            str(BIN / "tocsin-agent"),
+                            "--collector",
+                            collector,
+                            "--watch",
+                            str(share),
+                            "--host-id",
+                            HOST_ID,
+                            "--state-dir",
+                            str(tmp / "agent-state"),
+                            "--insecure",
+                        ],
+                        stdout=alog.open("wb"),
+                        stderr=subprocess.STDOUT,
+                    )
+                )
                 end = time.monotonic() + 30
                 while not host_connected(collector):
                     if time.monotonic() > end or procs[-1].poll() is not None:
@@ -112,11 +140,13 @@ def main() -> int:
                     show_webhook(body)
 
                 say("tocsin alerts")
-                subprocess.run([str(BIN / "tocsin"), "alerts", "--collector", collector,
-                                "--insecure"])
+                subprocess.run(
+                    [str(BIN / "tocsin"), "alerts", "--collector", collector, "--insecure"]
+                )
                 say("tocsin hosts")
-                subprocess.run([str(BIN / "tocsin"), "hosts", "--collector", collector,
-                                "--insecure"])
+                subprocess.run(
+                    [str(BIN / "tocsin"), "hosts", "--collector", collector, "--insecure"]
+                )
                 ok = drill.returncode == 0 and any(
                     b.get("severity") == "critical" for b in hooks.bodies
                 )

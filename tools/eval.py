@@ -49,13 +49,31 @@ BIN = Path(sys.executable).parent
 DRILL_TAG = "tocsin-drill"
 # Order of the table: attacks first, then benign jobs.
 DEFAULT_ATTACKS = (
-    "encrypt-inplace", "encrypt-copy", "encrypt-stripes", "encrypt-head", "encrypt-base64",
-    "encrypt-workers", "encrypt-burst", "encrypt-slow", "encrypt-pattern", "encrypt-hex",
+    "encrypt-inplace",
+    "encrypt-copy",
+    "encrypt-stripes",
+    "encrypt-head",
+    "encrypt-base64",
+    "encrypt-workers",
+    "encrypt-burst",
+    "encrypt-slow",
+    "encrypt-pattern",
+    "encrypt-hex",
 )
 DEFAULT_BENIGN = (
-    "backup-targz", "backup-encrypted", "gzip-logs", "photo-import", "office-saves",
-    "sqlite-churn", "mass-delete", "source-checkout", "rsync-mirror", "backup-gpg-files",
-    "convert-images", "zip-folders", "sed-inplace",
+    "backup-targz",
+    "backup-encrypted",
+    "gzip-logs",
+    "photo-import",
+    "office-saves",
+    "sqlite-churn",
+    "mass-delete",
+    "source-checkout",
+    "rsync-mirror",
+    "backup-gpg-files",
+    "convert-images",
+    "zip-folders",
+    "sed-inplace",
 )
 DESCRIPTIONS = {
     "encrypt-inplace": "in-place encryption",
@@ -160,10 +178,20 @@ class Suite:
     def start_collector(self) -> None:
         log = self.tmp / "collector.log"
         self.collector = subprocess.Popen(
-            [str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db",
-             str(self.tmp / "collector.db"), "--webhook", self.hooks.url,
-             "--respond", "enforce", "--insecure"],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            [
+                str(BIN / "tocsin-collector"),
+                "--listen",
+                "127.0.0.1:0",
+                "--db",
+                str(self.tmp / "collector.db"),
+                "--webhook",
+                self.hooks.url,
+                "--respond",
+                "enforce",
+                "--insecure",
+            ],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
         )
 
         def listening() -> str:
@@ -177,7 +205,8 @@ class Suite:
     def connected(self, host_id: str) -> bool:
         res = subprocess.run(
             [str(BIN / "tocsin"), "hosts", "--json", "--collector", self.addr, "--insecure"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if res.returncode != 0:
             return False
@@ -187,8 +216,10 @@ class Suite:
         with self.hooks._server.lock:
             recs = list(self.hooks._server.received)
         return [
-            {**r["body"], "_received_at": r["received_at"]} for r in recs
-            if isinstance(r["body"], dict) and r["body"].get("event") == "alert"
+            {**r["body"], "_received_at": r["received_at"]}
+            for r in recs
+            if isinstance(r["body"], dict)
+            and r["body"].get("event") == "alert"
             and r["body"].get("host_id") == host_id
         ]
 
@@ -200,9 +231,20 @@ class Suite:
         make_share(share, files=self.files, seed=11)
         host_id = f"eval-{name}"
         agent = subprocess.Popen(
-            [str(BIN / "tocsin-agent"), "--collector", self.addr, "--watch", str(share),
-             "--host-id", host_id, "--state-dir", str(work / "state"), "--insecure"],
-            stdout=(work / "agent.log").open("wb"), stderr=subprocess.STDOUT,
+            [
+                str(BIN / "tocsin-agent"),
+                "--collector",
+                self.addr,
+                "--watch",
+                str(share),
+                "--host-id",
+                host_id,
+                "--state-dir",
+                str(work / "state"),
+                "--insecure",
+            ],
+            stdout=(work / "agent.log").open("wb"),
+            stderr=subprocess.STDOUT,
         )
         workload: subprocess.Popen[bytes] | None = None
         try:
@@ -215,9 +257,22 @@ class Suite:
             progress = work / "progress.log"
             t0 = time.monotonic()
             workload = subprocess.Popen(
-                [sys.executable, "-m", "tocsin.agent.simulate", "run", name, str(share),
-                 "--rate", str(rate), "--progress", str(progress), "--tag", DRILL_TAG],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    sys.executable,
+                    "-m",
+                    "tocsin.agent.simulate",
+                    "run",
+                    name,
+                    str(share),
+                    "--rate",
+                    str(rate),
+                    "--progress",
+                    str(progress),
+                    "--tag",
+                    DRILL_TAG,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             proc = psutil.Process(workload.pid)
             end = time.monotonic() + timeout_s
@@ -379,7 +434,8 @@ def update_card(card_path: Path, summ: dict[str, Any]) -> None:
     card = json.loads(card_path.read_text())
     evaluation = card.get("evaluation") or {}
     evaluation["end_to_end"] = {
-        "source": "make eval (tools/eval.py), table in docs/evaluation.md", **summ,
+        "source": "make eval (tools/eval.py), table in docs/evaluation.md",
+        **summ,
     }
     card["evaluation"] = evaluation
     card_path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")

@@ -23,8 +23,9 @@ class _Servicer(pb_grpc.TelemetryServicer):
     def __init__(self, sink: GrpcSink) -> None:
         self._sink = sink
 
-    def Stream(self, request_iterator: Iterator[pb.AgentMessage],
-               context: grpc.ServicerContext) -> Iterator[pb.CollectorMessage]:
+    def Stream(
+        self, request_iterator: Iterator[pb.AgentMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.CollectorMessage]:
         boot = ""
         for msg in request_iterator:
             self._sink.add(msg)
@@ -41,8 +42,9 @@ class GrpcSink:
         self.dropped = 0
         self._max = max_messages
         self._lock = threading.Lock()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                                  options=CHANNEL_OPTIONS)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4), options=CHANNEL_OPTIONS
+        )
         pb_grpc.add_TelemetryServicer_to_server(_Servicer(self), self.server)
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.target = f"127.0.0.1:{port}"
@@ -61,8 +63,9 @@ class GrpcSink:
 
     def results(self) -> list[pb.ActionResult]:
         with self._lock:
-            return [m.action_result for m in self.messages
-                    if m.WhichOneof("body") == "action_result"]
+            return [
+                m.action_result for m in self.messages if m.WhichOneof("body") == "action_result"
+            ]
 
     def stop(self) -> None:
         self.server.stop(grace=0.5)

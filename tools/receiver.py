@@ -31,8 +31,12 @@ class _Handler(BaseHTTPRequestHandler):
             body: Any = json.loads(raw)
         except ValueError:
             body = raw.decode("utf-8", "replace")
-        item = {"headers": dict(self.headers), "body": body, "received_at": time.time(),
-                "raw": raw.decode("utf-8", "replace")}
+        item = {
+            "headers": dict(self.headers),
+            "body": body,
+            "received_at": time.time(),
+            "raw": raw.decode("utf-8", "replace"),
+        }
         status = self.server.record(item)
         self.send_response(status)
         self.end_headers()
@@ -69,8 +73,9 @@ class WebhookReceiver:
     ``fail_first`` answers 503 to that many deliveries before accepting.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, out: Path | None = None,
-                 fail_first: int = 0) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, out: Path | None = None, fail_first: int = 0
+    ) -> None:
         self._server = _Server((host, port), out, fail_first)
         self.host, self.port = self._server.server_address[:2]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -44,9 +44,18 @@ def record(name: str, out: Path, rate: float, files: int, settle_s: float) -> Pa
         make_share(share, files=files, seed=7)
         clog = tmp / "collector.log"
         collector = subprocess.Popen(
-            [str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--db",
-             str(tmp / "c.db"), "--respond", "off", "--insecure"],
-            stdout=clog.open("wb"), stderr=subprocess.STDOUT,
+            [
+                str(BIN / "tocsin-collector"),
+                "--listen",
+                "127.0.0.1:0",
+                "--db",
+                str(tmp / "c.db"),
+                "--respond",
+                "off",
+                "--insecure",
+            ],
+            stdout=clog.open("wb"),
+            stderr=subprocess.STDOUT,
         )
         agent: subprocess.Popen[bytes] | None = None
         try:
@@ -61,16 +70,31 @@ def record(name: str, out: Path, rate: float, files: int, settle_s: float) -> Pa
             _wait("the collector", listening)
             recording = tmp / "rec.jsonl"
             agent = subprocess.Popen(
-                [str(BIN / "tocsin-agent"), "--collector", addr, "--watch", str(share),
-                 "--host-id", f"fixture-{name}", "--state-dir", str(tmp / "state"),
-                 "--insecure", "--tripwire", "off", "--record", str(recording)],
-                stdout=(tmp / "agent.log").open("wb"), stderr=subprocess.STDOUT,
+                [
+                    str(BIN / "tocsin-agent"),
+                    "--collector",
+                    addr,
+                    "--watch",
+                    str(share),
+                    "--host-id",
+                    f"fixture-{name}",
+                    "--state-dir",
+                    str(tmp / "state"),
+                    "--insecure",
+                    "--tripwire",
+                    "off",
+                    "--record",
+                    str(recording),
+                ],
+                stdout=(tmp / "agent.log").open("wb"),
+                stderr=subprocess.STDOUT,
             )
 
             def connected() -> bool:
                 res = subprocess.run(
                     [str(BIN / "tocsin"), "hosts", "--json", "--collector", addr, "--insecure"],
-                    capture_output=True, text=True,
+                    capture_output=True,
+                    text=True,
                 )
                 return res.returncode == 0 and any(
                     h["connected"] for h in json.loads(res.stdout or "[]")
@@ -79,8 +103,16 @@ def record(name: str, out: Path, rate: float, files: int, settle_s: float) -> Pa
             _wait("the agent", connected)
             time.sleep(settle_s)
             subprocess.run(
-                [sys.executable, "-m", "tocsin.agent.simulate", "run", name, str(share),
-                 "--rate", str(rate)],
+                [
+                    sys.executable,
+                    "-m",
+                    "tocsin.agent.simulate",
+                    "run",
+                    name,
+                    str(share),
+                    "--rate",
+                    str(rate),
+                ],
                 check=True,
             )
             time.sleep(settle_s)

@@ -25,11 +25,11 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 
 __all__ = [
     "CHANNEL_OPTIONS",
+    "MAX_MESSAGE_BYTES",
     "ConfigError",
     "ResponseError",
     "TocsinError",
     "WireError",
-    "MAX_MESSAGE_BYTES",
     "operator_pb2",
     "operator_pb2_grpc",
     "telemetry_pb2",
