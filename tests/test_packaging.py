@@ -26,7 +26,10 @@ def test_agent_extra_does_not_install_scikit_learn(tmp_path: Path) -> None:
     if "PIP_INDEX_URL" not in env:
         exports = subprocess.run(
             ["sh", str(ROOT / "tools" / "pip-index-env.sh"), str(py)],
-            capture_output=True, text=True, env=env, check=True,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
         ).stdout
         for line in exports.splitlines():
             if line.startswith("export PIP_INDEX_URL="):
