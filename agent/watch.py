@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from watchdog.events import (
@@ -88,6 +89,30 @@ _overflow = _OverflowCounter()
 logging.getLogger("watchdog.observers.inotify_c").addHandler(_overflow)
 
 
+def _count_overflows_in_old_watchdog() -> None:
+    """watchdog 6 drops the kernel's IN_Q_OVERFLOW event silently: count it at parse time.
+
+    (watchdog 7 logs it, which ``_OverflowCounter`` counts.)
+    """
+    from watchdog.observers import inotify_c
+
+    if hasattr(inotify_c, "InotifyFD") or not hasattr(inotify_c, "Inotify"):
+        return
+    parse = inotify_c.Inotify._parse_event_buffer
+    q_overflow = 0x4000
+
+    def counting_parse(event_buffer: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+        for wd, mask, cookie, name in parse(event_buffer):
+            if wd == -1 and mask & q_overflow:
+                _overflow.count += 1
+            yield wd, mask, cookie, name
+
+    inotify_c.Inotify._parse_event_buffer = staticmethod(counting_parse)
+
+
+_count_overflows_in_old_watchdog()
+
+
 class _WatchLimit:
     """Counts directories watchdog could not watch for lack of inotify watches."""
 
@@ -96,17 +121,29 @@ class _WatchLimit:
         self._installed = False
 
     def install(self) -> None:
-        """Wrap watchdog's add_callback once, so ENOSPC (swallowed for subdirs) is seen."""
+        """Wrap watchdog's watch-adding call once, so ENOSPC (swallowed for subdirs) is seen.
+
+        watchdog 7 adds watches in ``InotifyFD.add_callback``, watchdog 6 in
+        ``Inotify._add_watch``; with neither, the limit is only seen by the kernel.
+        """
         if self._installed:
             return
+        self._installed = True
         from watchdog.observers import inotify_c
 
-        original = inotify_c.InotifyFD.add_callback
+        for cls_name, meth in (("InotifyFD", "add_callback"), ("Inotify", "_add_watch")):
+            cls = getattr(inotify_c, cls_name, None)
+            if cls is not None and hasattr(cls, meth):
+                break
+        else:
+            log.warning("this watchdog version hides the inotify watch limit; not counted")
+            return
+        original = getattr(cls, meth)
         counter = self
 
-        def add_callback(fd: object, path: bytes, *args: object, **kw: object) -> object:
+        def add_watch(obj: object, path: bytes, *args: object, **kw: object) -> object:
             try:
-                return original(fd, path, *args, **kw)  # type: ignore[arg-type]
+                return original(obj, path, *args, **kw)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     if counter.count == 0:
@@ -118,8 +155,7 @@ class _WatchLimit:
                     counter.count += 1
                 raise
 
-        inotify_c.InotifyFD.add_callback = add_callback  # type: ignore[method-assign]
-        self._installed = True
+        setattr(cls, meth, add_watch)
 
 
 _watch_limit = _WatchLimit()
@@ -196,9 +232,27 @@ class FileWatcher:
         handler = _Handler(self)
         for root in self.roots:
             self._observer.schedule(handler, root, recursive=True, event_filter=EVENT_FILTER)
-        self._observer.start()
+        try:
+            self._observer.start()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            # watchdog 6 gives up on a whole tree at the first directory it cannot
+            # watch (7 skips that directory): keep at least each root's top level.
+            self._observer = Observer()
+            for root in self.roots:
+                self._observer.schedule(handler, root, recursive=False, event_filter=EVENT_FILTER)
+            try:
+                self._observer.start()
+            except OSError:
+                log.error("no inotify watch left: %s not watched at all", ", ".join(self.roots))
+                self._started = False
+                return
+        self._started = True
 
     def stop(self) -> None:
+        if not getattr(self, "_started", False):
+            return
         self._observer.stop()
         self._observer.join(timeout=5)
 

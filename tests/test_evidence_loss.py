@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from grpc_sink import GrpcSink
+from watchdog.observers import inotify_c
 
 from tocsin.agent.limits import ensure_max_user_watches
 from tocsin.agent.ship import HelloInfo, Shipper
@@ -111,7 +112,10 @@ def test_watch_limit_exhaustion_is_counted_and_said(tmp_path: Path) -> None:
         pytest.skip(f"no user namespaces: {out.stderr.strip()}")
     assert out.returncode == 0, out.stderr
     hits = int(out.stdout.split()[1])
-    assert hits >= 20  # 31 directories, 10 watches
+    # 31 directories, 10 watches: watchdog 7 skips each directory it cannot watch
+    # (one hit each); watchdog 6 stops at the first and the agent falls back to the
+    # root's top level (one hit). Either way it is counted and the agent goes on.
+    assert hits >= (20 if hasattr(inotify_c, "InotifyFD") else 1)
     # One clear line, not one per directory.
     assert sum("watch limit reached" in line for line in out.stderr.splitlines()) == 1
 
