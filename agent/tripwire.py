@@ -1,8 +1,10 @@
 """The agent's own response, for evidence that needs no model.
 
 Contract: ``Tripwire.check(window, writers)`` looks at one closed window. It
-fires when one process tree wrote at least ``destroyed_threshold`` files whose
-known type was destroyed (summed over the tree's processes), or when a canary
+fires when one process tree wrote at least ``destroyed_threshold`` (5) files
+whose known type was destroyed (summed over the tree's processes, in this
+window or over the last ``horizon_s`` of windows: a benign job destroys no
+type at all, so a handful is already blatant), or when a canary
 file was written, deleted or renamed. The canary's tree is the one fanotify
 saw writing it (``canary_trees``), else the window's biggest writing tree;
 with no writer known the window is still marked, nothing is suspended. When it
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 
 from tocsin.agent.act import Actions
@@ -41,9 +43,10 @@ class Tripwire:
         self,
         actions: Actions,
         mode: str = "dry-run",
-        destroyed_threshold: int = 10,
+        destroyed_threshold: int = 5,
         protect: Iterable[str] = (),
         self_pid: int | None = None,
+        horizon_s: float = 10.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"tripwire mode must be one of {MODES}, not {mode!r}")
@@ -53,6 +56,10 @@ class Tripwire:
         self.protect = frozenset(protect)
         self._self_pid = os.getpid() if self_pid is None else self_pid
         self._acted: set[int] = set()
+        # Per tree: (window end, files destroyed) over the last ``horizon_s``, so that
+        # a tree spreading its damage over several short windows still adds up.
+        self.horizon_s = horizon_s
+        self._recent: dict[int, deque[tuple[float, int]]] = {}
 
     def _protected(self, root: int, writers: list[pb.ProcessSample]) -> str:
         """Why the tree ``root`` must not be touched ("" when it may be)."""
@@ -78,6 +85,18 @@ class Tripwire:
         for s in writers:
             by_tree[s.tree_root_pid or s.pid] += s.files_type_destroyed
             touched[s.tree_root_pid or s.pid] += s.files_touched
+        end_s = window.end.seconds + window.end.nanos / 1e9
+        for tree, n in by_tree.items():
+            if n:
+                self._recent.setdefault(tree, deque(maxlen=64)).append((end_s, n))
+        for tree in list(self._recent):
+            recent = self._recent[tree]
+            while recent and recent[0][0] < end_s - self.horizon_s:
+                recent.popleft()
+            if not recent:
+                del self._recent[tree]
+            elif tree in by_tree:  # only trees still writing in this window
+                by_tree[tree] = max(by_tree[tree], sum(n for _, n in recent))
         root, destroyed = by_tree.most_common(1)[0] if by_tree else (0, 0)
         if destroyed >= self.destroyed_threshold:
             reason = f"type-destroyed:{destroyed} files by tree {root}"

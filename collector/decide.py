@@ -220,6 +220,14 @@ class Judge:
 
         proc = top_writer(w)
         root = proc.tree_root_pid if proc else 0
+        # A window with no known writer (a reader sweeping, attribution lagging)
+        # belongs to the host's most recent open incident rather than opening its
+        # own; an incident opened without a writer takes the first one named.
+        host_keys = [k for k in self._incidents if k[0] == host_id]
+        if root == 0 and host_keys:
+            root = max(host_keys, key=lambda k: self._incidents[k].last_active_s)[1]
+        elif root and (host_id, 0) in self._incidents and (host_id, root) not in self._incidents:
+            self._incidents[(host_id, root)] = self._incidents.pop((host_id, 0))
         decisions = self._close_quiet(host_id, end_s, keep=(host_id, root))
         severity, reasons = self._evaluate(w, score, hist, thr)
         key = (host_id, root)

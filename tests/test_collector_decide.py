@@ -184,3 +184,20 @@ def test_slow_read_sweep_adds_up_over_a_minute() -> None:
         out += j.observe("srv", window(seq, files_read=40, read_dirs=6), 0.2)
     assert out and {d.severity for d in out} == {"warning"}
     assert any(r.startswith("read_sweep:") for d in out for r in d.reasons)
+
+
+def test_window_without_writer_joins_the_open_incident() -> None:
+    """A reader sweep with no writer named does not open a second incident."""
+    j = judge()
+    (d,) = j.observe("srv", window(1, files_read=600, read_dirs=45), 0.9)
+    no_writer = window(2, files_read=600, read_dirs=45)
+    del no_writer.top_writers[:]
+    out = j.observe("srv", no_writer, 0.9)
+    assert [x.kind for x in out] == ["update"] and out[0].incident_id == d.incident_id
+    # ... and an incident opened without a writer takes the first writer named.
+    j2 = judge()
+    first = window(1, files_read=600, read_dirs=45)
+    del first.top_writers[:]
+    (d2,) = j2.observe("srv", first, 0.9)
+    out2 = j2.observe("srv", window(2, files_read=600, read_dirs=45), 0.9)
+    assert [x.incident_id for x in out2] == [d2.incident_id] and out2[0].root_pid == 100

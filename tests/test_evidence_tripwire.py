@@ -233,3 +233,18 @@ def test_launcher_of_short_lived_encryptors_is_the_tree(tmp_path: Path) -> None:
     roots = {s.tree_root_pid for w in ws for s in w.top_writers if s.files_type_destroyed}
     pids = {s.pid for w in ws for s in w.top_writers if s.files_type_destroyed}
     assert len(pids) >= 3 and len(roots) == 1
+
+
+def test_tripwire_adds_a_tree_up_over_short_windows_but_forgets_old_damage() -> None:
+    acts = _Actions()
+    tw = Tripwire(acts, "enforce", destroyed_threshold=5, self_pid=4242, horizon_s=10.0)
+
+    def at(t: float, destroyed: int) -> pb.Window:
+        w = _window([_sample(800, 800, destroyed)])
+        w.end.FromNanoseconds(int(t * 1e9))
+        return w
+
+    assert tw.check(at(100.0, 3), [_sample(800, 800, 3)]) is None  # 3 < 5
+    assert tw.check(at(130.0, 2), [_sample(800, 800, 2)]) is None  # the first 3 are 30 s old
+    assert tw.check(at(131.0, 3), [_sample(800, 800, 3)]) is not None  # 2 + 3 within 10 s
+    assert [list(c.pids) for c in acts.commands] == [[800]]
