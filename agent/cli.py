@@ -205,7 +205,7 @@ def _run_agent(argv: list[str]) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if cfg.log_format == "json":
-        from tocsin.agent.jsonlog import use_json_logs
+        from tocsin.v1.jsonlog import use_json_logs
 
         use_json_logs(PROG)
     from tocsin.agent.runtime import Agent

@@ -348,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=conf["log_level"], stream=sys.stderr, format=f"{PROG}: %(message)s"
         )
         if conf["log_format"] == "json":
-            from tocsin.collector.jsonlog import use_json_logs
+            from tocsin.v1.jsonlog import use_json_logs
 
             use_json_logs(PROG)
         asyncio.run(serve(conf))

@@ -1,6 +1,4 @@
-"""``--log-format json``: one JSON object per log line (journald, Loki, ELK).
-
-(The collector has its own copy: agent and collector share only the wire.)
+"""``--log-format json``: one JSON object per log line (journald, Loki, ELK), for both programs.
 
 Contract: ``use_json_logs(program)`` replaces the root handlers' formatter:
 each record becomes ``{"ts": RFC 3339 UTC, "level", "logger", "program",
