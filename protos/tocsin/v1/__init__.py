@@ -21,6 +21,12 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # gRPC's own reconnect backoff grows to 120 s by default: after a long outage
+    # an agent would sit out up to two minutes more once the link is back. Cap it
+    # (the shipper has its own jittered backoff on top).
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
 
 __all__ = [
