@@ -15,7 +15,8 @@ from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 T0 = 1_700_000_000
 
 
-def encrypting(seq: int) -> pb.AgentMessage:
+def encrypting(seq: int, *, drill: bool = False) -> pb.AgentMessage:
+    """A window that looks like mass encryption by pid 4242 (python3)."""
     w = pb.Window(
         seq=seq,
         files_modified=60,
@@ -33,6 +34,8 @@ def encrypting(seq: int) -> pb.AgentMessage:
         repeated_name_dirs=6,
         bytes_written=30_000_000,
         dirs_touched=8,
+        drill=drill,
+        example_paths=["/srv/partage/Finances/budget.xlsx.locked"],
     )
     w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
     w.top_writers.add(

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from fakeagent import T0, encrypting
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore
@@ -22,8 +23,6 @@ from tocsin.v1 import operator_pb2 as op
 from tocsin.v1 import operator_pb2_grpc as op_grpc
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
-
-T0 = 1_700_000_000
 
 
 class Receiver:
@@ -66,40 +65,6 @@ def hello(host: str = "srv-mairie", boot: str = "boot1") -> pb.AgentMessage:
             tripwire_mode="enforce",
         )
     )
-
-
-def encrypting(seq: int, *, drill: bool = False) -> pb.AgentMessage:
-    w = pb.Window(
-        seq=seq,
-        files_modified=60,
-        files_renamed=60,
-        files_probed=60,
-        files_high_entropy=60,
-        files_incompressible=60,
-        files_type_destroyed=55,
-        mean_entropy=7.99,
-        encrypted_twins=50,
-        new_extensions=1,
-        top_new_extension=".locked",
-        top_new_extension_dirs=8,
-        repeated_name="LISEZ-MOI.txt",
-        repeated_name_dirs=6,
-        bytes_written=30_000_000,
-        dirs_touched=8,
-        drill=drill,
-        example_paths=["/srv/partage/Finances/budget.xlsx.locked"],
-    )
-    w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
-    w.top_writers.add(
-        pid=4242,
-        ppid=1,
-        name="python3",
-        exe="/usr/bin/python3",
-        tree_root_pid=4242,
-        files_touched=60,
-        files_type_destroyed=55,
-    )
-    return pb.AgentMessage(window=w)
 
 
 def quiet(seq: int) -> pb.AgentMessage:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from fakeagent import FakeAgent
-
 from tocsin.collector.outbox import Outbox
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector

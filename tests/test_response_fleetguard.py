@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from fakeagent import FakeAgent
 
+from fakeagent import FakeAgent
 from receiver import WebhookReceiver
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import Decision, ProcessInfo
