@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ import grpc
 import pytest
 
 from fakeagent import T0, encrypting
+from receiver import WebhookReceiver
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore
@@ -25,34 +23,10 @@ from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                outer.events.append(json.loads(body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def of(self, event: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == event]
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as r:
+        yield r
 
 
 def hello(host: str = "srv-mairie", boot: str = "boot1") -> pb.AgentMessage:
@@ -115,7 +89,7 @@ async def stream(
 
 
 def test_enforce_encryption_alerts_suspends_isolates_and_dedupes(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     async def main() -> None:
         c, port = await run_collector(tmp_path, receiver.url, "enforce")
@@ -181,7 +155,7 @@ def test_enforce_encryption_alerts_suspends_isolates_and_dedupes(
 
 
 def test_dry_run_sends_no_commands_and_says_what_it_would_do(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     async def main() -> None:
         c, port = await run_collector(tmp_path, receiver.url, "dry-run")
@@ -200,7 +174,7 @@ def test_dry_run_sends_no_commands_and_says_what_it_would_do(
     asyncio.run(main())
 
 
-def test_drill_is_suspended_but_never_isolated(tmp_path: Path, receiver: Receiver) -> None:
+def test_drill_is_suspended_but_never_isolated(tmp_path: Path, receiver: WebhookReceiver) -> None:
     async def main() -> None:
         c, port = await run_collector(tmp_path, receiver.url, "enforce")
         try:
@@ -216,7 +190,7 @@ def test_drill_is_suspended_but_never_isolated(tmp_path: Path, receiver: Receive
 
 
 def test_first_message_not_hello_is_refused_and_server_goes_on(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     async def main() -> None:
         c, port = await run_collector(tmp_path, receiver.url, "off")
@@ -244,7 +218,7 @@ def test_first_message_not_hello_is_refused_and_server_goes_on(
 
 
 def test_operator_isolate_waits_for_agent_and_release_lists_stopped(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     async def main() -> None:
         c, port = await run_collector(tmp_path, receiver.url, "off")
@@ -307,7 +281,7 @@ def test_operator_isolate_waits_for_agent_and_release_lists_stopped(
 
 
 def test_bad_seq_and_oversized_message_end_only_their_stream(
-    tmp_path: Path, receiver: Receiver
+    tmp_path: Path, receiver: WebhookReceiver
 ) -> None:
     async def refused(port: int, msgs: list[pb.AgentMessage]) -> grpc.aio.AioRpcError:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
@@ -337,7 +311,9 @@ def test_bad_seq_and_oversized_message_end_only_their_stream(
     asyncio.run(main())
 
 
-def test_later_hello_switches_boot_for_resent_windows(tmp_path: Path, receiver: Receiver) -> None:
+def test_later_hello_switches_boot_for_resent_windows(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
     """An agent resends an earlier boot's windows under that boot's hello, then its own."""
 
     async def main() -> None:

@@ -95,6 +95,10 @@ class WebhookReceiver:
         with self._server.lock:
             return [r["body"] for r in self._server.received]
 
+    def of(self, event: str) -> list[Any]:
+        """The bodies received so far whose ``event`` field is ``event``."""
+        return [b for b in self.bodies if isinstance(b, dict) and b.get("event") == event]
+
     def __enter__(self) -> WebhookReceiver:
         self._thread.start()
         return self
