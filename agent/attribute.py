@@ -168,6 +168,8 @@ class FanotifySource:
                 raise OSError(err, f"fanotify_mark {root} failed")
         self.overflows = 0
         self._stop = threading.Event()
+        # stop() writes here: the reader sleeps in select() until an event or stop.
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="tocsin-fanotify", daemon=True)
 
     def start(self) -> None:
@@ -175,14 +177,17 @@ class FanotifySource:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
         with contextlib.suppress(OSError):
-            os.close(self._fd)
+            os.write(self._stop_w, b"x")
+        self._thread.join(timeout=2)
+        for fd in (self._fd, self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            ready, _, _ = select.select([self._fd], [], [], 0.2)
-            if not ready:
+            ready, _, _ = select.select([self._fd, self._stop_r], [], [])
+            if self._fd not in ready:
                 continue
             try:
                 buf = os.read(self._fd, 65536)

@@ -155,6 +155,7 @@ class Shipper:
         self._seq = 0
         self._seq_lock = threading.Lock()
         self._wake = threading.Condition()
+        self._submitted = 0  # grows (under _wake) with every window or result submitted
         self._results: collections.deque[pb.ActionResult] = collections.deque(maxlen=max_results)
         self.results_dropped = 0
         self._stop = threading.Event()
@@ -177,6 +178,7 @@ class Shipper:
             payload = pb.AgentMessage(window=w).SerializeToString()
             self.spool.put(self.hello.boot_id, w.seq, payload)
         with self._wake:
+            self._submitted += 1
             self._wake.notify_all()
         return w.seq
 
@@ -185,6 +187,7 @@ class Shipper:
             if len(self._results) == self._results.maxlen:
                 self.results_dropped += 1
             self._results.append(r)
+            self._submitted += 1
             self._wake.notify_all()
 
     # ------------------------------------------------------------ lifecycle
@@ -234,6 +237,8 @@ class Shipper:
         last_row = 0
         last_sent = time.monotonic()
         while True:
+            with self._wake:
+                seen = self._submitted
             sent_any = False
             while True:
                 with self._wake:
@@ -261,9 +266,11 @@ class Shipper:
                 hb.at.GetCurrentTime()
                 yield self._send(pb.AgentMessage(heartbeat=hb))
                 last_sent = time.monotonic()
+            # Woken by a window, a result or stop (each notifies); else the heartbeat.
+            due = self.heartbeat_s - (time.monotonic() - last_sent)
             with self._wake:
-                if not self._results and not self._stop.is_set():
-                    self._wake.wait(timeout=0.2)
+                if self._submitted == seen and not self._stop.is_set():
+                    self._wake.wait(timeout=max(due, 0.05))
 
     def _channel(self) -> grpc.Channel:
         if self.credentials is not None:

@@ -12,6 +12,8 @@ reached (watchdog swallows that error for subdirectories) grows
 (exfiltration staging); opens and directory-modified events are never asked of
 the kernel. Paths under any ``ignore`` prefix (the agent's state dir,
 recordings) are never queued. Counters only grow; readers take differences.
+``wakeup`` is set whenever an event is queued, so a reader can sleep until
+there is something to read instead of polling an empty queue.
 """
 
 from __future__ import annotations
@@ -197,6 +199,7 @@ class FileWatcher:
         self._ignore = tuple(os.path.realpath(p) for p in (ignore or []))
         self._lock = threading.Lock()
         self._dropped = 0
+        self.wakeup = threading.Event()
         self._overflow_base = _overflow.count
         self._limit_base = _watch_limit.count
         self._observer = Observer()
@@ -226,6 +229,8 @@ class FileWatcher:
                 self._dropped += 1
             return
         self.queue.append(ev)
+        if not self.wakeup.is_set():  # a plain read: no lock per event in a storm
+            self.wakeup.set()
 
     def start(self) -> None:
         _watch_limit.install()

@@ -4,7 +4,8 @@ Contract: ``WindowAccumulator`` is pure bookkeeping (no threads, no I/O except
 the bounded initial extension scan): ``add(event)`` for every event of the
 window, then ``close(...)`` returns the filled Window (without ``seq``, which
 the shipper assigns) and starts the next window. ``WindowLoop`` is the
-windowing thread: it drains the watcher every ``poll_s``, closes a window every
+windowing thread: it sleeps until the watcher's first event of a window
+(no polling while nothing happens), then drains it every ``poll_s``, closes a window every
 ``window_s`` (earlier once ``burst_events`` events arrived), probes a bounded
 sample of the written files, asks the attributor for the top writers, lets the
 tripwire act, and hands the window to ``sink``. Windows without file activity
@@ -379,6 +380,7 @@ class WindowLoop:
 
     def stop(self) -> None:
         self._stop.set()
+        self.watcher.wakeup.set()
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
@@ -391,12 +393,18 @@ class WindowLoop:
         net_base = self._safe_net()
         while not self._stop.is_set():
             deadline = time.monotonic() + self.window_s
-            while time.monotonic() < deadline and not self._stop.is_set():
+            wakeup = self.watcher.wakeup
+            while not self._stop.is_set():
+                wakeup.clear()  # before draining: an event queued after it sets it again
                 for ev in self.watcher.drain(self.burst_events):
                     self.acc.add(ev)
-                if self.acc.events >= self.burst_events:
+                left = deadline - time.monotonic()
+                if self.acc.events >= self.burst_events or left <= 0:
                     break
-                self._stop.wait(self._poll_s)
+                if self.acc.events:
+                    self._stop.wait(min(self._poll_s, left))  # a burst under way: batch it
+                else:
+                    wakeup.wait(left)  # nothing yet: sleep until the first event
             for ev in self.watcher.drain(self.burst_events):
                 self.acc.add(ev)
             end = self._clock()
