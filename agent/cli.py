@@ -208,8 +208,10 @@ def _run_agent(argv: list[str]) -> int:
         from tocsin.v1.jsonlog import use_json_logs
 
         use_json_logs(PROG)
+    from tocsin.agent.limits import cap_malloc_arenas
     from tocsin.agent.runtime import Agent
 
+    cap_malloc_arenas()
     agent = Agent(cfg)
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
