@@ -19,11 +19,10 @@ from pathlib import Path
 
 import grpc
 
-from tocsin.agent import sdnotify
+from tocsin.agent import limits, sdnotify
 from tocsin.agent.act import Actions
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.canary import plant
-from tocsin.agent.limits import BURST_EVENTS, ensure_max_user_watches
 from tocsin.agent.metrics import AgentMetrics
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
@@ -41,9 +40,16 @@ log = logging.getLogger(__name__)
 # instead of up to a window later. Any other window keeps the full
 # BURST_EVENTS budget: a sustained storm costs one short window per quiet spell.
 ONSET_EVENTS = 6
-# How often the window thread looks at the event queue: the onset close is
-# only as quick as this (0.04 s costs about 0.1 % of a core when idle).
+# While a burst is under way the window thread looks at the event queue this
+# often (it sleeps until the first event of a window, so idle costs nothing):
+# the onset close is only as quick as this.
 ONSET_POLL_S = 0.04
+# Destruction: after a window in which files lost their type, turned into
+# encoded random data or a canary was touched, windows last FAST_WINDOW_S until
+# one shows none. The tripwire and the collector then see the damage grow every
+# tenth of a second instead of once a second (the tripwire sums a tree's
+# destroyed files over its horizon, so short windows lose nothing).
+FAST_WINDOW_S = 0.1
 
 
 @dataclass
@@ -97,7 +103,7 @@ class Agent:
             if not os.path.exists(c):
                 canary_paths += plant([os.path.dirname(c) or "."], (os.path.basename(c),))
         exts, dirs = scan_tree(cfg.watch)
-        limit = ensure_max_user_watches(dirs)
+        limit = limits.ensure_max_user_watches(dirs)
         self.watch_limit_ok = limit.ok
         self.watcher = FileWatcher(cfg.watch, ignore=ignore)
         self.attributor = Attributor(cfg.watch)
@@ -140,6 +146,7 @@ class Agent:
             on_window=self._on_window,
             spool_dropped=lambda: self.spool.dropped,
             poll_s=ONSET_POLL_S,
+            burst_events=ONSET_EVENTS,  # nothing seen yet: the first window is an onset
         )
         self._stop = threading.Event()
         self.metrics = AgentMetrics(self)
@@ -155,7 +162,11 @@ class Agent:
         events = w.events_created + w.events_modified + w.events_deleted + w.events_moved
         full = (w.end.ToNanoseconds() - w.start.ToNanoseconds()) >= 0.9e9 * self.cfg.window_s
         quiet = full and events < ONSET_EVENTS
-        self.window.burst_events = ONSET_EVENTS if quiet else BURST_EVENTS
+        self.window.burst_events = ONSET_EVENTS if quiet else limits.BURST_EVENTS
+        destroying = w.files_type_destroyed or w.files_encoded_random or w.canary_touches
+        self.window.window_s = (
+            min(FAST_WINDOW_S, self.cfg.window_s) if destroying else self.cfg.window_s
+        )
         result = self.tripwire.check(w, writers, self.attributor.canary_trees)
         if result is not None:
             self.shipper.submit_result(result)
@@ -185,8 +196,8 @@ class Agent:
         watchdog = sdnotify.Watchdog(self._alive)
         watchdog.start()
         sdnotify.notify(f"READY=1\nSTATUS=watching {len(self.cfg.watch)} trees")
-        while not self._stop.wait(0.5):
-            pass
+        limits.release_startup_memory()
+        self._stop.wait()  # signal handlers (main thread) call request_stop()
         sdnotify.notify("STOPPING=1")
         watchdog.stop()
         self.metrics.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 from evidence_harness import run_workload
+from grpc_sink import GrpcSink
 
 from tocsin.agent import simulate
 from tocsin.agent.tripwire import Tripwire
@@ -21,13 +23,16 @@ from tocsin.v1 import telemetry_pb2 as pb
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify and SIGSTOP of others need root")
 
 
-def _agent(share: Path, state: Path, *extra: str) -> subprocess.Popen[str]:
+def _agent(
+    share: Path, state: Path, *extra: str, collector: str = "127.0.0.1:9"
+) -> subprocess.Popen[str]:
+    """A real agent, tripwire enforcing; by default its collector does not exist."""
     exe = Path(sys.executable).with_name("tocsin-agent")
     p = subprocess.Popen(
         [
             str(exe),
             "--collector",
-            "127.0.0.1:9",
+            collector,
             "--watch",
             str(share),
             "--host-id",
@@ -91,6 +96,7 @@ def test_tripwire_suspends_encryptor_with_collector_unreachable(tmp_path: Path) 
     share = tmp_path / "share"
     simulate.make_share(share, 600)
     agent = _agent(share, tmp_path / "state")
+    time.sleep(1.5)  # the agent has been running a while: the attack is not its first window
     try:
         stopped, ruined, elapsed = _attack_until_stopped(share, tmp_path, "encrypt-inplace", 200)
     finally:
@@ -101,8 +107,36 @@ def test_tripwire_suspends_encryptor_with_collector_unreachable(tmp_path: Path) 
         f"({elapsed:.2f} s), collector unreachable"
     )
     assert stopped, "the encryptor ran to the end"
-    assert ruined < 600
-    assert ruined <= 400  # within ~2 s at 200 files/s
+    # Measured 9-18 files; a full one-second window before acting would be ~200.
+    assert ruined <= 60
+
+
+def test_windows_shorten_while_files_are_destroyed(tmp_path: Path) -> None:
+    """Damage seen in a window makes the next ones short until a window shows none."""
+    share = tmp_path / "share"
+    simulate.make_share(share, 150)
+    sink = GrpcSink()
+    agent = _agent(share, tmp_path / "state", "--tripwire", "off", collector=sink.target)
+    try:
+        time.sleep(1.5)
+        attack = [sys.executable, "-m", "tocsin.agent.simulate", "run", "encrypt-inplace"]
+        subprocess.run([*attack, str(share), "--rate", "100"], check=True)
+        time.sleep(3)  # a quiet spell after the attack
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+        sink.stop()
+    windows = [w for w in sink.windows() if w.files_type_destroyed or w.events_modified]
+    damaged = [w for w in windows if w.files_type_destroyed]
+    assert len(damaged) >= 5, [(w.events_modified, w.files_type_destroyed) for w in windows]
+
+    def length(w: pb.Window) -> float:
+        return (w.end.ToNanoseconds() - w.start.ToNanoseconds()) / 1e9
+
+    # Every window after a damaged one (but the one that saw the damage stop) is short.
+    follow = [b for a, b in itertools.pairwise(windows) if a.files_type_destroyed]
+    assert follow and all(length(w) <= 0.2 for w in follow[:-1]), [length(w) for w in follow]
+    assert sum(w.files_type_destroyed for w in damaged) >= 100
 
 
 @ROOT_ONLY
