@@ -42,11 +42,13 @@ def test_units_are_hardened_notify_services(name: str) -> None:
     assert u["Type"] == ["notify"] and u["NotifyAccess"] == ["main"]
     assert int(u["WatchdogSec"][0]) > 0
     assert u["Restart"][0] in ("always", "on-failure")
-    assert u["StateDirectory"] and u["ProtectSystem"] == ["strict"]
+    assert u["StateDirectory"] and u["ProtectSystem"] in (["strict"], ["full"])
     assert u["NoNewPrivileges"] == ["yes"] and u["PrivateTmp"] == ["yes"]
     assert "CapabilityBoundingSet" in u and "RestrictAddressFamilies" in u
     if name == "tocsin-collector.service":
-        assert u["CapabilityBoundingSet"] == [""] and u["DynamicUser"] == ["yes"]
+        assert u["CapabilityBoundingSet"] == [""] and u["User"] == ["tocsin"]
+        assert u["PrivateUsers"] == ["yes"]
+        assert u["ProtectSystem"] == ["strict"]
     else:
         caps = set(u["CapabilityBoundingSet"][0].split())
         assert caps == {
