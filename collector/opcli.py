@@ -13,6 +13,10 @@
 
 Errors are one line on stderr ("tocsin: error: ...") and exit status 2 for bad
 flags or files, 1 when the collector cannot be reached or refuses.
+
+Every flag that names the collector or the operator's TLS files has an
+environment default (``ENV_DEFAULTS``), so a sysadmin exports them once in a
+shell (or ~/.profile) and types ``tocsin hosts``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import asyncio
 import datetime as dt
 import getpass
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,13 +48,33 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+# flag destination -> environment variable giving its default
+ENV_DEFAULTS = {
+    "collector": "TOCSIN_COLLECTOR",
+    "tls_ca": "TOCSIN_TLS_CA",
+    "tls_cert": "TOCSIN_TLS_CERT",
+    "tls_key": "TOCSIN_TLS_KEY",
+}
+
+
 def build_parser() -> _Parser:
+    env = {k: os.environ.get(v) or None for k, v in ENV_DEFAULTS.items()}
     common = _Parser(add_help=False)
-    common.add_argument("--collector", required=True, help="HOST:PORT of the collector")
+    common.add_argument(
+        "--collector",
+        required=env["collector"] is None,
+        default=env["collector"],
+        help="HOST:PORT of the collector (default: $TOCSIN_COLLECTOR)",
+    )
     common.add_argument("--insecure", action="store_true", help="no TLS")
-    common.add_argument("--tls-ca", dest="tls_ca", type=Path)
-    common.add_argument("--tls-cert", dest="tls_cert", type=Path)
-    common.add_argument("--tls-key", dest="tls_key", type=Path)
+    for flag in ("tls_ca", "tls_cert", "tls_key"):
+        common.add_argument(
+            "--" + flag.replace("_", "-"),
+            dest=flag,
+            type=Path,
+            default=Path(env[flag]) if env[flag] else None,
+            help=f"(default: ${ENV_DEFAULTS[flag]})",
+        )
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait")
     p = _Parser(prog=PROG, description="tocsin operator commands")
