@@ -95,8 +95,8 @@ def main(argv: list[str]) -> int:
             if child.poll() is not None:
                 print(
                     f"drill: the encryptor FINISHED ({n} files) without being stopped: "
-                    "the chain is broken (is the agent running, watching this dir, with "
-                    "the collector in enforce mode or --tripwire enforce?)",
+                    "the chain is broken (is the agent running and watching this dir, and "
+                    "the collector's respond dry-run or enforce, not off?)",
                     flush=True,
                 )
                 break

@@ -10,7 +10,9 @@
   take with status ``dry-run``; nothing is sent. ``enforce``: a critical
   alert suspends the tree root (``suspend``) and isolates the host
   (``isolate``, with the operator allowlist), except for a drill, which is
-  never isolated ("skipped: drill"), or a host already isolated. When the
+  never isolated ("skipped: drill"), or a host already isolated. A drill's
+  process is suspended in ``dry-run`` too (never isolated), so that
+  ``tocsin-agent drill`` proves the chain before enforce is switched on. When the
   fleet guard (``guard``) refuses, the isolation is ``held``: audited, stored
   as an action with status "held", and posted as event ``fleet_guard``; an
   operator can still isolate the host by hand.
@@ -201,7 +203,9 @@ class Responder:
         actions: list[dict[str, Any]] = []
         if d.root_pid > 0:
             detail = f"would suspend pid {d.root_pid} ({name})"
-            if self.mode == "enforce":
+            if self.mode == "enforce" or d.drill:
+                # A drill's own encryptor is suspended in dry-run too: that is how
+                # `tocsin-agent drill` proves the chain during the dry-run weeks.
                 self._send(d.host_id, "suspend", [d.root_pid], "collector", alert_id)
                 actions.append({"action": "suspend", "status": "sent", "pids": [d.root_pid]})
             else:

@@ -174,9 +174,14 @@ def test_dry_run_sends_no_commands_and_says_what_it_would_do(
     asyncio.run(main())
 
 
-def test_drill_is_suspended_but_never_isolated(tmp_path: Path, receiver: WebhookReceiver) -> None:
+@pytest.mark.parametrize("mode", ["enforce", "dry-run"])
+def test_drill_is_suspended_but_never_isolated(
+    tmp_path: Path, receiver: WebhookReceiver, mode: str
+) -> None:
+    """Even in dry-run: a drill proves the chain before enforce is switched on."""
+
     async def main() -> None:
-        c, port = await run_collector(tmp_path, receiver.url, "enforce")
+        c, port = await run_collector(tmp_path, receiver.url, mode)
         try:
             _, cmds = await stream(port, [hello(), encrypting(1, drill=True)], want_commands=1)
             assert [x.kind for x in cmds] == ["suspend"]
