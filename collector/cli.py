@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -287,6 +288,11 @@ async def serve(conf: dict[str, Any]) -> None:
         retry_max_s=conf["webhook_retry_max_s"],
         max_age_s=conf["webhook_max_age_s"],
     )
+    since = time.time() - conf["webhook_max_age_s"]
+    recent = store.list_alerts(limit=10_000)
+    recovered = outbox.recover(a.payload for a in recent if a.detected_at_s >= since)
+    if recovered:
+        log.warning("%d stored alerts had not reached the webhook outbox; queued now", recovered)
     from tocsin.collector.ratelimit import RateLimits
 
     tls: TlsFiles = conf["tls"]

@@ -19,6 +19,10 @@ Contract:
   misconfiguration to fix, logged as an error). Delivery is at least once;
   receivers dedupe on ``webhook-id``.
 - ``post(event)`` is ``enqueue`` for callers that await a ``WebhookSink``.
+- ``recover(events)``: at start, queues each event whose message id has no row
+  yet. The collector passes its recent stored alerts: an alert committed to the
+  store by a collector that crashed before queueing it still reaches the
+  webhooks. An alert's message id derives from its alert id (``message_id``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_at);
 """
+
+
+def message_id(event: dict[str, Any]) -> str:
+    """An event's webhook-id: its own, an alert's from its alert id, else a fresh one."""
+    if event.get("webhook_id"):
+        return str(event["webhook_id"])
+    if event.get("event") == "alert" and event.get("alert_id"):
+        return f"msg_{event['alert_id']}"
+    return f"msg_{uuid.uuid4().hex}"
 
 
 @dataclass(frozen=True)
@@ -222,6 +235,18 @@ class Outbox:
             return self._db.execute(sql, args).fetchall()
 
     # ------------------------------------------------------------ producers
+    def recover(self, events: Iterable[dict[str, Any]]) -> int:
+        """Queue the events that never reached the outbox; returns how many were queued."""
+        queued = 0
+        for event in events:
+            with self._lock:
+                known = self._db.execute(
+                    "SELECT 1 FROM outbox WHERE msg_id=? LIMIT 1", (message_id(event),)
+                ).fetchone()
+            if known is None and self.enqueue(event):
+                queued += 1
+        return queued
+
     def enqueue(self, event: dict[str, Any]) -> str:
         """Commit one row per interested destination; returns the message id ("" if none)."""
         targets = [d for d in self.destinations.values() if d.wants(event)]
@@ -236,7 +261,7 @@ class Outbox:
                 event.get("host_id"),
             )
             return ""
-        msg_id = str(event.get("webhook_id") or f"msg_{uuid.uuid4().hex}")
+        msg_id = message_id(event)
         now = self._clock()
         text = json.dumps(event, sort_keys=True)
         with self._lock:

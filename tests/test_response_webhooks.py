@@ -277,6 +277,53 @@ def test_outage_and_collector_crash_every_alert_exactly_once(tmp_path: Path) -> 
     assert "attempt" in log.read_text()  # the outage was seen and retried
 
 
+def test_alert_stored_but_never_queued_is_delivered_after_restart(tmp_path: Path) -> None:
+    """A collector that crashed between storing an alert and queueing it loses no webhook."""
+    from tocsin.collector.store import AlertRecord, SqliteStore
+
+    db = tmp_path / "c.db"
+    store = SqliteStore(db)
+    for alert_id, age_s in (("fresh", 60.0), ("ancient", 3 * 86400.0)):
+        event = alert_event(alert_id)
+        record = AlertRecord(
+            alert_id=alert_id,
+            host_id="mairie-fs1",
+            incident_id="i-" + alert_id,
+            severity="critical",
+            score=0.7,
+            detected_at_s=time.time() - age_s,
+            window_start_s=0.0,
+            window_end_s=0.0,
+            reasons=[],
+            process=None,
+            payload=event,
+        )
+        store.save_alert(record)
+    store.close()
+    log = tmp_path / "collector.log"
+    with WebhookReceiver() as receiver:
+        conf = tmp_path / "collector.toml"
+        conf.write_text(
+            f'listen = "127.0.0.1:0"\ndb = "{db}"\ninsecure = true\n'
+            f'webhook = ["{receiver.url}"]\nwebhook_secret = "{SECRET}"\n'
+        )
+        for _ in range(2):  # the second start must not send it again
+            proc, _addr = _start_collector(tmp_path, conf, log)
+            try:
+                end = time.monotonic() + 20
+                while time.monotonic() < end and not _alert_records(receiver):
+                    time.sleep(0.05)
+                time.sleep(1.0)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=15) == 0
+        records = _alert_records(receiver)
+    assert [r["body"]["alert_id"] for r in records] == ["fresh"], log.read_text()
+    assert records[0]["headers"]["Webhook-Id"] == "msg_fresh"
+    assert verify(SECRET, records[0]["headers"], records[0]["raw"])
+    assert "1 stored alerts had not reached the webhook outbox" in log.read_text()
+
+
 def test_webhook_test_command(tmp_path: Path) -> None:
     with WebhookReceiver() as ok:
         res = subprocess.run(
