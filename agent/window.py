@@ -7,8 +7,9 @@ the shipper assigns) and starts the next window. ``WindowLoop`` is the
 windowing thread: it sleeps until the watcher's first event of a window
 (no polling while nothing happens), then drains it every ``poll_s``, closes a window every
 ``window_s`` (earlier once ``burst_events`` events arrived), probes a bounded
-sample of the written files, asks the attributor for the top writers, lets the
-tripwire act, and hands the window to ``sink``. Windows without file activity
+sample of the files whose writing finished (closed, or renamed into place),
+asks the attributor for the top writers, lets the tripwire act, and hands the
+window to ``sink``. Windows without file activity
 are handed over at most every ``idle_every_s`` seconds (still with counts).
 
 Spreading evidence counts only directories where something was destroyed
@@ -107,6 +108,7 @@ class WindowAccumulator:
     created: dict[str, None] = field(default_factory=dict)
     modified: dict[str, None] = field(default_factory=dict)
     closed: dict[str, None] = field(default_factory=dict)
+    moved_in: dict[str, None] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     renamed: set[str] = field(default_factory=set)
     read: set[str] = field(default_factory=set)
@@ -164,6 +166,7 @@ class WindowAccumulator:
             self.renamed.add(ev.path)
             self.deleted.add(ev.path)
             self.created[ev.dest_path] = None
+            self.moved_in[ev.dest_path] = None
             self.dirs.add(os.path.dirname(ev.dest_path))
         if ev.kind != "deleted":
             e = extension(written)
@@ -258,9 +261,13 @@ class WindowAccumulator:
         return n
 
     def probe_candidates(self) -> list[str]:
-        """Written files, closed-after-write first, deleted ones excluded."""
-        order = list(self.closed) + [p for p in self.created if p not in self.closed]
-        order += [p for p in self.modified if p not in self.closed and p not in self.created]
+        """Files whose writing is finished: closed after writing, or renamed into place.
+
+        A file still open for writing waits for the window in which it is closed:
+        read mid-write (on tmpfs a reader can see a page before its bytes land),
+        an honest new document looks as if its type had been destroyed.
+        """
+        order = list(self.closed) + [p for p in self.moved_in if p not in self.closed]
         return [p for p in order if p not in self.deleted]
 
     def close(
@@ -322,7 +329,7 @@ class WindowAccumulator:
         w.example_paths.extend(p[:MAX_PATH_CHARS] for p in examples)
         destroyed = probes.destroyed_paths
         self.counts = {}
-        self.created, self.modified, self.closed = {}, {}, {}
+        self.created, self.modified, self.closed, self.moved_in = {}, {}, {}, {}
         self.deleted, self.renamed, self.dirs, self.exts = set(), set(), set(), set()
         self.read = set()
         self.canary_touches = 0

@@ -118,3 +118,25 @@ def test_drill_launcher_and_encryptor_are_drills_nothing_else() -> None:
     assert is_drill("python3 -m tocsin.agent.simulate run encrypt-inplace /x --tag tocsin-drill")
     assert not is_drill("/usr/local/bin/tocsin-agent --collector c:7443 --watch /srv")
     assert not is_drill("python3 backup.py drill")
+
+
+def test_a_file_still_being_written_is_probed_only_once_closed(tmp_path: Path) -> None:
+    """Probed mid-write, an honest document can look destroyed: wait for its close."""
+    from tocsin.agent.watch import FsEvent
+    from tocsin.agent.window import WindowAccumulator
+
+    doc = tmp_path / "deliberation.docx"
+    doc.write_bytes(b"\0" * 4096)  # what a reader may see before the bytes land
+    acc = WindowAccumulator(known_extensions={"docx"})
+    for kind in ("created", "modified"):
+        acc.add(FsEvent(kind, str(doc), "", False, time.monotonic()))
+    w, destroyed = acc.close(0.0, 1.0)
+    assert (w.files_probed, w.files_type_destroyed, destroyed) == (0, 0, [])
+    acc.add(FsEvent("closed", str(doc), "", False, time.monotonic()))
+    w, destroyed = acc.close(1.0, 2.0)  # closed and still not a docx: that is destruction
+    assert (w.files_probed, w.files_type_destroyed, destroyed) == (1, 1, [str(doc)])
+    moved = tmp_path / "budget.xlsx"
+    moved.write_bytes(os.urandom(4096))
+    acc.add(FsEvent("moved", str(tmp_path / "budget.tmp"), str(moved), False, time.monotonic()))
+    w, _ = acc.close(2.0, 3.0)  # renamed into place: finished, probed
+    assert (w.files_probed, w.files_type_destroyed) == (1, 1)
