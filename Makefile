@@ -11,7 +11,7 @@ STAMP := $(VENV)/.tocsin-installed
 PIP_ENV = eval "$$(tools/pip-index-env.sh $(PYTHON))";
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test lint fmt bench bench-scorer bench-agent model eval proto clean
+.PHONY: install demo test lint fmt bench bench-scorer bench-agent model eval readme-check proto clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ model: $(STAMP)
 # Every simulated workload through the real agent and collector -> docs/evaluation.md.
 eval: $(STAMP)
 	$(PY) tools/eval.py
+
+# The README's server section, every command as written, on a throw-away systemd
+# machine (root; namespaces and an overlay: nothing reaches the disk or the network).
+readme-check: $(STAMP)
+	$(PY) tools/readme_check.py
 
 proto: $(STAMP)
 	PATH=$(VENV)/bin:$$PATH tools/genproto.sh
