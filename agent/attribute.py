@@ -9,13 +9,18 @@ Two sources. As root, fanotify (a filesystem mark for FAN_CLOSE_WRITE on each
 root's filesystem, a mount mark on older kernels) names the writer of every
 file closed after writing; a reader thread keeps paths under the roots and
 counts them per pid (at most ``max_paths_per_pid`` paths kept per pid per
-window, every fd closed). Without fanotify, psutil io counters: processes
-whose write_chars grew since the last window and whose cwd or an open file
-lies under a root (or whose child does).
+window, every fd closed). A destroyed file counts for the process that closed
+it last in the window (the encryptor, not the process that had just created
+it). Without fanotify, psutil io counters: processes whose write_chars grew
+since the last window and whose cwd or an open file lies under a root (or
+whose child does).
 
 ``tree_root_pid``: from a writer, climb to the parent while the parent has the
 same cmdline (forked workers) or wrote recently; stop at pid 1, the agent, and
-at a parent with another cmdline that did not write. Siblings: when two or more
+at a parent with another cmdline that did not write, unless that parent runs
+two or more live children whose command lines differ from the writer's only
+by paths (``job_shape``: a launcher of workers is the tree from the first
+window on). Siblings: when two or more
 writers of one window that are each their own tree share a parent (a launcher
 spawning short-lived encryptors with another cmdline), the parent becomes
 their tree root (unless it is pid 1, the agent or a ``STOP_NAMES`` process).
@@ -113,6 +118,26 @@ def proc_info(pid: int) -> ProcInfo | None:
             )
     except (psutil.Error, OSError):
         return None
+
+
+def job_shape(argv: list[str]) -> tuple[str, ...]:
+    """A command line without its paths: workers of one job differ only by their files."""
+    if not argv:
+        return ()
+    return (os.path.basename(argv[0]), *(a for a in argv[1:] if os.sep not in a))
+
+
+def _workers_of(ppid: int, shape: tuple[str, ...]) -> int:
+    """How many live children of ``ppid`` run a command of this ``job_shape``."""
+    try:
+        kids = psutil.Process(ppid).children()
+    except psutil.Error:
+        return 0
+    n = 0
+    for k in kids:
+        with contextlib.suppress(psutil.Error):
+            n += job_shape(k.cmdline()) == shape
+    return n
 
 
 def _io_chars(pid: int) -> tuple[int, int] | None:
@@ -238,6 +263,9 @@ class Attributor:
         self._self_pid = self_pid if self_pid is not None else os.getpid()
         self._lock = threading.Lock()
         self._writers: dict[int, _Writer] = {}
+        # path -> the pid that closed it last in this window: a file created by one
+        # process and encrypted by another is destroyed by the second only.
+        self._last_writer: dict[str, int] = {}
         self._known: dict[int, ProcInfo] = {}
         self._recent_writers: dict[int, float] = {}  # pid -> monotonic time last seen writing
         self._io_last: dict[int, tuple[int, int]] = {}
@@ -279,6 +307,7 @@ class Attributor:
             w.files_touched += 1
             if len(w.paths) < self.max_paths_per_pid:
                 w.paths.add(path)
+                self._last_writer[path] = pid
             new = pid not in self._known
         if new:
             info = self._info(pid)
@@ -356,6 +385,8 @@ class Attributor:
                 break
             recent = now - self._recent_writers.get(ppid, -1e9) < 30.0
             if parent.cmdline != cur.cmdline and not recent:
+                if _workers_of(ppid, job_shape(cur.cmdline.split())) >= 2:
+                    cur = parent  # a launcher of several workers of one job
                 break
             cur = parent
         if len(self._tree_roots) > 4096:
@@ -428,6 +459,7 @@ class Attributor:
         """
         with self._lock:
             writers, self._writers = self._writers, {}
+            last_writer, self._last_writer = self._last_writer, {}
         attribution = pb.ATTRIBUTION_FANOTIFY
         if self._fan is None:
             writers = self._psutil_writers()
@@ -454,7 +486,9 @@ class Attributor:
                 cmdline=info.cmdline,
                 create_time=info.create_time,
                 attribution=attribution,
-                files_type_destroyed=len(destroyed & w.paths),
+                files_type_destroyed=sum(
+                    1 for p in destroyed & w.paths if last_writer.get(p, pid) == pid
+                ),
             )
             chars = _io_chars(pid) or self._io_latest.get(pid)
             if chars is not None:
