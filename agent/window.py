@@ -1,16 +1,19 @@
 """One-second windows: raw events in, one ``tocsin.v1.Window`` of counts out.
 
-Contract: ``WindowAccumulator`` is pure bookkeeping (no threads, no I/O except
-the bounded initial extension scan): ``add(event)`` for every event of the
-window, then ``close(...)`` returns the filled Window (without ``seq``, which
-the shipper assigns) and starts the next window. ``WindowLoop`` is the
-windowing thread: it sleeps until the watcher's first event of a window
-(no polling while nothing happens), then drains it every ``poll_s``, closes a window every
-``window_s`` (earlier once ``burst_events`` events arrived), probes a bounded
-sample of the files whose writing finished (closed, or renamed into place),
-asks the attributor for the top writers, lets the tripwire act, and hands the
-window to ``sink``. Windows without file activity
-are handed over at most every ``idle_every_s`` seconds (still with counts).
+Contract: ``WindowAccumulator`` is bookkeeping without threads: ``add(event)``
+for every event of the window; ``probe_more(...)`` probes the files whose
+writing finished since the last call (closed, or renamed into place) within the
+window's budget and says how many show damage; ``close(...)`` probes the rest
+within the budget and returns the filled Window (without ``seq``, which the
+shipper assigns), then starts the next window. ``WindowLoop`` is the windowing
+thread: it sleeps until the first event of a window (no polling while nothing
+happens), then drains the watcher every ``poll_s`` and probes as files finish;
+it closes a window every ``window_s``, earlier once ``burst_events`` events
+arrived or once a probe showed damage and the window's activity lasted
+``DAMAGE_CLOSE_S`` (not in an onset window or after damage: those are short
+anyway), asks the attributor for the top writers, lets the tripwire act, and
+hands the window to ``sink``. Windows without file activity are handed over at
+most every ``idle_every_s`` seconds (still with counts).
 
 Spreading evidence counts only directories where something was destroyed
 (a file deleted, renamed away, or whose type was destroyed) within the name
@@ -35,7 +38,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tocsin.agent import limits
 from tocsin.agent.attribute import Attributor
-from tocsin.agent.probe import SIGNATURES, expected_type, probe_files
+from tocsin.agent.probe import SIGNATURES, ProbeResult, ProbeSummary, expected_type, probe_file
 from tocsin.agent.watch import FileWatcher, FsEvent
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -45,6 +48,8 @@ _EXT_RE = re.compile(r"^[a-z0-9]{1,12}$")
 NEW_EXT_HORIZON_S = 600.0
 NAME_HORIZON_S = 120.0
 MAX_TRACKED = 4096
+# A window in which a probe showed damage closes once its activity lasted this long.
+DAMAGE_CLOSE_S = 0.1
 MAX_EXAMPLE_PATHS = 5
 MAX_PATH_CHARS = 512
 ARCHIVE_EXTENSIONS = frozenset({"zip", "7z", "rar", "tar", "tgz", "gz", "bz2", "xz", "zst", "cab"})
@@ -117,6 +122,14 @@ class WindowAccumulator:
     canary_touches: int = 0
     canary_paths: set[str] = field(default_factory=set)
     own_reads: set[str] = field(default_factory=set)
+    # Probes, done as files finish (``probe_more``) and at close: the files waiting,
+    # the results (None: unreadable), the budget spent, and this window's probe
+    # reads whose inotify echo has not arrived yet.
+    to_probe: dict[str, None] = field(default_factory=dict)
+    probed: dict[str, ProbeResult | None] = field(default_factory=dict)
+    probe_files_done: int = 0
+    probe_bytes_done: int = 0
+    probe_echoes: set[str] = field(default_factory=set)
     # the canaries touched in the window last closed (for attribution)
     last_canary_paths: set[str] = field(default_factory=set)
     # memories across windows (bounded)
@@ -138,6 +151,10 @@ class WindowAccumulator:
         return bool(self.created or self.modified or self.closed or self.deleted or self.renamed)
 
     def add(self, ev: FsEvent) -> None:
+        if ev.kind == "read" and (ev.path in self.own_reads or ev.path in self.probe_echoes):
+            self.own_reads.discard(ev.path)  # the probe's own read, echoed by inotify:
+            self.probe_echoes.discard(ev.path)  # not an event of the watched tree
+            return
         if ev.kind != "closed":
             self.counts[ev.kind] = self.counts.get(ev.kind, 0) + 1
         if ev.kind != "read" and (ev.path in self.canaries or ev.dest_path in self.canaries):
@@ -146,9 +163,6 @@ class WindowAccumulator:
         if ev.is_dir:
             return
         if ev.kind == "read":
-            if ev.path in self.own_reads:
-                self.own_reads.discard(ev.path)  # the probe's own read, echoed by inotify
-                return
             if len(self.read) < MAX_TRACKED:
                 self.read.add(ev.path)
             return
@@ -160,6 +174,7 @@ class WindowAccumulator:
             self.modified[ev.path] = None
         elif ev.kind == "closed":
             self.closed[ev.path] = None
+            self._finished(ev.path)
         elif ev.kind == "deleted":
             self.deleted.add(ev.path)
         elif ev.kind == "moved":
@@ -167,6 +182,7 @@ class WindowAccumulator:
             self.deleted.add(ev.path)
             self.created[ev.dest_path] = None
             self.moved_in[ev.dest_path] = None
+            self._finished(ev.dest_path)
             self.dirs.add(os.path.dirname(ev.dest_path))
         if ev.kind != "deleted":
             e = extension(written)
@@ -260,15 +276,53 @@ class WindowAccumulator:
         self.twinned &= deleted
         return n
 
-    def probe_candidates(self) -> list[str]:
-        """Files whose writing is finished: closed after writing, or renamed into place.
+    def _finished(self, path: str) -> None:
+        """``path`` was closed after writing or renamed into place: (re)probe it.
 
-        A file still open for writing waits for the window in which it is closed:
-        read mid-write (on tmpfs a reader can see a page before its bytes land),
-        an honest new document looks as if its type had been destroyed.
+        Only such files are probed. A file still open for writing waits for the
+        window in which it is closed: read mid-write (on tmpfs a reader can see a
+        page before its bytes land), an honest new document looks destroyed.
         """
-        order = list(self.closed) + [p for p in self.moved_in if p not in self.closed]
-        return [p for p in order if p not in self.deleted]
+        self.probed.pop(path, None)  # newer content than what was probed
+        self.to_probe[path] = None
+
+    def probe_more(self, max_files: int, max_bytes: int, share: float = 1.0) -> int:
+        """Probe finished files, newest first, within ``share`` of the window's budget.
+
+        The window thread passes the share of the window elapsed (at least a
+        quarter), so a burst of benign files early in a window cannot spend the
+        whole budget before an attack starts later in it; newest first, so what
+        is probed is what is happening now. Returns how many of the files probed
+        show destruction (type destroyed or encoded random).
+        """
+        damaged = 0
+        files_allowed = max(1, round(max_files * min(share, 1.0)))
+        while self.to_probe:
+            if self.probe_files_done >= files_allowed or self.probe_bytes_done >= max_bytes:
+                break
+            path, _ = self.to_probe.popitem()  # the newest
+            if path in self.deleted:
+                continue
+            r = probe_file(path)
+            self.probe_files_done += 1
+            self.probe_echoes.add(path)
+            self.probed[path] = r
+            if r is not None:
+                self.probe_bytes_done += r.bytes_probed
+                damaged += r.type_destroyed or r.encoded_random
+        return damaged
+
+    def _probe_summary(self) -> ProbeSummary:
+        summary = ProbeSummary()
+        for path, r in self.probed.items():
+            if path in self.deleted:
+                continue  # a temporary file: gone before the window ended
+            if r is None:
+                summary.files_skipped += 1
+            else:
+                summary.add(r)
+        summary.files_unprobed = sum(1 for p in self.to_probe if p not in self.deleted)
+        return summary
 
     def close(
         self,
@@ -278,10 +332,13 @@ class WindowAccumulator:
         max_probe_bytes: int = limits.PROBE_MAX_BYTES_PER_WINDOW,
     ) -> tuple[pb.Window, list[str]]:
         """The finished window (counts and probes) and its type-destroyed paths; resets."""
-        probes = probe_files(self.probe_candidates(), max_probe_files, max_probe_bytes)
+        self.probe_more(max_probe_files, max_probe_bytes)
+        probes = self._probe_summary()
         self._mark_destroyed(end, probes.destroyed_paths)
         # Echoes of the previous window's probes have arrived by now; keep this window's.
-        self.own_reads = set(probes.opened_paths)
+        self.own_reads, self.probe_echoes = self.probe_echoes, set()
+        self.to_probe, self.probed = {}, {}
+        self.probe_files_done = self.probe_bytes_done = 0
         n_new, top_ext, top_dirs = self._new_extensions(end)
         rep_name, rep_dirs = self._repeated_name(end)
         w = pb.Window(
@@ -381,6 +438,7 @@ class WindowLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tocsin-window", daemon=True)
         self.windows_closed = 0
+        self.damage_last = False  # the last window showed destruction
 
     def start(self) -> None:
         self._thread.start()
@@ -401,6 +459,8 @@ class WindowLoop:
         while not self._stop.is_set():
             deadline = time.monotonic() + self.window_s
             wakeup = self.watcher.wakeup
+            damaged = False
+            first_event: float | None = None
             while not self._stop.is_set():
                 wakeup.clear()  # before draining: an event queued after it sets it again
                 for ev in self.watcher.drain(self.burst_events):
@@ -408,6 +468,21 @@ class WindowLoop:
                 left = deadline - time.monotonic()
                 if self.acc.events >= self.burst_events or left <= 0:
                     break
+                # Probe files as they finish; damage closes the window once its
+                # activity has lasted DAMAGE_CLOSE_S (an attack that starts inside a
+                # busy window is not held back for the rest of it, and workers that
+                # start together still share the window). Not in a window that closes
+                # soon anyway: an onset (a few events) or one after damage (short).
+                if self.acc.events and first_event is None:
+                    first_event = time.monotonic()
+                long_window = self.burst_events >= limits.BURST_EVENTS and not self.damage_last
+                if long_window and first_event is not None:
+                    share = max((self.window_s - left) / self.window_s, 0.25)
+                    damaged |= bool(
+                        self.acc.probe_more(self.max_probe_files, self.max_probe_bytes, share)
+                    )
+                    if damaged and time.monotonic() - first_event >= DAMAGE_CLOSE_S:
+                        break
                 if self.acc.events:
                     self._stop.wait(min(self._poll_s, left))  # a burst under way: batch it
                 else:
@@ -437,6 +512,7 @@ class WindowLoop:
                 w.bytes_written = sum(s.bytes_written for s in writers)
                 w.bytes_read = sum(s.bytes_read for s in writers)
                 w.drill = bool(writers) and is_drill(writers[0].cmdline)
+                self.damage_last = bool(w.files_type_destroyed or w.files_encoded_random)
                 if self.on_window is not None:
                     self.on_window(w, writers)
                 noisy = (

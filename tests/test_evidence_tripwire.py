@@ -282,3 +282,35 @@ def test_tripwire_adds_a_tree_up_over_short_windows_but_forgets_old_damage() -> 
     assert tw.check(at(130.0, 2), [_sample(800, 800, 2)]) is None  # the first 3 are 30 s old
     assert tw.check(at(131.0, 3), [_sample(800, 800, 3)]) is not None  # 2 + 3 within 10 s
     assert [list(c.pids) for c in acts.commands] == [[800]]
+
+
+@ROOT_ONLY
+def test_damage_inside_a_busy_window_closes_it_and_is_the_encryptors(tmp_path: Path) -> None:
+    """A drill: its launcher writes 400 new files, then its child encrypts them at once.
+
+    The encryption starts inside the launcher's busy one-second window; probing as
+    files finish closes that window at the first damage instead of holding it for
+    the rest of the second (34-37 files at 200 files/s were inside it before: the
+    drill runs at 50 files/s, so ~10 here), and the damage is
+    the encryptor's: the launcher created those files, it did not destroy them.
+    """
+    share = tmp_path / "share"
+    share.mkdir()
+    sink = GrpcSink()
+    agent = _agent(share, tmp_path / "state", "--tripwire", "off", collector=sink.target)
+    try:
+        time.sleep(1.5)
+        exe = Path(sys.executable).with_name("tocsin-agent")
+        drill = [str(exe), "drill", "--dir", str(share / ".tocsin-drill"), "--timeout", "3"]
+        subprocess.run(drill, stdout=subprocess.DEVNULL, check=False)
+        time.sleep(1.0)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+        sink.stop()
+    windows = sink.windows()
+    first = next(w for w in windows if w.files_type_destroyed)
+    encryptor = [s for s in first.top_writers if "--tag tocsin-drill" in s.cmdline]
+    assert encryptor and encryptor[0].files_touched <= 15, first
+    launcher = [s for w in windows for s in w.top_writers if " drill --dir" in s.cmdline]
+    assert launcher and all(s.files_type_destroyed == 0 for s in launcher), launcher
