@@ -281,8 +281,10 @@ class Responder:
     def _summary(self, d: Decision, actions: Sequence[dict[str, Any]]) -> str:
         who = f"{d.process.name} (pid {d.process.pid})" if d.process else "an unknown process"
         did = [f"{a['action']} {a['status']}" for a in actions]
-        if self.mode == "off" or not actions:
-            done = "tocsin only alerts (respond=" + self.mode + ")"
+        if self.mode == "off":
+            done = "tocsin only alerts (respond=off)"
+        elif not actions:
+            done = "no action on a warning: a human should look"
         else:
             done = "tocsin: " + ", ".join(did)
         drill = " (drill)" if d.drill else ""
