@@ -9,6 +9,7 @@ SIGTERM/SIGINT stop the agent cleanly (Goodbye, flush) with status 0.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -213,6 +214,9 @@ def _run_agent(argv: list[str]) -> int:
 
     cap_malloc_arenas()
     agent = Agent(cfg)
+    # `kill -USR2 <pid>`: every thread's Python stack to stderr (the journal), to see
+    # where a stuck agent waits without stopping it.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
     return agent.run()

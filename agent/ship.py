@@ -23,7 +23,10 @@ the collector's hint when it gave one; the backoff restarts from
 a human: it is logged at ERROR and the shipper only tries again after
 ``refused_retry_s`` (an agent never gives up for good; its spool keeps
 filling meanwhile). Keepalive pings (``CHANNEL_OPTIONS``) turn a dead link
-into UNAVAILABLE within ~15 s.
+into UNAVAILABLE within ~15 s. A stream the collector has not answered within
+``answer_timeout_s`` (it acks every window, and an idle agent sends one every
+10 s) is cancelled and retried like UNAVAILABLE: a connection attempt that
+hangs after a long partition costs that long, not the rest of the outage.
 """
 
 from __future__ import annotations
@@ -138,6 +141,7 @@ class Shipper:
         heartbeat_s: float = 10.0,
         max_results: int = 1000,
         refused_retry_s: float = 300.0,
+        answer_timeout_s: float = 30.0,
     ) -> None:
         self.target = target
         self.spool = spool
@@ -149,6 +153,7 @@ class Shipper:
         self.backoff_max_s = backoff_max_s
         self.heartbeat_s = heartbeat_s
         self.refused_retry_s = refused_retry_s
+        self.answer_timeout_s = answer_timeout_s
         self.windows_trimmed = 0
         self.last_status: grpc.StatusCode | None = None
         self._progress = False
@@ -163,6 +168,7 @@ class Shipper:
         self._call: grpc.Future | None = None
         self.connected = threading.Event()
         self.connections = 0
+        self.unanswered = 0  # streams cancelled by the answer guard
         self.acked: tuple[str, int] = ("", 0)
 
     # ------------------------------------------------------------ producers
@@ -288,11 +294,17 @@ class Shipper:
                     stub = telemetry_pb2_grpc.TelemetryStub(channel)
                     call = stub.Stream(self._requests())
                     self._call = call
-                    for reply in call:
-                        if not self.connected.is_set():
-                            self.connected.set()
-                            self.connections += 1
-                        self._handle(reply)
+                    guard = threading.Timer(self.answer_timeout_s, self._unanswered, (call,))
+                    guard.daemon = True
+                    guard.start()
+                    try:
+                        for reply in call:
+                            if not self.connected.is_set():
+                                self.connected.set()
+                                self.connections += 1
+                            self._handle(reply)
+                    finally:
+                        guard.cancel()
                     log.info("collector closed the stream")
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
@@ -325,6 +337,15 @@ class Shipper:
                 delay = self.refused_retry_s
             attempt += 1
             self._stop.wait(delay)
+
+    def _unanswered(self, call: grpc.Future) -> None:
+        """The guard's verdict on a stream: no answer at all yet, so cancel it."""
+        if not self.connected.is_set() and not self._stop.is_set():
+            self.unanswered += 1
+            log.warning(
+                "no answer from %s within %.0f s; starting over", self.target, self.answer_timeout_s
+            )
+            call.cancel()
 
     def _handle(self, reply: pb.CollectorMessage) -> None:
         which = reply.WhichOneof("body")

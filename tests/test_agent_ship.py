@@ -128,3 +128,33 @@ def test_previous_boot_windows_are_resent_under_their_boot(tmp_path: Path) -> No
     finally:
         shipper.stop()
         server.stop(0)
+
+
+def test_a_stream_the_collector_never_answers_is_started_over(tmp_path: Path) -> None:
+    """A stream stuck without any answer is cancelled and retried; once answered, it stays."""
+    mute = _Collector(ack=False)
+    server, port = _serve(mute)
+    spool = WindowSpool(tmp_path / "spool.sqlite")
+    shipper = Shipper(
+        f"127.0.0.1:{port}",
+        spool,
+        HelloInfo("h", "boot-1", []),
+        _result,
+        backoff_initial_s=0.1,
+        backoff_max_s=0.2,
+        answer_timeout_s=1.0,
+    )
+    shipper.start()
+    try:
+        shipper.submit_window(pb.Window())
+        _wait(lambda: shipper.unanswered >= 2 and mute.kinds().count("hello") >= 3)
+        assert shipper.connections == 0 and spool.depth == 1
+        mute.ack = True  # the collector answers again: the window goes, no more restarts
+        _wait(lambda: spool.depth == 0)
+        before = shipper.unanswered
+        time.sleep(2.5)
+        assert shipper.unanswered == before and shipper.connections == 1
+    finally:
+        shipper.stop()
+        server.stop(0)
+        spool.close()

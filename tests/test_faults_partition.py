@@ -155,7 +155,13 @@ def test_link_down_two_minutes_nothing_lost(tmp_path: Path) -> None:
             )
 
             t_up = time.monotonic()
-            wait_for("catch-up", lambda: depth() < 50, 120, 1)
+            try:
+                wait_for("catch-up", lambda: depth() < 50, 120, 1)
+            except AssertionError:
+                agent.send_signal(signal.SIGUSR2)  # the agent's thread stacks, to its log
+                time.sleep(1)
+                tail = (tmp_path / "agent.log").read_text()[-6000:]
+                raise AssertionError(f"no catch-up; agent log tail:\n{tail}") from None
             catch_up_s = time.monotonic() - t_up
             fleet.send_signal(signal.SIGUSR1)
             writer.kill()
