@@ -47,9 +47,12 @@ def test_overflow_reaches_the_collector_as_evidence(tmp_path: Path) -> None:
     )
     saved = QUEUED.read_text()
     try:
-        QUEUED.write_text("64\n")  # read by inotify_init: only this watcher's queue is small
+        QUEUED.write_text("16\n")  # read by inotify_init: only this watcher's queue is small
         watcher = FileWatcher([str(share)], queue_size=300)
-        loop = WindowLoop(watcher, None, shipper.submit_window, window_s=0.5, idle_every_s=0.5)
+        # The window thread drains once a second: the 300-event queue must overflow.
+        loop = WindowLoop(
+            watcher, None, shipper.submit_window, window_s=1.0, idle_every_s=0.5, poll_s=1.0
+        )
         watcher.start()
     finally:
         QUEUED.write_text(saved)
