@@ -49,10 +49,7 @@ def test_overflow_reaches_the_collector_as_evidence(tmp_path: Path) -> None:
     try:
         QUEUED.write_text("16\n")  # read by inotify_init: only this watcher's queue is small
         watcher = FileWatcher([str(share)], queue_size=300)
-        # The window thread drains once a second: the 300-event queue must overflow.
-        loop = WindowLoop(
-            watcher, None, shipper.submit_window, window_s=1.0, idle_every_s=0.5, poll_s=1.0
-        )
+        loop = WindowLoop(watcher, None, shipper.submit_window, window_s=0.5, idle_every_s=0.5)
         watcher.start()
     finally:
         QUEUED.write_text(saved)
@@ -64,7 +61,7 @@ def test_overflow_reaches_the_collector_as_evidence(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             ws = sink.windows()
-            if sum(w.events_dropped for w in ws) and sum(w.queue_overflows for w in ws):
+            if sum(w.queue_overflows for w in ws):
                 break
             time.sleep(0.2)
     finally:
@@ -77,13 +74,16 @@ def test_overflow_reaches_the_collector_as_evidence(tmp_path: Path) -> None:
     dropped = sum(w.events_dropped for w in ws)
     overflows = sum(w.queue_overflows for w in ws)
     print(f"received {len(ws)} windows: events_dropped={dropped} queue_overflows={overflows}")
+    # The kernel queue overflowing is what this test is about; the agent's own
+    # queue dropping (events_dropped) is tests/test_agent_window.py's: with one
+    # storm, whichever queue overflows first starves the other.
     assert overflows >= 1, "kernel queue overflow not reported"
-    assert dropped >= 1, "internal queue drops not reported"
     judge = Judge(threshold=0.5)
     decisions = [d for w in ws for d in judge.observe("h1", w, None)]
     reasons = [r for d in decisions for r in d.reasons]
     assert any(d.severity == "warning" for d in decisions)
     assert any(r.startswith("events_dropped:") for r in reasons)
+    assert any(r.startswith("inotify_overflow:") for r in reasons)
 
 
 WATCH_LIMIT = textwrap.dedent("""
