@@ -3,9 +3,8 @@
 Contract: ``probe_file(path)`` reads at most three ``BLOCK_BYTES`` blocks (head,
 middle, tail; so at most ``MAX_BYTES_PER_FILE`` bytes) and returns a
 ``ProbeResult``, or ``None`` when the file is unreadable, vanished or empty
-(never raises for those). ``probe_files`` probes paths in order until
-``max_files`` were probed or ``max_bytes`` were read (the window's budget), sums
-the results into a ``ProbeSummary`` and counts the paths left unprobed.
+(never raises for those). ``ProbeSummary`` sums the results of one window
+(the window's budget and order are ``WindowAccumulator.probe_more``'s).
 
 A file whose extension promises a recognisable type (zip-based office, pdf,
 jpeg, png, gzip, sqlite, plain text) and whose head no longer carries it is
@@ -22,7 +21,6 @@ import os
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,8 +182,6 @@ class ProbeSummary:
     files_unprobed: int = 0  # left over when the budget was spent
     entropy_sum: float = 0.0
     destroyed_paths: list[str] = field(default_factory=list)
-    # Every path opened (the agent's own reads, which inotify reports back).
-    opened_paths: list[str] = field(default_factory=list)
 
     @property
     def mean_entropy(self) -> float:
@@ -201,21 +197,3 @@ class ProbeSummary:
         if r.type_destroyed:
             self.files_type_destroyed += 1
             self.destroyed_paths.append(r.path)
-
-
-def probe_files(
-    paths: Iterable[str], max_files: int = 64, max_bytes: int = 2 * 1024 * 1024
-) -> ProbeSummary:
-    """Probe ``paths`` in order within the budget; unreadable ones are counted as skipped."""
-    summary = ProbeSummary()
-    for path in paths:
-        if summary.files_probed >= max_files or summary.bytes_probed >= max_bytes:
-            summary.files_unprobed += 1
-            continue
-        r = probe_file(path)
-        summary.opened_paths.append(path)
-        if r is None:
-            summary.files_skipped += 1
-        else:
-            summary.add(r)
-    return summary

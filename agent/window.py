@@ -304,10 +304,10 @@ class WindowAccumulator:
             if path in self.deleted:
                 continue
             r = probe_file(path)
-            self.probe_files_done += 1
             self.probe_echoes.add(path)
             self.probed[path] = r
-            if r is not None:
+            if r is not None:  # a vanished or unreadable file costs no budget
+                self.probe_files_done += 1
                 self.probe_bytes_done += r.bytes_probed
                 damaged += r.type_destroyed or r.encoded_random
         return damaged

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from tocsin.agent import simulate
-from tocsin.agent.probe import probe_file, probe_files
+from tocsin.agent.probe import probe_file
+from tocsin.agent.watch import FsEvent
+from tocsin.agent.window import WindowAccumulator
 
 
 @pytest.mark.parametrize("kind", simulate.KINDS)
@@ -56,8 +58,12 @@ def test_vanished_files_are_skipped_and_budget_holds(tmp_path: Path) -> None:
         p = tmp_path / f"f{i}.txt"
         p.write_text("conseil municipal " * 500)
         paths.append(str(p))
-    s = probe_files([str(tmp_path / "gone.txt"), *paths], max_files=4)
-    assert s.files_skipped == 1
+    # Through the window's own budget (newest first: the vanished file goes first).
+    acc = WindowAccumulator(known_extensions={"txt"})
+    for path in [*paths, str(tmp_path / "gone.txt")]:
+        acc.add(FsEvent("closed", path, "", False, 0.0))
+    s, _ = acc.close(0.0, 1.0, max_probe_files=4)
+    assert s.files_probed + s.files_unprobed == 10  # the vanished file: skipped, neither
     assert s.files_probed == 4
     assert s.bytes_probed <= 4 * 64 * 1024
     assert s.files_type_destroyed == 0
