@@ -23,10 +23,13 @@ the collector's hint when it gave one; the backoff restarts from
 a human: it is logged at ERROR and the shipper only tries again after
 ``refused_retry_s`` (an agent never gives up for good; its spool keeps
 filling meanwhile). Keepalive pings (``CHANNEL_OPTIONS``) turn a dead link
-into UNAVAILABLE within ~15 s. A stream the collector has not answered within
-``answer_timeout_s`` (it acks every window, and an idle agent sends one every
-10 s) is cancelled and retried like UNAVAILABLE: a connection attempt that
-hangs after a long partition costs that long, not the rest of the outage.
+into UNAVAILABLE within ~15 s. Keepalives prove the connection, not the
+stream: a stream on which the collector answered nothing for
+``answer_timeout_s`` while something waits for its answer (the hello before
+the first answer, or windows still in the spool: the collector acks every
+window as soon as it is committed) is cancelled and retried like UNAVAILABLE.
+A connection attempt that hangs after a long partition, or a stream that
+stops moving, costs that long, not the rest of the outage.
 """
 
 from __future__ import annotations
@@ -169,6 +172,9 @@ class Shipper:
         self.connected = threading.Event()
         self.connections = 0
         self.unanswered = 0  # streams cancelled by the answer guard
+        # Since when the current stream owes an answer (None: nothing due): set when it
+        # opens or a window is sent, moved on by every answer, cleared when all is acked.
+        self._due_since: float | None = None
         self.acked: tuple[str, int] = ("", 0)
 
     # ------------------------------------------------------------ producers
@@ -259,6 +265,8 @@ class Shipper:
                     boot = sw.boot_id
                     yield self._hello(boot)
                 msg = pb.AgentMessage.FromString(sw.payload)
+                if self._due_since is None:
+                    self._due_since = time.monotonic()
                 yield self._send(msg)
                 sent_any = True
             if sent_any:
@@ -294,17 +302,14 @@ class Shipper:
                     stub = telemetry_pb2_grpc.TelemetryStub(channel)
                     call = stub.Stream(self._requests())
                     self._call = call
-                    guard = threading.Timer(self.answer_timeout_s, self._unanswered, (call,))
-                    guard.daemon = True
-                    guard.start()
-                    try:
-                        for reply in call:
-                            if not self.connected.is_set():
-                                self.connected.set()
-                                self.connections += 1
-                            self._handle(reply)
-                    finally:
-                        guard.cancel()
+                    self._due_since = time.monotonic()
+                    self._arm_guard(call, self.answer_timeout_s)
+                    for reply in call:
+                        if not self.connected.is_set():
+                            self.connected.set()
+                            self.connections += 1
+                        self._handle(reply)
+                        self._due_since = time.monotonic() if self.spool.depth else None
                     log.info("collector closed the stream")
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
@@ -338,14 +343,35 @@ class Shipper:
             attempt += 1
             self._stop.wait(delay)
 
-    def _unanswered(self, call: grpc.Future) -> None:
-        """The guard's verdict on a stream: no answer at all yet, so cancel it."""
-        if not self.connected.is_set() and not self._stop.is_set():
+    def _arm_guard(self, call: grpc.Future, after_s: float) -> None:
+        guard = threading.Timer(after_s, self._check_answers, (call,))
+        guard.daemon = True
+        guard.start()
+
+    def _check_answers(self, call: grpc.Future) -> None:
+        """The answer guard: cancel ``call`` if it owes an answer for ``answer_timeout_s``.
+
+        Runs on a timer while the stream lives, at most once per ``answer_timeout_s``
+        when nothing is due, so an idle agent wakes for it no more than for its heartbeat.
+        """
+        if call.done() or self._stop.is_set():
+            return
+        now = time.monotonic()
+        if self._due_since is None and self.spool.depth:
+            self._due_since = now  # sent while the last ack was being handled
+        since = self._due_since
+        if since is not None and now - since >= self.answer_timeout_s:
             self.unanswered += 1
             log.warning(
-                "no answer from %s within %.0f s; starting over", self.target, self.answer_timeout_s
+                "no answer from %s for %.0f s (%d windows waiting); starting over",
+                self.target,
+                now - since,
+                self.spool.depth,
             )
             call.cancel()
+            return
+        wait_s = self.answer_timeout_s if since is None else since + self.answer_timeout_s - now
+        self._arm_guard(call, max(wait_s, 0.0) + 0.01)
 
     def _handle(self, reply: pb.CollectorMessage) -> None:
         which = reply.WhichOneof("body")

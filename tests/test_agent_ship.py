@@ -18,12 +18,18 @@ from tocsin.v1.recording import read_recording
 
 
 class _Collector(telemetry_pb2_grpc.TelemetryServicer):
-    """Records every message; acks windows unless ``ack`` is False; can send one command."""
+    """Records every message; acks windows unless ``ack`` is False; can send one command.
 
-    def __init__(self, ack: bool = True, command: pb.Command | None = None) -> None:
+    ``ack_hello``: answer every hello at once, as the real collector does.
+    """
+
+    def __init__(
+        self, ack: bool = True, command: pb.Command | None = None, ack_hello: bool = False
+    ) -> None:
         self.received: list[pb.AgentMessage] = []
         self.ack = ack
         self.command = command
+        self.ack_hello = ack_hello
         self.lock = threading.Lock()
 
     def Stream(
@@ -38,6 +44,8 @@ class _Collector(telemetry_pb2_grpc.TelemetryServicer):
                 boot = msg.hello.boot_id
                 if self.command is not None:
                     yield pb.CollectorMessage(command=self.command)
+                if self.ack_hello:
+                    yield pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=0))
             elif which == "window" and self.ack:
                 yield pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=msg.window.seq))
 
@@ -154,6 +162,43 @@ def test_a_stream_the_collector_never_answers_is_started_over(tmp_path: Path) ->
         before = shipper.unanswered
         time.sleep(2.5)
         assert shipper.unanswered == before and shipper.connections == 1
+    finally:
+        shipper.stop()
+        server.stop(0)
+        spool.close()
+
+
+def test_a_stream_that_stops_answering_is_started_over(tmp_path: Path) -> None:
+    """Answered at first, then silent while a window waits: cancelled and retried.
+
+    Keepalive pings go on over such a stream (the connection is fine), so only the
+    missing acks show it is stuck. An idle stream owes nothing and is left alone.
+    """
+    col = _Collector(ack=False, ack_hello=True)
+    server, port = _serve(col)
+    spool = WindowSpool(tmp_path / "spool.sqlite")
+    shipper = Shipper(
+        f"127.0.0.1:{port}",
+        spool,
+        HelloInfo("h", "boot-1", []),
+        _result,
+        backoff_initial_s=0.1,
+        backoff_max_s=0.2,
+        answer_timeout_s=1.0,
+    )
+    shipper.start()
+    try:
+        _wait(lambda: shipper.connections == 1)
+        time.sleep(1.5)  # idle and answered: nothing is due, nothing restarts
+        assert shipper.unanswered == 0 and shipper.connections == 1
+        shipper.submit_window(pb.Window())
+        _wait(lambda: shipper.unanswered >= 2 and col.kinds().count("window") >= 3)
+        assert spool.depth == 1 and shipper.connections >= 3
+        col.ack = True
+        _wait(lambda: spool.depth == 0)
+        before = (shipper.unanswered, shipper.connections)
+        time.sleep(2.5)
+        assert (shipper.unanswered, shipper.connections) == before
     finally:
         shipper.stop()
         server.stop(0)
