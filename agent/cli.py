@@ -215,8 +215,10 @@ def _run_agent(argv: list[str]) -> int:
     cap_malloc_arenas()
     agent = Agent(cfg)
     # `kill -USR2 <pid>`: every thread's Python stack to stderr (the journal), to see
-    # where a stuck agent waits without stopping it.
+    # where a stuck agent waits without stopping it; the same on a fatal signal (SIGSEGV,
+    # SIGABRT...) before the process dies, so a crash in native code leaves a trace.
     faulthandler.register(signal.SIGUSR2, all_threads=True)
+    faulthandler.enable(all_threads=True)
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
     return agent.run()

@@ -20,6 +20,7 @@ process.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -54,6 +55,7 @@ def main() -> int:
     creating.set()
     stop = threading.Event()
     signal.signal(signal.SIGUSR1, lambda *_: creating.clear())
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     shippers: list[Shipper] = []

@@ -127,13 +127,16 @@ def test_link_down_two_minutes_nothing_lost(tmp_path: Path) -> None:
             )
             writer = spawn([sys.executable, "-c", WRITER, str(share)], "writer.log")
 
-            def depth() -> int:
+            def depths() -> dict[str, int]:
                 spools = [
                     *sorted((tmp_path / "fleet").glob("fleet-*/spool.sqlite")),
                     tmp_path / "st" / "spool.sqlite",
                 ]
                 assert len(spools) == AGENTS + 1
-                return sum(len(v) for p in spools for v in spooled(p).values())
+                return {p.parent.name: sum(map(len, spooled(p).values())) for p in spools}
+
+            def depth() -> int:
+                return sum(depths().values())
 
             wait_for("all hosts streaming", lambda: len(stored(col.db)) == AGENTS + 1, 60)
             dev = ans.run(["ip", "-o", "link", "show", "type", "veth"]).stdout.split(":")[1]
@@ -158,10 +161,19 @@ def test_link_down_two_minutes_nothing_lost(tmp_path: Path) -> None:
             try:
                 wait_for("catch-up", lambda: depth() < 50, 120, 1)
             except AssertionError:
-                agent.send_signal(signal.SIGUSR2)  # the agent's thread stacks, to its log
+                stuck = {k: v for k, v in depths().items() if v}
+                agent_rc = agent.poll()
+                for p in (agent, fleet):  # every thread's stack, to their logs
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGUSR2)
                 time.sleep(1)
-                tail = (tmp_path / "agent.log").read_text()[-6000:]
-                raise AssertionError(f"no catch-up; agent log tail:\n{tail}") from None
+                tails = "\n".join(
+                    f"--- {name} (last 4000 chars)\n{(tmp_path / name).read_text()[-4000:]}"
+                    for name in ("agent.log", "fleet.log", "collector.log")
+                )
+                raise AssertionError(
+                    f"no catch-up: still spooled {stuck}; agent exit status {agent_rc}\n{tails}"
+                ) from None
             catch_up_s = time.monotonic() - t_up
             fleet.send_signal(signal.SIGUSR1)
             writer.kill()
