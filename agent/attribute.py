@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import errno
 import logging
 import os
 import select
@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 
 import psutil
 
+from tocsin.agent import limits
+from tocsin.agent.watch import READ_BATCH_S
 from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ STOP_NAMES = frozenset(
     }
 )
 _META = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata (24 bytes)
+_READ_BYTES = 256 * _META.size  # at most 256 events (and descriptors) per read
 
 
 @dataclass
@@ -161,7 +164,9 @@ class FanotifySource:
     def __init__(self, roots: list[str], on_write: Callable[[int, str], None]) -> None:
         self._roots = roots
         self._on_write = on_write
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = limits.libc()
+        if libc is None:
+            raise OSError(errno.ENOSYS, "no C library to call fanotify with")
         self._init = libc.fanotify_init
         self._init.argtypes = [ctypes.c_uint, ctypes.c_uint]
         self._mark = libc.fanotify_mark
@@ -210,18 +215,22 @@ class FanotifySource:
                 os.close(fd)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        # As for inotify (watch.READ_BATCH_S): a pause before each wait lets a storm's
+        # events gather, so one read takes many, and the first after a quiet spell is
+        # read at once. Each event read opens a descriptor: reads are bounded.
+        while not self._stop.wait(READ_BATCH_S):
             ready, _, _ = select.select([self._fd, self._stop_r], [], [])
             if self._fd not in ready:
                 continue
-            try:
-                buf = os.read(self._fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                log.exception("fanotify read failed; attribution stops")
-                return
-            self._parse(buf)
+            while True:
+                try:
+                    buf = os.read(self._fd, _READ_BYTES)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    log.exception("fanotify read failed; attribution stops")
+                    return
+                self._parse(buf)
 
     def _parse(self, buf: bytes) -> None:
         off = 0
