@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import zipfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,6 +29,8 @@ MAX_DIRS_PER_ROOT = 64
 
 
 def _xlsx() -> bytes:
+    import zipfile  # here: the agent needs it only when planting
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr(
@@ -98,6 +99,8 @@ def _xlsx() -> bytes:
 
 
 def _docx() -> bytes:
+    import zipfile
+
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr(

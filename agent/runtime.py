@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +87,7 @@ class Agent:
 
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.boot_id = str(uuid.uuid4())
+        self.boot_id = os.urandom(16).hex()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         host, port = cfg.collector_host_port
         self.actions = Actions(cfg.state_dir, host, port, cfg.allow)

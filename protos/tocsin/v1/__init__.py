@@ -5,7 +5,9 @@ from the ``.proto`` files and committed; ``tests/test_wire.py`` regenerates them
 and fails on any difference.
 """
 
-from tocsin.v1 import operator_pb2, operator_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc
+# operator_pb2 and operator_pb2_grpc (the collector's operator API) load when first
+# imported: the agent never needs them.
+from tocsin.v1 import telemetry_pb2, telemetry_pb2_grpc
 from tocsin.v1.errors import ConfigError, ResponseError, TocsinError, WireError
 
 # Largest message either side accepts or sends. A window is a few kilobytes;
