@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 # BURST_EVENTS budget: a sustained storm costs one short window per quiet spell.
 ONSET_EVENTS = 6
 # While a burst is under way the window thread looks at the event queue this
-# often (it sleeps until the first event of a window, so idle costs nothing):
-# the onset close is only as quick as this.
+# often (it sleeps until the first event of a window, so idle costs nothing; an
+# onset window wakes with each batch of events instead, to close at the last).
 ONSET_POLL_S = 0.04
 # Destruction: after a window in which files lost their type, turned into
 # encoded random data or a canary was touched, windows last FAST_WINDOW_S until

@@ -7,11 +7,13 @@ window's budget and says how many show damage; ``close(...)`` probes the rest
 within the budget and returns the filled Window (without ``seq``, which the
 shipper assigns), then starts the next window. ``WindowLoop`` is the windowing
 thread: it sleeps until the first event of a window (no polling while nothing
-happens), then drains the watcher every ``poll_s`` and probes as files finish;
-it closes a window every ``window_s``, earlier once ``burst_events`` events
-arrived or once a probe showed damage and the window's activity lasted
-``DAMAGE_CLOSE_S`` (not in an onset window or after damage: those are short
-anyway), asks the attributor for the top writers, lets the tripwire act, and
+happens), then drains the watcher every ``poll_s`` in a long window, as events
+come in a short one (an onset, which wants only a few events, or one after
+damage), and probes files as they finish. It closes a window every
+``window_s``, earlier once ``burst_events`` events arrived, once
+``DAMAGE_CLOSE_FILES`` of its files showed damage, or once a probe showed some
+and the window's activity lasted ``DAMAGE_CLOSE_S`` (see ``_should_close``);
+then it asks the attributor for the top writers, lets the tripwire act, and
 hands the window to ``sink``. Windows without file activity are handed over at
 most every ``idle_every_s`` seconds (still with counts).
 
@@ -48,8 +50,10 @@ _EXT_RE = re.compile(r"^[a-z0-9]{1,12}$")
 NEW_EXT_HORIZON_S = 600.0
 NAME_HORIZON_S = 120.0
 MAX_TRACKED = 4096
-# A window in which a probe showed damage closes once its activity lasted this long.
+# A window in which a probe showed damage closes once its activity lasted this long,
+# or at once when this many of its files show damage (the tripwire's threshold).
 DAMAGE_CLOSE_S = 0.1
+DAMAGE_CLOSE_FILES = 5
 MAX_EXAMPLE_PATHS = 5
 MAX_PATH_CHARS = 512
 ARCHIVE_EXTENSIONS = frozenset({"zip", "7z", "rar", "tar", "tgz", "gz", "bz2", "xz", "zst", "cab"})
@@ -459,34 +463,38 @@ class WindowLoop:
         while not self._stop.is_set():
             deadline = time.monotonic() + self.window_s
             wakeup = self.watcher.wakeup
-            damaged = False
             first_event: float | None = None
+            damaged = 0
             while not self._stop.is_set():
                 wakeup.clear()  # before draining: an event queued after it sets it again
                 for ev in self.watcher.drain(self.burst_events):
                     self.acc.add(ev)
-                left = deadline - time.monotonic()
-                if self.acc.events >= self.burst_events or left <= 0:
-                    break
-                # Probe files as they finish; damage closes the window once its
-                # activity has lasted DAMAGE_CLOSE_S (an attack that starts inside a
-                # busy window is not held back for the rest of it, and workers that
-                # start together still share the window). Not in a window that closes
-                # soon anyway: an onset (a few events) or one after damage (short).
+                now = time.monotonic()
+                left = deadline - now
                 if self.acc.events and first_event is None:
-                    first_event = time.monotonic()
-                long_window = self.burst_events >= limits.BURST_EVENTS and not self.damage_last
-                if long_window and first_event is not None:
+                    first_event = now
+                # An onset (a few events) or a window after damage is short anyway;
+                # any other may last a second.
+                onset = self.burst_events < limits.BURST_EVENTS
+                long_window = not onset and not self.damage_last
+                if first_event is not None:
+                    # Probe files as they finish, a long window within the share of
+                    # its budget its elapsed time allows (see probe_more).
                     share = max((self.window_s - left) / self.window_s, 0.25)
-                    damaged |= bool(
-                        self.acc.probe_more(self.max_probe_files, self.max_probe_bytes, share)
+                    damaged += self.acc.probe_more(
+                        self.max_probe_files, self.max_probe_bytes, share if long_window else 1.0
                     )
-                    if damaged and time.monotonic() - first_event >= DAMAGE_CLOSE_S:
-                        break
-                if self.acc.events:
+                if self._should_close(damaged, first_event, now, left, onset):
+                    break
+                if self.acc.events and long_window:
                     self._stop.wait(min(self._poll_s, left))  # a burst under way: batch it
                 else:
-                    wakeup.wait(left)  # nothing yet: sleep until the first event
+                    # Nothing yet: sleep until the first event. A short window: wake
+                    # with each batch of events, to close at the one that ends it, or
+                    # when its damage has lasted long enough.
+                    if damaged and first_event is not None:
+                        left = min(left, first_event + DAMAGE_CLOSE_S - now)
+                    wakeup.wait(max(left, 0.0))
             for ev in self.watcher.drain(self.burst_events):
                 self.acc.add(ev)
             end = self._clock()
@@ -530,6 +538,27 @@ class WindowLoop:
             except Exception:
                 log.exception("window failed; continuing with the next one")
             start = end
+
+    def _should_close(
+        self, damaged: int, first_event: float | None, now: float, left: float, onset: bool
+    ) -> bool:
+        """Whether the window being filled closes now.
+
+        At its end; at ``burst_events`` events, except an onset that has shown some
+        damage: it waits for enough to be acted on. The first window with damage
+        closes once ``DAMAGE_CLOSE_FILES`` files show it (what the tripwire acts on:
+        it fires at this window's close, not a window later); windows after it last
+        ``runtime.FAST_WINDOW_S`` anyway. Any window closes once the activity showed some
+        damage and lasted ``DAMAGE_CLOSE_S`` (an attack that starts inside a busy
+        window is not held back for the rest of it; workers that start together
+        still share the window).
+        """
+        if left <= 0 or (damaged >= DAMAGE_CLOSE_FILES and not self.damage_last):
+            return True
+        lasted = first_event is not None and now - first_event >= DAMAGE_CLOSE_S
+        if damaged and lasted:
+            return True
+        return self.acc.events >= self.burst_events and not (onset and damaged)
 
     def _safe_net(self) -> int:
         try:

@@ -139,6 +139,51 @@ def test_windows_shorten_while_files_are_destroyed(tmp_path: Path) -> None:
     assert sum(w.files_type_destroyed for w in damaged) >= 100
 
 
+ONSET_THEN_DAMAGE = """
+import os, pathlib, sys, time
+share = pathlib.Path(sys.argv[1])
+files = sorted(p for p in share.rglob("*") if p.is_file())
+typed = [p for p in files if p.suffix in (".pdf", ".jpg", ".png", ".docx", ".odt")]
+texts = [p for p in files if p.suffix in (".txt", ".csv")]
+ruin = lambda p: p.write_bytes(os.urandom(8192))
+ruin(typed[0])
+for t in texts[:6]:  # enough events to end an onset window on their own
+    with t.open("ab") as fh:
+        fh.write(b"ligne ajoutee\\n")
+time.sleep(0.03)
+for p in typed[1:5]:
+    ruin(p)
+"""
+
+
+def test_first_damage_window_closes_when_it_holds_what_the_tripwire_needs(
+    tmp_path: Path,
+) -> None:
+    """An onset that saw one ruined file waits for five, then closes at once.
+
+    Closed at its sixth event (the text edits), the first window would hold one
+    ruined file and the tripwire would fire a window later; holding it longer
+    would let the attack go on for the rest of it.
+    """
+    share = tmp_path / "share"
+    simulate.make_share(share, 60)
+    sink = GrpcSink()
+    agent = _agent(share, tmp_path / "state", "--tripwire", "off", collector=sink.target)
+    try:
+        time.sleep(1.5)  # a quiet full window: the next one is an onset
+        subprocess.run([sys.executable, "-c", ONSET_THEN_DAMAGE, str(share)], check=True)
+        time.sleep(1.5)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+        sink.stop()
+    windows = [w for w in sink.windows() if w.events_modified]
+    first = next(w for w in windows if w.files_type_destroyed)
+    assert first.files_type_destroyed == 5, [
+        (w.events_modified, w.files_type_destroyed) for w in windows
+    ]
+
+
 @ROOT_ONLY
 def test_canary_touch_fires_the_tripwire(tmp_path: Path) -> None:
     share = tmp_path / "share"
