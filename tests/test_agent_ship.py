@@ -138,10 +138,8 @@ def test_previous_boot_windows_are_resent_under_their_boot(tmp_path: Path) -> No
         server.stop(0)
 
 
-def test_a_stream_the_collector_never_answers_is_started_over(tmp_path: Path) -> None:
-    """A stream stuck without any answer is cancelled and retried; once answered, it stays."""
-    mute = _Collector(ack=False)
-    server, port = _serve(mute)
+def _guarded_shipper(tmp_path: Path, port: int) -> tuple[WindowSpool, Shipper]:
+    """A shipper whose answer guard gives a stream 1 s, retrying within 0.2 s."""
     spool = WindowSpool(tmp_path / "spool.sqlite")
     shipper = Shipper(
         f"127.0.0.1:{port}",
@@ -152,6 +150,14 @@ def test_a_stream_the_collector_never_answers_is_started_over(tmp_path: Path) ->
         backoff_max_s=0.2,
         answer_timeout_s=1.0,
     )
+    return spool, shipper
+
+
+def test_a_stream_the_collector_never_answers_is_started_over(tmp_path: Path) -> None:
+    """A stream stuck without any answer is cancelled and retried; once answered, it stays."""
+    mute = _Collector(ack=False)
+    server, port = _serve(mute)
+    spool, shipper = _guarded_shipper(tmp_path, port)
     shipper.start()
     try:
         shipper.submit_window(pb.Window())
@@ -176,16 +182,7 @@ def test_a_stream_that_stops_answering_is_started_over(tmp_path: Path) -> None:
     """
     col = _Collector(ack=False, ack_hello=True)
     server, port = _serve(col)
-    spool = WindowSpool(tmp_path / "spool.sqlite")
-    shipper = Shipper(
-        f"127.0.0.1:{port}",
-        spool,
-        HelloInfo("h", "boot-1", []),
-        _result,
-        backoff_initial_s=0.1,
-        backoff_max_s=0.2,
-        answer_timeout_s=1.0,
-    )
+    spool, shipper = _guarded_shipper(tmp_path, port)
     shipper.start()
     try:
         _wait(lambda: shipper.connections == 1)
