@@ -29,7 +29,8 @@ stream: a stream on which the collector answered nothing for
 the first answer, or windows still in the spool: the collector acks every
 window as soon as it is committed) is cancelled and retried like UNAVAILABLE.
 A connection attempt that hangs after a long partition, or a stream that
-stops moving, costs that long, not the rest of the outage.
+stops moving, costs that long, not the rest of the outage; the channel is then
+replaced (otherwise one channel serves every stream of the shipper's life).
 """
 
 from __future__ import annotations
@@ -292,56 +293,74 @@ class Shipper:
         return grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
 
     def _run(self) -> None:
+        # One channel for the shipper's life: gRPC reconnects it by itself, and closing
+        # a channel while its calls wind down is where gRPC Python has crashed. It is
+        # replaced only when the answer guard gave up on a stream (a connection that
+        # may be wedged), and closed by this thread once it is done with it.
         attempt = 0
-        while not self._stop.is_set():
-            self._progress = False
-            code: grpc.StatusCode | None = None
-            pushback: int | None = None
-            try:
-                with self._channel() as channel:
-                    stub = telemetry_pb2_grpc.TelemetryStub(channel)
-                    call = stub.Stream(self._requests())
-                    self._call = call
-                    self._due_since = time.monotonic()
-                    self._arm_guard(call, self.answer_timeout_s)
-                    for reply in call:
-                        if not self.connected.is_set():
-                            self.connected.set()
-                            self.connections += 1
-                        self._handle(reply)
-                        self._due_since = time.monotonic() if self.spool.depth else None
-                    log.info("collector closed the stream")
-            except grpc.RpcError as exc:
-                code = exc.code() if hasattr(exc, "code") else None
-                pushback = pushback_ms_of(exc)
-                details = exc.details() if hasattr(exc, "details") else str(exc)
-                self.last_status = code
+        channel: grpc.Channel | None = None
+        try:
+            while not self._stop.is_set():
+                if channel is None:
+                    channel = self._channel()
+                guarded = self.unanswered
+                code, pushback = self._stream(channel)
                 if self._stop.is_set():
                     break
-                if code in RETRYABLE or pushback is not None:
-                    log.info("stream to %s lost (%s: %s); reconnecting", self.target, code, details)
-                else:
-                    log.error(
-                        "collector %s refused the stream (%s: %s); not retrying for %.0f s",
-                        self.target,
-                        code,
-                        details,
-                        self.refused_retry_s,
-                    )
-            finally:
-                self.connected.clear()
-                self._call = None
+                if self.unanswered != guarded:
+                    channel.close()
+                    channel = None
+                if self._progress:
+                    attempt = 0
+                delay = retry_delay_s(
+                    code, pushback, attempt, self.backoff_initial_s, self.backoff_max_s
+                )
+                if delay is None:
+                    delay = self.refused_retry_s
+                attempt += 1
+                self._stop.wait(delay)
+        finally:
+            if channel is not None:
+                channel.close()
+
+    def _stream(self, channel: grpc.Channel) -> tuple[grpc.StatusCode | None, int | None]:
+        """One Telemetry.Stream until it ends: (its status, the collector's pushback)."""
+        self._progress = False
+        try:
+            stub = telemetry_pb2_grpc.TelemetryStub(channel)
+            call = stub.Stream(self._requests())
+            self._call = call
+            self._due_since = time.monotonic()
+            self._arm_guard(call, self.answer_timeout_s)
+            for reply in call:
+                if not self.connected.is_set():
+                    self.connected.set()
+                    self.connections += 1
+                self._handle(reply)
+                self._due_since = time.monotonic() if self.spool.depth else None
+            log.info("collector closed the stream")
+            return None, None
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            self.last_status = code
+            pushback = pushback_ms_of(exc)
             if self._stop.is_set():
-                break
-            if self._progress:
-                attempt = 0
-            delay = retry_delay_s(
-                code, pushback, attempt, self.backoff_initial_s, self.backoff_max_s
-            )
-            if delay is None:
-                delay = self.refused_retry_s
-            attempt += 1
-            self._stop.wait(delay)
+                return code, pushback
+            if code in RETRYABLE or pushback is not None:
+                log.info("stream to %s lost (%s: %s); reconnecting", self.target, code, details)
+            else:
+                log.error(
+                    "collector %s refused the stream (%s: %s); not retrying for %.0f s",
+                    self.target,
+                    code,
+                    details,
+                    self.refused_retry_s,
+                )
+            return code, pushback
+        finally:
+            self.connected.clear()
+            self._call = None
 
     def _arm_guard(self, call: grpc.Future, after_s: float) -> None:
         guard = threading.Timer(after_s, self._check_answers, (call,))
