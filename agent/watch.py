@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,6 +92,13 @@ class _OverflowCounter(logging.Handler):
 
 
 _overflow = _OverflowCounter()
+
+# watchdog 7 warns when a directory's watch is added twice (its creation event and the walk
+# of its new parent both add it): harmless, the same callback is kept, but the message holds
+# the repr of every watch of the tree, kilobytes per new directory, to the journal.
+warnings.filterwarnings(
+    "ignore", message="Callback with id .* already exists", category=RuntimeWarning
+)
 logging.getLogger("watchdog.observers.inotify_c").addHandler(_overflow)
 
 
