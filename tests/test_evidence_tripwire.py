@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -50,6 +51,8 @@ def _agent(
     assert p.stderr is not None
     for line in p.stderr:  # wait until it watches
         if "watching" in line:
+            # then keep reading: an agent whose stderr pipe is full blocks on its next log line
+            threading.Thread(target=p.stderr.read, daemon=True).start()
             return p
     raise AssertionError("agent did not start")
 
