@@ -117,7 +117,6 @@ class WindowAccumulator:
     created: dict[str, None] = field(default_factory=dict)
     modified: dict[str, None] = field(default_factory=dict)
     closed: dict[str, None] = field(default_factory=dict)
-    moved_in: dict[str, None] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     renamed: set[str] = field(default_factory=set)
     read: set[str] = field(default_factory=set)
@@ -185,7 +184,6 @@ class WindowAccumulator:
             self.renamed.add(ev.path)
             self.deleted.add(ev.path)
             self.created[ev.dest_path] = None
-            self.moved_in[ev.dest_path] = None
             self._finished(ev.dest_path)
             self.dirs.add(os.path.dirname(ev.dest_path))
         if ev.kind != "deleted":
@@ -390,7 +388,7 @@ class WindowAccumulator:
         w.example_paths.extend(p[:MAX_PATH_CHARS] for p in examples)
         destroyed = probes.destroyed_paths
         self.counts = {}
-        self.created, self.modified, self.closed, self.moved_in = {}, {}, {}, {}
+        self.created, self.modified, self.closed = {}, {}, {}
         self.deleted, self.renamed, self.dirs, self.exts = set(), set(), set(), set()
         self.read = set()
         self.canary_touches = 0
@@ -465,6 +463,10 @@ class WindowLoop:
             wakeup = self.watcher.wakeup
             first_event: float | None = None
             damaged = 0
+            # An onset (a few events) or a window after damage is short anyway;
+            # any other may last a second.
+            onset = self.burst_events < limits.BURST_EVENTS
+            long_window = not onset and not self.damage_last
             while not self._stop.is_set():
                 wakeup.clear()  # before draining: an event queued after it sets it again
                 for ev in self.watcher.drain(self.burst_events):
@@ -473,10 +475,6 @@ class WindowLoop:
                 left = deadline - now
                 if self.acc.events and first_event is None:
                     first_event = now
-                # An onset (a few events) or a window after damage is short anyway;
-                # any other may last a second.
-                onset = self.burst_events < limits.BURST_EVENTS
-                long_window = not onset and not self.damage_last
                 if first_event is not None:
                     # Probe files as they finish, a long window within the share of
                     # its budget its elapsed time allows (see probe_more).
