@@ -44,8 +44,7 @@ _M_ARENA_MAX = -8  # mallopt parameter, from <malloc.h>
 
 
 def libc() -> ctypes.CDLL | None:
-    """The C library already loaded in this process (no ``ctypes.util`` lookup: its
-    imports cost the agent ~0.6 MB for a name it does not need)."""
+    """The C library already loaded in this process (``dlopen(NULL)``: no lookup)."""
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:

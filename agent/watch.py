@@ -92,6 +92,7 @@ class _OverflowCounter(logging.Handler):
 
 
 _overflow = _OverflowCounter()
+logging.getLogger("watchdog.observers.inotify_c").addHandler(_overflow)
 
 # watchdog 7 warns when a directory's watch is added twice (its creation event and the walk
 # of its new parent both add it): harmless, the same callback is kept, but the message holds
@@ -99,7 +100,6 @@ _overflow = _OverflowCounter()
 warnings.filterwarnings(
     "ignore", message="Callback with id .* already exists", category=RuntimeWarning
 )
-logging.getLogger("watchdog.observers.inotify_c").addHandler(_overflow)
 
 
 def _count_overflows_in_old_watchdog() -> None:
