@@ -41,6 +41,7 @@ bench-scorer: $(STAMP)
 
 bench-agent: $(STAMP)
 	$(PY) bench/bench_agent.py
+	$(PY) bench/bench_reads.py
 
 # Rebuild the shipped baseline model from the committed training telemetry.
 model: $(STAMP)
