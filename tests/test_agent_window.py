@@ -12,8 +12,8 @@ import pytest
 
 from tocsin.agent import simulate
 from tocsin.agent.attribute import Attributor
-from tocsin.agent.watch import FileWatcher
-from tocsin.agent.window import WindowLoop
+from tocsin.agent.watch import FileWatcher, FsEvent
+from tocsin.agent.window import WindowAccumulator, WindowLoop
 from tocsin.v1 import telemetry_pb2 as pb
 
 
@@ -122,9 +122,6 @@ def test_drill_launcher_and_encryptor_are_drills_nothing_else() -> None:
 
 def test_a_file_still_being_written_is_probed_only_once_closed(tmp_path: Path) -> None:
     """Probed mid-write, an honest document can look destroyed: wait for its close."""
-    from tocsin.agent.watch import FsEvent
-    from tocsin.agent.window import WindowAccumulator
-
     doc = tmp_path / "deliberation.docx"
     doc.write_bytes(b"\0" * 4096)  # what a reader may see before the bytes land
     acc = WindowAccumulator(known_extensions={"docx"})
