@@ -60,6 +60,8 @@ FAN_NONBLOCK = 0x2
 FAN_MARK_ADD = 0x1
 FAN_MARK_MOUNT = 0x10
 FAN_MARK_FILESYSTEM = 0x100
+FAN_MARK_IGNORED_MASK = 0x20
+FAN_MARK_IGNORED_SURV_MODIFY = 0x40
 FAN_CLOSE_WRITE = 0x8
 FAN_Q_OVERFLOW = 0x4000
 AT_FDCWD = -100
@@ -205,6 +207,21 @@ class FanotifySource:
     def start(self) -> None:
         self._thread.start()
 
+    def ignore(self, paths: list[str]) -> None:
+        """Ask the kernel for no event about these files (the agent's own SQLite files).
+
+        Every event read opens a descriptor, and closing it drops every POSIX lock
+        this process holds on the file: a process that opened the spool for writing
+        (any SQLite reader opens its -shm so) would silently take SQLite's locks from
+        the agent, and the next reader, seeing none, truncates the -shm the agent
+        has mapped (SIGBUS). An ignore mark on each file keeps its events unmade.
+        """
+        flags = FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY
+        for path in paths:
+            if self._mark(self._fd, flags, FAN_CLOSE_WRITE, AT_FDCWD, os.fsencode(path)) != 0:
+                err = os.strerror(ctypes.get_errno())
+                log.warning("fanotify: cannot ignore %s (%s)", path, err)
+
     def stop(self) -> None:
         self._stop.set()
         with contextlib.suppress(OSError):
@@ -303,6 +320,11 @@ class Attributor:
     def start(self) -> None:
         if self._fan:
             self._fan.start()
+
+    def ignore(self, paths: list[str]) -> None:
+        """No fanotify event about these files (see ``FanotifySource.ignore``)."""
+        if self._fan:
+            self._fan.ignore(paths)
 
     def stop(self) -> None:
         if self._fan:

@@ -106,6 +106,7 @@ class Agent:
         self.watch_limit_ok = limit.ok
         self.watcher = FileWatcher(cfg.watch, ignore=ignore)
         self.attributor = Attributor(cfg.watch)
+        self.attributor.ignore(self.spool.files())
         self.tripwire = Tripwire(self.actions, cfg.tripwire, protect=cfg.protect)
         creds = None
         if cfg.insecure:

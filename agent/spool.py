@@ -32,6 +32,7 @@ class WindowSpool:
         self, path: Path, max_windows: int = 100_000, max_bytes: int = 256 * 1024 * 1024
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -53,6 +54,10 @@ class WindowSpool:
         ).fetchone()
         self._count = int(count)
         self._bytes = int(size)
+
+    def files(self) -> list[str]:
+        """The database and the WAL files SQLite keeps open (and locked) beside it."""
+        return [str(self.path) + suffix for suffix in ("", "-wal", "-shm")]
 
     @property
     def dropped(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -185,6 +186,46 @@ def test_first_damage_window_closes_when_it_holds_what_the_tripwire_needs(
     assert first.files_type_destroyed == 5, [
         (w.events_modified, w.files_type_destroyed) for w in windows
     ]
+
+
+def _posix_locks(pid: int, path: Path) -> int:
+    """How many POSIX locks ``pid`` holds on ``path`` (from /proc/locks)."""
+    ino = path.stat().st_ino
+    n = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        f = line.split()
+        if "POSIX" in f and str(pid) in f and any(x.endswith(f":{ino}") for x in f):
+            n += 1
+    return n
+
+
+@ROOT_ONLY
+def test_a_reader_of_the_spool_leaves_the_agent_its_sqlite_locks(tmp_path: Path) -> None:
+    """fanotify events about the agent's own spool would cost it its SQLite locks.
+
+    A reader opens the -shm for writing; the close-write event's descriptor, once
+    the agent closed it, took every POSIX lock the agent held on the file, and the
+    next reader, seeing none, truncated the -shm the agent had mapped (SIGBUS: the
+    agent died in the partition test).
+    """
+    share = tmp_path / "share"
+    share.mkdir()
+    state = tmp_path / "state"
+    agent = _agent(share, state, "--tripwire", "off")
+    try:
+        shm = state / "spool.sqlite-shm"
+        held = _posix_locks(agent.pid, shm)
+        assert held >= 1
+        for _ in range(3):
+            con = sqlite3.connect(f"file:{state / 'spool.sqlite'}?mode=ro", uri=True)
+            con.execute("SELECT COUNT(*) FROM spool").fetchone()
+            con.close()
+            time.sleep(0.3)  # the agent reads its fanotify events meanwhile
+            assert _posix_locks(agent.pid, shm) == held
+        assert agent.poll() is None
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
 
 
 @ROOT_ONLY
