@@ -1,9 +1,9 @@
 """How many inotify events one read of the agent's watcher takes in a storm.
 
 A ``FileWatcher`` (the agent's, with its read batching) watches a scratch
-directory while this process writes the storm of ``make bench-agent`` (create,
-write, close, and delete the file written 100 cycles before: ~4 kernel events a
-cycle) at ``--rate`` events per second; watchdog's read call is counted.
+directory while ``bench_agent.STORM`` (the storm of ``make bench-agent``: create,
+write, close, and delete the file written 100 cycles before, ~4 kernel events a
+cycle) runs at ``--rate`` events per second; watchdog's read call is counted.
 
 Usage: python bench/bench_reads.py [--rate N] [--seconds S]
 """
@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+
+from bench_agent import STORM
 
 from tocsin.agent.watch import READ_BATCH_S, FileWatcher, _watchdog_method
 
@@ -45,20 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         setattr(cls, meth, counting)
         time.sleep(0.5)
         counts[:] = [0, 0]
-        cycles_per_s = args.rate / 4
-        start = time.monotonic()
-        i = 0
-        while time.monotonic() - start < args.seconds:
-            delay = start + i / cycles_per_s - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            with open(os.path.join(work, f"s{i}.tmp"), "w") as fh:
-                fh.write("x")
-            if i >= 100:
-                os.unlink(os.path.join(work, f"s{i - 100}.tmp"))
-            i += 1
-            if i % 200 == 0:
-                watcher.drain()
+        # The storm of make bench-agent, as a process of its own.
+        storm = [sys.executable, "-c", STORM, os.path.join(work, "storm")]
+        subprocess.run([*storm, str(args.rate), str(args.seconds)], check=True, capture_output=True)
         time.sleep(0.3)
         reads, events = counts
         print(
