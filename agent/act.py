@@ -6,7 +6,8 @@ never raises for a bad command. With ``dry_run`` it reports what it would do and
 changes nothing.
 
 - suspend(pids): SIGSTOP each given tree root and all its descendants. Never
-  PID 1, never the agent or its ancestors, never a protected name or pid.
+  PID 1, never the agent or its ancestors, never a protected name or pid
+  (an smbd per-client worker is not protected: it is one client's session).
   The set of pids tocsin stopped is persisted in the state dir.
 - resume / kill: SIGCONT (then SIGKILL for kill) the given pids, or, when none
   are given, every pid tocsin suspended.
@@ -36,6 +37,7 @@ from pathlib import Path
 import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tocsin.agent.smb import worker_peer
 from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -191,7 +193,8 @@ class Actions:
             name = psutil.Process(pid).name()
         except psutil.Error:
             return f"pid {pid} does not exist"
-        if name in PROTECTED_NAMES:
+        if name in PROTECTED_NAMES and not (name == "smbd" and worker_peer(pid)):
+            # An smbd per-client worker is that client's session, not the service.
             return f"pid {pid} ({name}) is a protected process"
         return ""
 

@@ -25,6 +25,11 @@ writers of one window that are each their own tree share a parent (a launcher
 spawning short-lived encryptors with another cmdline), the parent becomes
 their tree root (unless it is pid 1, the agent or a ``STOP_NAMES`` process).
 
+An smbd worker (``tocsin.agent.smb``) serves one client connection: its
+sample carries the client's address and SMB user (``smb_client_addr``,
+``smb_user``), read from the worker's socket when it first writes and from
+Samba's session data.
+
 Per tree: samples are ordered by their tree's totals (types destroyed, files),
 so one tree's workers come together and first; when there are more writers
 than ``top_n``, every tree with several writers is folded into one sample
@@ -49,6 +54,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from tocsin.agent import limits
+from tocsin.agent.smb import SmbSessions
 from tocsin.agent.watch import READ_BATCH_S
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -281,8 +287,10 @@ class Attributor:
         max_paths_per_pid: int = 4096,
         info: Callable[[int], ProcInfo | None] = proc_info,
         self_pid: int | None = None,
+        smb: SmbSessions | None = None,
     ) -> None:
         self.roots = [os.path.realpath(r) for r in roots]
+        self.smb = smb
         self.top_n = top_n
         self.max_paths_per_pid = max_paths_per_pid
         self._info = info
@@ -329,6 +337,8 @@ class Attributor:
     def stop(self) -> None:
         if self._fan:
             self._fan.stop()
+        if self.smb is not None:
+            self.smb.stop()
 
     def _on_write(self, pid: int, path: str) -> None:
         if pid == self._self_pid:
@@ -354,6 +364,9 @@ class Attributor:
                     self._known[pid] = info
                 if parent is not None:
                     self._known[parent.pid] = parent
+            if info is not None and info.name == "smbd" and self.smb is not None:
+                # Read the worker's socket while it lives; starts the session lookup.
+                self.smb.client_of(pid)
         now = time.monotonic()
         if now - self._io_read_at.get(pid, 0.0) > 0.2:
             self._io_read_at[pid] = now
@@ -531,6 +544,10 @@ class Attributor:
             with contextlib.suppress(psutil.Error, OSError):
                 s.children = len(psutil.Process(pid).children())
             s.tree_root_pid = self.tree_root(pid)
+            if info.name == "smbd" and self.smb is not None:
+                client = self.smb.client_of(pid)
+                if client is not None:
+                    s.smb_client_addr, s.smb_user = client.addr, client.user
             if canaries & w.paths:
                 self.canary_trees.add(s.tree_root_pid)
             samples.append(s)

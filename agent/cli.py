@@ -71,6 +71,9 @@ def _agent_parser() -> _Parser:
         default=None,
         help="text (default) or json: one JSON object per line",
     )
+    p.add_argument(
+        "--smb-conf", help="Samba's smb.conf, to name the SMB user of a worker (Samba's default)"
+    )
     p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     return p
 
@@ -96,6 +99,7 @@ KEYS = {
     "spool_max_mb": (int, float),
     "canaries": bool,
     "protect": list,
+    "smb_conf": str,
 }
 
 
@@ -169,6 +173,9 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
     log_format = str(merged.get("log_format") or "text")
     if log_format not in ("text", "json"):
         raise ConfigError(f"--log-format must be text or json, not {log_format!r}")
+    smb_conf = str(merged.get("smb_conf") or "")
+    if smb_conf and not os.path.isfile(smb_conf):
+        raise ConfigError(f"--smb-conf {smb_conf}: not a file")
     state_dir = Path(merged["state_dir"])
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +201,7 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
         spool_max_bytes=int(spool_mb * 1024 * 1024),
         metrics=metrics,
         log_format=log_format,
+        smb_conf=smb_conf,
     )
     return cfg, str(merged.get("log_level") or "info")
 

@@ -24,6 +24,7 @@ from tocsin.agent.attribute import Attributor
 from tocsin.agent.canary import plant
 from tocsin.agent.metrics import AgentMetrics
 from tocsin.agent.ship import HelloInfo, Shipper
+from tocsin.agent.smb import SmbSessions
 from tocsin.agent.spool import WindowSpool
 from tocsin.agent.tripwire import Tripwire
 from tocsin.agent.watch import FileWatcher
@@ -75,6 +76,8 @@ class AgentConfig:
     # HOST:PORT of the Prometheus /metrics endpoint; empty: off.
     metrics: str = ""
     log_format: str = "text"
+    # Samba's smb.conf, for its session data (smbstatus -s); empty: Samba's default.
+    smb_conf: str = ""
 
     @property
     def collector_host_port(self) -> tuple[str, int]:
@@ -105,7 +108,7 @@ class Agent:
         limit = limits.ensure_max_user_watches(dirs)
         self.watch_limit_ok = limit.ok
         self.watcher = FileWatcher(cfg.watch, ignore=ignore)
-        self.attributor = Attributor(cfg.watch)
+        self.attributor = Attributor(cfg.watch, smb=SmbSessions(cfg.smb_conf))
         self.attributor.ignore(self.spool.files())
         self.tripwire = Tripwire(self.actions, cfg.tripwire, protect=cfg.protect)
         creds = None

@@ -33,6 +33,7 @@ Rules (``JudgeConfig`` holds the numbers):
 
 from __future__ import annotations
 
+import ipaddress
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -90,9 +91,16 @@ class ProcessInfo:
     name: str
     exe: str
     tree_root_pid: int
+    # An smbd worker: the client it serves and the session's SMB user (agent's word).
+    smb_client_addr: str = ""
+    smb_user: str = ""
 
     def as_json(self) -> dict[str, object]:
-        return {"pid": self.pid, "name": self.name, "exe": self.exe}
+        out: dict[str, object] = {"pid": self.pid, "name": self.name, "exe": self.exe}
+        if self.smb_client_addr:
+            out["smb_client_addr"] = self.smb_client_addr
+            out["smb_user"] = self.smb_user
+        return out
 
 
 @dataclass(frozen=True)
@@ -140,12 +148,33 @@ def ts_s(ts: object) -> float:
     return float(ts.seconds) + float(ts.nanos) / 1e9  # type: ignore[attr-defined]
 
 
+def _client_addr(text: str) -> str:
+    """An IP address as the agent reported it, or "" when it is not one."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return ""
+
+
+def _plain(text: str, limit: int = 64) -> str:
+    """Printable characters only, at most ``limit``: a user name is the attacker's text."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+
+
 def top_writer(w: pb.Window) -> ProcessInfo | None:
     """The writer most likely to be the culprit: most types destroyed, files, bytes."""
     if not w.top_writers:
         return None
     p = max(w.top_writers, key=lambda p: (p.files_type_destroyed, p.files_touched, p.bytes_written))
-    return ProcessInfo(p.pid, p.name, p.exe, p.tree_root_pid or p.pid)
+    client = _client_addr(p.smb_client_addr)
+    return ProcessInfo(
+        p.pid,
+        p.name,
+        p.exe,
+        p.tree_root_pid or p.pid,
+        client,
+        _plain(p.smb_user) if client else "",
+    )
 
 
 class Judge:

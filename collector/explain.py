@@ -91,6 +91,12 @@ def explain_decision(d: Decision, top_features: Sequence[tuple[str, float]] = ()
             f"Written by {d.process.name or '?'} (pid {d.process.pid}, {d.process.exe or '?'}), "
             f"process tree {d.root_pid}."
         )
+        if d.process.smb_client_addr:
+            user = f" (SMB user {d.process.smb_user})" if d.process.smb_user else ""
+            parts.append(
+                f"It is the Samba worker of the client {d.process.smb_client_addr}{user}: "
+                "the encryption comes from that workstation."
+            )
     else:
         parts.append("The writing process could not be identified.")
     if d.example_paths:

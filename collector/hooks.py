@@ -7,10 +7,12 @@ starts every hook whose trigger matches, in the background (at most
 ``max_running`` at once; more are refused and counted in ``dropped``), and
 never blocks the caller. Each run: no shell (``exec`` of path + args), the
 event as JSON on stdin, environment reduced to PATH/LANG plus TOCSIN_EVENT,
-TOCSIN_HOST_ID and TOCSIN_ALERT_ID; killed (SIGKILL, its whole process group)
-after ``timeout_s``. The outcome (``HookOutcome``: status "done" for exit 0,
-"failed" for another exit, "timeout", or "error" when it cannot start, with
-the exit code and the tail of stderr) goes to ``on_outcome`` (the responder
+TOCSIN_HOST_ID and TOCSIN_ALERT_ID (and, for an alert on an smbd worker,
+TOCSIN_CLIENT_ADDR and TOCSIN_SMB_USER: the workstation and account); killed
+(SIGKILL, its whole process group) after ``timeout_s``. The outcome
+(``HookOutcome``: status "done" for exit 0, "failed" for another exit,
+"timeout", or "error" when it cannot start, with the exit code and the tail
+of stderr) goes to ``on_outcome`` (the responder
 audits it). ``drain()`` waits for the runs in flight.
 """
 
@@ -150,6 +152,11 @@ async def run_hook(h: Hook, event: dict[str, Any]) -> HookOutcome:
         "TOCSIN_HOST_ID": str(event.get("host_id", "")),
         "TOCSIN_ALERT_ID": str(event.get("alert_id", "")),
     }
+    proc = event.get("process")
+    if isinstance(proc, dict) and proc.get("smb_client_addr"):
+        # The workstation an SMB attack comes from: for the switch or the directory.
+        env["TOCSIN_CLIENT_ADDR"] = str(proc["smb_client_addr"])
+        env["TOCSIN_SMB_USER"] = str(proc.get("smb_user", ""))
     t0 = time.monotonic()
     try:
         proc = await asyncio.create_subprocess_exec(

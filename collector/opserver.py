@@ -6,7 +6,10 @@ governs automatic responses, not a human's decision), and wait up to
 ``timeout_s`` for the agent's report; status is the agent's ("done",
 "failed", ...) or "queued" when the agent is offline or silent. ``Release``
 then resumes or kills the suspended processes if asked ("resume" / "kill")
-and always answers which pids are still stopped. Unknown hosts: NOT_FOUND.
+and always answers which pids are still stopped; each pid is named as the
+alerts named it (an smbd worker with its SMB client and user), so the
+operator reads which workers were resumed, killed or are still stopped.
+Unknown hosts: NOT_FOUND.
 ``ListActions`` is the audit of actions (automatic, operator, agent, hook),
 newest first, with the outcome reported.
 
@@ -23,7 +26,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tocsin.collector.commands import CommandRouter
-from tocsin.collector.respond import Responder
+from tocsin.collector.decide import ProcessInfo
+from tocsin.collector.respond import Responder, describe_process
 from tocsin.collector.store import Store
 from tocsin.v1 import operator_pb2 as op
 from tocsin.v1 import operator_pb2_grpc as op_grpc
@@ -179,12 +183,34 @@ class OperatorService(op_grpc.OperatorServicer):
             p_status, p_detail = await self.responder.command(
                 request.host_id, processes, host.suspended_pids, who, timeout_s
             )
-            detail = f"{detail}; {processes}: {p_status} {p_detail}".strip("; ")
+            named = self._name_pids(request.host_id, host.suspended_pids)
+            detail = f"{detail}; {processes}: {p_status} {p_detail} ({named})".strip("; ")
             if p_status != "done" and status == "done":
                 status = p_status
         return self._reply(request.host_id, status, detail)
 
+    def _name_pids(self, host_id: str, pids: list[int]) -> str:
+        """The pids in words, as the host's alerts named their writers."""
+        known: dict[int, ProcessInfo] = {}
+        for a in self.store.list_alerts(host_id, limit=200):
+            p = a.process or {}
+            pid = p.get("pid")
+            if isinstance(pid, int) and pid in pids and pid not in known:
+                known[pid] = ProcessInfo(
+                    pid,
+                    str(p.get("name", "?")),
+                    str(p.get("exe", "")),
+                    pid,
+                    str(p.get("smb_client_addr", "")),
+                    str(p.get("smb_user", "")),
+                )
+        return ", ".join(
+            describe_process(known[pid]) if pid in known else f"pid {pid}" for pid in pids
+        )
+
     def _reply(self, host_id: str, status: str, detail: str) -> op.HostActionResponse:
         host = self.store.get_host(host_id)
         still = host.suspended_pids if host else []
+        if still:
+            detail = f"{detail}; still stopped: {self._name_pids(host_id, still)}".strip("; ")
         return op.HostActionResponse(status=status, detail=detail, still_suspended=still)

@@ -10,7 +10,12 @@
   take with status ``dry-run``; nothing is sent. ``enforce``: a critical
   alert suspends the tree root (``suspend``) and isolates the host
   (``isolate``, with the operator allowlist), except for a drill, which is
-  never isolated ("skipped: drill"), or a host already isolated. A drill's
+  never isolated ("skipped: drill"), or a host already isolated. When the
+  writer is an smbd worker serving a client (``process.smb_client_addr``),
+  the attacker is that workstation, not the server: the worker is suspended
+  and the client's address blocked on the file server (``block_client``,
+  parameter ``clients``); the server is not isolated and every other user
+  keeps working. A drill's
   process is suspended in ``dry-run`` too (never isolated), so that
   ``tocsin-agent drill`` proves the chain before enforce is switched on. When the
   fleet guard (``guard``) refuses, the isolation is ``held``: audited, stored
@@ -40,7 +45,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from tocsin.collector.commands import CommandRouter
-from tocsin.collector.decide import Decision
+from tocsin.collector.decide import Decision, ProcessInfo
 from tocsin.collector.explain import explain_decision
 from tocsin.collector.fleetguard import FleetGuard
 from tocsin.collector.hooks import HookOutcome, HookRunner
@@ -83,6 +88,18 @@ def describe(reasons: Sequence[str]) -> str:
         b = rest[1].removesuffix("dirs") if len(rest) > 1 else ""
         parts.append(phrase.format(n=a, a=a, b=b))
     return "; ".join(parts) or "unusual file activity"
+
+
+def describe_process(p: ProcessInfo | None) -> str:
+    """Who wrote, in words; an smbd worker names the client it serves and its SMB user."""
+    if p is None:
+        return "an unknown process"
+    who = f"{p.name} (pid {p.pid})"
+    if p.smb_client_addr:
+        who += f" serving the SMB client {p.smb_client_addr}"
+        if p.smb_user:
+            who += f" as user {p.smb_user}"
+    return who
 
 
 class Responder:
@@ -217,6 +234,7 @@ class Responder:
                         "pids": [d.root_pid],
                     }
                 )
+        client = d.process.smb_client_addr if d.process else ""
         if d.drill:
             actions.append(
                 {
@@ -225,6 +243,8 @@ class Responder:
                     "detail": "a drill never isolates the host",
                 }
             )
+        elif client:
+            actions.append(self._block_client(d, client, alert_id))
         elif host is not None and host.isolated:
             actions.append({"action": "isolate", "status": "skipped: already isolated"})
         elif self.mode == "enforce" and self.guard is not None and not self.guard.admit(d.host_id):
@@ -237,6 +257,19 @@ class Responder:
                 {"action": "isolate", "status": "dry-run", "detail": "would isolate host"}
             )
         return actions
+
+    def _block_client(self, d: Decision, client: str, alert_id: str) -> dict[str, Any]:
+        """Cut the SMB client that attacks, not the server: block its address there."""
+        if self.mode != "enforce":
+            detail = f"would block client {client} on {d.host_id}"
+            return {
+                "action": "block_client",
+                "status": "dry-run",
+                "detail": detail,
+                "clients": [client],
+            }
+        self._send(d.host_id, "block_client", [], "collector", alert_id, {"clients": client})
+        return {"action": "block_client", "status": "sent", "clients": [client]}
 
     def _hold(self, d: Decision, alert_id: str) -> dict[str, Any]:
         """The fleet guard refused an automatic isolation: record, audit, ask a human."""
@@ -279,7 +312,7 @@ class Responder:
         return {"action": "isolate", "status": "held", "detail": detail}
 
     def _summary(self, d: Decision, actions: Sequence[dict[str, Any]]) -> str:
-        who = f"{d.process.name} (pid {d.process.pid})" if d.process else "an unknown process"
+        who = describe_process(d.process)
         did = [f"{a['action']} {a['status']}" for a in actions]
         if self.mode == "off":
             done = "tocsin only alerts (respond=off)"
@@ -296,9 +329,16 @@ class Responder:
     # ---------------------------------------------------------------- commands
 
     def _send(
-        self, host_id: str, kind: str, pids: Sequence[int], who: str, alert_id: str = ""
+        self,
+        host_id: str,
+        kind: str,
+        pids: Sequence[int],
+        who: str,
+        alert_id: str = "",
+        parameters: dict[str, str] | None = None,
     ) -> ActionRecord:
         cmd = pb.Command(id=self._new_id(), kind=kind, pids=list(pids))
+        cmd.parameters.update(parameters or {})
         if kind == "isolate" and self.allow:
             cmd.parameters["allow"] = ",".join(self.allow)
         if alert_id:
@@ -315,7 +355,10 @@ class Responder:
             pids=list(pids),
         )
         self.store.add_action(action)
-        self.store.audit(who, f"{kind} requested", f"{host_id} pids={list(pids)} id={cmd.id}")
+        extra = "".join(f" {k}={v}" for k, v in sorted((parameters or {}).items()))
+        self.store.audit(
+            who, f"{kind} requested", f"{host_id} pids={list(pids)}{extra} id={cmd.id}"
+        )
         self.router.send(host_id, cmd)
         return action
 

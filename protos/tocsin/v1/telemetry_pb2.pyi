@@ -52,7 +52,7 @@ class Hello(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., watched_roots: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., tripwire_mode: _Optional[str] = ...) -> None: ...
 
 class ProcessSample(_message.Message):
-    __slots__ = ("pid", "ppid", "name", "exe", "user", "bytes_written", "bytes_read", "files_touched", "children", "tree_root_pid", "cmdline", "files_type_destroyed", "create_time", "attribution")
+    __slots__ = ("pid", "ppid", "name", "exe", "user", "bytes_written", "bytes_read", "files_touched", "children", "tree_root_pid", "cmdline", "files_type_destroyed", "create_time", "attribution", "smb_client_addr", "smb_user")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,8 @@ class ProcessSample(_message.Message):
     FILES_TYPE_DESTROYED_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    SMB_CLIENT_ADDR_FIELD_NUMBER: _ClassVar[int]
+    SMB_USER_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     name: str
@@ -81,7 +83,9 @@ class ProcessSample(_message.Message):
     files_type_destroyed: int
     create_time: float
     attribution: Attribution
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., name: _Optional[str] = ..., exe: _Optional[str] = ..., user: _Optional[str] = ..., bytes_written: _Optional[int] = ..., bytes_read: _Optional[int] = ..., files_touched: _Optional[int] = ..., children: _Optional[int] = ..., tree_root_pid: _Optional[int] = ..., cmdline: _Optional[str] = ..., files_type_destroyed: _Optional[int] = ..., create_time: _Optional[float] = ..., attribution: _Optional[_Union[Attribution, str]] = ...) -> None: ...
+    smb_client_addr: str
+    smb_user: str
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., name: _Optional[str] = ..., exe: _Optional[str] = ..., user: _Optional[str] = ..., bytes_written: _Optional[int] = ..., bytes_read: _Optional[int] = ..., files_touched: _Optional[int] = ..., children: _Optional[int] = ..., tree_root_pid: _Optional[int] = ..., cmdline: _Optional[str] = ..., files_type_destroyed: _Optional[int] = ..., create_time: _Optional[float] = ..., attribution: _Optional[_Union[Attribution, str]] = ..., smb_client_addr: _Optional[str] = ..., smb_user: _Optional[str] = ...) -> None: ...
 
 class Window(_message.Message):
     __slots__ = ("seq", "start", "end", "events_created", "events_modified", "events_deleted", "events_moved", "files_created", "files_modified", "files_deleted", "files_renamed", "dirs_touched", "extensions_touched", "new_extensions", "top_new_extension", "top_new_extension_dirs", "files_probed", "bytes_probed", "files_high_entropy", "files_type_destroyed", "mean_entropy", "files_incompressible", "repeated_name", "repeated_name_dirs", "encrypted_twins", "canary_touches", "bytes_read", "bytes_written", "net_bytes_out", "events_dropped", "queue_overflows", "spool_dropped", "top_writers", "example_paths", "files_encoded_random", "tripwire_fired", "tripwire_reason", "files_read", "drill", "read_dirs", "archives_created", "watch_limit_hits", "files_unprobed")
