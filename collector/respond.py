@@ -14,7 +14,7 @@
   writer is an smbd worker serving a client (``process.smb_client_addr``),
   the attacker is that workstation, not the server: the worker is suspended
   and the client's address blocked on the file server (``block_client``,
-  parameter ``clients``); the server is not isolated and every other user
+  parameter ``addresses``); the server is not isolated and every other user
   keeps working. A drill's
   process is suspended in ``dry-run`` too (never isolated), so that
   ``tocsin-agent drill`` proves the chain before enforce is switched on. When the
@@ -268,7 +268,7 @@ class Responder:
                 "detail": detail,
                 "clients": [client],
             }
-        self._send(d.host_id, "block_client", [], "collector", alert_id, {"clients": client})
+        self._send(d.host_id, "block_client", [], "collector", alert_id, {"addresses": client})
         return {"action": "block_client", "status": "sent", "clients": [client]}
 
     def _hold(self, d: Decision, alert_id: str) -> dict[str, Any]:
