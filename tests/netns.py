@@ -111,3 +111,38 @@ def veth_pair(prefix: str = "tcs") -> Iterator[tuple[Netns, Netns]]:
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), 9)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@contextmanager
+def star(leaves: int, prefix: str = "tcs") -> Iterator[tuple[list[Netns], list[Netns]]]:
+    """A hub namespace joined to ``leaves`` namespaces, each by a veth pair on its own /24.
+
+    Yields (the hub's address on each leg, the leaves): ``hub[i]`` and ``leaf[i]`` share a /24
+    (``.1`` and ``.2``); every ``hub[i]`` names the same namespace.
+    """
+    tag = f"{random.randrange(16**5):05x}"
+    subnets = random.sample(range(1, 255), leaves)
+    hub_name = f"{prefix}-{tag}-h"
+    hub = [Netns(hub_name, f"10.233.{s}.1") for s in subnets]
+    leaf = [Netns(f"{prefix}-{tag}-{i}", f"10.233.{s}.2") for i, s in enumerate(subnets)]
+    created: list[str] = []
+    try:
+        for name in [hub_name, *(n.name for n in leaf)]:
+            _run("ip", "netns", "add", name)
+            created.append(name)
+            _run("ip", "-n", name, "link", "set", "lo", "up")
+        for i, (near, far) in enumerate(zip(hub, leaf, strict=True)):
+            va, vb = f"ts{tag}{i}a", f"ts{tag}{i}b"
+            _run("ip", "link", "add", va, "netns", near.name, "type", "veth", "peer", "name", vb,
+                 "netns", far.name)  # fmt: skip
+            for ns, dev in ((near, va), (far, vb)):
+                _run("ip", "-n", ns.name, "addr", "add", f"{ns.address}/24", "dev", dev)
+                _run("ip", "-n", ns.name, "link", "set", dev, "up")
+        yield hub, leaf
+    finally:
+        for name in created:
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+            for pid in pids.stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), 9)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
