@@ -1,0 +1,641 @@
+"""The agent's one door to nftables: host isolation and per-client blocks in tocsin's own table.
+
+Contract:
+
+- Everything tocsin does to the packet filter lives in ``table inet tocsin``, written whole and
+  atomically (one ``nft -f -`` transaction: create, delete, recreate) from the desired state held
+  here. Nothing else in the agent runs ``nft``. With nothing to enforce (not isolated, no client
+  blocked) the table does not exist.
+- Pinned when the ``Firewall`` is built (at agent start), never re-resolved afterwards: the
+  collector's addresses (``pin_addresses``) and port, the DNS resolvers (the agent's
+  ``resolvers``, or ``system_resolvers()``: /etc/resolv.conf), the agent's own allowlist.
+- ``isolate(allow)``: drop everything except loopback, the collector's pinned addresses AND
+  port, DNS to and from the resolvers only, DHCP, IPv6 neighbour discovery and the allowlist (the
+  agent's own plus ``allow``). If no pinned collector address answers afterwards, the isolation
+  is rolled back (client blocks stay) and the result says so.
+- ``block_clients(addrs)``: drop every packet from and to each address (sets ``blocked4`` and
+  ``blocked6``), independent of isolation. Refused, per address: the collector's pinned
+  addresses, loopback, unspecified or multicast addresses, this host's own addresses and anything
+  inside the allowlist. ``unblock_clients(addrs or None)`` returns the addresses it unblocked
+  (None: all). ``release()`` lifts the isolation AND unblocks every client.
+- The desired state (isolated, the isolation's allowlist, blocked clients, pinned collector
+  addresses) is written to ``STATE_DIR/firewall.json`` before a change returns, and
+  ``reapply()`` puts it back at start, keeping the allowlist, without rolling back.
+- ``start()`` runs the watcher thread ``tocsin-firewall``: it follows ``nft monitor`` and, when
+  our table is removed or altered while there is something to enforce (``nft flush ruleset``,
+  ``nft delete table inet tocsin``, a rule added), writes it again; without monitor events it
+  still checks every ``CHECK_S``. ``stop()`` ends it.
+- Every public method is thread-safe; none raises for a bad address (it is refused). A failed
+  ``nft`` run raises ``ResponseError`` from the typed methods and becomes status ``failed`` in
+  ``command``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import select
+import socket
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tocsin.v1.errors import ResponseError
+
+log = logging.getLogger(__name__)
+
+TABLE = "tocsin"
+# Command kinds handled here (tocsin.v1.Command.kind); parameters are comma-separated lists.
+KINDS = frozenset({"isolate", "release", "block_client", "unblock_client"})
+# Without monitor events, the watcher still compares the table with what it wrote this often.
+CHECK_S = 5.0
+# When ``nft monitor`` cannot run or dies, the watcher checks this often until it runs again.
+MONITOR_RETRY_S = 0.5
+RESOLV_CONF = (Path("/etc/resolv.conf"), Path("/run/systemd/resolve/resolv.conf"))
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Reachable = Callable[[str, int], bool]
+
+
+class Nft:
+    """How ``nft`` is run: ``prefix`` then the arguments (tests prefix ``ip netns exec NS``).
+
+    ``started`` holds the pids of the last ``RECENT_PIDS`` nft processes run here, so that a
+    ruleset change can be told apart from one made by anybody else (``nft monitor`` names the
+    process behind each generation)."""
+
+    RECENT_PIDS = 256
+
+    def __init__(self, prefix: Sequence[str] = ("nft",), timeout_s: float = 10.0) -> None:
+        self.prefix = list(prefix)
+        self.timeout_s = timeout_s
+        self.started: deque[int] = deque(maxlen=self.RECENT_PIDS)
+
+    def run(self, args: Sequence[str], stdin: str = "") -> tuple[int, str]:
+        """(returncode, stderr + stdout); 127 when nft cannot be run at all."""
+        try:
+            proc = subprocess.Popen(
+                [*self.prefix, *args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except OSError as exc:
+            return 127, str(exc)
+        self.started.append(proc.pid)
+        try:
+            out, err = proc.communicate(stdin, timeout=self.timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.wait()
+            return 127, str(exc)
+        return proc.returncode, (err + out).strip()
+
+    def monitor(self) -> subprocess.Popen[bytes]:
+        """``nft monitor``: one line per ruleset change, ``# new generation`` after each batch."""
+        return subprocess.Popen(
+            [*self.prefix, "monitor"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+
+def tcp_reachable(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def parse_address(text: str) -> IPAddress:
+    """One IP address (an IPv4-mapped IPv6 address is its IPv4 address); ValueError if not."""
+    addr = ipaddress.ip_address(text.strip().split("%", 1)[0])
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def pin_addresses(host: str) -> tuple[str, ...]:
+    """Every address ``host`` resolves to now (an IP literal resolves to itself); OSError."""
+    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    return tuple(dict.fromkeys(str(parse_address(str(i[4][0]))) for i in infos))
+
+
+def system_resolvers(paths: Sequence[Path] = RESOLV_CONF) -> tuple[str, ...]:
+    """The ``nameserver`` addresses of /etc/resolv.conf; when they are all on loopback (a local
+    stub such as systemd-resolved), those of the next file too (the stub's upstream servers)."""
+    found: list[str] = []
+    for path in paths:
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            words = line.split()
+            if len(words) >= 2 and words[0] == "nameserver":
+                try:
+                    found.append(str(parse_address(words[1])))
+                except ValueError:
+                    continue
+        if found and not all(parse_address(a).is_loopback for a in found):
+            break
+    return tuple(dict.fromkeys(found))
+
+
+def _split(text: str) -> list[str]:
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+@dataclass(frozen=True)
+class Pins:
+    """What the firewall fixed at agent start."""
+
+    collector: tuple[str, ...] = ()
+    collector_port: int = 0
+    resolvers: tuple[str, ...] = ()
+    allow: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FirewallState:
+    """What the table must enforce (persisted)."""
+
+    isolated: bool = False
+    # The isolation's allowlist beyond the agent's own (the command's ``allow``), as CIDRs.
+    allow: tuple[str, ...] = ()
+    blocked: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.isolated and not self.blocked
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    """The outcome of ``block_clients``: addresses now blocked, and (address, why) refused."""
+
+    blocked: tuple[str, ...] = ()
+    refused: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+
+def _family(addr: str) -> str:
+    return "ip6" if ipaddress.ip_address(addr).version == 6 else "ip"
+
+
+def _by_family(addrs: Iterable[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"ip": [], "ip6": []}
+    for a in addrs:
+        out[_family(a)].append(a)
+    return out
+
+
+def _elements(addrs: Sequence[str]) -> str:
+    return "{ " + ", ".join(addrs) + " }"
+
+
+def ruleset(pins: Pins, state: FirewallState) -> str:
+    """The ``nft -f`` script that makes tocsin's table enforce ``state`` (and only that)."""
+    lines = [f"table inet {TABLE}", f"delete table inet {TABLE}"]
+    if state.empty:
+        return "\n".join(lines) + "\n"
+    blocked = _by_family(state.blocked)
+    lines += [
+        f"table inet {TABLE} {{",
+        f"  set blocked4 {{ type ipv4_addr; {_set_elements(blocked['ip'])}}}",
+        f"  set blocked6 {{ type ipv6_addr; {_set_elements(blocked['ip6'])}}}",
+        "  chain blocked_in {",
+        "    type filter hook input priority -20; policy accept;",
+        "    iif lo accept",
+        "    ip saddr @blocked4 drop",
+        "    ip6 saddr @blocked6 drop",
+        "  }",
+        "  chain blocked_out {",
+        "    type filter hook output priority -20; policy accept;",
+        "    oif lo accept",
+        "    ip daddr @blocked4 drop",
+        "    ip6 daddr @blocked6 drop",
+        "  }",
+    ]
+    if state.isolated:
+        lines += _isolation_chains(pins, state)
+    lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def _set_elements(addrs: Sequence[str]) -> str:
+    return f"elements = {_elements(addrs)}; " if addrs else ""
+
+
+def _isolation_chains(pins: Pins, state: FirewallState) -> list[str]:
+    port = pins.collector_port
+    collector = _by_family(pins.collector)
+    resolvers = _by_family(pins.resolvers)
+    allow_in: list[str] = []
+    allow_out: list[str] = []
+    for cidr in sorted(set(pins.allow) | set(state.allow)):
+        net = ipaddress.ip_network(cidr, strict=False)
+        fam = "ip6" if net.version == 6 else "ip"
+        allow_in.append(f"    {fam} saddr {net} accept")
+        allow_out.append(f"    {fam} daddr {net} accept")
+    coll_in, coll_out, dns_in, dns_out = [], [], [], []
+    for fam in ("ip", "ip6"):
+        if collector[fam]:
+            c = _elements(collector[fam])
+            coll_in.append(f"    {fam} saddr {c} tcp sport {port} accept")
+            coll_out.append(f"    {fam} daddr {c} tcp dport {port} accept")
+        if resolvers[fam]:
+            r = _elements(resolvers[fam])
+            dns_in.append(
+                f"    {fam} saddr {r} meta l4proto {{ udp, tcp }} th sport 53 "
+                "ct state established accept"
+            )
+            dns_out.append(f"    {fam} daddr {r} meta l4proto {{ udp, tcp }} th dport 53 accept")
+    return [
+        "  chain input {",
+        "    type filter hook input priority -10; policy drop;",
+        "    iif lo accept",
+        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept",
+        *coll_in,
+        *dns_in,
+        "    udp sport { 67, 68 } udp dport { 67, 68 } accept",
+        *allow_in,
+        "  }",
+        "  chain output {",
+        "    type filter hook output priority -10; policy drop;",
+        "    oif lo accept",
+        "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
+        *coll_out,
+        *dns_out,
+        "    udp sport { 67, 68 } udp dport { 67, 68 } accept",
+        *allow_out,
+        "  }",
+    ]
+
+
+def _local_addresses() -> set[str]:
+    out: set[str] = set()
+    for addrs in psutil.net_if_addrs().values():
+        for a in addrs:
+            if a.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    out.add(str(parse_address(a.address)))
+                except ValueError:
+                    continue
+    return out
+
+
+class Firewall:
+    """tocsin's nftables table: isolation and client blocks (see module contract)."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        collector: Sequence[str] = (),
+        collector_port: int = 0,
+        allow: Sequence[str] = (),
+        resolvers: Sequence[str] = (),
+        nft: Nft | None = None,
+        reachable: Reachable = tcp_reachable,
+        local_addresses: Callable[[], set[str]] = _local_addresses,
+    ) -> None:
+        self._nft = nft or Nft()
+        self._reachable = reachable
+        self._local_addresses = local_addresses
+        self._path = state_dir / "firewall.json"
+        self._legacy_path = state_dir / "actions.json"
+        self._lock = threading.Lock()
+        saved = self._load()
+        pinned = tuple(str(parse_address(a)) for a in collector)
+        if not pinned and saved.get("collector"):
+            # Name resolution failed at this start: keep the addresses pinned last time.
+            pinned = tuple(str(parse_address(str(a))) for a in saved["collector"])
+        self.pins = Pins(
+            collector=pinned,
+            collector_port=collector_port,
+            resolvers=tuple(str(parse_address(a)) for a in resolvers),
+            allow=tuple(str(ipaddress.ip_network(c, strict=False)) for c in allow),
+        )
+        self._state = FirewallState(
+            isolated=bool(saved.get("isolated", False)),
+            allow=tuple(str(a) for a in saved.get("allow", [])),
+            blocked=tuple(str(a) for a in saved.get("blocked", [])),
+        )
+        # What ``nft list table`` said right after our last write (None: table absent).
+        self._written: str | None = None
+        self.reapplied = 0  # times the watcher found the table removed or altered
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._monitor: subprocess.Popen[bytes] | None = None
+
+    # ------------------------------------------------------------ state
+    @property
+    def isolated(self) -> bool:
+        return self._state.isolated
+
+    @property
+    def blocked(self) -> tuple[str, ...]:
+        return self._state.blocked
+
+    def _load(self) -> dict[str, Any]:
+        for path in (self._path, self._legacy_path):
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(data, dict):
+                continue
+            if path == self._legacy_path:  # written before firewall.json existed
+                return {"isolated": bool(data.get("isolated", False))}
+            return data
+        return {}
+
+    def _save(self, state: FirewallState) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "isolated": state.isolated,
+                    "allow": list(state.allow),
+                    "blocked": list(state.blocked),
+                    "collector": list(self.pins.collector),
+                }
+            )
+        )
+        os.replace(tmp, self._path)
+
+    def _write(self, state: FirewallState) -> None:
+        """Make the table enforce ``state``, then remember it (lock held); ResponseError."""
+        rc, out = self._nft.run(["-f", "-"], ruleset(self.pins, state))
+        if rc != 0:
+            raise ResponseError(f"nft failed: {out[:300]}")
+        self._state = state
+        self._save(state)
+        self._written = self._listing() if not state.empty else None
+
+    def _listing(self) -> str | None:
+        rc, out = self._nft.run(["list", "table", "inet", TABLE])
+        return out if rc == 0 else None
+
+    def _allowlisted(self, addr: IPAddress) -> str:
+        for cidr in (*self.pins.allow, *self._state.allow):
+            if addr in ipaddress.ip_network(cidr, strict=False):
+                return cidr
+        return ""
+
+    # ------------------------------------------------------------ isolation
+    def isolate(self, allow: Sequence[str] = (), dry_run: bool = False) -> tuple[str, str]:
+        """Apply the isolation, rolled back if the collector stops answering: (status, detail)."""
+        try:
+            extra = tuple(sorted({str(ipaddress.ip_network(c, strict=False)) for c in allow}))
+        except ValueError as exc:
+            return "failed", f"bad isolation parameters: {exc}"
+        pins = self.pins
+        if not pins.collector or not pins.collector_port:
+            return "failed", "the collector's address was not pinned at agent start"
+        keeps = (
+            f"{', '.join(pins.collector)} port {pins.collector_port}, "
+            f"DNS to {', '.join(pins.resolvers) or 'no resolver'}, DHCP and "
+            f"{list(sorted(set(pins.allow) | set(extra))) or 'no allowlist'}"
+        )
+        if dry_run:
+            return "dry-run", f"would drop all traffic except {keeps}"
+        with self._lock:
+            before = self._state
+            try:
+                self._write(replace(before, isolated=True, allow=extra))
+            except ResponseError as exc:
+                return "failed", str(exc)
+            if not any(self._reachable(ip, pins.collector_port) for ip in pins.collector):
+                try:
+                    self._write(replace(before, isolated=False, allow=()))
+                except ResponseError as exc:
+                    return "failed", f"would cut the collector, and rollback failed: {exc}"
+                return "failed", "failed: would cut the collector (rolled back)"
+        return "done", f"isolated: only {keeps}"
+
+    def release(self, dry_run: bool = False) -> tuple[str, str]:
+        """Lift the isolation and unblock every client (idempotent): (status, detail)."""
+        with self._lock:
+            blocked = self._state.blocked
+            if dry_run:
+                return "dry-run", f"would lift the isolation and unblock {list(blocked)}"
+            try:
+                self._write(FirewallState())
+            except ResponseError as exc:
+                return "failed", str(exc)
+        unblocked = f"; unblocked {', '.join(blocked)}" if blocked else ""
+        return "done", f"isolation lifted{unblocked}"
+
+    def reapply(self) -> str:
+        """Put the persisted state back at agent start; a status line ("" if nothing to do).
+
+        No rollback here: the isolation was checked when it was first applied, and a host under
+        an open incident stays cut even if the collector does not answer right now.
+        """
+        with self._lock:
+            state = self._state
+            if state.empty:
+                return ""
+            try:
+                self._write(state)
+            except ResponseError as exc:
+                return f"failed: {exc}"
+        parts = []
+        if state.isolated:
+            parts.append(f"isolated, allowlist {sorted(set(self.pins.allow) | set(state.allow))}")
+            if not any(self._reachable(ip, self.pins.collector_port) for ip in self.pins.collector):
+                log.warning("isolated and the collector %s does not answer", self.pins.collector)
+        if state.blocked:
+            parts.append(f"blocked clients {list(state.blocked)}")
+        return "done: " + "; ".join(parts)
+
+    # ------------------------------------------------------------ client blocks
+    def _refusal(self, addr: IPAddress) -> str:
+        if addr.is_loopback:
+            return "loopback"
+        if addr.is_unspecified or addr.is_multicast:
+            return "not a client address"
+        if str(addr) in self.pins.collector:
+            return "the collector's address"
+        cidr = self._allowlisted(addr)
+        if cidr:
+            return f"allowlisted ({cidr})"
+        if str(addr) in self._local_addresses():
+            return "one of this host's own addresses"
+        return ""
+
+    def block_clients(self, addrs: Iterable[str], dry_run: bool = False) -> BlockResult:
+        """Drop all traffic from and to each address (refusals per address); ResponseError."""
+        blocked: list[str] = []
+        refused: list[tuple[str, str]] = []
+        with self._lock:
+            for text in addrs:
+                try:
+                    addr = parse_address(text)
+                except ValueError:
+                    refused.append((text, "not an IP address"))
+                    continue
+                why = self._refusal(addr)
+                if why:
+                    refused.append((str(addr), why))
+                elif str(addr) not in blocked:
+                    blocked.append(str(addr))
+            now = tuple(sorted(set(self._state.blocked) | set(blocked), key=_sort_key))
+            if blocked and not dry_run and now != self._state.blocked:
+                self._write(replace(self._state, blocked=now))
+        return BlockResult(tuple(blocked), tuple(refused))
+
+    def unblock_clients(
+        self, addrs: Iterable[str] | None = None, dry_run: bool = False
+    ) -> list[str]:
+        """Stop blocking ``addrs`` (None: every client); the addresses unblocked. ResponseError."""
+        with self._lock:
+            if addrs is None:
+                gone = list(self._state.blocked)
+            else:
+                wanted = set()
+                for text in addrs:
+                    try:
+                        wanted.add(str(parse_address(text)))
+                    except ValueError:
+                        continue
+                gone = [a for a in self._state.blocked if a in wanted]
+            if gone and not dry_run:
+                keep = tuple(a for a in self._state.blocked if a not in gone)
+                self._write(replace(self._state, blocked=keep))
+        return gone
+
+    # ------------------------------------------------------------ commands
+    def command(self, kind: str, parameters: Mapping[str, str], dry_run: bool) -> tuple[str, str]:
+        """Carry out one command of ``KINDS``: (status, detail). Parameters: ``allow`` (isolate),
+        ``addresses`` (block_client; unblock_client, where none means every client)."""
+        if kind == "isolate":
+            return self.isolate(_split(parameters.get("allow", "")), dry_run)
+        if kind == "release":
+            return self.release(dry_run)
+        addresses = _split(parameters.get("addresses", ""))
+        would = "would " if dry_run else ""
+        try:
+            if kind == "block_client":
+                if not addresses:
+                    return "refused", "no addresses given"
+                res = self.block_clients(addresses, dry_run)
+                refused = "; ".join(f"{a}: {why}" for a, why in res.refused)
+                if not res.blocked:
+                    return "refused", f"refused {refused}"
+                detail = f"{would}block {', '.join(res.blocked)}"
+                return ("dry-run" if dry_run else "done"), detail + (
+                    f"; refused {refused}" if refused else ""
+                )
+            if kind == "unblock_client":
+                gone = self.unblock_clients(addresses or None, dry_run)
+                detail = f"{would}unblock {', '.join(gone)}" if gone else "no client was blocked"
+                return ("dry-run" if dry_run else "done"), detail
+        except ResponseError as exc:
+            return "failed", str(exc)
+        return "refused", f"unknown firewall command {kind!r}"
+
+    # ------------------------------------------------------------ watcher
+    def enforce(self, changed: bool = False) -> bool:
+        """Write the table again if it is missing or differs from what we wrote (or, with
+        ``changed``, because someone else just changed it); True if it was written."""
+        with self._lock:
+            if self._state.empty:
+                return False
+            if not changed:
+                listing = self._listing()
+                if listing is not None and listing == self._written:
+                    return False
+            try:
+                self._write(self._state)
+            except ResponseError as exc:
+                log.error("table inet %s was removed or altered; cannot re-apply: %s", TABLE, exc)
+                return False
+            self.reapplied += 1
+        log.warning("table inet %s was removed or altered: re-applied", TABLE)
+        return True
+
+    def start(self) -> None:
+        """Start the watcher thread (idempotent)."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._watch, name="tocsin-firewall", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        proc = self._monitor
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._monitor = self._nft.monitor()
+            except OSError as exc:
+                log.warning(
+                    "nft monitor cannot run (%s): checking every %.1f s", exc, MONITOR_RETRY_S
+                )
+                self._monitor = None
+            if self._monitor is not None:
+                # Events from now on are seen: compare once for what happened before.
+                self.enforce()
+                self._follow(self._monitor)
+                if self._monitor.poll() is None:
+                    self._monitor.terminate()
+                self._monitor.wait()
+            if self._stop.wait(MONITOR_RETRY_S):
+                break
+            self.enforce()
+
+    def _follow(self, proc: subprocess.Popen[bytes]) -> None:
+        """Read monitor events until it ends or stop(); after each batch that touched our table
+        (``# new generation N by process PID``), re-write it unless the batch was ours."""
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        pending = b""
+        touched = False
+        while not self._stop.is_set():
+            ready, _, _ = select.select([fd], [], [], CHECK_S)
+            if not ready:
+                self.enforce()
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if f"inet {TABLE}".encode() in line:
+                    touched = True
+                elif line.startswith(b"# new generation") and touched:
+                    touched = False
+                    by = _GENERATION_BY.search(line)
+                    if by is None:
+                        self.enforce()
+                    elif int(by.group(1)) not in self._nft.started:
+                        self.enforce(changed=True)
+
+
+_GENERATION_BY = re.compile(rb"by process (\d+)")
+
+
+def _sort_key(addr: str) -> tuple[int, int]:
+    a = ipaddress.ip_address(addr)
+    return a.version, int(a)
