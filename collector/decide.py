@@ -23,7 +23,8 @@ Rules (``JudgeConfig`` holds the numbers):
   kernel queue overflow, a directory left unwatched), or exfiltration staging
   (one window reading many files across many directories). Entropy alone
   is never a confirmer: a backup is anomalous and gets a warning at most.
-- One incident per (host, process tree root). Its first active window opens it
+- One incident per (host, process tree root); a window in which a tree with an
+  open incident wrote belongs to that incident. Its first active window opens it
   (decision ``open``, to be posted); a later warning -> critical is an
   ``escalate`` (posted again); other active windows are ``update`` (stored, not
   posted). A window within ``hysteresis`` below the threshold keeps an open
@@ -161,11 +162,25 @@ def _plain(text: str, limit: int = 64) -> str:
     return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
-def top_writer(w: pb.Window) -> ProcessInfo | None:
-    """The writer most likely to be the culprit: most types destroyed, files, bytes."""
+def top_writer(w: pb.Window, open_roots: Iterable[int] = ()) -> ProcessInfo | None:
+    """The writer most likely to be the culprit: most types destroyed, files, bytes.
+
+    A writer whose tree already has an open incident (``open_roots``) comes
+    first: the last files of a stopped attacker must not make a bystander
+    writing in the same window (a colleague on the same share) the culprit.
+    """
     if not w.top_writers:
         return None
-    p = max(w.top_writers, key=lambda p: (p.files_type_destroyed, p.files_touched, p.bytes_written))
+    roots = set(open_roots)
+    p = max(
+        w.top_writers,
+        key=lambda p: (
+            (p.tree_root_pid or p.pid) in roots,
+            p.files_type_destroyed,
+            p.files_touched,
+            p.bytes_written,
+        ),
+    )
     client = _client_addr(p.smb_client_addr)
     return ProcessInfo(
         p.pid,
@@ -247,7 +262,7 @@ class Judge:
         while hist and hist[0].end_s < end_s - cfg.long_s:
             hist.popleft()
 
-        proc = top_writer(w)
+        proc = top_writer(w, (k[1] for k in self._incidents if k[0] == host_id))
         root = proc.tree_root_pid if proc else 0
         # A window with no known writer (a reader sweeping, attribution lagging)
         # belongs to the host's most recent open incident rather than opening its

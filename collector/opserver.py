@@ -5,7 +5,8 @@ with the operator's name, sent to the agent whatever the respond mode (the mode
 governs automatic responses, not a human's decision), and wait up to
 ``timeout_s`` for the agent's report; status is the agent's ("done",
 "failed", ...) or "queued" when the agent is offline or silent. ``Release``
-then resumes or kills the suspended processes if asked ("resume" / "kill")
+kills the suspended processes first if asked ("kill": an SMB client unblocked
+never finds its worker alive), or resumes them after ("resume")
 and always answers which pids are still stopped; each pid is named as the
 alerts named it (an smbd worker with its SMB client and user), so the
 operator reads which workers were resumed, killed or are still stopped.
@@ -175,19 +176,34 @@ class OperatorService(op_grpc.OperatorServicer):
                 f"processes must be keep, resume or kill, not {processes!r}",
             )
         timeout_s = request.timeout_s or self.default_timeout_s
+        host = self.store.get_host(request.host_id)
+        stopped = host.suspended_pids if host is not None else []
+        verdict = ""
+        p_status = "done"
+        # Killed before the network opens again (an SMB client unblocked must not find
+        # its worker alive); resumed after.
+        if processes == "kill" and stopped:
+            p_status, verdict = await self._processes(
+                request.host_id, processes, stopped, who, timeout_s
+            )
         status, detail = await self.responder.command(
             request.host_id, "release", [], who, timeout_s
         )
-        host = self.store.get_host(request.host_id)
-        if processes != "keep" and host is not None and host.suspended_pids:
-            p_status, p_detail = await self.responder.command(
-                request.host_id, processes, host.suspended_pids, who, timeout_s
+        if processes == "resume" and stopped:
+            p_status, verdict = await self._processes(
+                request.host_id, processes, stopped, who, timeout_s
             )
-            named = self._name_pids(request.host_id, host.suspended_pids)
-            detail = f"{detail}; {processes}: {p_status} {p_detail} ({named})".strip("; ")
-            if p_status != "done" and status == "done":
-                status = p_status
+        detail = f"{detail}; {verdict}".strip("; ")
+        if p_status != "done" and status == "done":
+            status = p_status
         return self._reply(request.host_id, status, detail)
+
+    async def _processes(
+        self, host_id: str, kind: str, pids: list[int], who: str, timeout_s: float
+    ) -> tuple[str, str]:
+        """Resume or kill ``pids``: (status, what was done to whom, in words)."""
+        status, detail = await self.responder.command(host_id, kind, pids, who, timeout_s)
+        return status, f"{kind}: {status} {detail} ({self._name_pids(host_id, pids)})"
 
     def _name_pids(self, host_id: str, pids: list[int]) -> str:
         """The pids in words, as the host's alerts named their writers."""

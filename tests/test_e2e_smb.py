@@ -58,6 +58,9 @@ COLLEAGUE = SmbUser("accueil", "Accueil-2026!", 41202)
 # and at most this many files ruined before the attacker's worker is stopped.
 MAX_SECONDS_TO_CRITICAL = 0.3
 MAX_FILES_RUINED = 25
+# The agent's own fast path stops the worker on blatant evidence (a town that wants the
+# first files saved runs it so); the collector then blocks the client and alerts.
+TRIPWIRE = "enforce"
 
 
 def wait_for(what: str, check: Any, timeout_s: float = 30, interval_s: float = 0.1) -> Any:
@@ -210,7 +213,7 @@ def town(tmp_path: Path) -> Iterator[Town]:
                     str(srv.conf),
                     "--insecure",
                     "--tripwire",
-                    "off",
+                    TRIPWIRE,
                 ],
                 "agent.log",
             )

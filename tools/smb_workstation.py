@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 import smbclient
+from smbprotocol.exceptions import SMBOSError
 
 from tocsin.agent.simulate import LOCKED_EXT, NOTE_NAME, NOTE_TEXT, _xor
 
@@ -89,7 +90,10 @@ def attack(args: argparse.Namespace) -> int:
     fd = os.open(args.progress, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     noted: set[str] = set()
     for n, path in enumerate(files):
-        ruin(path, n + 1, noted)
+        try:
+            ruin(path, n + 1, noted)
+        except SMBOSError:
+            continue  # open elsewhere (a colleague's document): ransomware moves on
         os.write(fd, f"{time.time():.6f} {path}\n".encode())
     return 0
 
