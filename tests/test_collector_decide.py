@@ -201,3 +201,34 @@ def test_window_without_writer_joins_the_open_incident() -> None:
     (d2,) = j2.observe("srv", first, 0.9)
     out2 = j2.observe("srv", window(2, files_read=600, read_dirs=45), 0.9)
     assert [x.incident_id for x in out2] == [d2.incident_id] and out2[0].root_pid == 100
+
+
+def test_a_window_shared_with_a_stopped_attacker_stays_the_attackers_incident() -> None:
+    """The attacker's last files share a window with a colleague's saves: the
+    colleague (more files in that window) must not become a culprit."""
+    j = judge()
+    (d,) = j.observe("srv", window(1, files_probed=20, files_type_destroyed=20), 0.7)
+    assert d.severity == "critical" and d.root_pid == 100
+    w = window(2, files_created=3, top_new_extension="locked", top_new_extension_dirs=4)
+    w.top_writers[0].files_touched = 1
+    w.top_writers.add(pid=301, name="smbd", tree_root_pid=301, files_touched=6)
+    decisions = j.observe("srv", w, 0.7)
+    assert {x.root_pid for x in decisions} == {100}, decisions
+    assert all(x.kind != "open" for x in decisions), decisions
+
+
+def test_smb_client_of_the_writer_is_kept_checked_and_plain() -> None:
+    j = judge()
+    w = window(1, files_probed=20, files_type_destroyed=20)
+    w.top_writers[0].smb_client_addr = "10.1.2.3"
+    w.top_writers[0].smb_user = "compta\x1b[31m\nroot"
+    (d,) = j.observe("srv", w, 0.7)
+    assert d.process is not None
+    assert d.process.smb_client_addr == "10.1.2.3"
+    assert d.process.smb_user == "compta?[31m?root"
+    assert d.process.as_json()["smb_client_addr"] == "10.1.2.3"
+    w2 = window(2, root=500, files_probed=20, files_type_destroyed=20)
+    w2.top_writers[0].smb_client_addr = "10.1.2.3; reboot"
+    (d2,) = j.observe("other", w2, 0.7)
+    assert d2.process is not None and d2.process.smb_client_addr == ""
+    assert "smb_client_addr" not in d2.process.as_json()

@@ -170,3 +170,54 @@ def test_hooks_run_without_shell_get_the_alert_and_are_audited(tmp_path: Path) -
     events = [e for e in sink.events if e["event"] == "action" and e["action"] == "hook"]
     assert sorted(e["status"] for e in events) == ["done", "failed", "timeout"]
     assert hooks.runs == {"done": 1, "timeout": 1, "failed": 1}
+
+
+def _smb_decision() -> Decision:
+    d = _decision()
+    proc = ProcessInfo(4242, "smbd", "/usr/sbin/smbd", 4242, "10.20.30.40", "compta")
+    return Decision(**{**d.__dict__, "process": proc})
+
+
+def test_an_smb_worker_is_cut_with_its_client_and_the_server_stays_open(tmp_path: Path) -> None:
+    """Enforce: suspend the worker, block the client; never isolate the file server.
+    The hook gets the workstation's address and account in its environment."""
+    out = tmp_path / "hook.env"
+    script = tmp_path / "switch.sh"
+    script.write_text(f"#!/bin/sh\nenv > {out}\n")
+    script.chmod(0o755)
+    store, sink, router = MemoryStore(), MemoryWebhookSink(), CommandRouter()
+    hooks = HookRunner([Hook(str(script), (), 5.0, frozenset({"critical"}))])
+    guard = FleetGuard(0)
+    responder = Responder(store, sink, router, mode="enforce", guard=guard, hooks=hooks)
+
+    async def go() -> tuple[dict[str, Any] | None, list[Any]]:
+        payload = await responder.on_decision(_smb_decision())
+        await responder.drain()
+        q = router.queue("fs1")
+        return payload, [q.get_nowait() for _ in range(q.qsize())]
+
+    payload, sent = asyncio.run(go())
+    assert payload is not None
+    assert [(c.kind, list(c.pids), dict(c.parameters).get("addresses")) for c in sent] == [
+        ("suspend", [4242], None),
+        ("block_client", [], "10.20.30.40"),
+    ]
+    assert [a["action"] for a in payload["actions"]] == ["suspend", "block_client"]
+    assert payload["process"]["smb_client_addr"] == "10.20.30.40"
+    assert payload["process"]["smb_user"] == "compta"
+    assert "SMB client 10.20.30.40 as user compta" in payload["summary"]
+    assert "10.20.30.40" in payload["explanation"]
+    env = out.read_text()
+    assert "TOCSIN_CLIENT_ADDR=10.20.30.40" in env and "TOCSIN_SMB_USER=compta" in env
+
+    # Dry-run says what it would do, and a local writer still isolates the host.
+    dry = Responder(MemoryStore(), MemoryWebhookSink(), CommandRouter(), mode="dry-run")
+    body = asyncio.run(dry.on_decision(_smb_decision()))
+    assert body is not None
+    assert [(a["action"], a["status"]) for a in body["actions"]] == [
+        ("suspend", "dry-run"),
+        ("block_client", "dry-run"),
+    ]
+    local = asyncio.run(dry.on_decision(_decision()))
+    assert local is not None
+    assert [a["action"] for a in local["actions"]] == ["suspend", "isolate"]

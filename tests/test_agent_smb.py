@@ -1,0 +1,93 @@
+"""Naming the client of an smbd worker: Samba's session data and the worker's socket."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from netns import netns_unavailable_reason, veth_pair
+from tocsin.agent.smb import SmbClient, SmbSessions, client_socket, session_users, worker_peer
+
+# What `smbstatus -p --json` (Samba 4.17) prints for one session.
+SMBSTATUS = {
+    "timestamp": "2026-12-02T05:51:32.145062+0000",
+    "version": "4.17.12-Debian",
+    "smb_conf": "/tmp/x/smb.conf",
+    "sessions": {
+        "2341004954": {
+            "session_id": "2341004954",
+            "server_id": {"pid": "13290", "task_id": "0", "vnn": "4294967295"},
+            "uid": 41234,
+            "gid": 41234,
+            "username": "compta",
+            "groupname": "compta",
+            "remote_machine": "10.1.2.3",
+            "hostname": "ipv4:10.1.2.3:36534",
+            "session_dialect": "SMB3_11",
+        }
+    },
+}
+
+
+def test_session_users_from_smbstatus_json() -> None:
+    assert session_users(json.dumps(SMBSTATUS)) == {13290: "compta"}
+    assert session_users("") == {}
+    assert session_users("not json") == {}
+    assert session_users('{"sessions": {"1": {"server_id": {}}}}') == {}
+
+
+def test_a_process_that_is_not_an_smbd_worker_has_no_client() -> None:
+    assert worker_peer(os.getpid()) is None
+    assert SmbSessions(read_status=lambda conf: "").client_of(os.getpid()) is None
+    assert worker_peer(2**22 + 12345) is None  # no such pid
+
+
+def test_refresh_names_the_user_from_samba() -> None:
+    seen: list[str] = []
+
+    def read(conf: str) -> str:
+        seen.append(conf)
+        return json.dumps(SMBSTATUS)
+
+    s = SmbSessions("/etc/samba/x.conf", read_status=read)
+    s._clients[(13290, 1.0)] = SmbClient("10.1.2.3", 36534, "41234", "uid")
+    s.refresh()
+    assert s._clients[(13290, 1.0)] == SmbClient("10.1.2.3", 36534, "compta", "samba")
+    assert seen == ["/etc/samba/x.conf"]
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason()))
+def test_client_socket_read_across_namespaces() -> None:
+    """A server on port 445 in one namespace, its client in another: the agent, in
+    neither, reads the client's address from the server process's own /proc."""
+    server_code = (
+        "import socket,sys,time\n"
+        "s=socket.socket(socket.AF_INET6)\n"
+        "s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+        "s.bind(('::',445)); s.listen(); print('up',flush=True)\n"
+        "c,_=s.accept(); print('in',flush=True); time.sleep(30)\n"
+    )
+    with veth_pair("tsb") as (srv, cli):
+        proc = srv.popen([sys.executable, "-c", server_code], stdout=-1)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == b"up"
+            client = cli.popen(
+                [
+                    sys.executable,
+                    "-c",
+                    f"import socket,time; s=socket.create_connection(({srv.address!r},445)); "
+                    "time.sleep(30)",
+                ]
+            )
+            assert proc.stdout.readline().strip() == b"in"
+            peer = client_socket(proc.pid)
+            assert peer is not None and peer[0] == cli.address, peer  # IPv4-mapped, unmapped
+            assert worker_peer(proc.pid) is None  # python is not smbd
+            client.kill()
+        finally:
+            proc.kill()
+            proc.wait()
