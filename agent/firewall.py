@@ -41,6 +41,7 @@ import select
 import socket
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -337,6 +338,7 @@ class Firewall:
         self._written: str | None = None
         self.reapplied = 0  # times the watcher found the table removed or altered
         self._stop = threading.Event()
+        self._changed = threading.Event()  # the desired state changed (wakes the watcher)
         self._thread: threading.Thread | None = None
         self._monitor: subprocess.Popen[bytes] | None = None
 
@@ -383,6 +385,7 @@ class Firewall:
         if rc != 0:
             raise ResponseError(f"nft failed: {out[:300]}")
         self._state = state
+        self._changed.set()
         self._save(state)
         self._written = self._listing() if not state.empty else None
 
@@ -578,6 +581,7 @@ class Firewall:
 
     def stop(self) -> None:
         self._stop.set()
+        self._changed.set()
         proc = self._monitor
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -586,36 +590,52 @@ class Firewall:
             self._thread = None
 
     def _watch(self) -> None:
+        """Idle while there is nothing to enforce; otherwise follow ``nft monitor``."""
+        complained = False
         while not self._stop.is_set():
+            if self._state.empty:
+                self._changed.wait()
+                self._changed.clear()
+                continue
             try:
-                self._monitor = self._nft.monitor()
+                proc: subprocess.Popen[bytes] | None = self._nft.monitor()
             except OSError as exc:
-                log.warning(
-                    "nft monitor cannot run (%s): checking every %.1f s", exc, MONITOR_RETRY_S
-                )
-                self._monitor = None
-            if self._monitor is not None:
-                # Events from now on are seen: compare once for what happened before.
-                self.enforce()
-                self._follow(self._monitor)
-                if self._monitor.poll() is None:
-                    self._monitor.terminate()
-                self._monitor.wait()
+                proc = None
+                if not complained:
+                    log.warning("nft monitor cannot run (%s): checking every %.1f s instead",
+                                exc, MONITOR_RETRY_S)  # fmt: skip
+                    complained = True
+            if proc is not None:
+                self._monitor = proc
+                self.enforce()  # what happened before the monitor listened
+                started = time.monotonic()
+                self._follow(proc)
+                if proc.poll() is None:
+                    proc.terminate()
+                proc.wait()
+                if time.monotonic() - started < 1.0 and not complained:
+                    log.warning("nft monitor ended at once: checking every %.1f s instead",
+                                MONITOR_RETRY_S)  # fmt: skip
+                    complained = True
             if self._stop.wait(MONITOR_RETRY_S):
                 break
             self.enforce()
 
     def _follow(self, proc: subprocess.Popen[bytes]) -> None:
-        """Read monitor events until it ends or stop(); after each batch that touched our table
-        (``# new generation N by process PID``), re-write it unless the batch was ours."""
+        """Read monitor events until it ends, stop() or nothing is left to enforce. After each
+        batch that touched our table (``# new generation N by process PID``), re-write it unless
+        the batch was ours; compare it with what we wrote every ``CHECK_S`` as well."""
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         pending = b""
         touched = False
-        while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], CHECK_S)
-            if not ready:
+        checked = time.monotonic()
+        while not self._stop.is_set() and not self._state.empty:
+            ready, _, _ = select.select([fd], [], [], MONITOR_RETRY_S)
+            if time.monotonic() - checked >= CHECK_S:
                 self.enforce()
+                checked = time.monotonic()
+            if not ready:
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
