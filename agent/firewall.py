@@ -320,9 +320,9 @@ class Firewall:
         self._lock = threading.Lock()
         saved = self._load()
         pinned = tuple(str(parse_address(a)) for a in collector)
-        if not pinned and saved.get("collector"):
+        if not pinned:
             # Name resolution failed at this start: keep the addresses pinned last time.
-            pinned = tuple(str(parse_address(str(a))) for a in saved["collector"])
+            pinned = _valid(saved.get("collector"), parse_address)
         self.pins = Pins(
             collector=pinned,
             collector_port=collector_port,
@@ -331,8 +331,8 @@ class Firewall:
         )
         self._state = FirewallState(
             isolated=bool(saved.get("isolated", False)),
-            allow=tuple(str(a) for a in saved.get("allow", [])),
-            blocked=tuple(str(a) for a in saved.get("blocked", [])),
+            allow=_valid(saved.get("allow"), lambda a: ipaddress.ip_network(a, strict=False)),
+            blocked=_valid(saved.get("blocked"), parse_address),
         )
         # What ``nft list table`` said right after our last write (None: table absent).
         self._written: str | None = None
@@ -424,7 +424,7 @@ class Firewall:
                 return "failed", str(exc)
             if not any(self._reachable(ip, pins.collector_port) for ip in pins.collector):
                 try:
-                    self._write(replace(before, isolated=False, allow=()))
+                    self._write(before)
                 except ResponseError as exc:
                     return "failed", f"would cut the collector, and rollback failed: {exc}"
                 return "failed", "failed: would cut the collector (rolled back)"
@@ -654,6 +654,17 @@ class Firewall:
 
 
 _GENERATION_BY = re.compile(rb"by process (\d+)")
+
+
+def _valid(saved: object, parse: Callable[[str], object]) -> tuple[str, ...]:
+    """The entries of a persisted list that still parse (a damaged file loses only those)."""
+    out: list[str] = []
+    for item in saved if isinstance(saved, list) else []:
+        try:
+            out.append(str(parse(str(item))))
+        except ValueError:
+            log.warning("firewall.json: ignoring %r", item)
+    return tuple(out)
 
 
 def _sort_key(addr: str) -> tuple[int, int]:

@@ -305,6 +305,9 @@ def test_watcher_puts_the_table_back_within_two_seconds(
                 break
             time.sleep(0.02)
         assert fw.reapplied >= 4
+        settled = fw.reapplied
+        time.sleep(1.0)
+        assert fw.reapplied == settled  # its own writes never set it off again
         assert not client.can_connect(hub[1].address, SERVICE_PORT, 1.0)
         # Released: nothing is enforced, the watcher leaves the ruleset alone.
         monitor = fw._monitor
