@@ -41,6 +41,7 @@ import select
 import socket
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -319,9 +320,9 @@ class Firewall:
         self._lock = threading.Lock()
         saved = self._load()
         pinned = tuple(str(parse_address(a)) for a in collector)
-        if not pinned and saved.get("collector"):
+        if not pinned:
             # Name resolution failed at this start: keep the addresses pinned last time.
-            pinned = tuple(str(parse_address(str(a))) for a in saved["collector"])
+            pinned = _valid(saved.get("collector"), parse_address)
         self.pins = Pins(
             collector=pinned,
             collector_port=collector_port,
@@ -330,13 +331,14 @@ class Firewall:
         )
         self._state = FirewallState(
             isolated=bool(saved.get("isolated", False)),
-            allow=tuple(str(a) for a in saved.get("allow", [])),
-            blocked=tuple(str(a) for a in saved.get("blocked", [])),
+            allow=_valid(saved.get("allow"), lambda a: ipaddress.ip_network(a, strict=False)),
+            blocked=_valid(saved.get("blocked"), parse_address),
         )
         # What ``nft list table`` said right after our last write (None: table absent).
         self._written: str | None = None
         self.reapplied = 0  # times the watcher found the table removed or altered
         self._stop = threading.Event()
+        self._changed = threading.Event()  # the desired state changed (wakes the watcher)
         self._thread: threading.Thread | None = None
         self._monitor: subprocess.Popen[bytes] | None = None
 
@@ -383,6 +385,7 @@ class Firewall:
         if rc != 0:
             raise ResponseError(f"nft failed: {out[:300]}")
         self._state = state
+        self._changed.set()
         self._save(state)
         self._written = self._listing() if not state.empty else None
 
@@ -421,7 +424,7 @@ class Firewall:
                 return "failed", str(exc)
             if not any(self._reachable(ip, pins.collector_port) for ip in pins.collector):
                 try:
-                    self._write(replace(before, isolated=False, allow=()))
+                    self._write(before)
                 except ResponseError as exc:
                     return "failed", f"would cut the collector, and rollback failed: {exc}"
                 return "failed", "failed: would cut the collector (rolled back)"
@@ -578,6 +581,7 @@ class Firewall:
 
     def stop(self) -> None:
         self._stop.set()
+        self._changed.set()
         proc = self._monitor
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -586,36 +590,52 @@ class Firewall:
             self._thread = None
 
     def _watch(self) -> None:
+        """Idle while there is nothing to enforce; otherwise follow ``nft monitor``."""
+        complained = False
         while not self._stop.is_set():
+            if self._state.empty:
+                self._changed.wait()
+                self._changed.clear()
+                continue
             try:
-                self._monitor = self._nft.monitor()
+                proc: subprocess.Popen[bytes] | None = self._nft.monitor()
             except OSError as exc:
-                log.warning(
-                    "nft monitor cannot run (%s): checking every %.1f s", exc, MONITOR_RETRY_S
-                )
-                self._monitor = None
-            if self._monitor is not None:
-                # Events from now on are seen: compare once for what happened before.
-                self.enforce()
-                self._follow(self._monitor)
-                if self._monitor.poll() is None:
-                    self._monitor.terminate()
-                self._monitor.wait()
+                proc = None
+                if not complained:
+                    log.warning("nft monitor cannot run (%s): checking every %.1f s instead",
+                                exc, MONITOR_RETRY_S)  # fmt: skip
+                    complained = True
+            if proc is not None:
+                self._monitor = proc
+                self.enforce()  # what happened before the monitor listened
+                started = time.monotonic()
+                self._follow(proc)
+                if proc.poll() is None:
+                    proc.terminate()
+                proc.wait()
+                if time.monotonic() - started < 1.0 and not complained:
+                    log.warning("nft monitor ended at once: checking every %.1f s instead",
+                                MONITOR_RETRY_S)  # fmt: skip
+                    complained = True
             if self._stop.wait(MONITOR_RETRY_S):
                 break
             self.enforce()
 
     def _follow(self, proc: subprocess.Popen[bytes]) -> None:
-        """Read monitor events until it ends or stop(); after each batch that touched our table
-        (``# new generation N by process PID``), re-write it unless the batch was ours."""
+        """Read monitor events until it ends, stop() or nothing is left to enforce. After each
+        batch that touched our table (``# new generation N by process PID``), re-write it unless
+        the batch was ours; compare it with what we wrote every ``CHECK_S`` as well."""
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
         pending = b""
         touched = False
-        while not self._stop.is_set():
-            ready, _, _ = select.select([fd], [], [], CHECK_S)
-            if not ready:
+        checked = time.monotonic()
+        while not self._stop.is_set() and not self._state.empty:
+            ready, _, _ = select.select([fd], [], [], MONITOR_RETRY_S)
+            if time.monotonic() - checked >= CHECK_S:
                 self.enforce()
+                checked = time.monotonic()
+            if not ready:
                 continue
             chunk = os.read(fd, 65536)
             if not chunk:
@@ -634,6 +654,17 @@ class Firewall:
 
 
 _GENERATION_BY = re.compile(rb"by process (\d+)")
+
+
+def _valid(saved: object, parse: Callable[[str], object]) -> tuple[str, ...]:
+    """The entries of a persisted list that still parse (a damaged file loses only those)."""
+    out: list[str] = []
+    for item in saved if isinstance(saved, list) else []:
+        try:
+            out.append(str(parse(str(item))))
+        except ValueError:
+            log.warning("firewall.json: ignoring %r", item)
+    return tuple(out)
 
 
 def _sort_key(addr: str) -> tuple[int, int]:

@@ -71,6 +71,25 @@ class Netns:
         raise TimeoutError(f"{host}:{port} not reachable from {self.name}")
 
 
+def link(a: Netns, dev_a: str, b: Netns, dev_b: str) -> None:
+    """Join ``a`` and ``b`` by a veth pair (``dev_a`` in a, ``dev_b`` in b), addresses /24, up."""
+    _run("ip", "link", "add", dev_a, "netns", a.name, "type", "veth", "peer", "name", dev_b,
+         "netns", b.name)  # fmt: skip
+    for ns, dev in ((a, dev_a), (b, dev_b)):
+        _run("ip", "-n", ns.name, "addr", "add", f"{ns.address}/24", "dev", dev)
+        _run("ip", "-n", ns.name, "link", "set", dev, "up")
+
+
+def remove(names: Sequence[str]) -> None:
+    """Kill every process left in the namespaces ``names``, then delete them."""
+    for name in names:
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), 9)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
 @contextmanager
 def veth_pair(prefix: str = "tcs") -> Iterator[tuple[Netns, Netns]]:
     """Two namespaces, ``.1`` and ``.2`` of a fresh /24, joined by a veth pair."""
@@ -85,32 +104,10 @@ def veth_pair(prefix: str = "tcs") -> Iterator[tuple[Netns, Netns]]:
             _run("ip", "netns", "add", ns.name)
             created.append(ns.name)
             _run("ip", "-n", ns.name, "link", "set", "lo", "up")
-        _run(
-            "ip",
-            "link",
-            "add",
-            veth_a,
-            "netns",
-            a.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            veth_b,
-            "netns",
-            b.name,
-        )
-        for ns, dev in ((a, veth_a), (b, veth_b)):
-            _run("ip", "-n", ns.name, "addr", "add", f"{ns.address}/24", "dev", dev)
-            _run("ip", "-n", ns.name, "link", "set", dev, "up")
+        link(a, veth_a, b, veth_b)
         yield a, b
     finally:
-        for name in created:
-            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
-            for pid in pids.stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), 9)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        remove(created)
 
 
 @contextmanager
@@ -132,17 +129,7 @@ def star(leaves: int, prefix: str = "tcs") -> Iterator[tuple[list[Netns], list[N
             created.append(name)
             _run("ip", "-n", name, "link", "set", "lo", "up")
         for i, (near, far) in enumerate(zip(hub, leaf, strict=True)):
-            va, vb = f"ts{tag}{i}a", f"ts{tag}{i}b"
-            _run("ip", "link", "add", va, "netns", near.name, "type", "veth", "peer", "name", vb,
-                 "netns", far.name)  # fmt: skip
-            for ns, dev in ((near, va), (far, vb)):
-                _run("ip", "-n", ns.name, "addr", "add", f"{ns.address}/24", "dev", dev)
-                _run("ip", "-n", ns.name, "link", "set", dev, "up")
+            link(near, f"ts{tag}{i}a", far, f"ts{tag}{i}b")
         yield hub, leaf
     finally:
-        for name in created:
-            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
-            for pid in pids.stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), 9)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        remove(created)

@@ -305,10 +305,15 @@ def test_watcher_puts_the_table_back_within_two_seconds(
                 break
             time.sleep(0.02)
         assert fw.reapplied >= 4
+        settled = fw.reapplied
+        time.sleep(1.0)
+        assert fw.reapplied == settled  # its own writes never set it off again
         assert not client.can_connect(hub[1].address, SERVICE_PORT, 1.0)
         # Released: nothing is enforced, the watcher leaves the ruleset alone.
+        monitor = fw._monitor
         fw.release()
-        time.sleep(0.3)
+        time.sleep(1.0)
         assert not _table(server)
+        assert monitor is not None and monitor.poll() is not None  # no nft monitor left idle
     finally:
         fw.stop()
