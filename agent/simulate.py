@@ -615,7 +615,9 @@ def backup_encrypted(root: Path, rate_per_s: float = 0, seed: int = 1) -> int:
 
 
 def source_checkout(root: Path, rate_per_s: float = 200, seed: int = 1, files: int = 400) -> int:
-    """A git-like checkout: small text files in many new directories, zlib objects beside."""
+    """A checkout: small text files in many new directories, each package directory with
+    its ``__init__.py``, every file written under a temporary name and renamed into place
+    (as checkouts and installers do, so no reader sees half a file), zlib objects beside."""
     rng = random.Random(seed)
     repo = root / "Informatique" / f"depot-{seed}"
     objects = repo / ".git" / "objects"
@@ -623,10 +625,18 @@ def source_checkout(root: Path, rate_per_s: float = 200, seed: int = 1, files: i
         repo / f"module_{i // 8:03d}" / f"sous_{i % 4}" / f"fichier_{i:04d}.py"
         for i in range(files)
     ]
+
+    def put(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{rng_suffix(seed, rng.randrange(1 << 30))}")
+        tmp.write_bytes(data)
+        tmp.rename(path)
+
     for i, p in enumerate(paced(names, rate_per_s)):
         text = f"# {_words(rng, 6)}\ndef f_{i}():\n    return {rng.randint(0, 999)}\n"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+        if not p.parent.exists():
+            p.parent.mkdir(parents=True)
+            put(p.parent / "__init__.py", f'"""{_words(rng, 4)}"""\n'.encode())
+        put(p, text.encode())
         blob = zlib.compress(f"blob {len(text)}\0{text}".encode())
         digest = f"{rng.getrandbits(160):040x}"
         obj = objects / digest[:2] / digest[2:]
