@@ -19,14 +19,18 @@ acts per file. It closes a window every ``window_s``, earlier once
 damage, once a probe showed some and the window's activity lasted
 ``DAMAGE_CLOSE_S`` (see ``_should_close``), or at once when ``on_ruined`` says
 the tripwire acted; then it asks the attributor for the top writers, lets the
-tripwire mark the window (and act on canaries), and hands the window to ``sink``. Windows without file activity are handed over at
-most every ``idle_every_s`` seconds (still with counts).
+tripwire mark the window (and act on canaries), and hands the window to
+``sink``. Windows without file activity are handed over at most every
+``idle_every_s`` seconds (still with counts).
 
 Spreading evidence counts only directories where something was destroyed
 (a file deleted, renamed away, or whose type was destroyed) within the name
 horizon: a backup that writes ``.gpg`` copies and a manifest into every folder
 of its own tree deletes nothing there and stays quiet; ransomware that leaves a
-note and replaces the originals does not. Reads (files closed without writing)
+note and replaces the originals does not. A repeated name does not count a
+directory created within the horizon unless a file was ruined there: a checkout
+writing ``__init__.py`` through a temporary name into each new directory is not
+a ransom note, nor is its ``.py`` spreading. Reads (files closed without writing)
 give ``files_read``/``read_dirs``; archives written give ``archives_created``.
 """
 
@@ -182,6 +186,12 @@ class WindowAccumulator:
     prev_deleted: set[str] = field(default_factory=set)
     twinned: set[str] = field(default_factory=set)
     destroyed_dirs: dict[str, float] = field(default_factory=dict)
+    # Directories created (this window; within the name horizon) and those where a
+    # file was ruined within it: a name repeated only in new directories where
+    # nothing was ruined is a checkout's, not a ransom note, nor is its ``.py`` spreading.
+    dirs_created: set[str] = field(default_factory=set)
+    new_dirs: dict[str, float] = field(default_factory=dict)
+    ruined_dirs: dict[str, float] = field(default_factory=dict)
     name_reported: dict[str, int] = field(default_factory=dict)
     # Encrypt-to-copy seen through the probes (this window and the last): random
     # copies by each "stem." prefix of their name, originals deleted by their path
@@ -222,6 +232,8 @@ class WindowAccumulator:
             self.canary_touches += 1
             self.canary_paths.add(ev.path)
         if ev.is_dir:
+            if ev.kind in ("created", "moved") and len(self.dirs_created) < MAX_TRACKED:
+                self.dirs_created.add(ev.dest_path if ev.kind == "moved" else ev.path)
             return
         if ev.kind == "read":
             if len(self.read) < MAX_TRACKED:
@@ -252,17 +264,29 @@ class WindowAccumulator:
                 self.exts.add(e)
 
     def _mark_destroyed(self, now: float, destroyed_paths: list[str]) -> None:
-        """Remember the directories where something was destroyed in this window."""
-        for p in (*self.deleted, *destroyed_paths):
-            d = os.path.dirname(p)
-            if d in self.destroyed_dirs or len(self.destroyed_dirs) < MAX_TRACKED:
-                self.destroyed_dirs[d] = now
-        self.destroyed_dirs = {
-            d: t for d, t in self.destroyed_dirs.items() if now - t < NAME_HORIZON_S
-        }
+        """Remember the directories where something was destroyed in this window, those
+        where a file was ruined, and those created."""
+        marks = (
+            (self.destroyed_dirs, (os.path.dirname(p) for p in (*self.deleted, *destroyed_paths))),
+            (self.ruined_dirs, (os.path.dirname(p) for p in self.ruined_paths)),
+            (self.new_dirs, self.dirs_created),
+        )
+        for memory, dirs in marks:
+            for d in dirs:
+                if d in memory or len(memory) < MAX_TRACKED:
+                    memory[d] = now
+            for d in [d for d, t in memory.items() if now - t >= NAME_HORIZON_S]:
+                del memory[d]
+        self.dirs_created = set()
 
-    def _destroyed_count(self, dirs: set[str] | dict[str, float]) -> int:
-        return sum(1 for d in dirs if d in self.destroyed_dirs)
+    def _spread_dirs(self, dirs: set[str] | dict[str, float]) -> int:
+        """Directories that count for a spreading name or extension: something destroyed
+        there and, if the directory is new, a file ruined there."""
+        return sum(
+            1
+            for d in dirs
+            if d in self.destroyed_dirs and (d not in self.new_dirs or d in self.ruined_dirs)
+        )
 
     def _new_extensions(self, now: float) -> tuple[int, str, int]:
         for p in self.created:
@@ -285,7 +309,7 @@ class WindowAccumulator:
         fresh = self.exts & set(self.new_ext_first_seen)
         if not fresh:
             return 0, "", 0
-        spread = {e: self._destroyed_count(self.new_ext_dirs.get(e, set())) for e in fresh}
+        spread = {e: self._spread_dirs(self.new_ext_dirs.get(e, set())) for e in fresh}
         top = max(fresh, key=lambda e: spread[e])
         if spread[top] == 0:
             return len(fresh), "", 0
@@ -306,7 +330,7 @@ class WindowAccumulator:
         self.name_reported = {n: c for n, c in self.name_reported.items() if n in self.name_dirs}
         best, best_n = "", 0
         for name, dirs in self.name_dirs.items():
-            n = self._destroyed_count(dirs)
+            n = self._spread_dirs(dirs)
             if n > best_n and n > self.name_reported.get(name, 0):
                 best, best_n = name, n
         if best_n < 2:

@@ -47,7 +47,7 @@ def test_encrypt_to_copy_is_ruin_like_a_destroyed_type(tmp_path: Path, style: st
     assert total(ws, "encrypted_twins") >= FILES * 0.9, style
     if os.geteuid() == 0:
         by_writer = [r for writer, r in ruined if writer.pid == pid]
-        assert len(by_writer) >= FILES * 0.9, (style, len(ruined))
+        assert len(by_writer) >= FILES * 0.8, (style, len(ruined))
         if style != "encrypt-copy-b64":  # base64 of random bytes is also encoded-random
             assert {r.kind for r in by_writer} == {"encrypted-copy"}
 
@@ -69,6 +69,7 @@ def test_twins_spreading_extension_and_note(tmp_path: Path) -> None:
         "backup-gpg-files",
         "mass-delete",
         "sed-inplace",
+        "source-checkout",
     ],
 )
 def test_legitimate_jobs_stay_quiet(tmp_path: Path, style: str) -> None:
