@@ -160,6 +160,19 @@ def _io_chars(pid: int) -> tuple[int, int] | None:
     return (getattr(io, "read_chars", io.read_bytes), getattr(io, "write_chars", io.write_bytes))
 
 
+def _sample(info: ProcInfo, attribution: pb.Attribution.ValueType) -> pb.ProcessSample:
+    return pb.ProcessSample(
+        pid=info.pid,
+        ppid=info.ppid,
+        name=info.name,
+        exe=info.exe,
+        user=info.user,
+        cmdline=info.cmdline,
+        create_time=info.create_time,
+        attribution=attribution,
+    )
+
+
 @dataclass
 class _Writer:
     files_touched: int = 0
@@ -300,6 +313,9 @@ class Attributor:
         # path -> the pid that closed it last in this window: a file created by one
         # process and encrypted by another is destroyed by the second only.
         self._last_writer: dict[str, int] = {}
+        # path -> the pid that closed it last, across windows (the newest
+        # ``max_paths_per_pid`` paths): ``writer_of`` answers from it.
+        self._path_writer: dict[str, int] = {}
         self._known: dict[int, ProcInfo] = {}
         self._recent_writers: dict[int, float] = {}  # pid -> monotonic time last seen writing
         self._io_last: dict[int, tuple[int, int]] = {}
@@ -349,6 +365,10 @@ class Attributor:
             if len(w.paths) < self.max_paths_per_pid:
                 w.paths.add(path)
                 self._last_writer[path] = pid
+            self._path_writer.pop(path, None)
+            self._path_writer[path] = pid
+            if len(self._path_writer) > self.max_paths_per_pid:
+                del self._path_writer[next(iter(self._path_writer))]
             new = pid not in self._known
         if new:
             info = self._info(pid)
@@ -374,6 +394,23 @@ class Attributor:
             if chars is not None:
                 with self._lock:
                     self._io_latest[pid] = chars
+
+    def writer_of(self, path: str) -> pb.ProcessSample | None:
+        """The process that closed ``path`` last after writing it, with its tree root.
+
+        Fanotify only (None without it, or when its event has not been read yet, or
+        the process vanished before it was seen). Called by the window thread.
+        """
+        with self._lock:
+            pid = self._path_writer.get(path)
+        if pid is None:
+            return None
+        info = self._known.get(pid) or self._info(pid)
+        if info is None:
+            return None
+        s = _sample(info, pb.ATTRIBUTION_FANOTIFY)
+        s.tree_root_pid = self.tree_root(pid)
+        return s
 
     def _under_roots(self, path: str) -> bool:
         return any(path == r or path.startswith(r + os.sep) for r in self.roots)
@@ -520,19 +557,10 @@ class Attributor:
             info = self._known.get(pid)
             if info is None:
                 continue
-            s = pb.ProcessSample(
-                pid=pid,
-                ppid=info.ppid,
-                name=info.name,
-                exe=info.exe,
-                user=info.user,
-                files_touched=w.files_touched,
-                cmdline=info.cmdline,
-                create_time=info.create_time,
-                attribution=attribution,
-                files_type_destroyed=sum(
-                    1 for p in destroyed & w.paths if last_writer.get(p, pid) == pid
-                ),
+            s = _sample(info, attribution)
+            s.files_touched = w.files_touched
+            s.files_type_destroyed = sum(
+                1 for p in destroyed & w.paths if last_writer.get(p, pid) == pid
             )
             chars = _io_chars(pid) or self._io_latest.get(pid)
             if chars is not None:

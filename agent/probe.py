@@ -41,6 +41,7 @@ SIGNATURES: dict[str, tuple[bytes, ...]] = {
     "sqlite": (b"SQLite format 3\x00",),
     "db": (b"SQLite format 3\x00",),
 }
+SIGNATURE_BYTES = max(len(sig) for sigs in SIGNATURES.values() for sig in sigs)
 TEXT_EXTENSIONS = frozenset({"txt", "csv", "md", "log", "xml", "html", "json", "ini", "conf"})
 
 _B64_RE = re.compile(rb"^[A-Za-z0-9+/=\r\n]+$")
@@ -104,6 +105,7 @@ class ProbeResult:
     expected_type: str  # the extension that promised a type, "" when none
     type_destroyed: bool
     encoded_random: bool
+    head: bytes = b""  # the first SIGNATURE_BYTES bytes
 
     @property
     def high_entropy(self) -> bool:
@@ -112,6 +114,15 @@ class ProbeResult:
     @property
     def incompressible(self) -> bool:
         return self.compress_ratio > INCOMPRESSIBLE_RATIO
+
+    @property
+    def random(self) -> bool:
+        """Ciphertext-like: random and incompressible bytes, or base64/hex of random bytes."""
+        return (self.high_entropy and self.incompressible) or self.encoded_random
+
+    def carries(self, ext: str) -> bool:
+        """The head carries the signature of the type ``ext`` names (False if none known)."""
+        return any(self.head.startswith(sig) for sig in SIGNATURES.get(ext, ()))
 
 
 def _read_blocks(path: Path) -> tuple[bytes, bytes]:
@@ -165,6 +176,7 @@ def probe_file(path: str) -> ProbeResult | None:
         expected_type=ext,
         type_destroyed=destroyed,
         encoded_random=encoded,
+        head=head[:SIGNATURE_BYTES],
     )
 
 

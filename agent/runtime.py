@@ -31,7 +31,7 @@ from tocsin.agent.smb import SmbSessions
 from tocsin.agent.spool import WindowSpool
 from tocsin.agent.tripwire import Tripwire
 from tocsin.agent.watch import FileWatcher
-from tocsin.agent.window import WindowLoop, scan_tree
+from tocsin.agent.window import Ruined, WindowLoop, scan_tree
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.recording import Recorder
 
@@ -48,10 +48,10 @@ ONSET_EVENTS = 6
 # onset window wakes with each batch of events instead, to close at the last).
 ONSET_POLL_S = 0.04
 # Destruction: after a window in which files lost their type, turned into
-# encoded random data or a canary was touched, windows last FAST_WINDOW_S until
-# one shows none. The tripwire and the collector then see the damage grow every
-# tenth of a second instead of once a second (the tripwire sums a tree's
-# destroyed files over its horizon, so short windows lose nothing).
+# encoded random data, were replaced by a random copy, or a canary was touched,
+# windows last FAST_WINDOW_S until one shows none: the collector sees the damage
+# grow every tenth of a second instead of once a second (the tripwire acts per
+# file, whatever the window).
 FAST_WINDOW_S = 0.1
 
 
@@ -165,6 +165,7 @@ class Agent:
             canaries=frozenset(canary_paths),
             known_extensions=exts,
             on_window=self._on_window,
+            on_ruined=self._on_ruined,
             spool_dropped=lambda: self.spool.dropped,
             poll_s=ONSET_POLL_S,
             burst_events=ONSET_EVENTS,  # nothing seen yet: the first window is an onset
@@ -184,13 +185,19 @@ class Agent:
         full = (w.end.ToNanoseconds() - w.start.ToNanoseconds()) >= 0.9e9 * self.cfg.window_s
         quiet = full and events < ONSET_EVENTS
         self.window.burst_events = ONSET_EVENTS if quiet else limits.BURST_EVENTS
-        destroying = w.files_type_destroyed or w.files_encoded_random or w.canary_touches
+        destroying = self.window.damage_last or w.canary_touches
         self.window.window_s = (
             min(FAST_WINDOW_S, self.cfg.window_s) if destroying else self.cfg.window_s
         )
         result = self.tripwire.check(w, writers, self.attributor.canary_trees)
         if result is not None:
             self.shipper.submit_result(result)
+
+    def _on_ruined(self, writer: pb.ProcessSample, ruined: Ruined, at_s: float) -> bool:
+        result = self.tripwire.ruined(writer, ruined, at_s)
+        if result is not None:
+            self.shipper.submit_result(result)
+        return result is not None
 
     def request_stop(self) -> None:
         self._stop.set()

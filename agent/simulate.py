@@ -35,6 +35,7 @@ from pathlib import Path
 NOTE_NAME = "LISEZ-MOI_RESTAURATION.txt"
 NOTE_TEXT = "Vos fichiers ont ete chiffres (exercice tocsin, rien n'est perdu).\n"
 LOCKED_EXT = ".locked"
+MEDUSA_EXT = ".MEDUSA"
 
 DEPARTMENTS = (
     "Urbanisme",
@@ -175,7 +176,7 @@ def _victims(root: Path) -> list[Path]:
         and not p.is_symlink()
         and _inside(root, p)
         and p.name != NOTE_NAME
-        and not p.name.endswith(LOCKED_EXT)
+        and not p.name.endswith((LOCKED_EXT, MEDUSA_EXT, MEDUSA_EXT + ".b64"))
         and not p.name.startswith(".tocsin")
     ]
     return out
@@ -248,6 +249,40 @@ def encrypt_copy(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
         p.unlink()
         n += 1
     return n
+
+
+def _encrypt_to_copy(
+    root: Path, rate_per_s: float, seed: int, name: Callable[[Path], Path], b64: bool = False
+) -> int:
+    """A ransom note in every directory first, then an encrypted copy named by ``name``
+    beside each file (base64 text when ``b64``), the original deleted."""
+    victims = _victims(root)
+    for d in sorted({p.parent for p in victims}):
+        (d / NOTE_NAME).write_text(NOTE_TEXT)
+    n = 0
+    for p in paced(victims, rate_per_s):
+        data = _xor(p.read_bytes(), seed + n)
+        name(p).write_bytes(base64.b64encode(data) if b64 else data)
+        p.unlink()
+        n += 1
+    return n
+
+
+def encrypt_medusa(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Medusa style: notes everywhere first, then ``name.ext.MEDUSA`` copies, originals deleted."""
+    return _encrypt_to_copy(root, rate_per_s, seed, lambda p: p.with_name(p.name + MEDUSA_EXT))
+
+
+def encrypt_copy_stem(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Notes first, then ``name.MEDUSA`` copies (the extension replaced), originals deleted."""
+    return _encrypt_to_copy(root, rate_per_s, seed, lambda p: p.with_suffix(MEDUSA_EXT))
+
+
+def encrypt_copy_b64(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """Notes first, then ``name.ext.MEDUSA.b64`` copies in base64, originals deleted."""
+    return _encrypt_to_copy(
+        root, rate_per_s, seed, lambda p: p.with_name(p.name + MEDUSA_EXT + ".b64"), b64=True
+    )
 
 
 def encrypt_head(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
@@ -580,7 +615,9 @@ def backup_encrypted(root: Path, rate_per_s: float = 0, seed: int = 1) -> int:
 
 
 def source_checkout(root: Path, rate_per_s: float = 200, seed: int = 1, files: int = 400) -> int:
-    """A git-like checkout: small text files in many new directories, zlib objects beside."""
+    """A checkout: small text files in many new directories, each package directory with
+    its ``__init__.py``, every file written under a temporary name and renamed into place
+    (as checkouts and installers do, so no reader sees half a file), zlib objects beside."""
     rng = random.Random(seed)
     repo = root / "Informatique" / f"depot-{seed}"
     objects = repo / ".git" / "objects"
@@ -588,10 +625,18 @@ def source_checkout(root: Path, rate_per_s: float = 200, seed: int = 1, files: i
         repo / f"module_{i // 8:03d}" / f"sous_{i % 4}" / f"fichier_{i:04d}.py"
         for i in range(files)
     ]
+
+    def put(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{rng_suffix(seed, rng.randrange(1 << 30))}")
+        tmp.write_bytes(data)
+        tmp.rename(path)
+
     for i, p in enumerate(paced(names, rate_per_s)):
         text = f"# {_words(rng, 6)}\ndef f_{i}():\n    return {rng.randint(0, 999)}\n"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
+        if not p.parent.exists():
+            p.parent.mkdir(parents=True)
+            put(p.parent / "__init__.py", f'"""{_words(rng, 4)}"""\n'.encode())
+        put(p, text.encode())
         blob = zlib.compress(f"blob {len(text)}\0{text}".encode())
         digest = f"{rng.getrandbits(160):040x}"
         obj = objects / digest[:2] / digest[2:]
@@ -622,7 +667,15 @@ def rng_suffix(seed: int, n: int) -> str:
     return "".join(rng.choice(letters) for _ in range(6))
 
 
-ATTACKS.update({"encrypt-slow": encrypt_slow, "encrypt-burst": encrypt_burst})
+ATTACKS.update(
+    {
+        "encrypt-slow": encrypt_slow,
+        "encrypt-burst": encrypt_burst,
+        "encrypt-medusa": encrypt_medusa,
+        "encrypt-copy-stem": encrypt_copy_stem,
+        "encrypt-copy-b64": encrypt_copy_b64,
+    }
+)
 BENIGN.update(
     {
         "backup-encrypted": backup_encrypted,

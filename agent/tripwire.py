@@ -1,21 +1,25 @@
 """The agent's own response, for evidence that needs no model.
 
-Contract: ``Tripwire.check(window, writers)`` looks at one closed window. It
-fires when one process tree wrote at least ``destroyed_threshold`` (5) files
-whose known type was destroyed (summed over the tree's processes, in this
-window or over the last ``horizon_s`` of windows: a benign job destroys no
-type at all, so a handful is already blatant), or when a canary
-file was written, deleted or renamed. The canary's tree is the one fanotify
-saw writing it (``canary_trees``), else the window's biggest writing tree;
-with no writer known the window is still marked, nothing is suspended. When it
-fires it sets ``window.tripwire_fired`` / ``tripwire_reason`` and, by mode:
-``off`` does nothing (not even mark the window), ``dry-run`` reports what it
-would suspend, ``enforce`` suspends the tree root through ``Actions``. It
-returns the ``ActionResult`` (``local=True``) to send, or None. A tree is acted
-on at most once (it stays suspended until an operator says). It never acts on
-PID 1 (or 0), on the agent itself, or on a tree whose root or writer matches
-the protection list (pids, process names or executable paths): those only mark
-the window with a "protected" reason.
+Contract: ``Tripwire.ruined(writer, ruined, at_s)`` is told of each file the
+probes showed ruined (type destroyed, encoded random text, a random copy that
+replaced its original), with the process that wrote it (fanotify), as the
+evidence arrives. It fires when one process tree ruined at least
+``destroyed_threshold`` (5) files within the last ``horizon_s`` (a benign job
+ruins none, so a handful is already blatant), at that file: not at the close of
+the window. ``Tripwire.check(window, writers)`` looks at each closed window: it
+marks it when a tree that reached the threshold ruined files in it, and fires
+when a canary file was written, deleted or renamed (the canary's tree is the
+one fanotify saw writing it, ``canary_trees``, else the window's biggest
+writing tree; with no writer known the window is still marked, nothing is
+suspended). Firing sets ``window.tripwire_fired`` / ``tripwire_reason`` (for a
+file, on the window being filled) and, by mode: ``off`` does nothing (not even
+mark the window), ``dry-run`` reports what it would suspend, ``enforce``
+suspends the tree root through ``Actions``. Both return the ``ActionResult``
+(``local=True``) to send, or None. A tree is acted on at most once (it stays
+suspended until an operator says). It never acts on PID 1 (or 0), on the agent
+itself, or on a tree whose root or writer matches the protection list (pids,
+process names or executable paths): those only mark the window with a
+"protected" reason.
 
 Default mode is ``dry-run``: an agent acts on its own only where the operator
 asked for it with ``--tripwire enforce``.
@@ -29,6 +33,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 
 from tocsin.agent.act import Actions
+from tocsin.agent.window import Ruined, RuinKind
 from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -56,10 +61,12 @@ class Tripwire:
         self.protect = frozenset(protect)
         self._self_pid = os.getpid() if self_pid is None else self_pid
         self._acted: set[int] = set()
-        # Per tree: (window end, files destroyed) over the last ``horizon_s``, so that
-        # a tree spreading its damage over several short windows still adds up.
+        self._refused: set[int] = set()
+        # Per tree: (time, kind) of each file it ruined within ``horizon_s``.
         self.horizon_s = horizon_s
-        self._recent: dict[int, deque[tuple[float, int]]] = {}
+        self._recent: dict[int, deque[tuple[float, RuinKind]]] = {}
+        # What to mark on the window being filled: tree -> reason.
+        self._marks: dict[int, str] = {}
 
     def _protected(self, root: int, writers: list[pb.ProcessSample]) -> str:
         """Why the tree ``root`` must not be touched ("" when it may be)."""
@@ -75,59 +82,72 @@ class Tripwire:
                     return f"{key} is on the protection list"
         return "protected" if str(root) in self.protect else ""
 
+    def ruined(
+        self, writer: pb.ProcessSample, ruined: Ruined, at_s: float
+    ) -> pb.ActionResult | None:
+        """One file ``writer`` ruined, as the probe showed it (see module contract)."""
+        if self.mode == "off":
+            return None
+        root = writer.tree_root_pid or writer.pid
+        recent = self._recent.setdefault(root, deque(maxlen=4096))
+        recent.append((at_s, ruined.kind))
+        for tree in list(self._recent):
+            files = self._recent[tree]
+            while files and files[0][0] < at_s - self.horizon_s:
+                files.popleft()
+            if not files:
+                del self._recent[tree]
+        if len(recent) < self.destroyed_threshold:
+            return None
+        kinds = ", ".join(f"{k}:{n}" for k, n in Counter(k for _, k in recent).most_common())
+        reason = f"ruined:{len(recent)} files by tree {root} ({kinds})"
+        result, self._marks[root] = self._fire(root, [writer], reason, int(at_s))
+        return result
+
     def check(
         self, window: pb.Window, writers: list[pb.ProcessSample], canary_trees: Iterable[int] = ()
     ) -> pb.ActionResult | None:
-        if self.mode == "off" or not (writers or window.canary_touches):
+        if self.mode == "off":
             return None
-        by_tree: Counter[int] = Counter()
+        marks, self._marks = self._marks, {}
+        if marks:
+            window.tripwire_fired = True
+            window.tripwire_reason = "; ".join(marks.values())
+        if not window.canary_touches:
+            return None
         touched: Counter[int] = Counter()
         for s in writers:
-            by_tree[s.tree_root_pid or s.pid] += s.files_type_destroyed
             touched[s.tree_root_pid or s.pid] += s.files_touched
-        end_s = window.end.seconds + window.end.nanos / 1e9
-        for tree, n in by_tree.items():
-            if n:
-                self._recent.setdefault(tree, deque(maxlen=64)).append((end_s, n))
-        for tree in list(self._recent):
-            recent = self._recent[tree]
-            while recent and recent[0][0] < end_s - self.horizon_s:
-                recent.popleft()
-            if not recent:
-                del self._recent[tree]
-            elif tree in by_tree:  # only trees still writing in this window
-                by_tree[tree] = max(by_tree[tree], sum(n for _, n in recent))
-        root, destroyed = by_tree.most_common(1)[0] if by_tree else (0, 0)
-        if destroyed >= self.destroyed_threshold:
-            reason = f"type-destroyed:{destroyed} files by tree {root}"
-        elif window.canary_touches:
-            trees = sorted(canary_trees)
-            root = trees[0] if trees else (touched.most_common(1)[0][0] if touched else 0)
-            reason = f"canary:{window.canary_touches} touched, " + (
-                f"writer tree {root}"
-                if trees
-                else f"top writer tree {root}"
-                if root
-                else "writer unknown"
-            )
-        else:
-            return None
+        trees = sorted(canary_trees)
+        root = trees[0] if trees else (touched.most_common(1)[0][0] if touched else 0)
+        reason = f"canary:{window.canary_touches} touched, " + (
+            f"writer tree {root}"
+            if trees
+            else f"top writer tree {root}"
+            if root
+            else "writer unknown"
+        )
+        result, reason = self._fire(root, writers, reason, window.end.seconds)
         window.tripwire_fired = True
-        window.tripwire_reason = reason
+        window.tripwire_reason = "; ".join([*marks.values(), reason])
+        return result
+
+    def _fire(
+        self, root: int, writers: list[pb.ProcessSample], reason: str, at_s: int
+    ) -> tuple[pb.ActionResult | None, str]:
+        """Suspend ``root`` (once) unless protected: (the result, the reason to mark)."""
         if not root or root in self._acted:
-            return None
+            return None, reason
         why = self._protected(root, writers)
         if why:
-            window.tripwire_reason = f"{reason} (not suspended: {why})"
-            log.warning("tripwire fired (%s) but %s", reason, why)
-            return None
+            if root not in self._refused:  # said once, not at every file
+                self._refused.add(root)
+                log.warning("tripwire fired (%s) but %s", reason, why)
+            return None, f"{reason} (not suspended: {why})"
         self._acted.add(root)
         cmd = pb.Command(
-            id=f"local-{root}-{window.end.seconds}",
-            kind="suspend",
-            pids=[root],
-            dry_run=self.mode != "enforce",
+            id=f"local-{root}-{at_s}", kind="suspend", pids=[root], dry_run=self.mode != "enforce"
         )
         result = self.actions.run(cmd, local=True)
         log.warning("tripwire fired (%s): %s %s", reason, result.status, result.detail)
-        return result
+        return result, reason

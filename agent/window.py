@@ -3,25 +3,34 @@
 Contract: ``WindowAccumulator`` is bookkeeping without threads: ``add(event)``
 for every event of the window; ``probe_more(...)`` probes the files whose
 writing finished since the last call (closed, or renamed into place) within the
-window's budget and says how many show damage; ``close(...)`` probes the rest
+window's budget and says how many it showed ruined (``Ruined``: a type destroyed,
+encoded random text, or a random copy beside an original of the same stem that
+was deleted, the encrypt-to-copy of ``a.docx`` into ``a.docx.X``, ``a.X`` or
+``a.docx.X.b64``), handed out by ``take_ruined()``; ``close(...)`` probes the rest
 within the budget and returns the filled Window (without ``seq``, which the
 shipper assigns), then starts the next window. ``WindowLoop`` is the windowing
 thread: it sleeps until the first event of a window (no polling while nothing
 happens), then drains the watcher every ``poll_s`` in a long window, as events
 come in a short one (an onset, which wants only a few events, or one after
-damage), and probes files as they finish. It closes a window every
-``window_s``, earlier once ``burst_events`` events arrived, once
-``DAMAGE_CLOSE_FILES`` of its files showed damage, or once a probe showed some
-and the window's activity lasted ``DAMAGE_CLOSE_S`` (see ``_should_close``);
-then it asks the attributor for the top writers, lets the tripwire act, and
-hands the window to ``sink``. Windows without file activity are handed over at
-most every ``idle_every_s`` seconds (still with counts).
+damage), and probes files as they finish. Each ruined file goes to
+``on_ruined`` with its writer (fanotify) as soon as both are known: the tripwire
+acts per file. It closes a window every ``window_s``, earlier once
+``burst_events`` events arrived, once ``DAMAGE_CLOSE_FILES`` of its files showed
+damage, once a probe showed some and the window's activity lasted
+``DAMAGE_CLOSE_S`` (see ``_should_close``), or at once when ``on_ruined`` says
+the tripwire acted; then it asks the attributor for the top writers, lets the
+tripwire mark the window (and act on canaries), and hands the window to
+``sink``. Windows without file activity are handed over at most every
+``idle_every_s`` seconds (still with counts).
 
 Spreading evidence counts only directories where something was destroyed
 (a file deleted, renamed away, or whose type was destroyed) within the name
 horizon: a backup that writes ``.gpg`` copies and a manifest into every folder
 of its own tree deletes nothing there and stays quiet; ransomware that leaves a
-note and replaces the originals does not. Reads (files closed without writing)
+note and replaces the originals does not. A repeated name does not count a
+directory created within the horizon unless a file was ruined there: a checkout
+writing ``__init__.py`` through a temporary name into each new directory is not
+a ransom note, nor is its ``.py`` spreading. Reads (files closed without writing)
 give ``files_read``/``read_dirs``; archives written give ``archives_created``.
 """
 
@@ -34,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -55,8 +65,41 @@ MAX_TRACKED = 4096
 DAMAGE_CLOSE_S = 0.1
 DAMAGE_CLOSE_FILES = 5
 MAX_EXAMPLE_PATHS = 5
+# A ruined file waits this long for fanotify to name its writer, looked up again
+# every WRITER_RETRY_S.
+WRITER_WAIT_S = 2.0
+WRITER_RETRY_S = 0.02
 MAX_PATH_CHARS = 512
 ARCHIVE_EXTENSIONS = frozenset({"zip", "7z", "rar", "tar", "tgz", "gz", "bz2", "xz", "zst", "cab"})
+
+RuinKind = Literal["type-destroyed", "encoded-random", "encrypted-copy"]
+
+
+@dataclass(frozen=True)
+class Ruined:
+    """One file the probes showed ruined: its type destroyed, turned into encoded random
+    text, or a random copy that replaced an original of the same stem."""
+
+    path: str
+    kind: RuinKind
+
+
+def original_keys(path: str) -> tuple[str, ...]:
+    """What a copy of the deleted ``path`` may be named after: the path, and its stem."""
+    if "." not in os.path.basename(path).lstrip("."):
+        return (path,)
+    return (path, path[: path.rfind(".")])
+
+
+def stem_prefixes(path: str) -> list[str]:
+    """Every "stem." prefix of the name: ``/d/a.docx.X`` -> ``/d/a``, ``/d/a.docx``."""
+    out = []
+    base = path.rfind(os.sep) + 1
+    pos = path.find(".", base + 1)
+    while pos != -1:
+        out.append(path[:pos])
+        pos = path.find(".", pos + 1)
+    return out
 
 
 def extension(path: str) -> str:
@@ -143,7 +186,32 @@ class WindowAccumulator:
     prev_deleted: set[str] = field(default_factory=set)
     twinned: set[str] = field(default_factory=set)
     destroyed_dirs: dict[str, float] = field(default_factory=dict)
+    # Directories created (this window; within the name horizon) and those where a
+    # file was ruined within it: a name repeated only in new directories where
+    # nothing was ruined is a checkout's, not a ransom note, nor is its ``.py`` spreading.
+    dirs_created: set[str] = field(default_factory=set)
+    new_dirs: dict[str, float] = field(default_factory=dict)
+    ruined_dirs: dict[str, float] = field(default_factory=dict)
     name_reported: dict[str, int] = field(default_factory=dict)
+    # Encrypt-to-copy seen through the probes (this window and the last): random
+    # copies by each "stem." prefix of their name, originals deleted by their path
+    # and their stem, originals already replaced, files already counted as ruined.
+    copies: dict[str, ProbeResult] = field(default_factory=dict)
+    prev_copies: dict[str, ProbeResult] = field(default_factory=dict)
+    originals: dict[str, str] = field(default_factory=dict)
+    prev_originals: dict[str, str] = field(default_factory=dict)
+    replaced: set[str] = field(default_factory=set)
+    prev_replaced: set[str] = field(default_factory=set)
+    ruined_paths: set[str] = field(default_factory=set)
+    prev_ruined_paths: set[str] = field(default_factory=set)
+    fresh_deleted: list[str] = field(default_factory=list)
+    # Files waiting for their probe by "stem." prefix, and those to probe first (a
+    # same-stem original was deleted: a copy that may have replaced it).
+    unprobed_stems: dict[str, str] = field(default_factory=dict)
+    urgent: dict[str, None] = field(default_factory=dict)
+    # Ruined files not yet taken (``take_ruined``), and how many the last window had.
+    ruined: list[Ruined] = field(default_factory=list)
+    ruined_last: int = 0
 
     @property
     def events(self) -> int:
@@ -164,6 +232,8 @@ class WindowAccumulator:
             self.canary_touches += 1
             self.canary_paths.add(ev.path)
         if ev.is_dir:
+            if ev.kind in ("created", "moved") and len(self.dirs_created) < MAX_TRACKED:
+                self.dirs_created.add(ev.dest_path if ev.kind == "moved" else ev.path)
             return
         if ev.kind == "read":
             if len(self.read) < MAX_TRACKED:
@@ -180,9 +250,11 @@ class WindowAccumulator:
             self._finished(ev.path)
         elif ev.kind == "deleted":
             self.deleted.add(ev.path)
+            self._gone(ev.path)
         elif ev.kind == "moved":
             self.renamed.add(ev.path)
             self.deleted.add(ev.path)
+            self._gone(ev.path)
             self.created[ev.dest_path] = None
             self._finished(ev.dest_path)
             self.dirs.add(os.path.dirname(ev.dest_path))
@@ -192,17 +264,29 @@ class WindowAccumulator:
                 self.exts.add(e)
 
     def _mark_destroyed(self, now: float, destroyed_paths: list[str]) -> None:
-        """Remember the directories where something was destroyed in this window."""
-        for p in (*self.deleted, *destroyed_paths):
-            d = os.path.dirname(p)
-            if d in self.destroyed_dirs or len(self.destroyed_dirs) < MAX_TRACKED:
-                self.destroyed_dirs[d] = now
-        self.destroyed_dirs = {
-            d: t for d, t in self.destroyed_dirs.items() if now - t < NAME_HORIZON_S
-        }
+        """Remember the directories where something was destroyed in this window, those
+        where a file was ruined, and those created."""
+        marks = (
+            (self.destroyed_dirs, (os.path.dirname(p) for p in (*self.deleted, *destroyed_paths))),
+            (self.ruined_dirs, (os.path.dirname(p) for p in self.ruined_paths)),
+            (self.new_dirs, self.dirs_created),
+        )
+        for memory, dirs in marks:
+            for d in dirs:
+                if d in memory or len(memory) < MAX_TRACKED:
+                    memory[d] = now
+            for d in [d for d, t in memory.items() if now - t >= NAME_HORIZON_S]:
+                del memory[d]
+        self.dirs_created = set()
 
-    def _destroyed_count(self, dirs: set[str] | dict[str, float]) -> int:
-        return sum(1 for d in dirs if d in self.destroyed_dirs)
+    def _spread_dirs(self, dirs: set[str] | dict[str, float]) -> int:
+        """Directories that count for a spreading name or extension: something destroyed
+        there and, if the directory is new, a file ruined there."""
+        return sum(
+            1
+            for d in dirs
+            if d in self.destroyed_dirs and (d not in self.new_dirs or d in self.ruined_dirs)
+        )
 
     def _new_extensions(self, now: float) -> tuple[int, str, int]:
         for p in self.created:
@@ -225,7 +309,7 @@ class WindowAccumulator:
         fresh = self.exts & set(self.new_ext_first_seen)
         if not fresh:
             return 0, "", 0
-        spread = {e: self._destroyed_count(self.new_ext_dirs.get(e, set())) for e in fresh}
+        spread = {e: self._spread_dirs(self.new_ext_dirs.get(e, set())) for e in fresh}
         top = max(fresh, key=lambda e: spread[e])
         if spread[top] == 0:
             return len(fresh), "", 0
@@ -246,7 +330,7 @@ class WindowAccumulator:
         self.name_reported = {n: c for n, c in self.name_reported.items() if n in self.name_dirs}
         best, best_n = "", 0
         for name, dirs in self.name_dirs.items():
-            n = self._destroyed_count(dirs)
+            n = self._spread_dirs(dirs)
             if n > best_n and n > self.name_reported.get(name, 0):
                 best, best_n = name, n
         if best_n < 2:
@@ -255,28 +339,101 @@ class WindowAccumulator:
         return best, best_n
 
     def _twins(self) -> int:
+        """Originals deleted beside a ``name.ext.X`` or ``name.X`` file (X promising no
+        type), or replaced by a random copy the probes saw, counted once each."""
         created = set(self.created) | self.prev_created
         deleted = self.deleted | self.prev_deleted
         # Index every created name by each of its "stem." prefixes: linear, not
         # deleted x created (a storm of 10,000 files made that quadratic).
         stems: set[str] = set()
+        unknown_stems: set[str] = set()  # of names whose extension promises no type
         for c in created:
             if expected_type(c) in SIGNATURES:
                 continue  # a.txt -> a.txt.gz: a real container of its own
-            base = c.rfind(os.sep) + 1
-            pos = c.find(".", base + 1)
-            while pos != -1:
-                stems.add(c[:pos])
-                pos = c.find(".", pos + 1)
+            prefixes = stem_prefixes(c)
+            stems.update(prefixes)
+            if prefixes and not expected_type(c):
+                unknown_stems.add(prefixes[0])
         n = 0
         for d in deleted:
-            if d not in self.twinned and d in stems:
+            keys = original_keys(d)
+            twin = d in stems or (len(keys) > 1 and keys[1] in unknown_stems)
+            if d not in self.twinned and (twin or d in self.replaced):
                 self.twinned.add(d)
                 n += 1
         self.prev_created = set(self.created)
         self.prev_deleted = set(self.deleted)
         self.twinned &= deleted
         return n
+
+    def _gone(self, path: str) -> None:
+        """``path`` was deleted or renamed away: an original, unless it was created in
+        this window or the last (a temporary file). Indexed by its path (``a.docx`` ->
+        ``a.docx.X``) and its stem (``a.docx`` -> ``a.X``); a same-stem file waiting
+        for its probe is probed first."""
+        if path in self.created or path in self.prev_created:
+            return
+        if len(self.fresh_deleted) >= MAX_TRACKED or len(self.originals) >= MAX_TRACKED:
+            return
+        self.fresh_deleted.append(path)
+        for key in original_keys(path):
+            self.originals[key] = path
+            waiting = self.unprobed_stems.get(key)
+            if waiting in self.to_probe:
+                self.urgent[waiting] = None
+
+    def _ruin(self, path: str, kind: RuinKind) -> int:
+        """Count ``path`` as ruined (once over this window and the last): 1 if new."""
+        if path in self.ruined_paths or path in self.prev_ruined_paths:
+            return 0
+        if len(self.ruined_paths) < MAX_TRACKED:
+            self.ruined_paths.add(path)
+            self.ruined.append(Ruined(path, kind))
+        return 1
+
+    def _replace(self, original: str, copy: ProbeResult) -> int:
+        """``copy`` replaced ``original`` unless it still carries the original's type."""
+        if original == copy.path or original in self.replaced or original in self.prev_replaced:
+            return 0
+        if copy.carries(expected_type(original)):
+            return 0  # a.docx renamed a.docx.bak: the same document
+        if len(self.replaced) < MAX_TRACKED:
+            self.replaced.add(original)
+        return self._ruin(copy.path, "encrypted-copy")
+
+    def _copy_probed(self, r: ProbeResult) -> int:
+        """A random file whose own type (if any) it does not carry: a copy of an original
+        deleted already, or one to match against the deletions to come."""
+        for key in stem_prefixes(r.path):
+            original = self.originals.get(key) or self.prev_originals.get(key)
+            if original is not None and self._replace(original, r):
+                return 1
+            if len(self.copies) < MAX_TRACKED:
+                self.copies[key] = r
+        return 0
+
+    def _originals_deleted(self) -> int:
+        """Match the originals deleted since the last call against the random copies
+        probed already (see ``_gone``)."""
+        n = 0
+        for path in self.fresh_deleted:
+            copy = next(
+                (
+                    c
+                    for k in original_keys(path)
+                    if (c := self.copies.get(k) or self.prev_copies.get(k))
+                ),
+                None,
+            )
+            if copy is not None:
+                n += self._replace(path, copy)
+        self.fresh_deleted = []
+        return n
+
+    def take_ruined(self) -> list[Ruined]:
+        """The files shown ruined since the last call (for the tripwire, per file)."""
+        out, self.ruined = self.ruined, []
+        return out
 
     def _finished(self, path: str) -> None:
         """``path`` was closed after writing or renamed into place: (re)probe it.
@@ -287,6 +444,11 @@ class WindowAccumulator:
         """
         self.probed.pop(path, None)  # newer content than what was probed
         self.to_probe[path] = None
+        for key in stem_prefixes(path):
+            if len(self.unprobed_stems) < MAX_TRACKED:
+                self.unprobed_stems[key] = path
+            if key in self.originals or key in self.prev_originals:
+                self.urgent[path] = None  # renamed away, then written: probe it first
 
     def probe_more(self, max_files: int, max_bytes: int, share: float = 1.0) -> int:
         """Probe finished files, newest first, within ``share`` of the window's budget.
@@ -294,25 +456,46 @@ class WindowAccumulator:
         The window thread passes the share of the window elapsed (at least a
         quarter), so a burst of benign files early in a window cannot spend the
         whole budget before an attack starts later in it; newest first, so what
-        is probed is what is happening now. Returns how many of the files probed
-        show destruction (type destroyed or encoded random).
+        is probed is what is happening now. A file that may be the copy of an
+        original just deleted goes first, within the whole budget: encrypt-to-copy
+        shows in the copy's probe. Returns how many files it newly showed
+        ruined (type destroyed, encoded random, or a random copy replacing an
+        original deleted: see ``Ruined``); ``take_ruined`` hands them out.
         """
         damaged = 0
         files_allowed = max(1, round(max_files * min(share, 1.0)))
-        while self.to_probe:
-            if self.probe_files_done >= files_allowed or self.probe_bytes_done >= max_bytes:
+        while self.probe_bytes_done < max_bytes:
+            path = self._next_to_probe(files_allowed, max_files)
+            if path is None:
                 break
-            path, _ = self.to_probe.popitem()  # the newest
             if path in self.deleted:
                 continue
             r = probe_file(path)
             self.probe_echoes.add(path)
             self.probed[path] = r
-            if r is not None:  # a vanished or unreadable file costs no budget
-                self.probe_files_done += 1
-                self.probe_bytes_done += r.bytes_probed
-                damaged += r.type_destroyed or r.encoded_random
-        return damaged
+            if r is None:  # a vanished or unreadable file costs no budget
+                continue
+            self.probe_files_done += 1
+            self.probe_bytes_done += r.bytes_probed
+            if r.type_destroyed or r.encoded_random:
+                damaged += self._ruin(
+                    path, "type-destroyed" if r.type_destroyed else "encoded-random"
+                )
+            if r.random and not r.carries(expected_type(path)):
+                damaged += self._copy_probed(r)
+        return damaged + self._originals_deleted()
+
+    def _next_to_probe(self, files_allowed: int, max_files: int) -> str | None:
+        """A possible copy first, within the whole window's budget; else the newest
+        file within ``files_allowed``."""
+        while self.urgent:
+            path, _ = self.urgent.popitem()
+            if path in self.to_probe and self.probe_files_done < max_files:
+                del self.to_probe[path]
+                return path
+        if not self.to_probe or self.probe_files_done >= files_allowed:
+            return None
+        return self.to_probe.popitem()[0]
 
     def _probe_summary(self) -> ProbeSummary:
         summary = ProbeSummary()
@@ -337,9 +520,11 @@ class WindowAccumulator:
         self.probe_more(max_probe_files, max_probe_bytes)
         probes = self._probe_summary()
         self._mark_destroyed(end, probes.destroyed_paths)
+        copies = [p for p in self.ruined_paths if p not in probes.destroyed_paths]
         # Echoes of the previous window's probes have arrived by now; keep this window's.
         self.own_reads, self.probe_echoes = self.probe_echoes, set()
         self.to_probe, self.probed = {}, {}
+        self.unprobed_stems, self.urgent = {}, {}
         self.probe_files_done = self.probe_bytes_done = 0
         n_new, top_ext, top_dirs = self._new_extensions(end)
         rep_name, rep_dirs = self._repeated_name(end)
@@ -379,7 +564,7 @@ class WindowAccumulator:
             ),
             files_unprobed=probes.files_unprobed,
         )
-        examples = probes.destroyed_paths[:MAX_EXAMPLE_PATHS]
+        examples = [*probes.destroyed_paths, *copies][:MAX_EXAMPLE_PATHS]
         for p in list(self.created) + list(self.closed):
             if len(examples) >= MAX_EXAMPLE_PATHS:
                 break
@@ -393,6 +578,11 @@ class WindowAccumulator:
         self.read = set()
         self.canary_touches = 0
         self.last_canary_paths, self.canary_paths = self.canary_paths, set()
+        self.ruined_last = len(self.ruined_paths)
+        self.prev_copies, self.copies = self.copies, {}
+        self.prev_originals, self.originals = self.originals, {}
+        self.prev_replaced, self.replaced = self.replaced, set()
+        self.prev_ruined_paths, self.ruined_paths = self.ruined_paths, set()
         return w, destroyed
 
 
@@ -416,6 +606,7 @@ class WindowLoop:
         canaries: frozenset[str] = frozenset(),
         known_extensions: set[str] | None = None,
         on_window: Callable[[pb.Window, list[pb.ProcessSample]], None] | None = None,
+        on_ruined: Callable[[pb.ProcessSample, Ruined, float], bool] | None = None,
         spool_dropped: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.time,
         net_bytes: Callable[[], int] = net_bytes_sent,
@@ -430,6 +621,9 @@ class WindowLoop:
         self.max_probe_files = max_probe_files
         self.max_probe_bytes = max_probe_bytes
         self.on_window = on_window
+        self.on_ruined = on_ruined
+        # Ruined files whose writer fanotify has not named yet: (first seen, file).
+        self._unattributed: list[tuple[float, Ruined]] = []
         self._spool_dropped = spool_dropped
         self._clock = clock
         self._net = net_bytes
@@ -440,7 +634,7 @@ class WindowLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tocsin-window", daemon=True)
         self.windows_closed = 0
-        self.damage_last = False  # the last window showed destruction
+        self.damage_last = False  # the last window showed a file ruined
 
     def start(self) -> None:
         self._thread.start()
@@ -463,6 +657,7 @@ class WindowLoop:
             wakeup = self.watcher.wakeup
             first_event: float | None = None
             damaged = 0
+            fired = False  # the tripwire acted on a file: the window closes to say so
             # An onset (a few events) or a window after damage is short anyway;
             # any other may last a second.
             onset = self.burst_events < limits.BURST_EVENTS
@@ -482,7 +677,8 @@ class WindowLoop:
                     damaged += self.acc.probe_more(
                         self.max_probe_files, self.max_probe_bytes, share if long_window else 1.0
                     )
-                if self._should_close(damaged, first_event, now, left, onset):
+                    fired = self._report_ruined() or fired
+                if fired or self._should_close(damaged, first_event, now, left, onset):
                     break
                 if self.acc.events and long_window:
                     self._stop.wait(min(self._poll_s, left))  # a burst under way: batch it
@@ -492,6 +688,8 @@ class WindowLoop:
                     # when its damage has lasted long enough.
                     if damaged and first_event is not None:
                         left = min(left, first_event + DAMAGE_CLOSE_S - now)
+                    if self._unattributed:
+                        left = min(left, WRITER_RETRY_S)
                     wakeup.wait(max(left, 0.0))
             for ev in self.watcher.drain(self.burst_events):
                 self.acc.add(ev)
@@ -501,6 +699,7 @@ class WindowLoop:
                 w, destroyed = self.acc.close(
                     start, end, self.max_probe_files, self.max_probe_bytes
                 )
+                self._report_ruined()
                 canaries = self.acc.last_canary_paths
                 writers = self.attributor.collect(destroyed, canaries) if self.attributor else []
                 dropped = self.watcher.events_dropped
@@ -518,7 +717,7 @@ class WindowLoop:
                 w.bytes_written = sum(s.bytes_written for s in writers)
                 w.bytes_read = sum(s.bytes_read for s in writers)
                 w.drill = bool(writers) and is_drill(writers[0].cmdline)
-                self.damage_last = bool(w.files_type_destroyed or w.files_encoded_random)
+                self.damage_last = self.acc.ruined_last > 0
                 if self.on_window is not None:
                     self.on_window(w, writers)
                 noisy = (
@@ -557,6 +756,30 @@ class WindowLoop:
         if damaged and lasted:
             return True
         return self.acc.events >= self.burst_events and not (onset and damaged)
+
+    def _report_ruined(self) -> bool:
+        """Each ruined file to ``on_ruined`` with its writer, as soon as fanotify named it.
+
+        The tripwire acts on this, file by file, not at the window's close; True
+        when it acted (the window then closes at once, so that the collector hears
+        of it now). A file whose writer is not known yet (fanotify's event not read
+        yet) is tried again for ``WRITER_WAIT_S``; without fanotify no writer is
+        ever named.
+        """
+        ruined = self.acc.take_ruined()
+        if self.on_ruined is None or self.attributor is None:
+            return False
+        now = self._clock()
+        pending = [*self._unattributed, *((now, r) for r in ruined)]
+        self._unattributed = []
+        acted = False
+        for since, r in pending:
+            writer = self.attributor.writer_of(r.path)
+            if writer is not None:
+                acted = self.on_ruined(writer, r, now) or acted
+            elif now - since < WRITER_WAIT_S and len(self._unattributed) < MAX_TRACKED:
+                self._unattributed.append((since, r))
+        return acted
 
     def _safe_net(self) -> int:
         try:

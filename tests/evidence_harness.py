@@ -11,7 +11,7 @@ from pathlib import Path
 from tocsin.agent import simulate
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.watch import FileWatcher
-from tocsin.agent.window import WindowLoop
+from tocsin.agent.window import Ruined, WindowLoop
 from tocsin.v1 import telemetry_pb2 as pb
 
 
@@ -24,15 +24,24 @@ def run_workload(
     canaries: frozenset[str] = frozenset(),
     make: bool = True,
     argv: list[str] | None = None,
+    ruined: list[tuple[pb.ProcessSample, Ruined]] | None = None,
 ) -> tuple[list[pb.Window], int]:
-    """Windows seen while ``style`` (or the command ``argv``) ran on ``share``."""
+    """Windows seen while ``style`` (or the command ``argv``) ran on ``share``; the
+    files shown ruined, with their writer (fanotify: as root), go to ``ruined``."""
     if make:
         simulate.make_share(share, files)
     watcher = FileWatcher([str(share)])
     attributor = Attributor([str(share)])
     got: list[pb.Window] = []
+    seen = ruined if ruined is not None else []
     loop = WindowLoop(
-        watcher, attributor, got.append, window_s=0.5, idle_every_s=0.5, canaries=canaries
+        watcher,
+        attributor,
+        got.append,
+        window_s=0.5,
+        idle_every_s=0.5,
+        canaries=canaries,
+        on_ruined=lambda writer, r, _at: bool(seen.append((writer, r))),
     )
     watcher.start()
     attributor.start()

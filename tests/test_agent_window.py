@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -137,3 +138,54 @@ def test_a_file_still_being_written_is_probed_only_once_closed(tmp_path: Path) -
     acc.add(FsEvent("moved", str(tmp_path / "budget.tmp"), str(moved), False, time.monotonic()))
     w, _ = acc.close(2.0, 3.0)  # renamed into place: finished, probed
     assert (w.files_probed, w.files_type_destroyed) == (1, 1)
+
+
+def test_a_random_copy_that_replaced_its_original_is_ruin_a_renamed_document_is_not(
+    tmp_path: Path,
+) -> None:
+    """Real files, events as inotify reports them: in either order (copy then delete,
+    delete then copy, rename then encrypt), a random same-stem copy of a deleted
+    original is ruin; a renamed document, a random file beside a kept original and a
+    temporary file are not."""
+    rng = random.Random(3)
+    acc = WindowAccumulator(known_extensions={"docx"})
+    for name in "abcdf":
+        (tmp_path / f"{name}.docx").write_bytes(simulate.file_content("docx", rng, 8000))
+
+    def ev(kind: str, path: Path, dest: Path | None = None) -> None:
+        acc.add(FsEvent(kind, str(path), str(dest or ""), False, time.monotonic()))
+        acc.probe_more(64, 1 << 24)
+
+    def write(path: Path) -> None:
+        existed = path.exists()
+        path.write_bytes(rng.randbytes(8000))
+        ev("modified" if existed else "created", path)
+        ev("closed", path)
+
+    def delete(path: Path) -> None:
+        path.unlink()
+        ev("deleted", path)
+
+    def rename(src: Path, dst: Path) -> None:
+        src.rename(dst)
+        ev("moved", src, dst)
+
+    write(tmp_path / "a.docx.MEDUSA")
+    delete(tmp_path / "a.docx")
+    delete(tmp_path / "b.docx")
+    write(tmp_path / "b.MEDUSA")
+    rename(tmp_path / "c.docx", tmp_path / "c.docx.bak")  # the same document
+    write(tmp_path / "d.docx.gpg")  # an encrypted copy; d.docx is kept
+    write(tmp_path / "e.tmp")  # a temporary file, gone at once
+    delete(tmp_path / "e.tmp")
+    write(tmp_path / "e.MEDUSA")
+    rename(tmp_path / "f.docx", tmp_path / "f.docx.MEDUSA")
+    write(tmp_path / "f.docx.MEDUSA")  # renamed, then encrypted in place
+    ruined = acc.take_ruined()
+    assert sorted(r.path for r in ruined) == [
+        str(tmp_path / n) for n in ("a.docx.MEDUSA", "b.MEDUSA", "f.docx.MEDUSA")
+    ]
+    assert {r.kind for r in ruined} == {"encrypted-copy"}
+    w, _ = acc.close(0.0, 1.0)
+    assert w.encrypted_twins >= 3
+    assert acc.ruined_last == 3

@@ -5,12 +5,15 @@ Real files, real inotify (fanotify too as root), workloads as their own processe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from evidence_harness import run_workload, total
 
 from tocsin.agent import canary, simulate
+from tocsin.agent.window import Ruined
+from tocsin.v1 import telemetry_pb2 as pb
 
 FILES = 60
 # Below what the judge confirms on (3 in one window): a benign job must stay under it.
@@ -34,6 +37,21 @@ def test_encoded_ciphertext_is_seen_through(tmp_path: Path, style: str) -> None:
     assert max(w.mean_entropy for w in ws if w.files_probed) < 6.5  # entropy alone is blind
 
 
+@pytest.mark.parametrize("style", ["encrypt-medusa", "encrypt-copy-stem", "encrypt-copy-b64"])
+def test_encrypt_to_copy_is_ruin_like_a_destroyed_type(tmp_path: Path, style: str) -> None:
+    """``a.docx`` -> ``a.docx.X``, ``a.X`` or ``a.docx.X.b64``, the original deleted: every
+    file counts as replaced by an encrypted twin and, as root, reaches the tripwire as a
+    file ruined by the encryptor (it shortens windows and counts like a destroyed type)."""
+    ruined: list[tuple[pb.ProcessSample, Ruined]] = []
+    ws, pid = run_workload(tmp_path / "share", style, rate=200, files=FILES, ruined=ruined)
+    assert total(ws, "encrypted_twins") >= FILES * 0.9, style
+    if os.geteuid() == 0:
+        by_writer = [r for writer, r in ruined if writer.pid == pid]
+        assert len(by_writer) >= FILES * 0.8, (style, len(ruined))
+        if style != "encrypt-copy-b64":  # base64 of random bytes is also encoded-random
+            assert {r.kind for r in by_writer} == {"encrypted-copy"}
+
+
 def test_twins_spreading_extension_and_note(tmp_path: Path) -> None:
     ws, _ = run_workload(tmp_path / "share", "encrypt-copy", files=FILES)
     assert total(ws, "encrypted_twins") >= FILES * 0.9
@@ -51,16 +69,18 @@ def test_twins_spreading_extension_and_note(tmp_path: Path) -> None:
         "backup-gpg-files",
         "mass-delete",
         "sed-inplace",
+        "source-checkout",
     ],
 )
 def test_legitimate_jobs_stay_quiet(tmp_path: Path, style: str) -> None:
+    ruined: list[tuple[pb.ProcessSample, Ruined]] = []
     share = tmp_path / "share"
     simulate.make_share(share, FILES)
     planted = canary.plant([str(share)])
     # office-saves re-saves every office file and mass-delete purges whole folders,
     # decoys included (docs/canaries.md): they run without canaries.
     watched = frozenset(planted) if style not in ("office-saves", "mass-delete") else frozenset()
-    ws, _ = run_workload(share, style, files=FILES, make=False, canaries=watched)
+    ws, _ = run_workload(share, style, files=FILES, make=False, canaries=watched, ruined=ruined)
     busy = total(ws, "files_created") + total(ws, "files_modified") + total(ws, "files_deleted")
     assert busy >= 10, f"{style} did nothing"
     assert total(ws, "files_type_destroyed") == 0, style
@@ -69,6 +89,7 @@ def test_legitimate_jobs_stay_quiet(tmp_path: Path, style: str) -> None:
     assert max(w.top_new_extension_dirs for w in ws) < QUIET, style
     assert max(w.repeated_name_dirs for w in ws) < QUIET, style
     assert total(ws, "canary_touches") == 0, style  # a backup reads canaries: not a touch
+    assert ruined == [], style
 
 
 def test_canary_modified_is_touched(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from grpc_sink import GrpcSink
 
 from tocsin.agent import simulate
 from tocsin.agent.tripwire import Tripwire
+from tocsin.agent.window import Ruined
 from tocsin.v1 import telemetry_pb2 as pb
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="fanotify and SIGSTOP of others need root")
@@ -96,23 +97,27 @@ def _attack_until_stopped(share: Path, tmp: Path, style: str, rate: int) -> tupl
 
 
 @ROOT_ONLY
-def test_tripwire_suspends_encryptor_with_collector_unreachable(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "style", ["encrypt-inplace", "encrypt-medusa", "encrypt-copy-stem", "encrypt-copy-b64"]
+)
+def test_tripwire_suspends_encryptor_with_collector_unreachable(tmp_path: Path, style: str) -> None:
+    """The tripwire alone, per file as the evidence arrives: in place and encrypt-to-copy."""
     share = tmp_path / "share"
     simulate.make_share(share, 600)
     agent = _agent(share, tmp_path / "state")
     time.sleep(1.5)  # the agent has been running a while: the attack is not its first window
     try:
-        stopped, ruined, elapsed = _attack_until_stopped(share, tmp_path, "encrypt-inplace", 200)
+        stopped, ruined, elapsed = _attack_until_stopped(share, tmp_path, style, 200)
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(timeout=20)
     print(
-        f"\ntripwire: encryptor at 200 files/s suspended={stopped} after {ruined} files "
+        f"\ntripwire: {style} at 200 files/s suspended={stopped} after {ruined} files "
         f"({elapsed:.2f} s), collector unreachable"
     )
     assert stopped, "the encryptor ran to the end"
-    # Measured 9-18 files; a full one-second window before acting would be ~200.
-    assert ruined <= 60
+    # Measured 8-17 files (fires at the 5th file ruined by one tree).
+    assert ruined <= 25
 
 
 def test_windows_shorten_while_files_are_destroyed(tmp_path: Path) -> None:
@@ -270,23 +275,37 @@ def _sample(
     )
 
 
+def _ruin(
+    tw: Tripwire, writer: pb.ProcessSample, files: int, at_s: float = 0.0
+) -> pb.ActionResult | None:
+    """``files`` files ruined by ``writer``, one by one: the last result, if any."""
+    result = None
+    for i in range(files):
+        got = tw.ruined(writer, Ruined(f"/share/{writer.pid}-{at_s}-{i}", "type-destroyed"), at_s)
+        result = got or result
+    return result
+
+
 def test_tripwire_sums_a_tree_and_never_touches_init_itself_or_protected() -> None:
     acts = _Actions()
     tw = Tripwire(
         acts, "enforce", destroyed_threshold=10, protect=["borg", "/usr/bin/restic"], self_pid=4242
     )
-    # Four workers of one tree, 3 files each: 12 >= 10 only as a tree.
-    ws = [_sample(100 + i, 100, 3) for i in range(4)]
-    assert tw.check(_window(ws), ws) is not None
+    # Four workers of one tree, 3 files each: 12 >= 10 only as a tree, acted on at the 10th.
+    results = [_ruin(tw, _sample(100 + i, 100, 0), 3) for i in range(4)]
+    assert results[:3] == [None, None, None] and results[3] is not None
     assert [list(c.pids) for c in acts.commands] == [[100]]
+    w = _window([])
+    assert tw.check(w, []) is None and w.tripwire_fired and "by tree 100" in w.tripwire_reason
     for root, name, exe in (
         (1, "crypt", ""),
         (4242, "crypt", ""),
         (300, "borg", ""),
         (400, "x", "/usr/bin/restic"),
     ):
-        w = _window([_sample(root, root, 50, name, exe)])
-        assert tw.check(w, list(w.top_writers)) is None
+        assert _ruin(tw, _sample(root, root, 0, name, exe), 50) is None
+        w = _window([])
+        assert tw.check(w, []) is None
         assert w.tripwire_fired and "not suspended" in w.tripwire_reason
     assert len(acts.commands) == 1
     # A canary with no known writer marks the window, suspends nothing.
@@ -299,12 +318,12 @@ def test_tripwire_sums_a_tree_and_never_touches_init_itself_or_protected() -> No
     assert list(acts.commands[-1].pids) == [600]
     # dry-run asks for a dry run; off does nothing at all.
     dry = Tripwire(acts, "dry-run")
-    ws = [_sample(700, 700, 20)]
-    dry.check(_window(ws), ws)
+    _ruin(dry, _sample(700, 700, 0), 20)
     assert acts.commands[-1].dry_run
     off = Tripwire(acts, "off")
-    w = _window(ws)
-    assert off.check(w, ws) is None and not w.tripwire_fired
+    w = _window([])
+    assert _ruin(off, _sample(800, 800, 0), 20) is None
+    assert off.check(w, []) is None and not w.tripwire_fired
 
 
 @ROOT_ONLY
@@ -358,18 +377,13 @@ def test_launcher_of_short_lived_encryptors_is_the_tree(tmp_path: Path) -> None:
     assert len(pids) >= 3 and len(roots) == 1
 
 
-def test_tripwire_adds_a_tree_up_over_short_windows_but_forgets_old_damage() -> None:
+def test_tripwire_adds_a_tree_up_over_time_but_forgets_old_damage() -> None:
     acts = _Actions()
     tw = Tripwire(acts, "enforce", destroyed_threshold=5, self_pid=4242, horizon_s=10.0)
-
-    def at(t: float, destroyed: int) -> pb.Window:
-        w = _window([_sample(800, 800, destroyed)])
-        w.end.FromNanoseconds(int(t * 1e9))
-        return w
-
-    assert tw.check(at(100.0, 3), [_sample(800, 800, 3)]) is None  # 3 < 5
-    assert tw.check(at(130.0, 2), [_sample(800, 800, 2)]) is None  # the first 3 are 30 s old
-    assert tw.check(at(131.0, 3), [_sample(800, 800, 3)]) is not None  # 2 + 3 within 10 s
+    crypt = _sample(800, 800, 0)
+    assert _ruin(tw, crypt, 3, at_s=100.0) is None  # 3 < 5
+    assert _ruin(tw, crypt, 2, at_s=130.0) is None  # the first 3 are 30 s old
+    assert _ruin(tw, crypt, 3, at_s=131.0) is not None  # 2 + 3 within 10 s
     assert [list(c.pids) for c in acts.commands] == [[800]]
 
 

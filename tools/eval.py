@@ -59,6 +59,9 @@ DEFAULT_ATTACKS = (
     "encrypt-slow",
     "encrypt-pattern",
     "encrypt-hex",
+    "encrypt-medusa",
+    "encrypt-copy-stem",
+    "encrypt-copy-b64",
 )
 DEFAULT_BENIGN = (
     "backup-targz",
@@ -95,6 +98,11 @@ DESCRIPTIONS = {
     "rsync-mirror": "rsync mirror (temp names renamed into place)",
     "encrypt-pattern": "intermittent: 64 of every 192 bytes",
     "encrypt-hex": "encrypted, written as hex text",
+    "encrypt-medusa": "Medusa style: a note in every directory first, then name.ext.MEDUSA "
+    "copies, originals deleted",
+    "encrypt-copy-stem": "notes first, then name.MEDUSA copies (extension replaced), "
+    "originals deleted",
+    "encrypt-copy-b64": "notes first, then name.ext.MEDUSA.b64 base64 copies, originals deleted",
     "backup-gpg-files": "encrypted backup: a .gpg copy of every file, nothing deleted",
     "convert-images": "image conversion (png <-> jpg, the source removed)",
     "zip-folders": "compress each year folder into a zip, files removed",
