@@ -14,7 +14,16 @@ the process was suspended (progress lines when its state became "stopped"),
 and the warnings and criticals posted for the host. Workloads run with the
 ``tocsin-drill`` marker in their command line, so the collector suspends them
 for real but never isolates this machine (a drill never isolates); nothing
-else changes in the judgement. Loopback only. Writes a markdown table and
+else changes in the judgement. Loopback only.
+
+Then, as root with Samba installed (``--no-smb`` skips it), the attack over the
+share: a real smbd and agent in a file server's network namespace, an
+attacking and a colleague's workstation speaking SMB 3 from two more, the
+collector in a fourth (``tests/sambaserver.py``, the SMB end-to-end test's
+town), once per style (in place, encrypted copy, rename then encrypt; agent
+tripwire on): files ruined before the attacker's smbd worker stopped, seconds
+to the critical webhook, and the colleague's saves (one every 0.5 s) that
+succeeded and failed from the attack's start to the release. Writes a markdown table and
 fills the ``evaluation.end_to_end`` section of ``models/baseline.json``
 (``--no-card`` leaves the card alone).
 """
@@ -41,6 +50,7 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from receiver import WebhookReceiver
 from tocsin.agent.simulate import ATTACKS, BENIGN, make_share
 
@@ -359,6 +369,58 @@ def summary(rows: list[Row], rate: float) -> dict[str, Any]:
     }
 
 
+def smb_rows(work: Path) -> tuple[list[dict[str, Any]], str]:
+    """One attack over the share per style (see module doc): (figures, why not run)."""
+    from netns import netns_unavailable_reason
+    from sambaserver import STYLES, samba_missing, smb_attack, smb_town
+
+    why = netns_unavailable_reason() or samba_missing()
+    if why:
+        return [], why
+    rows = []
+    for style in STYLES:
+        tmp = work / f"smb-{style}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        with smb_town(tmp) as town:
+            r = smb_attack(town, style)
+        figures = r.figures()
+        figures["cut"] = r.worker_stopped and r.client_blocked and not r.host_isolated
+        rows.append(figures)
+        print(f"smb {json.dumps(figures)}", flush=True)
+    return rows, ""
+
+
+def render_smb(rows: list[dict[str, Any]], why_not: str) -> list[str]:
+    out = ["", "## Over the share (SMB 3, real Samba)", ""]
+    if why_not:
+        return [*out, f"Not run: {why_not}.", ""]
+    out += [
+        "A workstation encrypts the share through Samba at full speed while a colleague saves "
+        "a letter every 0.5 s from another workstation (four network namespaces: file server "
+        "with smbd and the agent, tripwire enforce; collector; attacker; colleague). **cut**: "
+        "the attacker's smbd worker stopped and its address blocked, the server not isolated. "
+        "Saves: from the first ruined file to the release.",
+        "",
+        "| style | s to critical | ruined before stop | cut | colleague saves ok "
+        "| failed | ok after release |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in rows:
+        out.append(
+            f"| {f['style']} | {_fmt(f['seconds_first_ruined_to_critical_webhook'])} "
+            f"| {f['files_ruined_before_stop']} | {_fmt(f['cut'])} | {f['colleague_saves_ok']} "
+            f"| {f['colleague_saves_failed']} | {f['colleague_saves_ok_after_release']} |"
+        )
+    ruined = [float(f["files_ruined_before_stop"]) for f in rows]
+    out += [
+        "",
+        f"Files ruined over SMB: median **{statistics.median(ruined):g}**, "
+        f"maximum **{max(ruined):g}**.",
+        "",
+    ]
+    return out
+
+
 def _fmt(v: object) -> str:
     if v is None:
         return "-"
@@ -369,7 +431,13 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took_s: float) -> str:
+def render(
+    rows: list[Row],
+    summ: dict[str, Any],
+    args: argparse.Namespace,
+    took_s: float,
+    smb: tuple[list[dict[str, Any]], str] = ([], "not asked (--no-smb)"),
+) -> str:
     lines = [
         "# Evaluation",
         "",
@@ -421,7 +489,7 @@ def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took
         f"false warnings **{s['benign_warnings']}** (jobs with more than one warning: "
         f"{s['benign_jobs_over_one_warning']})",
         f"- suite wall time: {took_s:.0f} s",
-        "",
+        *render_smb(*smb),
         "## Reproduce",
         "",
         "```",
@@ -459,6 +527,7 @@ def main() -> int:
     parser.add_argument("--timeout-s", type=float, default=60.0)
     parser.add_argument("--no-card", action="store_true", help="leave models/baseline.json alone")
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (logs, db)")
+    parser.add_argument("--no-smb", action="store_true", help="skip the attacks over SMB")
     parser.add_argument("names", nargs="*")
     args = parser.parse_args()
     names = args.names or [*DEFAULT_ATTACKS, *DEFAULT_BENIGN]
@@ -490,12 +559,15 @@ def main() -> int:
                 )
         finally:
             suite.stop()
+        smb = ([], "not asked (--no-smb)") if args.no_smb else smb_rows(work)
     took = time.monotonic() - started
     summ = summary(rows, args.rate)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, summ, args, took))
+    args.out.write_text(render(rows, summ, args, took, smb))
     if args.json:
-        args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "summary": summ}))
+        args.json.write_text(
+            json.dumps({"rows": [asdict(r) for r in rows], "summary": summ, "smb": smb[0]})
+        )
     if not args.no_card and not args.names:
         update_card(ROOT / "models" / "baseline.json", summ)
     print(json.dumps(summ))
