@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from transport_procs import wait_for
 
 from netns import Netns, star
 from receiver import read_records
@@ -167,16 +168,6 @@ HOST_ID = "mairie-fs1"
 ATTACKER = SmbUser("compta", "Compta-2026!", 41201)
 COLLEAGUE = SmbUser("accueil", "Accueil-2026!", 41202)
 STYLES = ("inplace", "copy", "rename")
-
-
-def wait_for(what: str, check: Any, timeout_s: float = 30, interval_s: float = 0.1) -> Any:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def lines(path: Path) -> list[list[str]]:
