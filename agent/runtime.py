@@ -24,8 +24,9 @@ from tocsin.agent import limits, sdnotify
 from tocsin.agent.act import Actions
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.canary import plant
-from tocsin.agent.firewall import Firewall, pin_addresses, system_resolvers
+from tocsin.agent.firewall import Firewall
 from tocsin.agent.metrics import AgentMetrics
+from tocsin.agent.ruleset import pin_addresses, system_resolvers
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
 from tocsin.agent.tripwire import Tripwire
