@@ -27,7 +27,6 @@ from transport_procs import BIN, CollectorProc, wait_for
 
 from tocsin.agent import _linux, simulate
 from tocsin.agent.act import EXPIRED, Actions
-from tocsin.agent.drill import DrillKey
 from tocsin.agent.protect import protection
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -117,7 +116,7 @@ def test_a_copied_binary_named_sshd_is_suspended(tmp_path: Path) -> None:
 @ROOT_ONLY
 @pytest.mark.skipif(not os.path.exists("/usr/bin/dbus-daemon"), reason="needs dbus-daemon")
 def test_a_daemon_is_protected_by_its_executable_not_its_name(tmp_path: Path) -> None:
-    """The real /usr/bin/dbus-daemon (root's) is refused; the same bytes copied elsewhere are not."""
+    """The real /usr/bin/dbus-daemon (root's) is refused; the same bytes copied are not."""
     copy = tmp_path / "dbus-daemon"
     shutil.copy("/usr/bin/dbus-daemon", copy)
     args = ["--session", "--nofork", "--nopidfile"]
