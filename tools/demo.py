@@ -131,7 +131,10 @@ def main() -> int:
 
                 say("drill: a harmless process encrypts a scratch share")
                 drill = subprocess.run(
-                    [str(BIN / "tocsin-agent"), "drill", "--dir", str(share / "drill")],
+                    [
+                        *(str(BIN / "tocsin-agent"), "drill", "--dir", str(share / "drill")),
+                        *("--state-dir", str(tmp / "agent-state")),
+                    ],
                 )
                 time.sleep(1.5)  # let the last action reports arrive
 
