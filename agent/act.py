@@ -157,7 +157,8 @@ class Actions:
         state = self._load()
         # pid -> the process tocsin stopped; entries of an earlier boot are dropped.
         self._suspended: dict[int, ProcessId] = {}
-        for item in state.get("suspended", []) or []:  # type: ignore[union-attr]
+        items = state.get("suspended")
+        for item in items if isinstance(items, list) else []:
             ident = ProcessId.from_json(item)
             if ident is None:
                 log.warning("state: suspended pid %r has no start time, forgotten", item)
