@@ -35,6 +35,17 @@ def _drill(*args: str) -> list[str]:
     return [str(BIN / "tocsin-agent"), "drill", "--files", "80", *args]
 
 
+def _agent_state_and_share(tmp: Path) -> tuple[Path, Path]:
+    """A state dir holding a drill key (as a running agent's), and a share anyone can write."""
+    state = tmp / "state"
+    state.mkdir()
+    DrillKey.issue(state)
+    shared = tmp / "partage"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    return state, shared
+
+
 def _digests(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -107,12 +118,7 @@ def test_an_encryptor_naming_the_drill_marker_is_no_drill_and_is_suspended(
 @ROOT_ONLY
 def test_the_drill_refuses_a_directory_a_user_prepared(tmp_path: Path) -> None:
     """Planted symlinks inside a user's directory, or the directory itself a symlink."""
-    state = tmp_path / "state"
-    state.mkdir()
-    DrillKey.issue(state)
-    shared = tmp_path / "partage"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    state, shared = _agent_state_and_share(tmp_path)
     secret = tmp_path / "shadow"
     secret.write_text("root:$y$secret\n")
     secrets = tmp_path / "etc"
@@ -144,12 +150,7 @@ def test_the_drill_refuses_a_directory_a_user_prepared(tmp_path: Path) -> None:
 def test_a_symlink_swapped_in_mid_drill_leads_nowhere(tmp_path: Path) -> None:
     """The attacker renames the drill directory away and puts a symlink to a
     root-owned copy of it in its place: nothing there is encrypted or removed."""
-    state = tmp_path / "state"
-    state.mkdir()
-    DrillKey.issue(state)
-    shared = tmp_path / "partage"
-    shared.mkdir()
-    shared.chmod(0o1777)
+    state, shared = _agent_state_and_share(tmp_path)
     drill_dir = shared / ".tocsin-drill"
     victim = tmp_path / "archives"
     drill = subprocess.Popen(
