@@ -117,8 +117,11 @@ def smbd_client_worker(pid: int) -> bool:
     checked through /proc/PID/exe) and its parent runs the very same
     executable inode: smbd forks one such child per client connection, and
     that child does the share user's reads and writes. The master (whose
-    parent is not smbd) stays protected. A process merely named ``smbd`` is
-    not smbd at all and is never protected in the first place.
+    parent is not smbd) stays protected. The master's helpers (smbd-notifyd,
+    cleanupd) are such children too: the rule cannot tell them from workers by
+    anything but their self-chosen names, and no command names them unless
+    they write on the share. A process merely named ``smbd`` is not smbd at
+    all and is never protected in the first place.
     """
     if _daemon_exe(pid) != _real(SMBD):
         return False

@@ -134,6 +134,74 @@ def test_a_daemon_is_protected_by_its_executable_not_its_name(tmp_path: Path) ->
         assert stopped_soon(fake.pid)
 
 
+SMB_CONF = """[global]
+  smb ports = {port}
+  interfaces = lo
+  bind interfaces only = yes
+  server role = standalone server
+  map to guest = Bad User
+  load printers = no
+  printcap name = /dev/null
+  disable spoolss = yes
+{dirs}
+[share]
+  path = {root}/share
+  guest ok = yes
+  read only = no
+"""
+SMB_DIRS = {
+    "private": "private dir",
+    "lock": "lock directory",
+    "state": "state directory",
+    "cache": "cache directory",
+    "pid": "pid directory",
+    "ncalrpc": "ncalrpc dir",
+}
+
+
+@ROOT_ONLY
+@pytest.mark.skipif(
+    not (shutil.which("smbd") and shutil.which("smbclient")), reason="needs samba and smbclient"
+)
+def test_the_smbd_master_is_protected_and_its_client_worker_is_not(tmp_path: Path) -> None:
+    """A real smbd on a loopback port, a real client session: its worker may be stopped."""
+    from transport_procs import free_port
+
+    from tocsin.agent.protect import smbd_client_worker
+
+    for d in (*SMB_DIRS, "share"):
+        (tmp_path / d).mkdir()
+    dirs = "\n".join(f"  {option} = {tmp_path / d}" for d, option in SMB_DIRS.items())
+    conf = tmp_path / "smb.conf"
+    conf.write_text(SMB_CONF.format(port=free_port(), dirs=dirs, root=tmp_path))
+    port = conf.read_text().split("smb ports = ")[1].split()[0]
+    with process("smbd", "--foreground", "--no-process-group", "-s", str(conf)) as master:
+        client = subprocess.Popen(
+            ["smbclient", "-p", port, "//127.0.0.1/share", "-N"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+
+            def worker() -> int:
+                kids = psutil.Process(master.pid).children()
+                return next((k.pid for k in kids if k.name() == "smbd"), 0)
+
+            pid = wait_for("an smbd client worker", worker, 20)
+            acts = Actions(tmp_path)
+            r = acts.run(command("suspend", master.pid))
+            assert r.status == "refused" and "protected daemon" in r.detail, r.detail
+            assert smbd_client_worker(pid) and not smbd_client_worker(master.pid)
+            r = acts.run(command("suspend", pid))
+            assert r.status == "done" and r.pids == [pid], r.detail
+            assert stopped_soon(pid) and status(master.pid) != psutil.STATUS_STOPPED
+            acts.run(pb.Command(id="k", kind="kill", pids=[pid]))
+        finally:
+            client.kill()
+            client.wait()
+
+
 @ROOT_ONLY
 def test_thread_ids_are_refused_for_every_command(tmp_path: Path) -> None:
     with process(sys.executable, "-c", THREADED) as p:
