@@ -183,12 +183,13 @@ def _drill(fd: int, root: Path, key: DrillKey, args: argparse.Namespace) -> int:
     here = f"/proc/self/fd/{fd}"  # DIR itself, whatever its path names by now
     sim = [sys.executable, "-m", "tocsin.agent.simulate"]
     env = key.environment()
-    subprocess.run(
-        [*sim, "share", f"{here}/share", "--files", str(args.files)],
-        pass_fds=(fd,),
-        env=env,
-        check=True,
+    made = subprocess.run(
+        [*sim, "share", f"{here}/share", "--files", str(args.files)], pass_fds=(fd,), env=env
     )
+    if made.returncode != 0:
+        print(f"drill: could not build the scratch share in {root}", flush=True)
+        _clean(fd)
+        return 1
     print(
         f"drill: scratch share of {args.files} files in {root / 'share'}; encrypting at "
         f"{args.rate:g} files/s (a running tocsin agent must watch {root})",
