@@ -11,7 +11,8 @@ The TOML config file takes the same keys (``listen``, ``db``, ``webhook`` as a
 list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
 ``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
-``webhook_retry_max_s``, ``webhook_max_age_s``, ...) plus tables only a file
+``webhook_retry_max_s``, ``webhook_max_age_s``, ``retention_days``,
+``rollup_days``, ``disk_warn_percent``, ...) plus tables only a file
 can hold: ``[[webhooks]]`` (url, format, secret, events, min_severity,
 timeout_s, name) and ``[[hooks]]`` (path, args, timeout_s, on, name); flags
 override it. Every problem with
@@ -73,6 +74,9 @@ _KEYS = {
     "webhook_retry_initial_s": (int, float),
     "webhook_retry_max_s": (int, float),
     "webhook_max_age_s": (int, float),
+    "retention_days": (int, float),
+    "rollup_days": (int, float),
+    "disk_warn_percent": (int, float),
 }
 
 
@@ -174,6 +178,9 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "webhook_retry_initial_s": 1.0,
         "webhook_retry_max_s": 300.0,
         "webhook_max_age_s": 86400.0,
+        "retention_days": 30.0,
+        "rollup_days": 365.0,
+        "disk_warn_percent": 80.0,
     }
     merged.update(conf)
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
@@ -211,6 +218,14 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         merged[key] = float(merged[key])
         if merged[key] <= 0:
             raise ConfigError(f"{key} must be > 0")
+    for key, lowest, highest in (
+        ("retention_days", 1.0, 36500.0),
+        ("rollup_days", 1.0, 36500.0),
+        ("disk_warn_percent", 1.0, 100.0),
+    ):
+        merged[key] = float(merged[key])
+        if not lowest <= merged[key] <= highest:  # also refuses nan
+            raise ConfigError(f"{key} must be between {lowest:g} and {highest:g}")
     merged["destinations"] = destinations(merged)
     merged["hook_list"] = [
         _hook(h, f"[[hooks]] #{i + 1}") for i, h in enumerate(_tables(merged["hooks"], "hooks"))
@@ -274,6 +289,7 @@ async def serve(conf: dict[str, Any]) -> None:
     from tocsin.collector import sdnotify
     from tocsin.collector.fleetguard import FleetGuard
     from tocsin.collector.hooks import HookRunner
+    from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
     from tocsin.collector.metrics import ObservedScorer, attach_metrics
     from tocsin.collector.outbox import Outbox
     from tocsin.collector.server import Collector
@@ -314,9 +330,21 @@ async def serve(conf: dict[str, Any]) -> None:
         responder.hooks = HookRunner(conf["hook_list"], responder.on_hook_outcome)
     port = await collector.start(conf["listen"])
     outbox.start()
+    housekeeper = Housekeeper(
+        store,
+        Path(conf["db"]),
+        outbox,
+        outbox,
+        RetentionConfig(
+            retention_days=conf["retention_days"],
+            rollup_days=conf["rollup_days"],
+            disk_warn_ratio=conf["disk_warn_percent"] / 100.0,
+        ),
+    )
+    housekeeping = asyncio.create_task(housekeeper.run())
     metrics_server = None
     if conf.get("metrics"):
-        metrics_server = attach_metrics(conf["metrics"], collector, outbox, scorer)
+        metrics_server = attach_metrics(conf["metrics"], collector, outbox, scorer, housekeeper)
         log.info("metrics on http://%s:%d/metrics", *metrics_server.address)
     host, _ = parse_hostport(conf["listen"])
     model = conf.get("model") or "shipped baseline"
@@ -339,6 +367,7 @@ async def serve(conf: dict[str, Any]) -> None:
     sdnotify.notify("STOPPING=1")
     if watchdog is not None:
         watchdog.cancel()
+    housekeeping.cancel()
     await collector.stop(grace_s=5.0)
     await outbox.stop()
     outbox.close()
