@@ -58,7 +58,7 @@ readme-check: $(STAMP)
 	$(PY) tools/readme_check.py
 
 proto: $(STAMP)
-	PATH=$(VENV)/bin:$$PATH tools/genproto.sh
+	PATH=$(abspath $(VENV))/bin:$$PATH tools/genproto.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

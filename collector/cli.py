@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import tomllib
@@ -77,6 +78,9 @@ _KEYS = {
     "retention_days": (int, float),
     "rollup_days": (int, float),
     "disk_warn_percent": (int, float),
+    "console": str,
+    "console_url": str,
+    "language": str,
 }
 
 
@@ -181,6 +185,7 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "retention_days": 30.0,
         "rollup_days": 365.0,
         "disk_warn_percent": 80.0,
+        "language": "en",
     }
     merged.update(conf)
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
@@ -242,7 +247,24 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     )
     require_tls_or_insecure(tls, bool(merged["insecure"]))
     merged["tls"] = tls
+    if merged["language"] not in ("en", "fr"):
+        raise ConfigError(f"language must be en or fr, not {merged['language']!r}")
+    if merged.get("console"):
+        console_host, _ = parse_hostport(merged["console"], "console")
+        if not tls.given() and not _loopback(console_host):
+            raise ConfigError(
+                "console: without TLS the console listens on loopback only (127.0.0.1, ::1)"
+            )
     return merged
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _tables(items: list[Any], what: str) -> list[dict[str, Any]]:
@@ -312,6 +334,17 @@ async def serve(conf: dict[str, Any]) -> None:
     from tocsin.collector.ratelimit import RateLimits
 
     tls: TlsFiles = conf["tls"]
+    console_links = None
+    if conf.get("console"):
+        from tocsin.collector.console.auth import LinkIssuer, LoginLinks
+        from tocsin.collector.console.web import bind
+
+        console_host, _ = parse_hostport(conf["console"], "console")
+        console_sock = bind(conf["console"])
+        scheme = "https" if tls.given() else "http"
+        port_bound = console_sock.getsockname()[1]
+        base = conf.get("console_url") or f"{scheme}://{console_host}:{port_bound}"
+        console_links = LinkIssuer(LoginLinks(), base.rstrip("/"))
     per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
     bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
     collector = Collector(
@@ -323,6 +356,7 @@ async def serve(conf: dict[str, Any]) -> None:
         credentials=server_credentials(tls) if tls.given() else None,
         silent_after_s=float(conf.get("silent_after") or 60.0),
         rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
+        console=console_links,
     )
     responder = collector.responder
     responder.guard = FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None
@@ -330,6 +364,9 @@ async def serve(conf: dict[str, Any]) -> None:
         responder.hooks = HookRunner(conf["hook_list"], responder.on_hook_outcome)
     port = await collector.start(conf["listen"])
     outbox.start()
+    console = None
+    if console_links is not None:
+        console = await start_console(conf, collector, console_links, console_sock)
     housekeeper = Housekeeper(
         store,
         Path(conf["db"]),
@@ -368,11 +405,43 @@ async def serve(conf: dict[str, Any]) -> None:
     if watchdog is not None:
         watchdog.cancel()
     housekeeping.cancel()
+    if console is not None:
+        await console.stop()
     await collector.stop(grace_s=5.0)
     await outbox.stop()
     outbox.close()
     if metrics_server is not None:
         metrics_server.close()
+
+
+async def start_console(
+    conf: dict[str, Any], collector: Any, links: Any, sock: socket.socket
+) -> Any:
+    """Serve the web console beside the collector (HTTPS with its certificate when it has one)."""
+    from tocsin.collector.console.auth import Sessions
+    from tocsin.collector.console.backend import ConsoleBackend
+    from tocsin.collector.console.web import (
+        ConsoleConfig,
+        ConsoleServer,
+        console_app,
+        tls_context,
+    )
+    from tocsin.collector.operations import HostActions
+
+    tls: TlsFiles = conf["tls"]
+    backend = ConsoleBackend(
+        collector.store,
+        collector.router,
+        collector.silence,
+        HostActions(collector.store, collector.responder),
+        threshold=float(collector.scorer.threshold),
+    )
+    app = console_app(backend, links.links, Sessions(), ConsoleConfig(language=conf["language"]))
+    ctx = tls_context(tls.cert, tls.key) if tls.cert and tls.key else None
+    server = ConsoleServer(app, ctx)
+    await server.start(sock)
+    log.info("console on %s/", links.base_url)
+    return server
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -157,6 +157,10 @@ class Store(Protocol):
     def committed_seq(self, host_id: str, boot_id: str) -> int: ...
     def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None: ...
     def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]: ...
+    def host_windows(
+        self, host_id: str, since_s: float, until_s: float, limit: int = 2000
+    ) -> list[StoredWindow]: ...
+    def incident_alerts(self, incident_id: str) -> list[AlertRecord]: ...
     def prune(self, windows_before_s: float, rollups_before_s: float, batch: int = 2000) -> int: ...
     def save_alert(self, alert: AlertRecord) -> None: ...
     def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]: ...
@@ -471,6 +475,21 @@ class SqliteStore:
             for r in rows
         ]
 
+    def host_windows(
+        self, host_id: str, since_s: float, until_s: float, limit: int = 2000
+    ) -> list[StoredWindow]:
+        """The host's windows that ended in [since_s, until_s], oldest first, at most ``limit``."""
+        rows = self._exec(
+            'SELECT w.seq, w.start, w."end", w.raw, w.codec, w.score FROM window_rows w'
+            ' JOIN boots b USING (boot_ref) WHERE b.host_id=? AND w."end" >= ?'
+            ' AND w."end" <= ? ORDER BY w."end" LIMIT ?',
+            (host_id, since_s, until_s, limit),
+        )
+        return [StoredWindow(r[0], r[1], r[2], unpack_raw(r[3], r[4]), score=r[5]) for r in rows]
+
+    def incident_alerts(self, incident_id: str) -> list[AlertRecord]:
+        return self._alerts(" WHERE incident_id=?", [incident_id], 1000)
+
     def prune(self, windows_before_s: float, rollups_before_s: float, batch: int = 2000) -> int:
         """Delete at most ``batch`` old windows (and old rollups); how many rows went.
 
@@ -527,16 +546,17 @@ class SqliteStore:
         )
 
     def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]:
+        if host_id:
+            return self._alerts(" WHERE host_id=?", [host_id], limit)
+        return self._alerts("", [], limit)
+
+    def _alerts(self, where: str, args: list[Any], limit: int) -> list[AlertRecord]:
         sql = (
             "SELECT alert_id, host_id, incident_id, severity, score, detected_at, window_start,"
             " window_end, reasons, process, payload, open FROM alerts"
+            + where
+            + " ORDER BY detected_at DESC, rowid DESC LIMIT ?"
         )
-        args: list[Any] = []
-        if host_id:
-            sql += " WHERE host_id=?"
-            args.append(host_id)
-        sql += " ORDER BY detected_at DESC, rowid DESC LIMIT ?"
-        args.append(limit)
         return [
             AlertRecord(
                 alert_id=r[0],
@@ -552,7 +572,7 @@ class SqliteStore:
                 payload=json.loads(r[10]),
                 open=bool(r[11]),
             )
-            for r in self._exec(sql, args)
+            for r in self._exec(sql, [*args, limit])
         ]
 
     def add_action(self, action: ActionRecord) -> None:
@@ -726,6 +746,19 @@ class MemoryStore:
             if h == host_id and hour_of(since_s) <= hour < until_s
         ]
         return sorted(found, key=lambda r: r.hour_s)
+
+    def host_windows(
+        self, host_id: str, since_s: float, until_s: float, limit: int = 2000
+    ) -> list[StoredWindow]:
+        found = [
+            w for k, w in self._windows.items() if k[0] == host_id and since_s <= w.end_s <= until_s
+        ]
+        return sorted(found, key=lambda w: w.end_s)[:limit]
+
+    def incident_alerts(self, incident_id: str) -> list[AlertRecord]:
+        return [
+            a for a in self.list_alerts(limit=len(self._alerts)) if a.incident_id == incident_id
+        ]
 
     def prune(self, windows_before_s: float, rollups_before_s: float, batch: int = 2000) -> int:
         with self._lock:
