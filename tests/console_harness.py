@@ -86,9 +86,23 @@ class ConsoleCollector:
         ]
 
     def replay(self, recording: Path, host: str) -> None:
+        """Stream ``recording`` as ``host``, its windows moved to end a second ago (a live host)."""
+        from tocsin.v1.recording import Recorder, read_recording
+
+        messages = list(read_recording(recording))
+        last = max(m.window.end.ToNanoseconds() for m in messages if m.HasField("window"))
+        shift_ns = time.time_ns() - 1_000_000_000 - last
+        moved = self.tmp / f"{host}-{recording.name}"
+        rec = Recorder(moved)
+        for msg in messages:
+            if msg.HasField("window"):
+                for stamp in (msg.window.start, msg.window.end):
+                    stamp.FromNanoseconds(stamp.ToNanoseconds() + shift_ns)
+            rec.write(msg)
+        rec.close()
         res = _tocsin(
             "replay",
-            str(recording),
+            str(moved),
             "--collector",
             self.addr,
             "--speed",

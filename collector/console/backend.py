@@ -36,6 +36,7 @@ class HostRow:
     last_seen_s: float
     isolated: bool
     open_incident: str
+    open_severity: str
     tripwire_mode: str
     agent_version: str
     suspended_pids: list[int]
@@ -98,14 +99,16 @@ class ConsoleBackend:
     def now(self) -> float:
         return self._clock()
 
-    def _open_incidents(self) -> dict[str, str]:
-        found: dict[str, str] = {}
+    def _open_incidents(self) -> dict[str, tuple[str, str]]:
+        """host id -> (incident id, severity) of its newest open incident."""
+        found: dict[str, tuple[str, str]] = {}
         for a in self.store.list_alerts(limit=10_000):
             if a.open:
-                found.setdefault(a.host_id, a.incident_id)
+                found.setdefault(a.host_id, (a.incident_id, a.severity))
         return found
 
-    def _row(self, h: Any, open_incidents: dict[str, str], silent: set[str]) -> HostRow:
+    def _row(self, h: Any, open_incidents: dict[str, tuple[str, str]], silent: set[str]) -> HostRow:
+        incident, severity = open_incidents.get(h.host_id, ("", ""))
         return HostRow(
             host_id=h.host_id,
             hostname=h.hostname,
@@ -113,7 +116,8 @@ class ConsoleBackend:
             silent=h.host_id in silent,
             last_seen_s=h.last_seen_s,
             isolated=h.isolated,
-            open_incident=open_incidents.get(h.host_id, ""),
+            open_incident=incident,
+            open_severity=severity,
             tripwire_mode=h.tripwire_mode,
             agent_version=h.agent_version,
             suspended_pids=list(h.suspended_pids),

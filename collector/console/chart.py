@@ -10,6 +10,7 @@ embed as is (``markupsafe.Markup``); text inside comes from ``escape``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,17 +105,34 @@ def timeline(
             if p.score is not None
         )
         body.append(f'<polyline points="{line}" fill="none" stroke="#1f5fa8" stroke-width="2"/>')
-    for m in marks:
-        x = _x(m.t_s, t0, t1)
+    body += _marks(marks, t0, t1)
+    for t, anchor in ((t0, "start"), (t1, "end")):
+        stamp = time.strftime("%H:%M:%S", time.gmtime(t))
         body.append(
+            f'<text x="{_x(t, t0, t1):.1f}" y="{H - BOTTOM + 14}" font-size="10"'
+            f' text-anchor="{anchor}">{stamp} UTC</text>'
+        )
+    return _frame(labels.written, body + _legend(labels, bool(scores)))
+
+
+def _marks(marks: Sequence[Mark], t0: float, t1: float) -> list[str]:
+    """Orange lines with their labels, staggered so that actions at the same time stay legible."""
+    out = []
+    for i, m in enumerate(sorted(marks, key=lambda m: m.t_s)):
+        if not t0 <= m.t_s <= t1:
+            continue
+        x = _x(m.t_s, t0, t1)
+        anchor = "end" if x > W - RIGHT - 80 else "start"
+        dx = -3 if anchor == "end" else 3
+        out.append(
             f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{H - BOTTOM}" stroke="#e67e22"'
             ' stroke-width="2"/>'
         )
-        body.append(
-            f'<text x="{x + 3:.1f}" y="{TOP + 10}" font-size="11" fill="#a04000">'
-            f"{escape(m.label)}</text>"
+        out.append(
+            f'<text x="{x + dx:.1f}" y="{TOP + 10 + 13 * (i % 4)}" font-size="11"'
+            f' fill="#a04000" text-anchor="{anchor}">{escape(m.label)}</text>'
         )
-    return _frame(labels.written, body + _legend(labels, bool(scores)))
+    return out
 
 
 @dataclass(frozen=True)
@@ -150,15 +168,5 @@ def hourly(bars: Sequence[Bar], marks: Sequence[Mark], labels: Labels, now_s: fl
             f'<text x="{_x(t, t0, t1):.1f}" y="{H - BOTTOM + 14}" font-size="10">'
             f"{(t // 3600) % 24:02d}h</text>"
         )
-    for m in marks:
-        if t0 <= m.t_s < t1:
-            x = _x(m.t_s, t0, t1)
-            body.append(
-                f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{H - BOTTOM}" stroke="#e67e22"'
-                ' stroke-width="2"/>'
-            )
-            body.append(
-                f'<text x="{x + 3:.1f}" y="{TOP + 10}" font-size="11" fill="#a04000">'
-                f"{escape(m.label)}</text>"
-            )
+    body += _marks(marks, t0, t1)
     return _frame(labels.written, body + _legend(labels, False))
