@@ -92,6 +92,9 @@ class ProcessInfo:
     name: str
     exe: str
     tree_root_pid: int
+    # The tree root's identity as the agent sampled it: a suspend names it.
+    tree_root_start_ticks: int = 0
+    kernel_boot_id: str = ""
     # An smbd worker: the client it serves and the session's SMB user (agent's word).
     smb_client_addr: str = ""
     smb_user: str = ""
@@ -102,6 +105,14 @@ class ProcessInfo:
             out["smb_client_addr"] = self.smb_client_addr
             out["smb_user"] = self.smb_user
         return out
+
+    def root_ref(self) -> pb.ProcessRef:
+        """The tree root as a command names it (pid, start ticks, kernel boot id)."""
+        return pb.ProcessRef(
+            pid=self.tree_root_pid,
+            start_ticks=self.tree_root_start_ticks,
+            kernel_boot_id=self.kernel_boot_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -181,14 +192,20 @@ def top_writer(w: pb.Window, open_roots: Iterable[int] = ()) -> ProcessInfo | No
             p.bytes_written,
         ),
     )
+    if p.tree_root_pid and p.tree_root_pid != p.pid:
+        root_ticks = p.tree_root_start_ticks
+    else:
+        root_ticks = p.start_ticks
     client = _client_addr(p.smb_client_addr)
     return ProcessInfo(
         p.pid,
         p.name,
         p.exe,
         p.tree_root_pid or p.pid,
-        client,
-        _plain(p.smb_user) if client else "",
+        root_ticks,
+        p.kernel_boot_id,
+        smb_client_addr=client,
+        smb_user=_plain(p.smb_user) if client else "",
     )
 
 

@@ -18,7 +18,8 @@ import pytest
 
 from netns import Netns, netns_unavailable_reason, star
 from tocsin.agent.act import Actions
-from tocsin.agent.firewall import Firewall, Nft, pin_addresses, system_resolvers
+from tocsin.agent.firewall import Firewall, Nft
+from tocsin.agent.ruleset import pin_addresses, system_resolvers
 from tocsin.v1 import telemetry_pb2 as pb
 
 pytestmark = [

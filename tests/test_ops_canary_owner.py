@@ -4,14 +4,14 @@ capabilities and umask.
 The agent runs as root with exactly the unit's CapabilityBoundingSet (setpriv) and
 UMask=0077, on a share whose folder and files belong to uid 1000 (folder 2770, files
 0660, as Samba leaves them). A process running as uid 1000 then reads and rewrites
-a canary, and the agent's tripwire notices.
+a canary, and the agent notices: its windows to the collector (a scripted one on loopback)
+count the canary touched and mark the tripwire fired.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from grpc_sink import GrpcSink
 
 from tocsin.agent.canary import DEFAULT_NAMES
 
@@ -41,12 +42,6 @@ def unit_setting(key: str) -> str:
         if line.startswith(f"{key}="):
             return line.partition("=")[2].strip()
     raise KeyError(key)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -77,6 +72,7 @@ def test_canary_owned_like_its_neighbours_and_touched_by_a_share_user(
     bounding = ",".join(["-all", *(f"+{c.removeprefix('CAP_').lower()}" for c in caps)])
     umask = int(unit_setting("UMask"), 8)
     log = tmp_path / "agent.log"
+    sink = GrpcSink()
     agent = subprocess.Popen(
         [
             "setpriv",
@@ -84,7 +80,7 @@ def test_canary_owned_like_its_neighbours_and_touched_by_a_share_user(
             "--inh-caps=-all",
             str(BIN / "tocsin-agent"),
             "--collector",
-            f"127.0.0.1:{_free_port()}",  # nothing there: the tripwire acts alone
+            sink.target,
             "--insecure",
             "--watch",
             str(share),
@@ -117,7 +113,14 @@ def test_canary_owned_like_its_neighbours_and_touched_by_a_share_user(
         # A share user's encryptor opens a canary, reads it and writes it over.
         target = share / "Compta" / DEFAULT_NAMES[1]
         res = subprocess.run(
-            ["/bin/sh", "-c", 'cat "$1" >/dev/null && printf "encrypted" >"$1"', "sh", str(target)],
+            # It stays a moment, as an encryptor does, so the agent can name it.
+            [
+                "/bin/sh",
+                "-c",
+                'cat "$1" >/dev/null && printf "encrypted" >"$1"; sleep 1',
+                "sh",
+                str(target),
+            ],
             user=USER,
             group=USER,
             extra_groups=[],
@@ -128,10 +131,13 @@ def test_canary_owned_like_its_neighbours_and_touched_by_a_share_user(
         assert res.returncode == 0, res.stderr
         assert target.read_bytes() == b"encrypted"
         end = time.monotonic() + 15
-        while "tripwire fired (canary" not in log.read_text() and time.monotonic() < end:
+        while not [w for w in sink.windows() if w.canary_touches] and time.monotonic() < end:
             time.sleep(0.1)
-        assert "tripwire fired (canary" in log.read_text(), log.read_text()[-3000:]
+        touched = [w for w in sink.windows() if w.canary_touches]
+        assert touched, log.read_text()[-3000:]
+        assert touched[0].tripwire_fired and "canary" in touched[0].tripwire_reason
     finally:
+        sink.stop()
         agent.terminate()
         try:
             agent.wait(timeout=15)

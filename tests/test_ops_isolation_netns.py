@@ -257,7 +257,9 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
             2.0,
             0.02,
         )
-        assert back and time.monotonic() - flushed < 2.0
+        took_s = time.monotonic() - flushed
+        print(f"real agent: table back {took_s * 1000:.0f} ms after nft flush ruleset")
+        assert back and took_s < 2.0
         cut_off()
 
         # The operator releases and resumes: everything comes back.

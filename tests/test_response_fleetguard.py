@@ -174,7 +174,9 @@ def test_hooks_run_without_shell_get_the_alert_and_are_audited(tmp_path: Path) -
 
 def _smb_decision() -> Decision:
     d = _decision()
-    proc = ProcessInfo(4242, "smbd", "/usr/sbin/smbd", 4242, "10.20.30.40", "compta")
+    proc = ProcessInfo(
+        4242, "smbd", "/usr/sbin/smbd", 4242, smb_client_addr="10.20.30.40", smb_user="compta"
+    )
     return Decision(**{**d.__dict__, "process": proc})
 
 
