@@ -92,6 +92,11 @@ def root_only(st: os.stat_result) -> bool:
     return st.st_uid == 0 and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
+def mine_only(st: os.stat_result) -> bool:
+    """Owned by this process's effective user and writable by nobody else (root: root only)."""
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
 def set_process_name(name: str) -> None:
     """prctl(PR_SET_NAME): what ``ps``, ``top`` and /proc/PID/comm show (15 bytes)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)

@@ -15,11 +15,12 @@ agent recognises a drill by that key in the writer's environment
 (``DrillKey.carried_by``). A process that merely names ``tocsin-drill`` in its
 command line is any other process.
 
-Never touches anything outside DIR: DIR must be owned by root and writable by
-nobody else, is opened component by component with O_NOFOLLOW, and every file
-is then reached through that directory's descriptor (``/proc/self/fd/N`` for
-the children): a symlink planted in DIR's place, or swapped for it while the
-drill runs, leads nowhere.
+Never touches anything outside DIR: DIR must be owned by the drill's own user
+(root, run beside the service) and writable by nobody else, is opened
+component by component with O_NOFOLLOW, and every file is then reached
+through that directory's descriptor (``/proc/self/fd/N`` for the children): a
+symlink planted in DIR's place, or swapped for it while the drill runs, leads
+nowhere.
 """
 
 from __future__ import annotations
@@ -121,11 +122,12 @@ def open_scratch(root: Path) -> int:
     finally:
         os.close(parent)
     st = os.fstat(fd)
-    if not _linux.root_only(st):
+    if not _linux.mine_only(st):
         os.close(fd)
         raise ConfigError(
             f"--dir {root}: owned by uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}: "
-            "the drill works only in a directory owned by root that nobody else can write"
+            "the drill works only in a directory owned by its own user (root for the"
+            " service) that nobody else can write"
         )
     names = os.listdir(fd)
     try:
