@@ -17,8 +17,10 @@ Contract:
   or ``None`` (not a worker). The user comes from Samba's own session data
   (``smbstatus -p --json``, with ``-s CONF`` when the agent was given Samba's
   configuration), read by a background thread: a worker seen for the first
-  time starts one read (at most one every ``min_refresh_s``; smbstatus takes a
-  few tenths of a second). Until Samba answered for the worker, the user is
+  time starts one read, ``delay_s`` later (the first files of an attack are
+  when the agent and the collector need the CPU most; smbstatus costs some
+  50 ms of it and answers after a few tenths of a second anyway), at most one
+  every ``min_refresh_s``. Until Samba answered for the worker, the user is
   the Unix account the worker acts as (its effective uid), which tdbsam maps
   one to one; ``SmbClient.user_source`` says which ("samba" or "uid").
 - Results are cached per (pid, start time), at most ``max_cached`` workers.
@@ -195,11 +197,13 @@ class SmbSessions:
         conf: str = "",
         read_status: StatusReader = smbstatus_json,
         min_refresh_s: float = 1.0,
+        delay_s: float = 1.0,
         max_cached: int = 4096,
     ) -> None:
         self.conf = conf
         self._read = read_status
         self.min_refresh_s = min_refresh_s
+        self.delay_s = delay_s
         self.max_cached = max_cached
         self._lock = threading.Lock()
         self._clients: dict[tuple[int, float], SmbClient | None] = {}
@@ -243,7 +247,7 @@ class SmbSessions:
             self._wanted.wait()
             if self._stopping:
                 return
-            wait_s = self._last_read + self.min_refresh_s - time.monotonic()
+            wait_s = max(self.delay_s, self._last_read + self.min_refresh_s - time.monotonic())
             if wait_s > 0:
                 time.sleep(wait_s)
             self._wanted.clear()
@@ -254,11 +258,17 @@ class SmbSessions:
         """Read Samba's sessions now and name the users of the cached workers."""
         users = session_users(self._read(self.conf))
         self.status_reads += 1
+        named = []
         with self._lock:
             for key, client in self._clients.items():
                 user = users.get(key[0])
-                if client is not None and user:
+                if client is not None and user and client.user_source != "samba":
                     self._clients[key] = replace(client, user=user, user_source="samba")
+                    named.append((key[0], client.addr, user))
+        for pid, addr, user in named:
+            log.info(
+                "smbd worker %d serves %s as SMB user %r (Samba's session data)", pid, addr, user
+            )
 
     def stop(self) -> None:
         self._stopping = True
