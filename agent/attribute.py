@@ -11,9 +11,11 @@ file closed after writing; a reader thread keeps paths under the roots and
 counts them per pid (at most ``max_paths_per_pid`` paths kept per pid per
 window, every fd closed). A destroyed file counts for the process that closed
 it last in the window (the encryptor, not the process that had just created
-it). Without fanotify, psutil io counters: processes whose write_chars grew
-since the last window and whose cwd or an open file lies under a root (or
-whose child does).
+it), or, when it was probed destroyed only in a later window, for the process
+that closed it last before: that writer is sampled in the later window even if
+it wrote nothing in it (an attacker stopped meanwhile). Without fanotify,
+psutil io counters: processes whose write_chars grew since the last window and
+whose cwd or an open file lies under a root (or whose child does).
 
 ``tree_root_pid``: from a writer, climb to the parent while the parent has the
 same cmdline (forked workers) or wrote recently; stop at pid 1, the agent, and
@@ -539,6 +541,17 @@ class Attributor:
             out.append(agg)
         return out
 
+    def _add_late_writers(self, writers: dict[int, _Writer], destroyed: list[str]) -> None:
+        """A file probed destroyed in this window but written in an earlier one counts for
+        its writer, sampled here even if it wrote nothing since (a stopped attacker): the
+        window's damage is never left to whoever else happened to write in it."""
+        seen = set().union(*(w.paths for w in writers.values())) if writers else set()
+        with self._lock:
+            late = [(p, self._path_writer.get(p)) for p in destroyed if p not in seen]
+        for path, pid in late:
+            if pid is not None and pid != self._self_pid and pid in self._known:
+                writers.setdefault(pid, _Writer()).paths.add(path)
+
     def collect(
         self, destroyed_paths: list[str] | None = None, canary_paths: set[str] | None = None
     ) -> list[pb.ProcessSample]:
@@ -554,6 +567,7 @@ class Attributor:
         if self._fan is None:
             writers = self._psutil_writers()
             attribution = pb.ATTRIBUTION_PSUTIL_IO
+        self._add_late_writers(writers, destroyed_paths or [])
         now = time.monotonic()
         for pid in writers:
             self._recent_writers[pid] = now

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 from netns import netns_unavailable_reason, veth_pair
+from tocsin.agent.attribute import Attributor, ProcInfo
 from tocsin.agent.smb import SmbClient, SmbSessions, client_socket, session_users, worker_peer
 
 # What `smbstatus -p --json` (Samba 4.17) prints for one session.
@@ -91,3 +93,25 @@ def test_client_socket_read_across_namespaces() -> None:
         finally:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
+def test_a_file_probed_destroyed_late_counts_for_its_stopped_writer(tmp_path: Path) -> None:
+    """The attacker's last file is probed a window after it wrote it, while a colleague
+    writes: the window's damage is the attacker's, sampled though it wrote nothing since."""
+    info = {
+        pid: ProcInfo(pid, 1, "smbd", "/usr/sbin/smbd", "u", f"smbd {pid}", 0.0)
+        for pid in (4101, 4202)
+    }
+    a = Attributor([str(tmp_path)], use_fanotify=True, info=info.get)
+    a.start()
+    try:
+        attacked = str(tmp_path / "a.docx")
+        a._on_write(4101, attacked)
+        assert {s.pid for s in a.collect([])} == {4101}
+        a._on_write(4202, str(tmp_path / "courrier.txt"))
+        samples = {s.pid: s for s in a.collect([attacked])}
+        assert samples[4101].files_type_destroyed == 1 and samples[4101].files_touched == 0
+        assert samples[4202].files_type_destroyed == 0
+    finally:
+        a.stop()
