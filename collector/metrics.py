@@ -12,7 +12,8 @@ report in each stored window). Families (all prefixed ``tocsin_collector_``):
 windows_total, windows_duplicate_total, events_total{kind},
 agent_events_dropped_total, agent_spool_dropped{host_id}, score (histogram),
 scoring_dropped_total, alerts_total{severity}, actions_total{kind,status},
-commands_dropped_total, webhook_deliveries_total{destination,outcome},
+commands_dropped_total, webhook_deliveries_total{destination,outcome} (a
+receiver's name or redacted URL, never its secret path),
 webhook_outbox_depth, webhook_dropped_total, hosts{state},
 fleet_guard_held_total, hook_runs_total{status}, bad_streams_total.
 """
@@ -92,12 +93,14 @@ class MeteredStage:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def judge_window(self, host_id: str, boot_id: str, w: pb.Window, x: Any) -> Any:
+    async def judge_window(
+        self, host_id: str, boot_id: str, w: pb.Window, x: Any, clock_skew_s: float = 0.0
+    ) -> Any:
         for kind in _EVENT_FIELDS:
             self.events[kind] += int(getattr(w, f"events_{kind}"))
         self.agent_events_dropped += int(w.events_dropped) + int(w.queue_overflows)
         self.spool_dropped[host_id] = int(w.spool_dropped)
-        return await self.inner.judge_window(host_id, boot_id, w, x)
+        return await self.inner.judge_window(host_id, boot_id, w, x, clock_skew_s=clock_skew_s)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -171,8 +174,8 @@ class _CollectorFamilies:
             ("rejected", stats.rejected),
             ("expired", stats.expired),
         ):
-            for dest in self.outbox.destinations:
-                wd.add_metric([dest, outcome], counts[dest])
+            for dest in self.outbox.destinations.values():
+                wd.add_metric([dest.label, outcome], counts[dest.dest_id])
         yield wd
         yield GaugeMetricFamily(
             p + "webhook_outbox_depth",

@@ -36,6 +36,7 @@ import sqlite3
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
@@ -65,6 +66,22 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_at);
 """
 
 
+def redact_url(url: object) -> str:
+    """What of a webhook URL may be shown: ``scheme://host[:port]/…``, never its path.
+
+    Slack, Mattermost and Teams put the secret in the path (or the query);
+    logs, metric labels and error lines show this instead.
+    """
+    if not isinstance(url, str):
+        return repr(type(url).__name__)
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return "(not a URL)"
+    host = parts.netloc.rpartition("@")[2]  # user:password@ never shown
+    tail = "/…" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{tail}"
+
+
 def message_id(event: dict[str, Any]) -> str:
     """An event's webhook-id: its own, an alert's from its alert id, else a fresh one."""
     if event.get("webhook_id"):
@@ -85,10 +102,18 @@ class Destination:
     min_severity: str = "warning"
     timeout_s: float = 10.0
     name: str = ""
+    # How it is shown when unnamed and its redacted URL is another's too ("... #2").
+    shown: str = ""
 
     @property
     def dest_id(self) -> str:
+        """The outbox's key for this receiver (its rows are keyed by it); never shown."""
         return self.name or self.url
+
+    @property
+    def label(self) -> str:
+        """How logs and metric labels show this receiver: its name, else the redacted URL."""
+        return self.name or self.shown or redact_url(self.url)
 
     def wants(self, event: dict[str, Any]) -> bool:
         kind = str(event.get("event", ""))
@@ -109,7 +134,7 @@ def destination(spec: dict[str, Any], where: str = "webhooks") -> Destination:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     url = spec.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}: url wants an http:// or https:// URL, got {url!r}")
+        raise ConfigError(f"{where}: url wants an http:// or https:// URL, got {redact_url(url)}")
     fmt = spec.get("format", "generic")
     if fmt not in FORMATS:
         raise ConfigError(f"{where}: format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -393,7 +418,7 @@ class Outbox:
             self.stats.rejected[dest_id] += 1
             log.error(
                 "webhook %s rejected %s %s: %s (not retried)",
-                dest_id,
+                dest.label,
                 event.get("event"),
                 msg_id,
                 error,
@@ -409,7 +434,7 @@ class Outbox:
             self.stats.expired[dest_id] += 1
             log.error(
                 "webhook %s: gave up on %s %s after %d attempts: %s",
-                dest_id,
+                dest.label,
                 event.get("event"),
                 msg_id,
                 attempts,
@@ -427,7 +452,7 @@ class Outbox:
             delay = min(self.retry_max_s, max(delay, hint))
         log.warning(
             "webhook %s: %s %s attempt %d failed (%s); retry in %.1f s",
-            dest_id,
+            dest.label,
             event.get("event"),
             msg_id,
             attempts,

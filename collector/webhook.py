@@ -33,8 +33,18 @@ _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 SECRET_PREFIX = "whsec_"
 
 
+# What deploy/collector.toml ships instead of a secret: refused, so that no town
+# signs its alerts with a key published in our repository.
+SECRET_PLACEHOLDER = "CHANGE-ME"
+
+
 def parse_secret(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret; ``ConfigError`` if it is not one."""
+    if SECRET_PLACEHOLDER in secret:
+        raise ConfigError(
+            "the secret is still the example's placeholder: make one with"
+            ' echo "whsec_$(head -c 32 /dev/urandom | base64)" and give it to the receiver too'
+        )
     if not secret.startswith(SECRET_PREFIX):
         raise ConfigError("a webhook secret must look like whsec_<base64>")
     try:
