@@ -12,7 +12,9 @@ report in each stored window). Families (all prefixed ``tocsin_collector_``):
 windows_total, windows_duplicate_total, events_total{kind},
 agent_events_dropped_total, agent_spool_dropped{host_id}, score (histogram),
 scoring_dropped_total, alerts_total{severity}, actions_total{kind,status},
-commands_dropped_total, webhook_deliveries_total{destination,outcome} (a
+commands_dropped_total, action_results_refused_total,
+suspended_pids_dropped_total, clock_skew_windows_total, operator_denied_total,
+webhook_deliveries_total{destination,outcome} (a
 receiver's name or redacted URL, never its secret path),
 webhook_outbox_depth, webhook_dropped_total, hosts{state},
 fleet_guard_held_total, hook_runs_total{status}, bad_streams_total.
@@ -161,6 +163,26 @@ class _CollectorFamilies:
         yield ac
         yield _counter(
             p + "commands_dropped", "Commands dropped from a full host queue", router.dropped
+        )
+        yield _counter(
+            p + "action_results_refused",
+            "Agent reports on commands not sent to that agent's host",
+            responder.results_refused,
+        )
+        yield _counter(
+            p + "suspended_pids_dropped",
+            "Suspended pids agents reported past the per-host bound",
+            sum(responder.suspended_pids_dropped.values()),
+        )
+        yield _counter(
+            p + "clock_skew_windows",
+            "Windows re-dated because the agent's clock was off by more than the allowed skew",
+            tel.clock_skew_windows,
+        )
+        yield _counter(
+            p + "operator_denied",
+            "Operator calls refused without TLS because they did not come from loopback",
+            self.c.operator.denied,
         )
         wd = CounterMetricFamily(
             p + "webhook_deliveries",
