@@ -146,8 +146,10 @@ class OperatorService(op_grpc.OperatorServicer):
         self._denied_logged_at: float | None = None
         self._denied_unlogged = 0
 
-    @staticmethod
-    async def _offset(token: str, context: _Ctx) -> int:
+    async def _listing(self, request: Any, context: _Ctx) -> int:
+        """Authorise a list call; the offset its ``page_token`` names (INVALID_ARGUMENT if bad)."""
+        await self._authorise(request, context)
+        token = request.page_token
         if not token:
             return 0
         if not token.isdigit() or len(token) > 9:
@@ -155,8 +157,7 @@ class OperatorService(op_grpc.OperatorServicer):
         return int(token)
 
     async def ListHosts(self, request: op.ListHostsRequest, context: _Ctx) -> op.ListHostsResponse:
-        await self._authorise(request, context)
-        offset = await self._offset(request.page_token, context)
+        offset = await self._listing(request, context)
         open_alerts: dict[str, int] = {}
         for a in self.store.list_alerts(limit=10_000):
             if a.open:
@@ -190,8 +191,7 @@ class OperatorService(op_grpc.OperatorServicer):
     async def ListAlerts(
         self, request: op.ListAlertsRequest, context: _Ctx
     ) -> op.ListAlertsResponse:
-        await self._authorise(request, context)
-        offset = await self._offset(request.page_token, context)
+        offset = await self._listing(request, context)
 
         def build(a: Any) -> op.AlertInfo:
             proc = f"{a.process['name']} (pid {a.process['pid']})" if a.process else ""
@@ -224,8 +224,7 @@ class OperatorService(op_grpc.OperatorServicer):
     async def ListActions(
         self, request: op.ListActionsRequest, context: _Ctx
     ) -> op.ListActionsResponse:
-        await self._authorise(request, context)
-        offset = await self._offset(request.page_token, context)
+        offset = await self._listing(request, context)
 
         def build(a: Any) -> op.ActionInfo:
             return op.ActionInfo(

@@ -24,6 +24,7 @@ import grpc
 import pytest
 from transport_procs import CollectorProc, free_port, wait_for
 
+from fakeagent import encrypting
 from netns import netns_unavailable_reason, veth_pair
 from receiver import WebhookReceiver
 from tocsin.v1 import CHANNEL_OPTIONS
@@ -113,29 +114,10 @@ def dated(w: pb.Window, end_s: float) -> pb.Window:
 
 
 def attack(seq: int, end_s: float, pid: int = 4242, name: str = "python3") -> pb.Window:
-    """A window of mass encryption by ``pid``: critical on its own."""
-    w = pb.Window(
-        seq=seq,
-        files_modified=60,
-        files_probed=60,
-        files_high_entropy=60,
-        files_type_destroyed=55,
-        encrypted_twins=50,
-        files_created=60,
-        top_new_extension=".locked",
-        top_new_extension_dirs=8,
-        dirs_touched=8,
-        example_paths=["/srv/partage/Finances/budget.xlsx.locked"],
-    )
-    w.top_writers.add(
-        pid=pid,
-        ppid=1,
-        name=name,
-        exe="/usr/bin/python3",
-        tree_root_pid=pid,
-        files_touched=60,
-        files_type_destroyed=55,
-    )
+    """A window of mass encryption by ``pid`` (critical on its own), dated ``end_s``."""
+    w = encrypting(seq).window
+    w.top_writers[0].pid = w.top_writers[0].tree_root_pid = pid
+    w.top_writers[0].name = name
     return dated(w, end_s)
 
 
