@@ -48,6 +48,7 @@ from tocsin.collector.grpcconf import (
     server_credentials,
 )
 from tocsin.collector.respond import MODES
+from tocsin.collector.webhook import parse_secret, redact_url
 from tocsin.v1.errors import ConfigError, TocsinError
 
 PROG = "tocsin-collector"
@@ -207,7 +208,7 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"--respond must be one of {', '.join(MODES)}, not {merged['respond']!r}")
     for url in merged["webhook"]:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--webhook wants an http:// or https:// URL, got {_shown(url)}")
+            raise ConfigError(f"--webhook wants an http:// or https:// URL, got {redact_url(url)}")
     for cidr in merged["allow"]:
         try:
             ipaddress.ip_network(str(cidr), strict=False)
@@ -251,12 +252,6 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     return merged
 
 
-def _shown(url: object) -> str:
-    from tocsin.collector.outbox import redact_url
-
-    return redact_url(str(url))
-
-
 def _tables(items: list[Any], what: str) -> list[dict[str, Any]]:
     if not all(isinstance(t, dict) for t in items):
         raise ConfigError(f"{what} must be [[{what}]] tables")
@@ -272,7 +267,6 @@ def _hook(spec: dict[str, Any], where: str) -> Any:
 def destinations(merged: dict[str, Any]) -> list[Any]:
     """Every webhook destination: --webhook URLs (one format and secret) and [[webhooks]]."""
     from tocsin.collector.outbox import destination
-    from tocsin.collector.webhook import parse_secret
 
     if merged.get("webhook_secret"):
         try:

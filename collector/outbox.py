@@ -36,7 +36,6 @@ import sqlite3
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from tocsin.collector.formats import FORMATS, render
-from tocsin.collector.webhook import parse_secret, signed_headers
+from tocsin.collector.webhook import parse_secret, redact_url, signed_headers
 from tocsin.v1.errors import ConfigError
 
 log = logging.getLogger("tocsin.collector.outbox")
@@ -64,22 +63,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_at);
 """
-
-
-def redact_url(url: object) -> str:
-    """What of a webhook URL may be shown: ``scheme://host[:port]/…``, never its path.
-
-    Slack, Mattermost and Teams put the secret in the path (or the query);
-    logs, metric labels and error lines show this instead.
-    """
-    if not isinstance(url, str):
-        return repr(type(url).__name__)
-    parts = urllib.parse.urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        return "(not a URL)"
-    host = parts.netloc.rpartition("@")[2]  # user:password@ never shown
-    tail = "/…" if parts.path.strip("/") or parts.query else ""
-    return f"{parts.scheme}://{host}{tail}"
 
 
 def message_id(event: dict[str, Any]) -> str:
