@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import grpc
 
 from tocsin.collector.commands import CommandRouter
+from tocsin.collector.console.auth import LinkIssuer
 from tocsin.collector.decide import Judge, JudgeConfig
 from tocsin.collector.grpcconf import SERVER_OPTIONS
 from tocsin.collector.ingest import TelemetryService
@@ -49,6 +50,7 @@ class Collector:
         silent_after_s: float = 60.0,
         rate_limits: RateLimits | None = None,
         clock_skew_s: float = 300.0,
+        console: LinkIssuer | None = None,
     ) -> None:
         self.store = store
         self.scorer = scorer
@@ -68,7 +70,7 @@ class Collector:
             clock_skew_s=clock_skew_s,
         )
         self._silence_task: asyncio.Task[None] | None = None
-        self.operator = OperatorService(store, self.router, self.responder)
+        self.operator = OperatorService(store, self.router, self.responder, console=console)
         self.credentials = credentials
         self._server: grpc.aio.Server | None = None
 

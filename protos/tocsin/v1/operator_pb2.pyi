@@ -152,3 +152,17 @@ class ListActionsResponse(_message.Message):
     actions: _containers.RepeatedCompositeFieldContainer[ActionInfo]
     next_page_token: str
     def __init__(self, actions: _Optional[_Iterable[_Union[ActionInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ConsoleLinkRequest(_message.Message):
+    __slots__ = ("operator",)
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    operator: str
+    def __init__(self, operator: _Optional[str] = ...) -> None: ...
+
+class ConsoleLinkResponse(_message.Message):
+    __slots__ = ("url", "valid_s")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    VALID_S_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    valid_s: int
+    def __init__(self, url: _Optional[str] = ..., valid_s: _Optional[int] = ...) -> None: ...

@@ -12,8 +12,10 @@ escape), Cf (format: the bidi overrides and isolates, zero-width joiners,
 BOM), Zl and Zp (line and paragraph separators) or Cs (the lone surrogates
 that ``os.fsdecode`` makes of bytes that are not UTF-8) is written as its
 Python escape (``\\n``, ``\\x1b``, ``\\u202e``, ``\\udcff``); everything
-else is kept as is. With ``limit``, the result is cut to at most ``limit``
-characters, ending in an ellipsis. It never raises, whatever it is given.
+else is kept as is, and so are the characters of ``keep`` (HTML, where a
+newline is only whitespace, keeps ``"\t\n"``). With ``limit``, the result is
+cut to at most ``limit`` characters, ending in an ellipsis. It never raises,
+whatever it is given.
 """
 
 from __future__ import annotations
@@ -35,12 +37,14 @@ def _escape(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
-def printable(text: object, limit: int | None = None) -> str:
+def printable(text: object, limit: int | None = None, keep: str = "") -> str:
     """``text`` as one visible line (see module contract); ``str()`` of non-strings first."""
     s = text if isinstance(text, str) else str(text)
     if s.isprintable() and (limit is None or len(s) <= limit):
         return s  # the common case: nothing to escape (isprintable is False for Zl, Zp, Cs, ...)
-    out = "".join(_escape(ch) if unicodedata.category(ch) in _HIDDEN else ch for ch in s)
+    out = "".join(
+        _escape(ch) if unicodedata.category(ch) in _HIDDEN and ch not in keep else ch for ch in s
+    )
     if limit is not None and len(out) > limit:
         out = out[: max(limit - 1, 0)] + "…"
     return out
