@@ -130,15 +130,22 @@ def _dict(msg: Any) -> dict[str, Any]:
 async def fetch_all(
     call: Callable[..., Awaitable[Any]], request: Any, items: str, limit: int, timeout: float
 ) -> list[Any]:
-    """Up to ``limit`` items (0: all) of a paginated list call, page after page."""
-    got: list[Any] = []
+    """Up to ``limit`` items (0: all) of a paginated list call, page after page.
+
+    Pages are offsets into a newest-first list: an item that arrives while we page
+    pushes the others back, so one already seen may come again; it is kept once.
+    """
+    got: dict[str, Any] = {}
     while True:
         if limit:
             request.limit = limit - len(got)
         reply = await call(request, timeout=timeout)
-        got.extend(getattr(reply, items))
+        for item in getattr(reply, items):
+            key = item.host_id if items == "hosts" else getattr(item, items[:-1] + "_id")
+            got.setdefault(key, item)
         if not reply.next_page_token or (limit and len(got) >= limit):
-            return got[:limit] if limit else got
+            found = list(got.values())
+            return found[:limit] if limit else found
         request.page_token = reply.next_page_token
 
 
