@@ -90,3 +90,16 @@ def test_sqlite_commits_before_returning_and_survives_reopen(tmp_path: Path) -> 
 def test_sqlite_in_missing_directory_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot open database"):
         SqliteStore(tmp_path / "nope" / "t.db")
+
+
+def test_lists_page_newest_first_with_an_offset(store: Store) -> None:
+    """How the operator API pages: ``limit`` records after skipping ``offset``, newest first."""
+    for i in range(5):
+        store.save_alert(
+            AlertRecord(f"a{i}", "h1", f"i{i}", "warning", 0.5, 10.0 + i, 1.0, 2.0, [], None, {})
+        )
+        store.add_action(ActionRecord(f"c{i}", "", "h1", "suspend", "collector", 10.0 + i, "sent"))
+    assert [a.alert_id for a in store.list_alerts("h1", 2, 1)] == ["a3", "a2"]
+    assert [a.alert_id for a in store.list_alerts("", 10, 4)] == ["a0"]
+    assert [a.action_id for a in store.list_actions("h1", 2, 3)] == ["c1", "c0"]
+    assert store.list_actions("", 2, 5) == []
