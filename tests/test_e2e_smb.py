@@ -71,7 +71,8 @@ def test_smb_attack_is_cut_at_the_client_and_the_colleague_keeps_working(
 
     # The agent read Samba's own session data for that worker (a second after it first wrote).
     agent_log = (town.tmp / "agent.log").read_text()
-    assert f"smbd worker {r.worker_pid} serves {addr} as SMB user {ATTACKER.name!r}" in agent_log, logs()
+    named = f"smbd worker {r.worker_pid} serves {addr} as SMB user {ATTACKER.name!r}"
+    assert named in agent_log, logs()
 
     # The response cuts the attacker's session: its worker (a child of the smbd
     # master, which keeps running) and its address; the server is not isolated.
