@@ -24,12 +24,14 @@ Rules (``JudgeConfig`` holds the numbers):
   (one window reading many files across many directories). Entropy alone
   is never a confirmer: a backup is anomalous and gets a warning at most.
 - One incident per (host, process tree root); a window in which a tree with an
-  open incident wrote belongs to that incident. Its first active window opens it
-  (decision ``open``, to be posted); a later warning -> critical is an
-  ``escalate`` (posted again); other active windows are ``update`` (stored, not
-  posted). A window within ``hysteresis`` below the threshold keeps an open
-  incident alive. After ``quiet_s`` of window time with no active window the
-  incident is ``close``d.
+  open incident wrote belongs to that incident, and so does a window critical
+  only by what the host's recent windows add up to (no counted kind over that
+  window alone, no tripwire, no canary): another writer in it is not a culprit.
+  Its first active window opens it (decision ``open``, to be posted); a later
+  warning -> critical is an ``escalate`` (posted again); other active windows
+  are ``update`` (stored, not posted). A window within ``hysteresis`` below
+  the threshold keeps an open incident alive. After ``quiet_s`` of window time
+  with no active window the incident is ``close``d.
 - ``clock_skew_s`` (non-zero when ingest re-dated the window because the
   agent's clock was off by more than the allowed skew) adds the reason
   ``clock_skew`` to an active window; it never makes a window active.
@@ -156,6 +158,8 @@ class _Incident:
     first_start_s: float
     last_active_s: float
     reasons: set[str] = field(default_factory=set)
+    # The writer it was last decided on (not kept across a restart).
+    process: ProcessInfo | None = None
 
 
 def ts_s(ts: object) -> float:
@@ -210,6 +214,14 @@ def top_writer(w: pb.Window, open_roots: Iterable[int] = ()) -> ProcessInfo | No
         smb_client_addr=client,
         smb_user=_plain(p.smb_user) if client else "",
     )
+
+
+def _own_evidence(reason: str) -> bool:
+    """A reason this window shows by itself: a counted kind over one window (no horizon
+    label), the tripwire or a canary."""
+    head, *rest = reason.split(":")
+    counted = {label for _, label in _COUNTED}
+    return (head in counted and len(rest) == 1) or head in ("tripwire", "canary_touched")
 
 
 class Judge:
@@ -299,6 +311,17 @@ class Judge:
             self._incidents[(host_id, root)] = self._incidents.pop((host_id, 0))
         decisions = self._close_quiet(host_id, end_s, keep=(host_id, root))
         severity, reasons = self._evaluate(w, score, hist, thr)
+        if (
+            severity == "critical"
+            and (host_id, root) not in self._incidents
+            and host_keys
+            and not any(_own_evidence(r) for r in reasons)
+        ):
+            # Critical only by what the host's recent windows add up to (an extension
+            # spreading, counts over a horizon): the open incident's attack still showing
+            # (its last files, found late), not a new culprit in whoever wrote meanwhile.
+            root = max(host_keys, key=lambda k: self._incidents[k].last_active_s)[1]
+            proc = self._incidents[(host_id, root)].process
         if clock_skew_s:
             reasons.append("clock_skew")
         key = (host_id, root)
@@ -315,13 +338,15 @@ class Judge:
             return decisions
         if inc is None:
             assert severity is not None
-            inc = _Incident(self._new_id(), severity, start_s, end_s, set(reasons))
+            inc = _Incident(self._new_id(), severity, start_s, end_s, set(reasons), proc)
             self._incidents[key] = inc
             self._keep(key, inc)
             decisions.append(self._decision("open", key, inc, w, score, reasons, proc))
             return decisions
         inc.last_active_s = end_s
         inc.reasons.update(reasons)
+        if proc is not None and proc.tree_root_pid == root:
+            inc.process = proc
         self._keep(key, inc)
         if severity == "critical" and inc.severity == "warning":
             inc.severity = "critical"

@@ -206,9 +206,9 @@ class Town:
         )
 
     def tocsin(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.collector.run(
-            [str(BIN / "tocsin"), *args, "--collector", self.collector_addr, "--insecure"]
-        )
+        """The operator CLI on the collector's host (loopback: --insecure answers no other)."""
+        local = f"127.0.0.1:{COLLECTOR_PORT}"
+        return self.collector.run([str(BIN / "tocsin"), *args, "--collector", local, "--insecure"])
 
     def webhooks(self) -> list[dict[str, Any]]:
         return read_records(self.tmp / "webhooks.jsonl")
@@ -272,7 +272,7 @@ def _start(town: Town, hub: Netns, tripwire: str) -> None:
         [
             str(BIN / "tocsin-collector"),
             "--listen",
-            town.collector_addr,
+            f"0.0.0.0:{COLLECTOR_PORT}",  # the agent's address and the operator's loopback
             "--db",
             str(tmp / "collector.db"),
             "--webhook",

@@ -232,3 +232,24 @@ def test_smb_client_of_the_writer_is_kept_checked_and_plain() -> None:
     (d2,) = j.observe("other", w2, 0.7)
     assert d2.process is not None and d2.process.smb_client_addr == ""
     assert "smb_client_addr" not in d2.process.as_json()
+
+
+def test_evidence_summed_over_the_host_does_not_make_a_bystander_a_culprit() -> None:
+    """A stopped attacker's last file (no writer known: it never closed) spreads its
+    extension once more in a window where only a colleague wrote: that window belongs to
+    the attacker's incident. A new writer with damage of its own still gets its own."""
+    j = judge()
+    (d,) = j.observe(
+        "srv", window(1, files_probed=20, files_type_destroyed=20, encrypted_twins=20), 0.7
+    )
+    assert d.severity == "critical" and d.root_pid == 100
+    late = window(
+        2, root=300, files_created=2, top_new_extension="locked", top_new_extension_dirs=4
+    )
+    late.top_writers[0].smb_client_addr = "10.0.0.9"
+    decisions = j.observe("srv", late, 0.7)
+    assert decisions and {x.root_pid for x in decisions} == {100}, decisions
+    assert all(x.kind == "update" for x in decisions), decisions
+    own = window(3, root=500, files_probed=10, files_type_destroyed=10)
+    (d3,) = j.observe("srv", own, 0.7)
+    assert d3.kind == "open" and d3.root_pid == 500 and d3.severity == "critical"
