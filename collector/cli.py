@@ -6,12 +6,15 @@
                      [--allow CIDR ...] [--log-level LEVEL] [--log-format text|json]
                      [--webhook-secret whsec_... --webhook-format FMT]
                      [--fleet-guard N] [--metrics HOST:PORT]
+                     [--baseline-learning-days DAYS]
 
 The TOML config file takes the same keys (``listen``, ``db``, ``webhook`` as a
 list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
 ``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
-``webhook_retry_max_s``, ``webhook_max_age_s``, ...) plus tables only a file
+``webhook_retry_max_s``, ``webhook_max_age_s``, ``baseline_learning_days``
+(how long each host is scored with the shipped model before it learns its
+own baseline; 7), ...) plus tables only a file
 can hold: ``[[webhooks]]`` (url, format, secret, events, min_severity,
 timeout_s, name) and ``[[hooks]]`` (path, args, timeout_s, on, name); flags
 override it. Every problem with
@@ -30,7 +33,6 @@ import logging
 import os
 import signal
 import sys
-import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +42,6 @@ from tocsin.collector.grpcconf import (
     TlsFiles,
     parse_hostport,
     require_tls_or_insecure,
-    server_credentials,
 )
 from tocsin.collector.respond import MODES
 from tocsin.v1.errors import ConfigError, TocsinError
@@ -73,6 +74,7 @@ _KEYS = {
     "webhook_retry_initial_s": (int, float),
     "webhook_retry_max_s": (int, float),
     "webhook_max_age_s": (int, float),
+    "baseline_learning_days": (int, float),
 }
 
 
@@ -133,6 +135,12 @@ def build_parser() -> OneLineParser:
         help="hold automatic isolation beyond N hosts per minute (3; 0: no guard)",
     )
     p.add_argument("--metrics", help="HOST:PORT for the Prometheus /metrics endpoint (off)")
+    p.add_argument(
+        "--baseline-learning-days",
+        dest="baseline_learning_days",
+        type=float,
+        help="days of a host's own windows before it is scored with its own baseline (7)",
+    )
     return p
 
 
@@ -174,6 +182,7 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "webhook_retry_initial_s": 1.0,
         "webhook_retry_max_s": 300.0,
         "webhook_max_age_s": 86400.0,
+        "baseline_learning_days": 7.0,
     }
     merged.update(conf)
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
@@ -207,7 +216,12 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError("--fleet-guard wants a number of hosts per minute >= 0")
     if merged.get("metrics"):
         parse_hostport(merged["metrics"])
-    for key in ("webhook_retry_initial_s", "webhook_retry_max_s", "webhook_max_age_s"):
+    for key in (
+        "webhook_retry_initial_s",
+        "webhook_retry_max_s",
+        "webhook_max_age_s",
+        "baseline_learning_days",
+    ):
         merged[key] = float(merged[key])
         if merged[key] <= 0:
             raise ConfigError(f"{key} must be > 0")
@@ -261,63 +275,12 @@ def destinations(merged: dict[str, Any]) -> list[Any]:
     return out
 
 
-def load_scorer(model: str | None) -> Any:
-    from tocsin.collector.score import ForestScorer
-
-    try:
-        return ForestScorer.load(Path(model) if model else None)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--model: {exc}") from None
-
-
 async def serve(conf: dict[str, Any]) -> None:
     from tocsin.collector import sdnotify
-    from tocsin.collector.fleetguard import FleetGuard
-    from tocsin.collector.hooks import HookRunner
-    from tocsin.collector.metrics import ObservedScorer, attach_metrics
-    from tocsin.collector.outbox import Outbox
-    from tocsin.collector.server import Collector
-    from tocsin.collector.store import SqliteStore
+    from tocsin.collector.app import build
 
-    scorer = ObservedScorer(load_scorer(conf.get("model")))
-    store = SqliteStore(Path(conf["db"]))
-    outbox = Outbox(
-        Path(conf["db"]),
-        conf["destinations"],
-        retry_initial_s=conf["webhook_retry_initial_s"],
-        retry_max_s=conf["webhook_retry_max_s"],
-        max_age_s=conf["webhook_max_age_s"],
-    )
-    since = time.time() - conf["webhook_max_age_s"]
-    recent = store.list_alerts(limit=10_000)
-    recovered = outbox.recover(a.payload for a in recent if a.detected_at_s >= since)
-    if recovered:
-        log.warning("%d stored alerts had not reached the webhook outbox; queued now", recovered)
-    from tocsin.collector.ratelimit import RateLimits
-
-    tls: TlsFiles = conf["tls"]
-    per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
-    bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
-    collector = Collector(
-        store,
-        scorer,
-        outbox,
-        mode=conf["respond"],
-        allow=conf["allow"],
-        credentials=server_credentials(tls) if tls.given() else None,
-        silent_after_s=float(conf.get("silent_after") or 60.0),
-        rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
-    )
-    responder = collector.responder
-    responder.guard = FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None
-    if conf["hook_list"]:
-        responder.hooks = HookRunner(conf["hook_list"], responder.on_hook_outcome)
-    port = await collector.start(conf["listen"])
-    outbox.start()
-    metrics_server = None
-    if conf.get("metrics"):
-        metrics_server = attach_metrics(conf["metrics"], collector, outbox, scorer)
-        log.info("metrics on http://%s:%d/metrics", *metrics_server.address)
+    app = build(conf)
+    port = await app.start(conf["listen"])
     host, _ = parse_hostport(conf["listen"])
     model = conf.get("model") or "shipped baseline"
     log.info("listening on %s:%d (respond=%s, model=%s)", host, port, conf["respond"], model)
@@ -339,11 +302,7 @@ async def serve(conf: dict[str, Any]) -> None:
     sdnotify.notify("STOPPING=1")
     if watchdog is not None:
         watchdog.cancel()
-    await collector.stop(grace_s=5.0)
-    await outbox.stop()
-    outbox.close()
-    if metrics_server is not None:
-        metrics_server.close()
+    await app.stop(grace_s=5.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

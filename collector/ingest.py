@@ -9,7 +9,10 @@ Per stream, in order:
    and an ``Ack`` of what is already stored for this boot is sent at once.
 2. Each ``Window`` (seq > 0) is committed to the store, THEN acked (``Ack.seq``
    is the highest seq stored for the boot), THEN judged. A resent window
-   already stored is acked and counted in ``duplicates``, not judged again.
+   already stored is acked and counted in ``duplicates``, not judged again;
+   what the host has committed but not judged (the database failed after a
+   commit) is judged then (``JudgeStage.settle``), if the stage's own retry
+   has not done it already.
    A later ``Hello`` of the same host switches the boot the following windows
    belong to (how an agent resends an earlier boot's unacknowledged windows);
    it is answered with an ``Ack`` of that boot.
@@ -329,6 +332,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         if not inserted:
             self.duplicates += 1
             session.duplicates += 1
+            # A resend after a failure: what was committed but not judged is judged now.
+            await self.stage.settle(host_id)
             return acked
         self.windows_stored += 1
         session.stored += 1

@@ -4,8 +4,9 @@
 
 - ``on_decision(d)``: an ``open`` or ``escalate`` decision becomes an alert
   (stored, then posted to the webhooks in the background as event ``alert``);
-  ``update`` refreshes the stored alert of the incident; ``close`` marks it
-  closed. Never blocks on a receiver.
+  ``update`` refreshes the stored alert of the incident (or, if the incident
+  has none because the database failed before it was stored, raises it as
+  ``open`` would); ``close`` marks it closed. Never blocks on a receiver.
 - Mode ``off``: alerts only. ``dry-run``: alerts list the actions tocsin would
   take with status ``dry-run``; nothing is sent. ``enforce``: a critical
   alert suspends the tree root (``suspend``) and isolates the host
@@ -114,8 +115,6 @@ class Responder:
         self._alerts: dict[str, AlertRecord] = {}
         self.guard = guard
         self.hooks = hooks
-        if hooks is not None and hooks.on_outcome is None:
-            hooks.on_outcome = self.on_hook_outcome
         self.alerts_total: Counter[str] = Counter()
         self.actions_total: Counter[tuple[str, str]] = Counter()
 
@@ -130,9 +129,13 @@ class Responder:
         self, d: Decision, explanation: Sequence[tuple[str, float]] = ()
     ) -> dict[str, Any] | None:
         """Store and post an alert for ``open``/``escalate``; returns the posted body."""
-        if d.kind == "update":
+        if d.kind == "update" and d.incident_id in self._alerts:
             self._update(d)
             return None
+        if d.kind == "update":
+            # The incident's alert was never stored (the database failed between
+            # the judge's record and the alert): raise it now rather than never.
+            log.warning("incident %s of %s had no alert; raising it now", d.incident_id, d.host_id)
         if d.kind == "close":
             alert = self._alerts.pop(d.incident_id, None)
             if alert is not None:
@@ -440,7 +443,7 @@ class Responder:
 
     def _post_later(self, event: dict[str, Any]) -> None:
         if self.hooks is not None and event.get("action") != "hook":
-            self.hooks.fire(event)
+            self.hooks.fire(event, self.on_hook_outcome)
         enqueue = getattr(self.sink, "enqueue", None)
         if enqueue is not None:
             try:

@@ -11,6 +11,15 @@ Contract of every ``Store``:
   and every window is committed before the next one is read, so every window
   the agent sent with a lower seq is stored too; a seq the agent itself dropped
   from its full spool is never waited for.
+- Every stored window is judged exactly once, in order per host:
+  ``mark_judged(host_id, boot_id, seq, score)`` records that its judgement is
+  complete (decisions stored, commands sent). ``unjudged(host_id)`` returns the
+  windows committed (and acked) but not yet judged, oldest first, so a
+  judgement the database lost after the commit is taken up again once it is
+  back; ``unjudged_hosts()`` names the hosts that have any.
+  ``judged_since(host_id, span_s)`` returns the host's judged windows within
+  ``span_s`` of its newest judged one, oldest first: the judge's horizons are
+  rebuilt from them after a restart.
 - Alerts, actions and audit rows are plain records; lists come back newest first.
 
 ``SqliteStore`` is one connection in WAL mode guarded by a lock, so it may be
@@ -40,7 +49,8 @@ class StoreFull(StoreUnavailable):
     """The database's disk (or its size limit) is full; nothing was committed."""
 
 
-def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+def unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+    """The ``StoreUnavailable`` (or ``StoreFull``) an SQLite error means to the collector."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL or "full" in str(exc):
         return StoreFull(f"database full: {exc}")
@@ -117,7 +127,12 @@ class Store(Protocol):
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]: ...
     def committed_seq(self, host_id: str, boot_id: str) -> int: ...
-    def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None: ...
+    def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None: ...
+    def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]: ...
+    def unjudged_hosts(self) -> list[str]: ...
+    def judged_since(
+        self, host_id: str, span_s: float, limit: int = 4096
+    ) -> list[StoredWindow]: ...
     def save_alert(self, alert: AlertRecord) -> None: ...
     def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]: ...
     def add_action(self, action: ActionRecord) -> None: ...
@@ -139,7 +154,7 @@ CREATE TABLE IF NOT EXISTS hosts (
 );
 CREATE TABLE IF NOT EXISTS windows (
     host_id TEXT NOT NULL, boot_id TEXT NOT NULL, seq INTEGER NOT NULL,
-    start REAL, "end" REAL, score REAL, features TEXT, raw BLOB,
+    start REAL, "end" REAL, score REAL, features TEXT, raw BLOB, judged INTEGER DEFAULT 1,
     UNIQUE(host_id, boot_id, seq)
 );
 CREATE TABLE IF NOT EXISTS alerts (
@@ -153,6 +168,12 @@ CREATE TABLE IF NOT EXISTS actions (
     requested_at REAL, status TEXT, detail TEXT, pids TEXT, finished_at REAL
 );
 CREATE TABLE IF NOT EXISTS audit (at REAL, who TEXT, what TEXT, detail TEXT);
+"""
+# Indexes that need the ``judged`` column (a database from before it gets the
+# column first, every old window counting as judged).
+_JUDGED_INDEXES = """
+CREATE INDEX IF NOT EXISTS windows_unjudged ON windows(host_id, "end") WHERE judged=0;
+CREATE INDEX IF NOT EXISTS windows_host_end ON windows(host_id, "end");
 """
 
 
@@ -168,6 +189,10 @@ class SqliteStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            columns = [r[1] for r in self._db.execute("PRAGMA table_info(windows)")]
+            if "judged" not in columns:
+                self._db.execute("ALTER TABLE windows ADD COLUMN judged INTEGER DEFAULT 1")
+            self._db.executescript(_JUDGED_INDEXES)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open database {path}: {exc}") from None
         self._lock = threading.Lock()
@@ -177,7 +202,7 @@ class SqliteStore:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.OperationalError as exc:
-                raise _unavailable(exc) from exc
+                raise unavailable(exc) from exc
 
     def upsert_host(
         self, host_id: str, *, hostname: str, agent_version: str, tripwire_mode: str
@@ -252,7 +277,7 @@ class SqliteStore:
                 for w in windows:
                     cur = self._db.execute(
                         'INSERT OR IGNORE INTO windows(host_id, boot_id, seq, start, "end",'
-                        " score, features, raw) VALUES (?,?,?,?,?,?,?,?)",
+                        " score, features, raw, judged) VALUES (?,?,?,?,?,?,?,?,0)",
                         (
                             host_id,
                             boot_id,
@@ -270,7 +295,7 @@ class SqliteStore:
                 if self._db.in_transaction:  # SQLITE_FULL may already have rolled back
                     self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.OperationalError):
-                    raise _unavailable(exc) from exc
+                    raise unavailable(exc) from exc
                 raise
         return inserted
 
@@ -280,11 +305,39 @@ class SqliteStore:
         )
         return int(rows[0][0] or 0)
 
-    def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None:
+    def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
         self._exec(
-            "UPDATE windows SET score=? WHERE host_id=? AND boot_id=? AND seq=?",
+            "UPDATE windows SET score=?, judged=1 WHERE host_id=? AND boot_id=? AND seq=?",
             (score, host_id, boot_id, seq),
         )
+
+    _WINDOW_COLS = 'boot_id, seq, start, "end", features, raw, score FROM windows'
+
+    @staticmethod
+    def _stored(row: Sequence[Any]) -> tuple[str, StoredWindow]:
+        boot_id, seq, start, end, features, raw, score = row
+        feats = json.loads(features) if features else []
+        return boot_id, StoredWindow(int(seq), start, end, feats, bytes(raw or b""), score)
+
+    def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
+        rows = self._exec(
+            f'SELECT {self._WINDOW_COLS} WHERE host_id=? AND judged=0 ORDER BY "end", seq LIMIT ?',
+            (host_id, limit),
+        )
+        return [self._stored(r) for r in rows]
+
+    def unjudged_hosts(self) -> list[str]:
+        rows = self._exec("SELECT DISTINCT host_id FROM windows WHERE judged=0 ORDER BY host_id")
+        return [r[0] for r in rows]
+
+    def judged_since(self, host_id: str, span_s: float, limit: int = 4096) -> list[StoredWindow]:
+        rows = self._exec(
+            f'SELECT {self._WINDOW_COLS} WHERE host_id=? AND judged=1 AND "end" >='
+            ' (SELECT MAX("end") FROM windows WHERE host_id=? AND judged=1) - ?'
+            ' ORDER BY "end" DESC, seq DESC LIMIT ?',
+            (host_id, host_id, span_s, limit),
+        )
+        return [self._stored(r)[1] for r in reversed(rows)]
 
     def save_alert(self, alert: AlertRecord) -> None:
         self._exec(
@@ -419,6 +472,7 @@ class MemoryStore:
         self._clock = clock
         self._hosts: dict[str, HostRecord] = {}
         self._windows: dict[tuple[str, str, int], StoredWindow] = {}
+        self._judged: set[tuple[str, str, int]] = set()
         self._alerts: dict[str, AlertRecord] = {}
         self._actions: dict[str, ActionRecord] = {}
         self._audit: list[tuple[float, str, str, str]] = []
@@ -481,10 +535,28 @@ class MemoryStore:
         seqs = [k[2] for k in self._windows if k[0] == host_id and k[1] == boot_id]
         return max(seqs, default=0)
 
-    def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None:
+    def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
         key = (host_id, boot_id, seq)
         if key in self._windows:
             self._windows[key] = replace(self._windows[key], score=score)
+            self._judged.add(key)
+
+    def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
+        found = [
+            (k[1], w) for k, w in self._windows.items() if k[0] == host_id and k not in self._judged
+        ]
+        return sorted(found, key=lambda bw: (bw[1].end_s, bw[1].seq))[:limit]
+
+    def unjudged_hosts(self) -> list[str]:
+        return sorted({k[0] for k in self._windows if k not in self._judged})
+
+    def judged_since(self, host_id: str, span_s: float, limit: int = 4096) -> list[StoredWindow]:
+        mine = [w for k, w in self._windows.items() if k[0] == host_id and k in self._judged]
+        if not mine:
+            return []
+        newest = max(w.end_s for w in mine)
+        mine = sorted((w for w in mine if w.end_s >= newest - span_s), key=lambda w: w.end_s)
+        return mine[-limit:]
 
     def save_alert(self, alert: AlertRecord) -> None:
         self._alerts[alert.alert_id] = replace(alert)
