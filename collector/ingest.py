@@ -82,6 +82,7 @@ class _StreamSession:
         self.host_id = host_id
         self.stored = 0
         self.duplicates = 0
+        self.acked = 0  # highest seq acked on this stream (for the log of a refusal)
         self.out: asyncio.Queue[pb.CollectorMessage | _End] = asyncio.Queue(max_outbound)
 
     def displace(self) -> None:
@@ -303,7 +304,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             log.warning("agent %s: malformed AgentMessage", host_id)
             end = _End(grpc.StatusCode.INVALID_ARGUMENT, "malformed AgentMessage")
         except StoreUnavailable as exc:
-            end = self._store_end(host_id, exc, acked)
+            end = self._store_end(host_id, exc, max(acked, session.acked))
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as exc:
@@ -327,7 +328,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             raw=w.SerializeToString(),
         )
         (inserted,) = await asyncio.to_thread(self.store.add_windows, host_id, boot_id, [stored])
-        acked = max(acked, int(w.seq))
+        acked = session.acked = max(acked, int(w.seq))
         await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
         if not inserted:
             self.duplicates += 1
