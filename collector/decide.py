@@ -18,8 +18,9 @@ Rules (``JudgeConfig`` holds the numbers):
 - Strong evidence: one window in which most probed files were destroyed (at
   least ``strong_window`` of them) or most new files were encrypted twins, the
   destructive counts summed over 60 s or 1 h passing a high bar (per host), or
-  a lower one for one process tree over the hour (destruction concentrated in
-  one tree), or two different confirmers firing at once.
+  a lower one for one process tree over the hour when most of its windows
+  destroyed something (destruction concentrated in one tree), or two
+  different confirmers firing at once.
 - Severity: ``critical`` = (anomalous score or strong evidence) and a
   confirmer, or a canary touched, or the agent's tripwire fired; ``warning`` =
   an anomalous score, a confirmer alone, many dropped events, blindness (a
@@ -72,8 +73,11 @@ class JudgeConfig:
     # Destructive sums (all counted kinds) that make strong evidence.
     strong_short: int = 20
     strong_long: int = 100
-    # Destructive sum of one process tree over ``long_s`` that makes strong evidence.
+    # Destructive sum of one process tree over ``long_s`` that makes strong evidence,
+    # when it averages at least ``strong_tree_density`` per window of that tree (a
+    # busy benign tree meeting a corrupt file now and then never does).
     strong_tree_long: int = 30
+    strong_tree_density: float = 0.5
     # One window is strong evidence on its own when at least this many probed files
     # were destroyed (type lost or turned into encoded random text) and they are at
     # least this fraction of the files probed, or when at least ``window_confirm``
@@ -401,7 +405,10 @@ class Judge:
             strong_now
             or destructive_short >= cfg.strong_short
             or destructive_long >= cfg.strong_long
-            or destructive_tree >= cfg.strong_tree_long
+            or (
+                destructive_tree >= cfg.strong_tree_long
+                and destructive_tree >= cfg.strong_tree_density * len(tree)
+            )
             or len(confirmers) >= 2
         )
         anomalous = score is not None and score > threshold
