@@ -117,7 +117,7 @@ class _CollectorFamilies:
         yield _counter(
             p + "webhook_dropped",
             "Events refused by a full outbox",
-            self.outbox.dropped + responder.posts_dropped,
+            self.outbox.dropped,
         )
         hosts = list(self.c.store.list_hosts())
         hs = GaugeMetricFamily(p + "hosts", "Hosts by state", labels=["state"])

@@ -23,10 +23,10 @@
 - ``on_action_result(host_id, result)``: the agent's report is stored,
   audited, folded into the host state (isolated, suspended pids) and posted as
   event ``action``.
-A sink with ``enqueue`` (the durable outbox) takes events synchronously, so
-an alert is queued for its webhooks before ``on_decision`` returns. Other
-sinks get background posts, bounded (``max_inflight``; extra posts are dropped
-and counted in ``posts_dropped``); ``drain()`` waits for those in flight.
+Events go to the sink with ``enqueue`` (the durable outbox stores them at
+once, so an alert is queued for its webhooks before ``on_decision``
+returns); a sink that refuses one is counted in ``posts_failed``. ``drain()``
+waits for hooks and background posts in flight.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from tocsin.collector.hooks import HookOutcome, HookRunner
 from tocsin.collector.store import ActionRecord, AlertRecord, Store
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1 import telemetry_pb2 as pb
-from tocsin.v1.errors import TocsinError
 
 log = logging.getLogger("tocsin.collector.respond")
 
@@ -96,7 +95,6 @@ class Responder:
         allow: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
-        max_inflight: int = 256,
         command_ttl_s: float = 300.0,
         guard: FleetGuard | None = None,
         hooks: HookRunner | None = None,
@@ -107,11 +105,8 @@ class Responder:
         self.mode = mode
         self.allow = list(allow)
         self._clock, self._new_id = clock, new_id
-        self.max_inflight = max_inflight
         self.command_ttl_s = command_ttl_s
-        self.posts_dropped = 0
         self.posts_failed = 0
-        self._inflight: set[asyncio.Task[None]] = set()
         self._alerts: dict[str, AlertRecord] = {}
         self.guard = guard
         self.hooks = hooks
@@ -444,31 +439,13 @@ class Responder:
     def _post_later(self, event: dict[str, Any]) -> None:
         if self.hooks is not None and event.get("action") != "hook":
             self.hooks.fire(event, self.on_hook_outcome)
-        enqueue = getattr(self.sink, "enqueue", None)
-        if enqueue is not None:
-            try:
-                enqueue(event)
-            except Exception:
-                self.posts_failed += 1
-                log.exception("could not queue %s for the webhooks", event.get("event"))
-            return
-        if len(self._inflight) >= self.max_inflight:
-            self.posts_dropped += 1
-            log.warning("webhook backlog full; dropped %s %s", event["event"], event["host_id"])
-            return
-        task = asyncio.get_running_loop().create_task(self._post(event))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def _post(self, event: dict[str, Any]) -> None:
         try:
-            await self.sink.post(event)
-        except TocsinError as exc:
+            self.sink.enqueue(event)
+        except Exception:
             self.posts_failed += 1
-            log.warning("%s", exc)
+            log.exception("could not queue %s for the webhooks", event.get("event"))
 
     async def drain(self) -> None:
         if self.hooks is not None:
             await self.hooks.drain()
-        while self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        await self.sink.drain()
