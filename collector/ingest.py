@@ -54,7 +54,7 @@ from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
 from tocsin.collector.features import window_features
 from tocsin.collector.pipeline import JudgeStage
-from tocsin.collector.ratelimit import AgentRateLimits
+from tocsin.collector.ratelimit import AgentRateLimits, Refusal
 from tocsin.collector.respond import Responder
 from tocsin.collector.silence import SilenceWatch
 from tocsin.collector.store import Store, StoredWindow, StoreFull, StoreUnavailable
@@ -218,9 +218,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         assert end.code is not None
         await context.abort(end.code, end.detail)
 
-    def _rate_end(self, host_id: str, refusal: object) -> _End:
+    def _rate_end(self, host_id: str, refusal: Refusal) -> _End:
         self.rate_refusals += 1
-        wait_ms = int(getattr(refusal, "retry_after_s", 1.0) * 1000) + 1
+        wait_ms = int(refusal.retry_after_s * 1000) + 1
         log.warning("agent %s: %s; stream ended, retry in %d ms", host_id, refusal, wait_ms)
         return _End(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refusal), wait_ms)
 
