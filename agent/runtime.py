@@ -22,6 +22,7 @@ from tocsin.agent import limits, sdnotify
 from tocsin.agent.act import Actions
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.canary import plant
+from tocsin.agent.drill import DrillKey
 from tocsin.agent.metrics import AgentMetrics
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
@@ -105,7 +106,8 @@ class Agent:
         limit = limits.ensure_max_user_watches(dirs)
         self.watch_limit_ok = limit.ok
         self.watcher = FileWatcher(cfg.watch, ignore=ignore)
-        self.attributor = Attributor(cfg.watch)
+        self.drill_key = DrillKey.issue(cfg.state_dir)
+        self.attributor = Attributor(cfg.watch, is_drill=self.drill_key.carried_by)
         self.attributor.ignore(self.spool.files())
         self.tripwire = Tripwire(self.actions, cfg.tripwire, protect=cfg.protect)
         creds = None

@@ -12,15 +12,20 @@ off by wrapping something.
 ``build(conf)`` is what ``tocsin-collector`` runs. From the settings of
 ``tocsin.collector.cli.settings`` it opens the embedded storage (store,
 incident book, per-host baselines and webhook outbox in one SQLite file),
-loads the model and returns an ``App``: ``await app.start()`` binds the port
-(and the ``/metrics`` endpoint when asked) and returns it, ``await app.stop()``
-stops everything in order. Another store (PostgreSQL) enters in ``build`` and
-nowhere else.
+loads the model, makes the housekeeper (retention, disk watch) and, when
+asked, binds the web console's socket, and returns an ``App``:
+``await app.start(listen)`` starts the collector, the outbox, the
+housekeeping, the console and the ``/metrics`` endpoint and returns the
+bound port; ``await app.stop()`` stops everything in order. Another store
+(PostgreSQL) enters in ``build`` and nowhere else.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import socket
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -31,10 +36,12 @@ import grpc
 
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
 from tocsin.collector.commands import CommandRouter
+from tocsin.collector.console.auth import LinkIssuer
 from tocsin.collector.decide import Judge, JudgeConfig
 from tocsin.collector.fleetguard import FleetGuard
-from tocsin.collector.grpcconf import TlsFiles, server_credentials
+from tocsin.collector.grpcconf import TlsFiles, parse_hostport, server_credentials
 from tocsin.collector.hooks import HookRunner
+from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
 from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook, SqliteIncidentBook
 from tocsin.collector.ingest import TelemetryService
 from tocsin.collector.meter import WindowMeter
@@ -72,6 +79,7 @@ def assemble(
     guard: FleetGuard | None = None,
     hooks: HookRunner | None = None,
     judge_retry_s: float = 5.0,
+    console: LinkIssuer | None = None,
 ) -> Collector:
     """A collector made of these parts (see module doc); not started."""
     router = CommandRouter()
@@ -90,7 +98,7 @@ def assemble(
     telemetry = TelemetryService(
         store, router, stage, responder, limits=AgentRateLimits(rate_limits), silence=silence
     )
-    operator = OperatorService(store, router, responder)
+    operator = OperatorService(store, router, responder, console=console)
     return Collector(
         store, router, responder, stage, telemetry, operator, silence, credentials=credentials
     )
@@ -104,26 +112,92 @@ def load_scorer(model: str | None) -> ForestScorer:
 
 
 class App:
-    """The collector, its webhook outbox and its optional ``/metrics`` endpoint."""
+    """The collector and what runs beside it: outbox, housekeeping, console, ``/metrics``."""
 
-    def __init__(self, collector: Collector, outbox: Outbox, metrics_listen: str | None) -> None:
-        self.collector, self.outbox, self.metrics_listen = collector, outbox, metrics_listen
+    def __init__(
+        self,
+        collector: Collector,
+        outbox: Outbox,
+        housekeeper: Housekeeper,
+        shipped: Scorer,
+        conf: dict[str, Any],
+        console: tuple[LinkIssuer, socket.socket] | None = None,
+    ) -> None:
+        self.collector, self.outbox, self.housekeeper = collector, outbox, housekeeper
+        self.shipped, self.conf, self.console = shipped, conf, console
         self.metrics: MetricsServer | None = None
+        self._console_server: Any = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self, listen: str) -> int:
         port = await self.collector.start(listen)
         self.outbox.start()
-        if self.metrics_listen:
-            self.metrics = serve_metrics(self.metrics_listen, self.collector, self.outbox)
+        if self.console is not None:
+            self._console_server = await self._start_console(*self.console)
+        self._housekeeping = asyncio.get_running_loop().create_task(self.housekeeper.run())
+        if self.conf.get("metrics"):
+            self.metrics = serve_metrics(
+                self.conf["metrics"], self.collector, self.outbox, self.housekeeper
+            )
             log.info("metrics on http://%s:%d/metrics", *self.metrics.address)
         return port
 
+    async def _start_console(self, links: LinkIssuer, sock: socket.socket) -> Any:
+        """Serve the web console beside the collector (HTTPS with its certificate if it has one)."""
+        from tocsin.collector.console.auth import Sessions
+        from tocsin.collector.console.backend import ConsoleBackend
+        from tocsin.collector.console.web import (
+            ConsoleConfig,
+            ConsoleServer,
+            console_app,
+            tls_context,
+        )
+        from tocsin.collector.operations import HostActions
+
+        c = self.collector
+        backend = ConsoleBackend(
+            c.store,
+            c.router,
+            c.silence,
+            HostActions(c.store, c.responder),
+            threshold=float(self.shipped.threshold),
+        )
+        config = ConsoleConfig(language=self.conf["language"])
+        app = console_app(backend, links.links, Sessions(), config)
+        tls: TlsFiles = self.conf["tls"]
+        server = ConsoleServer(
+            app, tls_context(tls.cert, tls.key) if tls.cert and tls.key else None
+        )
+        await server.start(sock)
+        log.info("console on %s/", links.base_url)
+        return server
+
     async def stop(self, grace_s: float = 5.0) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        if self._console_server is not None:
+            await self._console_server.stop()
         await self.collector.stop(grace_s=grace_s)
         await self.outbox.stop()
         self.outbox.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _console(conf: dict[str, Any]) -> tuple[LinkIssuer, socket.socket] | None:
+    """The console's sign-in links and bound socket, when ``console`` is set."""
+    if not conf.get("console"):
+        return None
+    from tocsin.collector.console.auth import LoginLinks
+    from tocsin.collector.console.web import bind
+
+    host, _ = parse_hostport(conf["console"], "console")
+    sock = bind(conf["console"])
+    scheme = "https" if conf["tls"].given() else "http"
+    base = conf.get("console_url") or f"{scheme}://{host}:{sock.getsockname()[1]}"
+    return LinkIssuer(LoginLinks(), base.rstrip("/")), sock
 
 
 def build(conf: dict[str, Any]) -> App:
@@ -151,6 +225,7 @@ def build(conf: dict[str, Any]) -> App:
     per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
     bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
     learning_s = float(conf["baseline_learning_days"]) * 86400.0
+    console = _console(conf)
     collector = assemble(
         store,
         shipped,
@@ -165,9 +240,21 @@ def build(conf: dict[str, Any]) -> App:
         baseline_config=BaselineConfig(learning_s=learning_s),
         guard=FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None,
         hooks=HookRunner(conf["hook_list"]) if conf["hook_list"] else None,
+        console=console[0] if console else None,
+    )
+    housekeeper = Housekeeper(
+        store,
+        db,
+        outbox,
+        outbox,
+        RetentionConfig(
+            retention_days=conf["retention_days"],
+            rollup_days=conf["rollup_days"],
+            disk_warn_ratio=conf["disk_warn_percent"] / 100.0,
+        ),
     )
     log.info(
         "per-host baselines: each host learns its own after %g days of its windows",
         conf["baseline_learning_days"],
     )
-    return App(collector, outbox, conf.get("metrics"))
+    return App(collector, outbox, housekeeper, shipped, conf, console)

@@ -12,9 +12,10 @@ The TOML config file takes the same keys (``listen``, ``db``, ``webhook`` as a
 list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
 ``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
-``webhook_retry_max_s``, ``webhook_max_age_s``, ``baseline_learning_days``
-(how long each host is scored with the shipped model before it learns its
-own baseline; 7), ...) plus tables only a file
+``webhook_retry_max_s``, ``webhook_max_age_s``, ``retention_days``,
+``rollup_days``, ``disk_warn_percent``, ``baseline_learning_days`` (how long
+each host is scored with the shipped model before it learns its own
+baseline; 7), ...) plus tables only a file
 can hold: ``[[webhooks]]`` (url, format, secret, events, min_severity,
 timeout_s, name) and ``[[hooks]]`` (path, args, timeout_s, on, name); flags
 override it. Every problem with
@@ -74,6 +75,12 @@ _KEYS = {
     "webhook_retry_initial_s": (int, float),
     "webhook_retry_max_s": (int, float),
     "webhook_max_age_s": (int, float),
+    "retention_days": (int, float),
+    "rollup_days": (int, float),
+    "disk_warn_percent": (int, float),
+    "console": str,
+    "console_url": str,
+    "language": str,
     "baseline_learning_days": (int, float),
 }
 
@@ -182,6 +189,10 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "webhook_retry_initial_s": 1.0,
         "webhook_retry_max_s": 300.0,
         "webhook_max_age_s": 86400.0,
+        "retention_days": 30.0,
+        "rollup_days": 365.0,
+        "disk_warn_percent": 80.0,
+        "language": "en",
         "baseline_learning_days": 7.0,
     }
     merged.update(conf)
@@ -225,6 +236,14 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         merged[key] = float(merged[key])
         if merged[key] <= 0:
             raise ConfigError(f"{key} must be > 0")
+    for key, lowest, highest in (
+        ("retention_days", 1.0, 36500.0),
+        ("rollup_days", 1.0, 36500.0),
+        ("disk_warn_percent", 1.0, 100.0),
+    ):
+        merged[key] = float(merged[key])
+        if not lowest <= merged[key] <= highest:  # also refuses nan
+            raise ConfigError(f"{key} must be between {lowest:g} and {highest:g}")
     merged["destinations"] = destinations(merged)
     merged["hook_list"] = [
         _hook(h, f"[[hooks]] #{i + 1}") for i, h in enumerate(_tables(merged["hooks"], "hooks"))
@@ -241,7 +260,24 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     )
     require_tls_or_insecure(tls, bool(merged["insecure"]))
     merged["tls"] = tls
+    if merged["language"] not in ("en", "fr"):
+        raise ConfigError(f"language must be en or fr, not {merged['language']!r}")
+    if merged.get("console"):
+        console_host, _ = parse_hostport(merged["console"], "console")
+        if not tls.given() and not _loopback(console_host):
+            raise ConfigError(
+                "console: without TLS the console listens on loopback only (127.0.0.1, ::1)"
+            )
     return merged
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _tables(items: list[Any], what: str) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """The collector's Prometheus ``/metrics`` endpoint (``--metrics HOST:PORT``, off by default).
 
-Contract: ``serve_metrics(listen, collector, outbox)`` serves the text
+Contract: ``serve_metrics(listen, collector, outbox, housekeeper)`` serves the text
 exposition on ``http://HOST:PORT/metrics`` from a daemon thread (its own
 registry, nothing global) and returns a ``MetricsServer`` (``address`` is the
 bound address, port 0 picks one; ``close()``). Values are read at scrape time
@@ -12,7 +12,8 @@ agent_events_dropped_total, agent_spool_dropped{host_id}, score (histogram),
 scoring_dropped_total, alerts_total{severity}, actions_total{kind,status},
 commands_dropped_total, webhook_deliveries_total{destination,outcome},
 webhook_outbox_depth, webhook_dropped_total, hosts{state},
-fleet_guard_held_total, hook_runs_total{status}, bad_streams_total.
+fleet_guard_held_total, hook_runs_total{status}, bad_streams_total,
+disk_used_ratio, rows_pruned_total.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
 from tocsin.collector.grpcconf import parse_hostport
+from tocsin.collector.housekeeping import Housekeeper
 from tocsin.collector.meter import EVENT_KINDS
 
 if TYPE_CHECKING:
@@ -43,8 +45,8 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 
 class _CollectorFamilies:
-    def __init__(self, collector: Collector, outbox: Outbox) -> None:
-        self.c, self.outbox = collector, outbox
+    def __init__(self, collector: Collector, outbox: Outbox, housekeeper: Housekeeper) -> None:
+        self.c, self.outbox, self.housekeeper = collector, outbox, housekeeper
 
     def collect(self) -> Iterator[Metric]:
         p = "tocsin_collector_"
@@ -131,6 +133,16 @@ class _CollectorFamilies:
             "Automatic isolations held by the fleet guard",
             guard.held_total if guard is not None else 0,
         )
+        yield GaugeMetricFamily(
+            p + "disk_used_ratio",
+            "Used fraction of the filesystem holding the database",
+            value=self.housekeeper.disk_used_ratio,
+        )
+        yield _counter(
+            p + "rows_pruned",
+            "Rows removed past their retention period",
+            self.housekeeper.rows_pruned,
+        )
         hr = CounterMetricFamily(p + "hook_runs", "Operator hook runs by status", labels=["status"])
         runs = responder.hooks.runs if responder.hooks is not None else {}
         for status in ("done", "failed", "timeout", "error"):
@@ -148,10 +160,12 @@ class MetricsServer:
         self._server.server_close()
 
 
-def serve_metrics(listen: str, collector: Collector, outbox: Outbox) -> MetricsServer:
-    """Serve /metrics of ``collector`` and ``outbox`` on ``listen`` (see module contract)."""
+def serve_metrics(
+    listen: str, collector: Collector, outbox: Outbox, housekeeper: Housekeeper
+) -> MetricsServer:
+    """Serve /metrics of these parts on ``listen`` (see module contract)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_CollectorFamilies(collector, outbox))  # type: ignore[arg-type]
+    registry.register(_CollectorFamilies(collector, outbox, housekeeper))  # type: ignore[arg-type]
     host, port = parse_hostport(listen)
     server, thread = start_http_server(port, host, registry=registry)
     return MetricsServer(server, thread)

@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from tocsin.collector.baseline import HostBaselines
 from tocsin.collector.decide import Decision, Judge, ts_s
+from tocsin.collector.features import window_features
 from tocsin.collector.meter import WindowMeter
 from tocsin.collector.protocols import Scorer
 from tocsin.collector.respond import Responder
@@ -194,8 +195,8 @@ class JudgeStage:
         for boot_id, sw in backlog:
             if (boot_id, sw.seq) == skip:
                 continue
-            x = np.asarray(sw.features, dtype=np.float64)
-            await self._judge_marked(host_id, boot_id, _parse(sw), x)
+            w = _parse(sw)
+            await self._judge_marked(host_id, boot_id, w, window_features(w))
             caught_up.add((boot_id, sw.seq))
         self.backlog_judged += len(caught_up)
         self._in_sync.add(host_id)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tocsin.collector.baseline import BaselineConfig, HostBaselines
-from tocsin.collector.features import window_features
-from tocsin.collector.score import ForestScorer
 from tocsin.collector.app import assemble
+from tocsin.collector.baseline import BaselineConfig, HostBaselines
+from tocsin.collector.features import feature_matrix, window_features
 from tocsin.collector.incidents import SqliteIncidentBook
+from tocsin.collector.score import ForestScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore, StoredWindow
 from tocsin.collector.webhook import MemoryWebhookSink
@@ -53,7 +53,7 @@ def on_file(db: Path, scorer: ForestScorer) -> Collector:
 
 async def judge_one(c: Collector, host: str, w: pb.Window) -> list[str]:
     x = window_features(w)
-    c.store.add_windows(host, "boot", [StoredWindow(int(w.seq), T0, T0, x.tolist(), b"")])
+    c.store.add_windows(host, "boot", [StoredWindow(int(w.seq), T0, T0, w.SerializeToString())])
     return [d.kind for d in await c.stage.judge_window(host, "boot", w, x)]
 
 
@@ -94,7 +94,7 @@ def test_host_learns_its_own_baseline_and_keeps_it_across_restart(tmp_path: Path
     db = tmp_path / "collector.db"
     store = SqliteStore(db)
     shipped = ForestScorer.load()
-    windows = []
+    windows, wire = [], []
     for i in range(700):  # a busy host: a backup every 50 s, saves in between
         busy = i % 50 < 5
         w = window(
@@ -106,7 +106,8 @@ def test_host_learns_its_own_baseline_and_keeps_it_across_restart(tmp_path: Path
             mean_entropy=7.9,
             bytes_written=80_000_000 if busy else 40_000,
         )
-        windows.append(StoredWindow(i + 1, T0 + i, T0 + i + 1, window_features(w).tolist(), b""))
+        wire.append(w)
+        windows.append(StoredWindow(i + 1, T0 + i, T0 + i + 1, w.SerializeToString()))
     store.add_windows("srv", "boot", windows)
     cfg = BaselineConfig(learning_s=600.0, min_windows=500, trees=30, check_every_s=0.0)
     base = HostBaselines(shipped, db, cfg)
@@ -119,7 +120,7 @@ def test_host_learns_its_own_baseline_and_keeps_it_across_restart(tmp_path: Path
     own = base.scorer_for("srv")
     assert own is not shipped and own.card["training"]["windows"] < 700
     assert own.threshold >= shipped.threshold
-    backup = [w.features for w in windows[:5]]
+    backup = feature_matrix(wire[:5])
     assert (own.score(backup) <= own.threshold).all()  # its own backups are its normal
     base.close()
 
