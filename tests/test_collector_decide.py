@@ -203,7 +203,6 @@ def test_window_without_writer_joins_the_open_incident() -> None:
     assert [x.incident_id for x in out2] == [d2.incident_id] and out2[0].root_pid == 100
 
 
-
 def _paced_window(seq: int, every_s: int = 10) -> pb.Window:
     """One file ruined every ``every_s`` by tree 100, a colleague's saves (tree 200) between."""
     if seq % every_s == 0:
