@@ -14,8 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from tests.transport_procs import BIN, CollectorProc, free_port, wait_for
+from tocsin.collector.features import window_features
 from tocsin.collector.model import parse_arrays
 from tocsin.collector.score import ForestScorer
+from tocsin.collector.store import unpack_raw
+from tocsin.v1 import telemetry_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "mairie-fichiers"
@@ -76,7 +79,8 @@ def test_a_replayed_week_teaches_the_host_its_own_baseline(tmp_path: Path) -> No
     # The morning after, before the daily refit (due a day after the first fit).
     next_day = corpus(tmp_path / "day8.jsonl", seed=2, windows=200, days=0.4, start_day=7)
     config = tmp_path / "collector.toml"
-    config.write_text("insecure = true\nbaseline_learning_days = 6.5\n")
+    # The recording is from 2025: keep it past the default 30 days of retention.
+    config.write_text("insecure = true\nbaseline_learning_days = 6.5\nretention_days = 36500\n")
     db = tmp_path / "collector.db"
     proc = CollectorProc(
         db, tmp_path / "collector.log", f"127.0.0.1:{free_port()}", ["--config", str(config)]
@@ -113,10 +117,11 @@ def test_a_replayed_week_teaches_the_host_its_own_baseline(tmp_path: Path) -> No
     shipped = ForestScorer.load()
     stored = rows(
         db,
-        "SELECT features, score FROM windows WHERE boot_id='synthetic-seed-2' ORDER BY seq",
+        "SELECT raw, codec, score FROM windows WHERE boot_id='synthetic-seed-2' ORDER BY seq",
     )
-    X = np.asarray([json.loads(str(f)) for f, _ in stored], dtype=np.float64)
-    scores = np.asarray([s for _, s in stored], dtype=np.float64)
+    windows = [pb.Window.FromString(unpack_raw(bytes(r), int(c))) for r, c, _ in stored]  # type: ignore[arg-type]
+    X = np.vstack([window_features(w) for w in windows])
+    scores = np.asarray([s for _, _, s in stored], dtype=np.float64)
     # The day after the learning period is scored with the host's own model ...
     np.testing.assert_allclose(scores, own.score(X), rtol=0, atol=1e-9)
     # ... which is not the shipped one.

@@ -15,6 +15,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from tocsin.v1 import CHANNEL_OPTIONS
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 
-T0 = 1_764_000_000
+T0 = int(time.time()) - 600  # recent: older windows are past the retention period
 HOST = "srv-fichiers"
 
 
