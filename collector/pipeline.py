@@ -178,7 +178,7 @@ class JudgeStage:
                 with contextlib.suppress(StoreUnavailable):
                     n = await self.settle(host_id)
                     if n:
-                        log.warning("judged %d windows of %s left unjudged", n, host_id)
+                        log.warning("judged %d window(s) of %s left unjudged", n, host_id)
             await asyncio.sleep(self.retry_s)
 
     def _lock(self, host_id: str) -> asyncio.Lock:
