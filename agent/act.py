@@ -37,6 +37,7 @@ import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.text import wire_text
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ class Actions:
             command_id=cmd.id,
             kind=kind,
             status=status,
-            detail=detail,
+            detail=wire_text(detail),
             pids=pids,
             at=_now(),
             local=local,
