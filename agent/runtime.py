@@ -172,7 +172,9 @@ class Agent:
         stalled = self.window.stalled_s()
         if stalled > WINDOW_STALL_S:
             faulthandler.dump_traceback(all_threads=True)  # where it hangs, to the journal
-            return f"the window thread has made no progress for {stalled:.0f} s"
+            probing = self.window.acc.probing
+            where = f" (probing {probing})" if probing else ""
+            return f"the window thread has made no progress for {stalled:.0f} s{where}"
         return ""
 
     def _on_window(self, w: pb.Window, writers: list[pb.ProcessSample]) -> None:

@@ -134,6 +134,7 @@ class WindowAccumulator:
     probe_files_done: int = 0
     probe_bytes_done: int = 0
     probe_echoes: set[str] = field(default_factory=set)
+    probing: str = ""  # the file being probed right now
     # the canaries touched in the window last closed (for attribution)
     last_canary_paths: set[str] = field(default_factory=set)
     # memories across windows (bounded)
@@ -306,7 +307,9 @@ class WindowAccumulator:
             path, _ = self.to_probe.popitem()  # the newest
             if path in self.deleted:
                 continue
+            self.probing = path  # named by the watchdog if the probe never returns
             r = probe_file(path)
+            self.probing = ""
             self.probe_echoes.add(path)
             self.probed[path] = r
             if r is not None:  # a vanished or unreadable file costs no budget

@@ -1,0 +1,462 @@
+"""Hostile file-system and wire input against the real agent process.
+
+A share user names files, makes FIFOs, sockets and symlinks, and runs programs
+with any bytes in their command line; a collector (or whoever speaks for it)
+sends any Ack. The real ``tocsin-agent`` streams to a gRPC sink on 127.0.0.1
+(tools/grpc_sink.py) and must keep producing windows, and acting, after each.
+The watchdog tests speak sd_notify to it like systemd (a datagram socket in
+the test, as in tests/test_ops_systemd.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from grpc_sink import GrpcSink
+
+from tocsin.agent import simulate
+from tocsin.v1 import CHANNEL_OPTIONS
+from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
+
+AGENT = Path(sys.executable).with_name("tocsin-agent")
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="mknod, fanotify and SIGSTOP need root")
+
+# The agent with one probe that never returns: ``probe_file`` of a name holding
+# HANG_MARK blocks forever (the injected hang point: the real agent otherwise).
+HANG_MARK = "hang-here"
+HANGING_AGENT = f"""
+import sys, threading
+from tocsin.agent import window
+real = window.probe_file
+def probe_file(path):
+    if {HANG_MARK!r} in path:
+        threading.Event().wait()
+    return real(path)
+window.probe_file = probe_file
+from tocsin.agent.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+class Agent:
+    """A real ``tocsin-agent`` process, its log in a file."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        share: Path,
+        collector: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        hang_point: bool = False,
+    ) -> None:
+        self.log = tmp / f"agent-{uuid.uuid4().hex[:6]}.log"
+        head = [sys.executable, "-c", HANGING_AGENT] if hang_point else [str(AGENT)]
+        args = [
+            *head,
+            "--collector",
+            collector,
+            "--watch",
+            str(share),
+            "--host-id",
+            "hostile",
+            "--state-dir",
+            str(tmp / "state"),
+            "--insecure",
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        end = time.monotonic() + 60
+        while "watching" not in self.text():
+            assert self.proc.poll() is None and time.monotonic() < end, self.text()
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        return self.log.read_bytes().decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sink() -> Iterator[GrpcSink]:
+    s = GrpcSink()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def agents() -> Iterator[Callable[..., Agent]]:
+    started: list[Agent] = []
+
+    def start(*args: object, **kw: object) -> Agent:
+        a = Agent(*args, **kw)  # type: ignore[arg-type]
+        started.append(a)
+        return a
+
+    yield start
+    for a in started:
+        a.stop()
+
+
+def wait_window(
+    sink: GrpcSink, agent: Agent, pred: Callable[[pb.Window], bool], timeout_s: float = 15
+) -> pb.Window:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        for w in sink.windows():
+            if pred(w):
+                return w
+        time.sleep(0.1)
+    raise AssertionError(f"no such window in {timeout_s} s; agent log:\n{agent.text()[-3000:]}")
+
+
+def names(w: pb.Window) -> list[str]:
+    return [os.path.basename(p) for p in w.example_paths]
+
+
+def still_seen(sink: GrpcSink, agent: Agent, share: Path, name: str, timeout_s: float = 20) -> None:
+    """Plain files written now show up in a window: the agent is not blind.
+
+    One file every 1.5 s until one is among a window's example paths (capped at 5:
+    a backlog of the hostile input's own events may fill a window first).
+    """
+    end = time.monotonic() + timeout_s
+    i = 0
+    while time.monotonic() < end:
+        (share / f"{i}-{name}").write_text("an ordinary note\n")
+        wanted = {f"{j}-{name}" for j in range(i + 1)}
+        until = time.monotonic() + 1.5
+        while time.monotonic() < until:
+            if any(wanted & set(names(w)) for w in sink.windows()):
+                return
+            time.sleep(0.1)
+        i += 1
+    raise AssertionError(f"no window with {name} in {timeout_s} s:\n{agent.text()[-3000:]}")
+
+
+def test_non_utf8_file_name_does_not_blind_the_agent(
+    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    agent = agents(tmp_path, share, sink.target, "--tripwire", "off")
+    with open(os.fsencode(share) + b"/notes-\xff.txt", "wb") as fh:
+        fh.write(b"minutes of the council\n")
+    # The name arrives escaped (valid UTF-8), and the windows after it keep coming.
+    w = wait_window(sink, agent, lambda w: "notes-\\xff.txt" in names(w))
+    assert w.files_created >= 1
+    still_seen(sink, agent, share, "after-the-bad-name.txt")
+    still_seen(sink, agent, share, "and-again.txt")
+
+
+def test_non_utf8_command_line_does_not_drop_the_window(
+    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    agent = agents(tmp_path, share, sink.target, "--tripwire", "off")
+    writer = (
+        "import sys, time\n"
+        "for i in range(30):\n"
+        "    open(f'w-{i}.txt', 'w').write('x' * 100)\n"
+        "    time.sleep(0.1)\n"
+    )
+    # psutil attribution (not root) finds a writer by its cwd: it runs in the share.
+    child = subprocess.Popen([sys.executable, "-c", writer, b"--label=\xff\xfe"], cwd=share)
+    try:
+        w = wait_window(
+            sink, agent, lambda w: any("\\xff\\xfe" in s.cmdline for s in w.top_writers)
+        )
+    finally:
+        child.wait(timeout=30)
+    assert w.files_created >= 1
+    still_seen(sink, agent, share, "after-the-bad-writer.txt")
+
+
+def test_fifo_renamed_into_place_does_not_hang_the_agent(
+    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    agent = agents(tmp_path, share, sink.target, "--tripwire", "off")
+    os.mkfifo(share / ".~budget.tmp")
+    os.rename(share / ".~budget.tmp", share / "budget.docx")
+    wait_window(sink, agent, lambda w: "budget.docx" in names(w))
+    still_seen(sink, agent, share, "after-the-fifo.txt")
+    still_seen(sink, agent, share, "and-again.txt")
+
+
+def _deep(base: Path, levels: int, name: str) -> None:
+    """``levels`` nested directories called ``name`` under ``base``, a file at the bottom.
+
+    Built through directory descriptors: the whole path may exceed PATH_MAX.
+    """
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir(name, dir_fd=fd)
+            nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        leaf = os.open("bottom.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(leaf, b"the bottom of the tree\n")
+        os.close(leaf)
+    finally:
+        os.close(fd)
+
+
+def _place(zoo: Path, make: Callable[[Path], object], name: str) -> None:
+    """Make something at a temporary name, then rename it into place as ``name``."""
+    tmp = zoo / f".tmp-{name}"
+    make(tmp)
+    os.rename(tmp, zoo / name)
+
+
+# What the test process writes itself stays plain text: it must never look like damage
+# (the tripwire would suspend the test).
+def _grow(path: Path, stop: threading.Event) -> None:
+    while not stop.is_set():
+        with path.open("a") as fh:
+            fh.write("one more line of the minutes\n" * 100)
+
+
+def _vanish(zoo: Path, stop: threading.Event) -> None:
+    i = 0
+    while not stop.is_set():
+        p = zoo / f"brief-{i % 50}.txt"
+        p.write_text("a brief that will not stay\n")
+        p.unlink()
+        i += 1
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_STOPPED
+    except psutil.NoSuchProcess:
+        return False
+
+
+@ROOT_ONLY
+def test_hostile_file_system_zoo_then_attack_is_stopped(
+    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+) -> None:
+    share = tmp_path / "share"
+    docs = share / "docs"
+    zoo = share / "zoo"
+    simulate.make_share(docs, 300)
+    zoo.mkdir()
+    agent = agents(tmp_path, share, sink.target, "--tripwire", "enforce")
+
+    with open(os.fsencode(zoo) + b"/notes-\xff.txt", "wb") as fh:
+        fh.write(b"minutes\n")
+    _place(zoo, os.mkfifo, "budget.docx")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    short = Path(tempfile.mkdtemp(prefix="s", dir="/tmp"))  # a socket path has 108 bytes
+    server.bind(str(short / "s"))
+    os.rename(short / "s", zoo / "plan.pdf")
+    short.rmdir()
+    _place(zoo, lambda p: os.mknod(p, stat.S_IFCHR | 0o600, os.makedev(1, 5)), "zero.docx")
+    _place(zoo, lambda p: os.mknod(p, stat.S_IFBLK | 0o600, os.makedev(7, 0)), "disk.xlsx")
+    _place(zoo, lambda p: p.symlink_to("/etc/shadow"), "passwords.txt")
+    _place(zoo, lambda p: p.symlink_to("/dev/zero"), "endless.docx")
+    (zoo / "growing.txt").write_text("")
+    long_name = "n" * 200
+    _deep(zoo, 50, long_name)  # a 10,000-character path
+    _deep(zoo, 200, "d")  # 200 levels deep
+    stop = threading.Event()
+    busy = [
+        threading.Thread(target=_grow, args=(zoo / "growing.txt", stop)),
+        threading.Thread(target=_vanish, args=(zoo, stop)),
+    ]
+    for t in busy:
+        t.start()
+    try:
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in busy:
+            t.join()
+        server.close()
+    still_seen(sink, agent, share, "after-the-zoo.txt")
+    assert agent.proc.poll() is None
+
+    # Acting, too: an in-place attack on the documents beside the zoo is suspended. It
+    # runs under sh: its tree must not climb into this test, which wrote in the share.
+    progress = tmp_path / "progress.txt"
+    attack_argv = [sys.executable, "-m", "tocsin.agent.simulate", "run", "encrypt-inplace"]
+    attack_argv += [str(docs), "--rate", "200", "--progress", str(progress)]
+    shell = subprocess.Popen(["sh", "-c", '"$@" & wait', "sh", *attack_argv])
+    attack = None
+    try:
+        end = time.monotonic() + 10
+        while attack is None and time.monotonic() < end:
+            kids = psutil.Process(shell.pid).children()
+            attack = kids[0] if kids else None
+        assert attack is not None
+        while shell.poll() is None and not _stopped(attack.pid):
+            time.sleep(0.01)
+        stopped = _stopped(attack.pid)
+        ruined = len(progress.read_text().splitlines()) if progress.exists() else 0
+    finally:
+        if attack is not None:
+            with contextlib.suppress(psutil.Error):
+                attack.kill()
+        shell.wait(timeout=10)
+    assert stopped, agent.text()[-3000:]
+    assert ruined <= 100
+    still_seen(sink, agent, share, "after-the-attack.txt")
+
+
+class NotifyHarness:
+    """What systemd does for Type=notify with a watchdog: a datagram socket, messages kept."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        name = f"tocsin-test-{uuid.uuid4().hex[:12]}"
+        self.sock.bind("\0" + name)
+        self.address = "@" + name
+        self.sock.settimeout(0.1)
+        self.pings: list[float] = []
+
+    def poll(self, for_s: float) -> None:
+        end = time.monotonic() + for_s
+        while time.monotonic() < end:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            if "WATCHDOG=1" in data.decode().split("\n"):
+                self.pings.append(time.monotonic())
+
+    def env(self) -> dict[str, str]:
+        return {"NOTIFY_SOCKET": self.address, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": ""}
+
+
+def test_a_hung_probe_stops_the_watchdog_pings(
+    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    notify = NotifyHarness()
+    agent = agents(
+        tmp_path, share, sink.target, "--tripwire", "off", env=notify.env(), hang_point=True
+    )
+    notify.poll(2.0)
+    assert len(notify.pings) >= 2  # every WATCHDOG_USEC / 2 while healthy
+    # A file whose probe never returns; its name is attacker text for the log line.
+    evil = share / f"{HANG_MARK}\n\u202eFAKE line.docx"
+    evil.write_bytes(b"PK\x03\x04 whatever")
+    hung_at = time.monotonic()
+    from tocsin.agent.runtime import WINDOW_STALL_S
+
+    notify.poll(WINDOW_STALL_S + 6)
+    assert notify.pings, "no ping at all"
+    last = notify.pings[-1]
+    # The pings stopped once the window thread had been stuck WINDOW_STALL_S past its
+    # window (1 s): systemd restarts the agent WatchdogSec after the last one.
+    assert last - hung_at <= WINDOW_STALL_S + 2.5, (last - hung_at, agent.text()[-2000:])
+    assert time.monotonic() - last >= 3
+    assert agent.proc.poll() is None  # alive but blind: exactly what the watchdog is for
+    log = agent.text()
+    lines = [ln for ln in log.splitlines() if "no more pings" in ln]
+    assert len(lines) == 1, log[-2000:]
+    assert "no progress" in lines[0] and "hang-here\\n\\u202eFAKE line.docx" in lines[0]
+    assert "\u202e" not in log and "FAKE line" not in log.replace(lines[0], "")
+
+
+def test_the_watchdog_keeps_pinging_past_a_fifo(
+    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    notify = NotifyHarness()
+    agent = agents(tmp_path, share, sink.target, "--tripwire", "off", env=notify.env())
+    os.mkfifo(share / ".~budget.tmp")
+    os.rename(share / ".~budget.tmp", share / "budget.docx")
+    start = time.monotonic()
+    from tocsin.agent.runtime import WINDOW_STALL_S
+
+    notify.poll(WINDOW_STALL_S + 4)
+    assert [t for t in notify.pings if t > start + WINDOW_STALL_S + 2], agent.text()[-2000:]
+    still_seen(sink, agent, share, "after-the-fifo.txt")
+
+
+class _HugeAcks(pb_grpc.TelemetryServicer):
+    """Acks the first window with seq 2**64 - 1, then honestly."""
+
+    def __init__(self) -> None:
+        self.windows: list[pb.Window] = []
+        self.lock = threading.Lock()
+
+    def Stream(
+        self, request_iterator: Iterator[pb.AgentMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.CollectorMessage]:
+        boot = ""
+        for msg in request_iterator:
+            kind = msg.WhichOneof("body")
+            if kind == "hello":
+                boot = msg.hello.boot_id
+            elif kind == "window":
+                with self.lock:
+                    self.windows.append(msg.window)
+                    first = len(self.windows) == 1
+                seq = 2**64 - 1 if first else msg.window.seq
+                yield pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=seq))
+
+
+def test_an_ack_past_any_seq_is_refused_and_the_stream_goes_on(
+    tmp_path: Path, agents: Callable[..., Agent]
+) -> None:
+    servicer = _HugeAcks()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=CHANNEL_OPTIONS)
+    pb_grpc.add_TelemetryServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    share = tmp_path / "share"
+    share.mkdir()
+    try:
+        agent = agents(tmp_path, share, f"127.0.0.1:{port}", "--tripwire", "off")
+        for i in range(4):
+            (share / f"note-{i}.txt").write_text("x")
+            time.sleep(1.2)
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            with servicer.lock:
+                got = [n for w in servicer.windows for n in names(w)]
+            if "note-3.txt" in got:
+                break
+            time.sleep(0.1)
+        assert "note-3.txt" in got, agent.text()[-3000:]
+        assert "beyond any window sent; ignored" in agent.text()
+        assert "Traceback" not in agent.text()
+    finally:
+        server.stop(grace=0.5)
