@@ -622,7 +622,36 @@ def rng_suffix(seed: int, n: int) -> str:
     return "".join(rng.choice(letters) for _ in range(6))
 
 
-ATTACKS.update({"encrypt-slow": encrypt_slow, "encrypt-burst": encrypt_burst})
+# Evasions: something planted in the share first, meant to blind or hang the agent,
+# then the plain in-place attack. The pause lets the agent meet the plant on its own.
+EVASION_PAUSE_S = 1.0
+
+
+def evade_non_utf8_name(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """A file whose name is not valid UTF-8 (``notes-\\xff.txt``), then in-place encryption."""
+    with open(os.fsencode(root) + b"/notes-\xff.txt", "wb") as fh:
+        fh.write(_words(random.Random(seed), 40).encode() + b"\n")
+    time.sleep(EVASION_PAUSE_S)
+    return encrypt_inplace(root, rate_per_s, seed)
+
+
+def evade_fifo_document(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """A named pipe renamed into place as ``budget.docx``, then in-place encryption."""
+    tmp = root / ".~budget.docx.tmp"
+    os.mkfifo(tmp)
+    os.rename(tmp, root / "budget.docx")
+    time.sleep(EVASION_PAUSE_S)
+    return encrypt_inplace(root, rate_per_s, seed)
+
+
+ATTACKS.update(
+    {
+        "encrypt-slow": encrypt_slow,
+        "encrypt-burst": encrypt_burst,
+        "evade-non-utf8-name": evade_non_utf8_name,
+        "evade-fifo-document": evade_fifo_document,
+    }
+)
 BENIGN.update(
     {
         "backup-encrypted": backup_encrypted,

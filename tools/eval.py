@@ -59,6 +59,8 @@ DEFAULT_ATTACKS = (
     "encrypt-slow",
     "encrypt-pattern",
     "encrypt-hex",
+    "evade-non-utf8-name",
+    "evade-fifo-document",
 )
 DEFAULT_BENIGN = (
     "backup-targz",
@@ -99,6 +101,8 @@ DESCRIPTIONS = {
     "convert-images": "image conversion (png <-> jpg, the source removed)",
     "zip-folders": "compress each year folder into a zip, files removed",
     "sed-inplace": "sed -i over every text file",
+    "evade-non-utf8-name": "a file named notes-\\xff.txt (not UTF-8) planted, then in-place",
+    "evade-fifo-document": "a named pipe renamed into place as budget.docx, then in-place",
 }
 
 
