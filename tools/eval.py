@@ -137,7 +137,7 @@ def progress_times(path: Path) -> list[float]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # paths are bytes
         head = line.split(" ", 1)[0]
         try:
             out.append(float(head))
