@@ -22,18 +22,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import psutil
 import pytest
 from grpc_sink import GrpcSink
+from test_ops_systemd import NotifyHarness
 
 from tocsin.agent import simulate
-from tocsin.v1 import CHANNEL_OPTIONS
 from tocsin.v1 import telemetry_pb2 as pb
-from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 
 AGENT = Path(sys.executable).with_name("tocsin-agent")
 # tocsin.agent.runtime.WINDOW_STALL_S: a window thread stuck this long past its window is hung.
@@ -62,13 +59,13 @@ class Agent:
 
     def __init__(
         self,
-        tmp: Path,
         share: Path,
         collector: str,
-        *extra: str,
+        tripwire: str = "off",
         env: dict[str, str] | None = None,
         hang_point: bool = False,
     ) -> None:
+        tmp = share.parent
         self.log = tmp / f"agent-{uuid.uuid4().hex[:6]}.log"
         head = [sys.executable, "-c", HANGING_AGENT] if hang_point else [str(AGENT)]
         args = [
@@ -82,7 +79,8 @@ class Agent:
             "--state-dir",
             str(tmp / "state"),
             "--insecure",
-            *extra,
+            "--tripwire",
+            tripwire,
         ]
         self.proc = subprocess.Popen(
             args,
@@ -106,6 +104,12 @@ class Agent:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def share(tmp_path: Path) -> Path:
+    (tmp_path / "share").mkdir()
+    return tmp_path / "share"
 
 
 @pytest.fixture
@@ -166,11 +170,9 @@ def still_seen(sink: GrpcSink, agent: Agent, share: Path, name: str, timeout_s: 
 
 
 def test_non_utf8_file_name_does_not_blind_the_agent(
-    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+    share: Path, sink: GrpcSink, agents: Callable[..., Agent]
 ) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    agent = agents(tmp_path, share, sink.target, "--tripwire", "off")
+    agent = agents(share, sink.target)
     with open(os.fsencode(share) + b"/notes-\xff.txt", "wb") as fh:
         fh.write(b"minutes of the council\n")
     # The name arrives escaped (valid UTF-8), and the windows after it keep coming.
@@ -181,11 +183,9 @@ def test_non_utf8_file_name_does_not_blind_the_agent(
 
 
 def test_non_utf8_command_line_does_not_drop_the_window(
-    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+    share: Path, sink: GrpcSink, agents: Callable[..., Agent]
 ) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    agent = agents(tmp_path, share, sink.target, "--tripwire", "off")
+    agent = agents(share, sink.target)
     writer = (
         "import sys, time\n"
         "for i in range(30):\n"
@@ -205,11 +205,9 @@ def test_non_utf8_command_line_does_not_drop_the_window(
 
 
 def test_fifo_renamed_into_place_does_not_hang_the_agent(
-    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+    share: Path, sink: GrpcSink, agents: Callable[..., Agent]
 ) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    agent = agents(tmp_path, share, sink.target, "--tripwire", "off")
+    agent = agents(share, sink.target)
     os.mkfifo(share / ".~budget.tmp")
     os.rename(share / ".~budget.tmp", share / "budget.docx")
     wait_window(sink, agent, lambda w: "budget.docx" in names(w))
@@ -269,14 +267,13 @@ def _stopped(pid: int) -> bool:
 
 @ROOT_ONLY
 def test_hostile_file_system_zoo_then_attack_is_stopped(
-    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+    tmp_path: Path, share: Path, sink: GrpcSink, agents: Callable[..., Agent]
 ) -> None:
-    share = tmp_path / "share"
     docs = share / "docs"
     zoo = share / "zoo"
     simulate.make_share(docs, 300)
     zoo.mkdir()
-    agent = agents(tmp_path, share, sink.target, "--tripwire", "enforce")
+    agent = agents(share, sink.target, tripwire="enforce")
 
     with open(os.fsencode(zoo) + b"/notes-\xff.txt", "wb") as fh:
         fh.write(b"minutes\n")
@@ -338,49 +335,29 @@ def test_hostile_file_system_zoo_then_attack_is_stopped(
     still_seen(sink, agent, share, "after-the-attack.txt")
 
 
-class NotifyHarness:
-    """What systemd does for Type=notify with a watchdog: a datagram socket, messages kept."""
+def watchdog_env(notify: NotifyHarness) -> dict[str, str]:
+    """systemd's environment for a Type=notify unit with WatchdogSec=1 (pings every 0.5 s)."""
+    return {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": ""}
 
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        name = f"tocsin-test-{uuid.uuid4().hex[:12]}"
-        self.sock.bind("\0" + name)
-        self.address = "@" + name
-        self.sock.settimeout(0.1)
-        self.pings: list[float] = []
 
-    def poll(self, for_s: float) -> None:
-        end = time.monotonic() + for_s
-        while time.monotonic() < end:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            if "WATCHDOG=1" in data.decode().split("\n"):
-                self.pings.append(time.monotonic())
-
-    def env(self) -> dict[str, str]:
-        return {"NOTIFY_SOCKET": self.address, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": ""}
+def pings(notify: NotifyHarness) -> list[float]:
+    return [t for t, m in notify.messages if m == "WATCHDOG=1"]
 
 
 def test_a_hung_probe_stops_the_watchdog_pings(
-    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+    share: Path, sink: GrpcSink, agents: Callable[..., Agent]
 ) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    notify = NotifyHarness()
-    agent = agents(
-        tmp_path, share, sink.target, "--tripwire", "off", env=notify.env(), hang_point=True
-    )
+    notify = NotifyHarness(None)
+    agent = agents(share, sink.target, env=watchdog_env(notify), hang_point=True)
     notify.poll(2.0)
-    assert len(notify.pings) >= 2  # every WATCHDOG_USEC / 2 while healthy
+    assert len(pings(notify)) >= 2  # every WATCHDOG_USEC / 2 while healthy
     # A file whose probe never returns; its name is attacker text for the log line.
     evil = share / f"{HANG_MARK}\n\u202eFAKE line.docx"
     evil.write_bytes(b"PK\x03\x04 whatever")
     hung_at = time.monotonic()
     notify.poll(WINDOW_STALL_S + 6)
-    assert notify.pings, "no ping at all"
-    last = notify.pings[-1]
+    assert pings(notify), "no ping at all"
+    last = pings(notify)[-1]
     # The pings stopped once the window thread had been stuck WINDOW_STALL_S past its
     # window (1 s): systemd restarts the agent WatchdogSec after the last one.
     assert last - hung_at <= WINDOW_STALL_S + 2.5, (last - hung_at, agent.text()[-2000:])
@@ -394,67 +371,35 @@ def test_a_hung_probe_stops_the_watchdog_pings(
 
 
 def test_the_watchdog_keeps_pinging_past_a_fifo(
-    tmp_path: Path, sink: GrpcSink, agents: Callable[..., Agent]
+    share: Path, sink: GrpcSink, agents: Callable[..., Agent]
 ) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    notify = NotifyHarness()
-    agent = agents(tmp_path, share, sink.target, "--tripwire", "off", env=notify.env())
+    notify = NotifyHarness(None)
+    agent = agents(share, sink.target, env=watchdog_env(notify))
     os.mkfifo(share / ".~budget.tmp")
     os.rename(share / ".~budget.tmp", share / "budget.docx")
     start = time.monotonic()
     notify.poll(WINDOW_STALL_S + 4)
-    assert [t for t in notify.pings if t > start + WINDOW_STALL_S + 2], agent.text()[-2000:]
+    assert [t for t in pings(notify) if t > start + WINDOW_STALL_S + 2], agent.text()[-2000:]
     still_seen(sink, agent, share, "after-the-fifo.txt")
 
 
-class _HugeAcks(pb_grpc.TelemetryServicer):
-    """Acks the first window with seq 2**64 - 1, then honestly."""
-
-    def __init__(self) -> None:
-        self.windows: list[pb.Window] = []
-        self.lock = threading.Lock()
-
-    def Stream(
-        self, request_iterator: Iterator[pb.AgentMessage], context: grpc.ServicerContext
-    ) -> Iterator[pb.CollectorMessage]:
-        boot = ""
-        for msg in request_iterator:
-            kind = msg.WhichOneof("body")
-            if kind == "hello":
-                boot = msg.hello.boot_id
-            elif kind == "window":
-                with self.lock:
-                    self.windows.append(msg.window)
-                    first = len(self.windows) == 1
-                seq = 2**64 - 1 if first else msg.window.seq
-                yield pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=seq))
-
-
 def test_an_ack_past_any_seq_is_refused_and_the_stream_goes_on(
-    tmp_path: Path, agents: Callable[..., Agent]
+    share: Path, agents: Callable[..., Agent]
 ) -> None:
-    servicer = _HugeAcks()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=CHANNEL_OPTIONS)
-    pb_grpc.add_TelemetryServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    share = tmp_path / "share"
-    share.mkdir()
+    first: list[int] = []
+
+    def huge_first(w: pb.Window) -> int:
+        """The first window is acked with seq 2**64 - 1, the others honestly."""
+        first.append(w.seq)
+        return 2**64 - 1 if len(first) == 1 else w.seq
+
+    sink = GrpcSink(ack_seq=huge_first)
     try:
-        agent = agents(tmp_path, share, f"127.0.0.1:{port}", "--tripwire", "off")
-        for i in range(4):
-            (share / f"note-{i}.txt").write_text("x")
-            time.sleep(1.2)
-        end = time.monotonic() + 15
-        while time.monotonic() < end:
-            with servicer.lock:
-                got = [n for w in servicer.windows for n in names(w)]
-            if "note-3.txt" in got:
-                break
-            time.sleep(0.1)
-        assert "note-3.txt" in got, agent.text()[-3000:]
+        agent = agents(share, sink.target)
+        still_seen(sink, agent, share, "before-the-lie.txt")
+        still_seen(sink, agent, share, "after-the-lie.txt")
+        still_seen(sink, agent, share, "and-after.txt")
         assert "beyond any window sent; ignored" in agent.text()
         assert "Traceback" not in agent.text()
     finally:
-        server.stop(grace=0.5)
+        sink.stop()
