@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tocsin.v1 import telemetry_pb2 as pb
-from tocsin.v1.text import EscapeLogText, log_text, wire_text
+from tocsin.v1.text import EscapeLogText, printable, wire_text
 
 
 def test_undecodable_bytes_become_backslash_escapes() -> None:
@@ -33,10 +33,11 @@ def test_any_file_name_fits_in_a_protobuf(raw: bytes) -> None:
 
 def test_log_text_is_one_printable_line() -> None:
     evil = os.fsdecode(b"a\nFAKE 2026 ERROR\r\x1b[31m\xff \xe2\x80\xae") + "\u200b"
-    safe = log_text(evil)
+    safe = printable(wire_text(evil))
     assert safe == "a\\nFAKE 2026 ERROR\\r\\x1b[31m\\xff \\u202e\\u200b"
     assert safe.isprintable()
-    assert log_text("plain, accents: \u00e9t\u00e9") == "plain, accents: \u00e9t\u00e9"
+    plain = "plain, accents: \u00e9t\u00e9"
+    assert printable(wire_text(plain)) is plain
 
 
 def test_the_log_filter_escapes_arguments_and_keeps_tracebacks() -> None:
