@@ -24,6 +24,7 @@ from tocsin.agent import limits, sdnotify
 from tocsin.agent.act import Actions
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.canary import plant
+from tocsin.agent.drill import DrillKey
 from tocsin.agent.metrics import AgentMetrics
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
@@ -32,6 +33,7 @@ from tocsin.agent.watch import FileWatcher
 from tocsin.agent.window import WindowLoop, scan_tree
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.recording import Recorder
+from tocsin.v1.text import wire_text
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +114,8 @@ class Agent:
         limit = limits.ensure_max_user_watches(dirs)
         self.watch_limit_ok = limit.ok
         self.watcher = FileWatcher(cfg.watch, ignore=ignore)
-        self.attributor = Attributor(cfg.watch)
+        self.drill_key = DrillKey.issue(cfg.state_dir)
+        self.attributor = Attributor(cfg.watch, is_drill=self.drill_key.carried_by)
         self.attributor.ignore(self.spool.files())
         self.tripwire = Tripwire(self.actions, cfg.tripwire, protect=cfg.protect)
         creds = None
@@ -133,9 +136,9 @@ class Agent:
             cfg.collector,
             self.spool,
             HelloInfo(
-                cfg.host_id,
+                wire_text(cfg.host_id),
                 self.boot_id,
-                [os.path.realpath(w) for w in cfg.watch],
+                [wire_text(os.path.realpath(w)) for w in cfg.watch],
                 caps,
                 cfg.tripwire,
             ),

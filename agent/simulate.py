@@ -32,6 +32,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tocsin.agent import _linux
+
 NOTE_NAME = "LISEZ-MOI_RESTAURATION.txt"
 NOTE_TEXT = "Vos fichiers ont ete chiffres (exercice tocsin, rien n'est perdu).\n"
 LOCKED_EXT = ".locked"
@@ -622,11 +624,38 @@ def rng_suffix(seed: int, n: int) -> str:
     return "".join(rng.choice(letters) for _ in range(6))
 
 
-# Evasions: something planted in the share first, meant to blind or hang the agent,
-# then the plain in-place attack. The pause lets the agent meet the plant on its own.
+ATTACKS.update({"encrypt-slow": encrypt_slow, "encrypt-burst": encrypt_burst})
+BENIGN.update(
+    {
+        "backup-encrypted": backup_encrypted,
+        "source-checkout": source_checkout,
+        "rsync-mirror": rsync_mirror,
+    }
+)
+WORKLOADS.update({**ATTACKS, **BENIGN})
+
+
+# Evasions of the response: encrypt-inplace's encryption under a disguise.
+
+
+def encrypt_as_sshd(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """In-place encryption by a process that calls itself ``sshd`` (prctl PR_SET_NAME)."""
+    _linux.set_process_name("sshd")
+    return encrypt_inplace(root, rate_per_s, seed)
+
+
+def encrypt_drill_marker(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """In-place encryption by a process that names the drill marker in its arguments.
+
+    Run with ``--tag tocsin-drill`` but without the agent's drill key: a forged drill.
+    """
+    return encrypt_inplace(root, rate_per_s, seed)
+
+
+# Evasions of the evidence: something planted in the share first, meant to blind or
+# hang the agent, then the plain in-place attack. The pause lets the agent meet the
+# plant on its own.
 EVASION_PAUSE_S = 1.0
-
-
 NON_UTF8_NAME = b"notes-\xff.txt"
 
 
@@ -656,22 +685,14 @@ def evade_fifo_document(root: Path, rate_per_s: float = 200, seed: int = 1) -> i
     return encrypt_inplace(root, rate_per_s, seed)
 
 
-ATTACKS.update(
-    {
-        "encrypt-slow": encrypt_slow,
-        "encrypt-burst": encrypt_burst,
-        "evade-non-utf8-name": evade_non_utf8_name,
-        "evade-fifo-document": evade_fifo_document,
-    }
-)
-BENIGN.update(
-    {
-        "backup-encrypted": backup_encrypted,
-        "source-checkout": source_checkout,
-        "rsync-mirror": rsync_mirror,
-    }
-)
-WORKLOADS.update({**ATTACKS, **BENIGN})
+EVASIONS: dict[str, Callable[..., int]] = {
+    "encrypt-as-sshd": encrypt_as_sshd,
+    "encrypt-drill-marker": encrypt_drill_marker,
+    "evade-non-utf8-name": evade_non_utf8_name,
+    "evade-fifo-document": evade_fifo_document,
+}
+ATTACKS.update(EVASIONS)
+WORKLOADS.update(EVASIONS)
 
 
 def main(argv: list[str] | None = None) -> int:

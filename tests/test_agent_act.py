@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tocsin.agent import _linux
 from tocsin.agent.act import Actions, ruleset
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -33,6 +34,15 @@ def _status(pid: int, want: str = psutil.STATUS_STOPPED) -> str:
     return status
 
 
+def ref(pid: int) -> pb.ProcessRef:
+    """The identity a collector would send for ``pid`` (read from /proc like the agent)."""
+    return pb.ProcessRef(
+        pid=pid,
+        start_ticks=_linux.start_ticks(pid) or 0,
+        kernel_boot_id=_linux.kernel_boot_id(),
+    )
+
+
 def _wait_children(pid: int, n: int) -> list[psutil.Process]:
     for _ in range(100):
         kids = psutil.Process(pid).children(recursive=True)
@@ -47,7 +57,9 @@ def test_suspend_resume_kill_a_tree(tmp_path: Path) -> None:
     try:
         kid = _wait_children(parent.pid, 1)[0]
         acts = Actions(tmp_path)
-        r = acts.run(pb.Command(id="c1", kind="suspend", pids=[parent.pid]))
+        r = acts.run(
+            pb.Command(id="c1", kind="suspend", pids=[parent.pid], processes=[ref(parent.pid)])
+        )
         assert r.status == "done", r.detail
         assert set(r.pids) == {parent.pid, kid.pid}
         assert _status(parent.pid) == psutil.STATUS_STOPPED
@@ -64,7 +76,9 @@ def test_suspend_resume_kill_a_tree(tmp_path: Path) -> None:
         assert _status(kid.pid, psutil.STATUS_SLEEPING) != psutil.STATUS_STOPPED
         assert acts.suspended == set()
 
-        acts.run(pb.Command(id="c4", kind="suspend", pids=[parent.pid]))
+        acts.run(
+            pb.Command(id="c4", kind="suspend", pids=[parent.pid], processes=[ref(parent.pid)])
+        )
         r = acts.run(pb.Command(id="c5", kind="kill", pids=[parent.pid]))
         assert r.status == "done"
         assert parent.wait(timeout=5) == -9
@@ -76,8 +90,9 @@ def test_suspend_resume_kill_a_tree(tmp_path: Path) -> None:
 def test_refuses_init_self_and_ancestors(tmp_path: Path) -> None:
     acts = Actions(tmp_path)
     for pid in (1, os.getpid(), os.getppid()):
-        r = acts.run(pb.Command(id="x", kind="suspend", pids=[pid]))
-        assert r.status == "refused", pid
+        for kind in ("suspend", "resume", "kill"):
+            r = acts.run(pb.Command(id="x", kind=kind, pids=[pid], processes=[ref(pid)]))
+            assert r.status == "refused", (kind, pid)
     assert psutil.Process(os.getpid()).status() != psutil.STATUS_STOPPED
     assert acts.run(pb.Command(id="y", kind="reboot")).status == "refused"
 

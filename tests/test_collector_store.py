@@ -23,7 +23,6 @@ def win(seq: int) -> StoredWindow:
         seq=seq,
         start_s=100.0 + seq,
         end_s=101.0 + seq,
-        features=[1.0, 2.0],
         raw=b"\x08" + bytes([seq]),
     )
 
