@@ -41,7 +41,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tocsin.agent import limits
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.probe import SIGNATURES, ProbeResult, ProbeSummary, expected_type, probe_file
-from tocsin.agent.watch import FileWatcher, FsEvent
+from tocsin.agent.watch import FileWatcher, FsEvent, walk
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.text import wire_text
 
@@ -75,7 +75,7 @@ def scan_tree(roots: list[str], max_files: int = limits.SCAN_MAX_FILES) -> tuple
     n = 0
     dirs = 0
     for root in roots:
-        for _dir, _subdirs, files in os.walk(root):
+        for _dir, _subdirs, files in walk(root):  # os.walk recurses: not on a share
             dirs += 1
             for f in files:
                 e = extension(f)

@@ -234,6 +234,21 @@ def _deep(base: Path, levels: int, name: str) -> None:
         os.close(fd)
 
 
+def test_trees_thousands_of_levels_deep_neither_stop_nor_blind_the_agent(
+    tmp_path: Path, share: Path, sink: GrpcSink, agents: Callable[..., Agent]
+) -> None:
+    """Python 3.11's os.walk recurses per level: ~1,000 levels raised RecursionError."""
+    _deep(share, 3000, "d")  # there when the agent starts (after a reboot, an upgrade)
+    agent = agents(share, sink.target)
+    still_seen(sink, agent, share, "after-start.txt")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    _deep(outside, 3000, "e")
+    os.rename(outside / "e", share / "e")  # moved in while it runs: watchdog walks it
+    still_seen(sink, agent, share, "after-move.txt", timeout_s=40)
+    assert "Traceback" not in agent.text()
+
+
 def _place(zoo: Path, make: Callable[[Path], object], name: str) -> None:
     """Make something at a temporary name, then rename it into place as ``name``."""
     tmp = zoo / f".tmp-{name}"
