@@ -1,4 +1,4 @@
-"""Response actions on the agent's host: suspend/resume/kill process trees, isolate/release.
+"""Response actions on the agent's host: suspend/resume/kill process trees; firewall commands.
 
 Contract: ``Actions.run(command)`` carries out one ``tocsin.v1.Command`` and
 returns its ``ActionResult`` (status done | failed | dry-run | refused |
@@ -19,24 +19,19 @@ reports what it would do and changes nothing.
   then checked against the identity recorded at that time: after a reboot or
   pid reuse nothing unrelated is resumed or killed. Signals go through a
   pidfd opened before the identity is checked, so the check cannot go stale.
-- isolate(collector_host, collector_port, allow): an nftables ``table inet
-  tocsin`` that drops everything except loopback, the collector's IP AND port,
-  DNS, DHCP and the allowlist. Rolled back if the collector is unreachable
-  afterwards. Persisted and re-applied on agent start (``reapply``).
-- release: delete the table (idempotent).
-The firewall runner (``nft -f -`` by default) and the clock are injected so
-tests can run them inside a network namespace.
+- isolate, release, block_client, unblock_client: handed to the ``Firewall``
+  (tocsin.agent.firewall, the one door to nftables); release also resumes or
+  kills what tocsin stopped when its ``processes`` parameter says so.
+The firewall (its ``nft`` run inside a network namespace in tests) and the
+clock are injected.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
 import signal
-import socket
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -47,6 +42,8 @@ import psutil
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tocsin.agent import _linux
+from tocsin.agent.firewall import KINDS as FIREWALL_KINDS
+from tocsin.agent.firewall import Firewall
 from tocsin.agent.protect import ProcessId, protection
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.text import wire_text
@@ -54,72 +51,7 @@ from tocsin.v1.text import wire_text
 log = logging.getLogger(__name__)
 
 EXPIRED = "refused: expired"
-TABLE = "tocsin"
-KINDS = frozenset({"suspend", "resume", "kill", "isolate", "release"})
-
-# (args, stdin text) -> (returncode, combined output)
-NftRunner = Callable[[list[str], str], tuple[int, str]]
-Reachable = Callable[[str, int], bool]
-
-
-def subprocess_nft(args: list[str], stdin: str) -> tuple[int, str]:
-    """Run ``nft`` with ``args`` and ``stdin``; (returncode, stderr+stdout)."""
-    try:
-        cp = subprocess.run(
-            ["nft", *args], input=stdin, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 127, str(exc)
-    return cp.returncode, (cp.stderr + cp.stdout).strip()
-
-
-def tcp_reachable(host: str, port: int, timeout_s: float = 2.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def ruleset(collector_ip: str, collector_port: int, allow: list[str]) -> str:
-    """The nft script that creates tocsin's isolation table (replacing any previous one)."""
-    fam = "ip6" if ipaddress.ip_address(collector_ip).version == 6 else "ip"
-    allow_in: list[str] = []
-    allow_out: list[str] = []
-    for cidr in allow:
-        net = ipaddress.ip_network(cidr, strict=False)
-        f = "ip6" if net.version == 6 else "ip"
-        allow_in.append(f"    {f} saddr {net} accept")
-        allow_out.append(f"    {f} daddr {net} accept")
-    return "\n".join(
-        [
-            f"table inet {TABLE}",
-            f"delete table inet {TABLE}",
-            f"table inet {TABLE} {{",
-            "  chain input {",
-            "    type filter hook input priority -10; policy drop;",
-            "    iif lo accept",
-            "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } accept",
-            f"    {fam} saddr {collector_ip} tcp sport {collector_port} accept",
-            "    udp sport 53 accept",
-            "    tcp sport 53 ct state established accept",
-            "    udp sport { 67, 68 } udp dport { 67, 68 } accept",
-            *allow_in,
-            "  }",
-            "  chain output {",
-            "    type filter hook output priority -10; policy drop;",
-            "    oif lo accept",
-            "    icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept",
-            f"    {fam} daddr {collector_ip} tcp dport {collector_port} accept",
-            "    udp dport 53 accept",
-            "    tcp dport 53 accept",
-            "    udp sport { 67, 68 } udp dport { 67, 68 } accept",
-            *allow_out,
-            "  }",
-            "}",
-            "",
-        ]
-    )
+KINDS = frozenset({"suspend", "resume", "kill"}) | FIREWALL_KINDS
 
 
 def _now() -> Timestamp:
@@ -134,21 +66,13 @@ class Actions:
     def __init__(
         self,
         state_dir: Path,
-        collector_host: str = "",
-        collector_port: int = 0,
-        allow: list[str] | None = None,
-        nft: NftRunner = subprocess_nft,
-        reachable: Reachable = tcp_reachable,
+        firewall: Firewall | None = None,
         protected_pids: set[int] | None = None,
         self_pid: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.state_dir = state_dir
-        self.collector_host = collector_host
-        self.collector_port = collector_port
-        self.allow = list(allow or [])
-        self._nft = nft
-        self._reachable = reachable
+        self.firewall = firewall or Firewall(state_dir)
         self._clock = clock
         self.boot_id = _linux.kernel_boot_id()
         self._self_pid = self_pid if self_pid is not None else os.getpid()
@@ -165,7 +89,6 @@ class Actions:
                 log.warning("state: suspended pid %r has no start time, forgotten", item)
             elif ident.kernel_boot_id == self.boot_id:
                 self._suspended[ident.pid] = ident
-        self.isolated: bool = bool(state.get("isolated", False))
         # (kind, status) -> how many times (metrics).
         self.outcomes: Counter[tuple[str, str]] = Counter()
 
@@ -196,7 +119,7 @@ class Actions:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self._state_path.with_suffix(".tmp")
         suspended = [i.as_json() for _, i in sorted(self._suspended.items())]
-        tmp.write_text(json.dumps({"suspended": suspended, "isolated": self.isolated}))
+        tmp.write_text(json.dumps({"suspended": suspended}))
         os.replace(tmp, self._state_path)
 
     # ------------------------------------------------------------ processes
@@ -324,58 +247,6 @@ class Actions:
         )
         return "done", detail, [*done, *(p for p in gone if p not in done)]
 
-    # ------------------------------------------------------------ network
-    def _collector_ip(self, host: str) -> str:
-        return socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)[0][4][0]
-
-    def isolate(
-        self, host: str = "", port: int = 0, allow: list[str] | None = None, dry_run: bool = False
-    ) -> tuple[str, str]:
-        """Apply the isolation table; roll back if the collector becomes unreachable."""
-        host = host or self.collector_host
-        port = port or self.collector_port
-        # The agent's own allowlist (the admin's jump host) is always kept.
-        allow = sorted(set(self.allow) | set(allow or []))
-        try:
-            ip = self._collector_ip(host)
-            script = ruleset(ip, port, allow)
-        except (OSError, ValueError) as exc:
-            return "failed", f"bad isolation parameters: {exc}"
-        if dry_run:
-            return "dry-run", f"would drop all traffic except {ip}:{port}, DNS, DHCP, {allow}"
-        rc, out = self._nft(["-f", "-"], script)
-        if rc != 0:
-            return "failed", f"nft failed: {out[:300]}"
-        if not self._reachable(ip, port):
-            self._nft(["delete", "table", "inet", TABLE], "")
-            return "failed", "failed: would cut the collector (rolled back)"
-        with self._lock:
-            self.isolated = True
-            self._save()
-        return "done", f"isolated: only {ip}:{port}, DNS, DHCP and {allow or 'no allowlist'}"
-
-    def release(self, dry_run: bool = False) -> tuple[str, str]:
-        """Delete the isolation table (idempotent)."""
-        if dry_run:
-            return "dry-run", f"would delete table inet {TABLE}"
-        rc, out = self._nft(["delete", "table", "inet", TABLE], "")
-        if rc != 0 and "No such file" not in out and "does not exist" not in out:
-            # Check whether it is really gone before reporting a failure.
-            rc2, listing = self._nft(["list", "tables"], "")
-            if rc2 == 0 and f"inet {TABLE}" in listing:
-                return "failed", f"nft failed: {out[:300]}"
-        with self._lock:
-            self.isolated = False
-            self._save()
-        return "done", "isolation lifted"
-
-    def reapply(self) -> str:
-        """Re-apply a persisted isolation at agent start; returns a status line ("" if none)."""
-        if not self.isolated:
-            return ""
-        status, detail = self.isolate()
-        return f"{status}: {detail}"
-
     # ------------------------------------------------------------ commands
     def run(self, cmd: pb.Command, local: bool = False) -> pb.ActionResult:
         """Carry out ``cmd`` and report (never raises for a bad command)."""
@@ -393,19 +264,10 @@ class Actions:
                 status, detail, pids = self.resume(
                     list(cmd.pids), kind == "kill", cmd.dry_run, refs
                 )
-            elif kind == "isolate":
-                params = cmd.parameters
-                allow = [a for a in params.get("allow", "").split(",") if a] or None
-                status, detail = self.isolate(
-                    params.get("collector_host", ""),
-                    int(params.get("collector_port", "0") or 0),
-                    allow,
-                    cmd.dry_run,
-                )
-            elif kind == "release":
-                status, detail = self.release(cmd.dry_run)
+            elif kind in FIREWALL_KINDS:
+                status, detail = self.firewall.command(kind, cmd.parameters, cmd.dry_run)
                 proc = cmd.parameters.get("processes", "keep")
-                if proc in ("resume", "kill"):
+                if kind == "release" and proc in ("resume", "kill"):
                     _s2, d2, pids = self.resume([], proc == "kill", cmd.dry_run)
                     detail += f"; {d2}"
             else:

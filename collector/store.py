@@ -215,7 +215,7 @@ CREATE TABLE IF NOT EXISTS audit (at REAL, who TEXT, what TEXT, detail TEXT);
 
 
 # Rollup rows of a batch: (host_id, hour) -> [windows, files_written, ...].
-_TALLY_FIELDS = (
+TALLY_FIELDS = (
     "files_written",
     "files_deleted",
     "files_destroyed",
@@ -224,10 +224,10 @@ _TALLY_FIELDS = (
     "bytes_written",
 )
 _ADD_ROLLUP = (
-    "INSERT INTO rollups(host_id, hour, windows, " + ", ".join(_TALLY_FIELDS) + ", max_score)"
+    "INSERT INTO rollups(host_id, hour, windows, " + ", ".join(TALLY_FIELDS) + ", max_score)"
     " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(host_id, hour) DO UPDATE SET"
     " windows=windows+excluded.windows, "
-    + ", ".join(f"{f}={f}+excluded.{f}" for f in _TALLY_FIELDS)
+    + ", ".join(f"{f}={f}+excluded.{f}" for f in TALLY_FIELDS)
     + ", max_score=MAX(COALESCE(max_score, excluded.max_score), excluded.max_score)"
 )
 
@@ -261,7 +261,7 @@ def _open_schema(db: sqlite3.Connection) -> None:
         )
         db.execute(
             "INSERT OR IGNORE INTO rollups(host_id, hour, windows, "
-            + ", ".join(_TALLY_FIELDS)
+            + ", ".join(TALLY_FIELDS)
             + ', max_score) SELECT host_id, CAST("end" / 3600 AS INTEGER) * 3600, COUNT(*),'
             + " 0, 0, 0, 0, 0, 0, MAX(score) FROM windows_legacy"
             + ' GROUP BY host_id, CAST("end" / 3600 AS INTEGER)'
@@ -297,9 +297,9 @@ def unpack_raw(stored: bytes, codec: int) -> bytes:
 
 
 def _add_tally(hours: dict[int, list[int]], hour: int, t: WindowTally) -> None:
-    row = hours.setdefault(hour, [0] * (1 + len(_TALLY_FIELDS)))
+    row = hours.setdefault(hour, [0] * (1 + len(TALLY_FIELDS)))
     row[0] += 1
-    for i, f in enumerate(_TALLY_FIELDS, start=1):
+    for i, f in enumerate(TALLY_FIELDS, start=1):
         row[i] += getattr(t, f)
 
 
@@ -466,7 +466,7 @@ class SqliteStore:
     def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]:
         rows = self._exec(
             "SELECT hour, windows, "
-            + ", ".join(_TALLY_FIELDS)
+            + ", ".join(TALLY_FIELDS)
             + ", max_score FROM rollups WHERE host_id=? AND hour>=? AND hour<? ORDER BY hour",
             (host_id, hour_of(since_s), until_s),
         )
@@ -723,7 +723,7 @@ class MemoryStore:
         key = (host_id, hour_of(w.end_s))
         r = self._rollups.get(key) or HourRollup(host_id, key[1], 0, WindowTally(), None)
         if score is None:
-            added = {f: getattr(r.tally, f) + getattr(w.tally, f) for f in _TALLY_FIELDS}
+            added = {f: getattr(r.tally, f) + getattr(w.tally, f) for f in TALLY_FIELDS}
             r = replace(r, windows=r.windows + 1, tally=WindowTally(**added))
         else:
             r = replace(r, max_score=score if r.max_score is None else max(r.max_score, score))

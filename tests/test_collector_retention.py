@@ -21,7 +21,6 @@ from tocsin.collector.housekeeping import DAY_S, Housekeeper, RetentionConfig
 from tocsin.collector.outbox import Outbox
 from tocsin.collector.store import (
     AlertRecord,
-    MemoryStore,
     SqliteStore,
     Store,
     StoredWindow,
@@ -38,13 +37,6 @@ T0 = 1_700_000_000.0  # 22:13:20 UTC
 def stored(seq: int, end_s: float, **fields: int) -> StoredWindow:
     w = pb.Window(seq=seq, **fields)
     return StoredWindow(seq, end_s - 1.0, end_s, w.SerializeToString(), window_tally(w))
-
-
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = SqliteStore(tmp_path / "t.db") if request.param == "sqlite" else MemoryStore()
-    yield s
-    s.close()
 
 
 def test_rollups_add_up_counts_evidence_and_the_highest_score(store: Store) -> None:

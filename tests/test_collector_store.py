@@ -10,7 +10,6 @@ import pytest
 from tocsin.collector.store import (
     ActionRecord,
     AlertRecord,
-    MemoryStore,
     SqliteStore,
     Store,
     StoredWindow,
@@ -25,13 +24,6 @@ def win(seq: int) -> StoredWindow:
         end_s=101.0 + seq,
         raw=b"\x08" + bytes([seq]),
     )
-
-
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "sqlite":
-        return SqliteStore(tmp_path / "t.db")
-    return MemoryStore()
 
 
 def test_dedupe_and_committed_seq(store: Store) -> None:
