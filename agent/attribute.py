@@ -59,6 +59,7 @@ from tocsin.agent import _linux, limits
 from tocsin.agent.smb import SmbSessions
 from tocsin.agent.watch import READ_BATCH_S
 from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.text import wire_text
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +122,14 @@ def proc_info(pid: int) -> ProcInfo | None:
                 exe = p.exe()
             except (psutil.AccessDenied, OSError):
                 exe = ""
+            # Names and command lines are bytes: made valid text here, once, for the wire.
             return ProcInfo(
                 pid=pid,
                 ppid=p.ppid(),
-                name=p.name(),
-                exe=exe,
-                user=p.username(),
-                cmdline=" ".join(p.cmdline())[:1024],
+                name=wire_text(p.name()),
+                exe=wire_text(exe),
+                user=wire_text(p.username()),
+                cmdline=wire_text(" ".join(p.cmdline()))[:1024],
                 create_time=p.create_time(),
                 start_ticks=_linux.start_ticks(pid) or 0,
             )
@@ -598,7 +600,7 @@ class Attributor:
             if info.name == "smbd" and self.smb is not None:
                 client = self.smb.client_of(pid)
                 if client is not None:
-                    s.smb_client_addr, s.smb_user = client.addr, client.user
+                    s.smb_client_addr, s.smb_user = client.addr, wire_text(client.user)
             if canaries & w.paths:
                 self.canary_trees.add(s.tree_root_pid)
             samples.append(s)
