@@ -12,10 +12,11 @@ counts them per pid (at most ``max_paths_per_pid`` paths kept per pid per
 window, every fd closed). A destroyed file counts for the process that closed
 it last in the window (the encryptor, not the process that had just created
 it), or, when it was probed destroyed only in a later window, for the process
-that closed it last before: that writer is sampled in the later window even if
-it wrote nothing in it (an attacker stopped meanwhile). Without fanotify,
-psutil io counters: processes whose write_chars grew since the last window and
-whose cwd or an open file lies under a root (or whose child does).
+that closed it last before if that process is now stopped or gone: it is
+sampled in the later window though it wrote nothing in it (an attacker the
+tripwire stopped). Without fanotify, psutil io counters: processes whose
+write_chars grew since the last window and whose cwd or an open file lies
+under a root (or whose child does).
 
 ``tree_root_pid``: from a writer, climb to the parent while the parent has the
 same cmdline (forked workers) or wrote recently; stop at pid 1, the agent, and
@@ -177,6 +178,16 @@ def _sample(info: ProcInfo, attribution: pb.Attribution.ValueType) -> pb.Process
         create_time=info.create_time,
         attribution=attribution,
     )
+
+
+def _stopped_or_gone(pid: int) -> bool:
+    """``pid`` is stopped (SIGSTOP, traced) or no longer exists."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            state = fh.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("T", "t", "Z", "X")
 
 
 @dataclass
@@ -544,14 +555,18 @@ class Attributor:
         return out
 
     def _add_late_writers(self, writers: dict[int, _Writer], destroyed: list[str]) -> None:
-        """A file probed destroyed in this window but written in an earlier one counts for
-        its writer, sampled here even if it wrote nothing since (a stopped attacker): the
-        window's damage is never left to whoever else happened to write in it."""
+        """A file probed destroyed in this window but last written, in an earlier one, by
+        a process now stopped or gone (an attacker the tripwire stopped) counts for that
+        process, sampled here though it wrote nothing since: the window's damage is never
+        left to whoever else happened to write in it. A running writer is left alone: its
+        file may have been ruined since by a writer whose event is still on its way."""
         seen = set().union(*(w.paths for w in writers.values())) if writers else set()
         with self._lock:
             late = [(p, self._path_writer.get(p)) for p in destroyed if p not in seen]
         for path, pid in late:
-            if pid is not None and pid != self._self_pid and pid in self._known:
+            if pid is None or pid == self._self_pid or pid not in self._known:
+                continue
+            if _stopped_or_gone(pid):
                 writers.setdefault(pid, _Writer()).paths.add(path)
 
     def collect(
