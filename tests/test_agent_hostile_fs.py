@@ -238,15 +238,20 @@ def test_trees_thousands_of_levels_deep_neither_stop_nor_blind_the_agent(
     tmp_path: Path, share: Path, sink: GrpcSink, agents: Callable[..., Agent]
 ) -> None:
     """Python 3.11's os.walk recurses per level: ~1,000 levels raised RecursionError."""
-    _deep(share, 3000, "d")  # there when the agent starts (after a reboot, an upgrade)
-    agent = agents(share, sink.target)
-    still_seen(sink, agent, share, "after-start.txt")
     outside = tmp_path / "outside"
-    outside.mkdir()
-    _deep(outside, 3000, "e")
-    os.rename(outside / "e", share / "e")  # moved in while it runs: watchdog walks it
-    still_seen(sink, agent, share, "after-move.txt", timeout_s=40)
-    assert "Traceback" not in agent.text()
+    try:
+        _deep(share, 3000, "d")  # there when the agent starts (after a reboot, an upgrade)
+        agent = agents(share, sink.target)
+        still_seen(sink, agent, share, "after-start.txt")
+        outside.mkdir()
+        _deep(outside, 3000, "e")
+        os.rename(outside / "e", share / "e")  # moved in while it runs: watchdog walks it
+        still_seen(sink, agent, share, "after-move.txt", timeout_s=40)
+        assert "Traceback" not in agent.text()
+    finally:
+        # pytest's own clean-up of old temporary directories recurses per level too:
+        # leave nothing that deep behind (GNU rm walks with descriptors, at any depth).
+        subprocess.run(["rm", "-rf", str(share / "d"), str(share / "e"), str(outside)], check=False)
 
 
 def _place(zoo: Path, make: Callable[[Path], object], name: str) -> None:
