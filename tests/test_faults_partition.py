@@ -37,6 +37,7 @@ from receiver import read_records
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
+    pytest.mark.faults,
     pytest.mark.skipif(
         netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason())
     ),
