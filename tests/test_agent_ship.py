@@ -138,19 +138,16 @@ def test_previous_boot_windows_are_resent_under_their_boot(tmp_path: Path) -> No
         server.stop(0)
 
 
+def _shipper(tmp_path: Path, port: int, **timing: float) -> tuple[WindowSpool, Shipper]:
+    """Host h, boot-1, its spool in ``tmp_path``; ``timing``: the Shipper's backoff keywords."""
+    spool = WindowSpool(tmp_path / "spool.sqlite")
+    shipper = Shipper(f"127.0.0.1:{port}", spool, HelloInfo("h", "boot-1", []), _result, **timing)
+    return spool, shipper
+
+
 def _guarded_shipper(tmp_path: Path, port: int) -> tuple[WindowSpool, Shipper]:
     """A shipper whose answer guard gives a stream 1 s, retrying within 0.2 s."""
-    spool = WindowSpool(tmp_path / "spool.sqlite")
-    shipper = Shipper(
-        f"127.0.0.1:{port}",
-        spool,
-        HelloInfo("h", "boot-1", []),
-        _result,
-        backoff_initial_s=0.1,
-        backoff_max_s=0.2,
-        answer_timeout_s=1.0,
-    )
-    return spool, shipper
+    return _shipper(tmp_path, port, backoff_initial_s=0.1, backoff_max_s=0.2, answer_timeout_s=1.0)
 
 
 def test_a_stream_the_collector_never_answers_is_started_over(tmp_path: Path) -> None:
@@ -213,15 +210,7 @@ def test_a_collector_back_is_reached_within_grpcs_reconnect_not_the_shippers_bac
     """
     server, port = _serve(_Collector())
     server.stop(0).wait()  # the port, now refusing connections
-    spool = WindowSpool(tmp_path / "spool.sqlite")
-    shipper = Shipper(
-        f"127.0.0.1:{port}",
-        spool,
-        HelloInfo("h", "boot-1", []),
-        _result,
-        backoff_initial_s=20.0,
-        backoff_max_s=20.0,
-    )
+    spool, shipper = _shipper(tmp_path, port, backoff_initial_s=20.0, backoff_max_s=20.0)
     shipper.start()
     try:
         shipper.submit_window(pb.Window())
