@@ -392,7 +392,12 @@ def run_once(args: argparse.Namespace, tree: Path | None, work: Path) -> dict[st
         limit = args.drain + 60
         outs = []
         for g in gens:
-            out, _ = g.communicate(timeout=limit)
+            try:
+                out, _ = g.communicate(timeout=limit)
+            except subprocess.TimeoutExpired:
+                sys.exit(
+                    f"bench_collector: a load generator still runs {limit:.0f} s after the end"
+                )
             if g.returncode != 0:
                 sys.exit(f"bench_collector: a load generator failed (exit {g.returncode})")
             outs.append(json.loads(out))
