@@ -65,11 +65,12 @@ FIXTURES = ROOT / "tests" / "fixtures"
 sys.path.insert(0, str(ROOT / "tests"))
 from fakeagent import encrypting  # noqa: E402  (the collector tests' attack window)
 
-# Recorded benign workloads (tests/fixtures): their windows are the agents' traffic.
+# Recorded benign workloads (tests/fixtures): their windows are the agents' traffic, drawn
+# at random. Not rsync-mirror: its temp-file extensions, drawn again and again out of order,
+# spread like a ransom extension and get a critical (a suspend) for a benign agent.
 BENIGN = (
     "office-saves",
     "photo-import",
-    "rsync-mirror",
     "source-checkout",
     "sqlite-churn",
     "zip-folders",
@@ -203,10 +204,10 @@ class BenchAgent:
                 body = reply.WhichOneof("body")
                 if body == "ack" and reply.ack.boot_id == self.boot_id:
                     self.on_ack(reply.ack.seq)
-                    if self.produced.is_set() and not self.sent:
-                        self.drained.set()
                 elif body == "command":
                     await self.out.put(self.on_command(reply.command))
+                if self.settled():
+                    self.drained.set()
             return 1.0
         except grpc.aio.AioRpcError as exc:
             name = exc.code().name
@@ -217,6 +218,11 @@ class BenchAgent:
             return 1.0
         finally:
             call.cancel()
+
+    def settled(self) -> bool:
+        """Done producing, every window acked, the attack (if any) answered."""
+        answered = self.attack_at is None or self.attack_done
+        return self.produced.is_set() and not self.sent and answered
 
     async def keep_streaming(self, channel: grpc.aio.Channel) -> None:
         while True:
@@ -238,7 +244,7 @@ class BenchAgent:
             try:
                 await self.produce(start, measure[1], attack_at)
                 self.produced.set()
-                if self.sent:
+                if not self.settled():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(
                             self.drained.wait(), max(0.0, drain_until - time.monotonic())
@@ -357,12 +363,13 @@ def run_once(args: argparse.Namespace, tree: Path | None, work: Path) -> dict[st
         t0 = time.time() + ramp_s
         # Attacks: one new agent every --attack-every s over the measured seconds.
         attacks: dict[str, float] = {}
-        at = args.warmup + args.attack_every / 2
-        stride = max(1, args.agents // max(1, int(args.duration / args.attack_every) + 1))
+        every = args.attack_every or float("inf")  # 0: no attack
+        at = args.warmup + every / 2
+        stride = max(1, args.agents // (int(args.duration / every) + 1))
         k = 0
-        while at < args.warmup + args.duration and args.attack_every > 0:
+        while at < args.warmup + args.duration:
             attacks[str((k * stride + args.agents - 1) % args.agents)] = at
-            at += args.attack_every
+            at += every
             k += 1
         busy_agents = int(args.agents * args.busy)
         for p in range(args.procs):
@@ -385,10 +392,14 @@ def run_once(args: argparse.Namespace, tree: Path | None, work: Path) -> dict[st
             )
         time.sleep(max(0.0, t0 + args.warmup - time.time()))
         cpu0, _ = proc_figures(col.pid)
+        gen0 = sum(proc_figures(g.pid)[0] for g in gens)
         mono0 = time.monotonic()
         time.sleep(max(0.0, t0 + args.warmup + args.duration - time.time()))
         cpu1, hwm = proc_figures(col.pid)
-        cpu_pct = 100 * (cpu1 - cpu0) / (time.monotonic() - mono0)
+        gen1 = sum(proc_figures(g.pid)[0] for g in gens)
+        elapsed = time.monotonic() - mono0
+        cpu_pct = 100 * (cpu1 - cpu0) / elapsed
+        gen_pct = 100 * (gen1 - gen0) / elapsed
         limit = args.drain + 60
         outs = []
         for g in gens:
@@ -437,6 +448,7 @@ def run_once(args: argparse.Namespace, tree: Path | None, work: Path) -> dict[st
         "attacks_answered": len(answered),
         "stray_commands": sum(o["stray_commands"] for o in outs),
         "cpu_pct": cpu_pct,
+        "generator_cpu_pct": gen_pct,
         "rss_peak_mb": hwm / 2**20,
         "bytes_per_window": disk / stored if stored else None,
         "created": sum(o["created"] for o in outs),
@@ -467,6 +479,7 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
         ("attacks answered", f"{f['attacks_answered']} of {f['attacks']}"),
         ("commands to agents not attacked", str(f["stray_commands"])),
         ("collector CPU % of a core", f"{f['cpu_pct']:.0f}"),
+        ("load generators' CPU %", f"{f.get('generator_cpu_pct', 0):.0f}"),
         ("collector peak RSS MB", f"{f['rss_peak_mb']:.0f}"),
         (
             "bytes on disk / window",
@@ -482,13 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agents", type=int, default=200)
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     ap.add_argument("--rate", type=float, default=1.0, help="windows per second per agent")
-    ap.add_argument("--attack-every", type=float, default=2.0, help="seconds between attacks")
+    ap.add_argument("--attack-every", type=float, default=2.0, help="s between attacks (0: none)")
     ap.add_argument("--busy", type=float, default=0.2, help="share of agents in a backup")
     ap.add_argument("--procs", type=int, default=1, help="load-generator processes")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--drain", type=float, default=10.0, help="seconds allowed for the last acks")
     ap.add_argument("--baseline", help="git revision, or a results file of an earlier --json")
     ap.add_argument("--json", type=Path, help="write this run's figures here")
+    ap.add_argument("--keep", type=Path, help="work in this new directory and keep it (logs, db)")
     ap.add_argument("--generate", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.generate:
@@ -499,8 +513,12 @@ def main(argv: list[str] | None = None) -> int:
     params = {k: getattr(args, k) for k in ("agents", "duration", "rate", "attack_every", "busy")}
     baseline: dict[str, Any] | None = None
     base_label = ""
-    with tempfile.TemporaryDirectory(prefix="tocsin-bench-collector-") as tmp:
-        work = Path(tmp)
+    with contextlib.ExitStack() as cleanup:
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            work = args.keep
+        else:
+            work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tocsin-bench-")))
         if args.baseline and Path(args.baseline).is_file():
             saved = json.loads(Path(args.baseline).read_text())
             baseline, base_label = saved["figures"], f"{args.baseline}"
