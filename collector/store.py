@@ -6,6 +6,11 @@ Contract of every ``Store``:
   was inserted and ``False`` if ``(host_id, boot_id, seq)`` was already stored
   (a resend after a reconnect). When it returns, the inserted windows are
   committed: an ack sent after it never covers a window a crash could lose.
+  ``add_window_batch(items)`` does the same for ``(host_id, boot_id, window)``
+  items of any hosts in one transaction (the ingest's group commit).
+- ``set_window_score`` may be kept until the next window transaction or
+  ``close``: a score is derived from the stored window and costs no commit of
+  its own.
 - ``committed_seq(host_id, boot_id)`` is the highest seq stored for that boot
   (0 if none). The agent sends a boot's windows in ascending order on a stream
   and every window is committed before the next one is read, so every window
@@ -57,6 +62,10 @@ class StoredWindow:
     features: Sequence[float]
     raw: bytes
     score: float | None = None
+
+
+# (host_id, boot_id, window): one window of a group commit.
+WindowItem = tuple[str, str, StoredWindow]
 
 
 @dataclass
@@ -116,6 +125,7 @@ class Store(Protocol):
     def add_windows(
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]: ...
+    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]: ...
     def committed_seq(self, host_id: str, boot_id: str) -> int: ...
     def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None: ...
     def save_alert(self, alert: AlertRecord) -> None: ...
@@ -171,6 +181,10 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open database {path}: {exc}") from None
         self._lock = threading.Lock()
+        # Scores waiting for the next window transaction: (score, host, boot, seq), under
+        # a lock of their own: the event loop adds them while a batch commits.
+        self._scores: list[tuple[float, str, str, int]] = []
+        self._scores_lock = threading.Lock()
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -245,11 +259,16 @@ class SqliteStore:
     def add_windows(
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]:
+        return self.add_window_batch([(host_id, boot_id, w) for w in windows])
+
+    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]:
         inserted: list[bool] = []
         with self._lock:
+            with self._scores_lock:
+                scores = self._scores[:]
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for w in windows:
+                for host_id, boot_id, w in items:
                     cur = self._db.execute(
                         'INSERT OR IGNORE INTO windows(host_id, boot_id, seq, start, "end",'
                         " score, features, raw) VALUES (?,?,?,?,?,?,?,?)",
@@ -265,6 +284,7 @@ class SqliteStore:
                         ),
                     )
                     inserted.append(cur.rowcount == 1)
+                self._write_scores(scores)
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 if self._db.in_transaction:  # SQLITE_FULL may already have rolled back
@@ -272,7 +292,16 @@ class SqliteStore:
                 if isinstance(exc, sqlite3.OperationalError):
                     raise _unavailable(exc) from exc
                 raise
+            with self._scores_lock:
+                del self._scores[: len(scores)]
         return inserted
+
+    def _write_scores(self, scores: list[tuple[float, str, str, int]]) -> None:
+        """Waiting scores, inside the caller's transaction (``_lock`` held)."""
+        if scores:
+            self._db.executemany(
+                "UPDATE windows SET score=? WHERE host_id=? AND boot_id=? AND seq=?", scores
+            )
 
     def committed_seq(self, host_id: str, boot_id: str) -> int:
         rows = self._exec(
@@ -281,10 +310,8 @@ class SqliteStore:
         return int(rows[0][0] or 0)
 
     def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None:
-        self._exec(
-            "UPDATE windows SET score=? WHERE host_id=? AND boot_id=? AND seq=?",
-            (score, host_id, boot_id, seq),
-        )
+        with self._scores_lock:
+            self._scores.append((score, host_id, boot_id, seq))
 
     def save_alert(self, alert: AlertRecord) -> None:
         self._exec(
@@ -409,6 +436,15 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._lock:
+            with self._scores_lock:
+                scores = self._scores[:]
+            if scores:
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._write_scores(scores)
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    pass  # derived figures (closing rolls back); the windows are committed
             self._db.close()
 
 
@@ -469,9 +505,12 @@ class MemoryStore:
     def add_windows(
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]:
+        return self.add_window_batch([(host_id, boot_id, w) for w in windows])
+
+    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]:
         inserted = []
         with self._lock:
-            for w in windows:
+            for host_id, boot_id, w in items:
                 key = (host_id, boot_id, w.seq)
                 inserted.append(key not in self._windows)
                 self._windows.setdefault(key, w)

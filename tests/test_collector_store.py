@@ -99,3 +99,29 @@ def test_sqlite_commits_before_returning_and_survives_reopen(tmp_path: Path) -> 
 def test_sqlite_in_missing_directory_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot open database"):
         SqliteStore(tmp_path / "nope" / "t.db")
+
+
+def test_a_batch_of_many_hosts_dedupes_and_carries_waiting_scores(store: Store) -> None:
+    items = [("h1", "b1", win(1)), ("h2", "b1", win(1)), ("h1", "b1", win(1))]
+    assert store.add_window_batch(items) == [True, True, False]
+    assert store.committed_seq("h1", "b1") == 1 and store.committed_seq("h2", "b1") == 1
+
+
+def test_scores_ride_the_next_window_commit_or_the_close(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "t.db")
+    s.add_windows("h1", "b1", [win(1), win(2)])
+
+    def scores() -> list[float | None]:
+        con = sqlite3.connect(tmp_path / "t.db")
+        try:
+            return [r[0] for r in con.execute("SELECT score FROM windows ORDER BY seq")]
+        finally:
+            con.close()
+
+    s.set_window_score("h1", "b1", 1, 0.25)
+    assert scores() == [None, None]  # no commit of its own
+    s.add_window_batch([("h1", "b1", win(3))])
+    assert scores() == [0.25, None, None]
+    s.set_window_score("h1", "b1", 2, 0.5)
+    s.close()
+    assert scores() == [0.25, 0.5, None]
