@@ -252,7 +252,7 @@ class BenchAgent:
             finally:
                 streaming.cancel()
                 await asyncio.gather(streaming, return_exceptions=True)
-                self.figs.unacked = len(self.sent)
+                self.figs.unacked += len(self.sent)
 
 
 async def generate(spec: dict[str, Any]) -> dict[str, Any]:
