@@ -77,7 +77,7 @@ BENIGN = (
     "backup-targz",
     "gzip-logs",
 )
-QUIET_MAX_FILES = 3  # a window touching at most this many files is a quiet one
+QUIET_MAX_FILES = 3  # a quiet window touches and reads at most this many files, no archive
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -93,7 +93,8 @@ def window_pools() -> tuple[list[pb.Window], list[pb.Window]]:
                 continue
             w = msg.window
             touched = w.files_created + w.files_modified + w.files_deleted + w.files_renamed
-            (quiet if touched <= QUIET_MAX_FILES else busy).append(w)
+            small = max(touched, w.files_read) <= QUIET_MAX_FILES and not w.archives_created
+            (quiet if small else busy).append(w)
     return quiet, busy
 
 
