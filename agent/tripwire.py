@@ -29,6 +29,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 
 from tocsin.agent.act import Actions
+from tocsin.agent.protect import process_ref
 from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class Tripwire:
             kind="suspend",
             pids=[root],
             dry_run=self.mode != "enforce",
+            processes=[process_ref(root, writers)],
         )
         result = self.actions.run(cmd, local=True)
         log.warning("tripwire fired (%s): %s %s", reason, result.status, result.detail)

@@ -11,10 +11,12 @@ with ``--progress`` (one "<unix time> <path>" line per finished file).
 Measured per workload: whether a critical alert arrived, the seconds from the
 first ruined file to the critical webhook's receipt, the files ruined before
 the process was suspended (progress lines when its state became "stopped"),
-and the warnings and criticals posted for the host. Workloads run with the
-``tocsin-drill`` marker in their command line, so the collector suspends them
-for real but never isolates this machine (a drill never isolates); nothing
-else changes in the judgement. Loopback only. Writes a markdown table and
+and the warnings and criticals posted for the host. Workloads run as drills:
+the agent's drill key in their environment (``tocsin.agent.drill``), so the
+collector suspends them for real but never isolates (a drill never isolates);
+nothing else changes in the judgement. The evasions are the exception:
+``encrypt-drill-marker`` names the drill marker but has no key, and must be
+isolated like any attacker. Loopback only. Writes a markdown table and
 fills the ``evaluation.end_to_end`` section of ``models/baseline.json``
 (``--no-card`` leaves the card alone).
 """
@@ -27,6 +29,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -42,6 +45,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from receiver import WebhookReceiver
+from tocsin.agent.drill import DrillKey
 from tocsin.agent.simulate import ATTACKS, BENIGN, make_share
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +63,11 @@ DEFAULT_ATTACKS = (
     "encrypt-slow",
     "encrypt-pattern",
     "encrypt-hex",
+    "encrypt-as-sshd",
+    "encrypt-drill-marker",
 )
+# Forged drills: the marker in the command line, not the agent's key.
+FORGED_DRILLS = frozenset({"encrypt-drill-marker"})
 DEFAULT_BENIGN = (
     "backup-targz",
     "backup-encrypted",
@@ -95,6 +103,8 @@ DESCRIPTIONS = {
     "rsync-mirror": "rsync mirror (temp names renamed into place)",
     "encrypt-pattern": "intermittent: 64 of every 192 bytes",
     "encrypt-hex": "encrypted, written as hex text",
+    "encrypt-as-sshd": "in-place encryption by a process calling itself sshd (prctl)",
+    "encrypt-drill-marker": "in-place encryption naming the drill marker, without the key",
     "backup-gpg-files": "encrypted backup: a .gpg copy of every file, nothing deleted",
     "convert-images": "image conversion (png <-> jpg, the source removed)",
     "zip-folders": "compress each year folder into a zip, files removed",
@@ -116,6 +126,8 @@ class Row:
     criticals: int = 0
     wall_s: float = 0.0
     reasons: list[str] = field(default_factory=list)
+    # What the critical alert said of isolating the host ("sent", "skipped: drill"...).
+    isolate: str = ""
     note: str = ""
 
 
@@ -255,6 +267,8 @@ class Suite:
             # the figures are not those of one lucky or unlucky alignment.
             time.sleep(self.settle_s + self.rng.random())
             progress = work / "progress.log"
+            key = DrillKey.read(work / "state")
+            env = None if name in FORGED_DRILLS else key.environment()
             t0 = time.monotonic()
             workload = subprocess.Popen(
                 [
@@ -273,6 +287,7 @@ class Suite:
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                env=env,
             )
             proc = psutil.Process(workload.pid)
             end = time.monotonic() + timeout_s
@@ -298,6 +313,8 @@ class Suite:
             if crit and times:
                 row.seconds_to_critical = round(crit[0]["_received_at"] - times[0], 3)
                 row.reasons = list(crit[0].get("reasons", []))
+                isolate = [a for a in crit[0].get("actions", []) if a.get("action") == "isolate"]
+                row.isolate = str(isolate[0].get("status", "")) if isolate else ""
             elif alerts:
                 row.reasons = list(alerts[0].get("reasons", []))
             return row
@@ -371,9 +388,11 @@ def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took
         "typed files, watched by a real `tocsin-agent` (tripwire at its shipped default, "
         "dry-run) streaming to one real `tocsin-collector` (`--respond enforce`, shipped "
         "model) over gRPC on 127.0.0.1, with a webhook receiver on 127.0.0.1. Attacks ran at "
-        f"{args.rate:g} files/s unless the row says otherwise. Workloads carry the drill marker, "
-        "so the collector suspends them for real but never isolates the machine running the "
-        "suite; the judgement is the same.",
+        f"{args.rate:g} files/s unless the row says otherwise. Workloads run as drills (the "
+        "agent's drill key in their environment), so the collector suspends them for real but "
+        "never isolates; the judgement is the same. The evasions (`encrypt-as-sshd`, "
+        "`encrypt-drill-marker`) must be stopped like the plain attack; the forged drill is "
+        "isolated too (the suite runs in a network namespace of its own).",
         "",
         "- **seconds to critical**: from the first ruined file (the workload's progress log) "
         "to the receipt of the critical webhook.",
@@ -383,8 +402,8 @@ def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took
         "when it escalates).",
         "",
         "| workload | what | kind | files/s | detected | s to critical | ruined before stop "
-        "| files done | warnings | criticals | first reasons |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| files done | warnings | criticals | isolate | first reasons |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         reasons = ", ".join(r.reasons[:4]) + (" ..." if len(r.reasons) > 4 else "")
@@ -394,7 +413,7 @@ def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took
             f"| {r.name} | {DESCRIPTIONS.get(r.name, '')} | {r.kind} | {r.rate_per_s:g} | "
             f"{_fmt(r.detected) if r.kind == 'attack' else '-'} | {_fmt(r.seconds_to_critical)} "
             f"| {_fmt(r.ruined_before_stop)} | {r.files_done} | {r.warnings} | {r.criticals} "
-            f"| {reasons.replace('|', '/')} |"
+            f"| {r.isolate or '-'} | {reasons.replace('|', '/')} |"
         )
     s = summ
     lines += [
@@ -441,7 +460,17 @@ def update_card(card_path: Path, summ: dict[str, Any]) -> None:
     card_path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
 
 
+def in_own_netns() -> None:
+    """As root, re-run this suite in a new network namespace (loopback only), once."""
+    if os.geteuid() != 0 or os.environ.get("TOCSIN_EVAL_NETNS") or not shutil.which("unshare"):
+        return
+    os.environ["TOCSIN_EVAL_NETNS"] = "1"
+    script = 'ip link set lo up && exec "$0" "$@"'
+    os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c", script, sys.executable, *sys.argv])
+
+
 def main() -> int:
+    in_own_netns()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation.md")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
@@ -477,7 +506,8 @@ def main() -> int:
                     f"{name:18s} {row.kind:6s} detected={_fmt(row.detected):3s} "
                     f"s_to_critical={_fmt(row.seconds_to_critical):6s} "
                     f"ruined={_fmt(row.ruined_before_stop):4s} done={row.files_done:4d} "
-                    f"warn={row.warnings} crit={row.criticals} {row.note}",
+                    f"warn={row.warnings} crit={row.criticals} isolate={row.isolate or '-'} "
+                    f"{row.note}",
                     flush=True,
                 )
         finally:
