@@ -212,7 +212,7 @@ class BenchAgent:
                     self.drained.set()
             return 1.0
         except grpc.aio.AioRpcError as exc:
-            name = exc.code().name
+            name = f"{exc.code().name} ({(exc.details() or '')[:40]})"
             self.figs.ends[name] = self.figs.ends.get(name, 0) + 1
             for key, value in exc.trailing_metadata() or ():
                 if key == PUSHBACK_KEY:
@@ -234,12 +234,14 @@ class BenchAgent:
 
     async def run(
         self,
+        connect_at: float,
         start: float,
         measure: tuple[float, float],
         drain_until: float,
         attack_at: float | None,
     ) -> None:
         self.measure = measure
+        await asyncio.sleep(max(0.0, connect_at - time.monotonic()))
         options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
         async with grpc.aio.insecure_channel(self.target, options=options) as channel:
             streaming = asyncio.create_task(self.keep_streaming(channel))
@@ -271,7 +273,15 @@ async def generate(spec: dict[str, Any]) -> dict[str, Any]:
         attack = spec["attacks"].get(str(i))
         attack_at = None if attack is None else mono0 + attack
         agents.append((BenchAgent(spec["target"], i, pool, spec["rate"], figs), attack_at))
-    await asyncio.gather(*(a.run(start, measure, drain_until, at) for a, at in agents))
+    # Connections spread over the ramp, as a fleet comes up: not a SYN flood at once.
+    spread = max(0.0, start - 1.0 - time.monotonic()) / max(1, len(agents))
+    now = time.monotonic()
+    await asyncio.gather(
+        *(
+            a.run(now + k * spread, start, measure, drain_until, at)
+            for k, (a, at) in enumerate(agents)
+        )
+    )
     return {
         "created": figs.created,
         "acked_in_window": figs.acked_in_window,
@@ -490,7 +500,10 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
             "-" if f["bytes_per_window"] is None else f"{f['bytes_per_window']:.0f}",
         ),
         ("created / stored / unacked", f"{f['created']} / {f['stored']} / {f['unacked_at_end']}"),
-        ("streams ended by collector", ", ".join(f"{k} {v}" for k, v in f["stream_ends"].items())),
+        (
+            "streams ended (as agents saw it)",
+            ", ".join(f"{k} {v}" for k, v in f["stream_ends"].items()),
+        ),
     ]
 
 
