@@ -259,7 +259,14 @@ class BenchAgent:
                 self.figs.unacked += len(self.sent)
 
 
+def _quiet_aclose(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """grpc.aio closes a cancelled stream's request generator while it waits: not news."""
+    if "aclose()" not in str(context.get("exception")):
+        loop.default_exception_handler(context)
+
+
 async def generate(spec: dict[str, Any]) -> dict[str, Any]:
+    asyncio.get_running_loop().set_exception_handler(_quiet_aclose)
     quiet, busy = window_pools()
     wall0 = spec["t0"]
     mono0 = time.monotonic() + (wall0 - time.time())
