@@ -5,19 +5,22 @@
                      [--tls-ca F --tls-cert F --tls-key F] [--model PATH]
                      [--allow CIDR ...] [--log-level LEVEL] [--log-format text|json]
                      [--webhook-secret whsec_... --webhook-format FMT]
-                     [--fleet-guard N] [--metrics HOST:PORT]
+                     [--fleet-guard N] [--metrics HOST:PORT] [--max-clock-skew-s S]
 
 The TOML config file takes the same keys (``listen``, ``db``, ``webhook`` as a
 list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
 ``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
 ``webhook_retry_max_s``, ``webhook_max_age_s``, ``retention_days``,
-``rollup_days``, ``disk_warn_percent``, ...) plus tables only a file
+``rollup_days``, ``disk_warn_percent``, ``max_clock_skew_s``, ...) plus tables
+only a file
 can hold: ``[[webhooks]]`` (url, format, secret, events, min_severity,
 timeout_s, name) and ``[[hooks]]`` (path, args, timeout_s, on, name); flags
 override it. Every problem with
 flags, config, database, model or address is one line on stderr
-("tocsin-collector: error: ...") and exit status 2. Once bound, it logs
+("tocsin-collector: error: ...") and exit status 2: a number that is not
+finite (``nan``, ``inf``) is such a problem, and so is a webhook secret left
+at the example config's placeholder. Once bound, it logs
 "listening on HOST:PORT (respond=MODE, model=...)" with the real port (useful
 with port 0). SIGTERM or SIGINT stop it gracefully.
 """
@@ -28,6 +31,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import math
 import os
 import signal
 import socket
@@ -35,16 +39,19 @@ import sys
 import time
 import tomllib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from tocsin.collector.grpcconf import (
     TlsFiles,
+    is_loopback,
     parse_hostport,
     require_tls_or_insecure,
     server_credentials,
 )
 from tocsin.collector.respond import MODES
+from tocsin.collector.webhook import parse_secret, redact_url
 from tocsin.v1.errors import ConfigError, TocsinError
 
 PROG = "tocsin-collector"
@@ -75,6 +82,7 @@ _KEYS = {
     "webhook_retry_initial_s": (int, float),
     "webhook_retry_max_s": (int, float),
     "webhook_max_age_s": (int, float),
+    "max_clock_skew_s": (int, float),
     "retention_days": (int, float),
     "rollup_days": (int, float),
     "disk_warn_percent": (int, float),
@@ -141,6 +149,12 @@ def build_parser() -> OneLineParser:
         help="hold automatic isolation beyond N hosts per minute (3; 0: no guard)",
     )
     p.add_argument("--metrics", help="HOST:PORT for the Prometheus /metrics endpoint (off)")
+    p.add_argument(
+        "--max-clock-skew-s",
+        dest="max_clock_skew_s",
+        type=float,
+        help="re-date windows whose end is further than this from the collector's clock (300)",
+    )
     return p
 
 
@@ -182,6 +196,7 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "webhook_retry_initial_s": 1.0,
         "webhook_retry_max_s": 300.0,
         "webhook_max_age_s": 86400.0,
+        "max_clock_skew_s": 300.0,
         "retention_days": 30.0,
         "rollup_days": 365.0,
         "disk_warn_percent": 80.0,
@@ -189,6 +204,9 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     }
     merged.update(conf)
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
+    for key, value in merged.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{key.replace('_', '-')} wants a finite number, not {value}")
     if not merged.get("listen"):
         raise ConfigError("--listen HOST:PORT is required")
     parse_hostport(merged["listen"])
@@ -203,7 +221,7 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"--respond must be one of {', '.join(MODES)}, not {merged['respond']!r}")
     for url in merged["webhook"]:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--webhook wants an http:// or https:// URL, got {url!r}")
+            raise ConfigError(f"--webhook wants an http:// or https:// URL, got {redact_url(url)}")
     for cidr in merged["allow"]:
         try:
             ipaddress.ip_network(str(cidr), strict=False)
@@ -219,7 +237,12 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError("--fleet-guard wants a number of hosts per minute >= 0")
     if merged.get("metrics"):
         parse_hostport(merged["metrics"])
-    for key in ("webhook_retry_initial_s", "webhook_retry_max_s", "webhook_max_age_s"):
+    for key in (
+        "webhook_retry_initial_s",
+        "webhook_retry_max_s",
+        "webhook_max_age_s",
+        "max_clock_skew_s",
+    ):
         merged[key] = float(merged[key])
         if merged[key] <= 0:
             raise ConfigError(f"{key} must be > 0")
@@ -251,20 +274,11 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"language must be en or fr, not {merged['language']!r}")
     if merged.get("console"):
         console_host, _ = parse_hostport(merged["console"], "console")
-        if not tls.given() and not _loopback(console_host):
+        if not tls.given() and not is_loopback(console_host):
             raise ConfigError(
                 "console: without TLS the console listens on loopback only (127.0.0.1, ::1)"
             )
     return merged
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _tables(items: list[Any], what: str) -> list[dict[str, Any]]:
@@ -283,6 +297,11 @@ def destinations(merged: dict[str, Any]) -> list[Any]:
     """Every webhook destination: --webhook URLs (one format and secret) and [[webhooks]]."""
     from tocsin.collector.outbox import destination
 
+    if merged.get("webhook_secret"):
+        try:
+            parse_secret(str(merged["webhook_secret"]))
+        except ConfigError as exc:
+            raise ConfigError(f"webhook_secret: {exc}") from None
     out = []
     for url in merged["webhook"]:
         spec = {"url": url, "format": merged["webhook_format"]}
@@ -292,10 +311,14 @@ def destinations(merged: dict[str, Any]) -> list[Any]:
     for i, spec in enumerate(_tables(merged["webhooks"], "webhooks")):
         out.append(destination(spec, f"[[webhooks]] #{i + 1}"))
     seen = [d.dest_id for d in out]
-    dup = next((d for d in seen if seen.count(d) > 1), None)
+    dup = next((d for d in out if seen.count(d.dest_id) > 1), None)
     if dup:
-        raise ConfigError(f"webhook {dup} is configured twice; give one a name")
-    return out
+        raise ConfigError(f"webhook {dup.label} is configured twice; give one a name")
+    labels = [d.label for d in out]
+    return [
+        replace(d, shown=f"{d.label} #{i + 1}") if labels.count(d.label) > 1 else d
+        for i, d in enumerate(out)
+    ]
 
 
 def load_scorer(model: str | None) -> Any:
@@ -356,6 +379,7 @@ async def serve(conf: dict[str, Any]) -> None:
         credentials=server_credentials(tls) if tls.given() else None,
         silent_after_s=float(conf.get("silent_after") or 60.0),
         rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
+        clock_skew_s=conf["max_clock_skew_s"],
         console=console_links,
     )
     responder = collector.responder
@@ -388,8 +412,10 @@ async def serve(conf: dict[str, Any]) -> None:
     log.info("listening on %s:%d (respond=%s, model=%s)", host, port, conf["respond"], model)
     if conf["insecure"]:
         log.warning(
-            "WARNING: --insecure: agents are neither encrypted nor authenticated;"
-            " any host can claim any host id"
+            "WARNING: --insecure: nothing is encrypted or authenticated. Agents may stream"
+            " from anywhere and claim any host id no live stream holds; the operator API"
+            " answers callers on loopback only (remote control needs TLS and an operator"
+            " certificate)"
         )
     if not conf["destinations"]:
         log.warning("no --webhook: alerts are stored but nobody is told")
@@ -448,13 +474,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         conf = settings(argv)
-        logging.basicConfig(
-            level=conf["log_level"], stream=sys.stderr, format=f"{PROG}: %(message)s"
-        )
-        if conf["log_format"] == "json":
-            from tocsin.v1.jsonlog import use_json_logs
+        logging.basicConfig(level=conf["log_level"], stream=sys.stderr)
+        from tocsin.v1.jsonlog import use_json_logs, use_text_logs
 
-            use_json_logs(PROG)
+        (use_json_logs if conf["log_format"] == "json" else use_text_logs)(PROG)
         asyncio.run(serve(conf))
     except TocsinError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)

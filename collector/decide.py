@@ -29,6 +29,9 @@ Rules (``JudgeConfig`` holds the numbers):
   posted). A window within ``hysteresis`` below the threshold keeps an open
   incident alive. After ``quiet_s`` of window time with no active window the
   incident is ``close``d.
+- ``clock_skew_s`` (non-zero when ingest re-dated the window because the
+  agent's clock was off by more than the allowed skew) adds the reason
+  ``clock_skew`` to an active window; it never makes a window active.
 """
 
 from __future__ import annotations
@@ -214,7 +217,12 @@ class Judge:
         return [k for k in self._incidents if host_id is None or k[0] == host_id]
 
     def observe(
-        self, host_id: str, w: pb.Window, score: float | None, threshold: float | None = None
+        self,
+        host_id: str,
+        w: pb.Window,
+        score: float | None,
+        threshold: float | None = None,
+        clock_skew_s: float = 0.0,
     ) -> list[Decision]:
         """Judge one window; ``threshold`` overrides the judge's (a host's own model)."""
         cfg = self.config
@@ -245,6 +253,8 @@ class Judge:
             self._incidents[(host_id, root)] = self._incidents.pop((host_id, 0))
         decisions = self._close_quiet(host_id, end_s, keep=(host_id, root))
         severity, reasons = self._evaluate(w, score, hist, thr)
+        if clock_skew_s:
+            reasons.append("clock_skew")
         key = (host_id, root)
         inc = self._incidents.get(key)
 

@@ -5,8 +5,12 @@ Per stream, in order:
 1. The first message must be ``Hello`` with a valid ``host_id``
    (``[A-Za-z0-9._-]{1,64}``) and ``boot_id``; otherwise the stream ends with
    INVALID_ARGUMENT naming the problem. With mTLS, the certificate's common name
-   must be the host id (PERMISSION_DENIED otherwise). The host is registered
-   and an ``Ack`` of what is already stored for this boot is sent at once.
+   must be the host id (PERMISSION_DENIED otherwise). Without a certificate
+   (``--insecure``) nothing proves the claim, so a hello for a host id that a
+   live stream holds is refused (ABORTED, with a pushback: the agent retries,
+   and gets in once its old stream is gone); only a certificate may displace a
+   live stream. The host is registered and an ``Ack`` of what is already
+   stored for this boot is sent at once.
 2. Each ``Window`` (seq > 0) is committed to the store, THEN acked (``Ack.seq``
    is the highest seq stored for the boot), THEN judged. Windows of every stream
    are committed together (``WindowBatcher``: one transaction per batch, the
@@ -16,6 +20,12 @@ Per stream, in order:
    A later ``Hello`` of the same host switches the boot the following windows
    belong to (how an agent resends an earlier boot's unacknowledged windows);
    it is answered with an ``Ack`` of that boot.
+   The agent's clock is not trusted: a window whose end is more than
+   ``clock_skew_s`` away from the collector's receive time is re-dated to end
+   at the receive time (its duration kept, held to ``[0, clock_skew_s]``), is
+   judged and stored so, and carries the reason ``clock_skew`` if it alerts;
+   its wire bytes are stored as the agent sent them. One log line per stream
+   says it happened; ``clock_skew_windows`` counts the windows.
 3. ``ActionResult`` goes to the responder; ``Heartbeat`` refreshes last_seen;
    ``Goodbye`` marks a clean disconnect and ends the stream.
 
@@ -42,9 +52,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -82,6 +94,7 @@ class _StreamSession:
         self.host_id = host_id
         self.stored = 0
         self.duplicates = 0
+        self.skewed = 0
         self.out: asyncio.Queue[pb.CollectorMessage | _End] = asyncio.Queue(max_outbound)
 
     def displace(self) -> None:
@@ -105,26 +118,22 @@ class WindowBatcher:
         self.max_batch = max_batch
         self.batches = 0
         self._pending: list[tuple[WindowItem, asyncio.Future[bool]]] = []
-        self._ready = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
 
     async def add(self, host_id: str, boot_id: str, window: StoredWindow) -> bool:
         loop = asyncio.get_running_loop()
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._run())
         done: asyncio.Future[bool] = loop.create_future()
         self._pending.append(((host_id, boot_id, window), done))
-        self._ready.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._run())
         return await done
 
     async def _run(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
-                await self._commit(batch)
+        """Commit batches while windows wait; then end (``add`` starts it again)."""
+        while self._pending:
+            batch = self._pending[: self.max_batch]
+            del self._pending[: self.max_batch]
+            await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[WindowItem, asyncio.Future[bool]]]) -> None:
         try:
@@ -155,6 +164,35 @@ def validate_hello(msg: pb.AgentMessage) -> pb.Hello:
     return hello
 
 
+class HostIdTaken(PermissionError):
+    """An unauthenticated hello for a host id that a live stream holds."""
+
+
+def clamp_window(w: pb.Window, received_s: float, clock_skew_s: float) -> float:
+    """Re-date ``w`` in place if its end is over ``clock_skew_s`` from ``received_s``.
+
+    Returns the shift applied to its end in seconds (0.0 when the agent's clock
+    was within the skew). The duration is held to ``[0, clock_skew_s]`` either way.
+    """
+    start_s, end_s = ts_s(w.start), ts_s(w.end)
+    shift = 0.0
+    if abs(end_s - received_s) > clock_skew_s:
+        shift = received_s - end_s
+    duration = min(max(end_s - start_s, 0.0), clock_skew_s)
+    new_end = end_s + shift
+    if shift or new_end - duration != start_s:
+        w.end.FromNanoseconds(int(new_end * 1e9))
+        w.start.FromNanoseconds(int((new_end - duration) * 1e9))
+    return shift
+
+
+def _date(t_s: float) -> str:
+    try:
+        return dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{t_s:.0f} s after 1970"
+
+
 class TelemetryService(pb_grpc.TelemetryServicer):
     def __init__(
         self,
@@ -166,6 +204,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         limits: AgentRateLimits | None = None,
         silence: SilenceWatch | None = None,
         store_retry_ms: int = 5_000,
+        clock_skew_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        taken_retry_ms: int = 5_000,
     ) -> None:
         self.store, self.router, self.stage, self.responder = store, router, stage, responder
         self.max_outbound = max_outbound
@@ -173,6 +214,10 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self.silence = silence
         self.store_retry_ms = store_retry_ms
         self.batcher = WindowBatcher(store)
+        self.clock_skew_s = clock_skew_s
+        self._clock = clock
+        self.taken_retry_ms = taken_retry_ms
+        self.clock_skew_windows = 0
         self.windows_stored = 0
         self.duplicates = 0
         self.bad_streams = 0
@@ -202,6 +247,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             self.bad_streams += 1
             log.warning("stream from %s refused: %s", peer, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except HostIdTaken as exc:
+            self.bad_streams += 1
+            log.warning("stream from %s refused: %s", peer, exc)
+            end = _End(grpc.StatusCode.ABORTED, str(exc), self.taken_retry_ms)
+            await self._refuse(context, hello.host_id, end)
         except PermissionError as exc:
             self.bad_streams += 1
             log.warning("stream from %s refused: %s", peer, exc)
@@ -248,10 +298,12 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             with contextlib.suppress(StoreUnavailable):
                 self.store.touch_host(host_id)
             log.info(
-                "agent %s stream ended (windows stored %d, duplicates dropped %d)%s",
+                "agent %s stream ended (windows stored %d, duplicates dropped %d,"
+                " re-dated for clock skew %d)%s",
                 host_id,
                 session.stored,
                 session.duplicates,
+                session.skewed,
                 f": {end.detail}" if end.detail else "",
             )
         if end.code is not None:
@@ -299,6 +351,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         if names and host_id.encode() not in names:
             cn = names[0].decode(errors="replace")
             raise PermissionError(f"host_id {host_id!r} does not match certificate name {cn!r}")
+        if not names and self.router.is_connected(host_id):
+            raise HostIdTaken(
+                f"host id {host_id!r} is held by a live stream, and without TLS nothing"
+                " proves this one is that host; retry once that stream has ended"
+            )
 
     async def _pump(self, session: _StreamSession) -> None:
         queue = self.router.queue(session.host_id)
@@ -371,12 +428,28 @@ class TelemetryService(pb_grpc.TelemetryServicer):
     ) -> int:
         if w.seq <= 0:
             raise WireError("window seq must be > 0")
+        raw = w.SerializeToString()
+        sent_end_s = ts_s(w.end)
+        skew_s = clamp_window(w, self._clock(), self.clock_skew_s)
+        if skew_s:
+            self.clock_skew_windows += 1
+            session.skewed += 1
+            if session.skewed == 1:
+                log.warning(
+                    "agent %s: window %d dated %s, %+.0f s from the collector's clock"
+                    " (allowed: %g s); judged as received, and so are later ones",
+                    host_id,
+                    w.seq,
+                    _date(sent_end_s),
+                    -skew_s,
+                    self.clock_skew_s,
+                )
         x = window_features(w)
         stored = StoredWindow(
             seq=int(w.seq),
             start_s=ts_s(w.start),
             end_s=ts_s(w.end),
-            raw=w.SerializeToString(),
+            raw=raw,
             tally=window_tally(w),
         )
         inserted = await self.batcher.add(host_id, boot_id, stored)
@@ -388,5 +461,5 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             return acked
         self.windows_stored += 1
         session.stored += 1
-        await self.stage.judge_window(host_id, boot_id, w, x)
+        await self.stage.judge_window(host_id, boot_id, w, x, clock_skew_s=skew_s)
         return acked

@@ -12,7 +12,10 @@ report in each stored window). Families (all prefixed ``tocsin_collector_``):
 windows_total, windows_duplicate_total, events_total{kind},
 agent_events_dropped_total, agent_spool_dropped{host_id}, score (histogram),
 scoring_dropped_total, alerts_total{severity}, actions_total{kind,status},
-commands_dropped_total, webhook_deliveries_total{destination,outcome},
+commands_dropped_total, action_results_refused_total,
+suspended_pids_dropped_total, clock_skew_windows_total, operator_denied_total,
+webhook_deliveries_total{destination,outcome} (a
+receiver's name or redacted URL, never its secret path),
 webhook_outbox_depth, webhook_dropped_total, hosts{state},
 fleet_guard_held_total, hook_runs_total{status}, bad_streams_total.
 """
@@ -93,12 +96,14 @@ class MeteredStage:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def judge_window(self, host_id: str, boot_id: str, w: pb.Window, x: Any) -> Any:
+    async def judge_window(
+        self, host_id: str, boot_id: str, w: pb.Window, x: Any, clock_skew_s: float = 0.0
+    ) -> Any:
         for kind in _EVENT_FIELDS:
             self.events[kind] += int(getattr(w, f"events_{kind}"))
         self.agent_events_dropped += int(w.events_dropped) + int(w.queue_overflows)
         self.spool_dropped[host_id] = int(w.spool_dropped)
-        return await self.inner.judge_window(host_id, boot_id, w, x)
+        return await self.inner.judge_window(host_id, boot_id, w, x, clock_skew_s=clock_skew_s)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -166,6 +171,26 @@ class _CollectorFamilies:
         yield _counter(
             p + "commands_dropped", "Commands dropped from a full host queue", router.dropped
         )
+        yield _counter(
+            p + "action_results_refused",
+            "Agent reports on commands not sent to that agent's host",
+            responder.results_refused,
+        )
+        yield _counter(
+            p + "suspended_pids_dropped",
+            "Suspended pids agents reported past the per-host bound",
+            sum(responder.suspended_pids_dropped.values()),
+        )
+        yield _counter(
+            p + "clock_skew_windows",
+            "Windows re-dated because the agent's clock was off by more than the allowed skew",
+            tel.clock_skew_windows,
+        )
+        yield _counter(
+            p + "operator_denied",
+            "Operator calls refused without TLS because they did not come from loopback",
+            self.c.operator.denied,
+        )
         wd = CounterMetricFamily(
             p + "webhook_deliveries",
             "Webhook delivery attempts by outcome",
@@ -178,8 +203,8 @@ class _CollectorFamilies:
             ("rejected", stats.rejected),
             ("expired", stats.expired),
         ):
-            for dest in self.outbox.destinations:
-                wd.add_metric([dest, outcome], counts[dest])
+            for dest in self.outbox.destinations.values():
+                wd.add_metric([dest.label, outcome], counts[dest.dest_id])
         yield wd
         yield GaugeMetricFamily(
             p + "webhook_outbox_depth",

@@ -377,11 +377,13 @@ class PgStore:
             ),
         )
 
-    def _alerts(self, where: str, args: Sequence[Any], limit: int) -> list[AlertRecord]:
+    def _alerts(
+        self, where: str, args: Sequence[Any], limit: int, offset: int = 0
+    ) -> list[AlertRecord]:
         rows = self._rows(
             f"SELECT {_ALERT_COLUMNS} FROM alerts{where}"
-            " ORDER BY detected_at DESC, seq DESC LIMIT %s",
-            (*args, limit),
+            " ORDER BY detected_at DESC, seq DESC LIMIT %s OFFSET %s",
+            (*args, limit, offset),
         )
         return [
             AlertRecord(
@@ -401,10 +403,10 @@ class PgStore:
             for r in rows
         ]
 
-    def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]:
+    def list_alerts(self, host_id: str = "", limit: int = 50, offset: int = 0) -> list[AlertRecord]:
         if host_id:
-            return self._alerts(" WHERE host_id = %s", (host_id,), limit)
-        return self._alerts("", (), limit)
+            return self._alerts(" WHERE host_id = %s", (host_id,), limit, offset)
+        return self._alerts("", (), limit, offset)
 
     def incident_alerts(self, incident_id: str) -> list[AlertRecord]:
         return self._alerts(" WHERE incident_id = %s", (incident_id,), 1000)
@@ -452,12 +454,14 @@ class PgStore:
         rows = self._rows(f"SELECT {_ACTION_COLUMNS} FROM actions WHERE id = %s", (action_id,))
         return self._action(rows[0]) if rows else None
 
-    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]:
+    def list_actions(
+        self, host_id: str = "", limit: int = 50, offset: int = 0
+    ) -> list[ActionRecord]:
         where, args = (" WHERE host_id = %s", (host_id,)) if host_id else ("", ())
         rows = self._rows(
             f"SELECT {_ACTION_COLUMNS} FROM actions{where}"
-            " ORDER BY requested_at DESC, seq DESC LIMIT %s",
-            (*args, limit),
+            " ORDER BY requested_at DESC, seq DESC LIMIT %s OFFSET %s",
+            (*args, limit, offset),
         )
         return [self._action(r) for r in rows]
 

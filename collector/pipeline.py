@@ -7,8 +7,10 @@ one ``asyncio.to_thread`` call (scoring costs per call, not per row), at most
 judged without a score (deterministic evidence only) and ``dropped`` counts it.
 A scorer error is logged and also yields no score: the evidence still counts.
 
-``JudgeStage.judge(host_id, boot_id, window, features)`` must be called in seq
-order per host (the ingest stream does); it returns the decisions taken.
+``JudgeStage.judge_window(host_id, boot_id, window, features, clock_skew_s=0.0)``
+must be called in seq order per host (the ingest stream does); it returns the
+decisions taken. ``clock_skew_s`` is how far ingest re-dated the window (see
+``Judge.observe``).
 """
 
 from __future__ import annotations
@@ -125,11 +127,18 @@ class JudgeStage:
         self._learning: asyncio.Task[None] | None = None
 
     async def judge_window(
-        self, host_id: str, boot_id: str, w: pb.Window, x: npt.NDArray[np.float64]
+        self,
+        host_id: str,
+        boot_id: str,
+        w: pb.Window,
+        x: npt.NDArray[np.float64],
+        clock_skew_s: float = 0.0,
     ) -> list[Decision]:
         scorer = self.baselines.scorer_for(host_id)
         score = await self.batch.score(x, scorer)
-        decisions = self.judge.observe(host_id, w, score, float(scorer.threshold))
+        decisions = self.judge.observe(
+            host_id, w, score, float(scorer.threshold), clock_skew_s=clock_skew_s
+        )
         for d in decisions:
             explanation: list[tuple[str, float]] = []
             if d.posts:

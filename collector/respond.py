@@ -21,7 +21,14 @@
 - ``command(...)``: operator-requested actions (always sent; audited).
 - ``on_action_result(host_id, result)``: the agent's report is stored,
   audited, folded into the host state (isolated, suspended pids) and posted as
-  event ``action``.
+  event ``action``. A report on a command is accepted only from the host the
+  command was sent to, for a command the collector (or an operator through it)
+  issued; anything else is refused, logged and counted (``results_refused``),
+  and changes nothing. A report of the agent's own action (``local``) is
+  recorded under the id ``HOST/ID``: it can never land on another host's
+  action. Details are cut to ``MAX_DETAIL_CHARS``; a host's suspended pids are
+  bounded by ``MAX_SUSPENDED_PIDS``, the excess counted per host in
+  ``suspended_pids_dropped``.
 A sink with ``enqueue`` (the durable outbox) takes events synchronously, so
 an alert is queued for its webhooks before ``on_decision`` returns. Other
 sinks get background posts, bounded (``max_inflight``; extra posts are dropped
@@ -51,6 +58,9 @@ from tocsin.v1.errors import TocsinError
 
 log = logging.getLogger("tocsin.collector.respond")
 
+MAX_SUSPENDED_PIDS = 256
+MAX_DETAIL_CHARS = 2000
+
 Mode = Literal["off", "dry-run", "enforce"]
 MODES: tuple[str, ...] = ("off", "dry-run", "enforce")
 
@@ -66,8 +76,13 @@ _PHRASES = {
 }
 
 
+_FIRST_S = dt.datetime(1, 1, 1, tzinfo=dt.UTC).timestamp()
+_LAST_S = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
+
+
 def rfc3339(t_s: float) -> str:
-    """RFC 3339 UTC with milliseconds and a Z."""
+    """RFC 3339 UTC with milliseconds and a Z; never raises (held to years 1..9999)."""
+    t_s = min(max(t_s, _FIRST_S), _LAST_S) if t_s == t_s else 0.0
     stamp = dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
 
@@ -118,6 +133,8 @@ class Responder:
             hooks.on_outcome = self.on_hook_outcome
         self.alerts_total: Counter[str] = Counter()
         self.actions_total: Counter[tuple[str, str]] = Counter()
+        self.results_refused = 0
+        self.suspended_pids_dropped: Counter[str] = Counter()
 
     # ---------------------------------------------------------------- decisions
 
@@ -351,42 +368,69 @@ class Responder:
             if fut is not None and not fut.done() and connected:
                 fut.cancel()
 
+    def _issued_to(self, host_id: str, command_id: str) -> ActionRecord | None:
+        """The collector's command ``command_id`` if it was sent to ``host_id``, else None."""
+        action = self.store.get_action(command_id) if command_id else None
+        if action is None or action.host_id != host_id or action.kind == "hook":
+            return None
+        if not action.requested_by.startswith(("collector", "operator:")):
+            return None
+        return action
+
     async def on_action_result(self, host_id: str, r: pb.ActionResult) -> None:
-        pids = list(r.pids)
-        action = (
-            self.store.finish_action(r.command_id, r.status, r.detail, pids)
-            if (r.command_id)
-            else None
-        )
-        if action is None:
+        pids = list(r.pids[:MAX_SUSPENDED_PIDS])
+        if len(r.pids) > len(pids):
+            self.suspended_pids_dropped[host_id] += len(r.pids) - len(pids)
+        detail = r.detail[:MAX_DETAIL_CHARS]
+        kind, status = r.kind[:32], r.status[:64]
+        if r.local:
             action = ActionRecord(
-                action_id=r.command_id or self._new_id(),
+                action_id=f"{host_id}/{r.command_id[:64] or self._new_id()}",
                 alert_id="",
                 host_id=host_id,
-                kind=r.kind,
-                requested_by="agent" if r.local else "unknown",
+                kind=kind,
+                requested_by="agent",
                 requested_at_s=self._clock(),
-                status=r.status,
-                detail=r.detail,
+                status=status,
+                detail=detail,
                 pids=pids,
                 finished_at_s=self._clock(),
             )
             self.store.add_action(action)
-        self.store.audit(f"agent:{host_id}", f"{r.kind} {r.status}", r.detail)
-        self.actions_total[(r.kind, r.status)] += 1
-        if r.status == "done":
-            self._fold_host_state(host_id, r.kind, pids or action.pids)
-        self.router.resolve(r)
+        else:
+            issued = self._issued_to(host_id, r.command_id)
+            if issued is None:
+                self.results_refused += 1
+                log.warning(
+                    "agent %s reported %s %s for command %r, which the collector never sent"
+                    " it; refused",
+                    host_id,
+                    kind,
+                    status,
+                    r.command_id[:64],
+                )
+                self.store.audit(
+                    f"agent:{host_id}", "result refused", f"command {r.command_id[:64]!r}"
+                )
+                return
+            kind = issued.kind  # what was asked, whatever the report calls it
+            finished = self.store.finish_action(issued.action_id, status, detail, pids)
+            action = finished or issued
+            self.router.resolve(r)
+        self.store.audit(f"agent:{host_id}", f"{kind} {status}", detail)
+        self.actions_total[(kind, status)] += 1
+        if status == "done":
+            self._fold_host_state(host_id, kind, pids or action.pids)
         self._post_later(
             {
                 "event": "action",
                 "alert_id": action.alert_id,
                 "host_id": host_id,
-                "action": r.kind,
-                "status": r.status,
-                "detail": r.detail,
+                "action": kind,
+                "status": status,
+                "detail": detail,
                 "pids": pids or action.pids,
-                "command_id": r.command_id,
+                "command_id": action.action_id,
                 "local": r.local,
                 "at": rfc3339(self._clock()),
                 "mode": self.mode,
@@ -402,7 +446,18 @@ class Responder:
         elif kind == "release":
             self.store.set_host_state(host_id, isolated=False)
         elif kind == "suspend":
-            self.store.set_host_state(host_id, suspended_pids=host.suspended_pids + list(pids))
+            known = set(host.suspended_pids)
+            new = sorted(set(pids) - known)
+            room = max(MAX_SUSPENDED_PIDS - len(known), 0)
+            if len(new) > room:
+                self.suspended_pids_dropped[host_id] += len(new) - room
+                log.warning(
+                    "agent %s: %d suspended pids past the %d kept per host; not listed",
+                    host_id,
+                    len(new) - room,
+                    MAX_SUSPENDED_PIDS,
+                )
+            self.store.set_host_state(host_id, suspended_pids=[*known, *new[:room]])
         elif kind in ("resume", "kill"):
             left = [p for p in host.suspended_pids if p not in set(pids)]
             self.store.set_host_state(host_id, suspended_pids=left)

@@ -7,7 +7,8 @@ streams, lets posts in flight finish and closes the store. Message sizes are
 bounded by ``tocsin.v1.CHANNEL_OPTIONS`` (``SERVER_OPTIONS`` adds the server's
 side of keepalive). Hosts known from the store that did not say goodbye are
 watched for silence from the start (``silent_after_s``); per-agent rate limits
-are ``rate_limits``.
+are ``rate_limits``; window timestamps further than ``clock_skew_s`` from the
+collector's clock are re-dated (``tocsin.collector.ingest``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Collector:
         judge_config: JudgeConfig | None = None,
         silent_after_s: float = 60.0,
         rate_limits: RateLimits | None = None,
+        clock_skew_s: float = 300.0,
         console: LinkIssuer | None = None,
     ) -> None:
         self.store = store
@@ -65,6 +67,7 @@ class Collector:
             self.responder,
             limits=self.limits,
             silence=self.silence,
+            clock_skew_s=clock_skew_s,
         )
         self._silence_task: asyncio.Task[None] | None = None
         self.operator = OperatorService(store, self.router, self.responder, console=console)

@@ -16,7 +16,8 @@ Contract of every ``Store``:
   and every window is committed before the next one is read, so every window
   the agent sent with a lower seq is stored too; a seq the agent itself dropped
   from its full spool is never waited for.
-- Alerts, actions and audit rows are plain records; lists come back newest first.
+- Alerts, actions and audit rows are plain records; lists come back newest first,
+  ``limit`` of them after skipping ``offset`` (how the operator API pages).
 - Every stored window is also added to its host's hourly rollup (counts,
   evidence totals, highest score), in the same transaction. ``prune`` deletes,
   in one short transaction per call, at most ``batch`` of the oldest raw
@@ -182,13 +183,17 @@ class Store(Protocol):
     def incident_alerts(self, incident_id: str) -> list[AlertRecord]: ...
     def prune(self, windows_before_s: float, rollups_before_s: float, batch: int = 2000) -> int: ...
     def save_alert(self, alert: AlertRecord) -> None: ...
-    def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]: ...
+    def list_alerts(
+        self, host_id: str = "", limit: int = 50, offset: int = 0
+    ) -> list[AlertRecord]: ...
     def add_action(self, action: ActionRecord) -> None: ...
     def finish_action(
         self, action_id: str, status: str, detail: str, pids: list[int] | None = None
     ) -> ActionRecord | None: ...
     def get_action(self, action_id: str) -> ActionRecord | None: ...
-    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]: ...
+    def list_actions(
+        self, host_id: str = "", limit: int = 50, offset: int = 0
+    ) -> list[ActionRecord]: ...
     def audit(self, who: str, what: str, detail: str = "") -> None: ...
     def audit_log(self, limit: int = 100) -> list[tuple[float, str, str, str]]: ...
     def close(self) -> None: ...
@@ -608,17 +613,19 @@ class SqliteStore:
             ),
         )
 
-    def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]:
+    def list_alerts(self, host_id: str = "", limit: int = 50, offset: int = 0) -> list[AlertRecord]:
         if host_id:
-            return self._alerts(" WHERE host_id=?", [host_id], limit)
-        return self._alerts("", [], limit)
+            return self._alerts(" WHERE host_id=?", [host_id], limit, offset)
+        return self._alerts("", [], limit, offset)
 
-    def _alerts(self, where: str, args: list[Any], limit: int) -> list[AlertRecord]:
+    def _alerts(
+        self, where: str, args: list[Any], limit: int, offset: int = 0
+    ) -> list[AlertRecord]:
         sql = (
             "SELECT alert_id, host_id, incident_id, severity, score, detected_at, window_start,"
             " window_end, reasons, process, payload, open FROM alerts"
             + where
-            + " ORDER BY detected_at DESC, rowid DESC LIMIT ?"
+            + " ORDER BY detected_at DESC, rowid DESC LIMIT ? OFFSET ?"
         )
         return [
             AlertRecord(
@@ -635,7 +642,7 @@ class SqliteStore:
                 payload=json.loads(r[10]),
                 open=bool(r[11]),
             )
-            for r in self._exec(sql, [*args, limit])
+            for r in self._exec(sql, [*args, limit, offset])
         ]
 
     def add_action(self, action: ActionRecord) -> None:
@@ -656,11 +663,14 @@ class SqliteStore:
             ),
         )
 
-    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]:
+    def list_actions(
+        self, host_id: str = "", limit: int = 50, offset: int = 0
+    ) -> list[ActionRecord]:
         where, args = (" WHERE host_id=?", [host_id]) if host_id else ("", [])
         ids = self._exec(
-            f"SELECT id FROM actions{where} ORDER BY requested_at DESC, rowid DESC LIMIT ?",
-            (*args, limit),
+            f"SELECT id FROM actions{where} ORDER BY requested_at DESC, rowid DESC"
+            " LIMIT ? OFFSET ?",
+            (*args, limit, offset),
         )
         return [a for (i,) in ids if (a := self.get_action(i)) is not None]
 
@@ -841,19 +851,21 @@ class MemoryStore:
     def save_alert(self, alert: AlertRecord) -> None:
         self._alerts[alert.alert_id] = replace(alert)
 
-    def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]:
+    def list_alerts(self, host_id: str = "", limit: int = 50, offset: int = 0) -> list[AlertRecord]:
         alerts = [a for a in self._alerts.values() if not host_id or a.host_id == host_id]
         order = {k: i for i, k in enumerate(self._alerts)}
         alerts.sort(key=lambda a: (a.detected_at_s, order[a.alert_id]), reverse=True)
-        return [replace(a) for a in alerts[:limit]]
+        return [replace(a) for a in alerts[offset : offset + limit]]
 
     def add_action(self, action: ActionRecord) -> None:
         self._actions[action.action_id] = replace(action)
 
-    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]:
+    def list_actions(
+        self, host_id: str = "", limit: int = 50, offset: int = 0
+    ) -> list[ActionRecord]:
         found = [replace(a) for a in self._actions.values() if not host_id or a.host_id == host_id]
         found.sort(key=lambda a: a.requested_at_s, reverse=True)
-        return found[:limit]
+        return found[offset : offset + limit]
 
     def get_action(self, action_id: str) -> ActionRecord | None:
         action = self._actions.get(action_id)

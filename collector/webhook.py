@@ -23,6 +23,7 @@ import hmac
 import json
 import random
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -33,8 +34,34 @@ _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 SECRET_PREFIX = "whsec_"
 
 
+# What deploy/collector.toml ships instead of a secret: refused, so that no town
+# signs its alerts with a key published in our repository.
+SECRET_PLACEHOLDER = "CHANGE-ME"
+
+
+def redact_url(url: object) -> str:
+    """What of a webhook URL may be shown: ``scheme://host[:port]/…``, never its path.
+
+    Slack, Mattermost and Teams put the secret in the path (or the query);
+    logs, metric labels and error lines show this instead.
+    """
+    if not isinstance(url, str):
+        return repr(type(url).__name__)
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return "(not a URL)"
+    host = parts.netloc.rpartition("@")[2]  # user:password@ never shown
+    tail = "/…" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{tail}"
+
+
 def parse_secret(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret; ``ConfigError`` if it is not one."""
+    if SECRET_PLACEHOLDER in secret:
+        raise ConfigError(
+            "the secret is still the example's placeholder: make one with"
+            ' echo "whsec_$(head -c 32 /dev/urandom | base64)" and give it to the receiver too'
+        )
     if not secret.startswith(SECRET_PREFIX):
         raise ConfigError("a webhook secret must look like whsec_<base64>")
     try:
@@ -107,7 +134,7 @@ class HttpWebhookSink:
         results = await asyncio.gather(
             *(self._post_one(url, body) for url in self.urls), return_exceptions=True
         )
-        failed = [f"{url}: {r}" for url, r in zip(self.urls, results, strict=True) if r]
+        failed = [f"{redact_url(u)}: {r}" for u, r in zip(self.urls, results, strict=True) if r]
         if failed:
             self.failures += len(failed)
             raise ResponseError("webhook not delivered: " + "; ".join(failed))

@@ -116,3 +116,16 @@ def test_scores_ride_the_next_window_commit_or_the_close(tmp_path: Path) -> None
     s.set_window_score("h1", "b1", 2, 0.5)
     s.close()
     assert scores() == [0.25, 0.5, None]
+
+
+def test_lists_page_newest_first_with_an_offset(store: Store) -> None:
+    """How the operator API pages: ``limit`` records after skipping ``offset``, newest first."""
+    for i in range(5):
+        store.save_alert(
+            AlertRecord(f"a{i}", "h1", f"i{i}", "warning", 0.5, 10.0 + i, 1.0, 2.0, [], None, {})
+        )
+        store.add_action(ActionRecord(f"c{i}", "", "h1", "suspend", "collector", 10.0 + i, "sent"))
+    assert [a.alert_id for a in store.list_alerts("h1", 2, 1)] == ["a3", "a2"]
+    assert [a.alert_id for a in store.list_alerts("", 10, 4)] == ["a0"]
+    assert [a.action_id for a in store.list_actions("h1", 2, 3)] == ["c1", "c0"]
+    assert store.list_actions("", 2, 5) == []
