@@ -6,14 +6,16 @@
                      [--allow CIDR ...] [--log-level LEVEL] [--log-format text|json]
                      [--webhook-secret whsec_... --webhook-format FMT]
                      [--fleet-guard N] [--metrics HOST:PORT] [--max-clock-skew-s S]
+                     [--baseline-learning-days DAYS]
 
 The TOML config file takes the same keys (``listen``, ``db``, ``webhook`` as a
 list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
 ``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
 ``webhook_retry_max_s``, ``webhook_max_age_s``, ``retention_days``,
-``rollup_days``, ``disk_warn_percent``, ``max_clock_skew_s``, ...) plus tables
-only a file
+``rollup_days``, ``disk_warn_percent``, ``max_clock_skew_s``,
+``baseline_learning_days`` (how long each host is scored with the shipped
+model before it learns its own baseline; 7), ...) plus tables only a file
 can hold: ``[[webhooks]]`` (url, format, secret, events, min_severity,
 timeout_s, name) and ``[[hooks]]`` (path, args, timeout_s, on, name); flags
 override it. Every problem with
@@ -34,9 +36,7 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
-import time
 import tomllib
 from collections.abc import Sequence
 from dataclasses import replace
@@ -48,7 +48,6 @@ from tocsin.collector.grpcconf import (
     is_loopback,
     parse_hostport,
     require_tls_or_insecure,
-    server_credentials,
 )
 from tocsin.collector.respond import MODES
 from tocsin.collector.webhook import parse_secret, redact_url
@@ -89,6 +88,7 @@ _KEYS = {
     "console": str,
     "console_url": str,
     "language": str,
+    "baseline_learning_days": (int, float),
 }
 
 
@@ -155,6 +155,12 @@ def build_parser() -> OneLineParser:
         type=float,
         help="re-date windows whose end is further than this from the collector's clock (300)",
     )
+    p.add_argument(
+        "--baseline-learning-days",
+        dest="baseline_learning_days",
+        type=float,
+        help="days of a host's own windows before it is scored with its own baseline (7)",
+    )
     return p
 
 
@@ -201,6 +207,7 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "rollup_days": 365.0,
         "disk_warn_percent": 80.0,
         "language": "en",
+        "baseline_learning_days": 7.0,
     }
     merged.update(conf)
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
@@ -242,6 +249,7 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "webhook_retry_max_s",
         "webhook_max_age_s",
         "max_clock_skew_s",
+        "baseline_learning_days",
     ):
         merged[key] = float(merged[key])
         if merged[key] <= 0:
@@ -321,92 +329,12 @@ def destinations(merged: dict[str, Any]) -> list[Any]:
     ]
 
 
-def load_scorer(model: str | None) -> Any:
-    from tocsin.collector.score import ForestScorer
-
-    try:
-        return ForestScorer.load(Path(model) if model else None)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--model: {exc}") from None
-
-
 async def serve(conf: dict[str, Any]) -> None:
     from tocsin.collector import sdnotify
-    from tocsin.collector.fleetguard import FleetGuard
-    from tocsin.collector.hooks import HookRunner
-    from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
-    from tocsin.collector.metrics import ObservedScorer, attach_metrics
-    from tocsin.collector.outbox import Outbox
-    from tocsin.collector.server import Collector
-    from tocsin.collector.store import SqliteStore
+    from tocsin.collector.app import build
 
-    scorer = ObservedScorer(load_scorer(conf.get("model")))
-    store = SqliteStore(Path(conf["db"]))
-    outbox = Outbox(
-        Path(conf["db"]),
-        conf["destinations"],
-        retry_initial_s=conf["webhook_retry_initial_s"],
-        retry_max_s=conf["webhook_retry_max_s"],
-        max_age_s=conf["webhook_max_age_s"],
-    )
-    since = time.time() - conf["webhook_max_age_s"]
-    recent = store.list_alerts(limit=10_000)
-    recovered = outbox.recover(a.payload for a in recent if a.detected_at_s >= since)
-    if recovered:
-        log.warning("%d stored alerts had not reached the webhook outbox; queued now", recovered)
-    from tocsin.collector.ratelimit import RateLimits
-
-    tls: TlsFiles = conf["tls"]
-    console_links = None
-    if conf.get("console"):
-        from tocsin.collector.console.auth import LinkIssuer, LoginLinks
-        from tocsin.collector.console.web import bind
-
-        console_host, _ = parse_hostport(conf["console"], "console")
-        console_sock = bind(conf["console"])
-        scheme = "https" if tls.given() else "http"
-        port_bound = console_sock.getsockname()[1]
-        base = conf.get("console_url") or f"{scheme}://{console_host}:{port_bound}"
-        console_links = LinkIssuer(LoginLinks(), base.rstrip("/"))
-    per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
-    bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
-    collector = Collector(
-        store,
-        scorer,
-        outbox,
-        mode=conf["respond"],
-        allow=conf["allow"],
-        credentials=server_credentials(tls) if tls.given() else None,
-        silent_after_s=float(conf.get("silent_after") or 60.0),
-        rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
-        clock_skew_s=conf["max_clock_skew_s"],
-        console=console_links,
-    )
-    responder = collector.responder
-    responder.guard = FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None
-    if conf["hook_list"]:
-        responder.hooks = HookRunner(conf["hook_list"], responder.on_hook_outcome)
-    port = await collector.start(conf["listen"])
-    outbox.start()
-    console = None
-    if console_links is not None:
-        console = await start_console(conf, collector, console_links, console_sock)
-    housekeeper = Housekeeper(
-        store,
-        Path(conf["db"]),
-        outbox,
-        outbox,
-        RetentionConfig(
-            retention_days=conf["retention_days"],
-            rollup_days=conf["rollup_days"],
-            disk_warn_ratio=conf["disk_warn_percent"] / 100.0,
-        ),
-    )
-    housekeeping = asyncio.create_task(housekeeper.run())
-    metrics_server = None
-    if conf.get("metrics"):
-        metrics_server = attach_metrics(conf["metrics"], collector, outbox, scorer, housekeeper)
-        log.info("metrics on http://%s:%d/metrics", *metrics_server.address)
+    app = build(conf)
+    port = await app.start(conf["listen"])
     host, _ = parse_hostport(conf["listen"])
     model = conf.get("model") or "shipped baseline"
     log.info("listening on %s:%d (respond=%s, model=%s)", host, port, conf["respond"], model)
@@ -430,44 +358,7 @@ async def serve(conf: dict[str, Any]) -> None:
     sdnotify.notify("STOPPING=1")
     if watchdog is not None:
         watchdog.cancel()
-    housekeeping.cancel()
-    if console is not None:
-        await console.stop()
-    await collector.stop(grace_s=5.0)
-    await outbox.stop()
-    outbox.close()
-    if metrics_server is not None:
-        metrics_server.close()
-
-
-async def start_console(
-    conf: dict[str, Any], collector: Any, links: Any, sock: socket.socket
-) -> Any:
-    """Serve the web console beside the collector (HTTPS with its certificate when it has one)."""
-    from tocsin.collector.console.auth import Sessions
-    from tocsin.collector.console.backend import ConsoleBackend
-    from tocsin.collector.console.web import (
-        ConsoleConfig,
-        ConsoleServer,
-        console_app,
-        tls_context,
-    )
-    from tocsin.collector.operations import HostActions
-
-    tls: TlsFiles = conf["tls"]
-    backend = ConsoleBackend(
-        collector.store,
-        collector.router,
-        collector.silence,
-        HostActions(collector.store, collector.responder),
-        threshold=float(collector.scorer.threshold),
-    )
-    app = console_app(backend, links.links, Sessions(), ConsoleConfig(language=conf["language"]))
-    ctx = tls_context(tls.cert, tls.key) if tls.cert and tls.key else None
-    server = ConsoleServer(app, ctx)
-    await server.start(sock)
-    log.info("console on %s/", links.base_url)
-    return server
+    await app.stop(grace_s=5.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,10 @@ Per stream, in order:
    are committed together (``WindowBatcher``: one transaction per batch, the
    windows that arrived while the previous batch was committing), and each ack
    goes out only after the commit that covers it. A resent window
-   already stored is acked and counted in ``duplicates``, not judged again.
+   already stored is acked and counted in ``duplicates``, not judged again;
+   what the host has committed but not judged (the database failed after a
+   commit) is judged then (``JudgeStage.settle``), if the stage's own retry
+   has not done it already.
    A later ``Hello`` of the same host switches the boot the following windows
    belong to (how an agent resends an earlier boot's unacknowledged windows);
    it is answered with an ``Ack`` of that boot.
@@ -66,7 +69,7 @@ from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
 from tocsin.collector.features import window_features, window_tally
 from tocsin.collector.pipeline import JudgeStage
-from tocsin.collector.ratelimit import AgentRateLimits
+from tocsin.collector.ratelimit import AgentRateLimits, Refusal
 from tocsin.collector.respond import Responder
 from tocsin.collector.silence import SilenceWatch
 from tocsin.collector.store import Store, StoredWindow, StoreFull, StoreUnavailable, WindowItem
@@ -95,6 +98,7 @@ class _StreamSession:
         self.stored = 0
         self.duplicates = 0
         self.skewed = 0
+        self.acked = 0  # highest seq acked on this stream (for the log of a refusal)
         self.out: asyncio.Queue[pb.CollectorMessage | _End] = asyncio.Queue(max_outbound)
 
     def displace(self) -> None:
@@ -322,9 +326,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         assert end.code is not None
         await context.abort(end.code, end.detail)
 
-    def _rate_end(self, host_id: str, refusal: object) -> _End:
+    def _rate_end(self, host_id: str, refusal: Refusal) -> _End:
         self.rate_refusals += 1
-        wait_ms = int(getattr(refusal, "retry_after_s", 1.0) * 1000) + 1
+        wait_ms = int(refusal.retry_after_s * 1000) + 1
         log.warning("agent %s: %s; stream ended, retry in %d ms", host_id, refusal, wait_ms)
         return _End(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refusal), wait_ms)
 
@@ -413,7 +417,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             log.warning("agent %s: malformed AgentMessage", host_id)
             end = _End(grpc.StatusCode.INVALID_ARGUMENT, "malformed AgentMessage")
         except StoreUnavailable as exc:
-            end = self._store_end(host_id, exc, acked)
+            end = self._store_end(host_id, exc, max(acked, session.acked))
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as exc:
@@ -453,11 +457,13 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             tally=window_tally(w),
         )
         inserted = await self.batcher.add(host_id, boot_id, stored)
-        acked = max(acked, int(w.seq))
+        acked = session.acked = max(acked, int(w.seq))
         await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
         if not inserted:
             self.duplicates += 1
             session.duplicates += 1
+            # A resend after a failure: what was committed but not judged is judged now.
+            await self.stage.settle(host_id)
             return acked
         self.windows_stored += 1
         session.stored += 1

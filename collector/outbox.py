@@ -300,6 +300,10 @@ class Outbox:
     async def post(self, event: dict[str, Any]) -> None:
         self.enqueue(event)
 
+    async def drain(self) -> None:
+        """Nothing to wait for: what was enqueued is stored and delivered by ``start``'s loop."""
+        return None
+
     def _poke(self) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():

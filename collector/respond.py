@@ -4,8 +4,9 @@
 
 - ``on_decision(d)``: an ``open`` or ``escalate`` decision becomes an alert
   (stored, then posted to the webhooks in the background as event ``alert``);
-  ``update`` refreshes the stored alert of the incident; ``close`` marks it
-  closed. Never blocks on a receiver.
+  ``update`` refreshes the stored alert of the incident (or, if the incident
+  has none because the database failed before it was stored, raises it as
+  ``open`` would); ``close`` marks it closed. Never blocks on a receiver.
 - Mode ``off``: alerts only. ``dry-run``: alerts list the actions tocsin would
   take with status ``dry-run``; nothing is sent. ``enforce``: a critical
   alert suspends the tree root (``suspend``) and isolates the host
@@ -29,10 +30,10 @@
   action. Details are cut to ``MAX_DETAIL_CHARS``; a host's suspended pids are
   bounded by ``MAX_SUSPENDED_PIDS``, the excess counted per host in
   ``suspended_pids_dropped``.
-A sink with ``enqueue`` (the durable outbox) takes events synchronously, so
-an alert is queued for its webhooks before ``on_decision`` returns. Other
-sinks get background posts, bounded (``max_inflight``; extra posts are dropped
-and counted in ``posts_dropped``); ``drain()`` waits for those in flight.
+Events go to the sink with ``enqueue`` (the durable outbox stores them at
+once, so an alert is queued for its webhooks before ``on_decision``
+returns); a sink that refuses one is counted in ``posts_failed``. ``drain()``
+waits for hooks and background posts in flight.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ from tocsin.collector.hooks import HookOutcome, HookRunner
 from tocsin.collector.store import ActionRecord, AlertRecord, Store
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1 import telemetry_pb2 as pb
-from tocsin.v1.errors import TocsinError
 
 log = logging.getLogger("tocsin.collector.respond")
 
@@ -110,7 +110,6 @@ class Responder:
         allow: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
-        max_inflight: int = 256,
         command_ttl_s: float = 300.0,
         guard: FleetGuard | None = None,
         hooks: HookRunner | None = None,
@@ -121,16 +120,11 @@ class Responder:
         self.mode = mode
         self.allow = list(allow)
         self._clock, self._new_id = clock, new_id
-        self.max_inflight = max_inflight
         self.command_ttl_s = command_ttl_s
-        self.posts_dropped = 0
         self.posts_failed = 0
-        self._inflight: set[asyncio.Task[None]] = set()
         self._alerts: dict[str, AlertRecord] = {}
         self.guard = guard
         self.hooks = hooks
-        if hooks is not None and hooks.on_outcome is None:
-            hooks.on_outcome = self.on_hook_outcome
         self.alerts_total: Counter[str] = Counter()
         self.actions_total: Counter[tuple[str, str]] = Counter()
         self.results_refused = 0
@@ -147,9 +141,13 @@ class Responder:
         self, d: Decision, explanation: Sequence[tuple[str, float]] = ()
     ) -> dict[str, Any] | None:
         """Store and post an alert for ``open``/``escalate``; returns the posted body."""
-        if d.kind == "update":
+        if d.kind == "update" and d.incident_id in self._alerts:
             self._update(d)
             return None
+        if d.kind == "update":
+            # The incident's alert was never stored (the database failed between
+            # the judge's record and the alert): raise it now rather than never.
+            log.warning("incident %s of %s had no alert; raising it now", d.incident_id, d.host_id)
         if d.kind == "close":
             alert = self._alerts.pop(d.incident_id, None)
             if alert is not None:
@@ -507,32 +505,14 @@ class Responder:
 
     def _post_later(self, event: dict[str, Any]) -> None:
         if self.hooks is not None and event.get("action") != "hook":
-            self.hooks.fire(event)
-        enqueue = getattr(self.sink, "enqueue", None)
-        if enqueue is not None:
-            try:
-                enqueue(event)
-            except Exception:
-                self.posts_failed += 1
-                log.exception("could not queue %s for the webhooks", event.get("event"))
-            return
-        if len(self._inflight) >= self.max_inflight:
-            self.posts_dropped += 1
-            log.warning("webhook backlog full; dropped %s %s", event["event"], event["host_id"])
-            return
-        task = asyncio.get_running_loop().create_task(self._post(event))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def _post(self, event: dict[str, Any]) -> None:
+            self.hooks.fire(event, self.on_hook_outcome)
         try:
-            await self.sink.post(event)
-        except TocsinError as exc:
+            self.sink.enqueue(event)
+        except Exception:
             self.posts_failed += 1
-            log.warning("%s", exc)
+            log.exception("could not queue %s for the webhooks", event.get("event"))
 
     async def drain(self) -> None:
         if self.hooks is not None:
             await self.hooks.drain()
-        while self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        await self.sink.drain()

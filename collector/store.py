@@ -8,14 +8,20 @@ Contract of every ``Store``:
   committed: an ack sent after it never covers a window a crash could lose.
   ``add_window_batch(items)`` does the same for ``(host_id, boot_id, window)``
   items of any hosts in one transaction (the ingest's group commit).
-- ``set_window_score`` may wait for the next window transaction (or a read of
-  scores: ``rollups``, ``host_windows``; or ``close``): a score is derived from
-  a stored window and costs no commit of its own.
 - ``committed_seq(host_id, boot_id)`` is the highest seq stored for that boot
   (0 if none). The agent sends a boot's windows in ascending order on a stream
   and every window is committed before the next one is read, so every window
   the agent sent with a lower seq is stored too; a seq the agent itself dropped
   from its full spool is never waited for.
+- Every stored window is judged exactly once, in order per host:
+  ``mark_judged(host_id, boot_id, seq, score)`` records that its judgement is
+  complete (decisions stored, commands sent). ``unjudged(host_id)`` returns
+  (boot_id, window) for the windows committed (and acked) but not yet judged,
+  oldest first, so a judgement the database lost after the commit is taken up
+  again once it is back; ``unjudged_hosts()`` names the hosts that have any.
+  ``judged_since(host_id, span_s)`` returns the host's judged windows within
+  ``span_s`` of its newest judged one, oldest first: the judge's horizons are
+  rebuilt from them after a restart.
 - Alerts, actions and audit rows are plain records; lists come back newest first,
   ``limit`` of them after skipping ``offset`` (how the operator API pages).
 - Every stored window is also added to its host's hourly rollup (counts,
@@ -35,7 +41,6 @@ the same records in dictionaries (tests, and a collector without a disk).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import threading
@@ -57,7 +62,8 @@ class StoreFull(StoreUnavailable):
     """The database's disk (or its size limit) is full; nothing was committed."""
 
 
-def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+def unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+    """The ``StoreUnavailable`` (or ``StoreFull``) an SQLite error means to the collector."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL or "full" in str(exc):
         return StoreFull(f"database full: {exc}")
@@ -175,7 +181,12 @@ class Store(Protocol):
     ) -> list[bool]: ...
     def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]: ...
     def committed_seq(self, host_id: str, boot_id: str) -> int: ...
-    def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None: ...
+    def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None: ...
+    def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]: ...
+    def unjudged_hosts(self) -> list[str]: ...
+    def judged_since(
+        self, host_id: str, span_s: float, limit: int = 4096
+    ) -> list[StoredWindow]: ...
     def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]: ...
     def host_windows(
         self, host_id: str, since_s: float, until_s: float, limit: int = 2000
@@ -211,12 +222,9 @@ CREATE TABLE IF NOT EXISTS boots (
 );
 CREATE TABLE IF NOT EXISTS window_rows (
     boot_ref INTEGER NOT NULL, seq INTEGER NOT NULL, start REAL, "end" REAL, score REAL,
-    raw BLOB, codec INTEGER NOT NULL DEFAULT 0, UNIQUE(boot_ref, seq)
+    raw BLOB, codec INTEGER NOT NULL DEFAULT 0, judged INTEGER NOT NULL DEFAULT 1,
+    UNIQUE(boot_ref, seq)
 );
-CREATE VIEW IF NOT EXISTS windows AS
-    SELECT b.host_id AS host_id, b.boot_id AS boot_id, w.seq AS seq, w.start AS start,
-           w."end" AS "end", w.score AS score, w.raw AS raw, w.codec AS codec
-    FROM window_rows w JOIN boots b USING (boot_ref);
 CREATE TABLE IF NOT EXISTS rollups (
     host_id TEXT NOT NULL, hour INTEGER NOT NULL, windows INTEGER NOT NULL,
     files_written INTEGER NOT NULL, files_deleted INTEGER NOT NULL,
@@ -235,6 +243,16 @@ CREATE TABLE IF NOT EXISTS actions (
     requested_at REAL, status TEXT, detail TEXT, pids TEXT, finished_at REAL
 );
 CREATE TABLE IF NOT EXISTS audit (at REAL, who TEXT, what TEXT, detail TEXT);
+"""
+# Made after ``window_rows`` has its ``judged`` column (a database from before
+# it gets the column, every window in it counting as judged).
+_JUDGED_SCHEMA = """
+CREATE INDEX IF NOT EXISTS window_rows_unjudged ON window_rows(boot_ref, seq) WHERE judged=0;
+CREATE VIEW IF NOT EXISTS windows AS
+    SELECT b.host_id AS host_id, b.boot_id AS boot_id, w.seq AS seq, w.start AS start,
+           w."end" AS "end", w.score AS score, w.raw AS raw, w.codec AS codec,
+           w.judged AS judged
+    FROM window_rows w JOIN boots b USING (boot_ref);
 """
 
 
@@ -269,6 +287,10 @@ def _open_schema(db: sqlite3.Connection) -> None:
     if kind is not None and kind[0] == "table":
         db.execute("ALTER TABLE windows RENAME TO windows_legacy")
     db.executescript(_SCHEMA)
+    if not any(r[1] == "judged" for r in db.execute("PRAGMA table_info(window_rows)")):
+        db.execute("DROP VIEW IF EXISTS windows")
+        db.execute("ALTER TABLE window_rows ADD COLUMN judged INTEGER NOT NULL DEFAULT 1")
+    db.executescript(_JUDGED_SCHEMA)
     if db.execute("SELECT 1 FROM sqlite_master WHERE name='windows_legacy'").fetchone() is None:
         return
     db.execute("BEGIN IMMEDIATE")
@@ -342,17 +364,13 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open database {path}: {exc}") from None
         self._lock = threading.Lock()
-        # Scores waiting for the next transaction: (score, host, boot, seq), under a lock
-        # of their own: the event loop adds them while a batch commits.
-        self._scores: list[tuple[float, str, str, int]] = []
-        self._scores_lock = threading.Lock()
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.OperationalError as exc:
-                raise _unavailable(exc) from exc
+                raise unavailable(exc) from exc
 
     def upsert_host(
         self, host_id: str, *, hostname: str, agent_version: str, tripwire_mode: str
@@ -428,22 +446,19 @@ class SqliteStore:
             return []
         inserted = [False] * len(items)
         with self._lock:
-            scores = self._waiting_scores()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for (host_id, boot_id), at in by_boot(items).items():
                     new = self._insert(host_id, boot_id, [items[i][2] for i in at])
                     for i, ok in zip(at, new, strict=True):
                         inserted[i] = ok
-                self._write_scores(scores)
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 if self._db.in_transaction:  # SQLITE_FULL may already have rolled back
                     self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.OperationalError):
-                    raise _unavailable(exc) from exc
+                    raise unavailable(exc) from exc
                 raise
-            self._scores_written(scores)
         return inserted
 
     def _insert(self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]) -> list[bool]:
@@ -453,8 +468,8 @@ class SqliteStore:
         boot_ref = self._boot_ref(host_id, boot_id, min(w.start_s for w in windows))
         for w in windows:
             cur = self._db.execute(
-                "INSERT OR IGNORE INTO window_rows"
-                '(boot_ref, seq, start, "end", score, raw, codec) VALUES (?,?,?,?,?,?,?)',
+                "INSERT OR IGNORE INTO window_rows(boot_ref, seq, start,"
+                ' "end", score, raw, codec, judged) VALUES (?,?,?,?,?,?,?,0)',
                 (boot_ref, w.seq, w.start_s, w.end_s, w.score, *pack_raw(w.raw)),
             )
             inserted.append(cur.rowcount == 1)
@@ -484,52 +499,69 @@ class SqliteStore:
         )
         return int(rows[0][0] or 0)
 
-    def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None:
-        with self._scores_lock:
-            self._scores.append((score, host_id, boot_id, seq))
+    def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute(
+                    "UPDATE window_rows SET score=?, judged=1 WHERE seq=? AND boot_ref="
+                    "(SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?)"
+                    ' RETURNING "end"',
+                    (score, seq, host_id, boot_id),
+                ).fetchone()
+                if row is not None and score is not None:
+                    self._db.execute(
+                        "UPDATE rollups SET max_score=MAX(COALESCE(max_score, ?), ?)"
+                        " WHERE host_id=? AND hour=?",
+                        (score, score, host_id, hour_of(row[0])),
+                    )
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise unavailable(exc) from exc
 
-    def _waiting_scores(self) -> list[tuple[float, str, str, int]]:
-        with self._scores_lock:
-            return self._scores[:]
+    def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
+        rows = self._exec(
+            'SELECT b.boot_id, w.seq, w.start, w."end", w.raw, w.codec, w.score'
+            " FROM boots b JOIN window_rows w USING (boot_ref)"
+            ' WHERE b.host_id=? AND w.judged=0 ORDER BY w."end", w.seq LIMIT ?',
+            (host_id, limit),
+        )
+        return [
+            (r[0], StoredWindow(r[1], r[2], r[3], unpack_raw(r[4], r[5]), score=r[6])) for r in rows
+        ]
 
-    def _scores_written(self, scores: list[tuple[float, str, str, int]]) -> None:
-        with self._scores_lock:
-            del self._scores[: len(scores)]  # only appended to meanwhile
+    def unjudged_hosts(self) -> list[str]:
+        rows = self._exec(
+            "SELECT DISTINCT b.host_id FROM window_rows w JOIN boots b USING (boot_ref)"
+            " WHERE w.judged=0 ORDER BY b.host_id"
+        )
+        return [r[0] for r in rows]
 
-    def _write_scores(self, scores: list[tuple[float, str, str, int]]) -> None:
-        """Scores and their rollups' highest, inside the caller's transaction."""
-        for score, host_id, boot_id, seq in scores:
-            row = self._db.execute(
-                "UPDATE window_rows SET score=? WHERE seq=? AND boot_ref="
-                "(SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?)"
-                ' RETURNING "end"',
-                (score, seq, host_id, boot_id),
-            ).fetchone()
-            if row is not None:
-                self._db.execute(
-                    "UPDATE rollups SET max_score=MAX(COALESCE(max_score, ?), ?)"
-                    " WHERE host_id=? AND hour=?",
-                    (score, score, host_id, hour_of(row[0])),
-                )
-
-    def _flush_scores(self) -> None:
-        """Write the waiting scores now (``_lock`` held): before they are read, at close."""
-        scores = self._waiting_scores()
-        if not scores:
-            return
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._write_scores(scores)
-            self._db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise _unavailable(exc) from exc
-        self._scores_written(scores)
+    def judged_since(self, host_id: str, span_s: float, limit: int = 4096) -> list[StoredWindow]:
+        """Newest boot first, each walked down its (boot_ref, seq) index: no scan of old rows."""
+        boots = self._exec(
+            "SELECT boot_ref FROM boots WHERE host_id=? ORDER BY first_start DESC", (host_id,)
+        )
+        found: list[StoredWindow] = []
+        newest: float | None = None
+        for (boot_ref,) in boots:
+            rows = self._exec(
+                'SELECT seq, start, "end", raw, codec, score FROM window_rows'
+                " WHERE boot_ref=? AND judged=1 ORDER BY seq DESC LIMIT ?",
+                (boot_ref, limit - len(found)),
+            )
+            for seq, start, end, raw, codec, score in rows:
+                newest = end if newest is None else newest
+                if end < newest - span_s:
+                    return found[::-1]
+                found.append(StoredWindow(seq, start, end, unpack_raw(raw, codec), score=score))
+            if len(found) >= limit:
+                break
+        return found[::-1]
 
     def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]:
-        with self._lock:
-            self._flush_scores()
         rows = self._exec(
             "SELECT hour, windows, "
             + ", ".join(TALLY_FIELDS)
@@ -545,8 +577,6 @@ class SqliteStore:
         self, host_id: str, since_s: float, until_s: float, limit: int = 2000
     ) -> list[StoredWindow]:
         """The host's windows that ended in [since_s, until_s], oldest first, at most ``limit``."""
-        with self._lock:
-            self._flush_scores()
         rows = self._exec(
             'SELECT w.seq, w.start, w."end", w.raw, w.codec, w.score FROM window_rows w'
             ' JOIN boots b USING (boot_ref) WHERE b.host_id=? AND w."end" >= ?'
@@ -589,7 +619,7 @@ class SqliteStore:
             except sqlite3.OperationalError as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise _unavailable(exc) from exc
+                raise unavailable(exc) from exc
         return int(gone)
 
     def save_alert(self, alert: AlertRecord) -> None:
@@ -721,8 +751,6 @@ class SqliteStore:
 
     def close(self) -> None:
         with self._lock:
-            with contextlib.suppress(StoreUnavailable):  # derived figures; windows are committed
-                self._flush_scores()
             self._db.close()
 
 
@@ -733,6 +761,7 @@ class MemoryStore:
         self._clock = clock
         self._hosts: dict[str, HostRecord] = {}
         self._windows: dict[tuple[str, str, int], StoredWindow] = {}
+        self._judged: set[tuple[str, str, int]] = set()
         self._rollups: dict[tuple[str, int], HourRollup] = {}
         self._alerts: dict[str, AlertRecord] = {}
         self._actions: dict[str, ActionRecord] = {}
@@ -811,11 +840,30 @@ class MemoryStore:
         seqs = [k[2] for k in self._windows if k[0] == host_id and k[1] == boot_id]
         return max(seqs, default=0)
 
-    def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None:
+    def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
         key = (host_id, boot_id, seq)
         if key in self._windows:
+            self._judged.add(key)
             self._windows[key] = replace(self._windows[key], score=score)
-            self._roll(host_id, self._windows[key], score)
+            if score is not None:
+                self._roll(host_id, self._windows[key], score)
+
+    def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
+        found = [
+            (k[1], w) for k, w in self._windows.items() if k[0] == host_id and k not in self._judged
+        ]
+        return sorted(found, key=lambda bw: (bw[1].end_s, bw[1].seq))[:limit]
+
+    def unjudged_hosts(self) -> list[str]:
+        return sorted({k[0] for k in self._windows if k not in self._judged})
+
+    def judged_since(self, host_id: str, span_s: float, limit: int = 4096) -> list[StoredWindow]:
+        mine = [w for k, w in self._windows.items() if k[0] == host_id and k in self._judged]
+        if not mine:
+            return []
+        newest = max(w.end_s for w in mine)
+        recent = sorted((w for w in mine if w.end_s >= newest - span_s), key=lambda w: w.end_s)
+        return recent[-limit:]
 
     def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]:
         found = [

@@ -13,6 +13,7 @@ import pytest
 
 from fakeagent import KERNEL_BOOT_ID, STARTED_AT_TICKS, T0, encrypting
 from receiver import WebhookReceiver
+from tocsin.collector.app import assemble
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore, WindowItem
@@ -50,7 +51,7 @@ def quiet(seq: int) -> pb.AgentMessage:
 
 async def run_collector(tmp_path: Path, url: str, mode: str) -> tuple[Collector, int]:
     store = SqliteStore(tmp_path / "tocsin.db")
-    c = Collector(store, ThresholdScorer(), HttpWebhookSink([url], attempts=2), mode=mode)
+    c = assemble(store, ThresholdScorer(), HttpWebhookSink([url], attempts=2), mode=mode)
     port = await c.start("127.0.0.1:0")
     return c, port
 
@@ -381,7 +382,7 @@ def test_windows_of_many_streams_share_commits_and_no_ack_precedes_its_commit(
 
     async def main() -> None:
         store = RecordingStore(tmp_path / "tocsin.db")
-        c = Collector(store, ThresholdScorer(), HttpWebhookSink([receiver.url]), mode="off")
+        c = assemble(store, ThresholdScorer(), HttpWebhookSink([receiver.url]), mode="off")
         port = await c.start("127.0.0.1:0")
         try:
             await asyncio.wait_for(

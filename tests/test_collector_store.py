@@ -92,30 +92,10 @@ def test_sqlite_in_missing_directory_is_a_config_error(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "nope" / "t.db")
 
 
-def test_a_batch_of_many_hosts_dedupes_and_carries_waiting_scores(store: Store) -> None:
+def test_a_batch_of_many_hosts_dedupes_per_boot(store: Store) -> None:
     items = [("h1", "b1", win(1)), ("h2", "b1", win(1)), ("h1", "b1", win(1))]
     assert store.add_window_batch(items) == [True, True, False]
     assert store.committed_seq("h1", "b1") == 1 and store.committed_seq("h2", "b1") == 1
-
-
-def test_scores_ride_the_next_window_commit_or_the_close(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "t.db")
-    s.add_windows("h1", "b1", [win(1), win(2)])
-
-    def scores() -> list[float | None]:
-        con = sqlite3.connect(tmp_path / "t.db")
-        try:
-            return [r[0] for r in con.execute("SELECT score FROM windows ORDER BY seq")]
-        finally:
-            con.close()
-
-    s.set_window_score("h1", "b1", 1, 0.25)
-    assert scores() == [None, None]  # no commit of its own
-    s.add_window_batch([("h1", "b1", win(3))])
-    assert scores() == [0.25, None, None]
-    s.set_window_score("h1", "b1", 2, 0.5)
-    s.close()
-    assert scores() == [0.25, 0.5, None]
 
 
 def test_lists_page_newest_first_with_an_offset(store: Store) -> None:
@@ -129,3 +109,38 @@ def test_lists_page_newest_first_with_an_offset(store: Store) -> None:
     assert [a.alert_id for a in store.list_alerts("", 10, 4)] == ["a0"]
     assert [a.action_id for a in store.list_actions("h1", 2, 3)] == ["c1", "c0"]
     assert store.list_actions("", 2, 5) == []
+
+
+def test_windows_wait_unjudged_until_marked_and_come_back_for_horizons(store: Store) -> None:
+    store.add_windows("h1", "b1", [win(s) for s in (1, 2, 3)])
+    store.add_windows("h2", "b1", [win(1)])
+    assert store.unjudged_hosts() == ["h1", "h2"]
+    assert [(b, w.seq) for b, w in store.unjudged("h1")] == [("b1", 1), ("b1", 2), ("b1", 3)]
+    store.mark_judged("h1", "b1", 1, 0.5)
+    store.mark_judged("h1", "b1", 2, None)  # judged without a score (scoring queue full)
+    assert [w.seq for _, w in store.unjudged("h1")] == [3]
+    assert [w.raw for _, w in store.unjudged("h1")] == [win(3).raw]
+    assert [(w.seq, w.score) for w in store.judged_since("h1", 3600.0)] == [(1, 0.5), (2, None)]
+    assert [w.seq for w in store.judged_since("h1", 0.5)] == [2]  # within 0.5 s of the newest
+    store.mark_judged("h1", "b1", 3, 0.4)
+    store.mark_judged("h2", "b1", 1, 0.4)
+    assert store.unjudged_hosts() == [] and store.unjudged("h1") == []
+
+
+def test_windows_of_a_database_from_before_judgement_marks_count_as_judged(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.execute(
+        "CREATE TABLE windows (host_id TEXT NOT NULL, boot_id TEXT NOT NULL,"
+        ' seq INTEGER NOT NULL, start REAL, "end" REAL, score REAL, features TEXT, raw BLOB,'
+        " UNIQUE(host_id, boot_id, seq))"
+    )
+    con.execute("INSERT INTO windows VALUES ('h1', 'b1', 1, 1.0, 2.0, 0.5, '[1.0]', x'08')")
+    con.commit()
+    con.close()
+    store = SqliteStore(db)
+    assert store.unjudged_hosts() == []
+    assert [w.seq for w in store.judged_since("h1", 60.0)] == [1]
+    store.add_windows("h1", "b1", [win(2)])
+    assert [w.seq for _, w in store.unjudged("h1")] == [2]
+    store.close()

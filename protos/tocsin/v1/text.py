@@ -16,10 +16,21 @@ else is kept as is, and so are the characters of ``keep`` (HTML, where a
 newline is only whitespace, keeps ``"\t\n"``). With ``limit``, the result is
 cut to at most ``limit`` characters, ending in an ellipsis. It never raises,
 whatever it is given.
+
+``wire_text(text)`` is ``text`` as valid UTF-8 for a protobuf string field
+(which refuses lone surrogates with ``UnicodeEncodeError``): each byte that
+was not UTF-8 becomes ``\\xNN``, so ``notes-\\xff.txt`` arrives as that
+text; valid text is returned unchanged (the same object). The agent passes
+every file name and process text it puts in a message through it, once.
+``EscapeLogText`` is a logging filter that renders each record's message
+through ``printable(wire_text(...))``, arguments included (a traceback keeps
+its own lines); ``escape_log_text()`` installs it on the root handlers.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import unicodedata
 
 _HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
@@ -48,3 +59,34 @@ def printable(text: object, limit: int | None = None, keep: str = "") -> str:
     if limit is not None and len(out) > limit:
         out = out[: max(limit - 1, 0)] + "…"
     return out
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def wire_text(text: str) -> str:
+    """``text`` as valid UTF-8, undecodable bytes as ``\\xNN`` (see module contract)."""
+    if not _SURROGATES.search(text):
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoder made: its code point, escaped
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+class EscapeLogText(logging.Filter):
+    """A handler filter: each record's message, arguments included, made one visible line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        safe = printable(wire_text(message))
+        if safe is not message:
+            record.msg, record.args = safe, None
+        return True
+
+
+def escape_log_text(logger: logging.Logger | None = None) -> None:
+    """Install ``EscapeLogText`` on every handler of ``logger`` (the root logger by default)."""
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.addFilter(EscapeLogText())
