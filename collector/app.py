@@ -38,10 +38,12 @@ from tocsin.collector.baseline import BaselineConfig, HostBaselines
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.console.auth import LinkIssuer
 from tocsin.collector.decide import Judge, JudgeConfig
+from tocsin.collector.explain import Gettext, same_text
 from tocsin.collector.fleetguard import FleetGuard
 from tocsin.collector.grpcconf import TlsFiles, parse_hostport, server_credentials
 from tocsin.collector.hooks import HookRunner
 from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
+from tocsin.collector.i18n import Language
 from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook, SqliteIncidentBook
 from tocsin.collector.ingest import TelemetryService
 from tocsin.collector.meter import WindowMeter
@@ -81,10 +83,15 @@ def assemble(
     judge_retry_s: float = 5.0,
     console: LinkIssuer | None = None,
     clock_skew_s: float = 300.0,
+    gettext: Gettext = same_text,
 ) -> Collector:
-    """A collector made of these parts (see module doc); not started."""
+    """A collector made of these parts (see module doc); not started.
+
+    ``gettext`` translates what it writes for people (webhook summaries)."""
     router = CommandRouter()
-    responder = Responder(store, sink, router, mode=mode, allow=allow, guard=guard, hooks=hooks)
+    responder = Responder(
+        store, sink, router, mode=mode, allow=allow, guard=guard, hooks=hooks, gettext=gettext
+    )
     judge = Judge(shipped.threshold, judge_config, book=book or MemoryIncidentBook())
     stage = JudgeStage(
         judge,
@@ -249,6 +256,7 @@ def build(conf: dict[str, Any]) -> App:
         hooks=HookRunner(conf["hook_list"]) if conf["hook_list"] else None,
         console=console[0] if console else None,
         clock_skew_s=conf["max_clock_skew_s"],
+        gettext=Language.load(conf["language"]).gettext,
     )
     housekeeper = Housekeeper(
         store,

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import Decision
-from tocsin.collector.explain import explain_decision
+from tocsin.collector.explain import N_, Gettext, explain_decision, same_text
 from tocsin.collector.fleetguard import FleetGuard
 from tocsin.collector.hooks import HookOutcome, HookRunner
 from tocsin.collector.store import ActionRecord, AlertRecord, Store
@@ -65,14 +65,29 @@ Mode = Literal["off", "dry-run", "enforce"]
 MODES: tuple[str, ...] = ("off", "dry-run", "enforce")
 
 _PHRASES = {
-    "type_destroyed": "{n} files lost their file type",
-    "encrypted_twins": "{n} files were replaced by encrypted copies",
-    "encoded_random": "{n} files were rewritten as encoded random data",
-    "new_extension_spreading": "the new extension {a} spread to {b} directories",
-    "ransom_note": "a note named {a} appeared in {b} directories",
-    "canary_touched": "a canary file was touched",
-    "tripwire": "the agent's tripwire fired ({a})",
-    "anomaly_score": "activity was unusual (score {a})",
+    "type_destroyed": N_("{n} files lost their file type"),
+    "encrypted_twins": N_("{n} files were replaced by encrypted copies"),
+    "encoded_random": N_("{n} files were rewritten as encoded random data"),
+    "new_extension_spreading": N_("the new extension {a} spread to {b} directories"),
+    "ransom_note": N_("a note named {a} appeared in {b} directories"),
+    "canary_touched": N_("a canary file was touched"),
+    "tripwire": N_("the agent's tripwire fired ({a})"),
+    "anomaly_score": N_("activity was unusual (score {a})"),
+    "clock_skew": N_("the agent's clock was off"),
+}
+# The summary's words for severities, actions and their outcomes.
+_WORDS = {
+    "critical": N_("Critical"),
+    "warning": N_("Warning"),
+    "suspend": N_("suspend"),
+    "isolate": N_("isolate"),
+    "block_client": N_("block workstation"),
+    "done": N_("done"),
+    "failed": N_("failed"),
+    "sent": N_("sent"),
+    "dry-run": N_("dry-run"),
+    "held": N_("held"),
+    "refused": N_("refused"),
 }
 
 
@@ -87,7 +102,8 @@ def rfc3339(t_s: float) -> str:
     return stamp.replace("+00:00", "Z")
 
 
-def describe(reasons: Sequence[str]) -> str:
+def describe(reasons: Sequence[str], _: Gettext = same_text) -> str:
+    """The reasons as one clause of the summary, in the reader's language (``_``)."""
     parts = []
     for reason in reasons:
         head, *rest = reason.split(":")
@@ -96,8 +112,12 @@ def describe(reasons: Sequence[str]) -> str:
             continue
         a = rest[0] if rest else ""
         b = rest[1].removesuffix("dirs") if len(rest) > 1 else ""
-        parts.append(phrase.format(n=a, a=a, b=b))
-    return "; ".join(parts) or "unusual file activity"
+        parts.append(_(phrase).format(n=a, a=a, b=b))
+    return "; ".join(parts) or _("unusual file activity")
+
+
+def _word(word: str, _: Gettext) -> str:
+    return _(_WORDS[word]) if word in _WORDS else word
 
 
 class Responder:
@@ -113,6 +133,7 @@ class Responder:
         command_ttl_s: float = 300.0,
         guard: FleetGuard | None = None,
         hooks: HookRunner | None = None,
+        gettext: Gettext = same_text,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"respond mode must be one of {MODES}, not {mode!r}")
@@ -125,6 +146,7 @@ class Responder:
         self._alerts: dict[str, AlertRecord] = {}
         self.guard = guard
         self.hooks = hooks
+        self._ = gettext
         self.alerts_total: Counter[str] = Counter()
         self.actions_total: Counter[tuple[str, str]] = Counter()
         self.results_refused = 0
@@ -299,18 +321,25 @@ class Responder:
         return {"action": "isolate", "status": "held", "detail": detail}
 
     def _summary(self, d: Decision, actions: Sequence[dict[str, Any]]) -> str:
-        who = f"{d.process.name} (pid {d.process.pid})" if d.process else "an unknown process"
-        did = [f"{a['action']} {a['status']}" for a in actions]
-        if self.mode == "off":
-            done = "tocsin only alerts (respond=off)"
-        elif not actions:
-            done = "no action on a warning: a human should look"
+        """One sentence for the chat message, in the collector's language."""
+        _ = self._
+        if d.process:
+            who = _("written by {name} (pid {pid})").format(name=d.process.name, pid=d.process.pid)
         else:
-            done = "tocsin: " + ", ".join(did)
-        drill = " (drill)" if d.drill else ""
-        return (
-            f"{d.severity.capitalize()}{drill} on {d.host_id}: {describe(d.reasons)}, "
-            f"written by {who}; {done}."
+            who = _("written by an unknown process")
+        did = [f"{_word(a['action'], _)} {_word(a['status'], _)}" for a in actions]
+        if self.mode == "off":
+            done = _("tocsin only alerts (respond=off)")
+        elif not actions:
+            done = _("no action on a warning: a human should look")
+        else:
+            done = _("tocsin: {actions}").format(actions=", ".join(did))
+        head = _("{severity} (drill) on {host}") if d.drill else _("{severity} on {host}")
+        return _("{head}: {what}, {who}; {done}.").format(
+            head=head.format(severity=_word(d.severity, _), host=d.host_id),
+            what=describe(d.reasons, _),
+            who=who,
+            done=done,
         )
 
     # ---------------------------------------------------------------- commands

@@ -41,9 +41,9 @@ from markupsafe import Markup
 from tocsin.collector.console.auth import LoginLinks, Session, Sessions
 from tocsin.collector.console.backend import ACTS, ConsoleBackend
 from tocsin.collector.console.chart import Bar, Labels, Mark, Point, hourly, timeline
-from tocsin.collector.console.i18n import LANGUAGES, Language
 from tocsin.collector.explain import N_, evidence_sentences
 from tocsin.collector.grpcconf import parse_hostport
+from tocsin.collector.i18n import LANGUAGES, Language
 from tocsin.collector.operations import UnknownHost
 from tocsin.v1.errors import ConfigError
 from tocsin.v1.text import printable
