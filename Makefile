@@ -1,6 +1,7 @@
 # tocsin: the commands a new user and a developer run.
 #   make demo    install into .venv and run the whole chain on loopback
 #   make test    the test suite (some tests need root, ip netns and nft; they skip otherwise)
+#   make test-faults  the long fault tests (a two-minute partition...), marked `faults`
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.tocsin-installed
 PIP_ENV = eval "$$(tools/pip-index-env.sh $(PYTHON))";
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test lint fmt bench bench-scorer bench-agent model eval readme-check proto screenshots clean
+.PHONY: install demo test test-faults lint fmt bench bench-scorer bench-agent bench-collector model eval readme-check proto screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,10 @@ demo: $(STAMP)
 	$(PY) tools/demo.py
 
 test: $(STAMP)
-	$(PIP_ENV) $(PY) -m pytest -q
+	$(PIP_ENV) $(PY) -m pytest -q -m 'not faults'
+
+test-faults: $(STAMP)
+	$(PIP_ENV) $(PY) -m pytest -q -m faults
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -34,7 +38,7 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: bench-scorer bench-agent
+bench: bench-scorer bench-agent bench-collector
 
 bench-scorer: $(STAMP)
 	$(PY) bench/bench_scorer.py
@@ -42,6 +46,13 @@ bench-scorer: $(STAMP)
 bench-agent: $(STAMP)
 	$(PY) bench/bench_agent.py
 	$(PY) bench/bench_reads.py
+
+# N agents on real gRPC streams against a real collector (--respond enforce) on loopback.
+# BENCH_COLLECTOR_ARGS, e.g. "--agents 1000 --duration 20 --baseline main" (a git
+# revision, run in the same invocation) or "--baseline results.json" (an earlier --json).
+BENCH_COLLECTOR_ARGS ?=
+bench-collector: $(STAMP)
+	$(PY) bench/bench_collector.py $(BENCH_COLLECTOR_ARGS)
 
 # Rebuild the shipped baseline model from the committed training telemetry.
 model: $(STAMP)

@@ -19,7 +19,10 @@ retryable status (``RETRYABLE``; RESOURCE_EXHAUSTED only when the collector
 sent a ``grpc-retry-pushback-ms`` hint) the shipper reconnects after an
 exponential backoff with full jitter, capped at ``backoff_max_s``, or after
 the collector's hint when it gave one; the backoff restarts from
-``backoff_initial_s`` once an ack shows progress. A non-retryable status
+``backoff_initial_s`` once an ack shows progress. Without a hint, the wait
+also ends as soon as gRPC has reconnected a channel that was down (its own
+reconnect backoff is capped at 5 s): a stream opened before that fails at
+once with the last connection error, and the link may be back already. A non-retryable status
 (INVALID_ARGUMENT, PERMISSION_DENIED, UNAUTHENTICATED, ...) is a problem for
 a human: it is logged at ERROR and the shipper only tries again after
 ``refused_retry_s`` (an agent never gives up for good; its spool keeps
@@ -94,7 +97,8 @@ def retry_delay_s(
         return min(pushback_ms / 1000.0, max_s * 4) * (1.0 + 0.1 * rand())
     if code is not None and code not in RETRYABLE:
         return None
-    return min(max_s, initial_s * 2**attempt) * (0.5 + 0.5 * rand())
+    # 2**attempt as a float overflows past attempt 1023 (a long outage): cap the exponent.
+    return min(max_s, initial_s * 2 ** min(attempt, 64)) * (0.5 + 0.5 * rand())
 
 
 def pushback_ms_of(exc: grpc.RpcError) -> int | None:
@@ -173,6 +177,7 @@ class Shipper:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tocsin-ship", daemon=True)
         self._call: grpc.Future | None = None
+        self._backing_off: threading.Event | None = None  # set to end a backoff early
         self.connected = threading.Event()
         self.connections = 0
         self.unanswered = 0  # streams cancelled by the answer guard
@@ -215,6 +220,9 @@ class Shipper:
         self._stop.set()
         with self._wake:
             self._wake.notify_all()
+        backing_off = self._backing_off
+        if backing_off is not None:
+            backing_off.set()
         self._thread.join(timeout=timeout_s)
         call = self._call
         if call is not None and self._thread.is_alive():
@@ -301,30 +309,60 @@ class Shipper:
         # replaced only when the answer guard gave up on a stream (a connection that
         # may be wedged), and closed by this thread once it is done with it.
         attempt = 0
-        channel: grpc.Channel | None = None
+        channel = self._channel()
         try:
             while not self._stop.is_set():
-                if channel is None:
-                    channel = self._channel()
                 guarded = self.unanswered
                 code, pushback = self._stream(channel)
                 if self._stop.is_set():
                     break
                 if self.unanswered != guarded:
                     channel.close()
-                    channel = None
+                    channel = self._channel()
                 if self._progress:
                     attempt = 0
                 delay = retry_delay_s(
                     code, pushback, attempt, self.backoff_initial_s, self.backoff_max_s
                 )
-                if delay is None:
-                    delay = self.refused_retry_s
                 attempt += 1
-                self._stop.wait(delay)
+                if delay is None:
+                    self._stop.wait(self.refused_retry_s)
+                elif pushback is None:
+                    self._back_off(channel, delay)
+                else:
+                    self._stop.wait(delay)
         finally:
-            if channel is not None:
-                channel.close()
+            channel.close()
+
+    def _back_off(self, channel: grpc.Channel, delay_s: float) -> None:
+        """Wait ``delay_s``, or only until the channel is READY again if it was not.
+
+        While its connection is down, gRPC reconnects the channel by itself (its backoff
+        capped at 5 s by ``CHANNEL_OPTIONS``) and fails every stream opened meanwhile at
+        once with the last connection error, even when the network is already back
+        (after a partition: "Network is unreachable" for up to 6 s after the link
+        returned). Each such failure used to cost a whole backoff of the shipper's own,
+        up to ``backoff_max_s``, on top of gRPC's: a real agent came back up to 20 s
+        after its collector could be reached. A connection that comes back ends the wait.
+        """
+        back = threading.Event()
+        down = False
+
+        def watch(state: grpc.ChannelConnectivity) -> None:
+            nonlocal down
+            if state is not grpc.ChannelConnectivity.READY:
+                down = True
+            elif down:
+                back.set()
+
+        self._backing_off = back
+        channel.subscribe(watch, try_to_connect=True)
+        try:
+            if not self._stop.is_set():
+                back.wait(delay_s)
+        finally:
+            channel.unsubscribe(watch)
+            self._backing_off = None
 
     def _stream(self, channel: grpc.Channel) -> tuple[grpc.StatusCode | None, int | None]:
         """One Telemetry.Stream until it ends: (its status, the collector's pushback)."""

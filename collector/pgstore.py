@@ -37,7 +37,9 @@ from tocsin.collector.store import (
     StoredWindow,
     StoreFull,
     StoreUnavailable,
+    WindowItem,
     WindowTally,
+    by_boot,
     hour_of,
     pack_raw,
     unpack_raw,
@@ -230,34 +232,53 @@ class PgStore:
     def add_windows(
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]:
-        if not windows:
+        return self.add_window_batch([(host_id, boot_id, w) for w in windows])
+
+    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]:
+        """Windows of any hosts in one transaction (the ingest's group commit)."""
+        if not items:
             return []
+        inserted = [False] * len(items)
+        with self._tx() as cur:
+            for (host_id, boot_id), at in by_boot(items).items():
+                new = self._insert(cur, host_id, boot_id, [items[i][2] for i in at])
+                for i, ok in zip(at, new, strict=True):
+                    inserted[i] = ok
+        return inserted
+
+    def _insert(
+        self,
+        cur: psycopg.Cursor[Any],
+        host_id: str,
+        boot_id: str,
+        windows: Sequence[StoredWindow],
+    ) -> list[bool]:
+        """One boot's windows and their rollups, inside the caller's transaction."""
         inserted: list[bool] = []
         hours: dict[int, list[int]] = {}
-        with self._tx() as cur:
+        cur.execute(
+            "INSERT INTO boots (host_id, boot_id, first_start) VALUES (%s, %s, %s)"
+            " ON CONFLICT (host_id, boot_id) DO UPDATE SET host_id = EXCLUDED.host_id"
+            " RETURNING boot_ref",
+            (host_id, boot_id, min(w.start_s for w in windows)),
+        )
+        (boot_ref,) = cur.fetchone() or (0,)
+        for w in windows:
+            raw, codec = pack_raw(w.raw)
             cur.execute(
-                "INSERT INTO boots (host_id, boot_id, first_start) VALUES (%s, %s, %s)"
-                " ON CONFLICT (host_id, boot_id) DO UPDATE SET host_id = EXCLUDED.host_id"
-                " RETURNING boot_ref",
-                (host_id, boot_id, min(w.start_s for w in windows)),
+                "INSERT INTO window_rows (boot_ref, seq, start_s, end_s, score, raw, codec,"
+                " judged) VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE)"
+                " ON CONFLICT (boot_ref, seq) DO NOTHING",
+                (boot_ref, w.seq, w.start_s, w.end_s, w.score, raw, codec),
             )
-            (boot_ref,) = cur.fetchone() or (0,)
-            for w in windows:
-                raw, codec = pack_raw(w.raw)
-                cur.execute(
-                    "INSERT INTO window_rows (boot_ref, seq, start_s, end_s, score, raw, codec,"
-                    " judged) VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE)"
-                    " ON CONFLICT (boot_ref, seq) DO NOTHING",
-                    (boot_ref, w.seq, w.start_s, w.end_s, w.score, raw, codec),
-                )
-                inserted.append(cur.rowcount == 1)
-                if cur.rowcount == 1:
-                    row = hours.setdefault(hour_of(w.end_s), [0] * (1 + len(TALLY_FIELDS)))
-                    row[0] += 1
-                    for i, f in enumerate(TALLY_FIELDS, start=1):
-                        row[i] += getattr(w.tally, f)
-            for hour, row in sorted(hours.items()):
-                cur.execute(_ADD_ROLLUP, (host_id, hour, *row))
+            inserted.append(cur.rowcount == 1)
+            if cur.rowcount == 1:
+                row = hours.setdefault(hour_of(w.end_s), [0] * (1 + len(TALLY_FIELDS)))
+                row[0] += 1
+                for i, f in enumerate(TALLY_FIELDS, start=1):
+                    row[i] += getattr(w.tally, f)
+        for hour, row in sorted(hours.items()):
+            cur.execute(_ADD_ROLLUP, (host_id, hour, *row))
         return inserted
 
     def committed_seq(self, host_id: str, boot_id: str) -> int:

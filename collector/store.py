@@ -6,6 +6,8 @@ Contract of every ``Store``:
   was inserted and ``False`` if ``(host_id, boot_id, seq)`` was already stored
   (a resend after a reconnect). When it returns, the inserted windows are
   committed: an ack sent after it never covers a window a crash could lose.
+  ``add_window_batch(items)`` does the same for ``(host_id, boot_id, window)``
+  items of any hosts in one transaction (the ingest's group commit).
 - ``committed_seq(host_id, boot_id)`` is the highest seq stored for that boot
   (0 if none). The agent sends a boot's windows in ascending order on a stream
   and every window is committed before the next one is read, so every window
@@ -103,6 +105,18 @@ class HourRollup:
     max_score: float | None
 
 
+# (host_id, boot_id, window): one window of a group commit.
+WindowItem = tuple[str, str, StoredWindow]
+
+
+def by_boot(items: Sequence[WindowItem]) -> dict[tuple[str, str], list[int]]:
+    """The positions in ``items`` of each (host_id, boot_id)'s windows, in order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, (host_id, boot_id, _) in enumerate(items):
+        groups.setdefault((host_id, boot_id), []).append(i)
+    return groups
+
+
 def hour_of(t_s: float) -> int:
     """The start (epoch s) of the UTC hour holding ``t_s``."""
     return int(t_s // 3600) * 3600
@@ -165,6 +179,7 @@ class Store(Protocol):
     def add_windows(
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]: ...
+    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]: ...
     def committed_seq(self, host_id: str, boot_id: str) -> int: ...
     def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None: ...
     def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]: ...
@@ -424,27 +439,19 @@ class SqliteStore:
     def add_windows(
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]:
-        if not windows:
+        return self.add_window_batch([(host_id, boot_id, w) for w in windows])
+
+    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]:
+        if not items:
             return []
-        inserted: list[bool] = []
-        hours: dict[int, list[int]] = {}
+        inserted = [False] * len(items)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                boot_ref = self._boot_ref(host_id, boot_id, min(w.start_s for w in windows))
-                for w in windows:
-                    cur = self._db.execute(
-                        "INSERT OR IGNORE INTO window_rows(boot_ref, seq, start,"
-                        ' "end", score, raw, codec, judged) VALUES (?,?,?,?,?,?,?,0)',
-                        (boot_ref, w.seq, w.start_s, w.end_s, w.score, *pack_raw(w.raw)),
-                    )
-                    inserted.append(cur.rowcount == 1)
-                    if cur.rowcount == 1:
-                        _add_tally(hours, hour_of(w.end_s), w.tally)
-                self._db.executemany(
-                    _ADD_ROLLUP,
-                    [(host_id, hour, *row, None) for hour, row in hours.items()],
-                )
+                for (host_id, boot_id), at in by_boot(items).items():
+                    new = self._insert(host_id, boot_id, [items[i][2] for i in at])
+                    for i, ok in zip(at, new, strict=True):
+                        inserted[i] = ok
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 if self._db.in_transaction:  # SQLITE_FULL may already have rolled back
@@ -452,6 +459,26 @@ class SqliteStore:
                 if isinstance(exc, sqlite3.OperationalError):
                     raise unavailable(exc) from exc
                 raise
+        return inserted
+
+    def _insert(self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]) -> list[bool]:
+        """One boot's windows and their rollups, inside the caller's transaction."""
+        inserted: list[bool] = []
+        hours: dict[int, list[int]] = {}
+        boot_ref = self._boot_ref(host_id, boot_id, min(w.start_s for w in windows))
+        for w in windows:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO window_rows(boot_ref, seq, start,"
+                ' "end", score, raw, codec, judged) VALUES (?,?,?,?,?,?,?,0)',
+                (boot_ref, w.seq, w.start_s, w.end_s, w.score, *pack_raw(w.raw)),
+            )
+            inserted.append(cur.rowcount == 1)
+            if cur.rowcount == 1:
+                _add_tally(hours, hour_of(w.end_s), w.tally)
+        self._db.executemany(
+            _ADD_ROLLUP,
+            [(host_id, hour, *row, None) for hour, row in hours.items()],
+        )
         return inserted
 
     def _boot_ref(self, host_id: str, boot_id: str, start_s: float) -> int:
@@ -786,9 +813,12 @@ class MemoryStore:
     def add_windows(
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]:
+        return self.add_window_batch([(host_id, boot_id, w) for w in windows])
+
+    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]:
         inserted = []
         with self._lock:
-            for w in windows:
+            for host_id, boot_id, w in items:
                 key = (host_id, boot_id, w.seq)
                 inserted.append(key not in self._windows)
                 if key not in self._windows:

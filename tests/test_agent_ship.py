@@ -138,19 +138,16 @@ def test_previous_boot_windows_are_resent_under_their_boot(tmp_path: Path) -> No
         server.stop(0)
 
 
+def _shipper(tmp_path: Path, port: int, **timing: float) -> tuple[WindowSpool, Shipper]:
+    """Host h, boot-1, its spool in ``tmp_path``; ``timing``: the Shipper's backoff keywords."""
+    spool = WindowSpool(tmp_path / "spool.sqlite")
+    shipper = Shipper(f"127.0.0.1:{port}", spool, HelloInfo("h", "boot-1", []), _result, **timing)
+    return spool, shipper
+
+
 def _guarded_shipper(tmp_path: Path, port: int) -> tuple[WindowSpool, Shipper]:
     """A shipper whose answer guard gives a stream 1 s, retrying within 0.2 s."""
-    spool = WindowSpool(tmp_path / "spool.sqlite")
-    shipper = Shipper(
-        f"127.0.0.1:{port}",
-        spool,
-        HelloInfo("h", "boot-1", []),
-        _result,
-        backoff_initial_s=0.1,
-        backoff_max_s=0.2,
-        answer_timeout_s=1.0,
-    )
-    return spool, shipper
+    return _shipper(tmp_path, port, backoff_initial_s=0.1, backoff_max_s=0.2, answer_timeout_s=1.0)
 
 
 def test_a_stream_the_collector_never_answers_is_started_over(tmp_path: Path) -> None:
@@ -196,6 +193,33 @@ def test_a_stream_that_stops_answering_is_started_over(tmp_path: Path) -> None:
         before = (shipper.unanswered, shipper.connections)
         time.sleep(2.5)
         assert (shipper.unanswered, shipper.connections) == before
+    finally:
+        shipper.stop()
+        server.stop(0)
+        spool.close()
+
+
+def test_a_collector_back_is_reached_within_grpcs_reconnect_not_the_shippers_backoff(
+    tmp_path: Path,
+) -> None:
+    """The collector comes back while the shipper backs off after a connection failure.
+
+    gRPC reconnects the channel by itself (0.5 s, then x1.6) and fails a stream opened
+    before it has at once with the stale connection error; the shipper's own backoff
+    (here 10-20 s) ends as soon as the channel is READY, not later.
+    """
+    server, port = _serve(_Collector())
+    server.stop(0).wait()  # the port, now refusing connections
+    spool, shipper = _shipper(tmp_path, port, backoff_initial_s=20.0, backoff_max_s=20.0)
+    shipper.start()
+    try:
+        shipper.submit_window(pb.Window())
+        _wait(lambda: shipper.last_status == grpc.StatusCode.UNAVAILABLE)
+        time.sleep(1.0)
+        server, _ = _serve(_Collector(), port)
+        back = time.monotonic()
+        _wait(lambda: spool.depth == 0, 25)
+        assert time.monotonic() - back < 4.0  # gRPC's next attempt; the shipper's: >= 9 s
     finally:
         shipper.stop()
         server.stop(0)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from receiver import WebhookReceiver
 from tocsin.collector.app import assemble
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector
-from tocsin.collector.store import SqliteStore
+from tocsin.collector.store import SqliteStore, WindowItem
 from tocsin.collector.webhook import HttpWebhookSink
 from tocsin.v1 import CHANNEL_OPTIONS
 from tocsin.v1 import operator_pb2 as op
@@ -343,3 +344,53 @@ def test_later_hello_switches_boot_for_resent_windows(
             await c.stop(0.5)
 
     asyncio.run(main())
+
+
+def test_windows_of_many_streams_share_commits_and_no_ack_precedes_its_commit(
+    tmp_path: Path, receiver: WebhookReceiver
+) -> None:
+    """Group commit: 20 agents' windows committed together, every ack after its commit."""
+    committed: dict[str, int] = {}
+    batches: list[int] = []
+    lock = threading.Lock()
+
+    class RecordingStore(SqliteStore):
+        def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]:
+            inserted = super().add_window_batch(items)
+            with lock:
+                batches.append(len(items))
+                for host, _, w in items:
+                    committed[host] = max(committed.get(host, 0), w.seq)
+            return inserted
+
+    early: list[tuple[str, int, int]] = []
+
+    async def agent(port: int, host: str, windows: int) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as ch:
+            call = pb_grpc.TelemetryStub(ch).Stream()
+            await call.write(hello(host))
+            for seq in range(1, windows + 1):
+                await call.write(quiet(seq))
+            async for resp in call:
+                if resp.HasField("ack") and resp.ack.seq:
+                    with lock:
+                        if resp.ack.seq > committed.get(host, 0):
+                            early.append((host, resp.ack.seq, committed.get(host, 0)))
+                    if resp.ack.seq == windows:
+                        break
+            await call.done_writing()
+
+    async def main() -> None:
+        store = RecordingStore(tmp_path / "tocsin.db")
+        c = assemble(store, ThresholdScorer(), HttpWebhookSink([receiver.url]), mode="off")
+        port = await c.start("127.0.0.1:0")
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(agent(port, f"h{i:02d}", 30) for i in range(20))), 60
+            )
+        finally:
+            await c.stop(0.5)
+
+    asyncio.run(main())
+    assert not early, early[:5]
+    assert sum(batches) == 600 and max(batches) > 1 and len(batches) < 300, batches

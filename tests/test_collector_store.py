@@ -92,6 +92,12 @@ def test_sqlite_in_missing_directory_is_a_config_error(tmp_path: Path) -> None:
         SqliteStore(tmp_path / "nope" / "t.db")
 
 
+def test_a_batch_of_many_hosts_dedupes_per_boot(store: Store) -> None:
+    items = [("h1", "b1", win(1)), ("h2", "b1", win(1)), ("h1", "b1", win(1))]
+    assert store.add_window_batch(items) == [True, True, False]
+    assert store.committed_seq("h1", "b1") == 1 and store.committed_seq("h2", "b1") == 1
+
+
 def test_lists_page_newest_first_with_an_offset(store: Store) -> None:
     """How the operator API pages: ``limit`` records after skipping ``offset``, newest first."""
     for i in range(5):

@@ -36,7 +36,7 @@ from transport_procs import (
     wait_for,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
 AGENTS = 20
 RATE = 4.0
 

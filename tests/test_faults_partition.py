@@ -5,8 +5,9 @@ receiver. File server (namespace A): the 20-agent fleet (tests/fleet.py) and a
 real tocsin-agent watching a share that a writer in A keeps changing. The veth
 between them goes down for 120 s (``ip -n A link set DEV down``), then up. The
 agents keep spooling, keepalives end the dead streams, the collector says
-``host_silent`` for every host and ``host_back`` when they return, and every
-window created is stored exactly once.
+``host_silent`` for every host and ``host_back`` when they return, every
+host stores windows again within ``RECONNECT_BUDGET_S`` of the link's return,
+and every window created is stored exactly once.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from receiver import read_records
 pytestmark = [
     pytest.mark.netns,
     pytest.mark.slow,
+    pytest.mark.faults,
     pytest.mark.skipif(
         netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason())
     ),
@@ -44,6 +46,9 @@ pytestmark = [
 
 PARTITION_S = float(os.environ.get("TOCSIN_PARTITION_S", "120"))  # the issue asks for 120
 AGENTS = 20
+# Link up -> every host storing windows again: gRPC's reconnect backoff (5 s cap,
+# jittered up to 6 s) and the first commit, on a loaded 2-core machine.
+RECONNECT_BUDGET_S = 10.0
 PORT = 50061
 HOOK_PORT = 8081
 WRITER = (
@@ -54,6 +59,14 @@ WRITER = (
 )
 
 
+def per_host(windows: dict[tuple[str, str], list[int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for (host, _), seqs in windows.items():
+        out[host] = out.get(host, 0) + len(seqs)
+    return out
+
+
+@pytest.mark.timeout(600)  # two minutes down, catch-up, drain: past the suite's 300 s
 def test_link_down_two_minutes_nothing_lost(tmp_path: Path) -> None:
     with veth_pair("tcp") as (cns, ans):
         procs: list[subprocess.Popen[bytes]] = []
@@ -158,6 +171,22 @@ def test_link_down_two_minutes_nothing_lost(tmp_path: Path) -> None:
             )
 
             t_up = time.monotonic()
+            at_up = per_host(stored(col.db))
+            back_s: dict[str, float] = {}
+
+            def every_host_back() -> bool:
+                now = time.monotonic() - t_up
+                for host, n in per_host(stored(col.db)).items():
+                    if n > at_up.get(host, 0):
+                        back_s.setdefault(host, round(now, 1))
+                return len(back_s) == AGENTS + 1
+
+            wait_for("every host to store a window again", every_host_back, 60, 0.25)
+            # gRPC reconnects within its capped backoff (5 s, +-20 %): no agent waits out
+            # a backoff of its own on top (up to 15 s for tocsin-agent) after a stream
+            # failed at once with the stale "Network is unreachable" of the outage.
+            slowest = max(back_s, key=back_s.__getitem__)
+            assert back_s[slowest] < RECONNECT_BUDGET_S, sorted(back_s.items())
             try:
                 wait_for("catch-up", lambda: depth() < 50, 120, 1)
             except AssertionError:
@@ -203,6 +232,7 @@ def test_link_down_two_minutes_nothing_lost(tmp_path: Path) -> None:
             figures["spooled_during_outage"] = backlog
             figures["outage_s"] = int(outage_s)
             figures["catch_up_s"] = round(catch_up_s, 1)
+            figures["reconnect_max_s"] = back_s[slowest]
             print("\n[link down 2 min] " + " ".join(f"{k}={v}" for k, v in figures.items()))
         finally:
             for p in procs:

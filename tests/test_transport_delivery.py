@@ -40,6 +40,8 @@ def test_retry_rules_follow_otel() -> None:
     assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 15, 15, 15]  # doubling, capped
     low = retry_delay_s(S.UNAVAILABLE, None, 3, 0.5, 15, rand=lambda: 0.0)
     assert low == 2.0  # jitter spans [half, full]
+    # Days of outage: the attempt count passes 1023 and the delay stays capped.
+    assert retry_delay_s(S.UNAVAILABLE, None, 5000, 0.5, 15, rand=lambda: 1.0) == 15
 
 
 def test_oversized_window_is_trimmed_not_refused() -> None:
