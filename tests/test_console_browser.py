@@ -48,6 +48,7 @@ def test_sign_in_see_an_incident_release_it_live_and_in_french(console: ConsoleC
             body = await page.inner_text("main")
             assert f"Incident on {ATTACKED}" in body
             assert "no longer do" in body  # the reason, in a sentence
+            assert "python" in await page.inner_text("#writers")  # who wrote, by tree
             assert "No action yet." not in body  # enforce: suspend and isolate were sent
 
             other = await ctx.new_page()

@@ -16,11 +16,12 @@ from tocsin.collector.console.auth import LoginLinks, Sessions
 
 HOST = "mairie-fs1"
 EVIL = "fixture-evil"
+TREE = "mairie-fs3"
 
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleCollector]:
-    c = ConsoleCollector(tmp_path_factory.mktemp("console"), hosts=(HOST, EVIL))
+    c = ConsoleCollector(tmp_path_factory.mktemp("console"), hosts=(HOST, EVIL, TREE))
     try:
         c.replay(FIXTURES / "encrypt-inplace.jsonl", HOST)
         yield c
@@ -170,3 +171,17 @@ def test_attacker_strings_render_inert(console: ConsoleCollector, tmp_path: Path
     assert "<script>alert(1)" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;\\u202egnp.exe" in page
     assert "\u202e" not in page
+
+
+def test_an_incident_shows_the_process_tree(console: ConsoleCollector) -> None:
+    """Eight forked workers of one launcher: one tree, its root first, the workers under it."""
+    console.replay(FIXTURES / "encrypt-workers.jsonl", TREE)
+    b = Browser(console)
+    b.sign_in(console)
+    _, fleet = b.request("GET", "/")
+    incident = re.search(rf'href="/hosts/{TREE}".*?href="/incidents/([^"]+)"', fleet, re.S)
+    assert incident, fleet
+    _, page = b.request("GET", f"/incidents/{incident.group(1)}")
+    rows = re.findall(r'<tr class="depth-(\d)">\s*<td[^>]*>([^<]*)', page)
+    assert [d for d, _ in rows] == ["0"] + ["1"] * 8, rows
+    assert all("child of 7129" in text for _, text in rows[1:]), rows

@@ -51,6 +51,21 @@ class WindowPoint:
 
 
 @dataclass(frozen=True)
+class Writer:
+    """A process seen writing during the incident, with its place in its tree."""
+
+    pid: int
+    ppid: int
+    name: str
+    exe: str
+    user: str
+    tree_root_pid: int
+    files_touched: int
+    files_destroyed: int
+    depth: int
+
+
+@dataclass(frozen=True)
 class IncidentView:
     incident_id: str
     host_id: str
@@ -61,6 +76,7 @@ class IncidentView:
     alerts: list[AlertRecord]
     latest: dict[str, Any]
     points: list[WindowPoint]
+    writers: list[Writer]
     actions: list[ActionRecord]
     host: HostRow | None
 
@@ -155,9 +171,16 @@ class ConsoleBackend:
         last = max(a.window_end_s for a in alerts)
         windows = self.store.host_windows(latest.host_id, first - AROUND_S, last + AROUND_S)
         points = []
+        seen: dict[int, pb.ProcessSample] = {}
+        touched: dict[int, tuple[int, int]] = {}
         for w in windows:
-            tally = window_tally(pb.Window.FromString(w.raw))
+            window = pb.Window.FromString(w.raw)
+            tally = window_tally(window)
             points.append(WindowPoint(w.end_s, tally.files_written, tally.files_destroyed, w.score))
+            for s in window.top_writers:
+                seen[s.pid] = s
+                files, ruined = touched.get(s.pid, (0, 0))
+                touched[s.pid] = (files + s.files_touched, ruined + s.files_type_destroyed)
         ids = {a.alert_id for a in alerts}
         host_actions = self.store.list_actions(latest.host_id, 500)
         first_detected = min(a.detected_at_s for a in alerts)
@@ -174,6 +197,7 @@ class ConsoleBackend:
             alerts=alerts,
             latest=dict(latest.payload),
             points=points,
+            writers=_tree(seen, touched),
             actions=sorted(actions, key=lambda a: a.requested_at_s),
             host=self.host_row(latest.host_id),
         )
@@ -218,3 +242,30 @@ class ConsoleBackend:
         if what in ("resume", "kill"):
             return await self.actions.release(host_id, who, what)
         raise ValueError(f"unknown action {what!r}")
+
+
+MAX_WRITERS = 40
+
+
+def _tree(seen: dict[int, pb.ProcessSample], touched: dict[int, tuple[int, int]]) -> list[Writer]:
+    """The incident's writers by process tree (the root the agent suspends by): each tree's
+    root first (named ``?`` when it wrote nothing itself), then its writers, busiest tree
+    first, at most ``MAX_WRITERS`` rows."""
+    trees: dict[int, list[int]] = {}
+    for pid, s in seen.items():
+        trees.setdefault(s.tree_root_pid or pid, []).append(pid)
+
+    def files(root: int) -> int:
+        return sum(touched[p][0] for p in trees[root])
+
+    out: list[Writer] = []
+    for root in sorted(trees, key=lambda r: -files(r)):
+        if root in seen:
+            s = seen[root]
+            out.append(Writer(root, s.ppid, s.name, s.exe, s.user, root, *touched[root], 0))
+        else:
+            out.append(Writer(root, 0, "?", "", "", root, 0, 0, 0))
+        for pid in sorted(p for p in trees[root] if p != root):
+            s = seen[pid]
+            out.append(Writer(pid, s.ppid, s.name, s.exe, s.user, root, *touched[pid], 1))
+    return out[:MAX_WRITERS]
