@@ -118,7 +118,7 @@ def bytes_per_window(windows: Sequence[pb.Window], layout: str, workdir: Path) -
             db.commit()
             db.close()
         else:
-            store = SqliteStore(p)
+            store = SqliteStore.open(p)
             store.add_windows(
                 HOST_ID,
                 BOOT_ID,
@@ -142,7 +142,7 @@ def bytes_per_window(windows: Sequence[pb.Window], layout: str, workdir: Path) -
 def rollup_year_bytes(workdir: Path) -> int:
     """Bytes of one host's rollups for a year (one window in each hour), from ``dbstat``."""
     path = workdir / "rollups.db"
-    store = SqliteStore(path)
+    store = SqliteStore.open(path)
     for hour in range(24 * 365):
         w = quiet_windows(1)[0]
         t = float(T0 + hour * 3600)

@@ -11,7 +11,8 @@ off by wrapping something.
 
 ``build(conf)`` is what ``tocsin-collector`` runs. From the settings of
 ``tocsin.collector.cli.settings`` it opens the embedded storage (store,
-incident book, per-host baselines and webhook outbox in one SQLite file),
+incident book, per-host baselines and webhook outbox on one connection to one
+SQLite file, ``tocsin.collector.db.Database``),
 loads the model, makes the housekeeper (retention, disk watch) and, when
 asked, binds the web console's socket, and returns an ``App``:
 ``await app.start(listen)`` starts the collector, the outbox, the
@@ -26,7 +27,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +37,7 @@ import grpc
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.console.auth import LinkIssuer
+from tocsin.collector.db import Database
 from tocsin.collector.decide import Judge, JudgeConfig
 from tocsin.collector.explain import Gettext, same_text
 from tocsin.collector.fleetguard import FleetGuard
@@ -76,7 +77,7 @@ def assemble(
     silent_after_s: float = 60.0,
     rate_limits: RateLimits | None = None,
     book: IncidentBook | None = None,
-    baselines_db: Path | None = None,
+    baselines_db: Database | None = None,
     baseline_config: BaselineConfig | None = None,
     guard: FleetGuard | None = None,
     hooks: HookRunner | None = None,
@@ -131,13 +132,14 @@ class App:
     def __init__(
         self,
         collector: Collector,
+        db: Database,
         outbox: Outbox,
         housekeeper: Housekeeper,
         shipped: Scorer,
         conf: dict[str, Any],
         console: tuple[LinkIssuer, socket.socket] | None = None,
     ) -> None:
-        self.collector, self.outbox, self.housekeeper = collector, outbox, housekeeper
+        self.collector, self.db, self.outbox, self.housekeeper = collector, db, outbox, housekeeper
         self.shipped, self.conf, self.console = shipped, conf, console
         self.metrics: MetricsServer | None = None
         self._console_server: Any = None
@@ -198,6 +200,7 @@ class App:
         self.outbox.close()
         if self.metrics is not None:
             self.metrics.close()
+        self.db.close()
 
 
 def _console(conf: dict[str, Any]) -> tuple[LinkIssuer, socket.socket] | None:
@@ -216,13 +219,10 @@ def _console(conf: dict[str, Any]) -> tuple[LinkIssuer, socket.socket] | None:
 
 def build(conf: dict[str, Any]) -> App:
     """The shipped collector from validated settings (``ConfigError`` on a bad part)."""
-    db = Path(conf["db"])
     shipped = load_scorer(conf.get("model"))
+    db = Database(Path(conf["db"]))  # the one connection every part below shares
     store = SqliteStore(db)
-    try:
-        book = SqliteIncidentBook(db)
-    except sqlite3.Error as exc:
-        raise ConfigError(f"cannot open database {db}: {exc}") from None
+    book = SqliteIncidentBook(db)
     outbox = Outbox(
         db,
         conf["destinations"],
@@ -260,7 +260,7 @@ def build(conf: dict[str, Any]) -> App:
     )
     housekeeper = Housekeeper(
         store,
-        db,
+        db.path,
         outbox,
         outbox,
         RetentionConfig(
@@ -273,4 +273,4 @@ def build(conf: dict[str, Any]) -> App:
         "per-host baselines: each host learns its own after %g days of its windows",
         conf["baseline_learning_days"],
     )
-    return App(collector, outbox, housekeeper, shipped, conf, console)
+    return App(collector, db, outbox, housekeeper, shipped, conf, console)

@@ -19,26 +19,26 @@ Contract of ``HostBaselines``:
   database file (arrays as an ``.npz`` blob without pickle, the card as JSON)
   and loaded again by the next ``HostBaselines`` on the same file.
 
-Without a database path (an in-memory store) nothing is ever learned.
+Without a database (an in-memory store) nothing is ever learned. The database
+is the collector's shared one (``tocsin.collector.db``); the windows learned
+from are read through its ``windows`` view.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tocsin.collector.db import Database
 from tocsin.collector.features import FEATURE_NAMES, feature_matrix
 from tocsin.collector.model import CARD_FORMAT, export_forest, npz_bytes, parse_arrays
 from tocsin.collector.protocols import Scorer
 from tocsin.collector.score import ForestScorer
-from tocsin.collector.store import unavailable, unpack_raw
+from tocsin.collector.store import unpack_raw
 from tocsin.v1 import telemetry_pb2 as pb
 
 
@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS host_baselines (
 
 class HostBaselines:
     def __init__(
-        self, shipped: Scorer, path: Path | None, config: BaselineConfig | None = None
+        self, shipped: Scorer, db: Database | None, config: BaselineConfig | None = None
     ) -> None:
         self.shipped = shipped
         self.config = config or BaselineConfig()
@@ -74,12 +74,9 @@ class HostBaselines:
         self._trained_at: dict[str, float] = {}
         self._checked_at: dict[str, float] = {}
         self._first_s: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-        if path is not None:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+        self._db = db
+        if db is not None:
+            db.schema(_SCHEMA)
             for host_id, trained_at, card, blob in self._q(
                 "SELECT host_id, trained_at, card, arrays FROM host_baselines"
             ):
@@ -90,11 +87,7 @@ class HostBaselines:
 
     def _q(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         assert self._db is not None
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as exc:
-                raise unavailable(exc) from exc
+        return self._db.execute(sql, args)
 
     def scorer_for(self, host_id: str) -> Scorer:
         return self._own.get(host_id, self.shipped)
@@ -176,7 +169,4 @@ class HostBaselines:
         return True
 
     def close(self) -> None:
-        if self._db is not None:
-            with self._lock:
-                self._db.close()
-            self._db = None
+        self._db = None  # the database is shared: the assembly closes it

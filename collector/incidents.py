@@ -12,21 +12,19 @@ Contract of an ``IncidentBook``:
   host's incidents of that severity, open or closed.
 
 ``SqliteIncidentBook`` keeps a table ``incidents`` in the collector's database
-file (its own connection, WAL; SQLite errors come out as ``StoreUnavailable``);
+through its one door (``tocsin.collector.db.Database``: the shared connection;
+SQLite errors come out as ``StoreUnavailable``);
 ``MemoryIncidentBook`` keeps a dictionary.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
-from tocsin.collector.store import unavailable
+from tocsin.collector.db import Database
 
 
 @dataclass
@@ -86,21 +84,14 @@ CREATE INDEX IF NOT EXISTS incidents_host ON incidents(host_id, severity);
 
 
 class SqliteIncidentBook:
-    """Incidents in table ``incidents`` of the SQLite file at ``path``."""
+    """Incidents in table ``incidents`` of the collector's database (``tocsin.collector.db``)."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.schema(_SCHEMA)
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as exc:
-                raise unavailable(exc) from exc
+        return self.db.execute(sql, args)
 
     def save(self, rec: IncidentRecord) -> None:
         self._exec(
@@ -148,5 +139,4 @@ class SqliteIncidentBook:
         return [(float(a), float(b)) for a, b in rows]
 
     def close_db(self) -> None:
-        with self._lock:
-            self._db.close()
+        """The database is shared: the assembly closes it."""

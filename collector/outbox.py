@@ -2,8 +2,9 @@
 
 Contract:
 
-- ``Outbox(db_path, destinations)`` keeps its rows in table ``outbox`` of the
-  collector's SQLite file (its own connection, WAL).
+- ``Outbox(db, destinations)`` keeps its rows in table ``outbox`` of the
+  collector's database (``tocsin.collector.db.Database``, shared with the
+  store: an alert and its rows can commit in one transaction).
 - ``enqueue(event)`` is synchronous and durable: when it returns, one row per
   destination that wants the event is committed, all with the same message id
   (``webhook-id``), so a crash right after still delivers it. It never blocks
@@ -32,8 +33,6 @@ import contextlib
 import json
 import logging
 import random
-import sqlite3
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -41,9 +40,9 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from tocsin.collector.db import Database
 from tocsin.collector.formats import FORMATS, render
 from tocsin.collector.webhook import parse_secret, redact_url, signed_headers
 from tocsin.v1.errors import ConfigError
@@ -218,7 +217,7 @@ class Outbox:
 
     def __init__(
         self,
-        db_path: Path,
+        db: Database,
         destinations: Sequence[Destination],
         poster: Poster = urllib_post,
         clock: Callable[[], float] = time.time,
@@ -234,33 +233,22 @@ class Outbox:
         self.max_age_s, self.max_pending, self.max_parallel = max_age_s, max_pending, max_parallel
         self.dropped = 0
         self.stats = OutboxStats()
-        try:
-            self._db = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open outbox in {db_path}: {exc}") from None
-        self._lock = threading.Lock()
+        self.db = db
+        db.schema(_SCHEMA)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        return self.db.execute(sql, args)
 
     # ------------------------------------------------------------ producers
     def recover(self, events: Iterable[dict[str, Any]]) -> int:
         """Queue the events that never reached the outbox; returns how many were queued."""
         queued = 0
         for event in events:
-            with self._lock:
-                known = self._db.execute(
-                    "SELECT 1 FROM outbox WHERE msg_id=? LIMIT 1", (message_id(event),)
-                ).fetchone()
-            if known is None and self.enqueue(event):
+            known = self._exec("SELECT 1 FROM outbox WHERE msg_id=? LIMIT 1", (message_id(event),))
+            if not known and self.enqueue(event):
                 queued += 1
         return queued
 
@@ -281,19 +269,13 @@ class Outbox:
         msg_id = message_id(event)
         now = self._clock()
         text = json.dumps(event, sort_keys=True)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for d in targets:
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO outbox(msg_id, dest, event, kind, created,"
-                        " next_at) VALUES (?,?,?,?,?,?)",
-                        (msg_id, d.dest_id, text, str(event.get("event", "")), now, now),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self.db.transaction() as con:  # joins the caller's, if one is open (an alert's)
+            for d in targets:
+                con.execute(
+                    "INSERT OR IGNORE INTO outbox(msg_id, dest, event, kind, created,"
+                    " next_at) VALUES (?,?,?,?,?,?)",
+                    (msg_id, d.dest_id, text, str(event.get("event", "")), now, now),
+                )
         self._poke()
         return msg_id
 
@@ -320,8 +302,8 @@ class Outbox:
     # ------------------------------------------------------------ queries
     def prune(self, before_s: float, batch: int = 2000) -> int:
         """Delete at most ``batch`` rows delivered or given up before ``before_s``."""
-        with self._lock:
-            return self._db.execute(
+        with self.db.transaction() as con:
+            return con.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
                 " WHERE status != 'pending' AND done_at < ? ORDER BY id LIMIT ?)",
                 (before_s, batch),
@@ -349,8 +331,7 @@ class Outbox:
             self._task = None
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """The database is shared: the assembly closes it."""
 
     async def _run(self) -> None:
         while True:

@@ -22,7 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -529,6 +529,10 @@ class PgStore:
             "SELECT at, who, what, detail FROM audit ORDER BY seq DESC LIMIT %s", (limit,)
         )
         return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    def atomic(self) -> AbstractContextManager[object]:
+        """No outbox lives in PostgreSQL yet: each write is its own transaction."""
+        return nullcontext()
 
     def close(self) -> None:
         with self._lock:

@@ -37,8 +37,12 @@
   ``suspended_pids_dropped``.
 Events go to the sink with ``enqueue`` (the durable outbox stores them at
 once, so an alert is queued for its webhooks before ``on_decision``
-returns); a sink that refuses one is counted in ``posts_failed``. ``drain()``
-waits for hooks and background posts in flight.
+returns). An alert, the previous alert of its incident closed, its audit row
+and its webhook rows are written in one transaction (``Store.atomic``; the
+outbox shares the store's database): a failure leaves none of them, raises,
+and the window is judged again. Other events that a sink refuses are counted
+in ``posts_failed``. ``drain()`` waits for hooks and background posts in
+flight.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from tocsin.collector.commands import CommandRouter
@@ -223,9 +228,6 @@ class Responder:
             "explanation": explain_decision(d, explanation),
         }
         previous = self._alerts.get(d.incident_id)
-        if previous is not None:
-            previous.open = False
-            self.store.save_alert(previous)
         alert = AlertRecord(
             alert_id=alert_id,
             host_id=d.host_id,
@@ -239,11 +241,22 @@ class Responder:
             process=proc,
             payload=payload,
         )
-        self.store.save_alert(alert)
+        # The alert and its webhook rows commit together (the outbox shares the store's
+        # database) or not at all: the window then stays unjudged and is judged again.
+        with self.store.atomic():
+            if previous is not None:
+                self.store.save_alert(replace(previous, open=False))
+            self.store.save_alert(alert)
+            self.store.audit(
+                "collector", f"alert {d.severity}", f"{alert_id} {d.host_id} {d.reasons}"
+            )
+            self.sink.enqueue(payload)
+        if previous is not None:
+            previous.open = False
         self._alerts[d.incident_id] = alert
-        self.store.audit("collector", f"alert {d.severity}", f"{alert_id} {d.host_id} {d.reasons}")
         self.alerts_total[d.severity] += 1
-        self._post_later(payload)
+        if self.hooks is not None:
+            self.hooks.fire(payload, self.on_hook_outcome)
         return payload
 
     def _update(self, d: Decision) -> None:

@@ -47,27 +47,15 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from tocsin.v1.errors import ConfigError, TocsinError
+from tocsin.collector.db import Database, StoreFull, StoreUnavailable, unavailable
+from tocsin.v1.errors import ConfigError
 
-
-class StoreUnavailable(TocsinError):
-    """The database cannot take a write now (locked, I/O error); nothing was committed."""
-
-
-class StoreFull(StoreUnavailable):
-    """The database's disk (or its size limit) is full; nothing was committed."""
-
-
-def unavailable(exc: sqlite3.Error) -> StoreUnavailable:
-    """The ``StoreUnavailable`` (or ``StoreFull``) an SQLite error means to the collector."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL or "full" in str(exc):
-        return StoreFull(f"database full: {exc}")
-    return StoreUnavailable(f"database unavailable: {exc}")
+__all__ = ["StoreFull", "StoreUnavailable", "unavailable"]  # where callers have found them
 
 
 @dataclass(frozen=True)
@@ -207,6 +195,7 @@ class Store(Protocol):
     ) -> list[ActionRecord]: ...
     def audit(self, who: str, what: str, detail: str = "") -> None: ...
     def audit_log(self, limit: int = 100) -> list[tuple[float, str, str, str]]: ...
+    def atomic(self) -> AbstractContextManager[object]: ...
     def close(self) -> None: ...
 
 
@@ -274,7 +263,7 @@ _ADD_ROLLUP = (
 )
 
 
-def _open_schema(db: sqlite3.Connection) -> None:
+def _open_schema(db: Database) -> None:
     """Create the tables; move a database of the earlier one-table window layout over.
 
     That layout kept host and boot ids and the features (JSON text) in every
@@ -283,40 +272,38 @@ def _open_schema(db: sqlite3.Connection) -> None:
     layout). The copy is one transaction; a crash before it finishes leaves
     ``windows_legacy`` behind, and the next open finishes it.
     """
-    kind = db.execute("SELECT type FROM sqlite_master WHERE name='windows'").fetchone()
-    if kind is not None and kind[0] == "table":
-        db.execute("ALTER TABLE windows RENAME TO windows_legacy")
-    db.executescript(_SCHEMA)
-    if not any(r[1] == "judged" for r in db.execute("PRAGMA table_info(window_rows)")):
-        db.execute("DROP VIEW IF EXISTS windows")
-        db.execute("ALTER TABLE window_rows ADD COLUMN judged INTEGER NOT NULL DEFAULT 1")
-    db.executescript(_JUDGED_SCHEMA)
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name='windows_legacy'").fetchone() is None:
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        db.execute(
+    with db.transaction() as con:
+        kind = con.execute("SELECT type FROM sqlite_master WHERE name='windows'").fetchone()
+        if kind is not None and kind[0] == "table":
+            con.execute("ALTER TABLE windows RENAME TO windows_legacy")
+    db.schema(_SCHEMA)
+    with db.transaction() as con:
+        if not any(r[1] == "judged" for r in con.execute("PRAGMA table_info(window_rows)")):
+            con.execute("DROP VIEW IF EXISTS windows")
+            con.execute("ALTER TABLE window_rows ADD COLUMN judged INTEGER NOT NULL DEFAULT 1")
+    db.schema(_JUDGED_SCHEMA)
+    with db.transaction() as con:
+        legacy = "SELECT 1 FROM sqlite_master WHERE name='windows_legacy'"
+        if con.execute(legacy).fetchone() is None:
+            return
+        con.execute(
             "INSERT OR IGNORE INTO boots(host_id, boot_id, first_start)"
             " SELECT host_id, boot_id, MIN(start) FROM windows_legacy GROUP BY host_id, boot_id"
         )
-        db.execute(
+        con.execute(
             'INSERT OR IGNORE INTO window_rows(boot_ref, seq, start, "end", score, raw)'
             ' SELECT b.boot_ref, l.seq, l.start, l."end", l.score, l.raw'
             " FROM windows_legacy l JOIN boots b ON b.host_id=l.host_id AND b.boot_id=l.boot_id"
             " ORDER BY l.rowid"
         )
-        db.execute(
+        con.execute(
             "INSERT OR IGNORE INTO rollups(host_id, hour, windows, "
             + ", ".join(TALLY_FIELDS)
             + ', max_score) SELECT host_id, CAST("end" / 3600 AS INTEGER) * 3600, COUNT(*),'
             + " 0, 0, 0, 0, 0, 0, MAX(score) FROM windows_legacy"
             + ' GROUP BY host_id, CAST("end" / 3600 AS INTEGER)'
         )
-        db.execute("DROP TABLE windows_legacy")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+        con.execute("DROP TABLE windows_legacy")
 
 
 # Wire bytes shorter than this are stored as they are: zlib would not pay.
@@ -352,25 +339,28 @@ def _add_tally(hours: dict[int, list[int]], hour: int, t: WindowTally) -> None:
 class SqliteStore:
     """A ``Store`` in one SQLite file (WAL, synchronous=FULL: an ack survives power loss)."""
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self.path = Path(path)  # other tables of the collector live in the same file
+        self.db = db  # the incident book, baselines and outbox share the file and connection
+        self._owns_db = False
         try:
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            _open_schema(self._db)
-        except sqlite3.Error as exc:
-            raise ConfigError(f"cannot open database {path}: {exc}") from None
-        self._lock = threading.Lock()
+            _open_schema(db)
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            raise ConfigError(f"cannot open database {db.path}: {exc}") from None
+
+    @classmethod
+    def open(cls, path: Path, clock: Callable[[], float] = time.time) -> SqliteStore:
+        """A store with a database of its own (tests, tools): ``SqliteStore(Database(path))``."""
+        store = cls(Database(path), clock)
+        store._owns_db = True
+        return store
+
+    def atomic(self) -> AbstractContextManager[object]:
+        """One transaction around several writes, the outbox's included (same database)."""
+        return self.db.transaction()
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.OperationalError as exc:
-                raise unavailable(exc) from exc
+        return self.db.execute(sql, args)
 
     def upsert_host(
         self, host_id: str, *, hostname: str, agent_version: str, tripwire_mode: str
@@ -445,29 +435,22 @@ class SqliteStore:
         if not items:
             return []
         inserted = [False] * len(items)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for (host_id, boot_id), at in by_boot(items).items():
-                    new = self._insert(host_id, boot_id, [items[i][2] for i in at])
-                    for i, ok in zip(at, new, strict=True):
-                        inserted[i] = ok
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:  # SQLITE_FULL may already have rolled back
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.OperationalError):
-                    raise unavailable(exc) from exc
-                raise
+        with self.db.transaction() as con:
+            for (host_id, boot_id), at in by_boot(items).items():
+                new = self._insert(con, host_id, boot_id, [items[i][2] for i in at])
+                for i, ok in zip(at, new, strict=True):
+                    inserted[i] = ok
         return inserted
 
-    def _insert(self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]) -> list[bool]:
+    def _insert(
+        self, con: sqlite3.Connection, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
+    ) -> list[bool]:
         """One boot's windows and their rollups, inside the caller's transaction."""
         inserted: list[bool] = []
         hours: dict[int, list[int]] = {}
-        boot_ref = self._boot_ref(host_id, boot_id, min(w.start_s for w in windows))
+        boot_ref = self._boot_ref(con, host_id, boot_id, min(w.start_s for w in windows))
         for w in windows:
-            cur = self._db.execute(
+            cur = con.execute(
                 "INSERT OR IGNORE INTO window_rows(boot_ref, seq, start,"
                 ' "end", score, raw, codec, judged) VALUES (?,?,?,?,?,?,?,0)',
                 (boot_ref, w.seq, w.start_s, w.end_s, w.score, *pack_raw(w.raw)),
@@ -475,18 +458,19 @@ class SqliteStore:
             inserted.append(cur.rowcount == 1)
             if cur.rowcount == 1:
                 _add_tally(hours, hour_of(w.end_s), w.tally)
-        self._db.executemany(
+        con.executemany(
             _ADD_ROLLUP,
             [(host_id, hour, *row, None) for hour, row in hours.items()],
         )
         return inserted
 
-    def _boot_ref(self, host_id: str, boot_id: str, start_s: float) -> int:
-        self._db.execute(
+    @staticmethod
+    def _boot_ref(con: sqlite3.Connection, host_id: str, boot_id: str, start_s: float) -> int:
+        con.execute(
             "INSERT OR IGNORE INTO boots(host_id, boot_id, first_start) VALUES (?,?,?)",
             (host_id, boot_id, start_s),
         )
-        row = self._db.execute(
+        row = con.execute(
             "SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?", (host_id, boot_id)
         ).fetchone()
         return int(row[0])
@@ -500,26 +484,19 @@ class SqliteStore:
         return int(rows[0][0] or 0)
 
     def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                row = self._db.execute(
-                    "UPDATE window_rows SET score=?, judged=1 WHERE seq=? AND boot_ref="
-                    "(SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?)"
-                    ' RETURNING "end"',
-                    (score, seq, host_id, boot_id),
-                ).fetchone()
-                if row is not None and score is not None:
-                    self._db.execute(
-                        "UPDATE rollups SET max_score=MAX(COALESCE(max_score, ?), ?)"
-                        " WHERE host_id=? AND hour=?",
-                        (score, score, host_id, hour_of(row[0])),
-                    )
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise unavailable(exc) from exc
+        with self.db.transaction() as con:
+            row = con.execute(
+                "UPDATE window_rows SET score=?, judged=1 WHERE seq=? AND boot_ref="
+                "(SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?)"
+                ' RETURNING "end"',
+                (score, seq, host_id, boot_id),
+            ).fetchone()
+            if row is not None and score is not None:
+                con.execute(
+                    "UPDATE rollups SET max_score=MAX(COALESCE(max_score, ?), ?)"
+                    " WHERE host_id=? AND hour=?",
+                    (score, score, host_id, hour_of(row[0])),
+                )
 
     def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
         rows = self._exec(
@@ -596,30 +573,23 @@ class SqliteStore:
         them), so one call reads a bounded number of rows however large the
         table is; 0 means nothing old is left at the front.
         """
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                gone = self._db.execute(
-                    "DELETE FROM window_rows WHERE rowid IN (SELECT rowid FROM"
-                    ' (SELECT rowid, "end" FROM window_rows ORDER BY rowid LIMIT ?)'
-                    ' WHERE "end" < ?)',
-                    (batch, windows_before_s),
-                ).rowcount
-                gone += self._db.execute(
-                    "DELETE FROM rollups WHERE (host_id, hour) IN"
-                    " (SELECT host_id, hour FROM rollups WHERE hour < ? LIMIT ?)",
-                    (rollups_before_s, batch),
-                ).rowcount
-                if gone == 0:
-                    self._db.execute(
-                        "DELETE FROM boots WHERE NOT EXISTS"
-                        " (SELECT 1 FROM window_rows w WHERE w.boot_ref=boots.boot_ref)"
-                    )
-                self._db.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise unavailable(exc) from exc
+        with self.db.transaction() as con:
+            gone = con.execute(
+                "DELETE FROM window_rows WHERE rowid IN (SELECT rowid FROM"
+                ' (SELECT rowid, "end" FROM window_rows ORDER BY rowid LIMIT ?)'
+                ' WHERE "end" < ?)',
+                (batch, windows_before_s),
+            ).rowcount
+            gone += con.execute(
+                "DELETE FROM rollups WHERE (host_id, hour) IN"
+                " (SELECT host_id, hour FROM rollups WHERE hour < ? LIMIT ?)",
+                (rollups_before_s, batch),
+            ).rowcount
+            if gone == 0:
+                con.execute(
+                    "DELETE FROM boots WHERE NOT EXISTS"
+                    " (SELECT 1 FROM window_rows w WHERE w.boot_ref=boots.boot_ref)"
+                )
         return int(gone)
 
     def save_alert(self, alert: AlertRecord) -> None:
@@ -750,8 +720,10 @@ class SqliteStore:
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        """Close the database if this store opened it (``open``); a shared one is the
+        assembly's to close."""
+        if self._owns_db:
+            self.db.close()
 
 
 class MemoryStore:
@@ -940,6 +912,10 @@ class MemoryStore:
 
     def audit_log(self, limit: int = 100) -> list[tuple[float, str, str, str]]:
         return list(reversed(self._audit))[:limit]
+
+    def atomic(self) -> AbstractContextManager[object]:
+        """Nothing to commit: every write is done when it returns."""
+        return nullcontext()
 
     def close(self) -> None:
         pass

@@ -48,7 +48,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
 
     s: object
     if request.param == "sqlite":
-        s = SqliteStore(tmp_path / "t.db")
+        s = SqliteStore.open(tmp_path / "t.db")
     elif request.param == "memory":
         s = MemoryStore()
     else:

@@ -50,7 +50,7 @@ def quiet(seq: int) -> pb.AgentMessage:
 
 
 async def run_collector(tmp_path: Path, url: str, mode: str) -> tuple[Collector, int]:
-    store = SqliteStore(tmp_path / "tocsin.db")
+    store = SqliteStore.open(tmp_path / "tocsin.db")
     c = assemble(store, ThresholdScorer(), HttpWebhookSink([url], attempts=2), mode=mode)
     port = await c.start("127.0.0.1:0")
     return c, port
@@ -130,7 +130,10 @@ def test_enforce_encryption_alerts_suspends_isolates_and_dedupes(
             }
             assert "python3" in alert["summary"] and "srv-mairie" in alert["summary"]
 
-            # Reconnect and resend: duplicates acked, not judged or stored again.
+            # Reconnect and resend: duplicates acked, not judged or stored again. Without
+            # TLS a second stream of a host is refused while the first lives: wait for
+            # the collector to see the first one end, as a real agent's retry would.
+            await until(lambda: not c.router.is_connected("srv-mairie"))
             result = pb.AgentMessage(
                 action_result=pb.ActionResult(
                     command_id=cmds[0].id,

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from receiver import WebhookReceiver
+from tocsin.collector.db import Database
 from tocsin.collector.features import window_tally
 from tocsin.collector.housekeeping import DAY_S, Housekeeper, RetentionConfig
 from tocsin.collector.outbox import Outbox
@@ -103,7 +104,7 @@ def test_a_database_of_the_one_table_layout_is_moved_over(tmp_path: Path) -> Non
     )
     db.commit()
     db.close()
-    s = SqliteStore(path)
+    s = SqliteStore.open(path)
     assert s.committed_seq("h1", "b1") == 3 and s.committed_seq("h2", "b9") == 7
     assert s.add_windows("h1", "b1", [stored(3, T0 + 4)]) == [False]
     (roll,) = s.rollups("h1", T0 - 3600, T0 + 3600)
@@ -139,7 +140,8 @@ def test_bytes_per_window_at_least_halved_against_the_one_table_layout(tmp_path:
 def test_housekeeper_prunes_the_outbox_and_warns_once_per_crossing(tmp_path: Path) -> None:
     now = [T0]
     used = [0.5]
-    store = SqliteStore(tmp_path / "c.db")
+    db = Database(tmp_path / "c.db")
+    store = SqliteStore(db)
     store.upsert_host("h1", hostname="", agent_version="", tripwire_mode="")
     store.add_windows("h1", "b1", [stored(i, T0 - 31 * DAY_S + i) for i in range(1, 6)])
     store.add_windows("h1", "b1", [stored(9, T0)])
@@ -149,7 +151,7 @@ def test_housekeeper_prunes_the_outbox_and_warns_once_per_crossing(tmp_path: Pat
         return 1000, int(1000 * (1 - used[0]))
 
     async def go() -> None:
-        outbox = Outbox(tmp_path / "c.db", [], clock=lambda: now[0])
+        outbox = Outbox(db, [], clock=lambda: now[0])
         hk = Housekeeper(
             store,
             tmp_path / "c.db",

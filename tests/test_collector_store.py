@@ -72,7 +72,7 @@ def test_host_state_alerts_actions_audit(store: Store) -> None:
 
 def test_sqlite_commits_before_returning_and_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "t.db"
-    s = SqliteStore(path)
+    s = SqliteStore.open(path)
     s.upsert_host("h1", hostname="", agent_version="", tripwire_mode="")
     s.add_windows("h1", "b1", [win(1), win(2)])
     # Another connection sees the rows at once: they are committed, not pending.
@@ -81,7 +81,7 @@ def test_sqlite_commits_before_returning_and_survives_reopen(tmp_path: Path) -> 
     assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     other.close()
     s.close()
-    again = SqliteStore(path)
+    again = SqliteStore.open(path)
     assert again.committed_seq("h1", "b1") == 2
     assert again.add_windows("h1", "b1", [win(2)]) == [False]
     again.close()
@@ -89,7 +89,7 @@ def test_sqlite_commits_before_returning_and_survives_reopen(tmp_path: Path) -> 
 
 def test_sqlite_in_missing_directory_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot open database"):
-        SqliteStore(tmp_path / "nope" / "t.db")
+        SqliteStore.open(tmp_path / "nope" / "t.db")
 
 
 def test_a_batch_of_many_hosts_dedupes_per_boot(store: Store) -> None:
@@ -138,7 +138,7 @@ def test_windows_of_a_database_from_before_judgement_marks_count_as_judged(tmp_p
     con.execute("INSERT INTO windows VALUES ('h1', 'b1', 1, 1.0, 2.0, 0.5, '[1.0]', x'08')")
     con.commit()
     con.close()
-    store = SqliteStore(db)
+    store = SqliteStore.open(db)
     assert store.unjudged_hosts() == []
     assert [w.seq for w in store.judged_since("h1", 60.0)] == [1]
     store.add_windows("h1", "b1", [win(2)])

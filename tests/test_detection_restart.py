@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tocsin.collector.app import assemble
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
+from tocsin.collector.db import Database
 from tocsin.collector.features import feature_matrix, window_features
 from tocsin.collector.incidents import SqliteIncidentBook
 from tocsin.collector.score import ForestScorer
@@ -47,8 +48,9 @@ def attack(seq: int, t: float) -> pb.Window:
 
 def on_file(db: Path, scorer: ForestScorer) -> Collector:
     """A collector whose store and incident book are in the SQLite file ``db``."""
-    book = SqliteIncidentBook(db)
-    return assemble(SqliteStore(db), scorer, MemoryWebhookSink(), mode="dry-run", book=book)
+    shared = Database(db)
+    book = SqliteIncidentBook(shared)
+    return assemble(SqliteStore(shared), scorer, MemoryWebhookSink(), mode="dry-run", book=book)
 
 
 async def judge_one(c: Collector, host: str, w: pb.Window) -> list[str]:
@@ -91,7 +93,7 @@ def test_open_incident_is_updated_after_restart_not_duplicated(tmp_path: Path) -
 
 
 def test_host_learns_its_own_baseline_and_keeps_it_across_restart(tmp_path: Path) -> None:
-    db = tmp_path / "collector.db"
+    db = Database(tmp_path / "collector.db")
     store = SqliteStore(db)
     shipped = ForestScorer.load()
     windows, wire = [], []

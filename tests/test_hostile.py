@@ -67,7 +67,7 @@ class CollectorThread:
             messages_per_s=25, messages_burst=60, bytes_per_s=200_000, bytes_burst=1_000_000
         )
         self.collector = assemble(
-            SqliteStore(self.tmp / "c.db"),
+            SqliteStore.open(self.tmp / "c.db"),
             ThresholdScorer(),
             MemoryWebhookSink(),
             mode="off",

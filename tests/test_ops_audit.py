@@ -13,6 +13,7 @@ from typing import Any
 
 from fakeagent import FakeAgent
 from tocsin.collector.app import assemble
+from tocsin.collector.db import Database
 from tocsin.collector.outbox import Outbox
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.store import SqliteStore
@@ -46,8 +47,9 @@ def test_every_action_is_audited_and_listed(tmp_path: Path) -> None:
 
 
 async def _audit(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    c = assemble(store, ThresholdScorer(), Outbox(tmp_path / "c.db", []), mode="enforce")
+    db = Database(tmp_path / "c.db")
+    store = SqliteStore(db)
+    c = assemble(store, ThresholdScorer(), Outbox(db, []), mode="enforce")
     port = await c.start("127.0.0.1:0")
     agent = FakeAgent(port, "fs-audit")
     task = asyncio.create_task(agent.run())

@@ -15,6 +15,7 @@ from fakeagent import FakeAgent
 from receiver import WebhookReceiver
 from tocsin.collector.app import assemble
 from tocsin.collector.commands import CommandRouter
+from tocsin.collector.db import Database
 from tocsin.collector.decide import Decision, ProcessInfo
 from tocsin.collector.fleetguard import FleetGuard
 from tocsin.collector.hooks import Hook, HookRunner
@@ -44,8 +45,9 @@ def test_fleet_guard_holds_beyond_the_limit_and_an_operator_can_still_isolate(
 
 
 async def _fleet(tmp_path: Path, receiver: WebhookReceiver) -> None:
-    store = SqliteStore(tmp_path / "c.db")
-    outbox = Outbox(tmp_path / "c.db", [destination({"url": receiver.url})], retry_initial_s=0.1)
+    db = Database(tmp_path / "c.db")
+    store = SqliteStore(db)
+    outbox = Outbox(db, [destination({"url": receiver.url})], retry_initial_s=0.1)
     c = assemble(store, ThresholdScorer(), outbox, mode="enforce")
     c.responder.guard = FleetGuard(2)
     port = await c.start("127.0.0.1:0")

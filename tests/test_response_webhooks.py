@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from receiver import WebhookReceiver
+from tocsin.collector.db import Database
 from tocsin.collector.outbox import Destination, Outbox, destination
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.recording import Recorder
@@ -86,7 +87,7 @@ def test_every_format_delivered_signed(tmp_path: Path) -> None:
             destination({"url": r.url, "format": f, "secret": SECRET, "name": f})
             for r, f in zip(receivers, fmts, strict=True)
         ]
-        outbox = Outbox(tmp_path / "c.db", dests, retry_initial_s=0.05)
+        outbox = Outbox(Database(tmp_path / "c.db"), dests, retry_initial_s=0.05)
 
         async def go() -> None:
             msg_id = outbox.enqueue(alert_event())
@@ -139,7 +140,7 @@ def test_retries_with_backoff_then_rejects_a_4xx(tmp_path: Path) -> None:
         return (503, "HTTP 503", None) if len(calls) <= 3 else (200, "", None)
 
     dests = [Destination("http://x/ok", name="ok"), Destination("http://x/gone", name="gone")]
-    outbox = Outbox(tmp_path / "c.db", dests, poster=poster, retry_initial_s=0.1)
+    outbox = Outbox(Database(tmp_path / "c.db"), dests, poster=poster, retry_initial_s=0.1)
 
     async def go() -> None:
         outbox.enqueue(alert_event())
@@ -159,7 +160,7 @@ def test_retries_with_backoff_then_rejects_a_4xx(tmp_path: Path) -> None:
 
 
 def test_outbox_refuses_beyond_its_bound(tmp_path: Path) -> None:
-    outbox = Outbox(tmp_path / "c.db", [Destination("http://x/")], max_pending=3)
+    outbox = Outbox(Database(tmp_path / "c.db"), [Destination("http://x/")], max_pending=3)
     ids = [outbox.enqueue(alert_event(str(i))) for i in range(5)]
     assert sum(1 for i in ids if i) == 3 and outbox.dropped == 2 and outbox.depth() == 3
 
@@ -282,7 +283,7 @@ def test_alert_stored_but_never_queued_is_delivered_after_restart(tmp_path: Path
     from tocsin.collector.store import AlertRecord, SqliteStore
 
     db = tmp_path / "c.db"
-    store = SqliteStore(db)
+    store = SqliteStore.open(db)
     for alert_id, age_s in (("fresh", 60.0), ("ancient", 3 * 86400.0)):
         event = alert_event(alert_id)
         record = AlertRecord(
@@ -368,3 +369,40 @@ def test_webhook_test_command(tmp_path: Path) -> None:
         timeout=30,
     )
     assert res.returncode == 2 and res.stderr.startswith("tocsin: error: ")
+
+
+def test_an_alert_and_its_webhook_rows_commit_together_or_not_at_all(tmp_path: Path) -> None:
+    """A failure writing the outbox row leaves no alert either; the window is judged again."""
+    from fakeagent import encrypting
+    from tocsin.collector.app import assemble
+    from tocsin.collector.features import window_features
+    from tocsin.collector.protocols import ThresholdScorer
+    from tocsin.collector.store import SqliteStore, StoredWindow
+
+    db = Database(tmp_path / "c.db")
+    store = SqliteStore(db)
+    outbox = Outbox(db, [Destination("http://127.0.0.1:9/")])
+    c = assemble(store, ThresholdScorer(), outbox, mode="dry-run")
+    db.execute(
+        "CREATE TRIGGER outbox_refuses BEFORE INSERT ON outbox"
+        " BEGIN SELECT RAISE(ABORT, 'the outbox cannot take a row'); END"
+    )
+    w = encrypting(1).window
+    store.upsert_host("srv", hostname="srv", agent_version="", tripwire_mode="")
+    store.add_windows("srv", "b1", [StoredWindow(1, 1.0, 2.0, w.SerializeToString())])
+
+    async def go() -> None:
+        with pytest.raises(Exception, match="the outbox cannot take a row"):
+            await c.stage.judge_window("srv", "b1", w, window_features(w))
+        # Neither the alert nor its row: the database holds no alert nobody is told of.
+        assert store.list_alerts() == [] and outbox.depth() == 0
+        assert [s.seq for _, s in store.unjudged("srv")] == [1]
+        db.execute("DROP TRIGGER outbox_refuses")
+        assert await c.stage.settle("srv") == 1  # judged again once the database takes it
+        (alert,) = store.list_alerts()
+        (row,) = outbox.rows()
+        assert row["msg_id"] == f"msg_{alert.alert_id}" and row["status"] == "pending"
+        assert store.unjudged("srv") == []
+
+    asyncio.run(go())
+    db.close()
