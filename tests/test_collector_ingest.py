@@ -384,7 +384,7 @@ def test_windows_of_many_streams_share_commits_and_no_ack_precedes_its_commit(
             await call.done_writing()
 
     async def main() -> None:
-        store = RecordingStore(tmp_path / "tocsin.db")
+        store = RecordingStore.open(tmp_path / "tocsin.db")
         c = assemble(store, ThresholdScorer(), HttpWebhookSink([receiver.url]), mode="off")
         port = await c.start("127.0.0.1:0")
         try:
