@@ -24,6 +24,8 @@ from tocsin.v1 import telemetry_pb2 as pb
 class Session(Protocol):
     """A connected agent stream, as the router sees it."""
 
+    peer_host: str  # the address it comes from, without the port ("ipv4:10.0.0.5")
+
     def displace(self) -> None: ...
 
 
@@ -61,6 +63,10 @@ class CommandRouter:
     def detach(self, host_id: str, session: Session) -> None:
         if self._sessions.get(host_id) is session:
             del self._sessions[host_id]
+
+    def session(self, host_id: str) -> Session | None:
+        """The live stream session of ``host_id``, if any."""
+        return self._sessions.get(host_id)
 
     def is_connected(self, host_id: str) -> bool:
         return host_id in self._sessions

@@ -7,9 +7,11 @@ Per stream, in order:
    INVALID_ARGUMENT naming the problem. With mTLS, the certificate's common name
    must be the host id (PERMISSION_DENIED otherwise). Without a certificate
    (``--insecure``) nothing proves the claim, so a hello for a host id that a
-   live stream holds is refused (ABORTED, with a pushback: the agent retries,
-   and gets in once its old stream is gone); only a certificate may displace a
-   live stream. The host is registered and an ``Ack`` of what is already
+   live stream from another address holds is refused (ABORTED, with a pushback:
+   the agent retries, and gets in once its old stream is gone); from the same
+   address it displaces the old stream (an agent back after a network cut,
+   whose old stream the collector has not seen die yet), and so does any
+   stream with the host's certificate. The host is registered and an ``Ack`` of what is already
    stored for this boot is sent at once.
 2. Each ``Window`` (seq > 0) is committed to the store, THEN acked (``Ack.seq``
    is the highest seq stored for the boot), THEN judged. Windows of every stream
@@ -92,9 +94,16 @@ class _End:
     retry_after_ms: int | None = None
 
 
+def peer_host(peer: str) -> str:
+    """gRPC's peer string without its port: ``ipv4:10.0.0.5:41234`` -> ``ipv4:10.0.0.5``."""
+    head, sep, port = peer.rpartition(":")
+    return head if sep and port.isdigit() else peer
+
+
 class _StreamSession:
-    def __init__(self, host_id: str, max_outbound: int) -> None:
+    def __init__(self, host_id: str, max_outbound: int, peer: str = "") -> None:
         self.host_id = host_id
+        self.peer_host = peer_host(peer)
         self.stored = 0
         self.duplicates = 0
         self.skewed = 0
@@ -277,7 +286,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             committed = self.store.committed_seq(host_id, boot_id)
         except StoreUnavailable as exc:
             await self._refuse(context, host_id, self._store_end(host_id, exc, 0))
-        session = _StreamSession(host_id, self.max_outbound)
+        session = _StreamSession(host_id, self.max_outbound, peer)
         displaced = self.router.attach(host_id, session)
         if displaced is not None:
             displaced.displace()
@@ -355,7 +364,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         if names and host_id.encode() not in names:
             cn = names[0].decode(errors="replace")
             raise PermissionError(f"host_id {host_id!r} does not match certificate name {cn!r}")
-        if not names and self.router.is_connected(host_id):
+        live = self.router.session(host_id)
+        if not names and live is not None and live.peer_host != peer_host(context.peer()):
             raise HostIdTaken(
                 f"host id {host_id!r} is held by a live stream, and without TLS nothing"
                 " proves this one is that host; retry once that stream has ended"

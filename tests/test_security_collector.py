@@ -229,25 +229,66 @@ def test_insecure_operator_api_answers_loopback_only(tmp_path: Path) -> None:
         assert "release requested" not in log
 
 
+# One stream held open as host fs1 from wherever it runs: hello, then wait; prints how it ended.
+_HOLDER = """
+import asyncio, sys, grpc
+from tocsin.v1 import CHANNEL_OPTIONS, telemetry_pb2 as pb, telemetry_pb2_grpc as pb_grpc
+
+async def main(target):
+    async with grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) as ch:
+        hello = pb.AgentMessage(hello=pb.Hello(host_id="fs1", boot_id="boot-1"))
+        async def requests():
+            yield hello
+            await asyncio.sleep(60)
+        call = pb_grpc.TelemetryStub(ch).Stream(requests())
+        try:
+            async for reply in call:
+                print("acked", reply.ack.seq, flush=True)
+        except grpc.aio.AioRpcError as exc:
+            print("ended", exc.code().name, exc.details(), flush=True)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def _holder(where: Any, target: str, out: Path) -> subprocess.Popen[bytes]:
+    return where.popen(
+        [sys.executable, "-c", _HOLDER, target], stdout=out.open("wb"), stderr=subprocess.STDOUT
+    )
+
+
+@pytest.mark.skipif(netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason()))
 def test_insecure_stream_cannot_take_a_live_host_id(tmp_path: Path) -> None:
-    proc = collector(tmp_path, respond="off")
-    target = proc.start()
-
-    async def scenario() -> None:
-        async with AgentStream(target, "fs1") as real:
-            await real.until("the hello's ack", lambda: real.acks >= 1)
-            async with AgentStream(target, "fs1") as impostor:
-                await impostor.until("refusal", lambda: impostor.ended.is_set(), 10)
-                assert impostor.status == grpc.StatusCode.ABORTED
-                assert "held by a live stream" in impostor.details
-            # The real agent's stream is still the host's: its windows are acked.
-            await real.window(dated(pb.Window(seq=1), time.time()))
-            assert not real.ended.is_set()
-
-    try:
-        run(scenario())
-    finally:
-        proc.stop()
+    """Without TLS a live host id is not taken from another address; from its own address
+    (an agent back after a network cut) the new stream replaces the old one."""
+    with veth_pair("ttak") as (server_ns, remote_ns):
+        proc = CollectorProc(
+            tmp_path / "c.db",
+            tmp_path / "collector.log",
+            "0.0.0.0:7443",
+            extra=["--insecure"],
+            prefix=server_ns.cmd([]),
+        )
+        proc.start()
+        real_out, again_out, impostor_out = (tmp_path / n for n in ("real", "again", "impostor"))
+        holders = []
+        try:
+            holders.append(_holder(server_ns, "127.0.0.1:7443", real_out))
+            wait_for("the real agent's ack", lambda: "acked" in real_out.read_text())
+            holders.append(_holder(remote_ns, f"{server_ns.address}:7443", impostor_out))
+            wait_for("the impostor's refusal", lambda: "ended" in impostor_out.read_text())
+            assert "ended ABORTED" in impostor_out.read_text()
+            assert "held by a live stream" in impostor_out.read_text()
+            assert "ended" not in real_out.read_text()  # the real stream is still the host's
+            holders.append(_holder(server_ns, "127.0.0.1:7443", again_out))
+            wait_for("the same address's ack", lambda: "acked" in again_out.read_text())
+            wait_for("the old stream replaced", lambda: "ended" in real_out.read_text())
+            assert "replaced by a newer stream" in real_out.read_text()
+        finally:
+            for h in holders:
+                h.kill()
+                h.wait()
+            proc.stop()
 
 
 # ---------------------------------------------------------------- item 7: the agent's clock
