@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tocsin.collector.incidents import IncidentBook, IncidentRecord, MemoryIncidentBook
+from tocsin.collector.routine import RoutineJobs, RoutineRun
 from tocsin.v1 import telemetry_pb2 as pb
 
 Severity = Literal["warning", "critical"]
@@ -133,6 +134,12 @@ class _Incident:
     first_start_s: float
     last_active_s: float
     reasons: set[str] = field(default_factory=set)
+    # The job of the writer that opened it, the files of its windows, whether every
+    # reason so far was routine, and the learned run it matched (opened unposted).
+    job: str = ""
+    files: int = 0
+    routine: bool = False
+    expected: RoutineRun | None = None
 
 
 def ts_s(ts: object) -> float:
@@ -157,8 +164,10 @@ class Judge:
         config: JudgeConfig | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
         book: IncidentBook | None = None,
+        routine: RoutineJobs | None = None,
     ) -> None:
         self.threshold = threshold
+        self.routine = routine if routine is not None else RoutineJobs()
         self.config = config or JudgeConfig()
         self._new_id = new_id
         self._history: dict[str, deque[_Entry]] = {}
@@ -235,23 +244,44 @@ class Judge:
 
         if inc is not None and end_s - inc.last_active_s >= cfg.quiet_s:
             decisions.append(self._decision("close", key, inc, w, score, (), proc))
-            del self._incidents[key]
-            self.book.close(inc.incident_id, end_s)
+            self._closed(key, inc, end_s)
             inc = None
 
         keeps_alive = inc is not None and score is not None and score > thr - cfg.hysteresis
         if severity is None and not keeps_alive:
             return decisions
+        routine = self.routine.routine(reasons)
         if inc is None:
             assert severity is not None
-            inc = _Incident(self._new_id(), severity, start_s, end_s, set(reasons))
+            job = self.routine.job_of(w)
+            inc = _Incident(self._new_id(), severity, start_s, end_s, set(reasons), job, 0, routine)
+            if severity == "warning" and routine:
+                inc.expected = self.routine.expected(host_id, job, start_s)
+            inc.files = self.routine.files_of(w)
             self._incidents[key] = inc
             self._keep(key, inc)
-            decisions.append(self._decision("open", key, inc, w, score, reasons, proc))
+            # A learned routine job's run is opened without being posted.
+            kind: DecisionKind = "update" if inc.expected else "open"
+            decisions.append(self._decision(kind, key, inc, w, score, reasons, proc))
             return decisions
         inc.last_active_s = end_s
         inc.reasons.update(reasons)
+        inc.files += self.routine.files_of(w)
+        inc.routine = inc.routine and routine
         self._keep(key, inc)
+        if inc.expected is not None and (
+            severity == "critical"
+            or not inc.routine
+            or self.routine.too_big(inc.expected, inc.files)
+        ):
+            # Not the usual run after all: posted now, as it stands.
+            big = self.routine.too_big(inc.expected, inc.files)
+            inc.expected = None
+            inc.severity = severity if severity is not None else inc.severity
+            if big:
+                reasons = [*reasons, f"larger_than_usual:{inc.files}files"]
+            decisions.append(self._decision("open", key, inc, w, score, reasons, proc))
+            return decisions
         if severity == "critical" and inc.severity == "warning":
             inc.severity = "critical"
             decisions.append(self._decision("escalate", key, inc, w, score, reasons, proc))
@@ -278,9 +308,15 @@ class Judge:
                         None,
                     )
                 )
-                del self._incidents[key]
-                self.book.close(inc.incident_id, now_s)
+                self._closed(key, inc, now_s)
         return out
+
+    def _closed(self, key: tuple[str, int], inc: _Incident, now_s: float) -> None:
+        """Forget a closed incident; a warning of routine reasons teaches its job."""
+        del self._incidents[key]
+        self.book.close(inc.incident_id, now_s)
+        if inc.severity == "warning" and inc.routine:
+            self.routine.learn(key[0], inc.job, inc.first_start_s, inc.files)
 
     def _decision(
         self,

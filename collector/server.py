@@ -27,6 +27,7 @@ from tocsin.collector.pipeline import JudgeStage
 from tocsin.collector.protocols import Scorer
 from tocsin.collector.ratelimit import AgentRateLimits, RateLimits
 from tocsin.collector.respond import Responder
+from tocsin.collector.routine import RoutineJobs, routine_book_for
 from tocsin.collector.silence import SilenceWatch
 from tocsin.collector.store import Store
 from tocsin.collector.webhook import WebhookSink
@@ -52,7 +53,9 @@ class Collector:
         self.scorer = scorer
         self.router = CommandRouter()
         self.responder = Responder(store, sink, self.router, mode=mode, allow=allow)
-        self.judge = Judge(scorer.threshold, judge_config)
+        self.judge = Judge(
+            scorer.threshold, judge_config, routine=RoutineJobs(routine_book_for(store))
+        )
         self.stage = JudgeStage(scorer, self.judge, self.responder, store)
         self.silence = SilenceWatch(sink, silent_after_s)
         self.limits = AgentRateLimits(rate_limits)
