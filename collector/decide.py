@@ -83,6 +83,9 @@ class JudgeConfig:
     quiet_s: float = 120.0
     # Most windows of history kept per host (bounded: an hour of 1 s windows).
     max_history: int = 4096
+    # A warning of routine reasons whose writer is not named yet (a reader sweeping the
+    # share) waits this long for it, to tell a learned routine job from staging.
+    unnamed_wait_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,12 @@ class _Incident:
     files: int = 0
     routine: bool = False
     expected: RoutineRun | None = None
+    unnamed: bool = False
+
+    @property
+    def silent(self) -> bool:
+        """Opened without being posted (see ``Judge._unsilence``)."""
+        return self.unnamed or self.expected is not None
 
 
 def ts_s(ts: object) -> float:
@@ -247,47 +256,81 @@ class Judge:
             self._closed(key, inc, end_s)
             inc = None
 
+        routine = self.routine.routine(reasons)
+        if inc is not None and inc.silent:
+            unsilenced = self._unsilence(key, inc, w, severity, routine, score, reasons, proc)
+            if unsilenced is not None:
+                decisions.append(unsilenced)
+                return decisions
         keeps_alive = inc is not None and score is not None and score > thr - cfg.hysteresis
         if severity is None and not keeps_alive:
             return decisions
-        routine = self.routine.routine(reasons)
         if inc is None:
             assert severity is not None
             job = self.routine.job_of(w)
-            inc = _Incident(self._new_id(), severity, start_s, end_s, set(reasons), job, 0, routine)
+            inc = _Incident(self._new_id(), severity, start_s, end_s, set(reasons), job)
+            inc.files, inc.routine = self.routine.files_of(w), routine
             if severity == "warning" and routine:
+                # A learned routine job's run, or one whose writer is not named yet (a
+                # reader sweeping), is opened without being posted (see _unsilence).
                 inc.expected = self.routine.expected(host_id, job, start_s)
-            inc.files = self.routine.files_of(w)
+                inc.unnamed = not job
             self._incidents[key] = inc
             self._keep(key, inc)
-            # A learned routine job's run is opened without being posted.
-            kind: DecisionKind = "update" if inc.expected else "open"
+            kind: DecisionKind = "update" if inc.silent else "open"
             decisions.append(self._decision(kind, key, inc, w, score, reasons, proc))
             return decisions
         inc.last_active_s = end_s
         inc.reasons.update(reasons)
         inc.files += self.routine.files_of(w)
-        inc.routine = inc.routine and routine
         self._keep(key, inc)
-        if inc.expected is not None and (
-            severity == "critical"
-            or not inc.routine
-            or self.routine.too_big(inc.expected, inc.files)
-        ):
-            # Not the usual run after all: posted now, as it stands.
-            big = self.routine.too_big(inc.expected, inc.files)
-            inc.expected = None
-            inc.severity = severity if severity is not None else inc.severity
-            if big:
-                reasons = [*reasons, f"larger_than_usual:{inc.files}files"]
-            decisions.append(self._decision("open", key, inc, w, score, reasons, proc))
-            return decisions
         if severity == "critical" and inc.severity == "warning":
             inc.severity = "critical"
             decisions.append(self._decision("escalate", key, inc, w, score, reasons, proc))
         else:
             decisions.append(self._decision("update", key, inc, w, score, reasons, proc))
         return decisions
+
+    def _unsilence(
+        self,
+        key: tuple[str, int],
+        inc: _Incident,
+        w: pb.Window,
+        severity: Severity | None,
+        routine: bool,
+        score: float | None,
+        reasons: list[str],
+        proc: ProcessInfo | None,
+    ) -> Decision | None:
+        """The ``open`` of a silent incident, once it is not a learned routine run after all.
+
+        An unnamed one waits for its writer (``unnamed_wait_s`` of window time at
+        most), then is an expected run or posted. An expected one is posted once it
+        turns critical, raises a reason a routine job does not, or grows past the
+        learned size. None while it stays silent.
+        """
+        inc.job = inc.job or self.routine.job_of(w)
+        inc.routine = inc.routine and routine
+        end_s = ts_s(w.end)
+        wait = end_s - inc.first_start_s < self.config.unnamed_wait_s
+        if inc.unnamed and not inc.job and wait and severity != "critical" and inc.routine:
+            return None
+        if inc.unnamed:
+            inc.unnamed = False
+            inc.expected = self.routine.expected(key[0], inc.job, inc.first_start_s)
+        expected = inc.expected
+        big = expected is not None and self.routine.too_big(expected, inc.files)
+        if expected is not None and severity != "critical" and inc.routine and not big:
+            return None
+        inc.expected = None
+        inc.last_active_s = max(inc.last_active_s, end_s)
+        inc.reasons.update(reasons)
+        if severity == "critical":
+            inc.severity = "critical"
+        self._keep(key, inc)
+        if big:
+            reasons = [*reasons, f"larger_than_usual:{inc.files}files"]
+        return self._decision("open", key, inc, w, score, reasons or sorted(inc.reasons), proc)
 
     def _close_quiet(self, host_id: str, now_s: float, keep: tuple[str, int]) -> list[Decision]:
         out = []

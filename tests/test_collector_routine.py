@@ -94,3 +94,31 @@ def test_the_memory_is_per_host_and_survives_a_restart(tmp_path: Path) -> None:
     again = _judge(RoutineJobs(SqliteRoutineBook(db)))
     assert posted(Night(again).run(NIGHT_0 + DAY)) == []
     assert posted(Night(again, host="ecole").run(NIGHT_0 + DAY)) == ["warning"]
+
+
+def test_a_sweep_whose_writer_is_named_late_is_judged_by_it() -> None:
+    """tar reads the share for a while and closes its archive only at the end: the warning
+    waits for the writer, then is the learned nightly job (silent) or is posted. A reader
+    never named (staging that only reads and sends) is posted after ``unnamed_wait_s``."""
+    j = _judge()
+    seq = itertools.count(1)
+
+    def night(start_s: float, named: bool) -> list[Decision]:
+        out: list[Decision] = []
+        for i in range(5):
+            w = sweep(next(seq), start_s + i)
+            if not named or i < 4:
+                del w.top_writers[:]
+            out += j.observe("mairie", w, 0.3)
+        for i in range(1, 30):
+            quiet = pb.Window(seq=next(seq))
+            quiet.start.seconds = quiet.end.seconds = int(start_s + 5 + 10 * i)
+            out += j.observe("mairie", quiet, 0.1)
+        return out
+
+    assert posted(night(NIGHT_0, named=True)) == ["warning"]
+    assert posted(night(NIGHT_0 + DAY, named=True)) == []
+    unnamed = night(NIGHT_0 + 2 * DAY, named=False)
+    assert posted(unnamed) == ["warning"]
+    first = next(d for d in unnamed if d.posts)
+    assert first.window_end_s - (NIGHT_0 + 2 * DAY) >= j.config.unnamed_wait_s
