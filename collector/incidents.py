@@ -78,14 +78,21 @@ CREATE INDEX IF NOT EXISTS incidents_host ON incidents(host_id, severity);
 """
 
 
+def book_connection(path: Path, schema: str) -> sqlite3.Connection:
+    """A judge's book's own connection to the collector's database file (WAL, autocommit,
+    any thread; the caller serialises), with ``schema`` applied."""
+    db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    db.executescript(schema)
+    return db
+
+
 class SqliteIncidentBook:
     """Incidents in table ``incidents`` of the SQLite file at ``path``."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._db = book_connection(path, _SCHEMA)
         self._lock = threading.Lock()
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:

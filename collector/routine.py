@@ -32,13 +32,13 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from tocsin.collector.incidents import book_connection
 from tocsin.v1 import telemetry_pb2 as pb
 
 DAY_S = 86_400.0
@@ -90,10 +90,7 @@ class SqliteRoutineBook:
     """Routine jobs in table ``routine_jobs`` of the SQLite file at ``path``."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        self._db = book_connection(path, _SCHEMA)
         self._lock = threading.Lock()
 
     def runs(self, host_id: str, job: str) -> list[RoutineRun]:
