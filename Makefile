@@ -11,7 +11,7 @@ STAMP := $(VENV)/.tocsin-installed
 PIP_ENV = eval "$$(tools/pip-index-env.sh $(PYTHON))";
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test lint fmt bench bench-scorer bench-agent model eval readme-check proto clean
+.PHONY: install demo test lint fmt bench bench-scorer bench-agent model eval readme-check proto screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,8 +57,12 @@ eval: $(STAMP)
 readme-check: $(STAMP)
 	$(PY) tools/readme_check.py
 
+# Every console page at desktop and phone width, in headless Chromium -> docs/console/.
+screenshots: $(STAMP)
+	$(PY) tools/screenshots.py
+
 proto: $(STAMP)
-	PATH=$(VENV)/bin:$$PATH tools/genproto.sh
+	PATH=$(abspath $(VENV))/bin:$$PATH tools/genproto.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from tocsin.agent import limits
+from tocsin.agent import _linux, limits
 from tocsin.agent.watch import READ_BATCH_S
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -101,6 +101,7 @@ class ProcInfo:
     user: str
     cmdline: str
     create_time: float
+    start_ticks: int = 0
 
 
 def proc_info(pid: int) -> ProcInfo | None:
@@ -120,6 +121,7 @@ def proc_info(pid: int) -> ProcInfo | None:
                 user=p.username(),
                 cmdline=" ".join(p.cmdline())[:1024],
                 create_time=p.create_time(),
+                start_ticks=_linux.start_ticks(pid) or 0,
             )
     except (psutil.Error, OSError):
         return None
@@ -294,11 +296,14 @@ class Attributor:
         max_paths_per_pid: int = 4096,
         info: Callable[[int], ProcInfo | None] = proc_info,
         self_pid: int | None = None,
+        is_drill: Callable[[int], bool] = lambda pid: False,
     ) -> None:
         self.roots = [os.path.realpath(r) for r in roots]
         self.top_n = top_n
         self.max_paths_per_pid = max_paths_per_pid
         self._info = info
+        self.is_drill = is_drill
+        self._boot_id = _linux.kernel_boot_id()
         self._self_pid = self_pid if self_pid is not None else os.getpid()
         self._lock = threading.Lock()
         self._writers: dict[int, _Writer] = {}
@@ -397,6 +402,7 @@ class Attributor:
             return None
         s = _sample(info, pb.ATTRIBUTION_FANOTIFY)
         s.tree_root_pid = self.tree_root(pid)
+        self._identify(s)
         return s
 
     def _under_roots(self, path: str) -> bool:
@@ -443,7 +449,7 @@ class Attributor:
         if cur is None:
             return pid
         for _ in range(64):
-            if "tocsin-drill" in cur.cmdline:
+            if self.is_drill(cur.pid):
                 break  # a drill's encryptor is its own tree, never its launcher
             ppid = cur.ppid
             if ppid <= 1 or ppid == self._self_pid:
@@ -573,4 +579,17 @@ class Attributor:
                 self._io_last = {p: c for p, c in self._io_last.items() if p in keep}
                 self._io_latest = {p: c for p, c in self._io_latest.items() if p in keep}
                 self._io_read_at = {p: t for p, t in self._io_read_at.items() if p in keep}
-        return samples[: self.top_n]
+        top = samples[: self.top_n]
+        for s in top:
+            self._identify(s)
+        return top
+
+    def _identify(self, s: pb.ProcessSample) -> None:
+        """What a command naming this process or its tree must carry (tocsin.agent.protect)."""
+        s.kernel_boot_id = self._boot_id
+        s.start_ticks = self._start_ticks(s.pid)
+        s.tree_root_start_ticks = self._start_ticks(s.tree_root_pid or s.pid)
+
+    def _start_ticks(self, pid: int) -> int:
+        info = self._known.get(pid)
+        return (info.start_ticks if info else 0) or _linux.start_ticks(pid) or 0

@@ -5,7 +5,13 @@ valid document (real xlsx / docx / pdf bytes, plausible town-hall content) at
 the top of every root and in each first-level folder (at most
 ``MAX_DIRS_PER_ROOT`` folders per root), creating only the missing ones and
 never overwriting a file. It returns the absolute paths of every canary (new
-and existing). No user works on these files: a write, delete or rename of one
+and existing). A canary gets the owner, group and mode of the directory's other
+files (``ownership_like``), whatever the agent's umask, so the share's users,
+and an encryptor running as one of them, can open and rewrite it; a canary an
+older agent left root-owned 0600 is given to them too. Planting goes through
+the directory's file descriptor, never follows a symlink and never opens
+anything but a regular file (needs CAP_CHOWN, and CAP_DAC_OVERRIDE for folders
+the agent does not own). No user works on these files: a write, delete or rename of one
 (reads do not count) is evidence no model is needed for, and fires the local
 tripwire. ``is_canary_name(name)`` tells backups and the agent which names are
 canaries (see docs/canaries.md to exclude them from backups).
@@ -16,6 +22,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -26,6 +35,8 @@ DEFAULT_NAMES = (
     "~Releve_compte_tresorerie.pdf",
 )
 MAX_DIRS_PER_ROOT = 64
+# Files looked at to learn a directory's owner and mode.
+SAMPLE_FILES = 64
 
 
 def _xlsx() -> bytes:
@@ -181,6 +192,94 @@ def is_canary_name(name: str, names: tuple[str, ...] = DEFAULT_NAMES) -> bool:
     return os.path.basename(name) in names
 
 
+@dataclass(frozen=True)
+class Ownership:
+    """The owner, group and permission bits a canary gets in one directory."""
+
+    uid: int
+    gid: int
+    mode: int
+
+
+def ownership_like(
+    directory: str | os.PathLike[str], names: tuple[str, ...] = DEFAULT_NAMES
+) -> Ownership:
+    """What the directory's other files look like: the most common (owner, group, mode) of its
+    regular files (up to ``SAMPLE_FILES``, canaries left out); in a directory without files, its
+    own owner and group and its read/write bits (a folder 2770 gives 0660)."""
+    seen: Counter[Ownership] = Counter()
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name in names:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    seen[Ownership(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode) & 0o666)] += 1
+                    if sum(seen.values()) >= SAMPLE_FILES:
+                        break
+    except OSError:
+        pass
+    if seen:
+        return seen.most_common(1)[0][0]
+    st = os.stat(directory)
+    return Ownership(st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode) & 0o666)
+
+
+def _plant_one(directory: Path, name: str, names: tuple[str, ...]) -> bool:
+    """Make sure ``directory/name`` is a canary owned like its neighbours (see contract)."""
+    try:
+        like = ownership_like(directory, names)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        log.warning("cannot plant canary %s: %s", directory / name, exc.strerror)
+        return False
+    try:
+        try:
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISREG(st.st_mode):
+                log.warning("canary %s exists and is not a regular file", directory / name)
+                return False
+            # Planted root-only by an older agent: give it to the share's users.
+            if st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o600 and like.uid != 0:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             dir_fd=dfd)  # fmt: skip
+                try:
+                    _own(fd, like)
+                finally:
+                    os.close(fd)
+            return True
+        fd = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dfd,
+        )
+        try:
+            os.write(fd, content_for(name))
+            _own(fd, like)
+        finally:
+            os.close(fd)
+        return True
+    except OSError as exc:
+        log.warning("cannot plant canary %s: %s", directory / name, exc.strerror)
+        return False
+    finally:
+        os.close(dfd)
+
+
+def _own(fd: int, like: Ownership) -> None:
+    # Mode first, while the file is still ours (no CAP_FOWNER needed); then the owner (CAP_CHOWN).
+    os.fchmod(fd, like.mode)
+    os.fchown(fd, like.uid, like.gid)
+
+
 def plant(roots: list[str], names: tuple[str, ...] = DEFAULT_NAMES) -> list[str]:
     """Create the missing canaries (see module contract); returns every canary path."""
     paths: list[str] = []
@@ -198,13 +297,6 @@ def plant(roots: list[str], names: tuple[str, ...] = DEFAULT_NAMES) -> list[str]
         dirs += [Path(s) for s in subs[:MAX_DIRS_PER_ROOT]]
         for d in dirs:
             for name in names:
-                p = d / name
-                if not p.exists():
-                    try:
-                        with p.open("xb") as fh:
-                            fh.write(content_for(name))
-                    except OSError as exc:
-                        log.warning("cannot plant canary %s: %s", p, exc)
-                        continue
-                paths.append(str(p))
+                if _plant_one(d, name, names):
+                    paths.append(str(d / name))
     return paths

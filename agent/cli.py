@@ -46,6 +46,12 @@ def _agent_parser() -> _Parser:
     p.add_argument("--tripwire", choices=MODES)
     p.add_argument("--window-s", type=float)
     p.add_argument("--allow", action="append", help="CIDR kept reachable when isolated")
+    p.add_argument(
+        "--resolver",
+        action="append",
+        dest="resolvers",
+        help="DNS server kept reachable when isolated (default: /etc/resolv.conf's)",
+    )
     p.add_argument("--canary", action="append", help="canary file path (created if missing)")
     p.add_argument(
         "--canaries",
@@ -84,6 +90,7 @@ KEYS = {
     "tripwire": str,
     "window_s": (int, float),
     "allow": list,
+    "resolvers": list,
     "record": str,
     "tls_ca": str,
     "tls_cert": str,
@@ -157,6 +164,11 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ConfigError(f"--allow {cidr!r}: not a CIDR") from None
+    for addr in merged.get("resolvers") or []:
+        try:
+            ipaddress.ip_address(str(addr))
+        except ValueError:
+            raise ConfigError(f"--resolver {addr!r}: not an IP address") from None
     spool_windows = int(merged.get("spool_max_windows") or 100_000)
     spool_mb = float(merged.get("spool_max_mb") or 256)
     if spool_windows < 10 or spool_mb < 1:
@@ -187,6 +199,7 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
         tripwire=mode,
         window_s=window_s,
         allow=list(merged.get("allow") or []),
+        resolvers=[str(r) for r in merged.get("resolvers") or []],
         canaries=list(merged.get("canary") or []),
         plant_canaries=bool(merged.get("canaries")),
         protect=[str(x) for x in merged.get("protect") or []],

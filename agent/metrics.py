@@ -1,14 +1,15 @@
 """The agent's Prometheus ``/metrics`` endpoint (``--metrics HOST:PORT``, off by default).
 
 Contract: ``AgentMetrics(agent)`` is a prometheus-client collector that reads
-the live parts at scrape time (watcher, window loop, spool, shipper, actions)
-plus what ``observe_window(w)`` counted from each closed window (file events by
-kind, tripwire firings). ``serve(listen)`` serves it from a daemon thread on
+the live parts at scrape time (watcher, window loop, spool, shipper, actions,
+firewall) plus what ``observe_window(w)`` counted from each closed window (file
+events by kind, tripwire firings). ``serve(listen)`` serves it from a daemon thread on
 its own registry and returns the bound (host, port); ``close()`` stops it.
 Families (prefix ``tocsin_agent_``): events_total{kind}, windows_total,
 events_dropped_total, queue_overflows_total, spool_depth, spool_dropped_total,
 connected, connections_total, results_dropped_total, actions_total{kind,status},
-tripwire_fired_total, isolated, suspended_processes.
+tripwire_fired_total, isolated, blocked_clients, firewall_reapplied_total,
+suspended_processes.
 
 prometheus-client is imported only when the endpoint is served: an agent
 without ``--metrics`` does not pay its few megabytes of memory.
@@ -96,7 +97,17 @@ class AgentMetrics:
         yield GaugeMetricFamily(
             p + "isolated",
             "1 while the isolation table is in place",
-            value=1 if a.actions.isolated else 0,
+            value=1 if a.firewall.isolated else 0,
+        )
+        yield GaugeMetricFamily(
+            p + "blocked_clients",
+            "Client addresses blocked on this host",
+            value=len(a.firewall.blocked),
+        )
+        yield CounterMetricFamily(
+            p + "firewall_reapplied",
+            "Times tocsin's nftables table was found removed or altered and written again",
+            value=a.firewall.reapplied,
         )
         yield GaugeMetricFamily(
             p + "suspended_processes",

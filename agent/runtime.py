@@ -1,7 +1,9 @@
 """The running agent: watch -> window (probe, attribute, tripwire) -> spool -> ship, and obey.
 
-Contract: ``Agent(config)`` builds every part from an ``AgentConfig``;
-``run()`` re-applies a persisted isolation, starts the threads and blocks
+Contract: ``Agent(config)`` builds every part from an ``AgentConfig`` (the
+collector's addresses and the DNS resolvers are pinned here, once);
+``run()`` re-applies a persisted isolation and client blocks, starts the
+threads (the firewall's watcher among them) and blocks
 until ``request_stop()`` (signal handlers call it), then sends Goodbye,
 flushes and returns 0. Under systemd (``$NOTIFY_SOCKET``) it says READY=1 only
 once the watches are in place and the metrics endpoint (``metrics``) is
@@ -22,7 +24,10 @@ from tocsin.agent import limits, sdnotify
 from tocsin.agent.act import Actions
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.canary import plant
+from tocsin.agent.drill import DrillKey
+from tocsin.agent.firewall import Firewall
 from tocsin.agent.metrics import AgentMetrics
+from tocsin.agent.ruleset import pin_addresses, system_resolvers
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
 from tocsin.agent.tripwire import Tripwire
@@ -65,6 +70,8 @@ class AgentConfig:
     tripwire: str = "dry-run"
     window_s: float = 1.0
     allow: list[str] = field(default_factory=list)
+    # DNS servers kept reachable when isolated; empty: those of /etc/resolv.conf at start.
+    resolvers: list[str] = field(default_factory=list)
     canaries: list[str] = field(default_factory=list)
     # Plant the default decoy documents (tocsin.agent.canary) in every watched root.
     plant_canaries: bool = False
@@ -90,7 +97,20 @@ class Agent:
         self.boot_id = os.urandom(16).hex()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         host, port = cfg.collector_host_port
-        self.actions = Actions(cfg.state_dir, host, port, cfg.allow)
+        try:
+            pinned = pin_addresses(host)
+        except OSError as exc:
+            log.warning(
+                "cannot resolve the collector %s now (%s): isolation keeps the "
+                "addresses pinned last time",
+                host,
+                exc,
+            )
+            pinned = ()
+        self.firewall = Firewall(
+            cfg.state_dir, pinned, port, cfg.allow, cfg.resolvers or system_resolvers()
+        )
+        self.actions = Actions(cfg.state_dir, self.firewall)
         self.spool = WindowSpool(
             cfg.state_dir / "spool.sqlite", cfg.spool_max_windows, cfg.spool_max_bytes
         )
@@ -105,7 +125,8 @@ class Agent:
         limit = limits.ensure_max_user_watches(dirs)
         self.watch_limit_ok = limit.ok
         self.watcher = FileWatcher(cfg.watch, ignore=ignore)
-        self.attributor = Attributor(cfg.watch)
+        self.drill_key = DrillKey.issue(cfg.state_dir)
+        self.attributor = Attributor(cfg.watch, is_drill=self.drill_key.carried_by)
         self.attributor.ignore(self.spool.files())
         self.tripwire = Tripwire(self.actions, cfg.tripwire, protect=cfg.protect)
         creds = None
@@ -120,7 +141,7 @@ class Agent:
             creds = grpc.ssl_channel_credentials(
                 cfg.tls_ca.read_bytes(), cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes()
             )
-        caps = ["suspend", "isolate", self.attributor.method]
+        caps = ["suspend", "isolate", "block_client", self.attributor.method]
         self.recorder = Recorder(cfg.record) if cfg.record else None
         self.shipper = Shipper(
             cfg.collector,
@@ -182,9 +203,10 @@ class Agent:
         self._stop.set()
 
     def run(self) -> int:
-        again = self.actions.reapply()
+        again = self.firewall.reapply()
         if again:
             log.warning("isolation re-applied at start: %s", again)
+        self.firewall.start()
         self.watcher.start()
         self.attributor.start()
         self.window.start()
@@ -212,6 +234,7 @@ class Agent:
         self.watcher.stop()
         self.attributor.stop()
         self.shipper.stop()
+        self.firewall.stop()
         if self.recorder:
             self.recorder.close()
         self.spool.close()

@@ -32,6 +32,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from tocsin.agent import _linux
+
 NOTE_NAME = "LISEZ-MOI_RESTAURATION.txt"
 NOTE_TEXT = "Vos fichiers ont ete chiffres (exercice tocsin, rien n'est perdu).\n"
 LOCKED_EXT = ".locked"
@@ -684,6 +686,31 @@ BENIGN.update(
     }
 )
 WORKLOADS.update({**ATTACKS, **BENIGN})
+
+
+# Evasions of the response: encrypt-inplace's encryption under a disguise.
+
+
+def encrypt_as_sshd(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """In-place encryption by a process that calls itself ``sshd`` (prctl PR_SET_NAME)."""
+    _linux.set_process_name("sshd")
+    return encrypt_inplace(root, rate_per_s, seed)
+
+
+def encrypt_drill_marker(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """In-place encryption by a process that names the drill marker in its arguments.
+
+    Run with ``--tag tocsin-drill`` but without the agent's drill key: a forged drill.
+    """
+    return encrypt_inplace(root, rate_per_s, seed)
+
+
+EVASIONS: dict[str, Callable[..., int]] = {
+    "encrypt-as-sshd": encrypt_as_sshd,
+    "encrypt-drill-marker": encrypt_drill_marker,
+}
+ATTACKS.update(EVASIONS)
+WORKLOADS.update(EVASIONS)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 
 from tocsin.agent.act import Actions
+from tocsin.agent.protect import process_ref
 from tocsin.agent.window import Ruined, RuinKind
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -146,7 +147,11 @@ class Tripwire:
             return None, f"{reason} (not suspended: {why})"
         self._acted.add(root)
         cmd = pb.Command(
-            id=f"local-{root}-{at_s}", kind="suspend", pids=[root], dry_run=self.mode != "enforce"
+            id=f"local-{root}-{at_s}",
+            kind="suspend",
+            pids=[root],
+            dry_run=self.mode != "enforce",
+            processes=[process_ref(root, writers)],
         )
         result = self.actions.run(cmd, local=True)
         log.warning("tripwire fired (%s): %s %s", reason, result.status, result.detail)

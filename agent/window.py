@@ -111,16 +111,6 @@ def extension(path: str) -> str:
     return ext if _EXT_RE.match(ext) else ""
 
 
-def is_drill(cmdline: str) -> bool:
-    """A ``tocsin-agent drill`` launcher (building its scratch share) or its encryptor.
-
-    The collector never isolates a host for a drill's windows.
-    """
-    words = cmdline.split()
-    launcher = any(w.endswith("tocsin-agent") for w in words[:2]) and "drill" in words[1:3]
-    return "tocsin-drill" in cmdline or launcher
-
-
 def scan_tree(roots: list[str], max_files: int = limits.SCAN_MAX_FILES) -> tuple[set[str], int]:
     """(extensions present, directories seen) in ``roots``, walking at most ``max_files`` files."""
     seen: set[str] = set()
@@ -719,7 +709,10 @@ class WindowLoop:
                 w.top_writers.extend(writers)
                 w.bytes_written = sum(s.bytes_written for s in writers)
                 w.bytes_read = sum(s.bytes_read for s in writers)
-                w.drill = bool(writers) and is_drill(writers[0].cmdline)
+                # Only the agent's own drill key makes a drill (tocsin.agent.drill).
+                w.drill = bool(
+                    writers and self.attributor and self.attributor.is_drill(writers[0].pid)
+                )
                 self.damage_last = self.acc.ruined_last > 0
                 if self.on_window is not None:
                     self.on_window(w, writers)

@@ -34,9 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from tocsin.collector.features import FEATURE_NAMES
+from tocsin.collector.features import FEATURE_NAMES, feature_matrix
 from tocsin.collector.model import CARD_FORMAT, export_forest, npz_bytes, parse_arrays
 from tocsin.collector.score import ForestScorer
+from tocsin.collector.store import unpack_raw
+from tocsin.v1 import telemetry_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,7 @@ class HostBaselines:
             return now_s - trained >= cfg.refit_every_s
         first = self._first_s.get(host_id)
         if first is None:
-            rows = self._q("SELECT MIN(start) FROM windows WHERE host_id=?", (host_id,))
+            rows = self._q("SELECT MIN(first_start) FROM boots WHERE host_id=?", (host_id,))
             if not rows or rows[0][0] is None:
                 return False
             first = self._first_s[host_id] = float(rows[0][0])
@@ -124,19 +126,18 @@ class HostBaselines:
         if self._db is None:
             return False
         rows = self._q(
-            'SELECT "end", features FROM windows WHERE host_id=? AND "end" > ? AND "end" <= ?'
+            'SELECT "end", raw, codec FROM windows WHERE host_id=? AND "end" > ? AND "end" <= ?'
             ' ORDER BY "end" DESC LIMIT ?',
             (host_id, now_s - cfg.history_s, now_s, cfg.max_windows),
         )
-        feats = [
-            json.loads(f)
-            for end, f in rows
-            if f and not any(a - 1.0 <= end <= b + 1.0 for a, b in skip_spans)
+        kept = [
+            pb.Window.FromString(unpack_raw(raw, codec))
+            for end, raw, codec in rows
+            if raw and not any(a - 1.0 <= end <= b + 1.0 for a, b in skip_spans)
         ]
-        feats = [f for f in feats if len(f) == len(FEATURE_NAMES)]
-        if len(feats) < cfg.min_windows:
+        if len(kept) < cfg.min_windows:
             return False
-        X = np.asarray(feats[::-1], dtype=np.float64)
+        X = feature_matrix(kept[::-1])
         forest = IsolationForest(
             n_estimators=cfg.trees,
             max_samples=min(cfg.max_samples, len(X)),

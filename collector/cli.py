@@ -11,7 +11,8 @@ The TOML config file takes the same keys (``listen``, ``db``, ``webhook`` as a
 list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
 ``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
-``webhook_retry_max_s``, ``webhook_max_age_s``, ...) plus tables only a file
+``webhook_retry_max_s``, ``webhook_max_age_s``, ``retention_days``,
+``rollup_days``, ``disk_warn_percent``, ...) plus tables only a file
 can hold: ``[[webhooks]]`` (url, format, secret, events, min_severity,
 timeout_s, name) and ``[[hooks]]`` (path, args, timeout_s, on, name); flags
 override it. Every problem with
@@ -29,6 +30,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import tomllib
@@ -73,6 +75,12 @@ _KEYS = {
     "webhook_retry_initial_s": (int, float),
     "webhook_retry_max_s": (int, float),
     "webhook_max_age_s": (int, float),
+    "retention_days": (int, float),
+    "rollup_days": (int, float),
+    "disk_warn_percent": (int, float),
+    "console": str,
+    "console_url": str,
+    "language": str,
 }
 
 
@@ -174,6 +182,10 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "webhook_retry_initial_s": 1.0,
         "webhook_retry_max_s": 300.0,
         "webhook_max_age_s": 86400.0,
+        "retention_days": 30.0,
+        "rollup_days": 365.0,
+        "disk_warn_percent": 80.0,
+        "language": "en",
     }
     merged.update(conf)
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
@@ -211,6 +223,14 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         merged[key] = float(merged[key])
         if merged[key] <= 0:
             raise ConfigError(f"{key} must be > 0")
+    for key, lowest, highest in (
+        ("retention_days", 1.0, 36500.0),
+        ("rollup_days", 1.0, 36500.0),
+        ("disk_warn_percent", 1.0, 100.0),
+    ):
+        merged[key] = float(merged[key])
+        if not lowest <= merged[key] <= highest:  # also refuses nan
+            raise ConfigError(f"{key} must be between {lowest:g} and {highest:g}")
     merged["destinations"] = destinations(merged)
     merged["hook_list"] = [
         _hook(h, f"[[hooks]] #{i + 1}") for i, h in enumerate(_tables(merged["hooks"], "hooks"))
@@ -227,7 +247,24 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     )
     require_tls_or_insecure(tls, bool(merged["insecure"]))
     merged["tls"] = tls
+    if merged["language"] not in ("en", "fr"):
+        raise ConfigError(f"language must be en or fr, not {merged['language']!r}")
+    if merged.get("console"):
+        console_host, _ = parse_hostport(merged["console"], "console")
+        if not tls.given() and not _loopback(console_host):
+            raise ConfigError(
+                "console: without TLS the console listens on loopback only (127.0.0.1, ::1)"
+            )
     return merged
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _tables(items: list[Any], what: str) -> list[dict[str, Any]]:
@@ -274,6 +311,7 @@ async def serve(conf: dict[str, Any]) -> None:
     from tocsin.collector import sdnotify
     from tocsin.collector.fleetguard import FleetGuard
     from tocsin.collector.hooks import HookRunner
+    from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
     from tocsin.collector.metrics import ObservedScorer, attach_metrics
     from tocsin.collector.outbox import Outbox
     from tocsin.collector.server import Collector
@@ -296,6 +334,17 @@ async def serve(conf: dict[str, Any]) -> None:
     from tocsin.collector.ratelimit import RateLimits
 
     tls: TlsFiles = conf["tls"]
+    console_links = None
+    if conf.get("console"):
+        from tocsin.collector.console.auth import LinkIssuer, LoginLinks
+        from tocsin.collector.console.web import bind
+
+        console_host, _ = parse_hostport(conf["console"], "console")
+        console_sock = bind(conf["console"])
+        scheme = "https" if tls.given() else "http"
+        port_bound = console_sock.getsockname()[1]
+        base = conf.get("console_url") or f"{scheme}://{console_host}:{port_bound}"
+        console_links = LinkIssuer(LoginLinks(), base.rstrip("/"))
     per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
     bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
     collector = Collector(
@@ -307,6 +356,7 @@ async def serve(conf: dict[str, Any]) -> None:
         credentials=server_credentials(tls) if tls.given() else None,
         silent_after_s=float(conf.get("silent_after") or 60.0),
         rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
+        console=console_links,
     )
     responder = collector.responder
     responder.guard = FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None
@@ -314,9 +364,24 @@ async def serve(conf: dict[str, Any]) -> None:
         responder.hooks = HookRunner(conf["hook_list"], responder.on_hook_outcome)
     port = await collector.start(conf["listen"])
     outbox.start()
+    console = None
+    if console_links is not None:
+        console = await start_console(conf, collector, console_links, console_sock)
+    housekeeper = Housekeeper(
+        store,
+        Path(conf["db"]),
+        outbox,
+        outbox,
+        RetentionConfig(
+            retention_days=conf["retention_days"],
+            rollup_days=conf["rollup_days"],
+            disk_warn_ratio=conf["disk_warn_percent"] / 100.0,
+        ),
+    )
+    housekeeping = asyncio.create_task(housekeeper.run())
     metrics_server = None
     if conf.get("metrics"):
-        metrics_server = attach_metrics(conf["metrics"], collector, outbox, scorer)
+        metrics_server = attach_metrics(conf["metrics"], collector, outbox, scorer, housekeeper)
         log.info("metrics on http://%s:%d/metrics", *metrics_server.address)
     host, _ = parse_hostport(conf["listen"])
     model = conf.get("model") or "shipped baseline"
@@ -339,11 +404,44 @@ async def serve(conf: dict[str, Any]) -> None:
     sdnotify.notify("STOPPING=1")
     if watchdog is not None:
         watchdog.cancel()
+    housekeeping.cancel()
+    if console is not None:
+        await console.stop()
     await collector.stop(grace_s=5.0)
     await outbox.stop()
     outbox.close()
     if metrics_server is not None:
         metrics_server.close()
+
+
+async def start_console(
+    conf: dict[str, Any], collector: Any, links: Any, sock: socket.socket
+) -> Any:
+    """Serve the web console beside the collector (HTTPS with its certificate when it has one)."""
+    from tocsin.collector.console.auth import Sessions
+    from tocsin.collector.console.backend import ConsoleBackend
+    from tocsin.collector.console.web import (
+        ConsoleConfig,
+        ConsoleServer,
+        console_app,
+        tls_context,
+    )
+    from tocsin.collector.operations import HostActions
+
+    tls: TlsFiles = conf["tls"]
+    backend = ConsoleBackend(
+        collector.store,
+        collector.router,
+        collector.silence,
+        HostActions(collector.store, collector.responder),
+        threshold=float(collector.scorer.threshold),
+    )
+    app = console_app(backend, links.links, Sessions(), ConsoleConfig(language=conf["language"]))
+    ctx = tls_context(tls.cert, tls.key) if tls.cert and tls.key else None
+    server = ConsoleServer(app, ctx)
+    await server.start(sock)
+    log.info("console on %s/", links.base_url)
+    return server
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -94,9 +94,20 @@ class ProcessInfo:
     name: str
     exe: str
     tree_root_pid: int
+    # The tree root's identity as the agent sampled it: a suspend names it.
+    tree_root_start_ticks: int = 0
+    kernel_boot_id: str = ""
 
     def as_json(self) -> dict[str, object]:
         return {"pid": self.pid, "name": self.name, "exe": self.exe}
+
+    def root_ref(self) -> pb.ProcessRef:
+        """The tree root as a command names it (pid, start ticks, kernel boot id)."""
+        return pb.ProcessRef(
+            pid=self.tree_root_pid,
+            start_ticks=self.tree_root_start_ticks,
+            kernel_boot_id=self.kernel_boot_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -161,7 +172,11 @@ def top_writer(w: pb.Window) -> ProcessInfo | None:
     if not w.top_writers:
         return None
     p = max(w.top_writers, key=lambda p: (p.files_type_destroyed, p.files_touched, p.bytes_written))
-    return ProcessInfo(p.pid, p.name, p.exe, p.tree_root_pid or p.pid)
+    if p.tree_root_pid and p.tree_root_pid != p.pid:
+        root_ticks = p.tree_root_start_ticks
+    else:
+        root_ticks = p.start_ticks
+    return ProcessInfo(p.pid, p.name, p.exe, p.tree_root_pid or p.pid, root_ticks, p.kernel_boot_id)
 
 
 class Judge:

@@ -9,22 +9,37 @@ decision's reasons and the scorer's explanation only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tocsin.collector.decide import Decision
 
+Gettext = Callable[[str], str]
+
+
+def N_(message: str) -> str:
+    """Marks a message for the gettext catalogues; translated where it is used."""
+    return message
+
+
+def _same(message: str) -> str:
+    return message
+
+
 _HORIZON = {
-    "10w": "over the last 10 windows",
-    "60s": "over the last minute",
-    "1h": "over the last hour",
+    "10w": N_("over the last 10 windows"),
+    "60s": N_("over the last minute"),
+    "1h": N_("over the last hour"),
 }
 _EVIDENCE = {
-    "type_destroyed": "{n} files that had a recognisable type (document, image, archive) "
-    "no longer do",
-    "encoded_random": "{n} files were rewritten as encoded random text (base64 or hex of "
-    "encrypted data)",
-    "encrypted_twins": "{n} files were replaced by an encrypted copy next to them and the "
-    "original deleted",
+    "type_destroyed": N_(
+        "{n} files that had a recognisable type (document, image, archive) no longer do"
+    ),
+    "encoded_random": N_(
+        "{n} files were rewritten as encoded random text (base64 or hex of encrypted data)"
+    ),
+    "encrypted_twins": N_(
+        "{n} files were replaced by an encrypted copy next to them and the original deleted"
+    ),
 }
 _FEATURES = {
     "files_written_rate": "files written per second",
@@ -46,37 +61,58 @@ _FEATURES = {
 }
 
 
-def evidence_sentences(reasons: Sequence[str]) -> list[str]:
-    """One sentence per reason, in words."""
+def evidence_sentences(reasons: Sequence[str], _: Gettext = _same) -> list[str]:
+    """One sentence per reason, in words (``_``: the reader's language's gettext)."""
     out = []
     for reason in reasons:
         head, *rest = reason.split(":")
         if head in _EVIDENCE:
-            n = rest[0] if rest else "?"
-            text = _EVIDENCE[head].format(n=n)
+            text = _(_EVIDENCE[head]).format(n=rest[0] if rest else "?")
             if len(rest) > 1:
-                text += " " + _HORIZON.get(rest[1], rest[1])
+                text += " " + (_(_HORIZON[rest[1]]) if rest[1] in _HORIZON else rest[1])
             else:
-                text += " within one window"
+                text += " " + _("within one window")
             out.append(text)
         elif head == "new_extension_spreading" and len(rest) >= 2:
             out.append(
-                f"the new extension {rest[0]} appeared in {rest[1].removesuffix('dirs')} "
-                "directories"
+                _("the new extension {ext} appeared in {n} directories").format(
+                    ext=rest[0], n=rest[1].removesuffix("dirs")
+                )
             )
         elif head == "ransom_note" and len(rest) >= 2:
             out.append(
-                f"a file named {rest[0]} appeared in {rest[1].removesuffix('dirs')} "
-                "directories (a ransom note does that)"
+                _(
+                    "a file named {name} appeared in {n} directories (a ransom note does that)"
+                ).format(name=rest[0], n=rest[1].removesuffix("dirs"))
             )
         elif head == "canary_touched":
-            out.append("a canary (decoy) file was modified: nothing legitimate touches those")
+            out.append(_("a canary (decoy) file was modified: nothing legitimate touches those"))
         elif head == "tripwire":
-            out.append(f"the agent's own tripwire fired ({':'.join(rest)})")
+            out.append(_("the agent's own tripwire fired ({why})").format(why=":".join(rest)))
         elif head == "anomaly_score" and rest:
-            out.append(f"the activity was unusual for this server (anomaly score {rest[0]})")
+            out.append(
+                _("the activity was unusual for this server (anomaly score {score})").format(
+                    score=rest[0]
+                )
+            )
+        elif head == "read_sweep" and len(rest) >= 2:
+            out.append(
+                _("{files} files were read across {dirs} directories (a copy of the share)").format(
+                    files=rest[0].removesuffix("files"), dirs=rest[1].removesuffix("dirs")
+                )
+            )
+        elif head == "archive_created" and rest:
+            out.append(_("{n} archives were created").format(n=rest[0]))
+        elif head == "net_out_mb" and rest:
+            out.append(_("{n} MB were sent out over the network").format(n=rest[0]))
+        elif head == "inotify_overflow" and rest:
+            out.append(_("the kernel dropped file events {n} times").format(n=rest[0]))
+        elif head == "watch_limit" and rest:
+            out.append(_("{n} directories could not be watched").format(n=rest[0]))
         elif head == "events_dropped" and rest:
-            out.append(f"{rest[0]} file events were lost (the agent could not keep up)")
+            out.append(
+                _("{n} file events were lost (the agent could not keep up)").format(n=rest[0])
+            )
     return out
 
 

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import numpy.typing as npt
 
+from tocsin.collector.store import WindowTally
 from tocsin.v1 import telemetry_pb2 as pb
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -80,6 +81,18 @@ def window_features(w: pb.Window) -> npt.NDArray[np.float64]:
         _rate(w.files_encoded_random, d),
     )
     return np.asarray(values, dtype=np.float64)
+
+
+def window_tally(w: pb.Window) -> WindowTally:
+    """What the window adds to its host's hourly rollup: counts and evidence totals."""
+    return WindowTally(
+        files_written=w.files_created + w.files_modified + w.files_renamed,
+        files_deleted=w.files_deleted,
+        files_destroyed=w.files_type_destroyed + w.encrypted_twins,
+        canary_touches=w.canary_touches,
+        events_dropped=w.events_dropped + w.queue_overflows,
+        bytes_written=w.bytes_written,
+    )
 
 
 def feature_matrix(windows: Iterable[pb.Window]) -> npt.NDArray[np.float64]:

@@ -49,7 +49,7 @@ from google.protobuf.message import DecodeError
 
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
-from tocsin.collector.features import window_features
+from tocsin.collector.features import window_features, window_tally
 from tocsin.collector.pipeline import JudgeStage
 from tocsin.collector.ratelimit import AgentRateLimits
 from tocsin.collector.respond import Responder
@@ -320,8 +320,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             seq=int(w.seq),
             start_s=ts_s(w.start),
             end_s=ts_s(w.end),
-            features=x.tolist(),
             raw=w.SerializeToString(),
+            tally=window_tally(w),
         )
         (inserted,) = await asyncio.to_thread(self.store.add_windows, host_id, boot_id, [stored])
         acked = max(acked, int(w.seq))

@@ -36,6 +36,7 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
 from tocsin.collector.grpcconf import parse_hostport
+from tocsin.collector.housekeeping import Housekeeper
 from tocsin.collector.protocols import Scorer
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -106,9 +107,15 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 class _CollectorFamilies:
     def __init__(
-        self, collector: Any, outbox: Any, scorer: ObservedScorer | None, stage: MeteredStage
+        self,
+        collector: Any,
+        outbox: Any,
+        scorer: ObservedScorer | None,
+        stage: MeteredStage,
+        housekeeper: Housekeeper | None,
     ) -> None:
         self.c, self.outbox, self.scorer, self.stage = collector, outbox, scorer, stage
+        self.housekeeper = housekeeper
 
     def collect(self) -> Iterator[Metric]:
         p = "tocsin_collector_"
@@ -196,6 +203,17 @@ class _CollectorFamilies:
             "Automatic isolations held by the fleet guard",
             guard.held_total if guard is not None else 0,
         )
+        if self.housekeeper is not None:
+            yield GaugeMetricFamily(
+                p + "disk_used_ratio",
+                "Used fraction of the filesystem holding the database",
+                value=self.housekeeper.disk_used_ratio,
+            )
+            yield _counter(
+                p + "rows_pruned",
+                "Rows removed past their retention period",
+                self.housekeeper.rows_pruned,
+            )
         hr = CounterMetricFamily(p + "hook_runs", "Operator hook runs by status", labels=["status"])
         runs = responder.hooks.runs if responder.hooks is not None else {}
         for status in ("done", "failed", "timeout", "error"):
@@ -214,13 +232,18 @@ class MetricsServer:
 
 
 def attach_metrics(
-    listen: str, collector: Any, outbox: Any, scorer: ObservedScorer | None = None
+    listen: str,
+    collector: Any,
+    outbox: Any,
+    scorer: ObservedScorer | None = None,
+    housekeeper: Housekeeper | None = None,
 ) -> MetricsServer:
     """Meter ``collector`` and serve /metrics on ``listen`` (see module contract)."""
     stage = MeteredStage(collector.telemetry.stage)
     collector.telemetry.stage = stage
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_CollectorFamilies(collector, outbox, scorer, stage))  # type: ignore[arg-type]
+    families = _CollectorFamilies(collector, outbox, scorer, stage, housekeeper)
+    registry.register(families)  # type: ignore[arg-type]
     host, port = parse_hostport(listen)
     server, thread = start_http_server(port, host, registry=registry)
     return MetricsServer(server, thread)

@@ -6,6 +6,7 @@
     tocsin actions [--host ID] [--limit N] --collector HOST:PORT ... [--json]  (the audit)
     tocsin isolate HOST --collector HOST:PORT ...
     tocsin release HOST [--resume | --kill] --collector HOST:PORT ...
+    tocsin console login --collector HOST:PORT ...   (a one-time link to the web console)
     tocsin replay FILE --collector HOST:PORT [--speed N] [--host-id ID] ...
     tocsin train ...          (see tocsin.collector.train)
     tocsin webhook test [--config F | --webhook URL --format F --secret S]
@@ -97,6 +98,11 @@ def build_parser() -> _Parser:
     what = rel.add_mutually_exclusive_group()
     what.add_argument("--resume", action="store_true", help="resume suspended processes")
     what.add_argument("--kill", action="store_true", help="kill suspended processes")
+    con = sub.add_parser("console", help="the web console")
+    con_sub = con.add_subparsers(dest="console_command", required=True, parser_class=_Parser)
+    con_sub.add_parser(
+        "login", parents=[common], help="print a one-time sign-in link (valid 5 minutes)"
+    )
     rep = sub.add_parser("replay", parents=[common], help="stream a recording into a collector")
     rep.add_argument("file", type=Path)
     rep.add_argument("--speed", type=float, default=1.0, help="time factor; 0 = no pacing")
@@ -141,6 +147,15 @@ async def _run(args: argparse.Namespace) -> int:
             return 0
         stub = op_grpc.OperatorStub(channel)
         t = args.timeout
+        if args.command == "console":
+            link = await stub.ConsoleLink(
+                op.ConsoleLinkRequest(operator=getpass.getuser()), timeout=t
+            )
+            if args.json:
+                print(json.dumps({"url": link.url, "valid_s": link.valid_s}))
+            else:
+                print(f"Open within {link.valid_s // 60} minutes (it works once):\n{link.url}")
+            return 0
         if args.command == "hosts":
             hosts = await stub.ListHosts(op.ListHostsRequest(), timeout=t)
             if args.json:

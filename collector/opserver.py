@@ -23,6 +23,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tocsin.collector.commands import CommandRouter
+from tocsin.collector.console.auth import LinkIssuer
+from tocsin.collector.operations import PROCESS_CHOICES, HostActions, Outcome, UnknownHost
 from tocsin.collector.respond import Responder
 from tocsin.collector.store import Store
 from tocsin.v1 import operator_pb2 as op
@@ -62,9 +64,11 @@ class OperatorService(op_grpc.OperatorServicer):
         router: CommandRouter,
         responder: Responder,
         default_timeout_s: float = 10.0,
+        console: LinkIssuer | None = None,
     ) -> None:
         self.store, self.router, self.responder = store, router, responder
-        self.default_timeout_s = default_timeout_s
+        self.console = console
+        self.actions = HostActions(store, responder, default_timeout_s)
 
     async def ListHosts(self, request: op.ListHostsRequest, context: _Ctx) -> op.ListHostsResponse:
         await self._authorise(request, context)
@@ -148,43 +152,44 @@ class OperatorService(op_grpc.OperatorServicer):
         claimed = getattr(request, "operator", "") or "unknown"
         return f"operator:{name or claimed}"
 
-    async def _host_or_abort(self, host_id: str, context: _Ctx) -> None:
-        if not host_id or self.store.get_host(host_id) is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown host {host_id!r}")
-
     async def Isolate(self, request: op.HostActionRequest, context: _Ctx) -> op.HostActionResponse:
         who = await self._authorise(request, context)
-        await self._host_or_abort(request.host_id, context)
-        timeout_s = request.timeout_s or self.default_timeout_s
-        status, detail = await self.responder.command(
-            request.host_id, "isolate", [], who, timeout_s
-        )
-        return self._reply(request.host_id, status, detail)
+        try:
+            out = await self.actions.isolate(request.host_id, who, request.timeout_s)
+        except UnknownHost as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return _reply(out)
 
     async def Release(self, request: op.HostActionRequest, context: _Ctx) -> op.HostActionResponse:
         who = await self._authorise(request, context)
-        await self._host_or_abort(request.host_id, context)
         processes = request.processes or "keep"
-        if processes not in ("keep", "resume", "kill"):
+        if processes not in PROCESS_CHOICES:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"processes must be keep, resume or kill, not {processes!r}",
             )
-        timeout_s = request.timeout_s or self.default_timeout_s
-        status, detail = await self.responder.command(
-            request.host_id, "release", [], who, timeout_s
-        )
-        host = self.store.get_host(request.host_id)
-        if processes != "keep" and host is not None and host.suspended_pids:
-            p_status, p_detail = await self.responder.command(
-                request.host_id, processes, host.suspended_pids, who, timeout_s
-            )
-            detail = f"{detail}; {processes}: {p_status} {p_detail}".strip("; ")
-            if p_status != "done" and status == "done":
-                status = p_status
-        return self._reply(request.host_id, status, detail)
+        try:
+            out = await self.actions.release(request.host_id, who, processes, request.timeout_s)
+        except UnknownHost as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        return _reply(out)
 
-    def _reply(self, host_id: str, status: str, detail: str) -> op.HostActionResponse:
-        host = self.store.get_host(host_id)
-        still = host.suspended_pids if host else []
-        return op.HostActionResponse(status=status, detail=detail, still_suspended=still)
+    async def ConsoleLink(
+        self, request: op.ConsoleLinkRequest, context: _Ctx
+    ) -> op.ConsoleLinkResponse:
+        who = await self._authorise(request, context)
+        if self.console is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                'this collector serves no console (set console = "HOST:PORT" in collector.toml)',
+            )
+            raise AssertionError("unreachable")
+        url, valid_s = self.console.link(who.removeprefix("operator:"))
+        self.store.audit(who, "console link issued", "")
+        return op.ConsoleLinkResponse(url=url, valid_s=valid_s)
+
+
+def _reply(out: Outcome) -> op.HostActionResponse:
+    return op.HostActionResponse(
+        status=out.status, detail=out.detail, still_suspended=out.still_suspended
+    )

@@ -51,7 +51,16 @@ from tocsin.v1.errors import ConfigError
 log = logging.getLogger("tocsin.collector.outbox")
 
 RETRYABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
-EVENTS = ("alert", "action", "fleet_guard", "host_silent", "host_back", "hook", "test")
+EVENTS = (
+    "alert",
+    "action",
+    "fleet_guard",
+    "host_silent",
+    "host_back",
+    "hook",
+    "disk_high",
+    "test",
+)
 SEVERITIES = ("warning", "critical")
 
 _SCHEMA = """
@@ -297,6 +306,15 @@ class Outbox:
             loop.call_soon_threadsafe(self._wake.set)
 
     # ------------------------------------------------------------ queries
+    def prune(self, before_s: float, batch: int = 2000) -> int:
+        """Delete at most ``batch`` rows delivered or given up before ``before_s``."""
+        with self._lock:
+            return self._db.execute(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox"
+                " WHERE status != 'pending' AND done_at < ? ORDER BY id LIMIT ?)",
+                (before_s, batch),
+            ).rowcount
+
     def depth(self) -> int:
         """Rows still to deliver (pending), all destinations."""
         return int(self._exec("SELECT COUNT(*) FROM outbox WHERE status='pending'")[0][0])

@@ -206,7 +206,12 @@ class Responder:
             if self.mode == "enforce" or d.drill:
                 # A drill's own encryptor is suspended in dry-run too: that is how
                 # `tocsin-agent drill` proves the chain during the dry-run weeks.
-                self._send(d.host_id, "suspend", [d.root_pid], "collector", alert_id)
+                ref = (
+                    d.process.root_ref()
+                    if d.process and d.process.tree_root_pid == d.root_pid
+                    else pb.ProcessRef(pid=d.root_pid)  # unverifiable: the agent refuses it
+                )
+                self._send(d.host_id, "suspend", [d.root_pid], "collector", alert_id, [ref])
                 actions.append({"action": "suspend", "status": "sent", "pids": [d.root_pid]})
             else:
                 actions.append(
@@ -296,9 +301,16 @@ class Responder:
     # ---------------------------------------------------------------- commands
 
     def _send(
-        self, host_id: str, kind: str, pids: Sequence[int], who: str, alert_id: str = ""
+        self,
+        host_id: str,
+        kind: str,
+        pids: Sequence[int],
+        who: str,
+        alert_id: str = "",
+        processes: Sequence[pb.ProcessRef] = (),
     ) -> ActionRecord:
-        cmd = pb.Command(id=self._new_id(), kind=kind, pids=list(pids))
+        """Queue a command; ``processes`` names each pid by its identity (tocsin.v1 Command)."""
+        cmd = pb.Command(id=self._new_id(), kind=kind, pids=list(pids), processes=list(processes))
         if kind == "isolate" and self.allow:
             cmd.parameters["allow"] = ",".join(self.allow)
         if alert_id:

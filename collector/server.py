@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import grpc
 
 from tocsin.collector.commands import CommandRouter
+from tocsin.collector.console.auth import LinkIssuer
 from tocsin.collector.decide import Judge, JudgeConfig
 from tocsin.collector.grpcconf import SERVER_OPTIONS
 from tocsin.collector.ingest import TelemetryService
@@ -48,6 +49,7 @@ class Collector:
         judge_config: JudgeConfig | None = None,
         silent_after_s: float = 60.0,
         rate_limits: RateLimits | None = None,
+        console: LinkIssuer | None = None,
     ) -> None:
         self.store = store
         self.scorer = scorer
@@ -68,7 +70,7 @@ class Collector:
             silence=self.silence,
         )
         self._silence_task: asyncio.Task[None] | None = None
-        self.operator = OperatorService(store, self.router, self.responder)
+        self.operator = OperatorService(store, self.router, self.responder, console=console)
         self.credentials = credentials
         self._server: grpc.aio.Server | None = None
 

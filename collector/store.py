@@ -12,9 +12,18 @@ Contract of every ``Store``:
   the agent sent with a lower seq is stored too; a seq the agent itself dropped
   from its full spool is never waited for.
 - Alerts, actions and audit rows are plain records; lists come back newest first.
+- Every stored window is also added to its host's hourly rollup (counts,
+  evidence totals, highest score), in the same transaction. ``prune`` deletes,
+  in one short transaction per call, at most ``batch`` of the oldest raw
+  windows ended before a cutoff and rollups older than another; alerts,
+  actions and audit rows are never pruned.
 
 ``SqliteStore`` is one connection in WAL mode guarded by a lock, so it may be
-called from the event loop or from ``asyncio.to_thread``. ``MemoryStore`` keeps
+called from the event loop or from ``asyncio.to_thread``. A window row holds
+only what cannot be derived: its identity (a small integer per host boot, then
+seq), times, score and the wire bytes; features are recomputed from the wire
+bytes by whoever needs them (``tocsin.collector.features``). The view
+``windows`` gives the rows with their host and boot ids for readers. ``MemoryStore`` keeps
 the same records in dictionaries (tests, and a collector without a disk).
 """
 
@@ -24,6 +33,7 @@ import json
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,15 +58,43 @@ def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
 
 
 @dataclass(frozen=True)
+class WindowTally:
+    """What one window adds to its host's hourly rollup."""
+
+    files_written: int = 0
+    files_deleted: int = 0
+    files_destroyed: int = 0
+    canary_touches: int = 0
+    events_dropped: int = 0
+    bytes_written: int = 0
+
+
+@dataclass(frozen=True)
 class StoredWindow:
-    """One window as stored: its identity, timestamps (epoch s), features and wire bytes."""
+    """One window as stored: its identity, timestamps (epoch s) and wire bytes."""
 
     seq: int
     start_s: float
     end_s: float
-    features: Sequence[float]
     raw: bytes
+    tally: WindowTally = WindowTally()
     score: float | None = None
+
+
+@dataclass(frozen=True)
+class HourRollup:
+    """One host's windows of one hour (``hour_s``: epoch s of the hour's start), added up."""
+
+    host_id: str
+    hour_s: int
+    windows: int
+    tally: WindowTally
+    max_score: float | None
+
+
+def hour_of(t_s: float) -> int:
+    """The start (epoch s) of the UTC hour holding ``t_s``."""
+    return int(t_s // 3600) * 3600
 
 
 @dataclass
@@ -118,6 +156,12 @@ class Store(Protocol):
     ) -> list[bool]: ...
     def committed_seq(self, host_id: str, boot_id: str) -> int: ...
     def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None: ...
+    def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]: ...
+    def host_windows(
+        self, host_id: str, since_s: float, until_s: float, limit: int = 2000
+    ) -> list[StoredWindow]: ...
+    def incident_alerts(self, incident_id: str) -> list[AlertRecord]: ...
+    def prune(self, windows_before_s: float, rollups_before_s: float, batch: int = 2000) -> int: ...
     def save_alert(self, alert: AlertRecord) -> None: ...
     def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]: ...
     def add_action(self, action: ActionRecord) -> None: ...
@@ -137,11 +181,25 @@ CREATE TABLE IF NOT EXISTS hosts (
     first_seen REAL, last_seen REAL, isolated INTEGER DEFAULT 0,
     suspended_pids TEXT DEFAULT '[]', tripwire_mode TEXT, clean_disconnect INTEGER DEFAULT 0
 );
-CREATE TABLE IF NOT EXISTS windows (
-    host_id TEXT NOT NULL, boot_id TEXT NOT NULL, seq INTEGER NOT NULL,
-    start REAL, "end" REAL, score REAL, features TEXT, raw BLOB,
-    UNIQUE(host_id, boot_id, seq)
+CREATE TABLE IF NOT EXISTS boots (
+    boot_ref INTEGER PRIMARY KEY, host_id TEXT NOT NULL, boot_id TEXT NOT NULL,
+    first_start REAL, UNIQUE(host_id, boot_id)
 );
+CREATE TABLE IF NOT EXISTS window_rows (
+    boot_ref INTEGER NOT NULL, seq INTEGER NOT NULL, start REAL, "end" REAL, score REAL,
+    raw BLOB, codec INTEGER NOT NULL DEFAULT 0, UNIQUE(boot_ref, seq)
+);
+CREATE VIEW IF NOT EXISTS windows AS
+    SELECT b.host_id AS host_id, b.boot_id AS boot_id, w.seq AS seq, w.start AS start,
+           w."end" AS "end", w.score AS score, w.raw AS raw, w.codec AS codec
+    FROM window_rows w JOIN boots b USING (boot_ref);
+CREATE TABLE IF NOT EXISTS rollups (
+    host_id TEXT NOT NULL, hour INTEGER NOT NULL, windows INTEGER NOT NULL,
+    files_written INTEGER NOT NULL, files_deleted INTEGER NOT NULL,
+    files_destroyed INTEGER NOT NULL, canary_touches INTEGER NOT NULL,
+    events_dropped INTEGER NOT NULL, bytes_written INTEGER NOT NULL, max_score REAL,
+    PRIMARY KEY (host_id, hour)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS alerts (
     alert_id TEXT PRIMARY KEY, host_id TEXT, incident_id TEXT, severity TEXT, score REAL,
     detected_at REAL, window_start REAL, window_end REAL, reasons TEXT, process TEXT,
@@ -156,6 +214,95 @@ CREATE TABLE IF NOT EXISTS audit (at REAL, who TEXT, what TEXT, detail TEXT);
 """
 
 
+# Rollup rows of a batch: (host_id, hour) -> [windows, files_written, ...].
+TALLY_FIELDS = (
+    "files_written",
+    "files_deleted",
+    "files_destroyed",
+    "canary_touches",
+    "events_dropped",
+    "bytes_written",
+)
+_ADD_ROLLUP = (
+    "INSERT INTO rollups(host_id, hour, windows, " + ", ".join(TALLY_FIELDS) + ", max_score)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(host_id, hour) DO UPDATE SET"
+    " windows=windows+excluded.windows, "
+    + ", ".join(f"{f}={f}+excluded.{f}" for f in TALLY_FIELDS)
+    + ", max_score=MAX(COALESCE(max_score, excluded.max_score), excluded.max_score)"
+)
+
+
+def _open_schema(db: sqlite3.Connection) -> None:
+    """Create the tables; move a database of the earlier one-table window layout over.
+
+    That layout kept host and boot ids and the features (JSON text) in every
+    window row. Its windows are copied into ``window_rows`` and counted in the
+    rollups (counts and highest score; evidence totals start with this
+    layout). The copy is one transaction; a crash before it finishes leaves
+    ``windows_legacy`` behind, and the next open finishes it.
+    """
+    kind = db.execute("SELECT type FROM sqlite_master WHERE name='windows'").fetchone()
+    if kind is not None and kind[0] == "table":
+        db.execute("ALTER TABLE windows RENAME TO windows_legacy")
+    db.executescript(_SCHEMA)
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name='windows_legacy'").fetchone() is None:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(
+            "INSERT OR IGNORE INTO boots(host_id, boot_id, first_start)"
+            " SELECT host_id, boot_id, MIN(start) FROM windows_legacy GROUP BY host_id, boot_id"
+        )
+        db.execute(
+            'INSERT OR IGNORE INTO window_rows(boot_ref, seq, start, "end", score, raw)'
+            ' SELECT b.boot_ref, l.seq, l.start, l."end", l.score, l.raw'
+            " FROM windows_legacy l JOIN boots b ON b.host_id=l.host_id AND b.boot_id=l.boot_id"
+            " ORDER BY l.rowid"
+        )
+        db.execute(
+            "INSERT OR IGNORE INTO rollups(host_id, hour, windows, "
+            + ", ".join(TALLY_FIELDS)
+            + ', max_score) SELECT host_id, CAST("end" / 3600 AS INTEGER) * 3600, COUNT(*),'
+            + " 0, 0, 0, 0, 0, 0, MAX(score) FROM windows_legacy"
+            + ' GROUP BY host_id, CAST("end" / 3600 AS INTEGER)'
+        )
+        db.execute("DROP TABLE windows_legacy")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+# Wire bytes shorter than this are stored as they are: zlib would not pay.
+_PACK_MIN_BYTES = 128
+CODEC_PLAIN, CODEC_ZLIB = 0, 1
+
+
+def pack_raw(raw: bytes) -> tuple[bytes, int]:
+    """(stored bytes, codec) for a window's wire bytes: zlib when that is shorter.
+
+    A window's example paths and writers' command lines share long prefixes,
+    so a busy window shrinks to about 40 %; a quiet one is kept as it is.
+    """
+    if len(raw) >= _PACK_MIN_BYTES:
+        packed = zlib.compress(raw, 6)
+        if len(packed) < len(raw):
+            return packed, CODEC_ZLIB
+    return raw, CODEC_PLAIN
+
+
+def unpack_raw(stored: bytes, codec: int) -> bytes:
+    """The wire bytes of a stored window (``codec`` from ``pack_raw``)."""
+    return zlib.decompress(stored) if codec == CODEC_ZLIB else bytes(stored)
+
+
+def _add_tally(hours: dict[int, list[int]], hour: int, t: WindowTally) -> None:
+    row = hours.setdefault(hour, [0] * (1 + len(TALLY_FIELDS)))
+    row[0] += 1
+    for i, f in enumerate(TALLY_FIELDS, start=1):
+        row[i] += getattr(t, f)
+
+
 class SqliteStore:
     """A ``Store`` in one SQLite file (WAL, synchronous=FULL: an ack survives power loss)."""
 
@@ -167,7 +314,7 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            _open_schema(self._db)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open database {path}: {exc}") from None
         self._lock = threading.Lock()
@@ -221,7 +368,8 @@ class SqliteStore:
     _HOST_SQL = (
         "SELECT h.host_id, hostname, agent_version, first_seen, last_seen, isolated,"
         " suspended_pids, tripwire_mode, clean_disconnect,"
-        " (SELECT COUNT(*) FROM windows w WHERE w.host_id=h.host_id) FROM hosts h"
+        " (SELECT COALESCE(SUM(windows), 0) FROM rollups r WHERE r.host_id=h.host_id)"
+        " FROM hosts h"
     )
 
     def get_host(self, host_id: str) -> HostRecord | None:
@@ -245,26 +393,27 @@ class SqliteStore:
     def add_windows(
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]:
+        if not windows:
+            return []
         inserted: list[bool] = []
+        hours: dict[int, list[int]] = {}
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                boot_ref = self._boot_ref(host_id, boot_id, min(w.start_s for w in windows))
                 for w in windows:
                     cur = self._db.execute(
-                        'INSERT OR IGNORE INTO windows(host_id, boot_id, seq, start, "end",'
-                        " score, features, raw) VALUES (?,?,?,?,?,?,?,?)",
-                        (
-                            host_id,
-                            boot_id,
-                            w.seq,
-                            w.start_s,
-                            w.end_s,
-                            w.score,
-                            json.dumps([float(v) for v in w.features]),
-                            w.raw,
-                        ),
+                        "INSERT OR IGNORE INTO window_rows"
+                        '(boot_ref, seq, start, "end", score, raw, codec) VALUES (?,?,?,?,?,?,?)',
+                        (boot_ref, w.seq, w.start_s, w.end_s, w.score, *pack_raw(w.raw)),
                     )
                     inserted.append(cur.rowcount == 1)
+                    if cur.rowcount == 1:
+                        _add_tally(hours, hour_of(w.end_s), w.tally)
+                self._db.executemany(
+                    _ADD_ROLLUP,
+                    [(host_id, hour, *row, None) for hour, row in hours.items()],
+                )
                 self._db.execute("COMMIT")
             except BaseException as exc:
                 if self._db.in_transaction:  # SQLITE_FULL may already have rolled back
@@ -274,17 +423,106 @@ class SqliteStore:
                 raise
         return inserted
 
+    def _boot_ref(self, host_id: str, boot_id: str, start_s: float) -> int:
+        self._db.execute(
+            "INSERT OR IGNORE INTO boots(host_id, boot_id, first_start) VALUES (?,?,?)",
+            (host_id, boot_id, start_s),
+        )
+        row = self._db.execute(
+            "SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?", (host_id, boot_id)
+        ).fetchone()
+        return int(row[0])
+
     def committed_seq(self, host_id: str, boot_id: str) -> int:
         rows = self._exec(
-            "SELECT MAX(seq) FROM windows WHERE host_id=? AND boot_id=?", (host_id, boot_id)
+            "SELECT MAX(seq) FROM window_rows WHERE boot_ref="
+            "(SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?)",
+            (host_id, boot_id),
         )
         return int(rows[0][0] or 0)
 
     def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None:
-        self._exec(
-            "UPDATE windows SET score=? WHERE host_id=? AND boot_id=? AND seq=?",
-            (score, host_id, boot_id, seq),
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute(
+                    "UPDATE window_rows SET score=? WHERE seq=? AND boot_ref="
+                    "(SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?)"
+                    ' RETURNING "end"',
+                    (score, seq, host_id, boot_id),
+                ).fetchone()
+                if row is not None:
+                    self._db.execute(
+                        "UPDATE rollups SET max_score=MAX(COALESCE(max_score, ?), ?)"
+                        " WHERE host_id=? AND hour=?",
+                        (score, score, host_id, hour_of(row[0])),
+                    )
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise _unavailable(exc) from exc
+
+    def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]:
+        rows = self._exec(
+            "SELECT hour, windows, "
+            + ", ".join(TALLY_FIELDS)
+            + ", max_score FROM rollups WHERE host_id=? AND hour>=? AND hour<? ORDER BY hour",
+            (host_id, hour_of(since_s), until_s),
         )
+        return [
+            HourRollup(host_id, int(r[0]), int(r[1]), WindowTally(*map(int, r[2:8])), r[8])
+            for r in rows
+        ]
+
+    def host_windows(
+        self, host_id: str, since_s: float, until_s: float, limit: int = 2000
+    ) -> list[StoredWindow]:
+        """The host's windows that ended in [since_s, until_s], oldest first, at most ``limit``."""
+        rows = self._exec(
+            'SELECT w.seq, w.start, w."end", w.raw, w.codec, w.score FROM window_rows w'
+            ' JOIN boots b USING (boot_ref) WHERE b.host_id=? AND w."end" >= ?'
+            ' AND w."end" <= ? ORDER BY w."end" LIMIT ?',
+            (host_id, since_s, until_s, limit),
+        )
+        return [StoredWindow(r[0], r[1], r[2], unpack_raw(r[3], r[4]), score=r[5]) for r in rows]
+
+    def incident_alerts(self, incident_id: str) -> list[AlertRecord]:
+        return self._alerts(" WHERE incident_id=?", [incident_id], 1000)
+
+    def prune(self, windows_before_s: float, rollups_before_s: float, batch: int = 2000) -> int:
+        """Delete at most ``batch`` old windows (and old rollups); how many rows went.
+
+        Windows are looked for among the ``batch`` first stored (insertion
+        order is receive order, which window times follow once ingest clamps
+        them), so one call reads a bounded number of rows however large the
+        table is; 0 means nothing old is left at the front.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                gone = self._db.execute(
+                    "DELETE FROM window_rows WHERE rowid IN (SELECT rowid FROM"
+                    ' (SELECT rowid, "end" FROM window_rows ORDER BY rowid LIMIT ?)'
+                    ' WHERE "end" < ?)',
+                    (batch, windows_before_s),
+                ).rowcount
+                gone += self._db.execute(
+                    "DELETE FROM rollups WHERE (host_id, hour) IN"
+                    " (SELECT host_id, hour FROM rollups WHERE hour < ? LIMIT ?)",
+                    (rollups_before_s, batch),
+                ).rowcount
+                if gone == 0:
+                    self._db.execute(
+                        "DELETE FROM boots WHERE NOT EXISTS"
+                        " (SELECT 1 FROM window_rows w WHERE w.boot_ref=boots.boot_ref)"
+                    )
+                self._db.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise _unavailable(exc) from exc
+        return int(gone)
 
     def save_alert(self, alert: AlertRecord) -> None:
         self._exec(
@@ -308,16 +546,17 @@ class SqliteStore:
         )
 
     def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]:
+        if host_id:
+            return self._alerts(" WHERE host_id=?", [host_id], limit)
+        return self._alerts("", [], limit)
+
+    def _alerts(self, where: str, args: list[Any], limit: int) -> list[AlertRecord]:
         sql = (
             "SELECT alert_id, host_id, incident_id, severity, score, detected_at, window_start,"
             " window_end, reasons, process, payload, open FROM alerts"
+            + where
+            + " ORDER BY detected_at DESC, rowid DESC LIMIT ?"
         )
-        args: list[Any] = []
-        if host_id:
-            sql += " WHERE host_id=?"
-            args.append(host_id)
-        sql += " ORDER BY detected_at DESC, rowid DESC LIMIT ?"
-        args.append(limit)
         return [
             AlertRecord(
                 alert_id=r[0],
@@ -333,7 +572,7 @@ class SqliteStore:
                 payload=json.loads(r[10]),
                 open=bool(r[11]),
             )
-            for r in self._exec(sql, args)
+            for r in self._exec(sql, [*args, limit])
         ]
 
     def add_action(self, action: ActionRecord) -> None:
@@ -419,6 +658,7 @@ class MemoryStore:
         self._clock = clock
         self._hosts: dict[str, HostRecord] = {}
         self._windows: dict[tuple[str, str, int], StoredWindow] = {}
+        self._rollups: dict[tuple[str, int], HourRollup] = {}
         self._alerts: dict[str, AlertRecord] = {}
         self._actions: dict[str, ActionRecord] = {}
         self._audit: list[tuple[float, str, str, str]] = []
@@ -449,7 +689,7 @@ class MemoryStore:
         host = self._hosts.get(host_id)
         if host is None:
             return None
-        count = sum(1 for k in self._windows if k[0] == host_id)
+        count = sum(r.windows for k, r in self._rollups.items() if k[0] == host_id)
         return replace(host, windows=count, suspended_pids=list(host.suspended_pids))
 
     def list_hosts(self) -> list[HostRecord]:
@@ -474,8 +714,20 @@ class MemoryStore:
             for w in windows:
                 key = (host_id, boot_id, w.seq)
                 inserted.append(key not in self._windows)
-                self._windows.setdefault(key, w)
+                if key not in self._windows:
+                    self._windows[key] = w
+                    self._roll(host_id, w, None)
         return inserted
+
+    def _roll(self, host_id: str, w: StoredWindow, score: float | None) -> None:
+        key = (host_id, hour_of(w.end_s))
+        r = self._rollups.get(key) or HourRollup(host_id, key[1], 0, WindowTally(), None)
+        if score is None:
+            added = {f: getattr(r.tally, f) + getattr(w.tally, f) for f in TALLY_FIELDS}
+            r = replace(r, windows=r.windows + 1, tally=WindowTally(**added))
+        else:
+            r = replace(r, max_score=score if r.max_score is None else max(r.max_score, score))
+        self._rollups[key] = r
 
     def committed_seq(self, host_id: str, boot_id: str) -> int:
         seqs = [k[2] for k in self._windows if k[0] == host_id and k[1] == boot_id]
@@ -485,6 +737,38 @@ class MemoryStore:
         key = (host_id, boot_id, seq)
         if key in self._windows:
             self._windows[key] = replace(self._windows[key], score=score)
+            self._roll(host_id, self._windows[key], score)
+
+    def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]:
+        found = [
+            r
+            for (h, hour), r in self._rollups.items()
+            if h == host_id and hour_of(since_s) <= hour < until_s
+        ]
+        return sorted(found, key=lambda r: r.hour_s)
+
+    def host_windows(
+        self, host_id: str, since_s: float, until_s: float, limit: int = 2000
+    ) -> list[StoredWindow]:
+        found = [
+            w for k, w in self._windows.items() if k[0] == host_id and since_s <= w.end_s <= until_s
+        ]
+        return sorted(found, key=lambda w: w.end_s)[:limit]
+
+    def incident_alerts(self, incident_id: str) -> list[AlertRecord]:
+        return [
+            a for a in self.list_alerts(limit=len(self._alerts)) if a.incident_id == incident_id
+        ]
+
+    def prune(self, windows_before_s: float, rollups_before_s: float, batch: int = 2000) -> int:
+        with self._lock:
+            old = [k for k, w in list(self._windows.items())[:batch] if w.end_s < windows_before_s]
+            for k in old:
+                del self._windows[k]
+            hours = [k for k in self._rollups if k[1] < rollups_before_s][:batch]
+            for h in hours:
+                del self._rollups[h]
+        return len(old) + len(hours)
 
     def save_alert(self, alert: AlertRecord) -> None:
         self._alerts[alert.alert_id] = replace(alert)

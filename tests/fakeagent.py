@@ -13,6 +13,9 @@ from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 
 T0 = 1_700_000_000
+# The identity of pid 4242 in these windows (tocsin.v1 ProcessSample).
+STARTED_AT_TICKS = 987_654
+KERNEL_BOOT_ID = "5a1c7e0e-0b5b-4f6e-9d51-8d9e2f1a0c42"
 
 
 def encrypting(seq: int, *, drill: bool = False) -> pb.AgentMessage:
@@ -46,6 +49,9 @@ def encrypting(seq: int, *, drill: bool = False) -> pb.AgentMessage:
         tree_root_pid=4242,
         files_touched=60,
         files_type_destroyed=55,
+        start_ticks=STARTED_AT_TICKS,
+        tree_root_start_ticks=STARTED_AT_TICKS,
+        kernel_boot_id=KERNEL_BOOT_ID,
     )
     return pb.AgentMessage(window=w)
 

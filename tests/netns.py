@@ -71,6 +71,25 @@ class Netns:
         raise TimeoutError(f"{host}:{port} not reachable from {self.name}")
 
 
+def link(a: Netns, dev_a: str, b: Netns, dev_b: str) -> None:
+    """Join ``a`` and ``b`` by a veth pair (``dev_a`` in a, ``dev_b`` in b), addresses /24, up."""
+    _run("ip", "link", "add", dev_a, "netns", a.name, "type", "veth", "peer", "name", dev_b,
+         "netns", b.name)  # fmt: skip
+    for ns, dev in ((a, dev_a), (b, dev_b)):
+        _run("ip", "-n", ns.name, "addr", "add", f"{ns.address}/24", "dev", dev)
+        _run("ip", "-n", ns.name, "link", "set", dev, "up")
+
+
+def remove(names: Sequence[str]) -> None:
+    """Kill every process left in the namespaces ``names``, then delete them."""
+    for name in names:
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), 9)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
 @contextmanager
 def veth_pair(prefix: str = "tcs") -> Iterator[tuple[Netns, Netns]]:
     """Two namespaces, ``.1`` and ``.2`` of a fresh /24, joined by a veth pair."""
@@ -85,29 +104,32 @@ def veth_pair(prefix: str = "tcs") -> Iterator[tuple[Netns, Netns]]:
             _run("ip", "netns", "add", ns.name)
             created.append(ns.name)
             _run("ip", "-n", ns.name, "link", "set", "lo", "up")
-        _run(
-            "ip",
-            "link",
-            "add",
-            veth_a,
-            "netns",
-            a.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            veth_b,
-            "netns",
-            b.name,
-        )
-        for ns, dev in ((a, veth_a), (b, veth_b)):
-            _run("ip", "-n", ns.name, "addr", "add", f"{ns.address}/24", "dev", dev)
-            _run("ip", "-n", ns.name, "link", "set", dev, "up")
+        link(a, veth_a, b, veth_b)
         yield a, b
     finally:
-        for name in created:
-            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
-            for pid in pids.stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), 9)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        remove(created)
+
+
+@contextmanager
+def star(leaves: int, prefix: str = "tcs") -> Iterator[tuple[list[Netns], list[Netns]]]:
+    """A hub namespace joined to ``leaves`` namespaces, each by a veth pair on its own /24.
+
+    Yields (the hub's address on each leg, the leaves): ``hub[i]`` and ``leaf[i]`` share a /24
+    (``.1`` and ``.2``); every ``hub[i]`` names the same namespace.
+    """
+    tag = f"{random.randrange(16**5):05x}"
+    subnets = random.sample(range(1, 255), leaves)
+    hub_name = f"{prefix}-{tag}-h"
+    hub = [Netns(hub_name, f"10.233.{s}.1") for s in subnets]
+    leaf = [Netns(f"{prefix}-{tag}-{i}", f"10.233.{s}.2") for i, s in enumerate(subnets)]
+    created: list[str] = []
+    try:
+        for name in [hub_name, *(n.name for n in leaf)]:
+            _run("ip", "netns", "add", name)
+            created.append(name)
+            _run("ip", "-n", name, "link", "set", "lo", "up")
+        for i, (near, far) in enumerate(zip(hub, leaf, strict=True)):
+            link(near, f"ts{tag}{i}a", far, f"ts{tag}{i}b")
+        yield hub, leaf
+    finally:
+        remove(created)

@@ -28,6 +28,7 @@ def _agent(*args: str) -> subprocess.CompletedProcess[str]:
         "bad-config",
         "bad-tripwire",
         "bad-collector",
+        "bad-resolver",
         "drill-not-empty",
     ],
 )
@@ -52,6 +53,7 @@ def test_user_mistakes(tmp_path: Path, case: str) -> None:
         "bad-config": ["--config", str(cfg)],
         "bad-tripwire": [*base, "--insecure", "--tripwire", "maybe"],
         "bad-collector": [*base[2:], "--collector", "nowhere", "--insecure"],
+        "bad-resolver": [*base, "--insecure", "--resolver", "dns.example"],
         "drill-not-empty": ["drill", "--dir", str(tmp_path)],
     }[case]
     cp = _agent(*argv)
@@ -69,8 +71,10 @@ def test_config_file_keys_and_flag_override(tmp_path: Path) -> None:
     cfg.write_text(
         f'collector = "10.0.0.1:7443"\nwatch = ["{tmp_path}"]\nhost_id = "mairie-1"\n'
         f'state_dir = "{tmp_path / "st"}"\ninsecure = true\ntripwire = "off"\n'
+        'resolvers = ["10.0.0.53", "fd00::53"]\n'
     )
     conf, _ = build_config(["--config", str(cfg), "--tripwire", "enforce"])
+    assert conf.resolvers == ["10.0.0.53", "fd00::53"]
     assert conf.collector_host_port == ("10.0.0.1", 7443)
     assert conf.host_id == "mairie-1"
     assert conf.tripwire == "enforce"

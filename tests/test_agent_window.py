@@ -111,16 +111,6 @@ def test_full_queue_counts_drops(tmp_path: Path) -> None:
     assert watcher.events_dropped > 20
 
 
-def test_drill_launcher_and_encryptor_are_drills_nothing_else() -> None:
-    from tocsin.agent.window import is_drill
-
-    assert is_drill("/opt/tocsin/bin/python /opt/tocsin/bin/tocsin-agent drill --dir /srv/x")
-    assert is_drill("/usr/local/bin/tocsin-agent drill --dir /srv/x")
-    assert is_drill("python3 -m tocsin.agent.simulate run encrypt-inplace /x --tag tocsin-drill")
-    assert not is_drill("/usr/local/bin/tocsin-agent --collector c:7443 --watch /srv")
-    assert not is_drill("python3 backup.py drill")
-
-
 def test_a_file_still_being_written_is_probed_only_once_closed(tmp_path: Path) -> None:
     """Probed mid-write, an honest document can look destroyed: wait for its close."""
     doc = tmp_path / "deliberation.docx"

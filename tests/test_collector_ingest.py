@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from fakeagent import T0, encrypting
+from fakeagent import KERNEL_BOOT_ID, STARTED_AT_TICKS, T0, encrypting
 from receiver import WebhookReceiver
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector
@@ -185,6 +185,11 @@ def test_drill_is_suspended_but_never_isolated(
         try:
             _, cmds = await stream(port, [hello(), encrypting(1, drill=True)], want_commands=1)
             assert [x.kind for x in cmds] == ["suspend"]
+            # The suspend names the tree root by the identity the window sampled.
+            assert [(r.pid, r.start_ticks, r.kernel_boot_id) for r in cmds[0].processes] == [
+                (4242, STARTED_AT_TICKS, KERNEL_BOOT_ID)
+            ]
+            assert cmds[0].deadline.seconds > 0
             await until(lambda: receiver.of("alert"))
             actions = {a["action"]: a["status"] for a in receiver.of("alert")[0]["actions"]}
             assert actions == {"suspend": "sent", "isolate": "skipped: drill"}

@@ -10,7 +10,6 @@ import pytest
 from tocsin.collector.store import (
     ActionRecord,
     AlertRecord,
-    MemoryStore,
     SqliteStore,
     Store,
     StoredWindow,
@@ -23,16 +22,8 @@ def win(seq: int) -> StoredWindow:
         seq=seq,
         start_s=100.0 + seq,
         end_s=101.0 + seq,
-        features=[1.0, 2.0],
         raw=b"\x08" + bytes([seq]),
     )
-
-
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "sqlite":
-        return SqliteStore(tmp_path / "t.db")
-    return MemoryStore()
 
 
 def test_dedupe_and_committed_seq(store: Store) -> None:

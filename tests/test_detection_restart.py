@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
-from tocsin.collector.features import window_features
+from tocsin.collector.features import feature_matrix, window_features
 from tocsin.collector.score import ForestScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore, StoredWindow
@@ -45,7 +45,7 @@ def attack(seq: int, t: float) -> pb.Window:
 
 async def judge_one(c: Collector, host: str, w: pb.Window) -> list[str]:
     x = window_features(w)
-    c.store.add_windows(host, "boot", [StoredWindow(int(w.seq), T0, T0, x.tolist(), b"")])
+    c.store.add_windows(host, "boot", [StoredWindow(int(w.seq), T0, T0, w.SerializeToString())])
     return [d.kind for d in await c.stage.judge_window(host, "boot", w, x)]
 
 
@@ -86,7 +86,7 @@ def test_host_learns_its_own_baseline_and_keeps_it_across_restart(tmp_path: Path
     db = tmp_path / "collector.db"
     store = SqliteStore(db)
     shipped = ForestScorer.load()
-    windows = []
+    windows, wire = [], []
     for i in range(700):  # a busy host: a backup every 50 s, saves in between
         busy = i % 50 < 5
         w = window(
@@ -98,7 +98,8 @@ def test_host_learns_its_own_baseline_and_keeps_it_across_restart(tmp_path: Path
             mean_entropy=7.9,
             bytes_written=80_000_000 if busy else 40_000,
         )
-        windows.append(StoredWindow(i + 1, T0 + i, T0 + i + 1, window_features(w).tolist(), b""))
+        wire.append(w)
+        windows.append(StoredWindow(i + 1, T0 + i, T0 + i + 1, w.SerializeToString()))
     store.add_windows("srv", "boot", windows)
     cfg = BaselineConfig(learning_s=600.0, min_windows=500, trees=30, check_every_s=0.0)
     base = HostBaselines(shipped, db, cfg)
@@ -111,7 +112,7 @@ def test_host_learns_its_own_baseline_and_keeps_it_across_restart(tmp_path: Path
     own = base.scorer_for("srv")
     assert own is not shipped and own.card["training"]["windows"] < 700
     assert own.threshold >= shipped.threshold
-    backup = [w.features for w in windows[:5]]
+    backup = feature_matrix(wire[:5])
     assert (own.score(backup) <= own.threshold).all()  # its own backups are its normal
     base.close()
 

@@ -405,6 +405,7 @@ def test_damage_inside_a_busy_window_closes_it_and_is_the_encryptors(tmp_path: P
         time.sleep(1.5)
         exe = Path(sys.executable).with_name("tocsin-agent")
         drill = [str(exe), "drill", "--dir", str(share / ".tocsin-drill"), "--timeout", "3"]
+        drill += ["--state-dir", str(tmp_path / "state")]
         subprocess.run(drill, stdout=subprocess.DEVNULL, check=False)
         time.sleep(1.0)
     finally:
@@ -413,7 +414,8 @@ def test_damage_inside_a_busy_window_closes_it_and_is_the_encryptors(tmp_path: P
         sink.stop()
     windows = sink.windows()
     first = next(w for w in windows if w.files_type_destroyed)
+    assert first.drill  # the agent's drill key in the encryptor's environment
     encryptor = [s for s in first.top_writers if "--tag tocsin-drill" in s.cmdline]
     assert encryptor and encryptor[0].files_touched <= 15, first
-    launcher = [s for w in windows for s in w.top_writers if " drill --dir" in s.cmdline]
+    launcher = [s for w in windows for s in w.top_writers if "simulate share" in s.cmdline]
     assert launcher and all(s.files_type_destroyed == 0 for s in launcher), launcher

@@ -1,9 +1,8 @@
 """Isolation that cannot lock you out, on three test hosts in network namespaces.
 
 C (collector host): tocsin-collector in enforce mode, plus another service.
-A (file server): tocsin-agent with the jump host allowlisted, a service of its own,
-  and a simulated encryption.
-J (the admin's jump host): allowlisted.
+A (file server): tocsin-agent, a service of its own, and a simulated encryption.
+J (the admin's jump host): allowlisted by the collector (its isolate command carries it).
 A is joined to C and to J by two veth pairs; every packet stays on this machine.
 """
 
@@ -158,8 +157,8 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
         "--insecure",
         "--tripwire",
         "off",
-        "--allow",
-        f"{topo.j.address}/32",
+        "--resolver",
+        topo.c.address,
     ]
     make_share(tmp_path / "share", files=1500, seed=5)
     try:
@@ -174,6 +173,8 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
                 "--respond",
                 "enforce",
                 "--insecure",
+                "--allow",
+                f"{topo.j.address}/32",
             ],
             "collector.log",
         )
@@ -246,6 +247,21 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
         cut_off()
         assert "isolation re-applied at start: done" in (tmp_path / "agent.log").read_text()
 
+        # Someone with root on the host flushes the ruleset: the agent puts the table back.
+        listing = topo.a.run(["nft", "list", "table", "inet", "tocsin"]).stdout
+        flushed = time.monotonic()
+        assert topo.a.run(["nft", "flush", "ruleset"]).returncode == 0
+        back = wait_for(
+            "the table back after nft flush ruleset",
+            lambda: topo.a.run(["nft", "list", "table", "inet", "tocsin"]).stdout == listing,
+            2.0,
+            0.02,
+        )
+        took_s = time.monotonic() - flushed
+        print(f"real agent: table back {took_s * 1000:.0f} ms after nft flush ruleset")
+        assert back and took_s < 2.0
+        cut_off()
+
         # The operator releases and resumes: everything comes back.
         res = tocsin("release", HOST_ID, "--resume")
         assert res.returncode == 0, res.stdout + res.stderr + logs()
@@ -267,12 +283,14 @@ ROLLBACK = """
 import json, subprocess, sys
 from pathlib import Path
 from tocsin.agent.act import Actions
+from tocsin.agent.firewall import Firewall
 from tocsin.v1 import telemetry_pb2 as pb
-acts = Actions(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+fw = Firewall(Path(sys.argv[1]), [sys.argv[2]], int(sys.argv[3]))
+acts = Actions(Path(sys.argv[1]), fw)
 r = acts.run(pb.Command(id="i", kind="isolate"))
 tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
 print(json.dumps({"status": r.status, "detail": r.detail, "tables": tables,
-                  "isolated": acts.isolated}))
+                  "isolated": fw.isolated}))
 """
 
 

@@ -53,11 +53,16 @@ def test_units_are_hardened_notify_services(name: str) -> None:
         caps = set(u["CapabilityBoundingSet"][0].split())
         assert caps == {
             "CAP_SYS_ADMIN",
-            "CAP_DAC_READ_SEARCH",
+            "CAP_DAC_OVERRIDE",
+            "CAP_CHOWN",
             "CAP_KILL",
             "CAP_SYS_PTRACE",
             "CAP_NET_ADMIN",
         }
+        assert u["AmbientCapabilities"] == [""]
+        text = (ROOT / "deploy" / name).read_text()
+        for cap in caps:  # each one says what it is for
+            assert re.search(rf"^#\s+{cap}\s+\S", text, re.M), cap
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")

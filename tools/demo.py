@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -72,6 +73,21 @@ def show_webhook(body: dict[str, Any]) -> None:
         )
 
 
+def show_console(collector: str) -> None:
+    """Print a one-time sign-in link to the console; in a terminal, keep it open a while."""
+    say("the web console (tocsin console login)")
+    subprocess.run(
+        [str(BIN / "tocsin"), "console", "login", "--collector", collector, "--insecure"]
+    )
+    if not sys.stdin.isatty():
+        return
+    print("\nOpen the link in a browser on this machine to see the drill's incident.")
+    print("Press Enter to end the demo (it ends by itself in 10 minutes).", flush=True)
+    ready, _, _ = select.select([sys.stdin], [], [], 600)
+    if ready:
+        sys.stdin.readline()
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tocsin-demo-") as tmp_name:
         tmp = Path(tmp_name)
@@ -82,6 +98,8 @@ def main() -> int:
             with WebhookReceiver() as hooks:
                 say(f"webhook receiver (stands in for your chat tool) on {hooks.url}")
                 clog = tmp / "collector.log"
+                conf = tmp / "collector.toml"
+                conf.write_text('console = "127.0.0.1:0"\n', encoding="utf-8")
                 procs.append(
                     subprocess.Popen(
                         [
@@ -95,6 +113,8 @@ def main() -> int:
                             "--respond",
                             "enforce",
                             "--insecure",
+                            "--config",
+                            str(conf),
                         ],
                         stdout=clog.open("wb"),
                         stderr=subprocess.STDOUT,
@@ -131,7 +151,10 @@ def main() -> int:
 
                 say("drill: a harmless process encrypts a scratch share")
                 drill = subprocess.run(
-                    [str(BIN / "tocsin-agent"), "drill", "--dir", str(share / "drill")],
+                    [
+                        *(str(BIN / "tocsin-agent"), "drill", "--dir", str(share / "drill")),
+                        *("--state-dir", str(tmp / "agent-state")),
+                    ],
                 )
                 time.sleep(1.5)  # let the last action reports arrive
 
@@ -154,7 +177,9 @@ def main() -> int:
                 if not ok:
                     print(clog.read_text(errors="replace")[-3000:])
                     print(alog.read_text(errors="replace")[-3000:])
-                return 0 if ok else 1
+                    return 1
+                show_console(collector)
+                return 0
         finally:
             for proc in reversed(procs):
                 if proc.poll() is None:

@@ -15,10 +15,13 @@ and the warnings and criticals posted for the host. Each attack style runs
 ``--repeat`` times (median and maximum of the files ruined). Each benign job
 runs once live (night 1, the agent recording what it sends), then its
 recording is replayed into the same collector under the same host id shifted
-by one and two days (nights 2 and 3, ``tocsin replay``): warnings per night. Workloads run with the
-``tocsin-drill`` marker in their command line, so the collector suspends them
-for real but never isolates this machine (a drill never isolates); nothing
-else changes in the judgement. Loopback only. Writes a markdown table and
+by one and two days (nights 2 and 3, ``tocsin replay``): warnings per night.
+Workloads run as drills: the agent's drill key in their environment
+(``tocsin.agent.drill``), so the collector suspends them for real but never
+isolates (a drill never isolates); nothing else changes in the judgement. The
+evasions are the exception: ``encrypt-drill-marker`` names the drill marker but
+has no key, and must be isolated like any attacker. Loopback only. Writes a
+markdown table and
 fills the ``evaluation.end_to_end`` section of ``models/baseline.json``
 (``--no-card`` leaves the card alone).
 """
@@ -31,6 +34,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -46,6 +50,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from receiver import WebhookReceiver
+from tocsin.agent.drill import DrillKey
 from tocsin.agent.simulate import ATTACKS, BENIGN, make_share
 from tocsin.v1.recording import Recorder, read_recording
 
@@ -67,7 +72,11 @@ DEFAULT_ATTACKS = (
     "encrypt-medusa",
     "encrypt-copy-stem",
     "encrypt-copy-b64",
+    "encrypt-as-sshd",
+    "encrypt-drill-marker",
 )
+# Forged drills: the marker in the command line, not the agent's key.
+FORGED_DRILLS = frozenset({"encrypt-drill-marker"})
 DEFAULT_BENIGN = (
     "backup-targz",
     "backup-encrypted",
@@ -108,6 +117,8 @@ DESCRIPTIONS = {
     "encrypt-copy-stem": "notes first, then name.MEDUSA copies (extension replaced), "
     "originals deleted",
     "encrypt-copy-b64": "notes first, then name.ext.MEDUSA.b64 base64 copies, originals deleted",
+    "encrypt-as-sshd": "in-place encryption by a process calling itself sshd (prctl)",
+    "encrypt-drill-marker": "in-place encryption naming the drill marker, without the key",
     "backup-gpg-files": "encrypted backup: a .gpg copy of every file, nothing deleted",
     "convert-images": "image conversion (png <-> jpg, the source removed)",
     "zip-folders": "compress each year folder into a zip, files removed",
@@ -129,6 +140,8 @@ class Row:
     criticals: int = 0
     wall_s: float = 0.0
     reasons: list[str] = field(default_factory=list)
+    # What the critical alert said of isolating the host ("sent", "skipped: drill"...).
+    isolate: str = ""
     note: str = ""
     # Attacks: files ruined before the stop, one per run. Benign jobs: warnings per night.
     ruined_runs: list[int] = field(default_factory=list)
@@ -307,6 +320,8 @@ class Suite:
             # the figures are not those of one lucky or unlucky alignment.
             time.sleep(self.settle_s + self.rng.random())
             progress = work / "progress.log"
+            key = DrillKey.read(work / "state")
+            env = None if name in FORGED_DRILLS else key.environment()
             t0 = time.monotonic()
             workload = subprocess.Popen(
                 [
@@ -325,6 +340,7 @@ class Suite:
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                env=env,
             )
             proc = psutil.Process(workload.pid)
             end = time.monotonic() + timeout_s
@@ -350,6 +366,8 @@ class Suite:
             if crit and times:
                 row.seconds_to_critical = round(crit[0]["_received_at"] - times[0], 3)
                 row.reasons = list(crit[0].get("reasons", []))
+                isolate = [a for a in crit[0].get("actions", []) if a.get("action") == "isolate"]
+                row.isolate = str(isolate[0].get("status", "")) if isolate else ""
             elif alerts:
                 row.reasons = list(alerts[0].get("reasons", []))
             if row.ruined_before_stop is not None:
@@ -449,9 +467,11 @@ def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took
         "typed files, watched by a real `tocsin-agent` (tripwire at its shipped default, "
         "dry-run) streaming to one real `tocsin-collector` (`--respond enforce`, shipped "
         "model) over gRPC on 127.0.0.1, with a webhook receiver on 127.0.0.1. Attacks ran at "
-        f"{args.rate:g} files/s unless the row says otherwise. Workloads carry the drill marker, "
-        "so the collector suspends them for real but never isolates the machine running the "
-        "suite; the judgement is the same.",
+        f"{args.rate:g} files/s unless the row says otherwise. Workloads run as drills (the "
+        "agent's drill key in their environment), so the collector suspends them for real but "
+        "never isolates; the judgement is the same. The evasions (`encrypt-as-sshd`, "
+        "`encrypt-drill-marker`) must be stopped like the plain attack; the forged drill is "
+        "isolated too (the suite runs in a network namespace of its own).",
         "",
         "- **seconds to critical**: from the first ruined file (the workload's progress log) "
         "to the receipt of the critical webhook.",
@@ -469,8 +489,8 @@ def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took
         "",
         "| workload | what | kind | files/s | detected | s to critical "
         "| ruined before stop (median / max) | files done | warnings per night | criticals "
-        "| first reasons |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| isolate | first reasons |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         reasons = ", ".join(r.reasons[:4]) + (" ..." if len(r.reasons) > 4 else "")
@@ -486,7 +506,7 @@ def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took
             f"| {r.name} | {DESCRIPTIONS.get(r.name, '')} | {r.kind} | {r.rate_per_s:g} | "
             f"{_fmt(r.detected) if r.kind == 'attack' else '-'} | {_fmt(r.seconds_to_critical)} "
             f"| {ruined} | {r.files_done} | {warnings} | {r.criticals} "
-            f"| {reasons.replace('|', '/')} |"
+            f"| {r.isolate or '-'} | {reasons.replace('|', '/')} |"
         )
     s = summ
     lines += [
@@ -540,7 +560,17 @@ def update_card(card_path: Path, summ: dict[str, Any]) -> None:
     card_path.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
 
 
+def in_own_netns() -> None:
+    """As root, re-run this suite in a new network namespace (loopback only), once."""
+    if os.geteuid() != 0 or os.environ.get("TOCSIN_EVAL_NETNS") or not shutil.which("unshare"):
+        return
+    os.environ["TOCSIN_EVAL_NETNS"] = "1"
+    script = 'ip link set lo up && exec "$0" "$@"'
+    os.execvp("unshare", ["unshare", "--net", "--", "sh", "-c", script, sys.executable, *sys.argv])
+
+
 def main() -> int:
+    in_own_netns()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "evaluation.md")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
@@ -580,7 +610,7 @@ def main() -> int:
                     f"s_to_critical={_fmt(row.seconds_to_critical):6s} "
                     f"ruined={row.ruined_runs or _fmt(row.ruined_before_stop)} "
                     f"done={row.files_done:4d} warn={row.warnings_by_night or row.warnings} "
-                    f"crit={row.criticals} {row.note}",
+                    f"crit={row.criticals} isolate={row.isolate or '-'} {row.note}",
                     flush=True,
                 )
         finally:

@@ -4,10 +4,13 @@
 ``.messages`` holds every AgentMessage received (bounded by ``max_messages``,
 then only counted in ``.dropped``); ``windows()`` returns the received windows.
 Every window is acknowledged at once, so the agent's spool stays empty.
+``send(command)`` hands a Command to the connected agent (within 0.05 s), as a
+collector would: what the agent does with it comes back in ``results()``.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -26,20 +29,38 @@ class _Servicer(pb_grpc.TelemetryServicer):
     def Stream(
         self, request_iterator: Iterator[pb.AgentMessage], context: grpc.ServicerContext
     ) -> Iterator[pb.CollectorMessage]:
-        boot = ""
-        for msg in request_iterator:
-            self._sink.add(msg)
-            kind = msg.WhichOneof("body")
-            if kind == "hello":
-                boot = msg.hello.boot_id
-            elif kind == "window":
-                yield pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=msg.window.seq))
+        acks: queue.Queue[pb.CollectorMessage | None] = queue.Queue()
+
+        def read() -> None:
+            boot = ""
+            for msg in request_iterator:
+                self._sink.add(msg)
+                kind = msg.WhichOneof("body")
+                if kind == "hello":
+                    boot = msg.hello.boot_id
+                elif kind == "window":
+                    acks.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=msg.window.seq)))
+            acks.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        while context.is_active():
+            try:
+                out = acks.get(timeout=0.05)
+            except queue.Empty:
+                try:
+                    out = pb.CollectorMessage(command=self._sink.commands.get_nowait())
+                except queue.Empty:
+                    continue
+            if out is None:
+                return
+            yield out
 
 
 class GrpcSink:
     def __init__(self, max_messages: int = 100_000) -> None:
         self.messages: list[pb.AgentMessage] = []
         self.dropped = 0
+        self.commands: queue.Queue[pb.Command] = queue.Queue()
         self._max = max_messages
         self._lock = threading.Lock()
         self.server = grpc.server(
@@ -56,6 +77,9 @@ class GrpcSink:
                 self.messages.append(msg)
             else:
                 self.dropped += 1
+
+    def send(self, command: pb.Command) -> None:
+        self.commands.put(command)
 
     def windows(self) -> list[pb.Window]:
         with self._lock:

@@ -136,3 +136,17 @@ class ListActionsResponse(_message.Message):
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     actions: _containers.RepeatedCompositeFieldContainer[ActionInfo]
     def __init__(self, actions: _Optional[_Iterable[_Union[ActionInfo, _Mapping]]] = ...) -> None: ...
+
+class ConsoleLinkRequest(_message.Message):
+    __slots__ = ("operator",)
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    operator: str
+    def __init__(self, operator: _Optional[str] = ...) -> None: ...
+
+class ConsoleLinkResponse(_message.Message):
+    __slots__ = ("url", "valid_s")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    VALID_S_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    valid_s: int
+    def __init__(self, url: _Optional[str] = ..., valid_s: _Optional[int] = ...) -> None: ...

@@ -59,6 +59,11 @@ class OperatorStub:
                 request_serializer=tocsin_dot_v1_dot_operator__pb2.ListActionsRequest.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_operator__pb2.ListActionsResponse.FromString,
                 _registered_method=True)
+        self.ConsoleLink = channel.unary_unary(
+                '/tocsin.v1.Operator/ConsoleLink',
+                request_serializer=tocsin_dot_v1_dot_operator__pb2.ConsoleLinkRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_operator__pb2.ConsoleLinkResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServicer:
@@ -98,6 +103,14 @@ class OperatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConsoleLink(self, request, context):
+        """A one-time sign-in link to the web console for the calling operator
+        (FAILED_PRECONDITION when the collector serves no console).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +138,11 @@ def add_OperatorServicer_to_server(servicer, server):
                     servicer.ListActions,
                     request_deserializer=tocsin_dot_v1_dot_operator__pb2.ListActionsRequest.FromString,
                     response_serializer=tocsin_dot_v1_dot_operator__pb2.ListActionsResponse.SerializeToString,
+            ),
+            'ConsoleLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConsoleLink,
+                    request_deserializer=tocsin_dot_v1_dot_operator__pb2.ConsoleLinkRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_operator__pb2.ConsoleLinkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -262,6 +280,33 @@ class Operator:
             '/tocsin.v1.Operator/ListActions',
             tocsin_dot_v1_dot_operator__pb2.ListActionsRequest.SerializeToString,
             tocsin_dot_v1_dot_operator__pb2.ListActionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConsoleLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.Operator/ConsoleLink',
+            tocsin_dot_v1_dot_operator__pb2.ConsoleLinkRequest.SerializeToString,
+            tocsin_dot_v1_dot_operator__pb2.ConsoleLinkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -52,7 +52,7 @@ class Hello(_message.Message):
     def __init__(self, host_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., agent_version: _Optional[str] = ..., watched_roots: _Optional[_Iterable[str]] = ..., capabilities: _Optional[_Iterable[str]] = ..., hostname: _Optional[str] = ..., tripwire_mode: _Optional[str] = ...) -> None: ...
 
 class ProcessSample(_message.Message):
-    __slots__ = ("pid", "ppid", "name", "exe", "user", "bytes_written", "bytes_read", "files_touched", "children", "tree_root_pid", "cmdline", "files_type_destroyed", "create_time", "attribution")
+    __slots__ = ("pid", "ppid", "name", "exe", "user", "bytes_written", "bytes_read", "files_touched", "children", "tree_root_pid", "cmdline", "files_type_destroyed", "create_time", "attribution", "start_ticks", "tree_root_start_ticks", "kernel_boot_id")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,9 @@ class ProcessSample(_message.Message):
     FILES_TYPE_DESTROYED_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    START_TICKS_FIELD_NUMBER: _ClassVar[int]
+    TREE_ROOT_START_TICKS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     name: str
@@ -81,7 +84,20 @@ class ProcessSample(_message.Message):
     files_type_destroyed: int
     create_time: float
     attribution: Attribution
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., name: _Optional[str] = ..., exe: _Optional[str] = ..., user: _Optional[str] = ..., bytes_written: _Optional[int] = ..., bytes_read: _Optional[int] = ..., files_touched: _Optional[int] = ..., children: _Optional[int] = ..., tree_root_pid: _Optional[int] = ..., cmdline: _Optional[str] = ..., files_type_destroyed: _Optional[int] = ..., create_time: _Optional[float] = ..., attribution: _Optional[_Union[Attribution, str]] = ...) -> None: ...
+    start_ticks: int
+    tree_root_start_ticks: int
+    kernel_boot_id: str
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., name: _Optional[str] = ..., exe: _Optional[str] = ..., user: _Optional[str] = ..., bytes_written: _Optional[int] = ..., bytes_read: _Optional[int] = ..., files_touched: _Optional[int] = ..., children: _Optional[int] = ..., tree_root_pid: _Optional[int] = ..., cmdline: _Optional[str] = ..., files_type_destroyed: _Optional[int] = ..., create_time: _Optional[float] = ..., attribution: _Optional[_Union[Attribution, str]] = ..., start_ticks: _Optional[int] = ..., tree_root_start_ticks: _Optional[int] = ..., kernel_boot_id: _Optional[str] = ...) -> None: ...
+
+class ProcessRef(_message.Message):
+    __slots__ = ("pid", "start_ticks", "kernel_boot_id")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    START_TICKS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    start_ticks: int
+    kernel_boot_id: str
+    def __init__(self, pid: _Optional[int] = ..., start_ticks: _Optional[int] = ..., kernel_boot_id: _Optional[str] = ...) -> None: ...
 
 class Window(_message.Message):
     __slots__ = ("seq", "start", "end", "events_created", "events_modified", "events_deleted", "events_moved", "files_created", "files_modified", "files_deleted", "files_renamed", "dirs_touched", "extensions_touched", "new_extensions", "top_new_extension", "top_new_extension_dirs", "files_probed", "bytes_probed", "files_high_entropy", "files_type_destroyed", "mean_entropy", "files_incompressible", "repeated_name", "repeated_name_dirs", "encrypted_twins", "canary_touches", "bytes_read", "bytes_written", "net_bytes_out", "events_dropped", "queue_overflows", "spool_dropped", "top_writers", "example_paths", "files_encoded_random", "tripwire_fired", "tripwire_reason", "files_read", "drill", "read_dirs", "archives_created", "watch_limit_hits", "files_unprobed")
@@ -226,7 +242,7 @@ class Ack(_message.Message):
     def __init__(self, boot_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("id", "kind", "pids", "parameters", "deadline", "dry_run")
+    __slots__ = ("id", "kind", "pids", "parameters", "deadline", "dry_run", "processes")
     class ParametersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -240,13 +256,15 @@ class Command(_message.Message):
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     pids: _containers.RepeatedScalarFieldContainer[int]
     parameters: _containers.ScalarMap[str, str]
     deadline: _timestamp_pb2.Timestamp
     dry_run: bool
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Mapping[str, str]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    processes: _containers.RepeatedCompositeFieldContainer[ProcessRef]
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Mapping[str, str]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dry_run: _Optional[bool] = ..., processes: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ...) -> None: ...
 
 class ConfigUpdate(_message.Message):
     __slots__ = ("tripwire_mode",)

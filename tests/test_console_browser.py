@@ -1,0 +1,70 @@
+"""The console in headless Chromium: sign in, fleet, incident, release, live update, French."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from browser import chromium, chromium_missing
+from console_harness import FIXTURES, ConsoleCollector
+
+ATTACKED, BUSY = "mairie-fs1", "mairie-fs2"
+
+
+@pytest.fixture(scope="module")
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleCollector]:
+    missing = chromium_missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    c = ConsoleCollector(tmp_path_factory.mktemp("browser"), hosts=(ATTACKED, BUSY))
+    try:
+        c.replay(FIXTURES / "encrypt-inplace.jsonl", ATTACKED)
+        c.replay(FIXTURES / "backup-targz.jsonl", BUSY)
+        yield c
+    finally:
+        c.stop()
+
+
+def test_sign_in_see_an_incident_release_it_live_and_in_french(console: ConsoleCollector) -> None:
+    async def go() -> None:
+        async with chromium() as browser:
+            ctx = await browser.new_context(ignore_https_errors=True)
+            dialogs: list[str] = []
+            page = await ctx.new_page()
+            page.on("dialog", lambda d: dialogs.append(d.message))
+            await page.goto(console.link())
+            await page.click("#sign-in")
+            await page.wait_for_selector("#fleet")
+            fleet = await page.inner_text("#fleet")
+            assert ATTACKED in fleet and BUSY in fleet and "open incident" in fleet
+
+            await page.click(f"tr:has-text('{ATTACKED}') >> text=open incident")
+            await page.wait_for_selector("svg.chart polyline", state="attached")
+            body = await page.inner_text("main")
+            assert f"Incident on {ATTACKED}" in body
+            assert "no longer do" in body  # the reason, in a sentence
+            assert "No action yet." not in body  # enforce: suspend and isolate were sent
+
+            other = await ctx.new_page()
+            await other.goto(f"{console.base_url}/hosts/{ATTACKED}/confirm?what=release")
+            assert "Processes tocsin stopped stay stopped" in await other.inner_text("main")
+            await other.click("#confirm")
+            await other.wait_for_selector(".outcome")
+            assert "queued" in await other.inner_text(".outcome")
+
+            # The first page learns of the new action by itself.
+            await page.wait_for_selector("#live:not([hidden])", timeout=10_000)
+            assert "operator:alice" in await page.inner_text("main")
+
+            await page.click("text=Français")
+            await page.wait_for_selector(f"h1:has-text('Incident sur {ATTACKED}')")
+            assert "Ce que tocsin a fait" in await page.inner_text("main")
+            assert not dialogs
+            await ctx.close()
+
+    asyncio.run(go())
