@@ -457,7 +457,13 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took_s: float) -> str:
+def render(
+    rows: list[Row],
+    summ: dict[str, Any],
+    args: argparse.Namespace,
+    took_s: float,
+    load: tuple[float, float] = (0.0, 0.0),
+) -> str:
     lines = [
         "# Evaluation",
         "",
@@ -530,7 +536,9 @@ def render(rows: list[Row], summ: dict[str, Any], args: argparse.Namespace, took
         + " / ".join(map(str, s["benign_warnings_by_night"]))
         + f"**; jobs that warned again after their first night: "
         f"**{s['benign_jobs_warning_after_night_1']}**",
-        f"- suite wall time: {took_s:.0f} s",
+        f"- suite wall time: {took_s:.0f} s; machine load (1-minute average, `os.getloadavg`) "
+        f"at its start and end: {load[0]:.1f} and {load[1]:.1f} on {os.cpu_count()} CPUs "
+        "(timings and files ruined grow with the load: compare runs at a similar load)",
         "",
         "## Reproduce",
         "",
@@ -588,6 +596,7 @@ def main() -> int:
         if name not in ATTACKS and name not in BENIGN:
             raise SystemExit(f"eval: unknown workload {name!r}")
     started = time.monotonic()
+    load_start = os.getloadavg()[0]
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
         if args.keep:
@@ -616,9 +625,10 @@ def main() -> int:
         finally:
             suite.stop()
     took = time.monotonic() - started
+    load = (load_start, os.getloadavg()[0])
     summ = summary(rows, args.rate)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, summ, args, took))
+    args.out.write_text(render(rows, summ, args, took, load))
     if args.json:
         args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "summary": summ}))
     if not args.no_card and not args.names:
