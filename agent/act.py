@@ -46,6 +46,7 @@ from tocsin.agent.firewall import KINDS as FIREWALL_KINDS
 from tocsin.agent.firewall import Firewall
 from tocsin.agent.protect import ProcessId, protection
 from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.text import wire_text
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class Actions:
             command_id=cmd.id,
             kind=kind,
             status=status,
-            detail=detail,
+            detail=wire_text(detail),
             pids=pids,
             at=_now(),
             local=local,

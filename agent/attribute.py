@@ -51,6 +51,7 @@ import psutil
 from tocsin.agent import _linux, limits
 from tocsin.agent.watch import READ_BATCH_S
 from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.text import wire_text
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +114,14 @@ def proc_info(pid: int) -> ProcInfo | None:
                 exe = p.exe()
             except (psutil.AccessDenied, OSError):
                 exe = ""
+            # Names and command lines are bytes: made valid text here, once, for the wire.
             return ProcInfo(
                 pid=pid,
                 ppid=p.ppid(),
-                name=p.name(),
-                exe=exe,
-                user=p.username(),
-                cmdline=" ".join(p.cmdline())[:1024],
+                name=wire_text(p.name()),
+                exe=wire_text(exe),
+                user=wire_text(p.username()),
+                cmdline=wire_text(" ".join(p.cmdline()))[:1024],
                 create_time=p.create_time(),
                 start_ticks=_linux.start_ticks(pid) or 0,
             )

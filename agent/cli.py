@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import math
 import os
 import signal
 import sys
@@ -121,6 +122,14 @@ def _load_config(path: Path) -> dict[str, Any]:
     return data
 
 
+def _finite(name: str, value: float) -> float:
+    """``value`` as a float; ConfigError for nan or infinity (TOML and argparse accept both)."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise ConfigError(f"--{name} must be a finite number, not {value}")
+    return v
+
+
 def build_config(argv: list[str]) -> tuple[Any, str]:
     """Parse flags + config into an AgentConfig; raises ConfigError on any mistake."""
     from tocsin.agent.runtime import AgentConfig
@@ -154,7 +163,7 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
     mode = merged.get("tripwire") or "dry-run"
     if mode not in MODES:
         raise ConfigError(f"tripwire must be one of {', '.join(MODES)}, not {mode!r}")
-    window_s = float(merged.get("window_s") or 1.0)
+    window_s = _finite("window-s", merged.get("window_s") or 1.0)
     if not 0.05 <= window_s <= 60:
         raise ConfigError(f"--window-s must be between 0.05 and 60, not {window_s}")
     import ipaddress
@@ -170,9 +179,11 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
         except ValueError:
             raise ConfigError(f"--resolver {addr!r}: not an IP address") from None
     spool_windows = int(merged.get("spool_max_windows") or 100_000)
-    spool_mb = float(merged.get("spool_max_mb") or 256)
-    if spool_windows < 10 or spool_mb < 1:
-        raise ConfigError("--spool-max-windows must be >= 10 and --spool-max-mb >= 1")
+    spool_mb = _finite("spool-max-mb", merged.get("spool_max_mb") or 256)
+    if spool_windows < 10 or not 1 <= spool_mb <= 1024 * 1024:
+        raise ConfigError(
+            "--spool-max-windows must be >= 10 and --spool-max-mb between 1 and 1048576"
+        )
     metrics = str(merged.get("metrics") or "")
     if metrics:
         m_host, _, m_port = metrics.rpartition(":")
@@ -222,6 +233,9 @@ def _run_agent(argv: list[str]) -> int:
         from tocsin.v1.jsonlog import use_json_logs
 
         use_json_logs(PROG)
+    from tocsin.v1.text import escape_log_text
+
+    escape_log_text()  # file names and process names are attacker text
     from tocsin.agent.limits import cap_malloc_arenas
     from tocsin.agent.runtime import Agent
 

@@ -2,9 +2,12 @@
 
 Contract: ``probe_file(path)`` reads at most three ``BLOCK_BYTES`` blocks (head,
 middle, tail; so at most ``MAX_BYTES_PER_FILE`` bytes) and returns a
-``ProbeResult``, or ``None`` when the file is unreadable, vanished or empty
-(never raises for those). ``ProbeSummary`` sums the results of one window
-(the window's budget and order are ``WindowAccumulator.probe_more``'s).
+``ProbeResult``, or ``None`` when the file is unreadable, vanished, empty or
+not a regular file (never raises for those). Only regular files are opened,
+with ``O_NOFOLLOW|O_NONBLOCK|O_NOCTTY`` (``OPEN_FLAGS``): a FIFO, socket,
+device node or symlink in the share never blocks or misleads the window
+thread. ``ProbeSummary`` sums the results of one window (the window's budget
+and order are ``WindowAccumulator.probe_more``'s).
 
 A file whose extension promises a recognisable type (zip-based office, pdf,
 jpeg, png, gzip, sqlite, plain text) and whose head no longer carries it is
@@ -16,13 +19,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import math
 import os
 import re
+import stat
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 BLOCK_BYTES = 4096
 MAX_BYTES_PER_FILE = 64 * 1024
@@ -125,19 +129,38 @@ class ProbeResult:
         return any(self.head.startswith(sig) for sig in SIGNATURES.get(ext, ()))
 
 
-def _read_blocks(path: Path) -> tuple[bytes, bytes]:
-    """(head block, head+middle+tail sample) of ``path``."""
-    with path.open("rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        head = fh.read(BLOCK_BYTES)
+# Only regular files are read, never through a symlink (a link to /etc/shadow or
+# /dev/zero planted in the share), never blocking (a FIFO renamed into place as
+# budget.docx) and never becoming the controlling terminal (a tty device node).
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _read_blocks(path: str) -> tuple[bytes, bytes]:
+    """(head block, head+middle+tail sample) of the regular file ``path``.
+
+    Raises OSError for anything else: a FIFO, socket, device node or directory
+    (checked before opening, so a device is never opened, and after, on the
+    descriptor, so a swap in between is caught), a symlink (ELOOP), a vanished
+    file. At most three ``BLOCK_BYTES`` positional reads, whatever the file does
+    meanwhile (grows, shrinks): the size is the one seen at open.
+    """
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    fd = os.open(path, OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        size = st.st_size
+        head = os.pread(fd, BLOCK_BYTES, 0)
         sample = head
         if size > 3 * BLOCK_BYTES:
-            fh.seek(size // 2 - BLOCK_BYTES // 2)
-            sample += fh.read(BLOCK_BYTES)
-            fh.seek(size - BLOCK_BYTES)
-            sample += fh.read(BLOCK_BYTES)
+            sample += os.pread(fd, BLOCK_BYTES, size // 2 - BLOCK_BYTES // 2)
+            sample += os.pread(fd, BLOCK_BYTES, size - BLOCK_BYTES)
         elif size > BLOCK_BYTES:
-            sample += fh.read(2 * BLOCK_BYTES)
+            sample += os.pread(fd, 2 * BLOCK_BYTES, BLOCK_BYTES)
+    finally:
+        os.close(fd)
     return head, sample[:MAX_BYTES_PER_FILE]
 
 
@@ -153,8 +176,8 @@ def expected_type(path: str) -> str:
 def probe_file(path: str) -> ProbeResult | None:
     """Probe one file (see module contract); ``None`` when it cannot be read."""
     try:
-        head, sample = _read_blocks(Path(path))
-    except OSError:
+        head, sample = _read_blocks(path)
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         return None
     if not sample:
         return None

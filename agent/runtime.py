@@ -7,11 +7,13 @@ threads (the firewall's watcher among them) and blocks
 until ``request_stop()`` (signal handlers call it), then sends Goodbye,
 flushes and returns 0. Under systemd (``$NOTIFY_SOCKET``) it says READY=1 only
 once the watches are in place and the metrics endpoint (``metrics``) is
-serving, pings WATCHDOG=1 while its worker threads live, and says STOPPING=1.
+serving, pings WATCHDOG=1 while its worker threads live and the window thread
+goes round its loop (``WINDOW_STALL_S``), and says STOPPING=1.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import threading
@@ -35,6 +37,7 @@ from tocsin.agent.watch import FileWatcher
 from tocsin.agent.window import Ruined, WindowLoop, scan_tree
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.recording import Recorder
+from tocsin.v1.text import wire_text
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,11 @@ ONSET_POLL_S = 0.04
 # grow every tenth of a second instead of once a second (the tripwire acts per
 # file, whatever the window).
 FAST_WINDOW_S = 0.1
+# Watchdog: a window thread that has not gone round its loop for this long past
+# its window length is hung (a probe or attribution call that never returns);
+# the pings stop and systemd restarts the agent after WatchdogSec. A slow disk
+# under a storm spends well under a second on a window's probe budget.
+WINDOW_STALL_S = 10.0
 
 
 @dataclass
@@ -147,9 +155,9 @@ class Agent:
             cfg.collector,
             self.spool,
             HelloInfo(
-                cfg.host_id,
+                wire_text(cfg.host_id),
                 self.boot_id,
-                [os.path.realpath(w) for w in cfg.watch],
+                [wire_text(os.path.realpath(w)) for w in cfg.watch],
                 caps,
                 cfg.tripwire,
             ),
@@ -174,10 +182,23 @@ class Agent:
         self.metrics = AgentMetrics(self)
         self.metrics_address: tuple[str, int] | None = None
 
-    def _alive(self) -> bool:
-        """The worker threads the watchdog vouches for are all running."""
+    def _trouble(self) -> str:
+        """What keeps the watchdog from vouching for the agent ("" when nothing).
+
+        Threads being alive is not enough: a window thread stuck in a call (a probe
+        of a file that never answers) is alive and blind. It must go round its loop.
+        """
         names = {t.name for t in threading.enumerate() if t.is_alive()}
-        return {"tocsin-window", "tocsin-ship"} <= names
+        gone = {"tocsin-window", "tocsin-ship"} - names
+        if gone:
+            return f"thread {', '.join(sorted(gone))} stopped"
+        stalled = self.window.stalled_s()
+        if stalled > WINDOW_STALL_S:
+            faulthandler.dump_traceback(all_threads=True)  # where it hangs, to the journal
+            probing = self.window.acc.probing
+            where = f" (probing {probing})" if probing else ""
+            return f"the window thread has made no progress for {stalled:.0f} s{where}"
+        return ""
 
     def _on_window(self, w: pb.Window, writers: list[pb.ProcessSample]) -> None:
         self.metrics.observe_window(w)
@@ -222,7 +243,7 @@ class Agent:
             host, _, port = self.cfg.metrics.rpartition(":")
             self.metrics_address = self.metrics.serve(host.strip("[]"), int(port))
             log.info("metrics on http://%s:%d/metrics", *self.metrics_address)
-        watchdog = sdnotify.Watchdog(self._alive)
+        watchdog = sdnotify.Watchdog(self._trouble)
         watchdog.start()
         sdnotify.notify(f"READY=1\nSTATUS=watching {len(self.cfg.watch)} trees")
         limits.release_startup_memory()

@@ -8,9 +8,10 @@ starting with ``@`` is in the abstract namespace) and returns True; without
 does nothing else: readiness reporting never stops the agent.
 ``watchdog_interval_s()`` is half of ``$WATCHDOG_USEC`` (None when no watchdog
 is asked for, or when ``$WATCHDOG_PID`` names another process).
-``Watchdog(alive)`` is a thread that sends ``WATCHDOG=1`` every interval while
-``alive()`` returns True; when it returns False the pings stop and systemd
-restarts the service after WatchdogSec.
+``Watchdog(trouble)`` is a thread that sends ``WATCHDOG=1`` every interval
+while ``trouble()`` returns "" (healthy); once it names a problem (a worker
+thread gone, a loop that stopped making progress), that is logged, the pings
+stop for good and systemd restarts the service after WatchdogSec.
 """
 
 from __future__ import annotations
@@ -53,9 +54,9 @@ def watchdog_interval_s() -> float | None:
 
 
 class Watchdog:
-    def __init__(self, alive: Callable[[], bool], interval_s: float | None = None) -> None:
+    def __init__(self, trouble: Callable[[], str], interval_s: float | None = None) -> None:
         self.interval_s = interval_s if interval_s is not None else watchdog_interval_s()
-        self.alive = alive
+        self.trouble = trouble
         self.pings = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tocsin-watchdog", daemon=True)
@@ -73,8 +74,9 @@ class Watchdog:
     def _run(self) -> None:
         assert self.interval_s is not None
         while not self._stop.wait(self.interval_s):
-            if not self.alive():
-                log.error("watchdog: a thread stopped; no more pings, systemd will restart us")
+            problem = self.trouble()
+            if problem:
+                log.error("watchdog: %s; no more pings, systemd will restart us", problem)
                 return
             if notify("WATCHDOG=1"):
                 self.pings += 1

@@ -9,9 +9,10 @@ counted). The sender thread connects, sends Hello, then every unacked spooled
 window in spool order (earlier boots' windows under their own boot_id), then
 new ones as they come (a window always follows a Hello of its own boot: a
 repeated Hello switches boot); an Ack trims the spool (the collector acks only
-what it committed); a Command is handed to ``on_command`` and its ActionResult
-sent back. ``stop()`` sends Goodbye and half-closes. Every message sent is
-written to the optional Recorder.
+what it committed; an Ack past ``MAX_SEQ`` is refused with a log line); a
+Command is handed to ``on_command`` and its ActionResult sent back.
+``stop()`` sends Goodbye and half-closes. Every message sent is written to
+the optional Recorder.
 
 Retries follow the OpenTelemetry exporter rules: after a stream ends with a
 retryable status (``RETRYABLE``; RESOURCE_EXHAUSTED only when the collector
@@ -66,6 +67,8 @@ RETRYABLE = frozenset(
     }
 )
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# The largest seq a window can have (Ack.seq is uint64 on the wire).
+MAX_SEQ = 2**63 - 1
 # Room left under MAX_MESSAGE_BYTES for the AgentMessage envelope.
 _WIRE_SLACK_BYTES = 1024
 
@@ -395,6 +398,14 @@ class Shipper:
     def _handle(self, reply: pb.CollectorMessage) -> None:
         which = reply.WhichOneof("body")
         if which == "ack":
+            if reply.ack.seq > MAX_SEQ:
+                # No window ever has such a seq (the spool's SQLite keeps signed 64-bit).
+                log.warning(
+                    "collector %s acked seq %d, beyond any window sent; ignored",
+                    self.target,
+                    reply.ack.seq,
+                )
+                return
             if self.spool.ack(reply.ack.boot_id, reply.ack.seq):
                 self._progress = True
             self.acked = (reply.ack.boot_id, reply.ack.seq)

@@ -193,7 +193,7 @@ _progress_fd: int | None = None
 
 def _report_progress(path: Path) -> None:
     if _progress_fd is not None:
-        os.write(_progress_fd, f"{time.time():.6f} {path}\n".encode())
+        os.write(_progress_fd, f"{time.time():.6f} ".encode() + os.fsencode(path) + b"\n")
 
 
 def paced(items: list[Path], rate_per_s: float) -> Iterator[Path]:
@@ -705,9 +705,44 @@ def encrypt_drill_marker(root: Path, rate_per_s: float = 200, seed: int = 1) -> 
     return encrypt_inplace(root, rate_per_s, seed)
 
 
+# Evasions of the evidence: something planted in the share first, meant to blind or
+# hang the agent, then the plain in-place attack. The pause lets the agent meet the
+# plant on its own.
+EVASION_PAUSE_S = 1.0
+NON_UTF8_NAME = b"notes-\xff.txt"
+
+
+def evade_non_utf8_name(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """A file whose name is not valid UTF-8 (``notes-\\xff.txt``), then in-place encryption.
+
+    Run as ``simulate run``, the process first becomes (exec, same pid) itself with
+    that name added to its command line, as ``encrypt notes-\\xff.txt`` would show
+    it: the name reaches the agent both as a file and as a writer's command line.
+    """
+    note = os.fsdecode(NON_UTF8_NAME)
+    if note not in sys.argv:
+        argv = [sys.executable, "-m", "tocsin.agent.simulate", *sys.argv[1:], "--note", note]
+        os.execv(sys.executable, argv)
+    with open(os.fsencode(root) + b"/" + NON_UTF8_NAME, "wb") as fh:
+        fh.write(_words(random.Random(seed), 40).encode() + b"\n")
+    time.sleep(EVASION_PAUSE_S)
+    return encrypt_inplace(root, rate_per_s, seed)
+
+
+def evade_fifo_document(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """A named pipe renamed into place as ``budget.docx``, then in-place encryption."""
+    tmp = root / ".~budget.docx.tmp"
+    os.mkfifo(tmp)
+    os.rename(tmp, root / "budget.docx")
+    time.sleep(EVASION_PAUSE_S)
+    return encrypt_inplace(root, rate_per_s, seed)
+
+
 EVASIONS: dict[str, Callable[..., int]] = {
     "encrypt-as-sshd": encrypt_as_sshd,
     "encrypt-drill-marker": encrypt_drill_marker,
+    "evade-non-utf8-name": evade_non_utf8_name,
+    "evade-fifo-document": evade_fifo_document,
 }
 ATTACKS.update(EVASIONS)
 WORKLOADS.update(EVASIONS)
@@ -728,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workers", type=int, default=8)
     run.add_argument("--progress", type=Path, help="append '<time> <path>' per finished file")
     run.add_argument("--tag", default="", help="a marker in the cmdline (e.g. tocsin-drill)")
+    run.add_argument("--note", default="", help="any text in the cmdline (ignored)")
     args = parser.parse_args(argv)
     if args.cmd == "share":
         make_share(args.dir, args.files, args.seed)

@@ -28,8 +28,10 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import AnyStr
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -204,6 +206,61 @@ def _batch_reads() -> None:
     cls._tocsin_batched = True  # type: ignore[attr-defined]
 
 
+def walk(
+    top: AnyStr,
+    topdown: bool = True,
+    onerror: Callable[[OSError], object] | None = None,
+    followlinks: bool = False,
+) -> Iterator[tuple[AnyStr, list[AnyStr], list[AnyStr]]]:
+    """``os.walk`` (top-down) without recursion.
+
+    Python 3.11's ``os.walk`` recurses once per level: a tree a share user made
+    ~1,000 levels deep (``mkdir`` through directory descriptors has no depth
+    limit) raises RecursionError in whoever walks it, watchdog's reader thread
+    included, and the agent went blind or could not start. Here the pending
+    directories are a list; a path past PATH_MAX fails like any unreadable
+    directory (``onerror``). ``topdown`` is accepted for os.walk's signature.
+    """
+    pending = [top]
+    while pending:
+        root = pending.pop()
+        try:
+            with os.scandir(root) as it:
+                entries = list(it)
+        except OSError as exc:
+            if onerror is not None:
+                onerror(exc)
+            continue
+        dirs: list[AnyStr] = []
+        files: list[AnyStr] = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            (dirs if is_dir else files).append(entry.name)
+        yield root, dirs, files
+        for name in reversed(dirs):  # the order os.walk visits them in
+            path = os.path.join(root, name)
+            if followlinks or not os.path.islink(path):
+                pending.append(path)
+
+
+def _iterative_walks() -> None:
+    """Give watchdog's modules an ``os`` whose ``walk`` is ``walk`` (once).
+
+    watchdog walks a tree to watch it (at start, and for a directory moved in)
+    and to report what a new directory holds, with ``os.walk``.
+    """
+    import watchdog.events
+    from watchdog.observers import inotify, inotify_c
+
+    patched = SimpleNamespace(**{**vars(os), "walk": walk})
+    for module in (watchdog.events, inotify, inotify_c):
+        if getattr(module, "os", None) is os:
+            module.os = patched  # type: ignore[attr-defined]
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, watcher: FileWatcher) -> None:
         self._w = watcher
@@ -276,6 +333,7 @@ class FileWatcher:
     def start(self) -> None:
         _watch_limit.install()
         _batch_reads()
+        _iterative_walks()
         handler = _Handler(self)
         for root in self.roots:
             self._observer.schedule(handler, root, recursive=True, event_filter=EVENT_FILTER)

@@ -51,8 +51,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from tocsin.agent import limits
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.probe import SIGNATURES, ProbeResult, ProbeSummary, expected_type, probe_file
-from tocsin.agent.watch import FileWatcher, FsEvent
+from tocsin.agent.watch import FileWatcher, FsEvent, walk
 from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.text import wire_text
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def scan_tree(roots: list[str], max_files: int = limits.SCAN_MAX_FILES) -> tuple
     n = 0
     dirs = 0
     for root in roots:
-        for _dir, _subdirs, files in os.walk(root):
+        for _dir, _subdirs, files in walk(root):  # os.walk recurses: not on a share
             dirs += 1
             for f in files:
                 e = extension(f)
@@ -166,6 +167,7 @@ class WindowAccumulator:
     probe_files_done: int = 0
     probe_bytes_done: int = 0
     probe_echoes: set[str] = field(default_factory=set)
+    probing: str = ""  # the file being probed right now
     # the canaries touched in the window last closed (for attribution)
     last_canary_paths: set[str] = field(default_factory=set)
     # memories across windows (bounded)
@@ -460,7 +462,9 @@ class WindowAccumulator:
                 break
             if path in self.deleted:
                 continue
+            self.probing = path  # named by the watchdog if the probe never returns
             r = probe_file(path)
+            self.probing = ""
             self.probe_echoes.add(path)
             self.probed[path] = r
             if r is None:  # a vanished or unreadable file costs no budget
@@ -506,16 +510,25 @@ class WindowAccumulator:
         max_probe_files: int = limits.PROBE_MAX_FILES_PER_WINDOW,
         max_probe_bytes: int = limits.PROBE_MAX_BYTES_PER_WINDOW,
     ) -> tuple[pb.Window, list[str]]:
-        """The finished window (counts and probes) and its type-destroyed paths; resets."""
+        """The finished window (counts and probes) and its type-destroyed paths; resets.
+
+        The window's state is reset even when building the message fails: one bad
+        window never poisons the next.
+        """
+        try:
+            return self._close(start, end, max_probe_files, max_probe_bytes)
+        finally:
+            self._reset()
+
+    def _close(
+        self, start: float, end: float, max_probe_files: int, max_probe_bytes: int
+    ) -> tuple[pb.Window, list[str]]:
         self.probe_more(max_probe_files, max_probe_bytes)
         probes = self._probe_summary()
         self._mark_destroyed(end, probes.destroyed_paths)
         copies = [p for p in self.ruined_paths if p not in probes.destroyed_paths]
         # Echoes of the previous window's probes have arrived by now; keep this window's.
         self.own_reads, self.probe_echoes = self.probe_echoes, set()
-        self.to_probe, self.probed = {}, {}
-        self.unprobed_stems, self.urgent = {}, {}
-        self.probe_files_done = self.probe_bytes_done = 0
         n_new, top_ext, top_dirs = self._new_extensions(end)
         rep_name, rep_dirs = self._repeated_name(end)
         w = pb.Window(
@@ -541,7 +554,7 @@ class WindowAccumulator:
             mean_entropy=probes.mean_entropy,
             files_incompressible=probes.files_incompressible,
             files_encoded_random=probes.files_encoded_random,
-            repeated_name=rep_name[:MAX_PATH_CHARS],
+            repeated_name=wire_text(rep_name)[:MAX_PATH_CHARS],
             repeated_name_dirs=rep_dirs,
             encrypted_twins=self._twins(),
             canary_touches=self.canary_touches,
@@ -560,8 +573,13 @@ class WindowAccumulator:
                 break
             if p not in examples:
                 examples.append(p)
-        w.example_paths.extend(p[:MAX_PATH_CHARS] for p in examples)
-        destroyed = probes.destroyed_paths
+        w.example_paths.extend(wire_text(p)[:MAX_PATH_CHARS] for p in examples)
+        return w, probes.destroyed_paths
+
+    def _reset(self) -> None:
+        self.to_probe, self.probed = {}, {}
+        self.unprobed_stems, self.urgent = {}, {}
+        self.probe_files_done = self.probe_bytes_done = 0
         self.counts = {}
         self.created, self.modified, self.closed = {}, {}, {}
         self.deleted, self.renamed, self.dirs, self.exts = set(), set(), set(), set()
@@ -573,7 +591,6 @@ class WindowAccumulator:
         self.prev_originals, self.originals = self.originals, {}
         self.prev_replaced, self.replaced = self.replaced, set()
         self.prev_ruined_paths, self.ruined_paths = self.ruined_paths, set()
-        return w, destroyed
 
 
 def net_bytes_sent() -> int:
@@ -625,6 +642,9 @@ class WindowLoop:
         self._thread = threading.Thread(target=self._run, name="tocsin-window", daemon=True)
         self.windows_closed = 0
         self.damage_last = False  # the last window showed a file ruined
+        # When the thread last went round its loop: it never sleeps longer than a
+        # window, so a stale mark means a call that hangs (see ``stalled_s``).
+        self.progress_at = time.monotonic()
 
     def start(self) -> None:
         self._thread.start()
@@ -633,6 +653,10 @@ class WindowLoop:
         self._stop.set()
         self.watcher.wakeup.set()
         self._thread.join(timeout=10)
+
+    def stalled_s(self) -> float:
+        """Seconds since the thread last made progress, beyond the window it may sleep."""
+        return max(time.monotonic() - self.progress_at - self.window_s, 0.0)
 
     def _run(self) -> None:
         start = self._clock()
@@ -643,7 +667,8 @@ class WindowLoop:
         fan_base = self.attributor.overflows if self.attributor else 0
         net_base = self._safe_net()
         while not self._stop.is_set():
-            deadline = time.monotonic() + self.window_s
+            self.progress_at = time.monotonic()
+            deadline = self.progress_at + self.window_s
             wakeup = self.watcher.wakeup
             first_event: float | None = None
             first_damage: float | None = None
@@ -657,7 +682,7 @@ class WindowLoop:
                 wakeup.clear()  # before draining: an event queued after it sets it again
                 for ev in self.watcher.drain(self.burst_events):
                     self.acc.add(ev)
-                now = time.monotonic()
+                now = self.progress_at = time.monotonic()
                 left = deadline - now
                 if self.acc.events and first_event is None:
                     first_event = now

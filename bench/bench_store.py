@@ -6,7 +6,8 @@ Writes the same windows twice into fresh SQLite files with the collector's
 settings: once in the earlier one-table layout (host and boot ids and the
 features as JSON text in every row; the baseline, measured in this run) and
 once through ``SqliteStore`` (a small integer per host boot, no features, an
-hourly rollup row). Three sets of windows: quiet seconds of a file server
+hourly rollup row), each window then marked judged with its score as the
+collector does. Three sets of windows: quiet seconds of a file server
 (synthetic, a couple of saves each), the benign training corpus
 (models/training, routine jobs at full activity), and the recorded benign
 fixtures (tests/fixtures: windows of the real agent, with their writers and
@@ -128,11 +129,12 @@ def bytes_per_window(windows: Sequence[pb.Window], layout: str, workdir: Path) -
                         float(w.end.seconds),
                         w.SerializeToString(),
                         window_tally(w),
-                        -0.4,
                     )
                     for w in ws
                 ],
             )
+            for w in ws:  # as the collector does once each window is judged
+                store.mark_judged(HOST_ID, BOOT_ID, int(w.seq), -0.4)
             store.close()
     return (_size_after_vacuum(path) - _size_after_vacuum(empty)) / len(windows)
 

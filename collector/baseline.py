@@ -36,8 +36,9 @@ import numpy as np
 
 from tocsin.collector.features import FEATURE_NAMES, feature_matrix
 from tocsin.collector.model import CARD_FORMAT, export_forest, npz_bytes, parse_arrays
+from tocsin.collector.protocols import Scorer
 from tocsin.collector.score import ForestScorer
-from tocsin.collector.store import unpack_raw
+from tocsin.collector.store import unavailable, unpack_raw
 from tocsin.v1 import telemetry_pb2 as pb
 
 
@@ -65,7 +66,7 @@ CREATE TABLE IF NOT EXISTS host_baselines (
 
 class HostBaselines:
     def __init__(
-        self, shipped: Any, path: Path | None, config: BaselineConfig | None = None
+        self, shipped: Scorer, path: Path | None, config: BaselineConfig | None = None
     ) -> None:
         self.shipped = shipped
         self.config = config or BaselineConfig()
@@ -90,9 +91,12 @@ class HostBaselines:
     def _q(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         assert self._db is not None
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise unavailable(exc) from exc
 
-    def scorer_for(self, host_id: str) -> Any:
+    def scorer_for(self, host_id: str) -> Scorer:
         return self._own.get(host_id, self.shipped)
 
     def has_own(self, host_id: str) -> bool:
@@ -159,7 +163,7 @@ class HostBaselines:
             "feature_medians": [float(v) for v in np.median(X, axis=0)],
         }
         scores = ForestScorer(arrays, card).score(X)
-        floor = float(getattr(self.shipped, "threshold", 0.0))
+        floor = float(self.shipped.threshold)
         card["threshold"] = max(float(np.quantile(scores, cfg.quantile)), floor)
         card["threshold_quantile"] = cfg.quantile
         scorer = ForestScorer(arrays, card)

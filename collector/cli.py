@@ -5,19 +5,24 @@
                      [--tls-ca F --tls-cert F --tls-key F] [--model PATH]
                      [--allow CIDR ...] [--log-level LEVEL] [--log-format text|json]
                      [--webhook-secret whsec_... --webhook-format FMT]
-                     [--fleet-guard N] [--metrics HOST:PORT]
+                     [--fleet-guard N] [--metrics HOST:PORT] [--max-clock-skew-s S]
+                     [--baseline-learning-days DAYS]
 
 The TOML config file takes the same keys (``listen``, ``db``, ``webhook`` as a
 list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
 ``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
 ``webhook_retry_max_s``, ``webhook_max_age_s``, ``retention_days``,
-``rollup_days``, ``disk_warn_percent``, ...) plus tables only a file
+``rollup_days``, ``disk_warn_percent``, ``max_clock_skew_s``,
+``baseline_learning_days`` (how long each host is scored with the shipped
+model before it learns its own baseline; 7), ...) plus tables only a file
 can hold: ``[[webhooks]]`` (url, format, secret, events, min_severity,
 timeout_s, name) and ``[[hooks]]`` (path, args, timeout_s, on, name); flags
 override it. Every problem with
 flags, config, database, model or address is one line on stderr
-("tocsin-collector: error: ...") and exit status 2. Once bound, it logs
+("tocsin-collector: error: ...") and exit status 2: a number that is not
+finite (``nan``, ``inf``) is such a problem, and so is a webhook secret left
+at the example config's placeholder. Once bound, it logs
 "listening on HOST:PORT (respond=MODE, model=...)" with the real port (useful
 with port 0). SIGTERM or SIGINT stop it gracefully.
 """
@@ -28,23 +33,24 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import math
 import os
 import signal
-import socket
 import sys
-import time
 import tomllib
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
 from tocsin.collector.grpcconf import (
     TlsFiles,
+    is_loopback,
     parse_hostport,
     require_tls_or_insecure,
-    server_credentials,
 )
 from tocsin.collector.respond import MODES
+from tocsin.collector.webhook import parse_secret, redact_url
 from tocsin.v1.errors import ConfigError, TocsinError
 
 PROG = "tocsin-collector"
@@ -75,12 +81,14 @@ _KEYS = {
     "webhook_retry_initial_s": (int, float),
     "webhook_retry_max_s": (int, float),
     "webhook_max_age_s": (int, float),
+    "max_clock_skew_s": (int, float),
     "retention_days": (int, float),
     "rollup_days": (int, float),
     "disk_warn_percent": (int, float),
     "console": str,
     "console_url": str,
     "language": str,
+    "baseline_learning_days": (int, float),
 }
 
 
@@ -141,6 +149,18 @@ def build_parser() -> OneLineParser:
         help="hold automatic isolation beyond N hosts per minute (3; 0: no guard)",
     )
     p.add_argument("--metrics", help="HOST:PORT for the Prometheus /metrics endpoint (off)")
+    p.add_argument(
+        "--max-clock-skew-s",
+        dest="max_clock_skew_s",
+        type=float,
+        help="re-date windows whose end is further than this from the collector's clock (300)",
+    )
+    p.add_argument(
+        "--baseline-learning-days",
+        dest="baseline_learning_days",
+        type=float,
+        help="days of a host's own windows before it is scored with its own baseline (7)",
+    )
     return p
 
 
@@ -182,13 +202,18 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "webhook_retry_initial_s": 1.0,
         "webhook_retry_max_s": 300.0,
         "webhook_max_age_s": 86400.0,
+        "max_clock_skew_s": 300.0,
         "retention_days": 30.0,
         "rollup_days": 365.0,
         "disk_warn_percent": 80.0,
         "language": "en",
+        "baseline_learning_days": 7.0,
     }
     merged.update(conf)
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
+    for key, value in merged.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{key.replace('_', '-')} wants a finite number, not {value}")
     if not merged.get("listen"):
         raise ConfigError("--listen HOST:PORT is required")
     parse_hostport(merged["listen"])
@@ -203,7 +228,7 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"--respond must be one of {', '.join(MODES)}, not {merged['respond']!r}")
     for url in merged["webhook"]:
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-            raise ConfigError(f"--webhook wants an http:// or https:// URL, got {url!r}")
+            raise ConfigError(f"--webhook wants an http:// or https:// URL, got {redact_url(url)}")
     for cidr in merged["allow"]:
         try:
             ipaddress.ip_network(str(cidr), strict=False)
@@ -219,7 +244,13 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError("--fleet-guard wants a number of hosts per minute >= 0")
     if merged.get("metrics"):
         parse_hostport(merged["metrics"])
-    for key in ("webhook_retry_initial_s", "webhook_retry_max_s", "webhook_max_age_s"):
+    for key in (
+        "webhook_retry_initial_s",
+        "webhook_retry_max_s",
+        "webhook_max_age_s",
+        "max_clock_skew_s",
+        "baseline_learning_days",
+    ):
         merged[key] = float(merged[key])
         if merged[key] <= 0:
             raise ConfigError(f"{key} must be > 0")
@@ -251,20 +282,11 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"language must be en or fr, not {merged['language']!r}")
     if merged.get("console"):
         console_host, _ = parse_hostport(merged["console"], "console")
-        if not tls.given() and not _loopback(console_host):
+        if not tls.given() and not is_loopback(console_host):
             raise ConfigError(
                 "console: without TLS the console listens on loopback only (127.0.0.1, ::1)"
             )
     return merged
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _tables(items: list[Any], what: str) -> list[dict[str, Any]]:
@@ -283,6 +305,11 @@ def destinations(merged: dict[str, Any]) -> list[Any]:
     """Every webhook destination: --webhook URLs (one format and secret) and [[webhooks]]."""
     from tocsin.collector.outbox import destination
 
+    if merged.get("webhook_secret"):
+        try:
+            parse_secret(str(merged["webhook_secret"]))
+        except ConfigError as exc:
+            raise ConfigError(f"webhook_secret: {exc}") from None
     out = []
     for url in merged["webhook"]:
         spec = {"url": url, "format": merged["webhook_format"]}
@@ -292,104 +319,31 @@ def destinations(merged: dict[str, Any]) -> list[Any]:
     for i, spec in enumerate(_tables(merged["webhooks"], "webhooks")):
         out.append(destination(spec, f"[[webhooks]] #{i + 1}"))
     seen = [d.dest_id for d in out]
-    dup = next((d for d in seen if seen.count(d) > 1), None)
+    dup = next((d for d in out if seen.count(d.dest_id) > 1), None)
     if dup:
-        raise ConfigError(f"webhook {dup} is configured twice; give one a name")
-    return out
-
-
-def load_scorer(model: str | None) -> Any:
-    from tocsin.collector.score import ForestScorer
-
-    try:
-        return ForestScorer.load(Path(model) if model else None)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"--model: {exc}") from None
+        raise ConfigError(f"webhook {dup.label} is configured twice; give one a name")
+    labels = [d.label for d in out]
+    return [
+        replace(d, shown=f"{d.label} #{i + 1}") if labels.count(d.label) > 1 else d
+        for i, d in enumerate(out)
+    ]
 
 
 async def serve(conf: dict[str, Any]) -> None:
     from tocsin.collector import sdnotify
-    from tocsin.collector.fleetguard import FleetGuard
-    from tocsin.collector.hooks import HookRunner
-    from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
-    from tocsin.collector.metrics import ObservedScorer, attach_metrics
-    from tocsin.collector.outbox import Outbox
-    from tocsin.collector.server import Collector
-    from tocsin.collector.store import SqliteStore
+    from tocsin.collector.app import build
 
-    scorer = ObservedScorer(load_scorer(conf.get("model")))
-    store = SqliteStore(Path(conf["db"]))
-    outbox = Outbox(
-        Path(conf["db"]),
-        conf["destinations"],
-        retry_initial_s=conf["webhook_retry_initial_s"],
-        retry_max_s=conf["webhook_retry_max_s"],
-        max_age_s=conf["webhook_max_age_s"],
-    )
-    since = time.time() - conf["webhook_max_age_s"]
-    recent = store.list_alerts(limit=10_000)
-    recovered = outbox.recover(a.payload for a in recent if a.detected_at_s >= since)
-    if recovered:
-        log.warning("%d stored alerts had not reached the webhook outbox; queued now", recovered)
-    from tocsin.collector.ratelimit import RateLimits
-
-    tls: TlsFiles = conf["tls"]
-    console_links = None
-    if conf.get("console"):
-        from tocsin.collector.console.auth import LinkIssuer, LoginLinks
-        from tocsin.collector.console.web import bind
-
-        console_host, _ = parse_hostport(conf["console"], "console")
-        console_sock = bind(conf["console"])
-        scheme = "https" if tls.given() else "http"
-        port_bound = console_sock.getsockname()[1]
-        base = conf.get("console_url") or f"{scheme}://{console_host}:{port_bound}"
-        console_links = LinkIssuer(LoginLinks(), base.rstrip("/"))
-    per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
-    bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
-    collector = Collector(
-        store,
-        scorer,
-        outbox,
-        mode=conf["respond"],
-        allow=conf["allow"],
-        credentials=server_credentials(tls) if tls.given() else None,
-        silent_after_s=float(conf.get("silent_after") or 60.0),
-        rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
-        console=console_links,
-    )
-    responder = collector.responder
-    responder.guard = FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None
-    if conf["hook_list"]:
-        responder.hooks = HookRunner(conf["hook_list"], responder.on_hook_outcome)
-    port = await collector.start(conf["listen"])
-    outbox.start()
-    console = None
-    if console_links is not None:
-        console = await start_console(conf, collector, console_links, console_sock)
-    housekeeper = Housekeeper(
-        store,
-        Path(conf["db"]),
-        outbox,
-        outbox,
-        RetentionConfig(
-            retention_days=conf["retention_days"],
-            rollup_days=conf["rollup_days"],
-            disk_warn_ratio=conf["disk_warn_percent"] / 100.0,
-        ),
-    )
-    housekeeping = asyncio.create_task(housekeeper.run())
-    metrics_server = None
-    if conf.get("metrics"):
-        metrics_server = attach_metrics(conf["metrics"], collector, outbox, scorer, housekeeper)
-        log.info("metrics on http://%s:%d/metrics", *metrics_server.address)
+    app = build(conf)
+    port = await app.start(conf["listen"])
     host, _ = parse_hostport(conf["listen"])
     model = conf.get("model") or "shipped baseline"
     log.info("listening on %s:%d (respond=%s, model=%s)", host, port, conf["respond"], model)
     if conf["insecure"]:
         log.warning(
-            "WARNING: --insecure: agents are neither encrypted nor authenticated;"
-            " any host can claim any host id"
+            "WARNING: --insecure: nothing is encrypted or authenticated. Agents may stream"
+            " from anywhere and claim any host id no live stream holds; the operator API"
+            " answers callers on loopback only (remote control needs TLS and an operator"
+            " certificate)"
         )
     if not conf["destinations"]:
         log.warning("no --webhook: alerts are stored but nobody is told")
@@ -404,57 +358,17 @@ async def serve(conf: dict[str, Any]) -> None:
     sdnotify.notify("STOPPING=1")
     if watchdog is not None:
         watchdog.cancel()
-    housekeeping.cancel()
-    if console is not None:
-        await console.stop()
-    await collector.stop(grace_s=5.0)
-    await outbox.stop()
-    outbox.close()
-    if metrics_server is not None:
-        metrics_server.close()
-
-
-async def start_console(
-    conf: dict[str, Any], collector: Any, links: Any, sock: socket.socket
-) -> Any:
-    """Serve the web console beside the collector (HTTPS with its certificate when it has one)."""
-    from tocsin.collector.console.auth import Sessions
-    from tocsin.collector.console.backend import ConsoleBackend
-    from tocsin.collector.console.web import (
-        ConsoleConfig,
-        ConsoleServer,
-        console_app,
-        tls_context,
-    )
-    from tocsin.collector.operations import HostActions
-
-    tls: TlsFiles = conf["tls"]
-    backend = ConsoleBackend(
-        collector.store,
-        collector.router,
-        collector.silence,
-        HostActions(collector.store, collector.responder),
-        threshold=float(collector.scorer.threshold),
-    )
-    app = console_app(backend, links.links, Sessions(), ConsoleConfig(language=conf["language"]))
-    ctx = tls_context(tls.cert, tls.key) if tls.cert and tls.key else None
-    server = ConsoleServer(app, ctx)
-    await server.start(sock)
-    log.info("console on %s/", links.base_url)
-    return server
+    await app.stop(grace_s=5.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         conf = settings(argv)
-        logging.basicConfig(
-            level=conf["log_level"], stream=sys.stderr, format=f"{PROG}: %(message)s"
-        )
-        if conf["log_format"] == "json":
-            from tocsin.v1.jsonlog import use_json_logs
+        logging.basicConfig(level=conf["log_level"], stream=sys.stderr)
+        from tocsin.v1.jsonlog import use_json_logs, use_text_logs
 
-            use_json_logs(PROG)
+        (use_json_logs if conf["log_format"] == "json" else use_text_logs)(PROG)
         asyncio.run(serve(conf))
     except TocsinError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)

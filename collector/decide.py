@@ -12,10 +12,14 @@ Rules (``JudgeConfig`` holds the numbers):
   spreading across directories, one note name in many directories. Each one
   fires on a single window (>= 3) or on its sum over a horizon (the last 10
   windows, 60 s, 1 h of window time, per host), so that a slow attack or many
-  small processes still add up.
+  small processes still add up. The same horizons run per process tree (a
+  window's counts belong to its top writer's tree): the last 10 windows *of
+  the tree* reach back past the quiet windows of a paced attacker.
 - Strong evidence: one window in which most probed files were destroyed (at
   least ``strong_window`` of them) or most new files were encrypted twins, the
-  destructive counts summed over 60 s or 1 h passing a high bar, or two
+  destructive counts summed over 60 s or 1 h passing a high bar (per host), or
+  a lower one for one process tree over the hour when most of its windows
+  destroyed something (destruction concentrated in one tree), or two
   different confirmers firing at once.
 - Severity: ``critical`` = (anomalous score or strong evidence) and a
   confirmer, or a canary touched, or the agent's tripwire fired; ``warning`` =
@@ -29,6 +33,14 @@ Rules (``JudgeConfig`` holds the numbers):
   posted). A window within ``hysteresis`` below the threshold keeps an open
   incident alive. After ``quiet_s`` of window time with no active window the
   incident is ``close``d.
+- ``clock_skew_s`` (non-zero when ingest re-dated the window because the
+  agent's clock was off by more than the allowed skew) adds the reason
+  ``clock_skew`` to an active window; it never makes a window active.
+
+The horizons are memory; ``resync(host_id, windows)`` rebuilds a host's from
+windows already judged (after a restart, or after a judgement the database
+lost) and takes the host's open incidents back from the book, so a paced
+attack that straddles a restart still adds up.
 """
 
 from __future__ import annotations
@@ -65,6 +77,11 @@ class JudgeConfig:
     # Destructive sums (all counted kinds) that make strong evidence.
     strong_short: int = 20
     strong_long: int = 100
+    # Destructive sum of one process tree over ``long_s`` that makes strong evidence,
+    # when it averages at least ``strong_tree_density`` per window of that tree (a
+    # busy benign tree meeting a corrupt file now and then never does).
+    strong_tree_long: int = 30
+    strong_tree_density: float = 0.5
     # One window is strong evidence on its own when at least this many probed files
     # were destroyed (type lost or turned into encoded random text) and they are at
     # least this fraction of the files probed, or when at least ``window_confirm``
@@ -139,6 +156,7 @@ class _Entry:
     new_ext: tuple[str, int]
     note: tuple[str, int]
     files_read: int = 0
+    root: int = 0  # tree root pid of the window's top writer (0: none named)
 
 
 @dataclass
@@ -203,13 +221,14 @@ class Judge:
         """Keep incidents in ``book`` from now on, starting from those it holds open."""
         self.book = book
         for rec in book.open_incidents():
-            sev: Severity = "critical" if rec.severity == "critical" else "warning"
-            self._incidents.setdefault(
-                (rec.host_id, rec.root_pid),
-                _Incident(
-                    rec.incident_id, sev, rec.first_start_s, rec.last_active_s, set(rec.reasons)
-                ),
-            )
+            self._adopt(rec)
+
+    def _adopt(self, rec: IncidentRecord) -> None:
+        sev: Severity = "critical" if rec.severity == "critical" else "warning"
+        self._incidents.setdefault(
+            (rec.host_id, rec.root_pid),
+            _Incident(rec.incident_id, sev, rec.first_start_s, rec.last_active_s, set(rec.reasons)),
+        )
 
     def in_incident(self, host_id: str) -> bool:
         """True while the host has an open incident (per-host learning waits for it)."""
@@ -231,13 +250,26 @@ class Judge:
     def open_incidents(self, host_id: str | None = None) -> list[tuple[str, int]]:
         return [k for k in self._incidents if host_id is None or k[0] == host_id]
 
-    def observe(
-        self, host_id: str, w: pb.Window, score: float | None, threshold: float | None = None
-    ) -> list[Decision]:
-        """Judge one window; ``threshold`` overrides the judge's (a host's own model)."""
+    def resync(self, host_id: str, judged: Iterable[pb.Window]) -> None:
+        """Forget what memory holds of ``host_id``; rebuild it from windows already judged.
+
+        The horizons are refilled from ``judged`` (oldest first, no decision
+        taken), the host's incidents are taken again from the book.
+        """
+        self._history.pop(host_id, None)
+        for key in [k for k in self._incidents if k[0] == host_id]:
+            del self._incidents[key]
+        for rec in self.book.open_incidents():
+            if rec.host_id == host_id:
+                self._adopt(rec)
+        for w in judged:
+            self._remember(host_id, w)
+
+    def _remember(self, host_id: str, w: pb.Window) -> deque[_Entry]:
+        """Add ``w`` to the host's horizons (dropping what is older than ``long_s``)."""
         cfg = self.config
-        thr = self.threshold if threshold is None else threshold
-        start_s, end_s = ts_s(w.start), ts_s(w.end)
+        end_s = ts_s(w.end)
+        proc = top_writer(w)
         hist = self._history.setdefault(host_id, deque(maxlen=cfg.max_history))
         hist.append(
             _Entry(
@@ -246,10 +278,26 @@ class Judge:
                 new_ext=(w.top_new_extension, int(w.top_new_extension_dirs)),
                 note=(w.repeated_name, int(w.repeated_name_dirs)),
                 files_read=int(w.files_read),
+                root=proc.tree_root_pid if proc else 0,
             )
         )
         while hist and hist[0].end_s < end_s - cfg.long_s:
             hist.popleft()
+        return hist
+
+    def observe(
+        self,
+        host_id: str,
+        w: pb.Window,
+        score: float | None,
+        threshold: float | None = None,
+        clock_skew_s: float = 0.0,
+    ) -> list[Decision]:
+        """Judge one window; ``threshold`` overrides the judge's (a host's own model)."""
+        cfg = self.config
+        thr = self.threshold if threshold is None else threshold
+        start_s, end_s = ts_s(w.start), ts_s(w.end)
+        hist = self._remember(host_id, w)
 
         proc = top_writer(w)
         root = proc.tree_root_pid if proc else 0
@@ -262,7 +310,9 @@ class Judge:
         elif root and (host_id, 0) in self._incidents and (host_id, root) not in self._incidents:
             self._incidents[(host_id, root)] = self._incidents.pop((host_id, 0))
         decisions = self._close_quiet(host_id, end_s, keep=(host_id, root))
-        severity, reasons = self._evaluate(w, score, hist, thr)
+        severity, reasons = self._evaluate(w, score, hist, thr, root)
+        if clock_skew_s:
+            reasons.append("clock_skew")
         key = (host_id, root)
         inc = self._incidents.get(key)
 
@@ -403,12 +453,25 @@ class Judge:
         )
 
     def _evaluate(
-        self, w: pb.Window, score: float | None, hist: deque[_Entry], threshold: float
+        self,
+        w: pb.Window,
+        score: float | None,
+        hist: deque[_Entry],
+        threshold: float,
+        root: int,
     ) -> tuple[Severity | None, list[str]]:
         cfg = self.config
         end_s = ts_s(w.end)
         recent = list(hist)[-cfg.horizon_windows :]
         short = [e for e in hist if e.end_s > end_s - cfg.short_s]
+        # The same horizons for the window's process tree (its own last N windows).
+        tree = [e for e in hist if root and e.root == root]
+        horizons = (
+            ("10w", recent, cfg.horizon_confirm[0]),
+            ("60s", short, cfg.horizon_confirm[1]),
+            ("1h", hist, cfg.horizon_confirm[2]),
+            ("tree10w", tree[-cfg.horizon_windows :], cfg.horizon_confirm[0]),
+        )
         confirmers: list[str] = []
 
         for attr, reason in _COUNTED:
@@ -418,9 +481,7 @@ class Judge:
                 continue
             if n == 0:  # history alone never confirms: the attack must still be going on
                 continue
-            for label, entries, bar in zip(
-                ("10w", "60s", "1h"), (recent, short, hist), cfg.horizon_confirm, strict=True
-            ):
+            for label, entries, bar in horizons:
                 total = sum(e.counts[attr] for e in entries)
                 if total >= bar:
                     confirmers.append(f"{reason}:{total}:{label}")
@@ -435,6 +496,7 @@ class Judge:
 
         destructive_short = sum(sum(e.counts.values()) for e in short)
         destructive_long = sum(sum(e.counts.values()) for e in hist)
+        destructive_tree = sum(sum(e.counts.values()) for e in tree)
         ruined_now = max(int(w.files_type_destroyed), int(w.files_encoded_random))
         strong_now = (
             ruined_now >= cfg.strong_window
@@ -447,6 +509,10 @@ class Judge:
             strong_now
             or destructive_short >= cfg.strong_short
             or destructive_long >= cfg.strong_long
+            or (
+                destructive_tree >= cfg.strong_tree_long
+                and destructive_tree >= cfg.strong_tree_density * len(tree)
+            )
             or len(confirmers) >= 2
         )
         anomalous = score is not None and score > threshold

@@ -21,7 +21,8 @@ def N_(message: str) -> str:
     return message
 
 
-def _same(message: str) -> str:
+def same_text(message: str) -> str:
+    """The identity gettext: English, the source language."""
     return message
 
 
@@ -61,7 +62,7 @@ _FEATURES = {
 }
 
 
-def evidence_sentences(reasons: Sequence[str], _: Gettext = _same) -> list[str]:
+def evidence_sentences(reasons: Sequence[str], _: Gettext = same_text) -> list[str]:
     """One sentence per reason, in words (``_``: the reader's language's gettext)."""
     out = []
     for reason in reasons:

@@ -15,14 +15,41 @@ dict (``event`` is "alert", "action", "fleet_guard", "host_silent", "hook",
 - ``alertmanager``: a list of one alert for ``POST /api/v2/alerts`` with
   labels (alertname, host_id, severity, event) and annotations (summary,
   description, alert_id).
+
+Every string an event carries may be attacker text (process names, paths,
+extensions, note names, agent details). The chat formats get it as one
+printable line (``tocsin.v1.text.printable``: no newline, no control or bidi
+character) with its markup neutralised: Slack text objects are ``verbatim``
+(no auto-links, no mentions), ``&``, ``<``, ``>`` are escaped (so no
+``<url|text>`` link or ``<!channel>``) and ``@`` broken; Mattermost and Teams markdown has its
+special characters backslash-escaped, ``@`` mentions and bare ``scheme://``
+links broken by a word joiner (U+2060). Alertmanager labels and annotations
+are made printable. ``generic`` is the event as is: JSON escapes it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+from tocsin.v1.text import printable
 
 FORMATS = ("generic", "slack", "mattermost", "teams", "alertmanager")
 _COLOURS = {"critical": "#d40000", "warning": "#e8a000"}
+_MARKDOWN = re.compile(r"([\\`*_~\[\](){}<>#|!])")
+_JOINER = "\u2060"
+
+
+def slack_text(text: object) -> str:
+    """Attacker text for Slack mrkdwn: one printable line, ``&<>`` escaped, no mention."""
+    line = printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return line.replace("@", "@" + _JOINER)
+
+
+def markdown_text(text: object) -> str:
+    """Attacker text for Markdown (Mattermost, Teams): one printable line, inert."""
+    line = _MARKDOWN.sub(r"\\\1", printable(text))
+    return line.replace("@", "@" + _JOINER).replace("://", ":" + _JOINER + "//")
 
 
 def headline(event: dict[str, Any]) -> str:
@@ -74,19 +101,22 @@ def _facts(event: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _slack(event: dict[str, Any]) -> dict[str, Any]:
-    text = headline(event)
-    fields = [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in _facts(event)[:10]]
+    text = slack_text(headline(event))
+    fields = [
+        {"type": "mrkdwn", "text": f"*{k}*\n{slack_text(v)}", "verbatim": True}
+        for k, v in _facts(event)[:10]
+    ]
     return {
         "text": text,
         "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": text, "verbatim": True}},
             {"type": "section", "fields": fields},
         ],
     }
 
 
 def _mattermost(event: dict[str, Any]) -> dict[str, Any]:
-    text = headline(event)
+    text = markdown_text(headline(event))
     return {
         "text": text,
         "attachments": [
@@ -95,7 +125,8 @@ def _mattermost(event: dict[str, Any]) -> dict[str, Any]:
                 "color": _COLOURS.get(str(event.get("severity")), "#3060a0"),
                 "title": f"tocsin {event.get('event', 'event')}",
                 "fields": [
-                    {"title": k, "value": v, "short": len(v) < 40} for k, v in _facts(event)
+                    {"title": k, "value": markdown_text(v), "short": len(v) < 40}
+                    for k, v in _facts(event)
                 ],
             }
         ],
@@ -103,7 +134,7 @@ def _mattermost(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def _teams(event: dict[str, Any]) -> dict[str, Any]:
-    text = headline(event)
+    text = markdown_text(headline(event))
     card = {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
         "type": "AdaptiveCard",
@@ -118,7 +149,10 @@ def _teams(event: dict[str, Any]) -> dict[str, Any]:
                 "text": f"tocsin {event.get('event', 'event')}",
             },
             {"type": "TextBlock", "wrap": True, "text": text},
-            {"type": "FactSet", "facts": [{"title": k, "value": v} for k, v in _facts(event)]},
+            {
+                "type": "FactSet",
+                "facts": [{"title": k, "value": markdown_text(v)} for k, v in _facts(event)],
+            },
         ],
     }
     return {
@@ -144,19 +178,19 @@ def _alertmanager(event: dict[str, Any]) -> list[dict[str, Any]]:
     severity = str(event.get("severity") or ("critical" if kind == "fleet_guard" else "info"))
     labels = {
         "alertname": name,
-        "host_id": str(event.get("host_id", "")),
-        "severity": severity,
-        "event": kind,
+        "host_id": printable(event.get("host_id", "")),
+        "severity": printable(severity),
+        "event": printable(kind),
         "source": "tocsin",
     }
     if event.get("incident_id"):
-        labels["incident_id"] = str(event["incident_id"])
+        labels["incident_id"] = printable(event["incident_id"])
     annotations = {
-        "summary": headline(event),
-        "description": "; ".join(f"{k}: {v}" for k, v in _facts(event)),
+        "summary": printable(headline(event)),
+        "description": printable("; ".join(f"{k}: {v}" for k, v in _facts(event))),
     }
     if event.get("alert_id"):
-        annotations["alert_id"] = str(event["alert_id"])
+        annotations["alert_id"] = printable(event["alert_id"])
     alert: dict[str, Any] = {"labels": labels, "annotations": annotations}
     starts = event.get("detected_at") or event.get("at")
     if starts:

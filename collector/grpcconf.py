@@ -7,6 +7,7 @@ set explicitly: plaintext is an operator's decision, never a fallback.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,18 @@ def parse_hostport(value: str, what: str = "--listen") -> tuple[str, int]:
     if not sep or not host or not port_s.isdigit() or int(port_s) > 65535:
         raise ConfigError(f"{what} wants HOST:PORT, got {value!r}")
     return host.strip("[]"), int(port_s)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1, ::ffff:127.x)."""
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return (mapped or ip).is_loopback
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,16 @@
 
 Contract: a ``Hook`` is an absolute path to an executable, its arguments, a
 timeout and the triggers (``on``: alert severities "warning" / "critical",
-or event names such as "fleet_guard" or "action"). ``HookRunner.fire(event)``
-starts every hook whose trigger matches, in the background (at most
+or event names such as "fleet_guard" or "action"). ``HookRunner.fire(event,
+on_outcome)`` starts every hook whose trigger matches, in the background (at most
 ``max_running`` at once; more are refused and counted in ``dropped``), and
 never blocks the caller. Each run: no shell (``exec`` of path + args), the
 event as JSON on stdin, environment reduced to PATH/LANG plus TOCSIN_EVENT,
 TOCSIN_HOST_ID and TOCSIN_ALERT_ID; killed (SIGKILL, its whole process group)
 after ``timeout_s``. The outcome (``HookOutcome``: status "done" for exit 0,
 "failed" for another exit, "timeout", or "error" when it cannot start, with
-the exit code and the tail of stderr) goes to ``on_outcome`` (the responder
-audits it). ``drain()`` waits for the runs in flight.
+the exit code and the tail of stderr) goes to the ``on_outcome`` given with
+the event (the responder audits it). ``drain()`` waits for the runs in flight.
 """
 
 from __future__ import annotations
@@ -93,21 +93,22 @@ class HookOutcome:
     duration_s: float
 
 
+OnOutcome = Callable[[HookOutcome], Awaitable[None] | None]
+
+
 class HookRunner:
     def __init__(
         self,
         hooks: Sequence[Hook],
-        on_outcome: Callable[[HookOutcome], Awaitable[None] | None] | None = None,
         max_running: int = 16,
     ) -> None:
         self.hooks = list(hooks)
-        self.on_outcome = on_outcome
         self.max_running = max_running
         self.dropped = 0
         self.runs: dict[str, int] = {}
         self._running: set[asyncio.Task[None]] = set()
 
-    def fire(self, event: dict[str, Any]) -> int:
+    def fire(self, event: dict[str, Any], on_outcome: OnOutcome | None = None) -> int:
         """Start the matching hooks in the background; returns how many were started."""
         started = 0
         for h in self.hooks:
@@ -117,20 +118,20 @@ class HookRunner:
                 self.dropped += 1
                 log.error("hook %s not run: %d hooks already running", h.label, self.max_running)
                 continue
-            task = asyncio.get_running_loop().create_task(self._run(h, event))
+            task = asyncio.get_running_loop().create_task(self._run(h, event, on_outcome))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
             started += 1
         return started
 
-    async def _run(self, h: Hook, event: dict[str, Any]) -> None:
+    async def _run(self, h: Hook, event: dict[str, Any], on_outcome: OnOutcome | None) -> None:
         outcome = await run_hook(h, event)
         self.runs[outcome.status] = self.runs.get(outcome.status, 0) + 1
         level = logging.INFO if outcome.status == "done" else logging.WARNING
         log.log(level, "hook %s: %s %s", h.label, outcome.status, outcome.detail)
-        if self.on_outcome is not None:
+        if on_outcome is not None:
             try:
-                maybe = self.on_outcome(outcome)
+                maybe = on_outcome(outcome)
                 if maybe is not None:
                     await maybe
             except Exception:

@@ -12,7 +12,8 @@ Contract of an ``IncidentBook``:
   host's incidents of that severity, open or closed.
 
 ``SqliteIncidentBook`` keeps a table ``incidents`` in the collector's database
-file (its own connection, WAL); ``MemoryIncidentBook`` keeps a dictionary.
+file (its own connection, WAL; SQLite errors come out as ``StoreUnavailable``);
+``MemoryIncidentBook`` keeps a dictionary.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
+
+from tocsin.collector.store import unavailable
 
 
 @dataclass
@@ -43,6 +46,7 @@ class IncidentBook(Protocol):
     def close(self, incident_id: str, closed_at_s: float) -> None: ...
     def open_incidents(self) -> list[IncidentRecord]: ...
     def spans(self, host_id: str, severity: str) -> list[tuple[float, float]]: ...
+    def close_db(self) -> None: ...
 
 
 class MemoryIncidentBook:
@@ -67,6 +71,9 @@ class MemoryIncidentBook:
             for r in self._recs.values()
             if r.host_id == host_id and r.severity == severity
         ]
+
+    def close_db(self) -> None:
+        pass
 
 
 _SCHEMA = """
@@ -97,7 +104,10 @@ class SqliteIncidentBook:
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
-            return self._db.execute(sql, args).fetchall()
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise unavailable(exc) from exc
 
     def save(self, rec: IncidentRecord) -> None:
         self._exec(
@@ -147,9 +157,3 @@ class SqliteIncidentBook:
     def close_db(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def book_for(store: object) -> IncidentBook:
-    """A SQLite book beside a store that has a database ``path``, else one in memory."""
-    path = getattr(store, "path", None)
-    return SqliteIncidentBook(Path(path)) if path else MemoryIncidentBook()

@@ -5,14 +5,27 @@ Per stream, in order:
 1. The first message must be ``Hello`` with a valid ``host_id``
    (``[A-Za-z0-9._-]{1,64}``) and ``boot_id``; otherwise the stream ends with
    INVALID_ARGUMENT naming the problem. With mTLS, the certificate's common name
-   must be the host id (PERMISSION_DENIED otherwise). The host is registered
-   and an ``Ack`` of what is already stored for this boot is sent at once.
+   must be the host id (PERMISSION_DENIED otherwise). Without a certificate
+   (``--insecure``) nothing proves the claim, so a hello for a host id that a
+   live stream holds is refused (ABORTED, with a pushback: the agent retries,
+   and gets in once its old stream is gone); only a certificate may displace a
+   live stream. The host is registered and an ``Ack`` of what is already
+   stored for this boot is sent at once.
 2. Each ``Window`` (seq > 0) is committed to the store, THEN acked (``Ack.seq``
    is the highest seq stored for the boot), THEN judged. A resent window
-   already stored is acked and counted in ``duplicates``, not judged again.
+   already stored is acked and counted in ``duplicates``, not judged again;
+   what the host has committed but not judged (the database failed after a
+   commit) is judged then (``JudgeStage.settle``), if the stage's own retry
+   has not done it already.
    A later ``Hello`` of the same host switches the boot the following windows
    belong to (how an agent resends an earlier boot's unacknowledged windows);
    it is answered with an ``Ack`` of that boot.
+   The agent's clock is not trusted: a window whose end is more than
+   ``clock_skew_s`` away from the collector's receive time is re-dated to end
+   at the receive time (its duration kept, held to ``[0, clock_skew_s]``), is
+   judged and stored so, and carries the reason ``clock_skew`` if it alerts;
+   its wire bytes are stored as the agent sent them. One log line per stream
+   says it happened; ``clock_skew_windows`` counts the windows.
 3. ``ActionResult`` goes to the responder; ``Heartbeat`` refreshes last_seen;
    ``Goodbye`` marks a clean disconnect and ends the stream.
 
@@ -39,9 +52,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -51,7 +66,7 @@ from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
 from tocsin.collector.features import window_features, window_tally
 from tocsin.collector.pipeline import JudgeStage
-from tocsin.collector.ratelimit import AgentRateLimits
+from tocsin.collector.ratelimit import AgentRateLimits, Refusal
 from tocsin.collector.respond import Responder
 from tocsin.collector.silence import SilenceWatch
 from tocsin.collector.store import Store, StoredWindow, StoreFull, StoreUnavailable
@@ -79,6 +94,8 @@ class _StreamSession:
         self.host_id = host_id
         self.stored = 0
         self.duplicates = 0
+        self.skewed = 0
+        self.acked = 0  # highest seq acked on this stream (for the log of a refusal)
         self.out: asyncio.Queue[pb.CollectorMessage | _End] = asyncio.Queue(max_outbound)
 
     def displace(self) -> None:
@@ -100,6 +117,35 @@ def validate_hello(msg: pb.AgentMessage) -> pb.Hello:
     return hello
 
 
+class HostIdTaken(PermissionError):
+    """An unauthenticated hello for a host id that a live stream holds."""
+
+
+def clamp_window(w: pb.Window, received_s: float, clock_skew_s: float) -> float:
+    """Re-date ``w`` in place if its end is over ``clock_skew_s`` from ``received_s``.
+
+    Returns the shift applied to its end in seconds (0.0 when the agent's clock
+    was within the skew). The duration is held to ``[0, clock_skew_s]`` either way.
+    """
+    start_s, end_s = ts_s(w.start), ts_s(w.end)
+    shift = 0.0
+    if abs(end_s - received_s) > clock_skew_s:
+        shift = received_s - end_s
+    duration = min(max(end_s - start_s, 0.0), clock_skew_s)
+    new_end = end_s + shift
+    if shift or new_end - duration != start_s:
+        w.end.FromNanoseconds(int(new_end * 1e9))
+        w.start.FromNanoseconds(int((new_end - duration) * 1e9))
+    return shift
+
+
+def _date(t_s: float) -> str:
+    try:
+        return dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):
+        return f"{t_s:.0f} s after 1970"
+
+
 class TelemetryService(pb_grpc.TelemetryServicer):
     def __init__(
         self,
@@ -111,12 +157,19 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         limits: AgentRateLimits | None = None,
         silence: SilenceWatch | None = None,
         store_retry_ms: int = 5_000,
+        clock_skew_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        taken_retry_ms: int = 5_000,
     ) -> None:
         self.store, self.router, self.stage, self.responder = store, router, stage, responder
         self.max_outbound = max_outbound
         self.limits = limits or AgentRateLimits()
         self.silence = silence
         self.store_retry_ms = store_retry_ms
+        self.clock_skew_s = clock_skew_s
+        self._clock = clock
+        self.taken_retry_ms = taken_retry_ms
+        self.clock_skew_windows = 0
         self.windows_stored = 0
         self.duplicates = 0
         self.bad_streams = 0
@@ -146,6 +199,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             self.bad_streams += 1
             log.warning("stream from %s refused: %s", peer, exc)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except HostIdTaken as exc:
+            self.bad_streams += 1
+            log.warning("stream from %s refused: %s", peer, exc)
+            end = _End(grpc.StatusCode.ABORTED, str(exc), self.taken_retry_ms)
+            await self._refuse(context, hello.host_id, end)
         except PermissionError as exc:
             self.bad_streams += 1
             log.warning("stream from %s refused: %s", peer, exc)
@@ -192,10 +250,12 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             with contextlib.suppress(StoreUnavailable):
                 self.store.touch_host(host_id)
             log.info(
-                "agent %s stream ended (windows stored %d, duplicates dropped %d)%s",
+                "agent %s stream ended (windows stored %d, duplicates dropped %d,"
+                " re-dated for clock skew %d)%s",
                 host_id,
                 session.stored,
                 session.duplicates,
+                session.skewed,
                 f": {end.detail}" if end.detail else "",
             )
         if end.code is not None:
@@ -214,9 +274,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         assert end.code is not None
         await context.abort(end.code, end.detail)
 
-    def _rate_end(self, host_id: str, refusal: object) -> _End:
+    def _rate_end(self, host_id: str, refusal: Refusal) -> _End:
         self.rate_refusals += 1
-        wait_ms = int(getattr(refusal, "retry_after_s", 1.0) * 1000) + 1
+        wait_ms = int(refusal.retry_after_s * 1000) + 1
         log.warning("agent %s: %s; stream ended, retry in %d ms", host_id, refusal, wait_ms)
         return _End(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refusal), wait_ms)
 
@@ -243,6 +303,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         if names and host_id.encode() not in names:
             cn = names[0].decode(errors="replace")
             raise PermissionError(f"host_id {host_id!r} does not match certificate name {cn!r}")
+        if not names and self.router.is_connected(host_id):
+            raise HostIdTaken(
+                f"host id {host_id!r} is held by a live stream, and without TLS nothing"
+                " proves this one is that host; retry once that stream has ended"
+            )
 
     async def _pump(self, session: _StreamSession) -> None:
         queue = self.router.queue(session.host_id)
@@ -300,7 +365,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             log.warning("agent %s: malformed AgentMessage", host_id)
             end = _End(grpc.StatusCode.INVALID_ARGUMENT, "malformed AgentMessage")
         except StoreUnavailable as exc:
-            end = self._store_end(host_id, exc, acked)
+            end = self._store_end(host_id, exc, max(acked, session.acked))
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as exc:
@@ -315,22 +380,40 @@ class TelemetryService(pb_grpc.TelemetryServicer):
     ) -> int:
         if w.seq <= 0:
             raise WireError("window seq must be > 0")
+        raw = w.SerializeToString()
+        sent_end_s = ts_s(w.end)
+        skew_s = clamp_window(w, self._clock(), self.clock_skew_s)
+        if skew_s:
+            self.clock_skew_windows += 1
+            session.skewed += 1
+            if session.skewed == 1:
+                log.warning(
+                    "agent %s: window %d dated %s, %+.0f s from the collector's clock"
+                    " (allowed: %g s); judged as received, and so are later ones",
+                    host_id,
+                    w.seq,
+                    _date(sent_end_s),
+                    -skew_s,
+                    self.clock_skew_s,
+                )
         x = window_features(w)
         stored = StoredWindow(
             seq=int(w.seq),
             start_s=ts_s(w.start),
             end_s=ts_s(w.end),
-            raw=w.SerializeToString(),
+            raw=raw,
             tally=window_tally(w),
         )
         (inserted,) = await asyncio.to_thread(self.store.add_windows, host_id, boot_id, [stored])
-        acked = max(acked, int(w.seq))
+        acked = session.acked = max(acked, int(w.seq))
         await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
         if not inserted:
             self.duplicates += 1
             session.duplicates += 1
+            # A resend after a failure: what was committed but not judged is judged now.
+            await self.stage.settle(host_id)
             return acked
         self.windows_stored += 1
         session.stored += 1
-        await self.stage.judge_window(host_id, boot_id, w, x)
+        await self.stage.judge_window(host_id, boot_id, w, x, clock_skew_s=skew_s)
         return acked

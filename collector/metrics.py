@@ -1,31 +1,30 @@
 """The collector's Prometheus ``/metrics`` endpoint (``--metrics HOST:PORT``, off by default).
 
-Contract: ``attach_metrics(listen, collector, outbox, scorer)`` serves the
-text exposition on ``http://HOST:PORT/metrics`` from a daemon thread (its own
+Contract: ``serve_metrics(listen, collector, outbox, housekeeper)`` serves the text
+exposition on ``http://HOST:PORT/metrics`` from a daemon thread (its own
 registry, nothing global) and returns a ``MetricsServer`` (``address`` is the
 bound address, port 0 picks one; ``close()``). Values are read at scrape time
-from the live parts (ingest, router, responder, outbox, fleet guard, hooks),
-so nothing on the hot path pays for metrics except two cheap observers:
-``ObservedScorer`` (a ``Scorer`` that counts every score into a histogram)
-and ``MeteredStage`` (counts the events, drops and spool drops the agents
-report in each stored window). Families (all prefixed ``tocsin_collector_``):
+from the live parts (ingest, judge stage and its ``WindowMeter``, router,
+responder, outbox, fleet guard, hooks); it changes none of them. Families
+(all prefixed ``tocsin_collector_``):
 windows_total, windows_duplicate_total, events_total{kind},
 agent_events_dropped_total, agent_spool_dropped{host_id}, score (histogram),
 scoring_dropped_total, alerts_total{severity}, actions_total{kind,status},
-commands_dropped_total, webhook_deliveries_total{destination,outcome},
+commands_dropped_total, action_results_refused_total,
+suspended_pids_dropped_total, clock_skew_windows_total, operator_denied_total,
+webhook_deliveries_total{destination,outcome} (a
+receiver's name or redacted URL, never its secret path),
 webhook_outbox_depth, webhook_dropped_total, hosts{state},
-fleet_guard_held_total, hook_runs_total{status}, bad_streams_total.
+fleet_guard_held_total, hook_runs_total{status}, bad_streams_total,
+disk_used_ratio, rows_pruned_total.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -37,68 +36,11 @@ from prometheus_client.registry import CollectorRegistry
 
 from tocsin.collector.grpcconf import parse_hostport
 from tocsin.collector.housekeeping import Housekeeper
-from tocsin.collector.protocols import Scorer
-from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.collector.meter import EVENT_KINDS
 
-SCORE_BUCKETS = (0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0)
-_EVENT_FIELDS = ("created", "modified", "deleted", "moved")
-
-
-class ObservedScorer:
-    """A ``Scorer`` that passes through and counts scores into a histogram."""
-
-    def __init__(self, inner: Scorer) -> None:
-        self.inner = inner
-        self.feature_names = inner.feature_names
-        self.threshold = inner.threshold
-        self._lock = threading.Lock()
-        self.bucket_counts = [0] * len(SCORE_BUCKETS)
-        self.count = 0
-        self.total = 0.0
-
-    def score(self, X: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-        scores = self.inner.score(X)
-        finite = scores[np.isfinite(scores)]
-        idx = np.searchsorted(np.asarray(SCORE_BUCKETS), finite, side="left")
-        with self._lock:
-            for i in idx.tolist():
-                if i < len(SCORE_BUCKETS):
-                    self.bucket_counts[i] += 1
-            self.count += int(finite.size)
-            self.total += float(finite.sum())
-        return scores
-
-    def explain(self, x: npt.NDArray[np.float64]) -> list[tuple[str, float]]:
-        return self.inner.explain(x)
-
-    def histogram(self) -> tuple[list[tuple[str, float]], float]:
-        with self._lock:
-            cumulative, running = [], 0
-            for bound, n in zip(SCORE_BUCKETS, self.bucket_counts, strict=True):
-                running += n
-                cumulative.append((repr(bound), float(running)))
-            cumulative.append(("+Inf", float(self.count)))
-            return cumulative, self.total
-
-
-class MeteredStage:
-    """Wraps the judge stage: counts what each stored window reports, then judges it."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.events: Counter[str] = Counter()
-        self.agent_events_dropped = 0
-        self.spool_dropped: dict[str, int] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def judge_window(self, host_id: str, boot_id: str, w: pb.Window, x: Any) -> Any:
-        for kind in _EVENT_FIELDS:
-            self.events[kind] += int(getattr(w, f"events_{kind}"))
-        self.agent_events_dropped += int(w.events_dropped) + int(w.queue_overflows)
-        self.spool_dropped[host_id] = int(w.spool_dropped)
-        return await self.inner.judge_window(host_id, boot_id, w, x)
+if TYPE_CHECKING:
+    from tocsin.collector.outbox import Outbox
+    from tocsin.collector.server import Collector
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -106,50 +48,41 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 
 class _CollectorFamilies:
-    def __init__(
-        self,
-        collector: Any,
-        outbox: Any,
-        scorer: ObservedScorer | None,
-        stage: MeteredStage,
-        housekeeper: Housekeeper | None,
-    ) -> None:
-        self.c, self.outbox, self.scorer, self.stage = collector, outbox, scorer, stage
-        self.housekeeper = housekeeper
+    def __init__(self, collector: Collector, outbox: Outbox, housekeeper: Housekeeper) -> None:
+        self.c, self.outbox, self.housekeeper = collector, outbox, housekeeper
 
     def collect(self) -> Iterator[Metric]:
         p = "tocsin_collector_"
         tel, responder, router = self.c.telemetry, self.c.responder, self.c.router
+        meter, stage = self.c.stage.meter, self.c.stage
         yield _counter(p + "windows", "Windows stored", tel.windows_stored)
         yield _counter(p + "windows_duplicate", "Resent windows already stored", tel.duplicates)
         yield _counter(p + "bad_streams", "Agent streams ended on an error", tel.bad_streams)
         ev = CounterMetricFamily(p + "events", "File events agents reported", labels=["kind"])
-        for kind in _EVENT_FIELDS:
-            ev.add_metric([kind], self.stage.events[kind])
+        for kind in EVENT_KINDS:
+            ev.add_metric([kind], meter.events[kind])
         yield ev
         yield _counter(
             p + "agent_events_dropped",
             "Events agents reported lost",
-            self.stage.agent_events_dropped,
+            meter.agent_events_dropped,
         )
         sp = GaugeMetricFamily(
             p + "agent_spool_dropped",
             "Windows an agent dropped from its full spool (since boot)",
             labels=["host_id"],
         )
-        for host, n in sorted(self.stage.spool_dropped.items()):
+        for host, n in sorted(meter.spool_dropped.items()):
             sp.add_metric([host], n)
         yield sp
-        if self.scorer is not None:
-            buckets, total = self.scorer.histogram()
-            yield HistogramMetricFamily(
-                p + "score", "Anomaly scores of windows", buckets=buckets, sum_value=total
-            )
-        batch = getattr(self.stage.inner, "batch", None)
+        buckets, total = meter.histogram()
+        yield HistogramMetricFamily(
+            p + "score", "Anomaly scores of windows", buckets=buckets, sum_value=total
+        )
         yield _counter(
             p + "scoring_dropped",
             "Windows judged without a score (queue full)",
-            getattr(batch, "dropped", 0),
+            stage.batch.dropped,
         )
         al = CounterMetricFamily(p + "alerts", "Alerts raised", labels=["severity"])
         for sev in ("warning", "critical"):
@@ -166,6 +99,26 @@ class _CollectorFamilies:
         yield _counter(
             p + "commands_dropped", "Commands dropped from a full host queue", router.dropped
         )
+        yield _counter(
+            p + "action_results_refused",
+            "Agent reports on commands not sent to that agent's host",
+            responder.results_refused,
+        )
+        yield _counter(
+            p + "suspended_pids_dropped",
+            "Suspended pids agents reported past the per-host bound",
+            sum(responder.suspended_pids_dropped.values()),
+        )
+        yield _counter(
+            p + "clock_skew_windows",
+            "Windows re-dated because the agent's clock was off by more than the allowed skew",
+            tel.clock_skew_windows,
+        )
+        yield _counter(
+            p + "operator_denied",
+            "Operator calls refused without TLS because they did not come from loopback",
+            self.c.operator.denied,
+        )
         wd = CounterMetricFamily(
             p + "webhook_deliveries",
             "Webhook delivery attempts by outcome",
@@ -178,8 +131,8 @@ class _CollectorFamilies:
             ("rejected", stats.rejected),
             ("expired", stats.expired),
         ):
-            for dest in self.outbox.destinations:
-                wd.add_metric([dest, outcome], counts[dest])
+            for dest in self.outbox.destinations.values():
+                wd.add_metric([dest.label, outcome], counts[dest.dest_id])
         yield wd
         yield GaugeMetricFamily(
             p + "webhook_outbox_depth",
@@ -189,7 +142,7 @@ class _CollectorFamilies:
         yield _counter(
             p + "webhook_dropped",
             "Events refused by a full outbox",
-            self.outbox.dropped + responder.posts_dropped,
+            self.outbox.dropped,
         )
         hosts = list(self.c.store.list_hosts())
         hs = GaugeMetricFamily(p + "hosts", "Hosts by state", labels=["state"])
@@ -203,17 +156,16 @@ class _CollectorFamilies:
             "Automatic isolations held by the fleet guard",
             guard.held_total if guard is not None else 0,
         )
-        if self.housekeeper is not None:
-            yield GaugeMetricFamily(
-                p + "disk_used_ratio",
-                "Used fraction of the filesystem holding the database",
-                value=self.housekeeper.disk_used_ratio,
-            )
-            yield _counter(
-                p + "rows_pruned",
-                "Rows removed past their retention period",
-                self.housekeeper.rows_pruned,
-            )
+        yield GaugeMetricFamily(
+            p + "disk_used_ratio",
+            "Used fraction of the filesystem holding the database",
+            value=self.housekeeper.disk_used_ratio,
+        )
+        yield _counter(
+            p + "rows_pruned",
+            "Rows removed past their retention period",
+            self.housekeeper.rows_pruned,
+        )
         hr = CounterMetricFamily(p + "hook_runs", "Operator hook runs by status", labels=["status"])
         runs = responder.hooks.runs if responder.hooks is not None else {}
         for status in ("done", "failed", "timeout", "error"):
@@ -231,19 +183,12 @@ class MetricsServer:
         self._server.server_close()
 
 
-def attach_metrics(
-    listen: str,
-    collector: Any,
-    outbox: Any,
-    scorer: ObservedScorer | None = None,
-    housekeeper: Housekeeper | None = None,
+def serve_metrics(
+    listen: str, collector: Collector, outbox: Outbox, housekeeper: Housekeeper
 ) -> MetricsServer:
-    """Meter ``collector`` and serve /metrics on ``listen`` (see module contract)."""
-    stage = MeteredStage(collector.telemetry.stage)
-    collector.telemetry.stage = stage
+    """Serve /metrics of these parts on ``listen`` (see module contract)."""
     registry = CollectorRegistry(auto_describe=False)
-    families = _CollectorFamilies(collector, outbox, scorer, stage, housekeeper)
-    registry.register(families)  # type: ignore[arg-type]
+    registry.register(_CollectorFamilies(collector, outbox, housekeeper))  # type: ignore[arg-type]
     host, port = parse_hostport(listen)
     server, thread = start_http_server(port, host, registry=registry)
     return MetricsServer(server, thread)

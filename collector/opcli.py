@@ -13,7 +13,10 @@
     tocsin certs init --dir D | certs issue NAME --dir D [--collector] [--san H]
 
 Errors are one line on stderr ("tocsin: error: ...") and exit status 2 for bad
-flags or files, 1 when the collector cannot be reached or refuses.
+flags or files, 1 when the collector cannot be reached or refuses. Lists are
+fetched page by page (``page_token``) until ``--limit`` items are in, so no
+reply ever exceeds the message limit; what the agents wrote (process names,
+details) is printed through ``tocsin.v1.text.printable``.
 
 Every flag that names the collector or the operator's TLS files has an
 environment default (``ENV_DEFAULTS``), so a sysadmin exports them once in a
@@ -29,17 +32,19 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
 
+from tocsin.collector import optables
 from tocsin.collector.grpcconf import TlsFiles, client_channel
 from tocsin.v1 import operator_pb2 as op
 from tocsin.v1 import operator_pb2_grpc as op_grpc
 from tocsin.v1.errors import ConfigError, TocsinError
+from tocsin.v1.text import printable
 
 PROG = "tocsin"
 
@@ -122,11 +127,26 @@ def _dict(msg: Any) -> dict[str, Any]:
     )
 
 
-def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+async def fetch_all(
+    call: Callable[..., Awaitable[Any]], request: Any, items: str, limit: int, timeout: float
+) -> list[Any]:
+    """Up to ``limit`` items (0: all) of a paginated list call, page after page.
+
+    Pages are offsets into a newest-first list: an item that arrives while we page
+    pushes the others back, so one already seen may come again; it is kept once.
+    """
+    got: dict[str, Any] = {}
+    while True:
+        if limit:
+            request.limit = limit - len(got)
+        reply = await call(request, timeout=timeout)
+        for item in getattr(reply, items):
+            key = item.host_id if items == "hosts" else getattr(item, items[:-1] + "_id")
+            got.setdefault(key, item)
+        if not reply.next_page_token or (limit and len(got) >= limit):
+            found = list(got.values())
+            return found[:limit] if limit else found
+        request.page_token = reply.next_page_token
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -157,9 +177,9 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"Open within {link.valid_s // 60} minutes (it works once):\n{link.url}")
             return 0
         if args.command == "hosts":
-            hosts = await stub.ListHosts(op.ListHostsRequest(), timeout=t)
+            hosts = await fetch_all(stub.ListHosts, op.ListHostsRequest(), "hosts", 0, t)
             if args.json:
-                print(json.dumps([_dict(h) for h in hosts.hosts], indent=2))
+                print(json.dumps([_dict(h) for h in hosts], indent=2))
                 return 0
             rows = [
                 [
@@ -172,7 +192,7 @@ async def _run(args: argparse.Namespace) -> int:
                     "OPEN ALERTS",
                 ]
             ]
-            for h in hosts.hosts:
+            for h in hosts:
                 rows.append(
                     [
                         h.host_id,
@@ -184,17 +204,17 @@ async def _run(args: argparse.Namespace) -> int:
                         str(h.open_alerts),
                     ]
                 )
-            print(_table(rows))
+            print(optables.table(rows))
             return 0
         if args.command == "alerts":
-            alerts = await stub.ListAlerts(
-                op.ListAlertsRequest(host_id=args.host, limit=args.limit), timeout=t
+            alerts = await fetch_all(
+                stub.ListAlerts, op.ListAlertsRequest(host_id=args.host), "alerts", args.limit, t
             )
             if args.json:
-                print(json.dumps([json.loads(a.json) for a in alerts.alerts], indent=2))
+                print(json.dumps([json.loads(a.json) for a in alerts], indent=2))
                 return 0
             rows = [["DETECTED", "HOST", "SEVERITY", "SCORE", "PROCESS", "REASONS"]]
-            for a in alerts.alerts:
+            for a in alerts:
                 rows.append(
                     [
                         _when(a.detected_at),
@@ -205,25 +225,24 @@ async def _run(args: argparse.Namespace) -> int:
                         " ".join(a.reasons),
                     ]
                 )
-            print(_table(rows))
+            print(optables.table(rows))
             return 0
         if args.command in ("actions", "incidents"):
-            from tocsin.collector import optables
-
-            acts = await stub.ListActions(
-                op.ListActionsRequest(host_id=args.host, limit=args.limit * 20), timeout=t
+            want = args.limit if args.command == "actions" else args.limit * 20
+            acts = await fetch_all(
+                stub.ListActions, op.ListActionsRequest(host_id=args.host), "actions", want, t
             )
             if args.command == "actions":
-                listed = list(acts.actions)[: args.limit]
+                listed = acts[: args.limit]
                 if args.json:
                     print(json.dumps([_dict(a) for a in listed], indent=2))
                 else:
                     print(optables.table(optables.actions_rows(listed)))
                 return 0
-            alerts = await stub.ListAlerts(
-                op.ListAlertsRequest(host_id=args.host, limit=1000), timeout=t
+            alerts = await fetch_all(
+                stub.ListAlerts, op.ListAlertsRequest(host_id=args.host), "alerts", 1000, t
             )
-            items = optables.incidents(alerts.alerts, acts.actions)[: args.limit]
+            items = optables.incidents(alerts, acts)[: args.limit]
             if args.json:
                 print(json.dumps(items, indent=2))
             else:
@@ -239,16 +258,14 @@ async def _run(args: argparse.Namespace) -> int:
             print(json.dumps(_dict(reply), indent=2))
         else:
             print(
-                f"{args.command} {args.host}: {reply.status}"
-                + (f" ({reply.detail})" if reply.detail else "")
+                f"{args.command} {args.host}: {printable(reply.status)}"
+                + (f" ({printable(reply.detail)})" if reply.detail else "")
             )
             if reply.still_suspended:
                 pids = ", ".join(map(str, reply.still_suspended))
                 print(f"still stopped: {pids} (tocsin release {args.host} --resume or --kill)")
             elif args.command == "release":
                 print("no process is stopped by tocsin")
-            from tocsin.collector import optables
-
             recent = await stub.ListActions(
                 op.ListActionsRequest(host_id=args.host, limit=5), timeout=t
             )
@@ -281,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_status
     except grpc.aio.AioRpcError as exc:
         print(
-            f"{PROG}: error: collector {exc.code().name.lower()}: {exc.details()}",
+            f"{PROG}: error: collector {exc.code().name.lower()}: {printable(exc.details())}",
             file=sys.stderr,
             flush=True,
         )

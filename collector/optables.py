@@ -4,7 +4,10 @@ Contract: ``actions_rows`` and ``incident_rows`` turn Operator API replies into
 lists of rows whose first row is the header; ``table(rows)`` aligns them in
 columns. ``incidents`` groups alerts by their ``incident_id`` (one incident =
 one process tree on one host) and attaches every action taken for any of its
-alerts, with the outcome reported. Nothing here talks to the network.
+alerts, with the outcome reported. Every cell goes through
+``tocsin.v1.text.printable`` in ``table``: a process name or a detail cannot
+break a row, move the cursor or reverse the text. Nothing here talks to the
+network.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tocsin.v1 import operator_pb2 as op
+from tocsin.v1.text import printable
 
 
 def when(ts: Any) -> str:
@@ -24,6 +28,7 @@ def when(ts: Any) -> str:
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from tocsin.collector.formats import FORMATS, render
-from tocsin.collector.webhook import parse_secret, signed_headers
+from tocsin.collector.webhook import parse_secret, redact_url, signed_headers
 from tocsin.v1.errors import ConfigError
 
 log = logging.getLogger("tocsin.collector.outbox")
@@ -94,10 +94,18 @@ class Destination:
     min_severity: str = "warning"
     timeout_s: float = 10.0
     name: str = ""
+    # How it is shown when unnamed and its redacted URL is another's too ("... #2").
+    shown: str = ""
 
     @property
     def dest_id(self) -> str:
+        """The outbox's key for this receiver (its rows are keyed by it); never shown."""
         return self.name or self.url
+
+    @property
+    def label(self) -> str:
+        """How logs and metric labels show this receiver: its name, else the redacted URL."""
+        return self.name or self.shown or redact_url(self.url)
 
     def wants(self, event: dict[str, Any]) -> bool:
         kind = str(event.get("event", ""))
@@ -118,7 +126,7 @@ def destination(spec: dict[str, Any], where: str = "webhooks") -> Destination:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     url = spec.get("url")
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}: url wants an http:// or https:// URL, got {url!r}")
+        raise ConfigError(f"{where}: url wants an http:// or https:// URL, got {redact_url(url)}")
     fmt = spec.get("format", "generic")
     if fmt not in FORMATS:
         raise ConfigError(f"{where}: format must be one of {', '.join(FORMATS)}, not {fmt!r}")
@@ -292,6 +300,10 @@ class Outbox:
     async def post(self, event: dict[str, Any]) -> None:
         self.enqueue(event)
 
+    async def drain(self) -> None:
+        """Nothing to wait for: what was enqueued is stored and delivered by ``start``'s loop."""
+        return None
+
     def _poke(self) -> None:
         loop = self._loop
         if loop is None or loop.is_closed():
@@ -411,7 +423,7 @@ class Outbox:
             self.stats.rejected[dest_id] += 1
             log.error(
                 "webhook %s rejected %s %s: %s (not retried)",
-                dest_id,
+                dest.label,
                 event.get("event"),
                 msg_id,
                 error,
@@ -427,7 +439,7 @@ class Outbox:
             self.stats.expired[dest_id] += 1
             log.error(
                 "webhook %s: gave up on %s %s after %d attempts: %s",
-                dest_id,
+                dest.label,
                 event.get("event"),
                 msg_id,
                 attempts,
@@ -445,7 +457,7 @@ class Outbox:
             delay = min(self.retry_max_s, max(delay, hint))
         log.warning(
             "webhook %s: %s %s attempt %d failed (%s); retry in %.1f s",
-            dest_id,
+            dest.label,
             event.get("event"),
             msg_id,
             attempts,

@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS window_rows (
     start_s DOUBLE PRECISION, end_s DOUBLE PRECISION, score DOUBLE PRECISION,
     raw BYTEA NOT NULL, codec SMALLINT NOT NULL DEFAULT 0, UNIQUE (boot_ref, seq)
 );
+ALTER TABLE window_rows ADD COLUMN IF NOT EXISTS judged BOOLEAN NOT NULL DEFAULT TRUE;
+CREATE INDEX IF NOT EXISTS window_rows_unjudged ON window_rows (boot_ref, seq) WHERE NOT judged;
 CREATE TABLE IF NOT EXISTS rollups (
     host_id TEXT NOT NULL, hour BIGINT NOT NULL, windows BIGINT NOT NULL,
     files_written BIGINT NOT NULL, files_deleted BIGINT NOT NULL,
@@ -243,8 +245,9 @@ class PgStore:
             for w in windows:
                 raw, codec = pack_raw(w.raw)
                 cur.execute(
-                    "INSERT INTO window_rows (boot_ref, seq, start_s, end_s, score, raw, codec)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (boot_ref, seq) DO NOTHING",
+                    "INSERT INTO window_rows (boot_ref, seq, start_s, end_s, score, raw, codec,"
+                    " judged) VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE)"
+                    " ON CONFLICT (boot_ref, seq) DO NOTHING",
                     (boot_ref, w.seq, w.start_s, w.end_s, w.score, raw, codec),
                 )
                 inserted.append(cur.rowcount == 1)
@@ -265,21 +268,54 @@ class PgStore:
         )
         return int(rows[0][0] or 0)
 
-    def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None:
+    def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
         with self._tx() as cur:
             cur.execute(
-                "UPDATE window_rows SET score = %s WHERE seq = %s AND boot_ref ="
+                "UPDATE window_rows SET score = %s, judged = TRUE WHERE seq = %s AND boot_ref ="
                 " (SELECT boot_ref FROM boots WHERE host_id = %s AND boot_id = %s)"
                 " RETURNING end_s",
                 (score, seq, host_id, boot_id),
             )
             row = cur.fetchone()
-            if row is not None:
+            if row is not None and score is not None:
                 cur.execute(
                     "UPDATE rollups SET max_score = GREATEST(COALESCE(max_score, %s), %s)"
                     " WHERE host_id = %s AND hour = %s",
                     (score, score, host_id, hour_of(row[0])),
                 )
+
+    def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
+        rows = self._rows(
+            "SELECT b.boot_id, w.seq, w.start_s, w.end_s, w.raw, w.codec, w.score"
+            " FROM boots b JOIN window_rows w ON w.boot_ref = b.boot_ref"
+            " WHERE b.host_id = %s AND NOT w.judged ORDER BY w.end_s, w.seq LIMIT %s",
+            (host_id, limit),
+        )
+        return [
+            (r[0], StoredWindow(r[1], r[2], r[3], unpack_raw(bytes(r[4]), r[5]), score=r[6]))
+            for r in rows
+        ]
+
+    def unjudged_hosts(self) -> list[str]:
+        rows = self._rows(
+            "SELECT DISTINCT b.host_id FROM window_rows w JOIN boots b"
+            " ON b.boot_ref = w.boot_ref WHERE NOT w.judged ORDER BY b.host_id"
+        )
+        return [r[0] for r in rows]
+
+    def judged_since(self, host_id: str, span_s: float, limit: int = 4096) -> list[StoredWindow]:
+        rows = self._rows(
+            "SELECT w.seq, w.start_s, w.end_s, w.raw, w.codec, w.score FROM window_rows w"
+            " JOIN boots b ON b.boot_ref = w.boot_ref WHERE b.host_id = %s AND w.judged"
+            " AND w.end_s >= (SELECT MAX(w2.end_s) FROM window_rows w2 JOIN boots b2"
+            " ON b2.boot_ref = w2.boot_ref WHERE b2.host_id = %s AND w2.judged) - %s"
+            " ORDER BY w.end_s DESC, w.seq DESC LIMIT %s",
+            (host_id, host_id, span_s, limit),
+        )
+        return [
+            StoredWindow(r[0], r[1], r[2], unpack_raw(bytes(r[3]), r[4]), score=r[5])
+            for r in reversed(rows)
+        ]
 
     def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]:
         rows = self._rows(
@@ -356,11 +392,13 @@ class PgStore:
             ),
         )
 
-    def _alerts(self, where: str, args: Sequence[Any], limit: int) -> list[AlertRecord]:
+    def _alerts(
+        self, where: str, args: Sequence[Any], limit: int, offset: int = 0
+    ) -> list[AlertRecord]:
         rows = self._rows(
             f"SELECT {_ALERT_COLUMNS} FROM alerts{where}"
-            " ORDER BY detected_at DESC, seq DESC LIMIT %s",
-            (*args, limit),
+            " ORDER BY detected_at DESC, seq DESC LIMIT %s OFFSET %s",
+            (*args, limit, offset),
         )
         return [
             AlertRecord(
@@ -380,10 +418,10 @@ class PgStore:
             for r in rows
         ]
 
-    def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]:
+    def list_alerts(self, host_id: str = "", limit: int = 50, offset: int = 0) -> list[AlertRecord]:
         if host_id:
-            return self._alerts(" WHERE host_id = %s", (host_id,), limit)
-        return self._alerts("", (), limit)
+            return self._alerts(" WHERE host_id = %s", (host_id,), limit, offset)
+        return self._alerts("", (), limit, offset)
 
     def incident_alerts(self, incident_id: str) -> list[AlertRecord]:
         return self._alerts(" WHERE incident_id = %s", (incident_id,), 1000)
@@ -431,12 +469,14 @@ class PgStore:
         rows = self._rows(f"SELECT {_ACTION_COLUMNS} FROM actions WHERE id = %s", (action_id,))
         return self._action(rows[0]) if rows else None
 
-    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]:
+    def list_actions(
+        self, host_id: str = "", limit: int = 50, offset: int = 0
+    ) -> list[ActionRecord]:
         where, args = (" WHERE host_id = %s", (host_id,)) if host_id else ("", ())
         rows = self._rows(
             f"SELECT {_ACTION_COLUMNS} FROM actions{where}"
-            " ORDER BY requested_at DESC, seq DESC LIMIT %s",
-            (*args, limit),
+            " ORDER BY requested_at DESC, seq DESC LIMIT %s OFFSET %s",
+            (*args, limit, offset),
         )
         return [self._action(r) for r in rows]
 

@@ -3,7 +3,11 @@
 Contract: ``replay(path, channel, speed)`` splits the recording at each
 ``hello`` (one agent boot each), opens one Telemetry stream per boot, sends
 the hello, then every message in order; windows are paced by their own end
-timestamps divided by ``speed`` (0: as fast as possible). Before closing a
+timestamps divided by ``speed`` (0: as fast as possible), and re-dated as a
+live agent would date them: the recording is shifted so that its first window
+ends when the replay starts (the collector trusts no clock further than its
+allowed skew from its own, so a recording keeps its own dates only if it is
+fresh). Before closing a
 stream it waits until the collector acked the last window sent on it (at most
 ``ack_timeout_s``, then ``WireError``). Commands the collector sends back are
 counted, never executed. ``host_id`` replaces the recorded one.
@@ -44,6 +48,15 @@ def split_boots(messages: Iterable[pb.AgentMessage]) -> list[list[pb.AgentMessag
         else:
             boots[-1].append(msg)
     return boots
+
+
+def _redated(msg: pb.AgentMessage, shift_s: float) -> pb.AgentMessage:
+    """A copy of a window message with its start and end moved by ``shift_s``."""
+    out = pb.AgentMessage()
+    out.CopyFrom(msg)
+    for ts in (out.window.start, out.window.end):
+        ts.FromNanoseconds(int((ts_s(ts) + shift_s) * 1e9))
+    return out
 
 
 async def replay(
@@ -93,10 +106,13 @@ async def _replay_boot(
         await call.write(hello)
         first_ts: float | None = None
         started = time.monotonic()
+        shift_s = 0.0
         for msg in messages[1:]:
             if msg.HasField("window"):
                 end_s = ts_s(msg.window.end)
-                first_ts = end_s if first_ts is None else first_ts
+                if first_ts is None:
+                    first_ts, shift_s = end_s, time.time() - end_s
+                msg = _redated(msg, shift_s)
                 if speed > 0:
                     delay = (end_s - first_ts) / speed - (time.monotonic() - started)
                     if delay > 0:

@@ -4,8 +4,9 @@
 
 - ``on_decision(d)``: an ``open`` or ``escalate`` decision becomes an alert
   (stored, then posted to the webhooks in the background as event ``alert``);
-  ``update`` refreshes the stored alert of the incident; ``close`` marks it
-  closed. Never blocks on a receiver.
+  ``update`` refreshes the stored alert of the incident (or, if the incident
+  has none because the database failed before it was stored, raises it as
+  ``open`` would); ``close`` marks it closed. Never blocks on a receiver.
 - Mode ``off``: alerts only. ``dry-run``: alerts list the actions tocsin would
   take with status ``dry-run``; nothing is sent. ``enforce``: a critical
   alert suspends the tree root (``suspend``) and isolates the host
@@ -21,11 +22,18 @@
 - ``command(...)``: operator-requested actions (always sent; audited).
 - ``on_action_result(host_id, result)``: the agent's report is stored,
   audited, folded into the host state (isolated, suspended pids) and posted as
-  event ``action``.
-A sink with ``enqueue`` (the durable outbox) takes events synchronously, so
-an alert is queued for its webhooks before ``on_decision`` returns. Other
-sinks get background posts, bounded (``max_inflight``; extra posts are dropped
-and counted in ``posts_dropped``); ``drain()`` waits for those in flight.
+  event ``action``. A report on a command is accepted only from the host the
+  command was sent to, for a command the collector (or an operator through it)
+  issued; anything else is refused, logged and counted (``results_refused``),
+  and changes nothing. A report of the agent's own action (``local``) is
+  recorded under the id ``HOST/ID``: it can never land on another host's
+  action. Details are cut to ``MAX_DETAIL_CHARS``; a host's suspended pids are
+  bounded by ``MAX_SUSPENDED_PIDS``, the excess counted per host in
+  ``suspended_pids_dropped``.
+Events go to the sink with ``enqueue`` (the durable outbox stores them at
+once, so an alert is queued for its webhooks before ``on_decision``
+returns); a sink that refuses one is counted in ``posts_failed``. ``drain()``
+waits for hooks and background posts in flight.
 """
 
 from __future__ import annotations
@@ -41,38 +49,61 @@ from typing import Any, Literal
 
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import Decision
-from tocsin.collector.explain import explain_decision
+from tocsin.collector.explain import N_, Gettext, explain_decision, same_text
 from tocsin.collector.fleetguard import FleetGuard
 from tocsin.collector.hooks import HookOutcome, HookRunner
 from tocsin.collector.store import ActionRecord, AlertRecord, Store
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1 import telemetry_pb2 as pb
-from tocsin.v1.errors import TocsinError
 
 log = logging.getLogger("tocsin.collector.respond")
+
+MAX_SUSPENDED_PIDS = 256
+MAX_DETAIL_CHARS = 2000
 
 Mode = Literal["off", "dry-run", "enforce"]
 MODES: tuple[str, ...] = ("off", "dry-run", "enforce")
 
 _PHRASES = {
-    "type_destroyed": "{n} files lost their file type",
-    "encrypted_twins": "{n} files were replaced by encrypted copies",
-    "encoded_random": "{n} files were rewritten as encoded random data",
-    "new_extension_spreading": "the new extension {a} spread to {b} directories",
-    "ransom_note": "a note named {a} appeared in {b} directories",
-    "canary_touched": "a canary file was touched",
-    "tripwire": "the agent's tripwire fired ({a})",
-    "anomaly_score": "activity was unusual (score {a})",
+    "type_destroyed": N_("{n} files lost their file type"),
+    "encrypted_twins": N_("{n} files were replaced by encrypted copies"),
+    "encoded_random": N_("{n} files were rewritten as encoded random data"),
+    "new_extension_spreading": N_("the new extension {a} spread to {b} directories"),
+    "ransom_note": N_("a note named {a} appeared in {b} directories"),
+    "canary_touched": N_("a canary file was touched"),
+    "tripwire": N_("the agent's tripwire fired ({a})"),
+    "anomaly_score": N_("activity was unusual (score {a})"),
+    "clock_skew": N_("the agent's clock was off"),
+}
+# The summary's words for severities, actions and their outcomes.
+_WORDS = {
+    "critical": N_("Critical"),
+    "warning": N_("Warning"),
+    "suspend": N_("suspend"),
+    "isolate": N_("isolate"),
+    "block_client": N_("block workstation"),
+    "done": N_("done"),
+    "failed": N_("failed"),
+    "sent": N_("sent"),
+    "dry-run": N_("dry-run"),
+    "held": N_("held"),
+    "refused": N_("refused"),
 }
 
 
+_FIRST_S = dt.datetime(1, 1, 1, tzinfo=dt.UTC).timestamp()
+_LAST_S = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
+
+
 def rfc3339(t_s: float) -> str:
-    """RFC 3339 UTC with milliseconds and a Z."""
+    """RFC 3339 UTC with milliseconds and a Z; never raises (held to years 1..9999)."""
+    t_s = min(max(t_s, _FIRST_S), _LAST_S) if t_s == t_s else 0.0
     stamp = dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
 
 
-def describe(reasons: Sequence[str]) -> str:
+def describe(reasons: Sequence[str], _: Gettext = same_text) -> str:
+    """The reasons as one clause of the summary, in the reader's language (``_``)."""
     parts = []
     for reason in reasons:
         head, *rest = reason.split(":")
@@ -81,8 +112,12 @@ def describe(reasons: Sequence[str]) -> str:
             continue
         a = rest[0] if rest else ""
         b = rest[1].removesuffix("dirs") if len(rest) > 1 else ""
-        parts.append(phrase.format(n=a, a=a, b=b))
-    return "; ".join(parts) or "unusual file activity"
+        parts.append(_(phrase).format(n=a, a=a, b=b))
+    return "; ".join(parts) or _("unusual file activity")
+
+
+def _word(word: str, _: Gettext) -> str:
+    return _(_WORDS[word]) if word in _WORDS else word
 
 
 class Responder:
@@ -95,10 +130,10 @@ class Responder:
         allow: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
-        max_inflight: int = 256,
         command_ttl_s: float = 300.0,
         guard: FleetGuard | None = None,
         hooks: HookRunner | None = None,
+        gettext: Gettext = same_text,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"respond mode must be one of {MODES}, not {mode!r}")
@@ -106,18 +141,16 @@ class Responder:
         self.mode = mode
         self.allow = list(allow)
         self._clock, self._new_id = clock, new_id
-        self.max_inflight = max_inflight
         self.command_ttl_s = command_ttl_s
-        self.posts_dropped = 0
         self.posts_failed = 0
-        self._inflight: set[asyncio.Task[None]] = set()
         self._alerts: dict[str, AlertRecord] = {}
         self.guard = guard
         self.hooks = hooks
-        if hooks is not None and hooks.on_outcome is None:
-            hooks.on_outcome = self.on_hook_outcome
+        self._ = gettext
         self.alerts_total: Counter[str] = Counter()
         self.actions_total: Counter[tuple[str, str]] = Counter()
+        self.results_refused = 0
+        self.suspended_pids_dropped: Counter[str] = Counter()
 
     # ---------------------------------------------------------------- decisions
 
@@ -130,9 +163,13 @@ class Responder:
         self, d: Decision, explanation: Sequence[tuple[str, float]] = ()
     ) -> dict[str, Any] | None:
         """Store and post an alert for ``open``/``escalate``; returns the posted body."""
-        if d.kind == "update":
+        if d.kind == "update" and d.incident_id in self._alerts:
             self._update(d)
             return None
+        if d.kind == "update":
+            # The incident's alert was never stored (the database failed between
+            # the judge's record and the alert): raise it now rather than never.
+            log.warning("incident %s of %s had no alert; raising it now", d.incident_id, d.host_id)
         if d.kind == "close":
             alert = self._alerts.pop(d.incident_id, None)
             if alert is not None:
@@ -284,18 +321,25 @@ class Responder:
         return {"action": "isolate", "status": "held", "detail": detail}
 
     def _summary(self, d: Decision, actions: Sequence[dict[str, Any]]) -> str:
-        who = f"{d.process.name} (pid {d.process.pid})" if d.process else "an unknown process"
-        did = [f"{a['action']} {a['status']}" for a in actions]
-        if self.mode == "off":
-            done = "tocsin only alerts (respond=off)"
-        elif not actions:
-            done = "no action on a warning: a human should look"
+        """One sentence for the chat message, in the collector's language."""
+        _ = self._
+        if d.process:
+            who = _("written by {name} (pid {pid})").format(name=d.process.name, pid=d.process.pid)
         else:
-            done = "tocsin: " + ", ".join(did)
-        drill = " (drill)" if d.drill else ""
-        return (
-            f"{d.severity.capitalize()}{drill} on {d.host_id}: {describe(d.reasons)}, "
-            f"written by {who}; {done}."
+            who = _("written by an unknown process")
+        did = [f"{_word(a['action'], _)} {_word(a['status'], _)}" for a in actions]
+        if self.mode == "off":
+            done = _("tocsin only alerts (respond=off)")
+        elif not actions:
+            done = _("no action on a warning: a human should look")
+        else:
+            done = _("tocsin: {actions}").format(actions=", ".join(did))
+        head = _("{severity} (drill) on {host}") if d.drill else _("{severity} on {host}")
+        return _("{head}: {what}, {who}; {done}.").format(
+            head=head.format(severity=_word(d.severity, _), host=d.host_id),
+            what=describe(d.reasons, _),
+            who=who,
+            done=done,
         )
 
     # ---------------------------------------------------------------- commands
@@ -351,42 +395,69 @@ class Responder:
             if fut is not None and not fut.done() and connected:
                 fut.cancel()
 
+    def _issued_to(self, host_id: str, command_id: str) -> ActionRecord | None:
+        """The collector's command ``command_id`` if it was sent to ``host_id``, else None."""
+        action = self.store.get_action(command_id) if command_id else None
+        if action is None or action.host_id != host_id or action.kind == "hook":
+            return None
+        if not action.requested_by.startswith(("collector", "operator:")):
+            return None
+        return action
+
     async def on_action_result(self, host_id: str, r: pb.ActionResult) -> None:
-        pids = list(r.pids)
-        action = (
-            self.store.finish_action(r.command_id, r.status, r.detail, pids)
-            if (r.command_id)
-            else None
-        )
-        if action is None:
+        pids = list(r.pids[:MAX_SUSPENDED_PIDS])
+        if len(r.pids) > len(pids):
+            self.suspended_pids_dropped[host_id] += len(r.pids) - len(pids)
+        detail = r.detail[:MAX_DETAIL_CHARS]
+        kind, status = r.kind[:32], r.status[:64]
+        if r.local:
             action = ActionRecord(
-                action_id=r.command_id or self._new_id(),
+                action_id=f"{host_id}/{r.command_id[:64] or self._new_id()}",
                 alert_id="",
                 host_id=host_id,
-                kind=r.kind,
-                requested_by="agent" if r.local else "unknown",
+                kind=kind,
+                requested_by="agent",
                 requested_at_s=self._clock(),
-                status=r.status,
-                detail=r.detail,
+                status=status,
+                detail=detail,
                 pids=pids,
                 finished_at_s=self._clock(),
             )
             self.store.add_action(action)
-        self.store.audit(f"agent:{host_id}", f"{r.kind} {r.status}", r.detail)
-        self.actions_total[(r.kind, r.status)] += 1
-        if r.status == "done":
-            self._fold_host_state(host_id, r.kind, pids or action.pids)
-        self.router.resolve(r)
+        else:
+            issued = self._issued_to(host_id, r.command_id)
+            if issued is None:
+                self.results_refused += 1
+                log.warning(
+                    "agent %s reported %s %s for command %r, which the collector never sent"
+                    " it; refused",
+                    host_id,
+                    kind,
+                    status,
+                    r.command_id[:64],
+                )
+                self.store.audit(
+                    f"agent:{host_id}", "result refused", f"command {r.command_id[:64]!r}"
+                )
+                return
+            kind = issued.kind  # what was asked, whatever the report calls it
+            finished = self.store.finish_action(issued.action_id, status, detail, pids)
+            action = finished or issued
+            self.router.resolve(r)
+        self.store.audit(f"agent:{host_id}", f"{kind} {status}", detail)
+        self.actions_total[(kind, status)] += 1
+        if status == "done":
+            self._fold_host_state(host_id, kind, pids or action.pids)
         self._post_later(
             {
                 "event": "action",
                 "alert_id": action.alert_id,
                 "host_id": host_id,
-                "action": r.kind,
-                "status": r.status,
-                "detail": r.detail,
+                "action": kind,
+                "status": status,
+                "detail": detail,
                 "pids": pids or action.pids,
-                "command_id": r.command_id,
+                "command_id": action.action_id,
                 "local": r.local,
                 "at": rfc3339(self._clock()),
                 "mode": self.mode,
@@ -402,7 +473,18 @@ class Responder:
         elif kind == "release":
             self.store.set_host_state(host_id, isolated=False)
         elif kind == "suspend":
-            self.store.set_host_state(host_id, suspended_pids=host.suspended_pids + list(pids))
+            known = set(host.suspended_pids)
+            new = sorted(set(pids) - known)
+            room = max(MAX_SUSPENDED_PIDS - len(known), 0)
+            if len(new) > room:
+                self.suspended_pids_dropped[host_id] += len(new) - room
+                log.warning(
+                    "agent %s: %d suspended pids past the %d kept per host; not listed",
+                    host_id,
+                    len(new) - room,
+                    MAX_SUSPENDED_PIDS,
+                )
+            self.store.set_host_state(host_id, suspended_pids=[*known, *new[:room]])
         elif kind in ("resume", "kill"):
             left = [p for p in host.suspended_pids if p not in set(pids)]
             self.store.set_host_state(host_id, suspended_pids=left)
@@ -452,32 +534,14 @@ class Responder:
 
     def _post_later(self, event: dict[str, Any]) -> None:
         if self.hooks is not None and event.get("action") != "hook":
-            self.hooks.fire(event)
-        enqueue = getattr(self.sink, "enqueue", None)
-        if enqueue is not None:
-            try:
-                enqueue(event)
-            except Exception:
-                self.posts_failed += 1
-                log.exception("could not queue %s for the webhooks", event.get("event"))
-            return
-        if len(self._inflight) >= self.max_inflight:
-            self.posts_dropped += 1
-            log.warning("webhook backlog full; dropped %s %s", event["event"], event["host_id"])
-            return
-        task = asyncio.get_running_loop().create_task(self._post(event))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def _post(self, event: dict[str, Any]) -> None:
+            self.hooks.fire(event, self.on_hook_outcome)
         try:
-            await self.sink.post(event)
-        except TocsinError as exc:
+            self.sink.enqueue(event)
+        except Exception:
             self.posts_failed += 1
-            log.warning("%s", exc)
+            log.exception("could not queue %s for the webhooks", event.get("event"))
 
     async def drain(self) -> None:
         if self.hooks is not None:
             await self.hooks.drain()
-        while self._inflight:
-            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+        await self.sink.drain()

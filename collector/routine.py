@@ -114,12 +114,6 @@ class SqliteRoutineBook:
             )
 
 
-def routine_book_for(store: object) -> RoutineBook:
-    """A SQLite book beside a store that has a database ``path``, else one in memory."""
-    path = getattr(store, "path", None)
-    return SqliteRoutineBook(Path(path)) if path else MemoryRoutineBook()
-
-
 def _day_gap_s(a_s: float, b_s: float) -> float:
     gap = abs(a_s % DAY_S - b_s % DAY_S)
     return min(gap, DAY_S - gap)

@@ -1,37 +1,33 @@
-"""One collector process: the parts wired together behind one gRPC port.
+"""One collector process: its parts behind one gRPC port.
 
-``Collector(store, scorer, sink, mode)`` builds the router, responder, judge
-and both services; ``await start(listen)`` binds ``HOST:PORT`` (port 0 picks
-a free one) and returns the bound port; ``await stop(grace_s)`` stops taking
-streams, lets posts in flight finish and closes the store. Message sizes are
-bounded by ``tocsin.v1.CHANNEL_OPTIONS`` (``SERVER_OPTIONS`` adds the server's
-side of keepalive). Hosts known from the store that did not say goodbye are
-watched for silence from the start (``silent_after_s``); per-agent rate limits
-are ``rate_limits``.
+``Collector`` takes its parts already built (``tocsin.collector.app``
+assembles them): the store, the command router, the responder, the judge
+stage, both services and the silence watch. ``await start(listen)`` binds
+``HOST:PORT`` (port 0 picks a free one), starts watching hosts known from the
+store that did not say goodbye for silence, starts the stage's judgement
+backlog, and returns the bound port; ``await stop(grace_s)`` stops taking
+streams, lets posts in flight finish and closes the store, the incident book
+and the per-host baselines. Message sizes are bounded by
+``tocsin.v1.CHANNEL_OPTIONS`` (``SERVER_OPTIONS`` adds the server's side of
+keepalive).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
 
 import grpc
 
 from tocsin.collector.commands import CommandRouter
-from tocsin.collector.console.auth import LinkIssuer
-from tocsin.collector.decide import Judge, JudgeConfig
+from tocsin.collector.decide import Judge
 from tocsin.collector.grpcconf import SERVER_OPTIONS
 from tocsin.collector.ingest import TelemetryService
 from tocsin.collector.opserver import OperatorService
 from tocsin.collector.pipeline import JudgeStage
-from tocsin.collector.protocols import Scorer
-from tocsin.collector.ratelimit import AgentRateLimits, RateLimits
 from tocsin.collector.respond import Responder
-from tocsin.collector.routine import RoutineJobs, routine_book_for
 from tocsin.collector.silence import SilenceWatch
 from tocsin.collector.store import Store
-from tocsin.collector.webhook import WebhookSink
 from tocsin.v1 import operator_pb2_grpc as op_grpc
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import ConfigError
@@ -41,38 +37,23 @@ class Collector:
     def __init__(
         self,
         store: Store,
-        scorer: Scorer,
-        sink: WebhookSink,
-        mode: str = "dry-run",
-        allow: Sequence[str] = (),
+        router: CommandRouter,
+        responder: Responder,
+        stage: JudgeStage,
+        telemetry: TelemetryService,
+        operator: OperatorService,
+        silence: SilenceWatch,
         credentials: grpc.ServerCredentials | None = None,
-        judge_config: JudgeConfig | None = None,
-        silent_after_s: float = 60.0,
-        rate_limits: RateLimits | None = None,
-        console: LinkIssuer | None = None,
     ) -> None:
-        self.store = store
-        self.scorer = scorer
-        self.router = CommandRouter()
-        self.responder = Responder(store, sink, self.router, mode=mode, allow=allow)
-        self.judge = Judge(
-            scorer.threshold, judge_config, routine=RoutineJobs(routine_book_for(store))
-        )
-        self.stage = JudgeStage(scorer, self.judge, self.responder, store)
-        self.silence = SilenceWatch(sink, silent_after_s)
-        self.limits = AgentRateLimits(rate_limits)
-        self.telemetry = TelemetryService(
-            store,
-            self.router,
-            self.stage,
-            self.responder,
-            limits=self.limits,
-            silence=self.silence,
-        )
-        self._silence_task: asyncio.Task[None] | None = None
-        self.operator = OperatorService(store, self.router, self.responder, console=console)
+        self.store, self.router, self.responder, self.stage = store, router, responder, stage
+        self.telemetry, self.operator, self.silence = telemetry, operator, silence
         self.credentials = credentials
         self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def judge(self) -> Judge:
+        return self.stage.judge
 
     async def start(self, listen: str) -> int:
         server = grpc.aio.server(options=SERVER_OPTIONS)
@@ -92,21 +73,27 @@ class Collector:
         for host in self.store.list_hosts():
             if not host.clean_disconnect:
                 self.silence.watch(host.host_id, host.last_seen_s)
-        self._silence_task = asyncio.get_running_loop().create_task(self.silence.run())
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.silence.run()),
+            loop.create_task(self.stage.run_backlog()),
+        ]
         return port
 
     async def stop(self, grace_s: float = 5.0) -> None:
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
-        if self._silence_task is not None:
-            self._silence_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._silence_task
-        await self.stage.batch.close()
+                await task
+        await self.stage.close()
         await self.responder.drain()
         await self.silence.drain()
         self.store.close()
+        self.stage.judge.book.close_db()
+        self.stage.baselines.close()
 
     async def wait(self) -> None:
         if self._server is not None:

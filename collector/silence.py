@@ -27,22 +27,17 @@ counted in ``posts_dropped``). Their body has the alert fields (``event``,
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+from tocsin.collector.respond import rfc3339
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1.errors import TocsinError
 
 log = logging.getLogger("tocsin.collector.silence")
-
-
-def _rfc3339(t_s: float) -> str:
-    stamp = dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
 
 
 class SilenceWatch:
@@ -122,13 +117,13 @@ class SilenceWatch:
             "host_id": host_id,
             "severity": severity,
             "score": None,
-            "detected_at": _rfc3339(now_s),
-            "window_start": _rfc3339(last_seen_s),
-            "window_end": _rfc3339(now_s),
+            "detected_at": rfc3339(now_s),
+            "window_start": rfc3339(last_seen_s),
+            "window_end": rfc3339(now_s),
             "reasons": [f"{kind}:{silent_for_s:g}s"],
             "process": None,
             "actions": [],
-            "last_seen": _rfc3339(last_seen_s),
+            "last_seen": rfc3339(last_seen_s),
             "silent_for_s": silent_for_s,
             "silent_after_s": self.silent_after_s,
             "summary": (

@@ -11,7 +11,17 @@ Contract of every ``Store``:
   and every window is committed before the next one is read, so every window
   the agent sent with a lower seq is stored too; a seq the agent itself dropped
   from its full spool is never waited for.
-- Alerts, actions and audit rows are plain records; lists come back newest first.
+- Every stored window is judged exactly once, in order per host:
+  ``mark_judged(host_id, boot_id, seq, score)`` records that its judgement is
+  complete (decisions stored, commands sent). ``unjudged(host_id)`` returns
+  (boot_id, window) for the windows committed (and acked) but not yet judged,
+  oldest first, so a judgement the database lost after the commit is taken up
+  again once it is back; ``unjudged_hosts()`` names the hosts that have any.
+  ``judged_since(host_id, span_s)`` returns the host's judged windows within
+  ``span_s`` of its newest judged one, oldest first: the judge's horizons are
+  rebuilt from them after a restart.
+- Alerts, actions and audit rows are plain records; lists come back newest first,
+  ``limit`` of them after skipping ``offset`` (how the operator API pages).
 - Every stored window is also added to its host's hourly rollup (counts,
   evidence totals, highest score), in the same transaction. ``prune`` deletes,
   in one short transaction per call, at most ``batch`` of the oldest raw
@@ -50,7 +60,8 @@ class StoreFull(StoreUnavailable):
     """The database's disk (or its size limit) is full; nothing was committed."""
 
 
-def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+def unavailable(exc: sqlite3.Error) -> StoreUnavailable:
+    """The ``StoreUnavailable`` (or ``StoreFull``) an SQLite error means to the collector."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL or "full" in str(exc):
         return StoreFull(f"database full: {exc}")
@@ -155,7 +166,12 @@ class Store(Protocol):
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]: ...
     def committed_seq(self, host_id: str, boot_id: str) -> int: ...
-    def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None: ...
+    def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None: ...
+    def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]: ...
+    def unjudged_hosts(self) -> list[str]: ...
+    def judged_since(
+        self, host_id: str, span_s: float, limit: int = 4096
+    ) -> list[StoredWindow]: ...
     def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]: ...
     def host_windows(
         self, host_id: str, since_s: float, until_s: float, limit: int = 2000
@@ -163,13 +179,17 @@ class Store(Protocol):
     def incident_alerts(self, incident_id: str) -> list[AlertRecord]: ...
     def prune(self, windows_before_s: float, rollups_before_s: float, batch: int = 2000) -> int: ...
     def save_alert(self, alert: AlertRecord) -> None: ...
-    def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]: ...
+    def list_alerts(
+        self, host_id: str = "", limit: int = 50, offset: int = 0
+    ) -> list[AlertRecord]: ...
     def add_action(self, action: ActionRecord) -> None: ...
     def finish_action(
         self, action_id: str, status: str, detail: str, pids: list[int] | None = None
     ) -> ActionRecord | None: ...
     def get_action(self, action_id: str) -> ActionRecord | None: ...
-    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]: ...
+    def list_actions(
+        self, host_id: str = "", limit: int = 50, offset: int = 0
+    ) -> list[ActionRecord]: ...
     def audit(self, who: str, what: str, detail: str = "") -> None: ...
     def audit_log(self, limit: int = 100) -> list[tuple[float, str, str, str]]: ...
     def close(self) -> None: ...
@@ -187,12 +207,9 @@ CREATE TABLE IF NOT EXISTS boots (
 );
 CREATE TABLE IF NOT EXISTS window_rows (
     boot_ref INTEGER NOT NULL, seq INTEGER NOT NULL, start REAL, "end" REAL, score REAL,
-    raw BLOB, codec INTEGER NOT NULL DEFAULT 0, UNIQUE(boot_ref, seq)
+    raw BLOB, codec INTEGER NOT NULL DEFAULT 0, judged INTEGER NOT NULL DEFAULT 1,
+    UNIQUE(boot_ref, seq)
 );
-CREATE VIEW IF NOT EXISTS windows AS
-    SELECT b.host_id AS host_id, b.boot_id AS boot_id, w.seq AS seq, w.start AS start,
-           w."end" AS "end", w.score AS score, w.raw AS raw, w.codec AS codec
-    FROM window_rows w JOIN boots b USING (boot_ref);
 CREATE TABLE IF NOT EXISTS rollups (
     host_id TEXT NOT NULL, hour INTEGER NOT NULL, windows INTEGER NOT NULL,
     files_written INTEGER NOT NULL, files_deleted INTEGER NOT NULL,
@@ -211,6 +228,16 @@ CREATE TABLE IF NOT EXISTS actions (
     requested_at REAL, status TEXT, detail TEXT, pids TEXT, finished_at REAL
 );
 CREATE TABLE IF NOT EXISTS audit (at REAL, who TEXT, what TEXT, detail TEXT);
+"""
+# Made after ``window_rows`` has its ``judged`` column (a database from before
+# it gets the column, every window in it counting as judged).
+_JUDGED_SCHEMA = """
+CREATE INDEX IF NOT EXISTS window_rows_unjudged ON window_rows(boot_ref, seq) WHERE judged=0;
+CREATE VIEW IF NOT EXISTS windows AS
+    SELECT b.host_id AS host_id, b.boot_id AS boot_id, w.seq AS seq, w.start AS start,
+           w."end" AS "end", w.score AS score, w.raw AS raw, w.codec AS codec,
+           w.judged AS judged
+    FROM window_rows w JOIN boots b USING (boot_ref);
 """
 
 
@@ -245,6 +272,10 @@ def _open_schema(db: sqlite3.Connection) -> None:
     if kind is not None and kind[0] == "table":
         db.execute("ALTER TABLE windows RENAME TO windows_legacy")
     db.executescript(_SCHEMA)
+    if not any(r[1] == "judged" for r in db.execute("PRAGMA table_info(window_rows)")):
+        db.execute("DROP VIEW IF EXISTS windows")
+        db.execute("ALTER TABLE window_rows ADD COLUMN judged INTEGER NOT NULL DEFAULT 1")
+    db.executescript(_JUDGED_SCHEMA)
     if db.execute("SELECT 1 FROM sqlite_master WHERE name='windows_legacy'").fetchone() is None:
         return
     db.execute("BEGIN IMMEDIATE")
@@ -324,7 +355,7 @@ class SqliteStore:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.OperationalError as exc:
-                raise _unavailable(exc) from exc
+                raise unavailable(exc) from exc
 
     def upsert_host(
         self, host_id: str, *, hostname: str, agent_version: str, tripwire_mode: str
@@ -403,8 +434,8 @@ class SqliteStore:
                 boot_ref = self._boot_ref(host_id, boot_id, min(w.start_s for w in windows))
                 for w in windows:
                     cur = self._db.execute(
-                        "INSERT OR IGNORE INTO window_rows"
-                        '(boot_ref, seq, start, "end", score, raw, codec) VALUES (?,?,?,?,?,?,?)',
+                        "INSERT OR IGNORE INTO window_rows(boot_ref, seq, start,"
+                        ' "end", score, raw, codec, judged) VALUES (?,?,?,?,?,?,?,0)',
                         (boot_ref, w.seq, w.start_s, w.end_s, w.score, *pack_raw(w.raw)),
                     )
                     inserted.append(cur.rowcount == 1)
@@ -419,7 +450,7 @@ class SqliteStore:
                 if self._db.in_transaction:  # SQLITE_FULL may already have rolled back
                     self._db.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.OperationalError):
-                    raise _unavailable(exc) from exc
+                    raise unavailable(exc) from exc
                 raise
         return inserted
 
@@ -441,17 +472,17 @@ class SqliteStore:
         )
         return int(rows[0][0] or 0)
 
-    def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None:
+    def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 row = self._db.execute(
-                    "UPDATE window_rows SET score=? WHERE seq=? AND boot_ref="
+                    "UPDATE window_rows SET score=?, judged=1 WHERE seq=? AND boot_ref="
                     "(SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?)"
                     ' RETURNING "end"',
                     (score, seq, host_id, boot_id),
                 ).fetchone()
-                if row is not None:
+                if row is not None and score is not None:
                     self._db.execute(
                         "UPDATE rollups SET max_score=MAX(COALESCE(max_score, ?), ?)"
                         " WHERE host_id=? AND hour=?",
@@ -461,7 +492,47 @@ class SqliteStore:
             except sqlite3.OperationalError as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise _unavailable(exc) from exc
+                raise unavailable(exc) from exc
+
+    def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
+        rows = self._exec(
+            'SELECT b.boot_id, w.seq, w.start, w."end", w.raw, w.codec, w.score'
+            " FROM boots b JOIN window_rows w USING (boot_ref)"
+            ' WHERE b.host_id=? AND w.judged=0 ORDER BY w."end", w.seq LIMIT ?',
+            (host_id, limit),
+        )
+        return [
+            (r[0], StoredWindow(r[1], r[2], r[3], unpack_raw(r[4], r[5]), score=r[6])) for r in rows
+        ]
+
+    def unjudged_hosts(self) -> list[str]:
+        rows = self._exec(
+            "SELECT DISTINCT b.host_id FROM window_rows w JOIN boots b USING (boot_ref)"
+            " WHERE w.judged=0 ORDER BY b.host_id"
+        )
+        return [r[0] for r in rows]
+
+    def judged_since(self, host_id: str, span_s: float, limit: int = 4096) -> list[StoredWindow]:
+        """Newest boot first, each walked down its (boot_ref, seq) index: no scan of old rows."""
+        boots = self._exec(
+            "SELECT boot_ref FROM boots WHERE host_id=? ORDER BY first_start DESC", (host_id,)
+        )
+        found: list[StoredWindow] = []
+        newest: float | None = None
+        for (boot_ref,) in boots:
+            rows = self._exec(
+                'SELECT seq, start, "end", raw, codec, score FROM window_rows'
+                " WHERE boot_ref=? AND judged=1 ORDER BY seq DESC LIMIT ?",
+                (boot_ref, limit - len(found)),
+            )
+            for seq, start, end, raw, codec, score in rows:
+                newest = end if newest is None else newest
+                if end < newest - span_s:
+                    return found[::-1]
+                found.append(StoredWindow(seq, start, end, unpack_raw(raw, codec), score=score))
+            if len(found) >= limit:
+                break
+        return found[::-1]
 
     def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]:
         rows = self._exec(
@@ -521,7 +592,7 @@ class SqliteStore:
             except sqlite3.OperationalError as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise _unavailable(exc) from exc
+                raise unavailable(exc) from exc
         return int(gone)
 
     def save_alert(self, alert: AlertRecord) -> None:
@@ -545,17 +616,19 @@ class SqliteStore:
             ),
         )
 
-    def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]:
+    def list_alerts(self, host_id: str = "", limit: int = 50, offset: int = 0) -> list[AlertRecord]:
         if host_id:
-            return self._alerts(" WHERE host_id=?", [host_id], limit)
-        return self._alerts("", [], limit)
+            return self._alerts(" WHERE host_id=?", [host_id], limit, offset)
+        return self._alerts("", [], limit, offset)
 
-    def _alerts(self, where: str, args: list[Any], limit: int) -> list[AlertRecord]:
+    def _alerts(
+        self, where: str, args: list[Any], limit: int, offset: int = 0
+    ) -> list[AlertRecord]:
         sql = (
             "SELECT alert_id, host_id, incident_id, severity, score, detected_at, window_start,"
             " window_end, reasons, process, payload, open FROM alerts"
             + where
-            + " ORDER BY detected_at DESC, rowid DESC LIMIT ?"
+            + " ORDER BY detected_at DESC, rowid DESC LIMIT ? OFFSET ?"
         )
         return [
             AlertRecord(
@@ -572,7 +645,7 @@ class SqliteStore:
                 payload=json.loads(r[10]),
                 open=bool(r[11]),
             )
-            for r in self._exec(sql, [*args, limit])
+            for r in self._exec(sql, [*args, limit, offset])
         ]
 
     def add_action(self, action: ActionRecord) -> None:
@@ -593,11 +666,14 @@ class SqliteStore:
             ),
         )
 
-    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]:
+    def list_actions(
+        self, host_id: str = "", limit: int = 50, offset: int = 0
+    ) -> list[ActionRecord]:
         where, args = (" WHERE host_id=?", [host_id]) if host_id else ("", [])
         ids = self._exec(
-            f"SELECT id FROM actions{where} ORDER BY requested_at DESC, rowid DESC LIMIT ?",
-            (*args, limit),
+            f"SELECT id FROM actions{where} ORDER BY requested_at DESC, rowid DESC"
+            " LIMIT ? OFFSET ?",
+            (*args, limit, offset),
         )
         return [a for (i,) in ids if (a := self.get_action(i)) is not None]
 
@@ -658,6 +734,7 @@ class MemoryStore:
         self._clock = clock
         self._hosts: dict[str, HostRecord] = {}
         self._windows: dict[tuple[str, str, int], StoredWindow] = {}
+        self._judged: set[tuple[str, str, int]] = set()
         self._rollups: dict[tuple[str, int], HourRollup] = {}
         self._alerts: dict[str, AlertRecord] = {}
         self._actions: dict[str, ActionRecord] = {}
@@ -733,11 +810,30 @@ class MemoryStore:
         seqs = [k[2] for k in self._windows if k[0] == host_id and k[1] == boot_id]
         return max(seqs, default=0)
 
-    def set_window_score(self, host_id: str, boot_id: str, seq: int, score: float) -> None:
+    def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
         key = (host_id, boot_id, seq)
         if key in self._windows:
+            self._judged.add(key)
             self._windows[key] = replace(self._windows[key], score=score)
-            self._roll(host_id, self._windows[key], score)
+            if score is not None:
+                self._roll(host_id, self._windows[key], score)
+
+    def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
+        found = [
+            (k[1], w) for k, w in self._windows.items() if k[0] == host_id and k not in self._judged
+        ]
+        return sorted(found, key=lambda bw: (bw[1].end_s, bw[1].seq))[:limit]
+
+    def unjudged_hosts(self) -> list[str]:
+        return sorted({k[0] for k in self._windows if k not in self._judged})
+
+    def judged_since(self, host_id: str, span_s: float, limit: int = 4096) -> list[StoredWindow]:
+        mine = [w for k, w in self._windows.items() if k[0] == host_id and k in self._judged]
+        if not mine:
+            return []
+        newest = max(w.end_s for w in mine)
+        recent = sorted((w for w in mine if w.end_s >= newest - span_s), key=lambda w: w.end_s)
+        return recent[-limit:]
 
     def rollups(self, host_id: str, since_s: float, until_s: float) -> list[HourRollup]:
         found = [
@@ -773,19 +869,21 @@ class MemoryStore:
     def save_alert(self, alert: AlertRecord) -> None:
         self._alerts[alert.alert_id] = replace(alert)
 
-    def list_alerts(self, host_id: str = "", limit: int = 50) -> list[AlertRecord]:
+    def list_alerts(self, host_id: str = "", limit: int = 50, offset: int = 0) -> list[AlertRecord]:
         alerts = [a for a in self._alerts.values() if not host_id or a.host_id == host_id]
         order = {k: i for i, k in enumerate(self._alerts)}
         alerts.sort(key=lambda a: (a.detected_at_s, order[a.alert_id]), reverse=True)
-        return [replace(a) for a in alerts[:limit]]
+        return [replace(a) for a in alerts[offset : offset + limit]]
 
     def add_action(self, action: ActionRecord) -> None:
         self._actions[action.action_id] = replace(action)
 
-    def list_actions(self, host_id: str = "", limit: int = 50) -> list[ActionRecord]:
+    def list_actions(
+        self, host_id: str = "", limit: int = 50, offset: int = 0
+    ) -> list[ActionRecord]:
         found = [replace(a) for a in self._actions.values() if not host_id or a.host_id == host_id]
         found.sort(key=lambda a: a.requested_at_s, reverse=True)
-        return found[:limit]
+        return found[offset : offset + limit]
 
     def get_action(self, action_id: str) -> ActionRecord | None:
         action = self._actions.get(action_id)

@@ -7,7 +7,10 @@ it), ``webhook-timestamp`` (integer epoch seconds of this attempt) and
 
 Sink contract: ``await sink.post(event)`` delivers one JSON object to every
 configured receiver or raises ``ResponseError`` naming the receivers that
-refused it after the retries. ``HttpWebhookSink`` POSTs with urllib in a worker
+refused it after the retries. ``sink.enqueue(event)`` takes it at once and
+never blocks on a receiver (the durable outbox stores it; other sinks post it
+in the background, bounded, counting what they drop); ``await sink.drain()``
+waits for background posts in flight. ``HttpWebhookSink`` POSTs with urllib in a worker
 thread (``timeout_s`` per attempt), retrying connection errors, 408, 429 and
 5xx with capped exponential backoff and jitter. ``MemoryWebhookSink`` keeps
 what it was given (tests; a collector without receivers).
@@ -21,20 +24,50 @@ import binascii
 import hashlib
 import hmac
 import json
+import logging
 import random
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 from tocsin.v1.errors import ConfigError, ResponseError
 
+log = logging.getLogger("tocsin.collector.webhook")
+
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
 SECRET_PREFIX = "whsec_"
 
 
+# What deploy/collector.toml ships instead of a secret: refused, so that no town
+# signs its alerts with a key published in our repository.
+SECRET_PLACEHOLDER = "CHANGE-ME"
+
+
+def redact_url(url: object) -> str:
+    """What of a webhook URL may be shown: ``scheme://host[:port]/…``, never its path.
+
+    Slack, Mattermost and Teams put the secret in the path (or the query);
+    logs, metric labels and error lines show this instead.
+    """
+    if not isinstance(url, str):
+        return repr(type(url).__name__)
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return "(not a URL)"
+    host = parts.netloc.rpartition("@")[2]  # user:password@ never shown
+    tail = "/…" if parts.path.strip("/") or parts.query else ""
+    return f"{parts.scheme}://{host}{tail}"
+
+
 def parse_secret(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret; ``ConfigError`` if it is not one."""
+    if SECRET_PLACEHOLDER in secret:
+        raise ConfigError(
+            "the secret is still the example's placeholder: make one with"
+            ' echo "whsec_$(head -c 32 /dev/urandom | base64)" and give it to the receiver too'
+        )
     if not secret.startswith(SECRET_PREFIX):
         raise ConfigError("a webhook secret must look like whsec_<base64>")
     try:
@@ -62,15 +95,11 @@ def signed_headers(key: bytes | None, msg_id: str, timestamp_s: int, body: bytes
 
 
 class WebhookSink(Protocol):
-    """Where events go. ``enqueue`` must not block on a receiver."""
+    """Where events go (see module contract)."""
 
     async def post(self, event: dict[str, Any]) -> None: ...
-
-
-class EventQueue(Protocol):
-    """A sink that takes events synchronously and durably (the outbox)."""
-
     def enqueue(self, event: dict[str, Any]) -> None: ...
+    async def drain(self) -> None: ...
 
 
 class MemoryWebhookSink:
@@ -83,6 +112,9 @@ class MemoryWebhookSink:
     def enqueue(self, event: dict[str, Any]) -> None:
         self.events.append(json.loads(json.dumps(event)))
 
+    async def drain(self) -> None:
+        return None
+
 
 class HttpWebhookSink:
     def __init__(
@@ -93,6 +125,7 @@ class HttpWebhookSink:
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
         user_agent: str = "tocsin-collector",
+        max_inflight: int = 256,
     ) -> None:
         self.urls = list(urls)
         self.timeout_s = timeout_s
@@ -101,13 +134,36 @@ class HttpWebhookSink:
         self.max_backoff_s = max_backoff_s
         self.user_agent = user_agent
         self.failures = 0
+        self.max_inflight = max_inflight
+        self.dropped = 0
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    def enqueue(self, event: dict[str, Any]) -> None:
+        """Post in the background (at most ``max_inflight`` at once; more are dropped)."""
+        if len(self._inflight) >= self.max_inflight:
+            self.dropped += 1
+            log.warning("webhook backlog full; dropped %s %s", event["event"], event["host_id"])
+            return
+        task = asyncio.get_running_loop().create_task(self._post_logged(event))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _post_logged(self, event: dict[str, Any]) -> None:
+        try:
+            await self.post(event)
+        except ResponseError as exc:
+            log.warning("%s", exc)
+
+    async def drain(self) -> None:
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
     async def post(self, event: dict[str, Any]) -> None:
         body = json.dumps(event, sort_keys=True).encode()
         results = await asyncio.gather(
             *(self._post_one(url, body) for url in self.urls), return_exceptions=True
         )
-        failed = [f"{url}: {r}" for url, r in zip(self.urls, results, strict=True) if r]
+        failed = [f"{redact_url(u)}: {r}" for u, r in zip(self.urls, results, strict=True) if r]
         if failed:
             self.failures += len(failed)
             raise ResponseError("webhook not delivered: " + "; ".join(failed))

@@ -95,10 +95,10 @@ def main(argv: Sequence[str]) -> int:
         signed = "signed" if dest.key else "unsigned"
         if 200 <= status < 300:
             print(
-                f"{dest.dest_id} ({dest.format}, {signed}): delivered (HTTP {status}, "
+                f"{dest.label} ({dest.format}, {signed}): delivered (HTTP {status}, "
                 f"webhook-id {msg_id})"
             )
         else:
             failures += 1
-            print(f"{dest.dest_id} ({dest.format}, {signed}): FAILED ({error or status})")
+            print(f"{dest.label} ({dest.format}, {signed}): FAILED ({error or status})")
     return 1 if failures else 0

@@ -30,6 +30,9 @@ def _agent(*args: str) -> subprocess.CompletedProcess[str]:
         "bad-collector",
         "bad-resolver",
         "drill-not-empty",
+        "spool-inf-config",
+        "spool-nan-flag",
+        "window-inf-flag",
     ],
 )
 def test_user_mistakes(tmp_path: Path, case: str) -> None:
@@ -46,6 +49,11 @@ def test_user_mistakes(tmp_path: Path, case: str) -> None:
     cfg = tmp_path / "agent.toml"
     cfg.write_text("collector = [1, 2\n")
     (tmp_path / "junk").write_text("x")
+    inf_cfg = tmp_path / "inf.toml"
+    inf_cfg.write_text(
+        f'collector = "127.0.0.1:7443"\nhost_id = "h"\nstate_dir = "{tmp_path / "st"}"\n'
+        f'watch = ["{tmp_path}"]\ninsecure = true\nspool_max_mb = inf\n'
+    )
     argv = {
         "bad-flag": [*base, "--insecure", "--bogus"],
         "no-tls": base,
@@ -55,6 +63,9 @@ def test_user_mistakes(tmp_path: Path, case: str) -> None:
         "bad-collector": [*base[2:], "--collector", "nowhere", "--insecure"],
         "bad-resolver": [*base, "--insecure", "--resolver", "dns.example"],
         "drill-not-empty": ["drill", "--dir", str(tmp_path)],
+        "spool-inf-config": ["--config", str(inf_cfg)],
+        "spool-nan-flag": [*base, "--insecure", "--spool-max-mb", "nan"],
+        "window-inf-flag": [*base, "--insecure", "--window-s", "inf"],
     }[case]
     cp = _agent(*argv)
     assert cp.returncode == 2, cp.stderr

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import os
 import random
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
 from tocsin.agent import simulate
-from tocsin.agent.probe import probe_file
+from tocsin.agent.probe import BLOCK_BYTES, probe_file
 from tocsin.agent.watch import FsEvent
 from tocsin.agent.window import WindowAccumulator
 
@@ -67,3 +70,29 @@ def test_vanished_files_are_skipped_and_budget_holds(tmp_path: Path) -> None:
     assert s.files_probed == 4
     assert s.bytes_probed <= 4 * 64 * 1024
     assert s.files_type_destroyed == 0
+
+
+def test_only_regular_files_are_read_and_never_blocking(tmp_path: Path) -> None:
+    """A FIFO, a socket, symlinks to /dev/zero and /etc/passwd, a directory: no probe, at once."""
+    os.mkfifo(tmp_path / "budget.docx")  # a blocking open would wait for a writer forever
+    (tmp_path / "zero.docx").symlink_to("/dev/zero")
+    (tmp_path / "passwd.txt").symlink_to("/etc/passwd")
+    (tmp_path / "folder.pdf").mkdir()
+    short = Path(f"/tmp/s{os.getpid()}")  # a socket path has at most 108 bytes
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(short))
+        os.rename(short, tmp_path / "plan.pdf")
+        start = time.monotonic()
+        for name in ("budget.docx", "zero.docx", "passwd.txt", "folder.pdf", "plan.pdf", "gone"):
+            assert probe_file(str(tmp_path / name)) is None, name
+        assert probe_file(str(tmp_path / ("n" * 300))) is None  # ENAMETOOLONG
+        assert probe_file(str(tmp_path) + "/nul\0.txt") is None
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_huge_file_is_read_in_three_blocks(tmp_path: Path) -> None:
+    p = tmp_path / "huge.txt"
+    with p.open("wb") as fh:
+        fh.truncate(1 << 40)  # a sparse terabyte
+    r = probe_file(str(p))
+    assert r is not None and r.bytes_probed == 3 * BLOCK_BYTES

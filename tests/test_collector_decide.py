@@ -201,3 +201,37 @@ def test_window_without_writer_joins_the_open_incident() -> None:
     (d2,) = j2.observe("srv", first, 0.9)
     out2 = j2.observe("srv", window(2, files_read=600, read_dirs=45), 0.9)
     assert [x.incident_id for x in out2] == [d2.incident_id] and out2[0].root_pid == 100
+
+
+def _paced_window(seq: int, every_s: int = 10) -> pb.Window:
+    """One file ruined every ``every_s`` by tree 100, a colleague's saves (tree 200) between."""
+    if seq % every_s == 0:
+        return window(seq, root=100, files_modified=1, files_probed=1, files_type_destroyed=1)
+    return window(seq, root=200, files_modified=2)
+
+
+def _paced(j: Judge, seqs: range) -> list[tuple[int, str, str]]:
+    return [(s, d.kind, d.severity) for s in seqs for d in j.observe("srv", _paced_window(s), 0.3)]
+
+
+def test_a_paced_attacker_adds_up_over_its_own_tree_windows() -> None:
+    # Between its files, the host's last 10 windows and last minute hold too few to confirm;
+    # the tree's own last 10 windows (and its hour) do not.
+    decisions = _paced(judge(), range(1, 321))
+    opened = next(d for d in decisions if d[1] == "open")
+    assert opened[2] == "warning" and opened[0] <= 60  # its 6th file
+    escalated = next(d for d in decisions if d[1] == "escalate")
+    assert escalated[2] == "critical" and escalated[0] <= 300  # 30 files by one tree
+
+
+def test_resync_rebuilds_the_horizons_a_restart_forgot() -> None:
+    first = judge()
+    before = _paced(first, range(1, 151))
+    assert [k for _, k, _ in before if k != "update"] == ["open"]
+    # A new judge (a restarted collector) on the same book, given the judged windows.
+    again = Judge(0.6, first.config, book=first.book)
+    again.resync("srv", [_paced_window(s) for s in range(1, 151)])
+    assert again.open_incidents("srv") == [("srv", 100)]
+    after = _paced(again, range(151, 321))
+    escalated = next(d for d in after if d[1] == "escalate")
+    assert escalated[2] == "critical" and escalated[0] <= 300

@@ -12,6 +12,7 @@ import pytest
 
 from fakeagent import KERNEL_BOOT_ID, STARTED_AT_TICKS, T0, encrypting
 from receiver import WebhookReceiver
+from tocsin.collector.app import assemble
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore
@@ -49,7 +50,7 @@ def quiet(seq: int) -> pb.AgentMessage:
 
 async def run_collector(tmp_path: Path, url: str, mode: str) -> tuple[Collector, int]:
     store = SqliteStore(tmp_path / "tocsin.db")
-    c = Collector(store, ThresholdScorer(), HttpWebhookSink([url], attempts=2), mode=mode)
+    c = assemble(store, ThresholdScorer(), HttpWebhookSink([url], attempts=2), mode=mode)
     port = await c.start("127.0.0.1:0")
     return c, port
 

@@ -52,8 +52,8 @@ def test_rollups_add_up_counts_evidence_and_the_highest_score(store: Store) -> N
         ],
     )
     store.add_windows("h1", "b1", [stored(2, T0 + 1, files_created=99)])  # a resend adds nothing
-    store.set_window_score("h1", "b1", 2, 0.7)
-    store.set_window_score("h1", "b1", 1, 0.4)
+    store.mark_judged("h1", "b1", 2, 0.7)
+    store.mark_judged("h1", "b1", 1, 0.4)
     first, second = store.rollups("h1", T0 - 7200, T0 + 7200)
     assert (first.hour_s, first.windows, first.max_score) == (hour, 2, 0.7)
     assert first.tally == WindowTally(

@@ -90,3 +90,51 @@ def test_sqlite_commits_before_returning_and_survives_reopen(tmp_path: Path) -> 
 def test_sqlite_in_missing_directory_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot open database"):
         SqliteStore(tmp_path / "nope" / "t.db")
+
+
+def test_lists_page_newest_first_with_an_offset(store: Store) -> None:
+    """How the operator API pages: ``limit`` records after skipping ``offset``, newest first."""
+    for i in range(5):
+        store.save_alert(
+            AlertRecord(f"a{i}", "h1", f"i{i}", "warning", 0.5, 10.0 + i, 1.0, 2.0, [], None, {})
+        )
+        store.add_action(ActionRecord(f"c{i}", "", "h1", "suspend", "collector", 10.0 + i, "sent"))
+    assert [a.alert_id for a in store.list_alerts("h1", 2, 1)] == ["a3", "a2"]
+    assert [a.alert_id for a in store.list_alerts("", 10, 4)] == ["a0"]
+    assert [a.action_id for a in store.list_actions("h1", 2, 3)] == ["c1", "c0"]
+    assert store.list_actions("", 2, 5) == []
+
+
+def test_windows_wait_unjudged_until_marked_and_come_back_for_horizons(store: Store) -> None:
+    store.add_windows("h1", "b1", [win(s) for s in (1, 2, 3)])
+    store.add_windows("h2", "b1", [win(1)])
+    assert store.unjudged_hosts() == ["h1", "h2"]
+    assert [(b, w.seq) for b, w in store.unjudged("h1")] == [("b1", 1), ("b1", 2), ("b1", 3)]
+    store.mark_judged("h1", "b1", 1, 0.5)
+    store.mark_judged("h1", "b1", 2, None)  # judged without a score (scoring queue full)
+    assert [w.seq for _, w in store.unjudged("h1")] == [3]
+    assert [w.raw for _, w in store.unjudged("h1")] == [win(3).raw]
+    assert [(w.seq, w.score) for w in store.judged_since("h1", 3600.0)] == [(1, 0.5), (2, None)]
+    assert [w.seq for w in store.judged_since("h1", 0.5)] == [2]  # within 0.5 s of the newest
+    store.mark_judged("h1", "b1", 3, 0.4)
+    store.mark_judged("h2", "b1", 1, 0.4)
+    assert store.unjudged_hosts() == [] and store.unjudged("h1") == []
+
+
+def test_windows_of_a_database_from_before_judgement_marks_count_as_judged(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.execute(
+        "CREATE TABLE windows (host_id TEXT NOT NULL, boot_id TEXT NOT NULL,"
+        ' seq INTEGER NOT NULL, start REAL, "end" REAL, score REAL, features TEXT, raw BLOB,'
+        " UNIQUE(host_id, boot_id, seq))"
+    )
+    con.execute("INSERT INTO windows VALUES ('h1', 'b1', 1, 1.0, 2.0, 0.5, '[1.0]', x'08')")
+    con.commit()
+    con.close()
+    store = SqliteStore(db)
+    assert store.unjudged_hosts() == []
+    assert [w.seq for w in store.judged_since("h1", 60.0)] == [1]
+    store.add_windows("h1", "b1", [win(2)])
+    assert [w.seq for _, w in store.unjudged("h1")] == [2]
+    store.close()

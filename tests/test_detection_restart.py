@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from tocsin.collector.app import assemble
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
 from tocsin.collector.features import feature_matrix, window_features
+from tocsin.collector.incidents import SqliteIncidentBook
 from tocsin.collector.score import ForestScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore, StoredWindow
@@ -43,6 +45,12 @@ def attack(seq: int, t: float) -> pb.Window:
     )
 
 
+def on_file(db: Path, scorer: ForestScorer) -> Collector:
+    """A collector whose store and incident book are in the SQLite file ``db``."""
+    book = SqliteIncidentBook(db)
+    return assemble(SqliteStore(db), scorer, MemoryWebhookSink(), mode="dry-run", book=book)
+
+
 async def judge_one(c: Collector, host: str, w: pb.Window) -> list[str]:
     x = window_features(w)
     c.store.add_windows(host, "boot", [StoredWindow(int(w.seq), T0, T0, w.SerializeToString())])
@@ -54,7 +62,7 @@ def test_open_incident_is_updated_after_restart_not_duplicated(tmp_path: Path) -
     scorer = ForestScorer.load()
 
     async def first() -> str:
-        c = Collector(SqliteStore(db), scorer, MemoryWebhookSink(), mode="dry-run")
+        c = on_file(db, scorer)
         assert await judge_one(c, "srv", attack(1, T0)) == ["open"]
         (alert,) = c.store.list_alerts("srv")
         await c.responder.drain()
@@ -64,7 +72,7 @@ def test_open_incident_is_updated_after_restart_not_duplicated(tmp_path: Path) -
     incident = asyncio.run(first())
 
     async def second() -> None:
-        c = Collector(SqliteStore(db), scorer, MemoryWebhookSink(), mode="dry-run")
+        c = on_file(db, scorer)
         assert c.judge.open_incidents("srv") == [("srv", 4242)]
         assert await judge_one(c, "srv", attack(2, T0 + 5)) == ["update"]
         alerts = c.store.list_alerts("srv")
@@ -77,7 +85,7 @@ def test_open_incident_is_updated_after_restart_not_duplicated(tmp_path: Path) -
         c.store.close()
 
     asyncio.run(second())
-    again = Collector(SqliteStore(db), scorer, MemoryWebhookSink(), mode="dry-run")
+    again = on_file(db, scorer)
     assert again.judge.open_incidents() == []
     again.store.close()
 

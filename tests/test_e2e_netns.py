@@ -69,9 +69,10 @@ class Chain:
         return f"{self.collector_ns.address}:{COLLECTOR_PORT}"
 
     def tocsin(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Run the operator CLI from the collector's host."""
+        """Run the operator CLI on the collector's host (loopback: --insecure answers no other)."""
+        local = f"127.0.0.1:{COLLECTOR_PORT}"
         return self.collector_ns.run(
-            [str(BIN / "tocsin"), *args, "--collector", self.collector_addr, "--insecure"]
+            [str(BIN / "tocsin"), *args, "--collector", local, "--insecure"]
         )
 
     def webhooks(self) -> list[dict[str, Any]]:
@@ -140,7 +141,7 @@ def chain_factory(tmp_path: Path) -> Iterator[Callable[[str], Chain]]:
             [
                 str(BIN / "tocsin-collector"),
                 "--listen",
-                chain.collector_addr,
+                f"0.0.0.0:{COLLECTOR_PORT}",  # the agent's address and the operator's loopback
                 "--db",
                 str(tmp_path / "collector.db"),
                 "--webhook",

@@ -29,9 +29,9 @@ from hypothesis import strategies as st
 
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.spool import WindowSpool
+from tocsin.collector.app import assemble
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.ratelimit import RateLimits
-from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore
 from tocsin.collector.webhook import MemoryWebhookSink
 from tocsin.v1 import MAX_MESSAGE_BYTES
@@ -66,7 +66,7 @@ class CollectorThread:
         limits = RateLimits(
             messages_per_s=25, messages_burst=60, bytes_per_s=200_000, bytes_burst=1_000_000
         )
-        self.collector = Collector(
+        self.collector = assemble(
             SqliteStore(self.tmp / "c.db"),
             ThresholdScorer(),
             MemoryWebhookSink(),
@@ -231,5 +231,5 @@ def test_after_the_storm_the_good_agent_lost_nothing(town: tuple[CollectorThread
         "SELECT seq FROM windows WHERE host_id=? AND boot_id=? ORDER BY seq", (GOOD, "good-boot")
     )
     assert [r[0] for r in rows][:top] == list(range(1, top + 1))
-    assert col.collector.limits.refusals > 0  # floods were cut
+    assert col.collector.telemetry.limits.refusals > 0  # floods were cut
     assert good.last_status is None  # the good agent's stream was never refused

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from fakeagent import FakeAgent
+from tocsin.collector.app import assemble
 from tocsin.collector.outbox import Outbox
 from tocsin.collector.protocols import ThresholdScorer
-from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore
 
 BIN = Path(sys.executable).parent
@@ -47,7 +47,7 @@ def test_every_action_is_audited_and_listed(tmp_path: Path) -> None:
 
 async def _audit(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "c.db")
-    c = Collector(store, ThresholdScorer(), Outbox(tmp_path / "c.db", []), mode="enforce")
+    c = assemble(store, ThresholdScorer(), Outbox(tmp_path / "c.db", []), mode="enforce")
     port = await c.start("127.0.0.1:0")
     agent = FakeAgent(port, "fs-audit")
     task = asyncio.create_task(agent.run())

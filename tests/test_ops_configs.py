@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
+
+import pytest
 
 from tocsin.agent.cli import KEYS as AGENT_KEYS
 from tocsin.agent.cli import _load_config as load_agent_config
@@ -11,6 +14,7 @@ from tocsin.collector.cli import _KEYS as COLLECTOR_KEYS
 from tocsin.collector.cli import load_config as load_collector_config
 from tocsin.collector.hooks import _HOOK_KEYS, hook
 from tocsin.collector.outbox import _DEST_KEYS, destination
+from tocsin.v1.errors import ConfigError
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -35,7 +39,14 @@ def test_collector_example_loads_and_covers_every_key(tmp_path: Path) -> None:
     full = load_collector_config(str(_full("collector.toml", tmp_path)))
     assert set(full) == set(COLLECTOR_KEYS), set(COLLECTOR_KEYS) ^ set(full)
     assert plain["respond"] == "dry-run" and "hooks" not in plain
-    dests = [destination(d) for d in full["webhooks"]]
+    assert plain["webhook_secret"] == "CHANGE-ME"  # a placeholder, never a working secret
+    for d in full["webhooks"]:
+        if "secret" in d:
+            assert d["secret"] == "CHANGE-ME"
+            with pytest.raises(ConfigError, match="placeholder"):
+                destination(d)
+    secret = "whsec_" + base64.b64encode(bytes(32)).decode()
+    dests = [destination({**d, "secret": secret}) for d in full["webhooks"]]
     assert {d.format for d in dests} == {"mattermost", "alertmanager"}
     assert set().union(*full["webhooks"]) == _DEST_KEYS
     (spec,) = full["hooks"]

@@ -136,7 +136,9 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
     collector = f"{topo.c.address}:{COLLECTOR_PORT}"
 
     def tocsin(*args: str) -> subprocess.CompletedProcess[str]:
-        return topo.c.run([str(BIN / "tocsin"), *args, "--collector", collector, "--insecure"])
+        # On the collector's host, over loopback: --insecure answers no other caller.
+        local = f"127.0.0.1:{COLLECTOR_PORT}"
+        return topo.c.run([str(BIN / "tocsin"), *args, "--collector", local, "--insecure"])
 
     def connected() -> bool:
         res = tocsin("hosts", "--json")
@@ -167,7 +169,7 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
             [
                 str(BIN / "tocsin-collector"),
                 "--listen",
-                collector,
+                f"0.0.0.0:{COLLECTOR_PORT}",
                 "--db",
                 str(tmp_path / "c.db"),
                 "--respond",

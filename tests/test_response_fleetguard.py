@@ -13,6 +13,7 @@ import grpc
 
 from fakeagent import FakeAgent
 from receiver import WebhookReceiver
+from tocsin.collector.app import assemble
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import Decision, ProcessInfo
 from tocsin.collector.fleetguard import FleetGuard
@@ -20,7 +21,6 @@ from tocsin.collector.hooks import Hook, HookRunner
 from tocsin.collector.outbox import Outbox, destination
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.respond import Responder
-from tocsin.collector.server import Collector
 from tocsin.collector.store import MemoryStore, SqliteStore
 from tocsin.collector.webhook import MemoryWebhookSink
 from tocsin.v1 import operator_pb2 as op
@@ -46,7 +46,7 @@ def test_fleet_guard_holds_beyond_the_limit_and_an_operator_can_still_isolate(
 async def _fleet(tmp_path: Path, receiver: WebhookReceiver) -> None:
     store = SqliteStore(tmp_path / "c.db")
     outbox = Outbox(tmp_path / "c.db", [destination({"url": receiver.url})], retry_initial_s=0.1)
-    c = Collector(store, ThresholdScorer(), outbox, mode="enforce")
+    c = assemble(store, ThresholdScorer(), outbox, mode="enforce")
     c.responder.guard = FleetGuard(2)
     port = await c.start("127.0.0.1:0")
     outbox.start()

@@ -1,6 +1,8 @@
 """Write a seeded recording of benign windows from a town hall's file server.
 
     python tools/benign_corpus.py --seed 0 --out models/training/benign-synthetic.jsonl
+    python tools/benign_corpus.py --seed 1 --windows 1500 --days 7 --out week.jsonl
+
 
 The recording (a ``hello`` then ``window`` messages, the format of
 ``tocsin.v1.recording``) covers a working day of an office file server as
@@ -11,7 +13,10 @@ checkouts and SQLite churn. Counts are drawn from heavy-tailed distributions
 or writes encoded random data, apart from a very rare single corrupted file,
 which is what real benign telemetry shows.
 
-Same seed, same bytes. It is a stand-in until recordings of real benign
+``--days D`` spreads the windows evenly over D days (a week of a server in
+compressed time: each window keeps its own duration, the gaps between them
+grow), ``--start-day N`` starts the recording N days after the corpus' first
+window. Same seed, same bytes. It is a stand-in until recordings of real benign
 servers (made through the real agent) join the training set.
 """
 
@@ -340,8 +345,14 @@ def to_window(a: Activity, seq: int, start_ns: int, rng: random.Random) -> pb.Wi
     return w
 
 
-def generate(seed: int, windows: int = DEFAULT_WINDOWS) -> Iterator[pb.AgentMessage]:
-    """A ``hello`` then ``windows`` consecutive windows, deterministic for ``seed``."""
+def generate(
+    seed: int, windows: int = DEFAULT_WINDOWS, days: float = 0.0, start_day: float = 0.0
+) -> Iterator[pb.AgentMessage]:
+    """A ``hello`` then ``windows`` windows, deterministic for ``seed``.
+
+    Consecutive, or with ``days`` > 0 one every ``days / windows`` of a day;
+    the first starts ``start_day`` days after ``START_EPOCH_S``.
+    """
     rng = random.Random(seed)
     yield pb.AgentMessage(
         hello=pb.Hello(
@@ -356,7 +367,8 @@ def generate(seed: int, windows: int = DEFAULT_WINDOWS) -> Iterator[pb.AgentMess
     kinds = [k for k, _ in EPISODES]
     weights = [w for _, w in EPISODES]
     seq = 0
-    clock_ns = START_EPOCH_S * 1_000_000_000
+    clock_ns = round((START_EPOCH_S + start_day * 86400) * 1e9)
+    stride_ns = round(days * 86400e9 / windows) if days > 0 else 0
     while seq < windows:
         for episode in (idle, rng.choices(kinds, weights)[0]):
             for activity in episode(rng):
@@ -364,7 +376,7 @@ def generate(seed: int, windows: int = DEFAULT_WINDOWS) -> Iterator[pb.AgentMess
                     break
                 seq += 1
                 w = to_window(activity, seq, clock_ns, rng)
-                clock_ns += round(activity.duration_s * 1e9)
+                clock_ns += stride_ns or round(activity.duration_s * 1e9)
                 yield pb.AgentMessage(window=w)
 
 
@@ -373,10 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--windows", type=int, default=DEFAULT_WINDOWS)
+    parser.add_argument("--days", type=float, default=0.0, help="spread over DAYS (0: none)")
+    parser.add_argument("--start-day", type=float, default=0.0, help="first window's day")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8", newline="\n") as fh:
-        for msg in generate(args.seed, args.windows):
+        for msg in generate(args.seed, args.windows, args.days, args.start_day):
             fh.write(message_to_line(msg) + "\n")
     print(f"{args.out}: {args.windows} windows (seed {args.seed})", file=sys.stderr)
     return 0

@@ -74,6 +74,8 @@ DEFAULT_ATTACKS = (
     "encrypt-copy-b64",
     "encrypt-as-sshd",
     "encrypt-drill-marker",
+    "evade-non-utf8-name",
+    "evade-fifo-document",
 )
 # Forged drills: the marker in the command line, not the agent's key.
 FORGED_DRILLS = frozenset({"encrypt-drill-marker"})
@@ -123,6 +125,8 @@ DESCRIPTIONS = {
     "convert-images": "image conversion (png <-> jpg, the source removed)",
     "zip-folders": "compress each year folder into a zip, files removed",
     "sed-inplace": "sed -i over every text file",
+    "evade-non-utf8-name": "a file named notes-\\xff.txt (not UTF-8) planted, then in-place",
+    "evade-fifo-document": "a named pipe renamed into place as budget.docx, then in-place",
 }
 
 
@@ -162,7 +166,7 @@ def progress_times(path: Path) -> list[float]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():  # paths are bytes
         head = line.split(" ", 1)[0]
         try:
             out.append(float(head))
@@ -476,7 +480,8 @@ def render(
         f"{args.rate:g} files/s unless the row says otherwise. Workloads run as drills (the "
         "agent's drill key in their environment), so the collector suspends them for real but "
         "never isolates; the judgement is the same. The evasions (`encrypt-as-sshd`, "
-        "`encrypt-drill-marker`) must be stopped like the plain attack; the forged drill is "
+        "`encrypt-drill-marker`, `evade-non-utf8-name`, `evade-fifo-document`) must be "
+        "stopped like the plain attack; the forged drill is "
         "isolated too (the suite runs in a network namespace of its own).",
         "",
         "- **seconds to critical**: from the first ruined file (the workload's progress log) "

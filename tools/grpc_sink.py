@@ -3,7 +3,8 @@
 ``GrpcSink()`` listens on 127.0.0.1:<port 0>; ``.target`` is "127.0.0.1:PORT";
 ``.messages`` holds every AgentMessage received (bounded by ``max_messages``,
 then only counted in ``.dropped``); ``windows()`` returns the received windows.
-Every window is acknowledged at once, so the agent's spool stays empty.
+Every window is acknowledged at once, so the agent's spool stays empty
+(``ack_seq(window)`` says with which seq: the window's own unless a test lies).
 ``send(command)`` hands a Command to the connected agent (within 0.05 s), as a
 collector would: what the agent does with it comes back in ``results()``.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
@@ -39,7 +40,8 @@ class _Servicer(pb_grpc.TelemetryServicer):
                 if kind == "hello":
                     boot = msg.hello.boot_id
                 elif kind == "window":
-                    acks.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=msg.window.seq)))
+                    seq = self._sink.ack_seq(msg.window)
+                    acks.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=seq)))
             acks.put(None)
 
         threading.Thread(target=read, daemon=True).start()
@@ -57,7 +59,12 @@ class _Servicer(pb_grpc.TelemetryServicer):
 
 
 class GrpcSink:
-    def __init__(self, max_messages: int = 100_000) -> None:
+    def __init__(
+        self,
+        max_messages: int = 100_000,
+        ack_seq: Callable[[pb.Window], int] = lambda w: w.seq,
+    ) -> None:
+        self.ack_seq = ack_seq
         self.messages: list[pb.AgentMessage] = []
         self.dropped = 0
         self.commands: queue.Queue[pb.Command] = queue.Queue()

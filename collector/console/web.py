@@ -41,11 +41,12 @@ from markupsafe import Markup
 from tocsin.collector.console.auth import LoginLinks, Session, Sessions
 from tocsin.collector.console.backend import ACTS, ConsoleBackend
 from tocsin.collector.console.chart import Bar, Labels, Mark, Point, hourly, timeline
-from tocsin.collector.console.i18n import LANGUAGES, Language
 from tocsin.collector.explain import N_, evidence_sentences
 from tocsin.collector.grpcconf import parse_hostport
+from tocsin.collector.i18n import LANGUAGES, Language
 from tocsin.collector.operations import UnknownHost
 from tocsin.v1.errors import ConfigError
+from tocsin.v1.text import printable
 
 log = logging.getLogger("tocsin.collector.console")
 
@@ -81,16 +82,11 @@ class ConsoleConfig:
 
 
 # Bidirectional overrides and other invisible controls: shown as \uXXXX, never applied.
-_INVISIBLE = re.compile(
-    "[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
-)
-
-
 def inert(value: Any) -> Any:
     """Every string a template prints, with invisible and direction-changing characters shown
     as escapes (our own markup, such as the charts, is left alone)."""
     if isinstance(value, str) and not isinstance(value, Markup):
-        return _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+        return printable(value, keep="\t\n")  # tocsin.v1.text: one sanitiser for every output
     return value
 
 

@@ -1,8 +1,12 @@
-"""``--log-format json``: one JSON object per log line (journald, Loki, ELK), for both programs.
+"""Log lines for both programs: ``--log-format text`` (default) and ``json``.
 
-Contract: ``use_json_logs(program)`` replaces the root handlers' formatter:
-each record becomes ``{"ts": RFC 3339 UTC, "level", "logger", "program",
-"msg"}`` plus ``"exc"`` when there is a traceback. Nothing else changes.
+Contract: ``use_text_logs(program)`` replaces the root handlers' formatter:
+each record becomes ``PROGRAM: message``. ``use_json_logs(program)`` makes
+each record ``{"ts": RFC 3339 UTC, "level", "logger", "program", "msg"}``
+plus ``"exc"`` when there is a traceback. In both, the message is passed
+through ``tocsin.v1.text.printable``: whatever a process name, a path or an
+agent's version holds, one record is one line, with no terminal escape and
+no bidi override (a traceback keeps its own lines, after the message).
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+
+from tocsin.v1.text import printable
 
 
 class JsonFormatter(logging.Formatter):
@@ -24,7 +30,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "program": self.program,
-            "msg": record.getMessage(),
+            "msg": printable(record.getMessage()),
         }
         if record.exc_info:
             item["exc"] = self.formatException(record.exc_info)
@@ -34,3 +40,22 @@ class JsonFormatter(logging.Formatter):
 def use_json_logs(program: str) -> None:
     for handler in logging.getLogger().handlers:
         handler.setFormatter(JsonFormatter(program))
+
+
+class TextFormatter(logging.Formatter):
+    """``PROGRAM: message`` with the message made printable (see module contract)."""
+
+    def __init__(self, program: str) -> None:
+        super().__init__()
+        self.program = program
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{self.program}: {printable(record.getMessage())}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def use_text_logs(program: str) -> None:
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(TextFormatter(program))

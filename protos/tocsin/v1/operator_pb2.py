@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tocsin/v1/operator.proto\x12\ttocsin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x12\n\x10ListHostsRequest\"\xd6\x01\n\x08HostInfo\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07windows\x18\x05 \x01(\x04\x12\x10\n\x08isolated\x18\x06 \x01(\x08\x12\x16\n\x0esuspended_pids\x18\x07 \x03(\x05\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x13\n\x0bopen_alerts\x18\t \x01(\r\"7\n\x11ListHostsResponse\x12\"\n\x05hosts\x18\x01 \x03(\x0b\x32\x13.tocsin.v1.HostInfo\"3\n\x11ListAlertsRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xc1\x01\n\tAlertInfo\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12/\n\x0b\x64\x65tected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12\x0f\n\x07process\x18\x07 \x01(\t\x12\x0f\n\x07summary\x18\x08 \x01(\t\x12\x0c\n\x04json\x18\t \x01(\t\":\n\x12ListAlertsResponse\x12$\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x14.tocsin.v1.AlertInfo\"\\\n\x11HostActionRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x11\n\tprocesses\x18\x02 \x01(\t\x12\x10\n\x08operator\x18\x03 \x01(\t\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\"M\n\x12HostActionResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x17\n\x0fstill_suspended\x18\x03 \x03(\x05\"4\n\x12ListActionsRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xf7\x01\n\nActionInfo\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61lert_id\x18\x02 \x01(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\x12\x30\n\x0crequested_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0c\n\x04pids\x18\t \x03(\x05\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x13ListActionsResponse\x12&\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x15.tocsin.v1.ActionInfo\"&\n\x12\x43onsoleLinkRequest\x12\x10\n\x08operator\x18\x01 \x01(\t\"3\n\x13\x43onsoleLinkResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07valid_s\x18\x02 \x01(\r2\xc9\x03\n\x08Operator\x12\x46\n\tListHosts\x12\x1b.tocsin.v1.ListHostsRequest\x1a\x1c.tocsin.v1.ListHostsResponse\x12I\n\nListAlerts\x12\x1c.tocsin.v1.ListAlertsRequest\x1a\x1d.tocsin.v1.ListAlertsResponse\x12\x46\n\x07Isolate\x12\x1c.tocsin.v1.HostActionRequest\x1a\x1d.tocsin.v1.HostActionResponse\x12\x46\n\x07Release\x12\x1c.tocsin.v1.HostActionRequest\x1a\x1d.tocsin.v1.HostActionResponse\x12L\n\x0bListActions\x12\x1d.tocsin.v1.ListActionsRequest\x1a\x1e.tocsin.v1.ListActionsResponse\x12L\n\x0b\x43onsoleLink\x12\x1d.tocsin.v1.ConsoleLinkRequest\x1a\x1e.tocsin.v1.ConsoleLinkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tocsin/v1/operator.proto\x12\ttocsin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"5\n\x10ListHostsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"\xf6\x01\n\x08HostInfo\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\x12-\n\tlast_seen\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07windows\x18\x05 \x01(\x04\x12\x10\n\x08isolated\x18\x06 \x01(\x08\x12\x16\n\x0esuspended_pids\x18\x07 \x03(\x05\x12\x15\n\ragent_version\x18\x08 \x01(\t\x12\x13\n\x0bopen_alerts\x18\t \x01(\r\x12\x1e\n\x16suspended_pids_dropped\x18\n \x01(\x04\"P\n\x11ListHostsResponse\x12\"\n\x05hosts\x18\x01 \x03(\x0b\x32\x13.tocsin.v1.HostInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x11ListAlertsRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xc1\x01\n\tAlertInfo\x12\x10\n\x08\x61lert_id\x18\x01 \x01(\t\x12\x0f\n\x07host_id\x18\x02 \x01(\t\x12\x10\n\x08severity\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12/\n\x0b\x64\x65tected_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12\x0f\n\x07process\x18\x07 \x01(\t\x12\x0f\n\x07summary\x18\x08 \x01(\t\x12\x0c\n\x04json\x18\t \x01(\t\"S\n\x12ListAlertsResponse\x12$\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x14.tocsin.v1.AlertInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\\\n\x11HostActionRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\x11\n\tprocesses\x18\x02 \x01(\t\x12\x10\n\x08operator\x18\x03 \x01(\t\x12\x11\n\ttimeout_s\x18\x04 \x01(\x01\"M\n\x12HostActionResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x17\n\x0fstill_suspended\x18\x03 \x03(\x05\"H\n\x12ListActionsRequest\x12\x0f\n\x07host_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xf7\x01\n\nActionInfo\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x10\n\x08\x61lert_id\x18\x02 \x01(\t\x12\x0f\n\x07host_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0crequested_by\x18\x05 \x01(\t\x12\x30\n\x0crequested_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06status\x18\x07 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x08 \x01(\t\x12\x0c\n\x04pids\x18\t \x03(\x05\x12/\n\x0b\x66inished_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"V\n\x13ListActionsResponse\x12&\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x15.tocsin.v1.ActionInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x12\x43onsoleLinkRequest\x12\x10\n\x08operator\x18\x01 \x01(\t\"3\n\x13\x43onsoleLinkResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07valid_s\x18\x02 \x01(\r2\xc9\x03\n\x08Operator\x12\x46\n\tListHosts\x12\x1b.tocsin.v1.ListHostsRequest\x1a\x1c.tocsin.v1.ListHostsResponse\x12I\n\nListAlerts\x12\x1c.tocsin.v1.ListAlertsRequest\x1a\x1d.tocsin.v1.ListAlertsResponse\x12\x46\n\x07Isolate\x12\x1c.tocsin.v1.HostActionRequest\x1a\x1d.tocsin.v1.HostActionResponse\x12\x46\n\x07Release\x12\x1c.tocsin.v1.HostActionRequest\x1a\x1d.tocsin.v1.HostActionResponse\x12L\n\x0bListActions\x12\x1d.tocsin.v1.ListActionsRequest\x1a\x1e.tocsin.v1.ListActionsResponse\x12L\n\x0b\x43onsoleLink\x12\x1d.tocsin.v1.ConsoleLinkRequest\x1a\x1e.tocsin.v1.ConsoleLinkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,31 +33,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tocsin.v1.operator_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTHOSTSREQUEST']._serialized_start=72
-  _globals['_LISTHOSTSREQUEST']._serialized_end=90
-  _globals['_HOSTINFO']._serialized_start=93
-  _globals['_HOSTINFO']._serialized_end=307
-  _globals['_LISTHOSTSRESPONSE']._serialized_start=309
-  _globals['_LISTHOSTSRESPONSE']._serialized_end=364
-  _globals['_LISTALERTSREQUEST']._serialized_start=366
-  _globals['_LISTALERTSREQUEST']._serialized_end=417
-  _globals['_ALERTINFO']._serialized_start=420
-  _globals['_ALERTINFO']._serialized_end=613
-  _globals['_LISTALERTSRESPONSE']._serialized_start=615
-  _globals['_LISTALERTSRESPONSE']._serialized_end=673
-  _globals['_HOSTACTIONREQUEST']._serialized_start=675
-  _globals['_HOSTACTIONREQUEST']._serialized_end=767
-  _globals['_HOSTACTIONRESPONSE']._serialized_start=769
-  _globals['_HOSTACTIONRESPONSE']._serialized_end=846
-  _globals['_LISTACTIONSREQUEST']._serialized_start=848
-  _globals['_LISTACTIONSREQUEST']._serialized_end=900
-  _globals['_ACTIONINFO']._serialized_start=903
-  _globals['_ACTIONINFO']._serialized_end=1150
-  _globals['_LISTACTIONSRESPONSE']._serialized_start=1152
-  _globals['_LISTACTIONSRESPONSE']._serialized_end=1213
-  _globals['_CONSOLELINKREQUEST']._serialized_start=1215
-  _globals['_CONSOLELINKREQUEST']._serialized_end=1253
-  _globals['_CONSOLELINKRESPONSE']._serialized_start=1255
-  _globals['_CONSOLELINKRESPONSE']._serialized_end=1306
-  _globals['_OPERATOR']._serialized_start=1309
-  _globals['_OPERATOR']._serialized_end=1766
+  _globals['_LISTHOSTSREQUEST']._serialized_end=125
+  _globals['_HOSTINFO']._serialized_start=128
+  _globals['_HOSTINFO']._serialized_end=374
+  _globals['_LISTHOSTSRESPONSE']._serialized_start=376
+  _globals['_LISTHOSTSRESPONSE']._serialized_end=456
+  _globals['_LISTALERTSREQUEST']._serialized_start=458
+  _globals['_LISTALERTSREQUEST']._serialized_end=529
+  _globals['_ALERTINFO']._serialized_start=532
+  _globals['_ALERTINFO']._serialized_end=725
+  _globals['_LISTALERTSRESPONSE']._serialized_start=727
+  _globals['_LISTALERTSRESPONSE']._serialized_end=810
+  _globals['_HOSTACTIONREQUEST']._serialized_start=812
+  _globals['_HOSTACTIONREQUEST']._serialized_end=904
+  _globals['_HOSTACTIONRESPONSE']._serialized_start=906
+  _globals['_HOSTACTIONRESPONSE']._serialized_end=983
+  _globals['_LISTACTIONSREQUEST']._serialized_start=985
+  _globals['_LISTACTIONSREQUEST']._serialized_end=1057
+  _globals['_ACTIONINFO']._serialized_start=1060
+  _globals['_ACTIONINFO']._serialized_end=1307
+  _globals['_LISTACTIONSRESPONSE']._serialized_start=1309
+  _globals['_LISTACTIONSRESPONSE']._serialized_end=1395
+  _globals['_CONSOLELINKREQUEST']._serialized_start=1397
+  _globals['_CONSOLELINKREQUEST']._serialized_end=1435
+  _globals['_CONSOLELINKRESPONSE']._serialized_start=1437
+  _globals['_CONSOLELINKRESPONSE']._serialized_end=1488
+  _globals['_OPERATOR']._serialized_start=1491
+  _globals['_OPERATOR']._serialized_end=1948
 # @@protoc_insertion_point(module_scope)

@@ -10,11 +10,15 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ListHostsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("limit", "page_token")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    page_token: str
+    def __init__(self, limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class HostInfo(_message.Message):
-    __slots__ = ("host_id", "hostname", "connected", "last_seen", "windows", "isolated", "suspended_pids", "agent_version", "open_alerts")
+    __slots__ = ("host_id", "hostname", "connected", "last_seen", "windows", "isolated", "suspended_pids", "agent_version", "open_alerts", "suspended_pids_dropped")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +28,7 @@ class HostInfo(_message.Message):
     SUSPENDED_PIDS_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     OPEN_ALERTS_FIELD_NUMBER: _ClassVar[int]
+    SUSPENDED_PIDS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     hostname: str
     connected: bool
@@ -33,21 +38,26 @@ class HostInfo(_message.Message):
     suspended_pids: _containers.RepeatedScalarFieldContainer[int]
     agent_version: str
     open_alerts: int
-    def __init__(self, host_id: _Optional[str] = ..., hostname: _Optional[str] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., windows: _Optional[int] = ..., isolated: _Optional[bool] = ..., suspended_pids: _Optional[_Iterable[int]] = ..., agent_version: _Optional[str] = ..., open_alerts: _Optional[int] = ...) -> None: ...
+    suspended_pids_dropped: int
+    def __init__(self, host_id: _Optional[str] = ..., hostname: _Optional[str] = ..., connected: _Optional[bool] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., windows: _Optional[int] = ..., isolated: _Optional[bool] = ..., suspended_pids: _Optional[_Iterable[int]] = ..., agent_version: _Optional[str] = ..., open_alerts: _Optional[int] = ..., suspended_pids_dropped: _Optional[int] = ...) -> None: ...
 
 class ListHostsResponse(_message.Message):
-    __slots__ = ("hosts",)
+    __slots__ = ("hosts", "next_page_token")
     HOSTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     hosts: _containers.RepeatedCompositeFieldContainer[HostInfo]
-    def __init__(self, hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, hosts: _Optional[_Iterable[_Union[HostInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListAlertsRequest(_message.Message):
-    __slots__ = ("host_id", "limit")
+    __slots__ = ("host_id", "limit", "page_token")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     limit: int
-    def __init__(self, host_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, host_id: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class AlertInfo(_message.Message):
     __slots__ = ("alert_id", "host_id", "severity", "score", "detected_at", "reasons", "process", "summary", "json")
@@ -72,10 +82,12 @@ class AlertInfo(_message.Message):
     def __init__(self, alert_id: _Optional[str] = ..., host_id: _Optional[str] = ..., severity: _Optional[str] = ..., score: _Optional[float] = ..., detected_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reasons: _Optional[_Iterable[str]] = ..., process: _Optional[str] = ..., summary: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
 
 class ListAlertsResponse(_message.Message):
-    __slots__ = ("alerts",)
+    __slots__ = ("alerts", "next_page_token")
     ALERTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     alerts: _containers.RepeatedCompositeFieldContainer[AlertInfo]
-    def __init__(self, alerts: _Optional[_Iterable[_Union[AlertInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, alerts: _Optional[_Iterable[_Union[AlertInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class HostActionRequest(_message.Message):
     __slots__ = ("host_id", "processes", "operator", "timeout_s")
@@ -100,12 +112,14 @@ class HostActionResponse(_message.Message):
     def __init__(self, status: _Optional[str] = ..., detail: _Optional[str] = ..., still_suspended: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListActionsRequest(_message.Message):
-    __slots__ = ("host_id", "limit")
+    __slots__ = ("host_id", "limit", "page_token")
     HOST_ID_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     limit: int
-    def __init__(self, host_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_token: str
+    def __init__(self, host_id: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ActionInfo(_message.Message):
     __slots__ = ("action_id", "alert_id", "host_id", "kind", "requested_by", "requested_at", "status", "detail", "pids", "finished_at")
@@ -132,10 +146,12 @@ class ActionInfo(_message.Message):
     def __init__(self, action_id: _Optional[str] = ..., alert_id: _Optional[str] = ..., host_id: _Optional[str] = ..., kind: _Optional[str] = ..., requested_by: _Optional[str] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[str] = ..., detail: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListActionsResponse(_message.Message):
-    __slots__ = ("actions",)
+    __slots__ = ("actions", "next_page_token")
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     actions: _containers.RepeatedCompositeFieldContainer[ActionInfo]
-    def __init__(self, actions: _Optional[_Iterable[_Union[ActionInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, actions: _Optional[_Iterable[_Union[ActionInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ConsoleLinkRequest(_message.Message):
     __slots__ = ("operator",)

@@ -1,9 +1,12 @@
-"""Write the console's gettext catalogues: every string of the sources, French by hand.
+"""Write the collector's gettext catalogues: every string of the sources, French by hand.
 
-    python tools/console_catalogues.py
+The sources are the console's templates and the modules whose sentences reach a
+reader (reasons, webhook summaries, the console's labels).
+
+    python tools/catalogues.py
 
 English (the source language) gets msgstr = msgid. French translations come
-from collector/console/locale/fr/LC_MESSAGES/tocsin.po itself: strings new in
+from collector/locale/fr/LC_MESSAGES/tocsin.po itself: strings new in
 the sources are added with an empty msgstr (the catalogue test then fails
 until someone translates them), strings gone from the sources are dropped.
 """
@@ -15,7 +18,7 @@ from pathlib import Path
 from babel.messages.catalog import Catalog
 from babel.messages.pofile import read_po, write_po
 
-from tocsin.collector.console.i18n import DOMAIN, LANGUAGES, catalogue_path, messages_in_sources
+from tocsin.collector.i18n import DOMAIN, LANGUAGES, catalogue_path, messages_in_sources
 
 
 def main() -> None:

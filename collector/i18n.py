@@ -1,4 +1,5 @@
-"""The console's languages: gettext catalogues read from ``locale/``, Babel for dates and numbers.
+"""The collector's languages (console and webhook summaries): gettext catalogues read from
+``locale/``, Babel for dates and numbers.
 
 Contract: ``Language.load(code)`` reads ``locale/<code>/LC_MESSAGES/tocsin.po``
 (English is the source language and has a catalogue too, so a missing string
@@ -30,8 +31,14 @@ LANGUAGES = ("en", "fr")
 DOMAIN = "tocsin"
 HERE = Path(__file__).resolve().parent
 LOCALE_DIR = HERE / "locale"
-# Python modules whose sentences reach the console (explained reasons).
-SOURCE_MODULES = (HERE.parent / "explain.py", HERE / "web.py", HERE / "backend.py")
+TEMPLATES = HERE / "console" / "templates"
+# Python modules whose sentences reach a reader (reasons, summaries, the console's labels).
+SOURCE_MODULES = (
+    HERE / "explain.py",
+    HERE / "respond.py",
+    HERE / "console" / "web.py",
+    HERE / "console" / "backend.py",
+)
 KEYWORDS = {"_": None, "N_": None, "gettext": None, "ngettext": (1, 2)}
 
 
@@ -74,7 +81,7 @@ class Language:
 
 def messages_in_sources() -> Iterator[str]:
     """Every msgid in the console's templates and in ``SOURCE_MODULES``."""
-    for template in sorted((HERE / "templates").glob("*.html")):
+    for template in sorted(TEMPLATES.glob("*.html")):
         for _lineno, message, _comments, _ctx in extract_from_file(
             "jinja2", str(template), keywords=KEYWORDS
         ):

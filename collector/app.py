@@ -1,0 +1,285 @@
+"""One place builds the collector.
+
+``assemble(store, shipped, sink, ...)`` makes a ``Collector`` from the parts it
+is given: the store (any ``Store``), the shipped model, the webhook sink, the
+incident book, where per-host baselines are kept, the fleet guard and the
+operator hooks. Every part is built here and handed to the constructor of the
+part that uses it; nothing is patched onto an object after it is made, and no
+part asks another what it is (``isinstance``, ``getattr``). Per-host learning
+is on exactly when ``baselines_db`` is given: nothing downstream can switch it
+off by wrapping something.
+
+``build(conf)`` is what ``tocsin-collector`` runs. From the settings of
+``tocsin.collector.cli.settings`` it opens the embedded storage (store,
+incident book, per-host baselines and webhook outbox in one SQLite file),
+loads the model, makes the housekeeper (retention, disk watch) and, when
+asked, binds the web console's socket, and returns an ``App``:
+``await app.start(listen)`` starts the collector, the outbox, the
+housekeeping, the console and the ``/metrics`` endpoint and returns the
+bound port; ``await app.stop()`` stops everything in order. Another store
+(PostgreSQL) enters in ``build`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tocsin.collector.baseline import BaselineConfig, HostBaselines
+from tocsin.collector.commands import CommandRouter
+from tocsin.collector.console.auth import LinkIssuer
+from tocsin.collector.decide import Judge, JudgeConfig
+from tocsin.collector.explain import Gettext, same_text
+from tocsin.collector.fleetguard import FleetGuard
+from tocsin.collector.grpcconf import TlsFiles, parse_hostport, server_credentials
+from tocsin.collector.hooks import HookRunner
+from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
+from tocsin.collector.i18n import Language
+from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook, SqliteIncidentBook
+from tocsin.collector.ingest import TelemetryService
+from tocsin.collector.meter import WindowMeter
+from tocsin.collector.metrics import MetricsServer, serve_metrics
+from tocsin.collector.opserver import OperatorService
+from tocsin.collector.outbox import Outbox
+from tocsin.collector.pipeline import BatchScorer, JudgeStage
+from tocsin.collector.protocols import Scorer
+from tocsin.collector.ratelimit import AgentRateLimits, RateLimits
+from tocsin.collector.respond import Responder
+from tocsin.collector.routine import MemoryRoutineBook, RoutineBook, RoutineJobs, SqliteRoutineBook
+from tocsin.collector.score import ForestScorer
+from tocsin.collector.server import Collector
+from tocsin.collector.silence import SilenceWatch
+from tocsin.collector.store import SqliteStore, Store
+from tocsin.collector.webhook import WebhookSink
+from tocsin.v1.errors import ConfigError
+
+log = logging.getLogger("tocsin.collector")
+
+
+def assemble(
+    store: Store,
+    shipped: Scorer,
+    sink: WebhookSink,
+    *,
+    mode: str = "dry-run",
+    allow: Sequence[str] = (),
+    credentials: grpc.ServerCredentials | None = None,
+    judge_config: JudgeConfig | None = None,
+    silent_after_s: float = 60.0,
+    rate_limits: RateLimits | None = None,
+    book: IncidentBook | None = None,
+    routine: RoutineBook | None = None,
+    baselines_db: Path | None = None,
+    baseline_config: BaselineConfig | None = None,
+    guard: FleetGuard | None = None,
+    hooks: HookRunner | None = None,
+    judge_retry_s: float = 5.0,
+    console: LinkIssuer | None = None,
+    clock_skew_s: float = 300.0,
+    gettext: Gettext = same_text,
+) -> Collector:
+    """A collector made of these parts (see module doc); not started.
+
+    ``gettext`` translates what it writes for people (webhook summaries)."""
+    router = CommandRouter()
+    responder = Responder(
+        store, sink, router, mode=mode, allow=allow, guard=guard, hooks=hooks, gettext=gettext
+    )
+    judge = Judge(
+        shipped.threshold,
+        judge_config,
+        book=book or MemoryIncidentBook(),
+        routine=RoutineJobs(routine or MemoryRoutineBook()),
+    )
+    stage = JudgeStage(
+        judge,
+        responder,
+        store,
+        HostBaselines(shipped, baselines_db, baseline_config),
+        BatchScorer(shipped),
+        WindowMeter(),
+        retry_s=judge_retry_s,
+    )
+    silence = SilenceWatch(sink, silent_after_s)
+    telemetry = TelemetryService(
+        store,
+        router,
+        stage,
+        responder,
+        limits=AgentRateLimits(rate_limits),
+        silence=silence,
+        clock_skew_s=clock_skew_s,
+    )
+    operator = OperatorService(store, router, responder, console=console)
+    return Collector(
+        store, router, responder, stage, telemetry, operator, silence, credentials=credentials
+    )
+
+
+def load_scorer(model: str | None) -> ForestScorer:
+    try:
+        return ForestScorer.load(Path(model) if model else None)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--model: {exc}") from None
+
+
+class App:
+    """The collector and what runs beside it: outbox, housekeeping, console, ``/metrics``."""
+
+    def __init__(
+        self,
+        collector: Collector,
+        outbox: Outbox,
+        housekeeper: Housekeeper,
+        shipped: Scorer,
+        conf: dict[str, Any],
+        console: tuple[LinkIssuer, socket.socket] | None = None,
+    ) -> None:
+        self.collector, self.outbox, self.housekeeper = collector, outbox, housekeeper
+        self.shipped, self.conf, self.console = shipped, conf, console
+        self.metrics: MetricsServer | None = None
+        self._console_server: Any = None
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    async def start(self, listen: str) -> int:
+        port = await self.collector.start(listen)
+        self.outbox.start()
+        if self.console is not None:
+            self._console_server = await self._start_console(*self.console)
+        self._housekeeping = asyncio.get_running_loop().create_task(self.housekeeper.run())
+        if self.conf.get("metrics"):
+            self.metrics = serve_metrics(
+                self.conf["metrics"], self.collector, self.outbox, self.housekeeper
+            )
+            log.info("metrics on http://%s:%d/metrics", *self.metrics.address)
+        return port
+
+    async def _start_console(self, links: LinkIssuer, sock: socket.socket) -> Any:
+        """Serve the web console beside the collector (HTTPS with its certificate if it has one)."""
+        from tocsin.collector.console.auth import Sessions
+        from tocsin.collector.console.backend import ConsoleBackend
+        from tocsin.collector.console.web import (
+            ConsoleConfig,
+            ConsoleServer,
+            console_app,
+            tls_context,
+        )
+        from tocsin.collector.operations import HostActions
+
+        c = self.collector
+        backend = ConsoleBackend(
+            c.store,
+            c.router,
+            c.silence,
+            HostActions(c.store, c.responder),
+            threshold=float(self.shipped.threshold),
+        )
+        config = ConsoleConfig(language=self.conf["language"])
+        app = console_app(backend, links.links, Sessions(), config)
+        tls: TlsFiles = self.conf["tls"]
+        server = ConsoleServer(
+            app, tls_context(tls.cert, tls.key) if tls.cert and tls.key else None
+        )
+        await server.start(sock)
+        log.info("console on %s/", links.base_url)
+        return server
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        if self._console_server is not None:
+            await self._console_server.stop()
+        await self.collector.stop(grace_s=grace_s)
+        await self.outbox.stop()
+        self.outbox.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def _console(conf: dict[str, Any]) -> tuple[LinkIssuer, socket.socket] | None:
+    """The console's sign-in links and bound socket, when ``console`` is set."""
+    if not conf.get("console"):
+        return None
+    from tocsin.collector.console.auth import LoginLinks
+    from tocsin.collector.console.web import bind
+
+    host, _ = parse_hostport(conf["console"], "console")
+    sock = bind(conf["console"])
+    scheme = "https" if conf["tls"].given() else "http"
+    base = conf.get("console_url") or f"{scheme}://{host}:{sock.getsockname()[1]}"
+    return LinkIssuer(LoginLinks(), base.rstrip("/")), sock
+
+
+def build(conf: dict[str, Any]) -> App:
+    """The shipped collector from validated settings (``ConfigError`` on a bad part)."""
+    db = Path(conf["db"])
+    shipped = load_scorer(conf.get("model"))
+    store = SqliteStore(db)
+    try:
+        book = SqliteIncidentBook(db)
+        routine = SqliteRoutineBook(db)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot open database {db}: {exc}") from None
+    outbox = Outbox(
+        db,
+        conf["destinations"],
+        retry_initial_s=conf["webhook_retry_initial_s"],
+        retry_max_s=conf["webhook_retry_max_s"],
+        max_age_s=conf["webhook_max_age_s"],
+    )
+    since = time.time() - conf["webhook_max_age_s"]
+    recent = store.list_alerts(limit=10_000)
+    recovered = outbox.recover(a.payload for a in recent if a.detected_at_s >= since)
+    if recovered:
+        log.warning("%d stored alerts had not reached the webhook outbox; queued now", recovered)
+    tls: TlsFiles = conf["tls"]
+    per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
+    bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
+    learning_s = float(conf["baseline_learning_days"]) * 86400.0
+    console = _console(conf)
+    collector = assemble(
+        store,
+        shipped,
+        outbox,
+        mode=conf["respond"],
+        allow=conf["allow"],
+        credentials=server_credentials(tls) if tls.given() else None,
+        silent_after_s=float(conf.get("silent_after") or 60.0),
+        rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
+        book=book,
+        routine=routine,
+        baselines_db=db,
+        baseline_config=BaselineConfig(learning_s=learning_s),
+        guard=FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None,
+        hooks=HookRunner(conf["hook_list"]) if conf["hook_list"] else None,
+        console=console[0] if console else None,
+        clock_skew_s=conf["max_clock_skew_s"],
+        gettext=Language.load(conf["language"]).gettext,
+    )
+    housekeeper = Housekeeper(
+        store,
+        db,
+        outbox,
+        outbox,
+        RetentionConfig(
+            retention_days=conf["retention_days"],
+            rollup_days=conf["rollup_days"],
+            disk_warn_ratio=conf["disk_warn_percent"] / 100.0,
+        ),
+    )
+    log.info(
+        "per-host baselines: each host learns its own after %g days of its windows",
+        conf["baseline_learning_days"],
+    )
+    return App(collector, outbox, housekeeper, shipped, conf, console)
