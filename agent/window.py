@@ -61,10 +61,11 @@ _EXT_RE = re.compile(r"^[a-z0-9]{1,12}$")
 NEW_EXT_HORIZON_S = 600.0
 NAME_HORIZON_S = 120.0
 MAX_TRACKED = 4096
-# A window in which a probe showed damage closes once its activity lasted this long,
-# or at once when this many of its files show damage (the tripwire's threshold).
+# A window in which a probe showed damage closes this long after the first, or at
+# once when this many of its files show damage (what the collector confirms on in
+# one window, JudgeConfig.window_confirm; the tripwire acts per file, not on windows).
 DAMAGE_CLOSE_S = 0.1
-DAMAGE_CLOSE_FILES = 5
+DAMAGE_CLOSE_FILES = 3
 MAX_EXAMPLE_PATHS = 5
 # A ruined file waits this long for fanotify to name its writer, looked up again
 # every WRITER_RETRY_S.
@@ -764,8 +765,8 @@ class WindowLoop:
 
         At its end; at ``burst_events`` events, except an onset that has shown some
         damage: it waits for enough to be acted on. The first window with damage
-        closes once ``DAMAGE_CLOSE_FILES`` files show it (what the tripwire acts on:
-        it fires at this window's close, not a window later); windows after it last
+        closes once ``DAMAGE_CLOSE_FILES`` files show it (what the collector confirms
+        on in one window); windows after it last
         ``runtime.FAST_WINDOW_S`` anyway. Any window closes ``DAMAGE_CLOSE_S`` after
         its first damage (an attack that starts inside a busy window is not held
         back for the rest of it, nor closed at its first file, which the collector
