@@ -342,8 +342,10 @@ class Judge:
                 inc.unnamed = not job
             self._incidents[key] = inc
             self._keep(key, inc)
-            kind: DecisionKind = "update" if inc.silent else "open"
-            decisions.append(self._decision(kind, key, inc, w, score, reasons, proc))
+            # A silent incident makes no decision: an update of an incident without
+            # an alert would raise one (the responder's never-lost rule).
+            if not inc.silent:
+                decisions.append(self._decision("open", key, inc, w, score, reasons, proc))
             return decisions
         inc.last_active_s = end_s
         inc.reasons.update(reasons)
@@ -352,7 +354,7 @@ class Judge:
         if severity == "critical" and inc.severity == "warning":
             inc.severity = "critical"
             decisions.append(self._decision("escalate", key, inc, w, score, reasons, proc))
-        else:
+        elif not inc.silent:
             decisions.append(self._decision("update", key, inc, w, score, reasons, proc))
         return decisions
 
