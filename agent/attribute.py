@@ -430,10 +430,7 @@ class Attributor:
             return None
         s = _sample(info, pb.ATTRIBUTION_FANOTIFY)
         s.tree_root_pid = self.tree_root(pid)
-        # The identity a suspend of this tree must carry (tocsin.agent.protect).
-        s.kernel_boot_id = self._boot_id
-        s.start_ticks = self._start_ticks(pid)
-        s.tree_root_start_ticks = self._start_ticks(s.tree_root_pid)
+        self._identify(s)
         return s
 
     def _under_roots(self, path: str) -> bool:
@@ -631,11 +628,15 @@ class Attributor:
                 self._io_latest = {p: c for p, c in self._io_latest.items() if p in keep}
                 self._io_read_at = {p: t for p, t in self._io_read_at.items() if p in keep}
         top = samples[: self.top_n]
-        for s in top:  # what a command naming these processes must carry (tocsin.agent.protect)
-            s.kernel_boot_id = self._boot_id
-            s.start_ticks = self._start_ticks(s.pid)
-            s.tree_root_start_ticks = self._start_ticks(s.tree_root_pid or s.pid)
+        for s in top:
+            self._identify(s)
         return top
+
+    def _identify(self, s: pb.ProcessSample) -> None:
+        """What a command naming this process or its tree must carry (tocsin.agent.protect)."""
+        s.kernel_boot_id = self._boot_id
+        s.start_ticks = self._start_ticks(s.pid)
+        s.tree_root_start_ticks = self._start_ticks(s.tree_root_pid or s.pid)
 
     def _start_ticks(self, pid: int) -> int:
         info = self._known.get(pid)

@@ -16,12 +16,12 @@ damage), and probes files as they finish. Each ruined file goes to
 ``on_ruined`` with its writer (fanotify) as soon as both are known: the tripwire
 acts per file. It closes a window every ``window_s``, earlier once
 ``burst_events`` events arrived, once ``DAMAGE_CLOSE_FILES`` of its files showed
-damage, once a probe showed some and the window's activity lasted
-``DAMAGE_CLOSE_S`` (see ``_should_close``), or at once when ``on_ruined`` says
-the tripwire acted; then it asks the attributor for the top writers, lets the
-tripwire mark the window (and act on canaries), and hands the window to
-``sink``. Windows without file activity are handed over at most every
-``idle_every_s`` seconds (still with counts).
+damage, ``DAMAGE_CLOSE_S`` after a probe first showed some (see
+``_should_close``), or at once when ``on_ruined`` says the tripwire acted;
+then it asks the attributor for the top writers, lets the tripwire mark the
+window (and act on canaries), and hands the window to ``sink``. Windows without
+file activity are handed over at most every ``idle_every_s`` seconds (still
+with counts).
 
 Spreading evidence counts only directories where something was destroyed
 (a file deleted, renamed away, or whose type was destroyed) within the name
@@ -61,10 +61,11 @@ _EXT_RE = re.compile(r"^[a-z0-9]{1,12}$")
 NEW_EXT_HORIZON_S = 600.0
 NAME_HORIZON_S = 120.0
 MAX_TRACKED = 4096
-# A window in which a probe showed damage closes once its activity lasted this long,
-# or at once when this many of its files show damage (the tripwire's threshold).
+# A window in which a probe showed damage closes this long after the first, or at
+# once when this many of its files show damage (what the collector confirms on in
+# one window, JudgeConfig.window_confirm; the tripwire acts per file, not on windows).
 DAMAGE_CLOSE_S = 0.1
-DAMAGE_CLOSE_FILES = 5
+DAMAGE_CLOSE_FILES = 3
 MAX_EXAMPLE_PATHS = 5
 # A ruined file waits this long for fanotify to name its writer, looked up again
 # every WRITER_RETRY_S.
@@ -671,6 +672,7 @@ class WindowLoop:
             deadline = self.progress_at + self.window_s
             wakeup = self.watcher.wakeup
             first_event: float | None = None
+            first_damage: float | None = None
             damaged = 0
             fired = False  # the tripwire acted on a file: the window closes to say so
             # An onset (a few events) or a window after damage is short anyway;
@@ -693,16 +695,18 @@ class WindowLoop:
                         self.max_probe_files, self.max_probe_bytes, share if long_window else 1.0
                     )
                     fired = self._report_ruined() or fired
-                if fired or self._should_close(damaged, first_event, now, left, onset):
+                    if damaged and first_damage is None:
+                        first_damage = now
+                if fired or self._should_close(damaged, first_damage, now, left, onset):
                     break
-                if self.acc.events and long_window:
+                if self.acc.events and long_window and not damaged:
                     self._stop.wait(min(self._poll_s, left))  # a burst under way: batch it
                 else:
-                    # Nothing yet: sleep until the first event. A short window: wake
-                    # with each batch of events, to close at the one that ends it, or
-                    # when its damage has lasted long enough.
-                    if damaged and first_event is not None:
-                        left = min(left, first_event + DAMAGE_CLOSE_S - now)
+                    # Nothing yet: sleep until the first event. A short window, or one
+                    # that showed damage: wake with each batch of events, to close at
+                    # the one that ends it, or when its damage has lasted long enough.
+                    if first_damage is not None:
+                        left = min(left, first_damage + DAMAGE_CLOSE_S - now)
                     if self._unattributed:
                         left = min(left, WRITER_RETRY_S)
                     wakeup.wait(max(left, 0.0))
@@ -755,23 +759,22 @@ class WindowLoop:
             start = end
 
     def _should_close(
-        self, damaged: int, first_event: float | None, now: float, left: float, onset: bool
+        self, damaged: int, first_damage: float | None, now: float, left: float, onset: bool
     ) -> bool:
         """Whether the window being filled closes now.
 
         At its end; at ``burst_events`` events, except an onset that has shown some
         damage: it waits for enough to be acted on. The first window with damage
-        closes once ``DAMAGE_CLOSE_FILES`` files show it (what the tripwire acts on:
-        it fires at this window's close, not a window later); windows after it last
-        ``runtime.FAST_WINDOW_S`` anyway. Any window closes once the activity showed some
-        damage and lasted ``DAMAGE_CLOSE_S`` (an attack that starts inside a busy
-        window is not held back for the rest of it; workers that start together
-        still share the window).
+        closes once ``DAMAGE_CLOSE_FILES`` files show it (what the collector confirms
+        on in one window); windows after it last
+        ``runtime.FAST_WINDOW_S`` anyway. Any window closes ``DAMAGE_CLOSE_S`` after
+        its first damage (an attack that starts inside a busy window is not held
+        back for the rest of it, nor closed at its first file, which the collector
+        could not confirm alone; workers that start together still share the window).
         """
         if left <= 0 or (damaged >= DAMAGE_CLOSE_FILES and not self.damage_last):
             return True
-        lasted = first_event is not None and now - first_event >= DAMAGE_CLOSE_S
-        if damaged and lasted:
+        if first_damage is not None and now - first_damage >= DAMAGE_CLOSE_S:
             return True
         return self.acc.events >= self.burst_events and not (onset and damaged)
 

@@ -55,6 +55,7 @@ from tocsin.collector.pipeline import BatchScorer, JudgeStage
 from tocsin.collector.protocols import Scorer
 from tocsin.collector.ratelimit import AgentRateLimits, RateLimits
 from tocsin.collector.respond import Responder
+from tocsin.collector.routine import MemoryRoutineBook, RoutineBook, RoutineJobs, SqliteRoutineBook
 from tocsin.collector.score import ForestScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.silence import SilenceWatch
@@ -77,6 +78,7 @@ def assemble(
     silent_after_s: float = 60.0,
     rate_limits: RateLimits | None = None,
     book: IncidentBook | None = None,
+    routine: RoutineBook | None = None,
     baselines_db: Database | None = None,
     baseline_config: BaselineConfig | None = None,
     guard: FleetGuard | None = None,
@@ -93,7 +95,12 @@ def assemble(
     responder = Responder(
         store, sink, router, mode=mode, allow=allow, guard=guard, hooks=hooks, gettext=gettext
     )
-    judge = Judge(shipped.threshold, judge_config, book=book or MemoryIncidentBook())
+    judge = Judge(
+        shipped.threshold,
+        judge_config,
+        book=book or MemoryIncidentBook(),
+        routine=RoutineJobs(routine or MemoryRoutineBook()),
+    )
     stage = JudgeStage(
         judge,
         responder,
@@ -223,6 +230,7 @@ def build(conf: dict[str, Any]) -> App:
     db = Database(Path(conf["db"]))  # the one connection every part below shares
     store = SqliteStore(db)
     book = SqliteIncidentBook(db)
+    routine = SqliteRoutineBook(db)
     outbox = Outbox(
         db,
         conf["destinations"],
@@ -250,6 +258,7 @@ def build(conf: dict[str, Any]) -> App:
         silent_after_s=float(conf.get("silent_after") or 60.0),
         rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
         book=book,
+        routine=routine,
         baselines_db=db,
         baseline_config=BaselineConfig(learning_s=learning_s),
         guard=FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None,

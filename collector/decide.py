@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tocsin.collector.incidents import IncidentBook, IncidentRecord, MemoryIncidentBook
+from tocsin.collector.routine import RoutineJobs, RoutineRun
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.text import printable
 
@@ -104,6 +105,9 @@ class JudgeConfig:
     quiet_s: float = 120.0
     # Most windows of history kept per host (bounded: an hour of 1 s windows).
     max_history: int = 4096
+    # A warning of routine reasons whose writer is not named yet (a reader sweeping the
+    # share) waits this long for it, to tell a learned routine job from staging.
+    unnamed_wait_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,18 @@ class _Incident:
     reasons: set[str] = field(default_factory=set)
     # The writer it was last decided on (not kept across a restart).
     process: ProcessInfo | None = None
+    # The job of the writer that opened it, the files of its windows, whether every
+    # reason so far was routine, and the learned run it matched (opened unposted).
+    job: str = ""
+    files: int = 0
+    routine: bool = False
+    expected: RoutineRun | None = None
+    unnamed: bool = False
+
+    @property
+    def silent(self) -> bool:
+        """Opened without being posted (see ``Judge._unsilence``)."""
+        return self.unnamed or self.expected is not None
 
 
 def ts_s(ts: object) -> float:
@@ -244,8 +260,10 @@ class Judge:
         config: JudgeConfig | None = None,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex[:16],
         book: IncidentBook | None = None,
+        routine: RoutineJobs | None = None,
     ) -> None:
         self.threshold = threshold
+        self.routine = routine if routine is not None else RoutineJobs()
         self.config = config or JudgeConfig()
         self._new_id = new_id
         self._history: dict[str, deque[_Entry]] = {}
@@ -365,31 +383,90 @@ class Judge:
 
         if inc is not None and end_s - inc.last_active_s >= cfg.quiet_s:
             decisions.append(self._decision("close", key, inc, w, score, (), proc))
-            del self._incidents[key]
-            self.book.close(inc.incident_id, end_s)
+            self._closed(key, inc, end_s)
             inc = None
 
+        routine = self.routine.routine(reasons)
+        if inc is not None and inc.silent:
+            unsilenced = self._unsilence(key, inc, w, severity, routine, score, reasons, proc)
+            if unsilenced is not None:
+                decisions.append(unsilenced)
+                return decisions
         keeps_alive = inc is not None and score is not None and score > thr - cfg.hysteresis
         if severity is None and not keeps_alive:
             return decisions
         if inc is None:
             assert severity is not None
-            inc = _Incident(self._new_id(), severity, start_s, end_s, set(reasons), proc)
+            job = self.routine.job_of(w)
+            inc = _Incident(
+                self._new_id(), severity, start_s, end_s, set(reasons), process=proc, job=job
+            )
+            inc.files, inc.routine = self.routine.files_of(w), routine
+            if severity == "warning" and routine:
+                # A learned routine job's run, or one whose writer is not named yet (a
+                # reader sweeping), is opened without being posted (see _unsilence).
+                inc.expected = self.routine.expected(host_id, job, start_s)
+                inc.unnamed = not job
             self._incidents[key] = inc
             self._keep(key, inc)
-            decisions.append(self._decision("open", key, inc, w, score, reasons, proc))
+            # A silent incident makes no decision: an update of an incident without
+            # an alert would raise one (the responder's never-lost rule).
+            if not inc.silent:
+                decisions.append(self._decision("open", key, inc, w, score, reasons, proc))
             return decisions
         inc.last_active_s = end_s
         inc.reasons.update(reasons)
         if proc is not None and proc.tree_root_pid == root:
             inc.process = proc
+        inc.files += self.routine.files_of(w)
         self._keep(key, inc)
         if severity == "critical" and inc.severity == "warning":
             inc.severity = "critical"
             decisions.append(self._decision("escalate", key, inc, w, score, reasons, proc))
-        else:
+        elif not inc.silent:
             decisions.append(self._decision("update", key, inc, w, score, reasons, proc))
         return decisions
+
+    def _unsilence(
+        self,
+        key: tuple[str, int],
+        inc: _Incident,
+        w: pb.Window,
+        severity: Severity | None,
+        routine: bool,
+        score: float | None,
+        reasons: list[str],
+        proc: ProcessInfo | None,
+    ) -> Decision | None:
+        """The ``open`` of a silent incident, once it is not a learned routine run after all.
+
+        An unnamed one waits for its writer (``unnamed_wait_s`` of window time at
+        most), then is an expected run or posted. An expected one is posted once it
+        turns critical, raises a reason a routine job does not, or grows past the
+        learned size. None while it stays silent.
+        """
+        inc.job = inc.job or self.routine.job_of(w)
+        inc.routine = inc.routine and routine
+        end_s = ts_s(w.end)
+        wait = end_s - inc.first_start_s < self.config.unnamed_wait_s
+        if inc.unnamed and not inc.job and wait and severity != "critical" and inc.routine:
+            return None
+        if inc.unnamed:
+            inc.unnamed = False
+            inc.expected = self.routine.expected(key[0], inc.job, inc.first_start_s)
+        expected = inc.expected
+        big = expected is not None and self.routine.too_big(expected, inc.files)
+        if expected is not None and severity != "critical" and inc.routine and not big:
+            return None
+        inc.expected = None
+        inc.last_active_s = max(inc.last_active_s, end_s)
+        inc.reasons.update(reasons)
+        if severity == "critical":
+            inc.severity = "critical"
+        self._keep(key, inc)
+        if big:
+            reasons = [*reasons, f"larger_than_usual:{inc.files}files"]
+        return self._decision("open", key, inc, w, score, reasons or sorted(inc.reasons), proc)
 
     def _close_quiet(self, host_id: str, now_s: float, keep: tuple[str, int]) -> list[Decision]:
         out = []
@@ -410,9 +487,15 @@ class Judge:
                         None,
                     )
                 )
-                del self._incidents[key]
-                self.book.close(inc.incident_id, now_s)
+                self._closed(key, inc, now_s)
         return out
+
+    def _closed(self, key: tuple[str, int], inc: _Incident, now_s: float) -> None:
+        """Forget a closed incident; a warning of routine reasons teaches its job."""
+        del self._incidents[key]
+        self.book.close(inc.incident_id, now_s)
+        if inc.severity == "warning" and inc.routine:
+            self.routine.learn(key[0], inc.job, inc.first_start_s, inc.files)
 
     def _decision(
         self,

@@ -11,12 +11,16 @@ with ``--progress`` (one "<unix time> <path>" line per finished file).
 Measured per workload: whether a critical alert arrived, the seconds from the
 first ruined file to the critical webhook's receipt, the files ruined before
 the process was suspended (progress lines when its state became "stopped"),
-and the warnings and criticals posted for the host. Workloads run as drills:
-the agent's drill key in their environment (``tocsin.agent.drill``), so the
-collector suspends them for real but never isolates (a drill never isolates);
-nothing else changes in the judgement. The evasions are the exception:
-``encrypt-drill-marker`` names the drill marker but has no key, and must be
-isolated like any attacker. Loopback only.
+and the warnings and criticals posted for the host. Each attack style runs
+``--repeat`` times (median and maximum of the files ruined). Each benign job
+runs once live (night 1, the agent recording what it sends), then its
+recording is replayed into the same collector under the same host id shifted
+by one and two days (nights 2 and 3, ``tocsin replay``): warnings per night.
+Workloads run as drills: the agent's drill key in their environment
+(``tocsin.agent.drill``), so the collector suspends them for real but never
+isolates (a drill never isolates); nothing else changes in the judgement. The
+evasions are the exception: ``encrypt-drill-marker`` names the drill marker but
+has no key, and must be isolated like any attacker. Loopback only.
 
 Then, as root with Samba installed (``--no-smb`` skips it), the attack over the
 share: a real smbd and agent in a file server's network namespace, an
@@ -57,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from receiver import WebhookReceiver
 from tocsin.agent.drill import DrillKey
 from tocsin.agent.simulate import ATTACKS, BENIGN, make_share
+from tocsin.v1.recording import Recorder, read_recording
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -151,6 +156,9 @@ class Row:
     # What the critical alert said of isolating the host ("sent", "skipped: drill"...).
     isolate: str = ""
     note: str = ""
+    # Attacks: files ruined before the stop, one per run. Benign jobs: warnings per night.
+    ruined_runs: list[int] = field(default_factory=list)
+    warnings_by_night: list[int] = field(default_factory=list)
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float, interval_s: float = 0.1) -> Any:
@@ -257,13 +265,48 @@ class Suite:
             and r["body"].get("host_id") == host_id
         ]
 
-    def run(self, name: str, rate: float, timeout_s: float) -> Row:
+    def replay_night(self, recording: Path, host_id: str, night: int) -> int:
+        """Replay ``recording`` as if the job ran ``night - 1`` days later: warnings posted."""
+        shifted = recording.with_name(f"night{night}.jsonl")
+        shift_s = (night - 1) * 86_400
+        rec = Recorder(shifted)
+        for msg in read_recording(recording):
+            if msg.HasField("hello"):
+                msg.hello.boot_id = f"{msg.hello.boot_id}-night{night}"
+            if msg.HasField("window"):
+                for ts in (msg.window.start, msg.window.end):
+                    ts.seconds += shift_s
+            rec.write(msg)
+        rec.close()
+        before = len(self.alerts(host_id))
+        subprocess.run(
+            [
+                str(BIN / "tocsin"),
+                "replay",
+                str(shifted),
+                "--collector",
+                self.addr,
+                "--insecure",
+                "--speed",
+                "0",
+                "--host-id",
+                host_id,
+            ],
+            check=True,
+            capture_output=True,
+        )
+        time.sleep(self.settle_s)  # the posts of the last windows
+        new = self.alerts(host_id)[before:]
+        return sum(1 for a in new if a.get("severity") == "warning")
+
+    def run(self, name: str, rate: float, timeout_s: float, attempt: int = 0) -> Row:
         kind = "attack" if name in ATTACKS else "benign"
         row = Row(name, kind, rate if name != "encrypt-slow" else 2.0)
-        work = self.tmp / name
+        work = self.tmp / (name if not attempt else f"{name}-{attempt}")
         share = work / "share"
         make_share(share, files=self.files, seed=11)
-        host_id = f"eval-{name}"
+        host_id = f"eval-{name}" if not attempt else f"eval-{name}-{attempt}"
+        recording = work / "night1.jsonl"
         agent = subprocess.Popen(
             [
                 str(BIN / "tocsin-agent"),
@@ -276,6 +319,7 @@ class Suite:
                 "--state-dir",
                 str(work / "state"),
                 "--insecure",
+                *(["--record", str(recording)] if kind == "benign" else []),
             ],
             stdout=(work / "agent.log").open("wb"),
             stderr=subprocess.STDOUT,
@@ -339,7 +383,8 @@ class Suite:
                 row.isolate = str(isolate[0].get("status", "")) if isolate else ""
             elif alerts:
                 row.reasons = list(alerts[0].get("reasons", []))
-            return row
+            if row.ruined_before_stop is not None:
+                row.ruined_runs = [row.ruined_before_stop]
         finally:
             if workload is not None:
                 kill_tree(workload.pid)
@@ -349,6 +394,10 @@ class Suite:
             except subprocess.TimeoutExpired:
                 agent.kill()
                 agent.wait()
+        if kind == "benign":
+            row.warnings_by_night = [row.warnings]
+            row.warnings_by_night += [self.replay_night(recording, host_id, n) for n in (2, 3)]
+        return row
 
     def stop(self) -> None:
         if self.collector is not None and self.collector.poll() is None:
@@ -368,12 +417,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def merge_runs(runs: list[Row]) -> Row:
+    """One row for the repeated runs of an attack style: the median run's figures, every
+    run's files ruined (the style is detected or suspended only if every run was)."""
+    ruined = [n for r in runs for n in r.ruined_runs]
+    secs = [r.seconds_to_critical for r in runs if r.seconds_to_critical is not None]
+    row = sorted(runs, key=lambda r: r.ruined_before_stop if r.ruined_before_stop else 1e9)[
+        (len(runs) - 1) // 2
+    ]
+    row.ruined_runs = ruined
+    row.detected = all(r.detected for r in runs)
+    row.stopped = all(r.stopped for r in runs)
+    row.seconds_to_critical = round(statistics.median(secs), 3) if secs else None
+    row.note = "; ".join(sorted({r.note for r in runs if r.note}))
+    return row
+
+
 def summary(rows: list[Row], rate: float) -> dict[str, Any]:
     fast = [r for r in rows if r.kind == "attack" and r.rate_per_s == rate]
     attacks = [r for r in rows if r.kind == "attack"]
     benign = [r for r in rows if r.kind == "benign"]
-    ruined = [float(r.ruined_before_stop) for r in fast if r.ruined_before_stop is not None]
+    ruined = [float(n) for r in fast for n in r.ruined_runs]
     secs = [r.seconds_to_critical for r in fast if r.seconds_to_critical is not None]
+    nights = [r.warnings_by_night for r in benign if r.warnings_by_night]
     return {
         "attacks": len(attacks),
         "attacks_detected": sum(r.detected for r in attacks),
@@ -381,12 +447,16 @@ def summary(rows: list[Row], rate: float) -> dict[str, Any]:
         "rate_files_per_s": rate,
         "median_files_ruined_before_stop": round(statistics.median(ruined), 1) if ruined else None,
         "p95_files_ruined_before_stop": round(percentile(ruined, 0.95), 1) if ruined else None,
+        "max_files_ruined_before_stop": max(ruined) if ruined else None,
+        "styles_over_25_ruined": sum(1 for r in fast if r.ruined_runs and max(r.ruined_runs) > 25),
         "median_s_to_critical": round(statistics.median(secs), 3) if secs else None,
         "p95_s_to_critical": round(percentile(secs, 0.95), 3) if secs else None,
         "benign_jobs": len(benign),
         "benign_warnings": sum(r.warnings for r in benign),
         "benign_criticals": sum(r.criticals for r in benign),
         "benign_jobs_over_one_warning": sum(r.warnings > 1 for r in benign),
+        "benign_warnings_by_night": [sum(n[i] for n in nights) for i in range(3)] if nights else [],
+        "benign_jobs_warning_after_night_1": sum(1 for n in nights if sum(n[1:])),
     }
 
 
@@ -458,6 +528,7 @@ def render(
     args: argparse.Namespace,
     took_s: float,
     smb: tuple[list[dict[str, Any]], str] = ([], "not asked (--no-smb)"),
+    load: tuple[float, float] = (0.0, 0.0),
 ) -> str:
     lines = [
         "# Evaluation",
@@ -481,19 +552,33 @@ def render(
         "state became stopped (SIGSTOP from the collector's suspend command).",
         "- **warnings / criticals**: alerts posted for the host (one per incident, plus one "
         "when it escalates).",
+        f"- attacks: each style ran {args.repeat} times, each on a fresh share and host id; "
+        "**ruined before stop** is the median / maximum of the runs, the other columns are "
+        "the median run's (seconds to critical: the median).",
+        "- benign jobs: **warnings per night** are the warnings of night 1 (the live run, "
+        "its agent recording what it sent) and of nights 2 and 3 (that recording replayed "
+        "into the same collector under the same host id, shifted by one and two days, "
+        "`tocsin replay --speed 0`): the same job at the same hour on three nights.",
         "",
-        "| workload | what | kind | files/s | detected | s to critical | ruined before stop "
-        "| files done | warnings | criticals | isolate | first reasons |",
+        "| workload | what | kind | files/s | detected | s to critical "
+        "| ruined before stop (median / max) | files done | warnings per night | criticals "
+        "| isolate | first reasons |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         reasons = ", ".join(r.reasons[:4]) + (" ..." if len(r.reasons) > 4 else "")
         if r.note:
             reasons = f"{r.note}; {reasons}"
+        ruined = (
+            f"{statistics.median(r.ruined_runs):g} / {max(r.ruined_runs)}"
+            if r.ruined_runs
+            else _fmt(r.ruined_before_stop)
+        )
+        warnings = " / ".join(map(str, r.warnings_by_night)) or str(r.warnings)
         lines.append(
             f"| {r.name} | {DESCRIPTIONS.get(r.name, '')} | {r.kind} | {r.rate_per_s:g} | "
             f"{_fmt(r.detected) if r.kind == 'attack' else '-'} | {_fmt(r.seconds_to_critical)} "
-            f"| {_fmt(r.ruined_before_stop)} | {r.files_done} | {r.warnings} | {r.criticals} "
+            f"| {ruined} | {r.files_done} | {warnings} | {r.criticals} "
             f"| {r.isolate or '-'} | {reasons.replace('|', '/')} |"
         )
     s = summ
@@ -505,20 +590,29 @@ def render(
         f"suspended: {s['attacks_suspended']} / {s['attacks']}",
         f"- attacks at {s['rate_files_per_s']:g} files/s, files ruined before suspension: "
         f"median **{_fmt(s['median_files_ruined_before_stop'])}**, "
-        f"p95 **{_fmt(s['p95_files_ruined_before_stop'])}**",
+        f"p95 **{_fmt(s['p95_files_ruined_before_stop'])}**, "
+        f"maximum **{_fmt(s['max_files_ruined_before_stop'])}** (all runs of all styles); "
+        f"styles with a run over 25: **{s['styles_over_25_ruined']}**",
         f"- attacks at {s['rate_files_per_s']:g} files/s, seconds from first ruined file to "
         f"critical webhook: median **{_fmt(s['median_s_to_critical'])}**, "
         f"p95 **{_fmt(s['p95_s_to_critical'])}**",
         f"- benign jobs: {s['benign_jobs']}; false criticals **{s['benign_criticals']}**, "
-        f"false warnings **{s['benign_warnings']}** (jobs with more than one warning: "
-        f"{s['benign_jobs_over_one_warning']})",
-        f"- suite wall time: {took_s:.0f} s",
+        f"false warnings on night 1 **{s['benign_warnings']}** (jobs with more than one "
+        f"warning: {s['benign_jobs_over_one_warning']})",
+        "- benign warnings per night (nights 1 / 2 / 3): **"
+        + " / ".join(map(str, s["benign_warnings_by_night"]))
+        + f"**; jobs that warned again after their first night: "
+        f"**{s['benign_jobs_warning_after_night_1']}**",
+        f"- suite wall time: {took_s:.0f} s; machine load (1-minute average, `os.getloadavg`) "
+        f"at its start and end: {load[0]:.1f} and {load[1]:.1f} on {os.cpu_count()} CPUs "
+        "(timings and files ruined grow with the load: compare runs at a similar load)",
         *render_smb(*smb),
         "## Reproduce",
         "",
         "```",
         "make eval            # = .venv/bin/python tools/eval.py",
-        f"python tools/eval.py --rate {args.rate:g} --files {args.files} [WORKLOAD ...]",
+        f"python tools/eval.py --rate {args.rate:g} --files {args.files} "
+        f"--repeat {args.repeat} [WORKLOAD ...]",
         "```",
         "",
         "Needs root for the agent's fanotify attribution (without it the agent falls back to "
@@ -557,6 +651,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--rate", type=float, default=200.0)
     parser.add_argument("--files", type=int, default=600)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each attack style")
     parser.add_argument("--settle-s", type=float, default=1.5)
     parser.add_argument("--timeout-s", type=float, default=60.0)
     parser.add_argument("--no-card", action="store_true", help="leave models/baseline.json alone")
@@ -569,6 +664,7 @@ def main() -> int:
         if name not in ATTACKS and name not in BENIGN:
             raise SystemExit(f"eval: unknown workload {name!r}")
     started = time.monotonic()
+    load_start = os.getloadavg()[0]
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
         if args.keep:
@@ -582,23 +678,26 @@ def main() -> int:
         try:
             for name in names:
                 timeout = 120.0 if name == "encrypt-slow" else args.timeout_s
-                row = suite.run(name, args.rate, timeout)
+                repeat = args.repeat if name in ATTACKS and name != "encrypt-slow" else 1
+                runs = [suite.run(name, args.rate, timeout, attempt) for attempt in range(repeat)]
+                row = merge_runs(runs) if name in ATTACKS else runs[0]
                 rows.append(row)
                 print(
                     f"{name:18s} {row.kind:6s} detected={_fmt(row.detected):3s} "
                     f"s_to_critical={_fmt(row.seconds_to_critical):6s} "
-                    f"ruined={_fmt(row.ruined_before_stop):4s} done={row.files_done:4d} "
-                    f"warn={row.warnings} crit={row.criticals} isolate={row.isolate or '-'} "
-                    f"{row.note}",
+                    f"ruined={row.ruined_runs or _fmt(row.ruined_before_stop)} "
+                    f"done={row.files_done:4d} warn={row.warnings_by_night or row.warnings} "
+                    f"crit={row.criticals} isolate={row.isolate or '-'} {row.note}",
                     flush=True,
                 )
         finally:
             suite.stop()
         smb = ([], "not asked (--no-smb)") if args.no_smb else smb_rows(work)
     took = time.monotonic() - started
+    load = (load_start, os.getloadavg()[0])
     summ = summary(rows, args.rate)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, summ, args, took, smb))
+    args.out.write_text(render(rows, summ, args, took, smb, load))
     if args.json:
         args.json.write_text(
             json.dumps({"rows": [asdict(r) for r in rows], "summary": summ, "smb": smb[0]})
