@@ -306,6 +306,19 @@ class FanotifySource:
                 self._on_write(pid, path)
 
 
+def _ancestors(pid: int) -> frozenset[int]:
+    """The pids above ``pid`` (its parent, its parent's parent...), PID 1 excluded."""
+    found: set[int] = set()
+    try:
+        ppid = psutil.Process(pid).ppid()
+        while ppid > 1 and ppid not in found and len(found) < 64:
+            found.add(ppid)
+            ppid = psutil.Process(ppid).ppid()
+    except psutil.Error:
+        pass
+    return frozenset(found)
+
+
 class Attributor:
     """Per-window writer attribution (see module contract)."""
 
@@ -328,6 +341,7 @@ class Attributor:
         self.is_drill = is_drill
         self._boot_id = _linux.kernel_boot_id()
         self._self_pid = self_pid if self_pid is not None else os.getpid()
+        self._own_ancestors = _ancestors(self._self_pid)
         self._lock = threading.Lock()
         self._writers: dict[int, _Writer] = {}
         # path -> the pid that closed it last in this window: a file created by one
@@ -480,8 +494,8 @@ class Attributor:
             if self.is_drill(cur.pid):
                 break  # a drill's encryptor is its own tree, never its launcher
             ppid = cur.ppid
-            if ppid <= 1 or ppid == self._self_pid:
-                break
+            if ppid <= 1 or ppid == self._self_pid or ppid in self._own_ancestors:
+                break  # the agent's own ancestors are never a tree it could suspend
             parent = self._known.get(ppid) or self._info(ppid)
             if parent is None or parent.name in STOP_NAMES:
                 break
@@ -500,7 +514,12 @@ class Attributor:
         """Writers alone in their tree that share a parent get that parent as tree root."""
         alone: dict[int, list[pb.ProcessSample]] = {}
         for s in samples:
-            if s.tree_root_pid == s.pid and s.ppid > 1 and s.ppid != self._self_pid:
+            if (
+                s.tree_root_pid == s.pid
+                and s.ppid > 1
+                and s.ppid != self._self_pid
+                and s.ppid not in self._own_ancestors
+            ):
                 alone.setdefault(s.ppid, []).append(s)
         for ppid, kids in alone.items():
             if len(kids) < 2:
