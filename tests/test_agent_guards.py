@@ -188,7 +188,9 @@ def test_the_smbd_master_is_protected_and_its_client_worker_is_not(tmp_path: Pat
                 kids = psutil.Process(master.pid).children()
                 return next((k.pid for k in kids if k.name() == "smbd"), 0)
 
-            pid = wait_for("an smbd client worker", worker, 20)
+            pid = wait_for(
+                "an smbd client worker", worker, 60
+            )  # smbd starts slowly on a busy machine
             acts = Actions(tmp_path)
             r = acts.run(command("suspend", master.pid))
             assert r.status == "refused" and "protected daemon" in r.detail, r.detail
