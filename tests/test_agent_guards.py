@@ -243,6 +243,9 @@ def test_after_pid_reuse_or_a_reboot_nothing_unrelated_is_resumed_or_killed(
     tmp_path: Path,
 ) -> None:
     victim = subprocess.Popen([sys.executable, "-c", SLEEP])
+    # Start times are in clock ticks (10 ms): a pid reused within the tick it was first used
+    # in would look the same. Real pid reuse takes a wrap of the pid space, not milliseconds.
+    time.sleep(0.05)
     acts = Actions(tmp_path)
     assert acts.run(command("suspend", victim.pid)).status == "done"
     os.kill(victim.pid, signal.SIGKILL)
