@@ -61,7 +61,7 @@ from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.text import printable
 
 Severity = Literal["warning", "critical"]
-DecisionKind = Literal["open", "escalate", "update", "close"]
+DecisionKind = Literal["open", "escalate", "named", "update", "close"]
 
 # Counted evidence kinds summed over horizons, and the reason prefix of each.
 _COUNTED = (
@@ -157,8 +157,9 @@ class Decision:
 
     @property
     def posts(self) -> bool:
-        """True for decisions a human must hear about (``open`` and ``escalate``)."""
-        return self.kind in ("open", "escalate")
+        """True for decisions a human must hear about and act on: ``open``, ``escalate``,
+        and ``named`` (a critical incident opened before its writer was known: now it is)."""
+        return self.kind in ("open", "escalate", "named")
 
 
 @dataclass
@@ -180,6 +181,9 @@ class _Incident:
     reasons: set[str] = field(default_factory=set)
     # The writer it was last decided on (not kept across a restart).
     process: ProcessInfo | None = None
+    # Posted critical before any writer of its tree was known: the first one named is
+    # decided on again (``named``) so that the response can reach it.
+    posted_unnamed: bool = False
     # The job of the writer that opened it, the files of its windows, whether every
     # reason so far was routine, and the learned run it matched (opened unposted).
     job: str = ""
@@ -412,17 +416,24 @@ class Judge:
             # A silent incident makes no decision: an update of an incident without
             # an alert would raise one (the responder's never-lost rule).
             if not inc.silent:
+                inc.posted_unnamed = proc is None and severity == "critical"
                 decisions.append(self._decision("open", key, inc, w, score, reasons, proc))
             return decisions
         inc.last_active_s = end_s
         inc.reasons.update(reasons)
+        named_late = False
         if proc is not None and proc.tree_root_pid == root:
+            named_late, inc.posted_unnamed = inc.posted_unnamed, False
             inc.process = proc
         inc.files += self.routine.files_of(w)
         self._keep(key, inc)
         if severity == "critical" and inc.severity == "warning":
             inc.severity = "critical"
             decisions.append(self._decision("escalate", key, inc, w, score, reasons, proc))
+        elif named_late:
+            # Posted critical with nobody to suspend (attribution lagged the first damage):
+            # the writer is known now, so the response can reach it.
+            decisions.append(self._decision("named", key, inc, w, score, reasons, proc))
         elif not inc.silent:
             decisions.append(self._decision("update", key, inc, w, score, reasons, proc))
         return decisions

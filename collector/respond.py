@@ -2,7 +2,8 @@
 
 ``Responder`` contract:
 
-- ``on_decision(d)``: an ``open`` or ``escalate`` decision becomes an alert
+- ``on_decision(d)``: an ``open``, ``escalate`` or ``named`` decision (a critical
+  incident whose writer became known after it was posted) becomes an alert
   (stored, then posted to the webhooks in the background as event ``alert``);
   ``update`` refreshes the stored alert of the incident (or, if the incident
   has none because the database failed before it was stored, raises it as
@@ -190,7 +191,7 @@ class Responder:
     async def on_decision(
         self, d: Decision, explanation: Sequence[tuple[str, float]] = ()
     ) -> dict[str, Any] | None:
-        """Store and post an alert for ``open``/``escalate``; returns the posted body."""
+        """Store and post an alert for ``open``/``escalate``/``named``; returns the posted body."""
         if d.kind == "update" and d.incident_id in self._alerts:
             self._update(d)
             return None

@@ -204,6 +204,24 @@ def test_window_without_writer_joins_the_open_incident() -> None:
     assert [(x.kind, x.root_pid) for x in out2] == [("open", 100)]
 
 
+def test_a_critical_incident_opened_before_its_writer_was_known_names_it_once_it_is() -> None:
+    """Attribution lagged the first damage: the critical alert had nobody to suspend. The
+    first window that names the writer of that tree gives a ``named`` decision (posted, so
+    the responder suspends it), once."""
+    j = judge()
+    first = window(1, files_probed=20, files_type_destroyed=20)
+    del first.top_writers[:]
+    (d,) = j.observe("srv", first, 0.7)
+    assert (d.kind, d.severity, d.process) == ("open", "critical", None)
+    out = j.observe("srv", window(2, files_probed=20, files_type_destroyed=20), 0.7)
+    assert [(x.kind, x.root_pid) for x in out] == [("named", 100)]
+    assert out[0].posts and out[0].process is not None
+    assert out[0].process.tree_root_pid == 100
+    assert out[0].incident_id == d.incident_id
+    again = j.observe("srv", window(3, files_probed=20, files_type_destroyed=20), 0.7)
+    assert [x.kind for x in again] == ["update"]
+
+
 def test_a_window_shared_with_a_stopped_attacker_stays_the_attackers_incident() -> None:
     """The attacker's last files share a window with a colleague's saves: the
     colleague (more files in that window) must not become a culprit."""
