@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -176,6 +177,18 @@ def test_the_smbd_master_is_protected_and_its_client_worker_is_not(tmp_path: Pat
     conf.write_text(SMB_CONF.format(port=free_port(), dirs=dirs, root=tmp_path))
     port = conf.read_text().split("smb ports = ")[1].split()[0]
     with process("smbd", "--foreground", "--no-process-group", "-s", str(conf)) as master:
+
+        def listening() -> bool:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", int(port)), 1),
+            ):
+                return True
+            return False
+
+        # smbd takes a while to listen on a fresh machine (its databases are created first): a
+        # client started before that fails at once and no worker ever comes.
+        wait_for("smbd listening", listening, 60)
         client = subprocess.Popen(
             ["smbclient", "-p", port, "//127.0.0.1/share", "-N"],
             stdin=subprocess.PIPE,
@@ -185,12 +198,15 @@ def test_the_smbd_master_is_protected_and_its_client_worker_is_not(tmp_path: Pat
         try:
 
             def worker() -> int:
-                kids = psutil.Process(master.pid).children()
-                return next((k.pid for k in kids if k.name() == "smbd"), 0)
+                """The child serving smbclient's session (not one still closing the probe's)."""
+                for k in psutil.Process(master.pid).children():
+                    with contextlib.suppress(psutil.Error):
+                        live = [c for c in k.net_connections() if c.status == "ESTABLISHED"]
+                        if k.name() == "smbd" and live:
+                            return int(k.pid)
+                return 0
 
-            pid = wait_for(
-                "an smbd client worker", worker, 60
-            )  # smbd starts slowly on a busy machine
+            pid = wait_for("an smbd client worker", worker, 60)
             acts = Actions(tmp_path)
             r = acts.run(command("suspend", master.pid))
             assert r.status == "refused" and "protected daemon" in r.detail, r.detail
