@@ -83,15 +83,25 @@ def window_features(w: pb.Window) -> npt.NDArray[np.float64]:
     return np.asarray(values, dtype=np.float64)
 
 
+# Each count a window adds is held to this: SQLite integers are 64-bit signed and an
+# agent's uint64 (or a year of them added up) must never make a batch of windows fail.
+MAX_TALLY = 2**40
+
+
 def window_tally(w: pb.Window) -> WindowTally:
-    """What the window adds to its host's hourly rollup: counts and evidence totals."""
+    """What the window adds to its host's hourly rollup: counts and evidence totals, each
+    held to ``MAX_TALLY`` whatever the agent claims."""
+
+    def held(n: int) -> int:
+        return min(int(n), MAX_TALLY)
+
     return WindowTally(
-        files_written=w.files_created + w.files_modified + w.files_renamed,
-        files_deleted=w.files_deleted,
-        files_destroyed=w.files_type_destroyed + w.encrypted_twins,
-        canary_touches=w.canary_touches,
-        events_dropped=w.events_dropped + w.queue_overflows,
-        bytes_written=w.bytes_written,
+        files_written=held(w.files_created + w.files_modified + w.files_renamed),
+        files_deleted=held(w.files_deleted),
+        files_destroyed=held(w.files_type_destroyed + w.encrypted_twins),
+        canary_touches=held(w.canary_touches),
+        events_dropped=held(w.events_dropped + w.queue_overflows),
+        bytes_written=held(w.bytes_written),
     )
 
 

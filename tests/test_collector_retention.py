@@ -234,3 +234,15 @@ def test_collector_on_a_nearly_full_disk_says_so_before_refusing(small_disk: Pat
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=15) == 0
+
+
+def test_a_window_claiming_absurd_counts_cannot_fail_the_batch(store: Store) -> None:
+    """A rogue agent's uint64 maxima: stored and counted (held), the other host's window too."""
+    from tocsin.collector.features import MAX_TALLY
+
+    huge = stored(1, T0, bytes_written=2**64 - 1, files_deleted=2**32 - 1)
+    assert store.add_windows("rogue", "b1", [huge]) == [True]
+    assert store.add_windows("rogue", "b1", [stored(2, T0 + 1, bytes_written=2**64 - 1)]) == [True]
+    assert store.add_windows("fs1", "b1", [stored(1, T0)]) == [True]
+    (roll,) = store.rollups("rogue", T0 - 3600, T0 + 3600)
+    assert roll.tally.bytes_written == 2 * MAX_TALLY and roll.windows == 2
