@@ -185,3 +185,15 @@ def test_an_incident_shows_the_process_tree(console: ConsoleCollector) -> None:
     rows = re.findall(r'<tr class="depth-(\d)">\s*<td[^>]*>([^<]*)', page)
     assert [d for d, _ in rows] == ["0"] + ["1"] * 8, rows
     assert all("child of 7129" in text for _, text in rows[1:]), rows
+
+
+def test_the_language_switch_never_sends_the_browser_elsewhere(console: ConsoleCollector) -> None:
+    b = Browser(console)
+    b.sign_in(console)
+    for back in ("//evil.example/", "/\\evil.example/", "https://evil.example/", "/\r\nX: y"):
+        csrf = b.csrf()
+        status, _ = b.request("POST", "/lang", {"lang": "fr", "csrf": csrf, "back": back})
+        assert status == 303 and b.last_headers["location"] == "/", (back, b.last_headers)
+    csrf = b.csrf()
+    b.request("POST", "/lang", {"lang": "en", "csrf": csrf, "back": "/alerts"})
+    assert b.last_headers["location"] == "/alerts"

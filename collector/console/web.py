@@ -195,7 +195,8 @@ def console_app(
         form = await request.post()
         code = str(form.get("lang", ""))
         back = str(form.get("back", "/"))
-        if not back.startswith("/") or back.startswith("//"):
+        # Only a path of this console: browsers read "/\\host" like "//host" (another site).
+        if not back.startswith("/") or back[1:2] in ("/", "\\") or any(c < " " for c in back):
             back = "/"
         response = web.HTTPSeeOther(back)
         if code in LANGUAGES:
