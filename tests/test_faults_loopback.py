@@ -266,8 +266,10 @@ def test_collector_disk_full_refuses_then_catches_up(tmp_path: Path) -> None:
             figures = town.quiesce_and_count(timeout_s=120)
             check_real_agent(town)
             figures["spooled_while_full"] = depth
-            line = next(x for x in col.text().splitlines() if "database full" in x)
-            assert "refusing its windows" in line
+            # Whichever write hit the full disk first (a window or a judged mark), the
+            # refusal itself is said in one line naming the agent.
+            full = [x for x in col.text().splitlines() if "database full" in x]
+            assert any("refusing its windows" in x for x in full), full[:5]
             report("collector disk full", figures)
         finally:
             town.stop_writer.set()
