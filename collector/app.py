@@ -41,6 +41,7 @@ from tocsin.collector.db import Database
 from tocsin.collector.decide import Judge, JudgeConfig
 from tocsin.collector.explain import Gettext, same_text
 from tocsin.collector.fleetguard import FleetGuard
+from tocsin.collector.groupcommit import GroupCommit
 from tocsin.collector.grpcconf import TlsFiles, parse_hostport, server_credentials
 from tocsin.collector.hooks import HookRunner
 from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
@@ -101,6 +102,7 @@ def assemble(
         book=book or MemoryIncidentBook(),
         routine=RoutineJobs(routine or MemoryRoutineBook()),
     )
+    commits = GroupCommit(store)  # the windows' and the judged marks' transactions
     stage = JudgeStage(
         judge,
         responder,
@@ -108,6 +110,7 @@ def assemble(
         HostBaselines(shipped, baselines_db, baseline_config),
         BatchScorer(shipped),
         WindowMeter(),
+        commits,
         retry_s=judge_retry_s,
     )
     silence = SilenceWatch(sink, silent_after_s)
@@ -116,6 +119,7 @@ def assemble(
         router,
         stage,
         responder,
+        commits,
         limits=AgentRateLimits(rate_limits),
         silence=silence,
         clock_skew_s=clock_skew_s,

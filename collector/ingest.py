@@ -15,9 +15,10 @@ Per stream, in order:
    stored for this boot is sent at once.
 2. Each ``Window`` (seq > 0) is committed to the store, THEN acked (``Ack.seq``
    is the highest seq stored for the boot), THEN judged. Windows of every stream
-   are committed together (``WindowBatcher``: one transaction per batch, the
-   windows that arrived while the previous batch was committing), and each ack
-   goes out only after the commit that covers it. A resent window
+   are committed together (``GroupCommit``, given by the assembly: one
+   transaction per batch, the windows and judged marks that arrived while the
+   previous batch was committing), and each ack goes out only after the commit
+   that covers it. A resent window
    already stored is acked and counted in ``duplicates``, not judged again;
    what the host has committed but not judged (the database failed after a
    commit) is judged then (``JudgeStage.settle``), if the stage's own retry
@@ -70,11 +71,12 @@ from google.protobuf.message import DecodeError
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
 from tocsin.collector.features import window_features, window_tally
+from tocsin.collector.groupcommit import GroupCommit
 from tocsin.collector.pipeline import JudgeStage
 from tocsin.collector.ratelimit import AgentRateLimits, Refusal
 from tocsin.collector.respond import Responder
 from tocsin.collector.silence import SilenceWatch
-from tocsin.collector.store import Store, StoredWindow, StoreFull, StoreUnavailable, WindowItem
+from tocsin.collector.store import Store, StoredWindow, StoreFull, StoreUnavailable
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import WireError
@@ -114,54 +116,6 @@ class _StreamSession:
         end = _End(grpc.StatusCode.ABORTED, "replaced by a newer stream from the same host")
         with contextlib.suppress(asyncio.QueueFull):
             self.out.put_nowait(end)
-
-
-class WindowBatcher:
-    """Group commit: the windows of all streams, one store transaction per batch.
-
-    ``await add(host_id, boot_id, window)`` returns whether the window was new, once
-    the transaction holding it has committed (or raises what the store raised for
-    that batch). While one batch commits in a worker thread, the windows that arrive
-    form the next, at most ``max_batch`` a transaction: one fsync serves them all
-    (``synchronous=FULL`` kept), instead of one each.
-    """
-
-    def __init__(self, store: Store, max_batch: int = 1024) -> None:
-        self.store = store
-        self.max_batch = max_batch
-        self.batches = 0
-        self._pending: list[tuple[WindowItem, asyncio.Future[bool]]] = []
-        self._worker: asyncio.Task[None] | None = None
-
-    async def add(self, host_id: str, boot_id: str, window: StoredWindow) -> bool:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[bool] = loop.create_future()
-        self._pending.append(((host_id, boot_id, window), done))
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._run())
-        return await done
-
-    async def _run(self) -> None:
-        """Commit batches while windows wait; then end (``add`` starts it again)."""
-        while self._pending:
-            batch = self._pending[: self.max_batch]
-            del self._pending[: self.max_batch]
-            await self._commit(batch)
-
-    async def _commit(self, batch: list[tuple[WindowItem, asyncio.Future[bool]]]) -> None:
-        try:
-            inserted = await asyncio.to_thread(
-                self.store.add_window_batch, [item for item, _ in batch]
-            )
-        except Exception as exc:  # every stream of the batch ends as the store says
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(exc)
-            return
-        self.batches += 1
-        for (_, done), new in zip(batch, inserted, strict=True):
-            if not done.done():  # a stream cancelled meanwhile: its agent resends
-                done.set_result(new)
 
 
 def validate_hello(msg: pb.AgentMessage) -> pb.Hello:
@@ -213,6 +167,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         router: CommandRouter,
         stage: JudgeStage,
         responder: Responder,
+        commits: GroupCommit,
         max_outbound: int = 256,
         limits: AgentRateLimits | None = None,
         silence: SilenceWatch | None = None,
@@ -226,7 +181,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self.limits = limits or AgentRateLimits()
         self.silence = silence
         self.store_retry_ms = store_retry_ms
-        self.batcher = WindowBatcher(store)
+        self.commits = commits
         self.clock_skew_s = clock_skew_s
         self._clock = clock
         self.taken_retry_ms = taken_retry_ms
@@ -466,7 +421,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             raw=raw,
             tally=window_tally(w),
         )
-        inserted = await self.batcher.add(host_id, boot_id, stored)
+        inserted = await self.commits.add(host_id, boot_id, stored)
         acked = session.acked = max(acked, int(w.seq))
         await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
         if not inserted:

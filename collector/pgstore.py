@@ -34,6 +34,7 @@ from tocsin.collector.store import (
     AlertRecord,
     HostRecord,
     HourRollup,
+    JudgedMark,
     StoredWindow,
     StoreFull,
     StoreUnavailable,
@@ -234,9 +235,11 @@ class PgStore:
     ) -> list[bool]:
         return self.add_window_batch([(host_id, boot_id, w) for w in windows])
 
-    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]:
-        """Windows of any hosts in one transaction (the ingest's group commit)."""
-        if not items:
+    def add_window_batch(
+        self, items: Sequence[WindowItem], judged: Sequence[JudgedMark] = ()
+    ) -> list[bool]:
+        """Windows of any hosts and judged marks in one transaction (the group commit)."""
+        if not items and not judged:
             return []
         inserted = [False] * len(items)
         with self._tx() as cur:
@@ -244,6 +247,8 @@ class PgStore:
                 new = self._insert(cur, host_id, boot_id, [items[i][2] for i in at])
                 for i, ok in zip(at, new, strict=True):
                     inserted[i] = ok
+            for mark in judged:
+                self._mark(cur, mark)
         return inserted
 
     def _insert(
@@ -290,20 +295,24 @@ class PgStore:
         return int(rows[0][0] or 0)
 
     def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
-        with self._tx() as cur:
+        self.add_window_batch((), [JudgedMark(host_id, boot_id, seq, score)])
+
+    @staticmethod
+    def _mark(cur: psycopg.Cursor[Any], mark: JudgedMark) -> None:
+        """One judged mark (and its hour's highest score), inside the caller's transaction."""
+        cur.execute(
+            "UPDATE window_rows SET score = %s, judged = TRUE WHERE seq = %s AND boot_ref ="
+            " (SELECT boot_ref FROM boots WHERE host_id = %s AND boot_id = %s)"
+            " RETURNING end_s",
+            (mark.score, mark.seq, mark.host_id, mark.boot_id),
+        )
+        row = cur.fetchone()
+        if row is not None and mark.score is not None:
             cur.execute(
-                "UPDATE window_rows SET score = %s, judged = TRUE WHERE seq = %s AND boot_ref ="
-                " (SELECT boot_ref FROM boots WHERE host_id = %s AND boot_id = %s)"
-                " RETURNING end_s",
-                (score, seq, host_id, boot_id),
+                "UPDATE rollups SET max_score = GREATEST(COALESCE(max_score, %s), %s)"
+                " WHERE host_id = %s AND hour = %s",
+                (mark.score, mark.score, mark.host_id, hour_of(row[0])),
             )
-            row = cur.fetchone()
-            if row is not None and score is not None:
-                cur.execute(
-                    "UPDATE rollups SET max_score = GREATEST(COALESCE(max_score, %s), %s)"
-                    " WHERE host_id = %s AND hour = %s",
-                    (score, score, host_id, hour_of(row[0])),
-                )
 
     def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
         rows = self._rows(

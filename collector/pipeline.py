@@ -28,10 +28,11 @@ import numpy.typing as npt
 from tocsin.collector.baseline import HostBaselines
 from tocsin.collector.decide import Decision, Judge, ts_s
 from tocsin.collector.features import window_features
+from tocsin.collector.groupcommit import GroupCommit
 from tocsin.collector.meter import WindowMeter
 from tocsin.collector.protocols import Scorer
 from tocsin.collector.respond import Responder
-from tocsin.collector.store import Store, StoredWindow, StoreUnavailable
+from tocsin.collector.store import JudgedMark, Store, StoredWindow, StoreUnavailable
 from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("tocsin.collector.pipeline")
@@ -101,22 +102,24 @@ class JudgeStage:
 
     Parts: the ``judge`` (holding the incident book), the ``responder``, the
     ``store``, the ``baselines`` (shipped model and per-host ones), the
-    ``batch`` scorer and the ``meter``; all built by the caller
+    ``batch`` scorer, the ``meter`` and the group commit the judged marks go
+    through (``commits``); all built by the caller
     (``tocsin.collector.app``). On construction the responder takes back the
     open alerts a previous collector on the same database left.
 
-    Judgement is never lost. A window counts as judged once
-    ``store.mark_judged`` recorded it, after its decisions were stored and
-    sent. A host is *in sync* when memory (its horizons, its incidents) matches
-    what the store says was judged. A host not in sync (first window after a
-    start, or a judgement that failed on the database) is first resynced: the
-    judge's horizons are rebuilt from the host's judged windows of the last
-    hour, its incidents taken back from the book, then every window committed
-    but not judged is judged in order. ``run_backlog`` does the same in the
-    background every ``retry_s`` for hosts that need it, so a window acked
-    before the database failed is judged once it is back, even if its agent
-    sends nothing more. A judgement that fails raises ``StoreUnavailable`` to
-    the caller (the agent is pushed back) and leaves the host out of sync.
+    Judgement is never lost. A window counts as judged once its ``JudgedMark``
+    is committed (in a group commit, ``commits``), after its decisions were
+    stored and sent. A host is *in sync* when memory (its horizons, its
+    incidents) matches what the store says was judged. A host not in sync
+    (first window after a start, or a judgement that failed on the database) is
+    first resynced: the judge's horizons are rebuilt from the host's judged
+    windows of the last hour, its incidents taken back from the book, then
+    every window committed but not judged is judged in order. ``run_backlog``
+    does the same in the background every ``retry_s`` for hosts that need it,
+    so a window acked before the database failed is judged once it is back,
+    even if its agent sends nothing more. A judgement that fails raises
+    ``StoreUnavailable`` to the caller (the agent is pushed back) and leaves
+    the host out of sync.
     """
 
     def __init__(
@@ -127,10 +130,12 @@ class JudgeStage:
         baselines: HostBaselines,
         batch: BatchScorer,
         meter: WindowMeter,
+        commits: GroupCommit,
         retry_s: float = 5.0,
     ) -> None:
         self.judge, self.responder, self.store = judge, responder, store
         self.baselines, self.batch, self.meter = baselines, batch, meter
+        self.commits = commits
         self.retry_s = retry_s
         for alert in store.list_alerts(limit=10_000):
             if alert.open:
@@ -254,7 +259,7 @@ class JudgeStage:
                 except Exception:
                     log.exception("scorer could not explain a window")
             await self.responder.on_decision(d, explanation)
-        self.store.mark_judged(host_id, boot_id, int(w.seq), score)
+        await self.commits.judged(JudgedMark(host_id, boot_id, int(w.seq), score))
         end_s = ts_s(w.end)
         idle = self._learning is None or self._learning.done()
         try:

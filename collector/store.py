@@ -6,16 +6,18 @@ Contract of every ``Store``:
   was inserted and ``False`` if ``(host_id, boot_id, seq)`` was already stored
   (a resend after a reconnect). When it returns, the inserted windows are
   committed: an ack sent after it never covers a window a crash could lose.
-  ``add_window_batch(items)`` does the same for ``(host_id, boot_id, window)``
-  items of any hosts in one transaction (the ingest's group commit).
+  ``add_window_batch(items, judged)`` does the same for ``(host_id, boot_id,
+  window)`` items of any hosts and records the ``judged`` marks, all in one
+  transaction (the collector's group commit, ``tocsin.collector.groupcommit``).
 - ``committed_seq(host_id, boot_id)`` is the highest seq stored for that boot
   (0 if none). The agent sends a boot's windows in ascending order on a stream
   and every window is committed before the next one is read, so every window
   the agent sent with a lower seq is stored too; a seq the agent itself dropped
   from its full spool is never waited for.
 - Every stored window is judged exactly once, in order per host:
-  ``mark_judged(host_id, boot_id, seq, score)`` records that its judgement is
-  complete (decisions stored, commands sent). ``unjudged(host_id)`` returns
+  ``mark_judged(host_id, boot_id, seq, score)`` (or a ``JudgedMark`` in a
+  batch) records that its judgement is complete (decisions stored, commands
+  sent); marking a window not stored does nothing. ``unjudged(host_id)`` returns
   (boot_id, window) for the windows committed (and acked) but not yet judged,
   oldest first, so a judgement the database lost after the commit is taken up
   again once it is back; ``unjudged_hosts()`` names the hosts that have any.
@@ -97,6 +99,16 @@ class HourRollup:
 WindowItem = tuple[str, str, StoredWindow]
 
 
+@dataclass(frozen=True)
+class JudgedMark:
+    """A window whose judgement is complete, with the score it was judged with."""
+
+    host_id: str
+    boot_id: str
+    seq: int
+    score: float | None
+
+
 def by_boot(items: Sequence[WindowItem]) -> dict[tuple[str, str], list[int]]:
     """The positions in ``items`` of each (host_id, boot_id)'s windows, in order."""
     groups: dict[tuple[str, str], list[int]] = {}
@@ -167,7 +179,9 @@ class Store(Protocol):
     def add_windows(
         self, host_id: str, boot_id: str, windows: Sequence[StoredWindow]
     ) -> list[bool]: ...
-    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]: ...
+    def add_window_batch(
+        self, items: Sequence[WindowItem], judged: Sequence[JudgedMark] = ()
+    ) -> list[bool]: ...
     def committed_seq(self, host_id: str, boot_id: str) -> int: ...
     def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None: ...
     def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]: ...
@@ -431,8 +445,10 @@ class SqliteStore:
     ) -> list[bool]:
         return self.add_window_batch([(host_id, boot_id, w) for w in windows])
 
-    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]:
-        if not items:
+    def add_window_batch(
+        self, items: Sequence[WindowItem], judged: Sequence[JudgedMark] = ()
+    ) -> list[bool]:
+        if not items and not judged:
             return []
         inserted = [False] * len(items)
         with self.db.transaction() as con:
@@ -440,6 +456,8 @@ class SqliteStore:
                 new = self._insert(con, host_id, boot_id, [items[i][2] for i in at])
                 for i, ok in zip(at, new, strict=True):
                     inserted[i] = ok
+            for mark in judged:
+                self._mark(con, mark)
         return inserted
 
     def _insert(
@@ -484,19 +502,23 @@ class SqliteStore:
         return int(rows[0][0] or 0)
 
     def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
-        with self.db.transaction() as con:
-            row = con.execute(
-                "UPDATE window_rows SET score=?, judged=1 WHERE seq=? AND boot_ref="
-                "(SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?)"
-                ' RETURNING "end"',
-                (score, seq, host_id, boot_id),
-            ).fetchone()
-            if row is not None and score is not None:
-                con.execute(
-                    "UPDATE rollups SET max_score=MAX(COALESCE(max_score, ?), ?)"
-                    " WHERE host_id=? AND hour=?",
-                    (score, score, host_id, hour_of(row[0])),
-                )
+        self.add_window_batch((), [JudgedMark(host_id, boot_id, seq, score)])
+
+    @staticmethod
+    def _mark(con: sqlite3.Connection, mark: JudgedMark) -> None:
+        """One judged mark (and its hour's highest score), inside the caller's transaction."""
+        row = con.execute(
+            "UPDATE window_rows SET score=?, judged=1 WHERE seq=? AND boot_ref="
+            "(SELECT boot_ref FROM boots WHERE host_id=? AND boot_id=?)"
+            ' RETURNING "end"',
+            (mark.score, mark.seq, mark.host_id, mark.boot_id),
+        ).fetchone()
+        if row is not None and mark.score is not None:
+            con.execute(
+                "UPDATE rollups SET max_score=MAX(COALESCE(max_score, ?), ?)"
+                " WHERE host_id=? AND hour=?",
+                (mark.score, mark.score, mark.host_id, hour_of(row[0])),
+            )
 
     def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
         rows = self._exec(
@@ -787,7 +809,9 @@ class MemoryStore:
     ) -> list[bool]:
         return self.add_window_batch([(host_id, boot_id, w) for w in windows])
 
-    def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]:
+    def add_window_batch(
+        self, items: Sequence[WindowItem], judged: Sequence[JudgedMark] = ()
+    ) -> list[bool]:
         inserted = []
         with self._lock:
             for host_id, boot_id, w in items:
@@ -796,6 +820,8 @@ class MemoryStore:
                 if key not in self._windows:
                     self._windows[key] = w
                     self._roll(host_id, w, None)
+            for mark in judged:
+                self._mark(mark)
         return inserted
 
     def _roll(self, host_id: str, w: StoredWindow, score: float | None) -> None:
@@ -813,12 +839,15 @@ class MemoryStore:
         return max(seqs, default=0)
 
     def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
-        key = (host_id, boot_id, seq)
+        self.add_window_batch((), [JudgedMark(host_id, boot_id, seq, score)])
+
+    def _mark(self, mark: JudgedMark) -> None:
+        key = (mark.host_id, mark.boot_id, mark.seq)
         if key in self._windows:
             self._judged.add(key)
-            self._windows[key] = replace(self._windows[key], score=score)
-            if score is not None:
-                self._roll(host_id, self._windows[key], score)
+            self._windows[key] = replace(self._windows[key], score=mark.score)
+            if mark.score is not None:
+                self._roll(mark.host_id, self._windows[key], mark.score)
 
     def unjudged(self, host_id: str, limit: int = 1000) -> list[tuple[str, StoredWindow]]:
         found = [

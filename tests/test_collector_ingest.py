@@ -16,7 +16,7 @@ from receiver import WebhookReceiver
 from tocsin.collector.app import assemble
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector
-from tocsin.collector.store import SqliteStore, WindowItem
+from tocsin.collector.store import JudgedMark, SqliteStore, WindowItem
 from tocsin.collector.webhook import HttpWebhookSink
 from tocsin.v1 import CHANNEL_OPTIONS
 from tocsin.v1 import operator_pb2 as op
@@ -358,10 +358,13 @@ def test_windows_of_many_streams_share_commits_and_no_ack_precedes_its_commit(
     lock = threading.Lock()
 
     class RecordingStore(SqliteStore):
-        def add_window_batch(self, items: Sequence[WindowItem]) -> list[bool]:
-            inserted = super().add_window_batch(items)
+        def add_window_batch(
+            self, items: Sequence[WindowItem], judged: Sequence[JudgedMark] = ()
+        ) -> list[bool]:
+            inserted = super().add_window_batch(items, judged)
             with lock:
-                batches.append(len(items))
+                if items:
+                    batches.append(len(items))
                 for host, _, w in items:
                     committed[host] = max(committed.get(host, 0), w.seq)
             return inserted

@@ -1,0 +1,96 @@
+"""Group commit: what every stream and the judge write, one store transaction per batch.
+
+Contract of ``GroupCommit(store, max_batch)``:
+
+- ``await add(host_id, boot_id, window, urgent=False)`` returns whether the
+  window was new (``False``: already stored, a resend), once the transaction
+  holding it has committed, or raises what the store raised for that batch.
+- ``await judged(mark)`` returns once the ``JudgedMark`` is committed (or
+  raises likewise): a window counts as judged only then.
+- While one batch commits in a worker thread, what arrives forms the next, at
+  most ``max_batch`` items a transaction (``Store.add_window_batch``): one
+  fsync serves them all (``synchronous=FULL`` kept), instead of one each.
+  Urgent windows (windows with evidence, ``tocsin.collector.admission``) are
+  taken first, then judged marks, then the other windows, each in arrival
+  order.
+- ``waiting`` is how many items wait for a transaction; ``batches`` counts
+  the transactions committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from tocsin.collector.store import JudgedMark, Store, StoredWindow, WindowItem
+
+_Windows = list[tuple[WindowItem, "asyncio.Future[bool]"]]
+_Marks = list[tuple[JudgedMark, "asyncio.Future[None]"]]
+
+
+class GroupCommit:
+    def __init__(self, store: Store, max_batch: int = 1024) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.batches = 0
+        self._urgent: _Windows = []
+        self._marks: _Marks = []
+        self._windows: _Windows = []
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        return len(self._urgent) + len(self._marks) + len(self._windows)
+
+    async def add(
+        self, host_id: str, boot_id: str, window: StoredWindow, urgent: bool = False
+    ) -> bool:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        (self._urgent if urgent else self._windows).append(((host_id, boot_id, window), done))
+        self._start()
+        return await done
+
+    async def judged(self, mark: JudgedMark) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._marks.append((mark, done))
+        self._start()
+        await done
+
+    def _start(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        """Commit batches while anything waits; then end (``add``/``judged`` start it again)."""
+        while self.waiting:
+            room = self.max_batch
+            windows = _take(self._urgent, room)
+            marks = _take(self._marks, room - len(windows))
+            windows += _take(self._windows, room - len(windows) - len(marks))
+            await self._commit(windows, marks)
+
+    async def _commit(self, windows: _Windows, marks: _Marks) -> None:
+        futures: list[asyncio.Future[Any]] = [f for _, f in windows] + [f for _, f in marks]
+        try:
+            inserted = await asyncio.to_thread(
+                self.store.add_window_batch, [i for i, _ in windows], [m for m, _ in marks]
+            )
+        except Exception as exc:  # every waiter of the batch learns what the store said
+            for f in futures:
+                if not f.done():
+                    f.set_exception(exc)
+            return
+        self.batches += 1
+        for (_, done), new in zip(windows, inserted, strict=True):
+            if not done.done():  # a stream cancelled meanwhile: its agent resends
+                done.set_result(new)
+        for _, marked in marks:
+            if not marked.done():
+                marked.set_result(None)
+
+
+def _take(pending: list[Any], n: int) -> list[Any]:
+    """The first ``n`` items of ``pending``, removed from it."""
+    taken = pending[: max(0, n)]
+    del pending[: len(taken)]
+    return taken
