@@ -18,7 +18,9 @@ Retries follow the OpenTelemetry exporter rules: after a stream ends with a
 retryable status (``RETRYABLE``; RESOURCE_EXHAUSTED only when the collector
 sent a ``grpc-retry-pushback-ms`` hint) the shipper reconnects after an
 exponential backoff with full jitter, capped at ``backoff_max_s``, or after
-the collector's hint when it gave one; the backoff restarts from
+the collector's hint when it gave one (sooner as soon as a window with
+evidence is spooled, ``tocsin.v1.evidence``: an overloaded collector pushes
+back quiet windows and always takes evidence); the backoff restarts from
 ``backoff_initial_s`` once an ack shows progress. Without a hint, the wait
 also ends as soon as gRPC has reconnected a channel that was down (its own
 reconnect backoff is capped at 5 s): a stream opened before that fails at
@@ -53,6 +55,7 @@ import grpc
 from tocsin.agent.spool import WindowSpool
 from tocsin.v1 import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, telemetry_pb2_grpc
 from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.evidence import carries_evidence
 from tocsin.v1.recording import Recorder
 
 log = logging.getLogger(__name__)
@@ -178,6 +181,7 @@ class Shipper:
         self._thread = threading.Thread(target=self._run, name="tocsin-ship", daemon=True)
         self._call: grpc.Future | None = None
         self._backing_off: threading.Event | None = None  # set to end a backoff early
+        self._evidence = threading.Event()  # a window with evidence spooled since the stream
         self.connected = threading.Event()
         self.connections = 0
         self.unanswered = 0  # streams cancelled by the answer guard
@@ -198,6 +202,8 @@ class Shipper:
             w.seq = self._seq
             payload = pb.AgentMessage(window=w).SerializeToString()
             self.spool.put(self.hello.boot_id, w.seq, payload)
+        if carries_evidence(w):
+            self._evidence.set()
         with self._wake:
             self._submitted += 1
             self._wake.notify_all()
@@ -218,6 +224,7 @@ class Shipper:
     def stop(self, timeout_s: float = 3.0) -> None:
         """Send Goodbye (if connected), half-close, and stop reconnecting."""
         self._stop.set()
+        self._evidence.set()  # ends a pushback wait
         with self._wake:
             self._wake.notify_all()
         backing_off = self._backing_off
@@ -330,7 +337,7 @@ class Shipper:
                 elif pushback is None:
                     self._back_off(channel, delay)
                 else:
-                    self._stop.wait(delay)
+                    self._evidence.wait(delay)
         finally:
             channel.close()
 
@@ -367,6 +374,8 @@ class Shipper:
     def _stream(self, channel: grpc.Channel) -> tuple[grpc.StatusCode | None, int | None]:
         """One Telemetry.Stream until it ends: (its status, the collector's pushback)."""
         self._progress = False
+        if not self._stop.is_set():
+            self._evidence.clear()  # what is spooled now goes out on this stream
         try:
             stub = telemetry_pb2_grpc.TelemetryStub(channel)
             call = stub.Stream(self._requests())

@@ -1,6 +1,6 @@
 """Collector capacity: N agents on real gRPC streams against a real tocsin-collector.
 
-    python bench/bench_collector.py [--agents 200] [--duration 10] [--rate 1]
+    python bench/bench_collector.py [--agents 200[,400...]] [--duration 10] [--rate 1]
         [--attack-every 2] [--busy 0.2] [--procs 1] [--json OUT]
         [--baseline REV | --baseline FILE.json]
 
@@ -15,8 +15,10 @@ Every ``--attack-every`` seconds another agent starts an attack: the
 encryption window of the collector tests (tests/fakeagent.py) instead of its
 quiet one, until a command arrives; like a real agent, every command is
 answered with an ActionResult. A stream that ends is reopened after the
-collector's ``grpc-retry-pushback-ms`` hint (else 1 s) and the unacked windows
-are resent, as the agent's spool does.
+collector's ``grpc-retry-pushback-ms`` hint (else 1 s), or as soon as an attack
+window is made if that is sooner (the agent's shipper does the same,
+``tocsin.v1.evidence``), and the unacked windows are resent, as the agent's
+spool does.
 
 Figures, over ``--duration`` seconds after a warm-up: windows acked per second,
 ack latency (window sent -> ack covering it) p50/p99/max, attack -> command
@@ -26,10 +28,14 @@ bytes on disk per window (the database file after a clean stop and a WAL
 checkpoint, over the rows of ``windows``), the load generators' CPU (to see
 that they were not the limit), and windows created against windows stored.
 
-``--baseline`` prints a previous release line's figures beside these: a git
-revision (``git archive`` into a temp directory; its collector runs from there
-on this venv's interpreter and dependencies, same load, same run, one after the
-other), or a results file written by an earlier ``--json``.
+``--agents 1000,2000`` runs each count in turn against a fresh collector (the
+sustainable rate and twice it, say) and prints them side by side; the row
+"nothing lost" checks that every window created was stored once the agents had
+drained their spools. ``--baseline`` prints a previous release line's figures
+beside these: a git revision (``git archive`` into a temp directory; its
+collector runs from there on this venv's interpreter and dependencies, same
+load, same run, one after the other), or a results file written by an earlier
+``--json``.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ from google.protobuf import json_format
 from tocsin.v1 import CHANNEL_OPTIONS
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
+from tocsin.v1.evidence import carries_evidence
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -132,6 +139,7 @@ class BenchAgent:
         self.attack_done = False
         self.measure = (0.0, 0.0)
         self.produced, self.drained = asyncio.Event(), asyncio.Event()
+        self.evidence = asyncio.Event()  # an attack window made since the stream began
 
     def window(self, now_wall: float) -> pb.AgentMessage:
         self.seq += 1
@@ -152,6 +160,8 @@ class BenchAgent:
             if attack_at is not None and self.attack_at is None and time.monotonic() >= attack_at:
                 self.attack_at = time.monotonic()
             msg = self.window(time.time())
+            if carries_evidence(msg.window):
+                self.evidence.set()
             now = time.monotonic()
             self.sent[msg.window.seq] = now
             self.payloads[msg.window.seq] = msg
@@ -191,6 +201,7 @@ class BenchAgent:
             hello=pb.Hello(host_id=self.host_id, boot_id=self.boot_id, agent_version="bench")
         )
         # A new stream resends what the last one left unacked, as the spool does.
+        self.evidence.clear()
         self.out = asyncio.Queue()
         for s in sorted(self.payloads):
             self.out.put_nowait(self.payloads[s])
@@ -230,7 +241,9 @@ class BenchAgent:
         while True:
             wait_s = await self.stream(channel)
             self.figs.reconnects += 1
-            await asyncio.sleep(wait_s)
+            # Like the agent's shipper: back before the pushback ends with evidence to send.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.evidence.wait(), wait_s)
 
     async def run(
         self,
@@ -320,15 +333,16 @@ def collector_cmd(tree: Path | None) -> tuple[list[str], dict[str, str]]:
     # The tree's packages under the names the editable install maps (pyproject.toml),
     # found on PYTHONPATH before this venv's own tocsin.
     shim = tree / ".shim" / "tocsin"
-    shim.mkdir(parents=True)
-    (shim / "__init__.py").write_text("")
-    for name, where in (
-        ("v1", "protos/tocsin/v1"),
-        ("agent", "agent"),
-        ("collector", "collector"),
-        ("models", "models"),
-    ):
-        (shim / name).symlink_to(tree / where)
+    if not shim.exists():  # made once, for every run of that tree
+        shim.mkdir(parents=True)
+        (shim / "__init__.py").write_text("")
+        for name, where in (
+            ("v1", "protos/tocsin/v1"),
+            ("agent", "agent"),
+            ("collector", "collector"),
+            ("models", "models"),
+        ):
+            (shim / name).symlink_to(tree / where)
     env["PYTHONPATH"] = str(shim.parent)
     code = "import sys; from tocsin.collector.cli import main; sys.exit(main())"
     return [sys.executable, "-c", code], env
@@ -467,6 +481,7 @@ def run_once(args: argparse.Namespace, tree: Path | None, work: Path) -> dict[st
         },
         "attacks": len(attacks),
         "attacks_answered": len(answered),
+        "attacks_within_1s": sum(1 for ms in answered if ms <= 1000),
         "stray_commands": sum(o["stray_commands"] for o in outs),
         "cpu_pct": cpu_pct,
         "generator_cpu_pct": gen_pct,
@@ -498,6 +513,10 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
             f"{ms(f['attack_ms']['p50'])} / {ms(f['attack_ms']['max'])}",
         ),
         ("attacks answered", f"{f['attacks_answered']} of {f['attacks']}"),
+        (
+            "attacks answered within 1 s",
+            f"{f.get('attacks_within_1s', '-')} of {f['attacks']}",
+        ),
         ("commands to agents not attacked", str(f["stray_commands"])),
         ("collector CPU % of a core", f"{f['cpu_pct']:.0f}"),
         ("load generators' CPU %", f"{f.get('generator_cpu_pct', 0):.0f}"),
@@ -507,6 +526,7 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
             "-" if f["bytes_per_window"] is None else f"{f['bytes_per_window']:.0f}",
         ),
         ("created / stored / unacked", f"{f['created']} / {f['stored']} / {f['unacked_at_end']}"),
+        ("nothing lost (created = stored)", "yes" if f["created"] == f["stored"] else "NO"),
         (
             "streams ended (as agents saw it)",
             ", ".join(f"{k} {v}" for k, v in f["stream_ends"].items()),
@@ -516,7 +536,9 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--agents", type=int, default=200)
+    ap.add_argument(
+        "--agents", default="200", help="agents; several (800,1600): one run each, side by side"
+    )
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     ap.add_argument("--rate", type=float, default=1.0, help="windows per second per agent")
     ap.add_argument("--attack-every", type=float, default=2.0, help="s between attacks (0: none)")
@@ -532,30 +554,45 @@ def main(argv: list[str] | None = None) -> int:
     if args.generate:
         print(json.dumps(asyncio.run(generate(json.loads(args.generate)))))
         return 0
-    if args.agents < 1 or args.duration <= 0 or args.rate <= 0 or args.procs < 1:
+    try:
+        counts = [int(n) for n in str(args.agents).split(",")]
+    except ValueError:
+        ap.error(f"--agents: want a number or numbers separated by commas, got {args.agents!r}")
+    if min(counts) < 1 or args.duration <= 0 or args.rate <= 0 or args.procs < 1:
         ap.error("--agents, --duration, --rate and --procs must be positive")
     params = {k: getattr(args, k) for k in ("agents", "duration", "rate", "attack_every", "busy")}
-    baseline: dict[str, Any] | None = None
-    base_label = ""
+    columns: list[tuple[str, dict[str, Any]]] = []
+    mine: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as cleanup:
         if args.keep:
             args.keep.mkdir(parents=True)
             work = args.keep
         else:
             work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tocsin-bench-")))
+        saved: dict[str, Any] | None = None
+        tree: Path | None = None
         if args.baseline and Path(args.baseline).is_file():
             saved = json.loads(Path(args.baseline).read_text())
-            baseline, base_label = saved["figures"], f"{args.baseline}"
             if saved.get("params") != params:
                 print(f"note: {args.baseline} was measured with {saved.get('params')}")
         elif args.baseline:
             (work / "base").mkdir()
             tree = export_revision(args.baseline, work / "base")
-            baseline, base_label = run_once(args, tree, work / "base"), args.baseline
-        (work / "this").mkdir()
-        figures = run_once(args, None, work / "this")
+        for n in counts:
+            one = argparse.Namespace(**{**vars(args), "agents": n})
+            (work / f"this-{n}").mkdir()
+            mine[str(n)] = run_once(one, None, work / f"this-{n}")
+            columns.append((f"this tree, {n}", mine[str(n)]))
+            if saved is not None:
+                theirs = saved.get("runs", {}).get(str(n)) or saved["figures"]
+                columns.append((f"{Path(args.baseline).name}, {n}", theirs))
+            elif tree is not None:
+                (work / f"base-{n}").mkdir()
+                columns.append((f"{args.baseline}, {n}", run_once(one, tree, work / f"base-{n}")))
     if args.json:
-        args.json.write_text(json.dumps({"params": params, "figures": figures}, indent=1) + "\n")
+        first = mine[str(counts[0])]
+        doc = {"params": params, "figures": first, "runs": mine}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     load = os.getloadavg()
     print(
         f"collector capacity: {args.agents} agents x {args.rate:g} windows/s for"
@@ -563,11 +600,10 @@ def main(argv: list[str] | None = None) -> int:
         f" {args.attack_every:g} s, {args.busy:.0%} busy; {args.procs} generator process(es);"
         f" load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
-    mine = rows(figures)
-    theirs = dict(rows(baseline)) if baseline else {}
-    print(f"{'':34}{'this tree':>24}" + (f"{'baseline ' + base_label:>28}" if baseline else ""))
-    for name, value in mine:
-        print(f"{name:34}{value:>24}" + (f"{theirs.get(name, '-'):>28}" if baseline else ""))
+    table = [dict(rows(f)) for _, f in columns]
+    print(f"{'':34}" + "".join(f"{label:>28}" for label, _ in columns))
+    for name, _ in rows(columns[0][1]):
+        print(f"{name:34}" + "".join(f"{t.get(name, '-'):>28}" for t in table))
     return 0
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 
+from tocsin.collector.admission import Admission
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.console.auth import LinkIssuer
@@ -88,6 +89,7 @@ def assemble(
     console: LinkIssuer | None = None,
     clock_skew_s: float = 300.0,
     gettext: Gettext = same_text,
+    admission: Admission | None = None,
 ) -> Collector:
     """A collector made of these parts (see module doc); not started.
 
@@ -96,13 +98,15 @@ def assemble(
     responder = Responder(
         store, sink, router, mode=mode, allow=allow, guard=guard, hooks=hooks, gettext=gettext
     )
+    book = book or MemoryIncidentBook()
     judge = Judge(
         shipped.threshold,
         judge_config,
-        book=book or MemoryIncidentBook(),
+        book=book,
         routine=RoutineJobs(routine or MemoryRoutineBook()),
     )
-    commits = GroupCommit(store)  # the windows' and the judged marks' transactions
+    # The transactions of the windows, the judged marks and the incidents they changed.
+    commits = GroupCommit(store, held=(book,))
     stage = JudgeStage(
         judge,
         responder,
@@ -114,19 +118,29 @@ def assemble(
         retry_s=judge_retry_s,
     )
     silence = SilenceWatch(sink, silent_after_s)
+    admission = admission or Admission()
     telemetry = TelemetryService(
         store,
         router,
         stage,
         responder,
         commits,
+        admission,
         limits=AgentRateLimits(rate_limits),
         silence=silence,
         clock_skew_s=clock_skew_s,
     )
     operator = OperatorService(store, router, responder, console=console)
     return Collector(
-        store, router, responder, stage, telemetry, operator, silence, credentials=credentials
+        store,
+        router,
+        responder,
+        stage,
+        telemetry,
+        operator,
+        silence,
+        admission,
+        credentials=credentials,
     )
 
 

@@ -255,6 +255,39 @@ def _own_evidence(reason: str) -> bool:
     return (head in counted and len(rest) == 1) or head in ("tripwire", "canary_touched")
 
 
+class _Incidents(dict[tuple[str, int], _Incident]):
+    """Open incidents by (host, tree root), each host's keys at hand (no scan of all hosts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._of: dict[str, dict[tuple[str, int], None]] = {}
+
+    def of_host(self, host_id: str) -> list[tuple[str, int]]:
+        """The host's keys, oldest first."""
+        return list(self._of.get(host_id, ()))
+
+    def __setitem__(self, key: tuple[str, int], inc: _Incident) -> None:
+        super().__setitem__(key, inc)
+        self._of.setdefault(key[0], {})[key] = None
+
+    def __delitem__(self, key: tuple[str, int]) -> None:
+        super().__delitem__(key)
+        keys = self._of[key[0]]
+        del keys[key]
+        if not keys:
+            del self._of[key[0]]
+
+    def pop(self, key: tuple[str, int]) -> _Incident:  # type: ignore[override]
+        inc = self[key]
+        del self[key]
+        return inc
+
+    def setdefault(self, key: tuple[str, int], inc: _Incident) -> _Incident:  # type: ignore[override]
+        if key not in self:
+            self[key] = inc
+        return self[key]
+
+
 class Judge:
     """Feeds on windows in seq order per host; returns what to tell and do (see module doc)."""
 
@@ -271,7 +304,7 @@ class Judge:
         self.config = config or JudgeConfig()
         self._new_id = new_id
         self._history: dict[str, deque[_Entry]] = {}
-        self._incidents: dict[tuple[str, int], _Incident] = {}
+        self._incidents = _Incidents()
         self.book: IncidentBook = MemoryIncidentBook()
         self.adopt_book(book if book is not None else self.book)
 
@@ -290,7 +323,7 @@ class Judge:
 
     def in_incident(self, host_id: str) -> bool:
         """True while the host has an open incident (per-host learning waits for it)."""
-        return any(k[0] == host_id for k in self._incidents)
+        return bool(self._incidents.of_host(host_id))
 
     def _keep(self, key: tuple[str, int], inc: _Incident) -> None:
         self.book.save(
@@ -306,7 +339,7 @@ class Judge:
         )
 
     def open_incidents(self, host_id: str | None = None) -> list[tuple[str, int]]:
-        return [k for k in self._incidents if host_id is None or k[0] == host_id]
+        return list(self._incidents) if host_id is None else self._incidents.of_host(host_id)
 
     def resync(self, host_id: str, judged: Iterable[pb.Window]) -> None:
         """Forget what memory holds of ``host_id``; rebuild it from windows already judged.
@@ -315,7 +348,7 @@ class Judge:
         taken), the host's incidents are taken again from the book.
         """
         self._history.pop(host_id, None)
-        for key in [k for k in self._incidents if k[0] == host_id]:
+        for key in self._incidents.of_host(host_id):
             del self._incidents[key]
         for rec in self.book.open_incidents():
             if rec.host_id == host_id:
@@ -357,12 +390,12 @@ class Judge:
         start_s, end_s = ts_s(w.start), ts_s(w.end)
         hist = self._remember(host_id, w)
 
-        proc = top_writer(w, (k[1] for k in self._incidents if k[0] == host_id))
+        host_keys = self._incidents.of_host(host_id)
+        proc = top_writer(w, (k[1] for k in host_keys))
         root = proc.tree_root_pid if proc else 0
         # A window with no known writer (a reader sweeping, attribution lagging)
         # belongs to the host's most recent open incident rather than opening its
         # own; an incident opened without a writer takes the first one named.
-        host_keys = [k for k in self._incidents if k[0] == host_id]
         if root == 0 and host_keys:
             root = max(host_keys, key=lambda k: self._incidents[k].last_active_s)[1]
         elif root and (host_id, 0) in self._incidents and (host_id, root) not in self._incidents:
@@ -481,9 +514,10 @@ class Judge:
 
     def _close_quiet(self, host_id: str, now_s: float, keep: tuple[str, int]) -> list[Decision]:
         out = []
-        for key, inc in list(self._incidents.items()):
+        for key in self._incidents.of_host(host_id):
+            inc = self._incidents[key]
             quiet = now_s - inc.last_active_s >= self.config.quiet_s
-            if key[0] == host_id and key != keep and quiet:
+            if key != keep and quiet:
                 out.append(
                     Decision(
                         "close",

@@ -1,15 +1,19 @@
 """Group commit: what every stream and the judge write, one store transaction per batch.
 
-Contract of ``GroupCommit(store, max_batch)``:
+Contract of ``GroupCommit(store, held=(), max_batch=1024)``:
 
 - ``await add(host_id, boot_id, window, urgent=False)`` returns whether the
   window was new (``False``: already stored, a resend), once the transaction
   holding it has committed, or raises what the store raised for that batch.
 - ``await judged(mark)`` returns once the ``JudgedMark`` is committed (or
   raises likewise): a window counts as judged only then.
-- While one batch commits in a worker thread, what arrives forms the next, at
-  most ``max_batch`` items a transaction (``Store.add_window_batch``): one
-  fsync serves them all (``synchronous=FULL`` kept), instead of one each.
+- While one batch commits in a thread of the group commit's own, what
+  arrives forms the next, at most ``max_batch`` items a transaction
+  (``Store.add_window_batch``): one fsync serves them all
+  (``synchronous=FULL`` kept), instead of one each.
+  Each part of ``held`` (the incident book: what the judge saved while
+  judging) writes what it holds in the same transaction (``flush``), so it is
+  durable no later than the marks of the windows judged before it.
   Urgent windows (windows with evidence, ``tocsin.collector.admission``) are
   taken first, then judged marks, then the other windows, each in arrival
   order.
@@ -20,7 +24,9 @@ Contract of ``GroupCommit(store, max_batch)``:
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
 from tocsin.collector.store import JudgedMark, Store, StoredWindow, WindowItem
 
@@ -28,15 +34,24 @@ _Windows = list[tuple[WindowItem, "asyncio.Future[bool]"]]
 _Marks = list[tuple[JudgedMark, "asyncio.Future[None]"]]
 
 
+class Held(Protocol):
+    def flush(self) -> None:
+        """Write what is held, inside the transaction open on this thread."""
+
+
 class GroupCommit:
-    def __init__(self, store: Store, max_batch: int = 1024) -> None:
+    def __init__(self, store: Store, held: Sequence[Held] = (), max_batch: int = 1024) -> None:
         self.store = store
+        self.held = tuple(held)
         self.max_batch = max_batch
         self.batches = 0
         self._urgent: _Windows = []
         self._marks: _Marks = []
         self._windows: _Windows = []
         self._worker: asyncio.Task[None] | None = None
+        # A thread of its own: a transaction never queues behind other blocking calls
+        # (a stream's hello waiting for the database) in the loop's default executor.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="tocsin-commit")
 
     @property
     def waiting(self) -> int:
@@ -72,8 +87,8 @@ class GroupCommit:
     async def _commit(self, windows: _Windows, marks: _Marks) -> None:
         futures: list[asyncio.Future[Any]] = [f for _, f in windows] + [f for _, f in marks]
         try:
-            inserted = await asyncio.to_thread(
-                self.store.add_window_batch, [i for i, _ in windows], [m for m, _ in marks]
+            inserted = await asyncio.get_running_loop().run_in_executor(
+                self._thread, self._write, [i for i, _ in windows], [m for m, _ in marks]
             )
         except Exception as exc:  # every waiter of the batch learns what the store said
             for f in futures:
@@ -87,6 +102,13 @@ class GroupCommit:
         for _, marked in marks:
             if not marked.done():
                 marked.set_result(None)
+
+    def _write(self, items: list[WindowItem], marks: list[JudgedMark]) -> list[bool]:
+        with self.store.atomic():
+            inserted = self.store.add_window_batch(items, marks)
+            for part in self.held:
+                part.flush()
+        return inserted
 
 
 def _take(pending: list[Any], n: int) -> list[Any]:

@@ -10,16 +10,24 @@ Contract of an ``IncidentBook``:
   updates the open incident instead of opening a duplicate.
 - ``spans(host_id, severity)`` returns (first_start_s, last_active_s) of the
   host's incidents of that severity, open or closed.
+- ``flush()`` writes what ``save`` and ``close`` left held. The group commit
+  calls it inside the transaction that marks the judged windows
+  (``tocsin.collector.groupcommit``), so an incident's state is durable no
+  later than the mark of the window that changed it, at no fsync of its own;
+  a window whose mark was lost is judged again and saves its incident again.
+  Reads flush first.
 
 ``SqliteIncidentBook`` keeps a table ``incidents`` in the collector's database
 through its one door (``tocsin.collector.db.Database``: the shared connection;
-SQLite errors come out as ``StoreUnavailable``);
-``MemoryIncidentBook`` keeps a dictionary.
+SQLite errors come out as ``StoreUnavailable``), holding writes in memory
+until ``flush`` (and ``close_db``); ``MemoryIncidentBook`` keeps a
+dictionary.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -44,6 +52,7 @@ class IncidentBook(Protocol):
     def close(self, incident_id: str, closed_at_s: float) -> None: ...
     def open_incidents(self) -> list[IncidentRecord]: ...
     def spans(self, host_id: str, severity: str) -> list[tuple[float, float]]: ...
+    def flush(self) -> None: ...
     def close_db(self) -> None: ...
 
 
@@ -70,6 +79,9 @@ class MemoryIncidentBook:
             if r.host_id == host_id and r.severity == severity
         ]
 
+    def flush(self) -> None:
+        pass
+
     def close_db(self) -> None:
         pass
 
@@ -89,29 +101,69 @@ class SqliteIncidentBook:
     def __init__(self, db: Database) -> None:
         self.db = db
         db.schema(_SCHEMA)
+        # Held until flush: the newest state of each incident saved, closes of the others.
+        self._saves: dict[str, IncidentRecord] = {}
+        self._closes: dict[str, float] = {}
+        self._held = threading.Lock()
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        self.flush()
         return self.db.execute(sql, args)
 
     def save(self, rec: IncidentRecord) -> None:
-        self._exec(
-            "INSERT OR REPLACE INTO incidents VALUES (?,?,?,?,?,?,?,?)",
-            (
-                rec.incident_id,
-                rec.host_id,
-                rec.root_pid,
-                rec.severity,
-                rec.first_start_s,
-                rec.last_active_s,
-                json.dumps(sorted(rec.reasons)),
-                rec.closed_at_s,
-            ),
-        )
+        with self._held:
+            self._closes.pop(rec.incident_id, None)
+            self._saves[rec.incident_id] = replace(rec, reasons=list(rec.reasons))
 
     def close(self, incident_id: str, closed_at_s: float) -> None:
-        self._exec(
-            "UPDATE incidents SET closed_at=? WHERE incident_id=?", (closed_at_s, incident_id)
-        )
+        with self._held:
+            held = self._saves.get(incident_id)
+            if held is not None:
+                held.closed_at_s = closed_at_s
+            else:
+                self._closes[incident_id] = closed_at_s
+
+    def flush(self) -> None:
+        """Write what is held, in the caller's transaction if one is open on this thread."""
+        with self._held:
+            saves, closes = self._saves, self._closes
+            self._saves, self._closes = {}, {}
+        if not saves and not closes:
+            return
+        try:
+            with self.db.transaction() as con:
+                con.executemany(
+                    "INSERT OR REPLACE INTO incidents VALUES (?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            r.incident_id,
+                            r.host_id,
+                            r.root_pid,
+                            r.severity,
+                            r.first_start_s,
+                            r.last_active_s,
+                            json.dumps(sorted(r.reasons)),
+                            r.closed_at_s,
+                        )
+                        for r in saves.values()
+                    ],
+                )
+                con.executemany(
+                    "UPDATE incidents SET closed_at=? WHERE incident_id=?",
+                    [(at, incident_id) for incident_id, at in closes.items()],
+                )
+        except BaseException:
+            with self._held:  # held again, under what was saved or closed meanwhile
+                for incident_id, rec in saves.items():
+                    if incident_id in self._saves:
+                        continue
+                    if incident_id in self._closes:
+                        rec.closed_at_s = self._closes.pop(incident_id)
+                    self._saves[incident_id] = rec
+                for incident_id, at in closes.items():
+                    if incident_id not in self._saves:
+                        self._closes.setdefault(incident_id, at)
+            raise
 
     def open_incidents(self) -> list[IncidentRecord]:
         rows = self._exec(
@@ -139,4 +191,5 @@ class SqliteIncidentBook:
         return [(float(a), float(b)) for a, b in rows]
 
     def close_db(self) -> None:
-        """The database is shared: the assembly closes it."""
+        """Write what is held; the database is shared: the assembly closes it."""
+        self.flush()

@@ -68,6 +68,7 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.message import DecodeError
 
+from tocsin.collector.admission import Admission
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
 from tocsin.collector.features import window_features, window_tally
@@ -80,6 +81,7 @@ from tocsin.collector.store import Store, StoredWindow, StoreFull, StoreUnavaila
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import WireError
+from tocsin.v1.evidence import carries_evidence
 
 log = logging.getLogger("tocsin.collector.ingest")
 
@@ -94,6 +96,15 @@ class _End:
     code: grpc.StatusCode | None = None
     detail: str = ""
     retry_after_ms: int | None = None
+    bad: bool = True  # counted in bad_streams (a load pushback is not)
+
+
+class _PushedBack(Exception):
+    """A quiet window refused while the collector is behind (``Admission``)."""
+
+    def __init__(self, wait_ms: int) -> None:
+        super().__init__(wait_ms)
+        self.wait_ms = wait_ms
 
 
 def peer_host(peer: str) -> str:
@@ -106,6 +117,7 @@ class _StreamSession:
     def __init__(self, host_id: str, max_outbound: int, peer: str = "") -> None:
         self.host_id = host_id
         self.peer_host = peer_host(peer)
+        self.started_s = time.monotonic()
         self.stored = 0
         self.duplicates = 0
         self.skewed = 0
@@ -168,6 +180,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         stage: JudgeStage,
         responder: Responder,
         commits: GroupCommit,
+        admission: Admission,
         max_outbound: int = 256,
         limits: AgentRateLimits | None = None,
         silence: SilenceWatch | None = None,
@@ -181,7 +194,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self.limits = limits or AgentRateLimits()
         self.silence = silence
         self.store_retry_ms = store_retry_ms
-        self.commits = commits
+        self.commits, self.admission = commits, admission
         self.clock_skew_s = clock_skew_s
         self._clock = clock
         self.taken_retry_ms = taken_retry_ms
@@ -232,13 +245,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         if self.silence is not None:
             self.silence.seen(host_id)
         try:
-            self.store.upsert_host(
-                host_id,
-                hostname=hello.hostname,
-                agent_version=hello.agent_version,
-                tripwire_mode=hello.tripwire_mode,
-            )
-            committed = self.store.committed_seq(host_id, boot_id)
+            committed = await asyncio.to_thread(self._register, hello)
         except StoreUnavailable as exc:
             await self._refuse(context, host_id, self._store_end(host_id, exc, 0))
         session = _StreamSession(host_id, self.max_outbound, peer)
@@ -264,7 +271,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             await asyncio.gather(pump, reader, return_exceptions=True)
             self.router.detach(host_id, session)
             with contextlib.suppress(StoreUnavailable):
-                self.store.touch_host(host_id)
+                await asyncio.to_thread(self.store.touch_host, host_id)
             log.info(
                 "agent %s stream ended (windows stored %d, duplicates dropped %d,"
                 " re-dated for clock skew %d)%s",
@@ -275,8 +282,18 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 f": {end.detail}" if end.detail else "",
             )
         if end.code is not None:
-            self.bad_streams += 1
+            self.bad_streams += end.bad
             await self._refuse(context, host_id, end)
+
+    def _register(self, hello: pb.Hello) -> int:
+        """Record the host of a hello; the highest seq stored for its boot (blocking)."""
+        self.store.upsert_host(
+            hello.host_id,
+            hostname=hello.hostname,
+            agent_version=hello.agent_version,
+            tripwire_mode=hello.tripwire_mode,
+        )
+        return self.store.committed_seq(hello.host_id, hello.boot_id)
 
     async def _refuse(
         self,
@@ -355,9 +372,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 elif kind == "action_result":
                     await self.responder.on_action_result(host_id, msg.action_result)
                 elif kind == "heartbeat":
-                    self.store.touch_host(host_id)
+                    await asyncio.to_thread(self.store.touch_host, host_id)
                 elif kind == "goodbye":
-                    self.store.touch_host(host_id, clean_disconnect=True)
+                    await asyncio.to_thread(self.store.touch_host, host_id, clean_disconnect=True)
                     if self.silence is not None:
                         self.silence.goodbye(host_id)
                     break
@@ -383,6 +400,10 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             end = _End(grpc.StatusCode.INVALID_ARGUMENT, "malformed AgentMessage")
         except StoreUnavailable as exc:
             end = self._store_end(host_id, exc, max(acked, session.acked))
+        except _PushedBack as exc:
+            log.debug("agent %s pushed back for %d ms: collector behind", host_id, exc.wait_ms)
+            detail = "collector behind: quiet windows wait, evidence is taken"
+            end = _End(grpc.StatusCode.RESOURCE_EXHAUSTED, detail, exc.wait_ms, bad=False)
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as exc:
@@ -397,6 +418,16 @@ class TelemetryService(pb_grpc.TelemetryServicer):
     ) -> int:
         if w.seq <= 0:
             raise WireError("window seq must be > 0")
+        wait_ms = self.admission.pushback_ms(w, time.monotonic() - session.started_s)
+        if wait_ms is not None:
+            raise _PushedBack(wait_ms)
+        with self.admission.holding():
+            return await self._take(host_id, boot_id, w, session, acked)
+
+    async def _take(
+        self, host_id: str, boot_id: str, w: pb.Window, session: _StreamSession, acked: int
+    ) -> int:
+        """Commit, ack, judge one admitted window; the new highest seq acked."""
         raw = w.SerializeToString()
         sent_end_s = ts_s(w.end)
         skew_s = clamp_window(w, self._clock(), self.clock_skew_s)
@@ -421,7 +452,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             raw=raw,
             tally=window_tally(w),
         )
-        inserted = await self.commits.add(host_id, boot_id, stored)
+        inserted = await self.commits.add(host_id, boot_id, stored, urgent=carries_evidence(w))
         acked = session.acked = max(acked, int(w.seq))
         await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
         if not inserted:

@@ -2,10 +2,12 @@
 
 ``BatchScorer.score(x)`` awaits the anomaly score of one feature vector.
 Vectors that arrive within ``linger_s`` of each other are scored together in
-one ``asyncio.to_thread`` call (scoring costs per call, not per row), at most
-``max_batch`` at a time. The queue is bounded: when it is full the window is
-judged without a score (deterministic evidence only) and ``dropped`` counts it.
-A scorer error is logged and also yields no score: the evidence still counts.
+one call in a thread of the scorer's own (scoring costs per call, not per row;
+a thread of its own so that scoring never waits behind blocking database calls
+in the loop's default executor), at most ``max_batch`` at a time. The queue is
+bounded: when it is full the window is judged without a score (deterministic
+evidence only) and ``dropped`` counts it. A scorer error is logged and also
+yields no score: the evidence still counts.
 
 ``JudgeStage.judge_window(host_id, boot_id, window, features, clock_skew_s=0.0)``
 is called after the window was committed, in seq order per host (the ingest
@@ -21,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import numpy.typing as npt
@@ -42,7 +45,11 @@ _Item = tuple[npt.NDArray[np.float64], "asyncio.Future[float | None]", Scorer]
 
 class BatchScorer:
     def __init__(
-        self, scorer: Scorer, max_batch: int = 64, linger_s: float = 0.003, max_pending: int = 4096
+        self,
+        scorer: Scorer,
+        max_batch: int = 1024,
+        linger_s: float = 0.003,
+        max_pending: int = 4096,
     ) -> None:
         self.scorer = scorer
         self.max_batch = max_batch
@@ -51,6 +58,7 @@ class BatchScorer:
         self.batches = 0
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_pending)
         self._worker: asyncio.Task[None] | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="tocsin-score")
 
     async def score(self, x: npt.NDArray[np.float64], scorer: Scorer | None = None) -> float | None:
         """The score of ``x`` by ``scorer`` (default: the batch's), or None (dropped/failed)."""
@@ -82,7 +90,10 @@ class BatchScorer:
         X = np.vstack([x for x, _, _ in items])
         scorer = items[0][2]
         try:
-            scores: Sequence[float] = (await asyncio.to_thread(scorer.score, X)).tolist()
+            loop = asyncio.get_running_loop()
+            scores: Sequence[float] = (
+                await loop.run_in_executor(self._thread, scorer.score, X)
+            ).tolist()
         except Exception:
             log.exception("scorer failed on a batch of %d windows", len(items))
             scores = [float("nan")] * len(items)
@@ -95,6 +106,7 @@ class BatchScorer:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+        self._thread.shutdown(wait=False)
 
 
 class JudgeStage:

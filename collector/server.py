@@ -2,14 +2,14 @@
 
 ``Collector`` takes its parts already built (``tocsin.collector.app``
 assembles them): the store, the command router, the responder, the judge
-stage, both services and the silence watch. ``await start(listen)`` binds
-``HOST:PORT`` (port 0 picks a free one), starts watching hosts known from the
-store that did not say goodbye for silence, starts the stage's judgement
-backlog, and returns the bound port; ``await stop(grace_s)`` stops taking
-streams, lets posts in flight finish and closes the store, the incident book
-and the per-host baselines. Message sizes are bounded by
-``tocsin.v1.CHANNEL_OPTIONS`` (``SERVER_OPTIONS`` adds the server's side of
-keepalive).
+stage, both services, the silence watch and the admission. ``await
+start(listen)`` binds ``HOST:PORT`` (port 0 picks a free one), starts watching
+hosts known from the store that did not say goodbye for silence, starts the
+stage's judgement backlog and the admission's watch of the event loop, and
+returns the bound port; ``await stop(grace_s)`` stops taking streams, lets
+posts in flight finish and closes the store, the incident book and the
+per-host baselines. Message sizes are bounded by ``tocsin.v1.CHANNEL_OPTIONS``
+(``SERVER_OPTIONS`` adds the server's side of keepalive).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 
 import grpc
 
+from tocsin.collector.admission import Admission
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import Judge
 from tocsin.collector.grpcconf import SERVER_OPTIONS
@@ -43,10 +44,12 @@ class Collector:
         telemetry: TelemetryService,
         operator: OperatorService,
         silence: SilenceWatch,
+        admission: Admission,
         credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.store, self.router, self.responder, self.stage = store, router, responder, stage
         self.telemetry, self.operator, self.silence = telemetry, operator, silence
+        self.admission = admission
         self.credentials = credentials
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -77,6 +80,7 @@ class Collector:
         self._tasks = [
             loop.create_task(self.silence.run()),
             loop.create_task(self.stage.run_backlog()),
+            loop.create_task(self.admission.run()),
         ]
         return port
 
