@@ -34,7 +34,7 @@ from typing import Any
 
 import grpc
 
-from tocsin.collector.admission import Admission
+from tocsin.collector.admission import Admission, AdmissionConfig
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.console.auth import LinkIssuer
@@ -89,7 +89,7 @@ def assemble(
     console: LinkIssuer | None = None,
     clock_skew_s: float = 300.0,
     gettext: Gettext = same_text,
-    admission: Admission | None = None,
+    admission: AdmissionConfig | None = None,
 ) -> Collector:
     """A collector made of these parts (see module doc); not started.
 
@@ -118,7 +118,8 @@ def assemble(
         retry_s=judge_retry_s,
     )
     silence = SilenceWatch(sink, silent_after_s)
-    admission = admission or Admission()
+    # What the collector holds of agents' windows: waiting for a commit or a judgement.
+    admission = Admission(admission or AdmissionConfig(), lambda: commits.waiting + stage.queued)
     telemetry = TelemetryService(
         store,
         router,

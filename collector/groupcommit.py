@@ -5,8 +5,8 @@ Contract of ``GroupCommit(store, held=(), max_batch=1024)``:
 - ``await add(host_id, boot_id, window, urgent=False)`` returns whether the
   window was new (``False``: already stored, a resend), once the transaction
   holding it has committed, or raises what the store raised for that batch.
-- ``await judged(mark)`` returns once the ``JudgedMark`` is committed (or
-  raises likewise): a window counts as judged only then.
+- ``await judged(marks)`` returns once the marks (``JudgedMark``) are committed
+  (or raises likewise): a window counts as judged only then.
 - While one batch commits in a thread of the group commit's own, what
   arrives forms the next, at most ``max_batch`` items a transaction
   (``Store.add_window_batch``): one fsync serves them all
@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from tocsin.collector.store import JudgedMark, Store, StoredWindow, WindowItem
 
 _Windows = list[tuple[WindowItem, "asyncio.Future[bool]"]]
-_Marks = list[tuple[JudgedMark, "asyncio.Future[None]"]]
+_Marks = list[tuple[list[JudgedMark], "asyncio.Future[None]"]]
 
 
 class Held(Protocol):
@@ -65,9 +65,11 @@ class GroupCommit:
         self._start()
         return await done
 
-    async def judged(self, mark: JudgedMark) -> None:
+    async def judged(self, marks: Sequence[JudgedMark]) -> None:
+        if not marks:
+            return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._marks.append((mark, done))
+        self._marks.append((list(marks), done))
         self._start()
         await done
 
@@ -88,7 +90,10 @@ class GroupCommit:
         futures: list[asyncio.Future[Any]] = [f for _, f in windows] + [f for _, f in marks]
         try:
             inserted = await asyncio.get_running_loop().run_in_executor(
-                self._thread, self._write, [i for i, _ in windows], [m for m, _ in marks]
+                self._thread,
+                self._write,
+                [i for i, _ in windows],
+                [m for ms, _ in marks for m in ms],
             )
         except Exception as exc:  # every waiter of the batch learns what the store said
             for f in futures:

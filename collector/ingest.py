@@ -14,7 +14,12 @@ Per stream, in order:
    stream with the host's certificate. The host is registered and an ``Ack`` of what is already
    stored for this boot is sent at once.
 2. Each ``Window`` (seq > 0) is committed to the store, THEN acked (``Ack.seq``
-   is the highest seq stored for the boot), THEN judged. Windows of every stream
+   is the highest seq stored for the boot), THEN queued for judgement
+   (``JudgeStage.enqueue``: the stream reads on; windows with evidence are
+   committed first and their host judged ahead of the quiet backlog). While
+   the collector is behind (``Admission``), a window without evidence on a
+   stream past its grace is not taken: the stream ends RESOURCE_EXHAUSTED with
+   a pushback and the agent keeps it spooled. Windows of every stream
    are committed together (``GroupCommit``, given by the assembly: one
    transaction per batch, the windows and judged marks that arrived while the
    previous batch was committing), and each ack goes out only after the commit
@@ -43,6 +48,8 @@ with a log line naming the host):
 - a hello whose host id is not the certificate's: PERMISSION_DENIED;
 - a flood past the rate limits: RESOURCE_EXHAUSTED with a
   ``grpc-retry-pushback-ms`` trailer (when the buckets are useful again);
+- a quiet window while the collector is behind: RESOURCE_EXHAUSTED with a
+  pushback (not counted in ``bad_streams``; one warning line now and then);
 - the database full: RESOURCE_EXHAUSTED, pushback ``store_retry_ms``; any
   other database failure: UNAVAILABLE, same pushback. Nothing that was not
   committed is ever acked, so the agent keeps it spooled and resends it;
@@ -73,7 +80,7 @@ from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
 from tocsin.collector.features import window_features, window_tally
 from tocsin.collector.groupcommit import GroupCommit
-from tocsin.collector.pipeline import JudgeStage
+from tocsin.collector.pipeline import Committed, JudgeStage
 from tocsin.collector.ratelimit import AgentRateLimits, Refusal
 from tocsin.collector.respond import Responder
 from tocsin.collector.silence import SilenceWatch
@@ -421,13 +428,6 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         wait_ms = self.admission.pushback_ms(w, time.monotonic() - session.started_s)
         if wait_ms is not None:
             raise _PushedBack(wait_ms)
-        with self.admission.holding():
-            return await self._take(host_id, boot_id, w, session, acked)
-
-    async def _take(
-        self, host_id: str, boot_id: str, w: pb.Window, session: _StreamSession, acked: int
-    ) -> int:
-        """Commit, ack, judge one admitted window; the new highest seq acked."""
         raw = w.SerializeToString()
         sent_end_s = ts_s(w.end)
         skew_s = clamp_window(w, self._clock(), self.clock_skew_s)
@@ -452,7 +452,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             raw=raw,
             tally=window_tally(w),
         )
-        inserted = await self.commits.add(host_id, boot_id, stored, urgent=carries_evidence(w))
+        urgent = carries_evidence(w)
+        inserted = await self.commits.add(host_id, boot_id, stored, urgent=urgent)
         acked = session.acked = max(acked, int(w.seq))
         await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
         if not inserted:
@@ -463,5 +464,5 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             return acked
         self.windows_stored += 1
         session.stored += 1
-        await self.stage.judge_window(host_id, boot_id, w, x, clock_skew_s=skew_s)
+        self.stage.enqueue(host_id, Committed(boot_id, w, x, skew_s), urgent=urgent)
         return acked

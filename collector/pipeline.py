@@ -20,10 +20,12 @@ has the times it was stored with (re-dated, if ingest re-dated it).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +42,8 @@ from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger("tocsin.collector.pipeline")
 
-_Item = tuple[npt.NDArray[np.float64], "asyncio.Future[float | None]", Scorer]
+# Rows to score, the future of their scores, and the scorer.
+_Item = tuple[npt.NDArray[np.float64], "asyncio.Future[list[float | None]]", Scorer]
 
 
 class BatchScorer:
@@ -62,14 +65,20 @@ class BatchScorer:
 
     async def score(self, x: npt.NDArray[np.float64], scorer: Scorer | None = None) -> float | None:
         """The score of ``x`` by ``scorer`` (default: the batch's), or None (dropped/failed)."""
+        return (await self.score_rows(np.atleast_2d(x), scorer))[0]
+
+    async def score_rows(
+        self, X: npt.NDArray[np.float64], scorer: Scorer | None = None
+    ) -> list[float | None]:
+        """The scores of the rows of ``X`` (one queue entry), None for each if dropped/failed."""
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run())
-        fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[list[float | None]] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait((x, fut, scorer or self.scorer))
+            self._queue.put_nowait((X, fut, scorer or self.scorer))
         except asyncio.QueueFull:
-            self.dropped += 1
-            return None
+            self.dropped += len(X)
+            return [None] * len(X)
         return await fut
 
     async def _run(self) -> None:
@@ -77,8 +86,10 @@ class BatchScorer:
             batch = [await self._queue.get()]
             if self.linger_s > 0:
                 await asyncio.sleep(self.linger_s)
-            while len(batch) < self.max_batch and not self._queue.empty():
+            rows = len(batch[0][0])
+            while rows < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+                rows += len(batch[-1][0])
             groups: dict[int, list[_Item]] = {}
             for item in batch:
                 groups.setdefault(id(item[2]), []).append(item)
@@ -95,18 +106,35 @@ class BatchScorer:
                 await loop.run_in_executor(self._thread, scorer.score, X)
             ).tolist()
         except Exception:
-            log.exception("scorer failed on a batch of %d windows", len(items))
-            scores = [float("nan")] * len(items)
+            log.exception("scorer failed on a batch of %d windows", len(X))
+            scores = [float("nan")] * len(X)
         self.batches += 1
-        for (_, fut, _), s in zip(items, scores, strict=True):
+        at = 0
+        for x, fut, _ in items:
+            mine = scores[at : at + len(x)]
+            at += len(x)
             if not fut.done():
-                fut.set_result(None if s != s else float(s))
+                fut.set_result([None if s != s else float(s) for s in mine])
 
     async def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
         self._thread.shutdown(wait=False)
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A committed window waiting for its judgement."""
+
+    boot_id: str
+    window: pb.Window
+    x: npt.NDArray[np.float64]
+    clock_skew_s: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.boot_id, int(self.window.seq))
 
 
 class JudgeStage:
@@ -119,6 +147,17 @@ class JudgeStage:
     (``tocsin.collector.app``). On construction the responder takes back the
     open alerts a previous collector on the same database left.
 
+    Two lanes. ``enqueue(host_id, item, urgent)`` hands over a committed (and
+    acked) window without waiting for its judgement; ``run()`` (started with
+    the collector) judges, with ``workers`` tasks, one host at a time each, a
+    host's queued windows in order, up to ``max_batch`` of them scored in one
+    call and marked in one group commit. Hosts with a window carrying evidence
+    queued (``urgent``) are taken before every other: an attack window waits
+    for its own host's earlier windows, never for the quiet backlog of other
+    hosts. A host goes back to the end of its lane after each batch.
+    ``queued`` counts the windows waiting (``tocsin.collector.admission``
+    pushes quiet agents back when there are too many).
+
     Judgement is never lost. A window counts as judged once its ``JudgedMark``
     is committed (in a group commit, ``commits``), after its decisions were
     stored and sent. A host is *in sync* when memory (its horizons, its
@@ -126,12 +165,12 @@ class JudgeStage:
     (first window after a start, or a judgement that failed on the database) is
     first resynced: the judge's horizons are rebuilt from the host's judged
     windows of the last hour, its incidents taken back from the book, then
-    every window committed but not judged is judged in order. ``run_backlog``
-    does the same in the background every ``retry_s`` for hosts that need it,
-    so a window acked before the database failed is judged once it is back,
-    even if its agent sends nothing more. A judgement that fails raises
-    ``StoreUnavailable`` to the caller (the agent is pushed back) and leaves
-    the host out of sync.
+    every window committed but neither judged nor queued is judged in order.
+    ``run_backlog`` does the same in the background every ``retry_s`` for hosts
+    that need it, so a window acked before the database failed is judged once
+    it is back, even if its agent sends nothing more. A judgement that fails
+    leaves the host out of sync (and ``judge_window``, which judges one window
+    at once, raises ``StoreUnavailable`` to its caller).
     """
 
     def __init__(
@@ -144,11 +183,13 @@ class JudgeStage:
         meter: WindowMeter,
         commits: GroupCommit,
         retry_s: float = 5.0,
+        workers: int = 8,
+        max_batch: int = 256,
     ) -> None:
         self.judge, self.responder, self.store = judge, responder, store
         self.baselines, self.batch, self.meter = baselines, batch, meter
         self.commits = commits
-        self.retry_s = retry_s
+        self.retry_s, self.workers, self.max_batch = retry_s, workers, max_batch
         for alert in store.list_alerts(limit=10_000):
             if alert.open:
                 self.responder.adopt(alert)
@@ -157,11 +198,88 @@ class JudgeStage:
         self._caught_up: dict[str, set[tuple[str, int]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._learning: asyncio.Task[None] | None = None
+        # The lanes: each host's queued windows, and hosts waiting for a worker
+        # (a host in ``_lane`` is in one of the two deques, or in both after
+        # evidence promoted it: its entry in the quiet deque is then skipped).
+        self._queues: dict[str, collections.deque[Committed]] = {}
+        self._urgent: collections.deque[str] = collections.deque()
+        self._quiet: collections.deque[str] = collections.deque()
+        self._lane: dict[str, bool] = {}  # host -> urgent, while it waits in a lane
+        self._busy: set[str] = set()  # hosts a worker is judging
+        self._ready = asyncio.Event()
+        self.queued = 0
         self.resyncs = 0
         self.backlog_judged = 0
 
     def in_sync(self, host_id: str) -> bool:
         return host_id in self._in_sync
+
+    def enqueue(self, host_id: str, item: Committed, urgent: bool = False) -> None:
+        """Queue a committed window for judgement (in order per host); never waits."""
+        self._queues.setdefault(host_id, collections.deque()).append(item)
+        self.queued += 1
+        self._wake(host_id, urgent)
+
+    def _wake(self, host_id: str, urgent: bool) -> None:
+        lane = self._lane.get(host_id)
+        if host_id in self._busy and lane is None:
+            if urgent:
+                self._lane[host_id] = True  # taken up again by the worker when it is done
+            return
+        if lane is None or (urgent and not lane):
+            (self._urgent if urgent else self._quiet).append(host_id)
+            self._lane[host_id] = urgent
+        self._ready.set()
+
+    def _next_host(self) -> str | None:
+        for lane, urgent in ((self._urgent, True), (self._quiet, False)):
+            while lane:
+                host_id = lane.popleft()
+                if host_id in self._busy or self._lane.get(host_id) is not urgent:
+                    continue  # a stale entry: promoted, or taken already
+                del self._lane[host_id]
+                self._busy.add(host_id)
+                return host_id
+        return None
+
+    async def run(self) -> None:
+        """Forever: ``workers`` tasks judging queued windows, urgent hosts first."""
+        await asyncio.gather(*(self._work() for _ in range(self.workers)))
+
+    async def _work(self) -> None:
+        while True:
+            host_id = self._next_host()
+            if host_id is None:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            queue = self._queues.get(host_id, collections.deque())
+            items = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+            self.queued -= len(items)
+            try:
+                await self._judge_queued(host_id, items)
+            except StoreUnavailable:
+                pass  # logged; the host is out of sync and its backlog is judged later
+            except Exception:
+                log.exception("host %s: judging %d window(s) failed", host_id, len(items))
+            finally:
+                self._busy.discard(host_id)
+                urgent = self._lane.pop(host_id, False)
+                if queue:
+                    self._wake(host_id, urgent)
+                else:
+                    self._queues.pop(host_id, None)
+
+    async def _judge_queued(self, host_id: str, items: list[Committed]) -> None:
+        keys = {it.key for it in items} | {it.key for it in self._queues.get(host_id, ())}
+        async with self._lock(host_id):
+            if host_id not in self._in_sync:
+                await self._resync(host_id, skip=keys)
+            caught_up = self._caught_up.get(host_id, set())
+            # Committed, then judged by a resync before it was queued: not judged again.
+            todo = [it for it in items if it.key not in caught_up]
+            if todo:
+                await self._judge_marked(host_id, todo)
 
     async def judge_window(
         self,
@@ -171,15 +289,14 @@ class JudgeStage:
         x: npt.NDArray[np.float64],
         clock_skew_s: float = 0.0,
     ) -> list[Decision]:
-        """Judge a committed window (first the host's backlog, if any); its decisions."""
-        self.meter.window(host_id, w)
-        key = (boot_id, int(w.seq))
+        """Judge a committed window now (first the host's backlog, if any); its decisions."""
+        item = Committed(boot_id, w, x, clock_skew_s)
         async with self._lock(host_id):
             if host_id not in self._in_sync:
-                await self._resync(host_id, skip=key)
-            elif key in self._caught_up.get(host_id, ()):
-                return []  # committed, then judged by a resync before its stream got here
-            return await self._judge_marked(host_id, boot_id, w, x, clock_skew_s)
+                await self._resync(host_id, skip={item.key})
+            elif item.key in self._caught_up.get(host_id, ()):
+                return []
+            return await self._judge_marked(host_id, [item])
 
     async def settle(self, host_id: str) -> int:
         """Bring a host not in sync back in sync; how many backlog windows were judged."""
@@ -188,7 +305,8 @@ class JudgeStage:
         async with self._lock(host_id):
             if host_id in self._in_sync:
                 return 0
-            return await self._resync(host_id)
+            keys = {it.key for it in self._queues.get(host_id, ())}
+            return await self._resync(host_id, skip=keys)
 
     async def run_backlog(self) -> None:
         """Forever: every ``retry_s``, settle the hosts with windows acked but not judged."""
@@ -199,6 +317,8 @@ class JudgeStage:
                 log.warning("judgement backlog not checked: %s", exc)
                 hosts = []
             for host_id in hosts:
+                if host_id in self._queues or host_id in self._busy:
+                    continue  # its windows are on their way: a worker resyncs it
                 with contextlib.suppress(StoreUnavailable):
                     n = await self.settle(host_id)
                     if n:
@@ -208,7 +328,7 @@ class JudgeStage:
     def _lock(self, host_id: str) -> asyncio.Lock:
         return self._locks.setdefault(host_id, asyncio.Lock())
 
-    async def _resync(self, host_id: str, skip: tuple[str, int] | None = None) -> int:
+    async def _resync(self, host_id: str, skip: Set[tuple[str, int]] = frozenset()) -> int:
         """Rebuild the host's memory from the store, judge its backlog (but ``skip``)."""
         span_s = self.judge.config.long_s
         judged = await asyncio.to_thread(self.store.judged_since, host_id, span_s)
@@ -217,62 +337,60 @@ class JudgeStage:
         self.resyncs += 1
         caught_up = self._caught_up[host_id] = set()
         for boot_id, sw in backlog:
-            if (boot_id, sw.seq) == skip:
+            if (boot_id, sw.seq) in skip:
                 continue
             w = _parse(sw)
-            await self._judge_marked(host_id, boot_id, w, window_features(w))
+            await self._judge_marked(host_id, [Committed(boot_id, w, window_features(w))])
             caught_up.add((boot_id, sw.seq))
         self.backlog_judged += len(caught_up)
         self._in_sync.add(host_id)
         return len(caught_up)
 
-    async def _judge_marked(
-        self,
-        host_id: str,
-        boot_id: str,
-        w: pb.Window,
-        x: npt.NDArray[np.float64],
-        clock_skew_s: float = 0.0,
-    ) -> list[Decision]:
+    async def _judge_marked(self, host_id: str, items: list[Committed]) -> list[Decision]:
         try:
-            return await self._judge(host_id, boot_id, w, x, clock_skew_s)
+            return await self._judge(host_id, items)
+        except asyncio.CancelledError:
+            self._in_sync.discard(host_id)  # stopping: judged from the store next time
+            raise
         except BaseException as exc:
             self._in_sync.discard(host_id)
             log.error(
-                "host %s: window %s/%d stored and acked but not judged (%s);"
-                " it will be judged again once the database is back",
+                "host %s: %d window(s) from %s/%d stored and acked but not judged (%s);"
+                " they will be judged again once the database is back",
                 host_id,
-                boot_id,
-                int(w.seq),
+                len(items),
+                items[0].boot_id,
+                int(items[0].window.seq),
                 exc,
             )
             raise
 
-    async def _judge(
-        self,
-        host_id: str,
-        boot_id: str,
-        w: pb.Window,
-        x: npt.NDArray[np.float64],
-        clock_skew_s: float = 0.0,
-    ) -> list[Decision]:
+    async def _judge(self, host_id: str, items: list[Committed]) -> list[Decision]:
+        """Judge ``items`` (one host's, in order): one scoring call, one group commit."""
         scorer = self.baselines.scorer_for(host_id)
-        score = await self.batch.score(x, scorer)
-        if score is not None:
-            self.meter.score(score)
-        decisions = self.judge.observe(
-            host_id, w, score, float(scorer.threshold), clock_skew_s=clock_skew_s
-        )
-        for d in decisions:
-            explanation: list[tuple[str, float]] = []
-            if d.posts:
-                try:
-                    explanation = list(scorer.explain(x))
-                except Exception:
-                    log.exception("scorer could not explain a window")
-            await self.responder.on_decision(d, explanation)
-        await self.commits.judged(JudgedMark(host_id, boot_id, int(w.seq), score))
-        end_s = ts_s(w.end)
+        scores = await self.batch.score_rows(np.vstack([it.x for it in items]), scorer)
+        decided: list[Decision] = []
+        marks = []
+        for it, score in zip(items, scores, strict=True):
+            w = it.window
+            self.meter.window(host_id, w)
+            if score is not None:
+                self.meter.score(score)
+            decisions = self.judge.observe(
+                host_id, w, score, float(scorer.threshold), clock_skew_s=it.clock_skew_s
+            )
+            for d in decisions:
+                explanation: list[tuple[str, float]] = []
+                if d.posts:
+                    try:
+                        explanation = list(scorer.explain(it.x))
+                    except Exception:
+                        log.exception("scorer could not explain a window")
+                await self.responder.on_decision(d, explanation)
+            decided += decisions
+            marks.append(JudgedMark(host_id, it.boot_id, int(w.seq), score))
+        await self.commits.judged(marks)
+        end_s = ts_s(items[-1].window.end)
         idle = self._learning is None or self._learning.done()
         try:
             due = idle and self.baselines.due(host_id, end_s, self.judge.in_incident(host_id))
@@ -281,7 +399,7 @@ class JudgeStage:
             due = False
         if due:
             self._learning = asyncio.get_running_loop().create_task(self._learn(host_id, end_s))
-        return decisions
+        return decided
 
     async def _learn(self, host_id: str, now_s: float) -> None:
         spans = self.judge.book.spans(host_id, "critical")

@@ -5,11 +5,12 @@ assembles them): the store, the command router, the responder, the judge
 stage, both services, the silence watch and the admission. ``await
 start(listen)`` binds ``HOST:PORT`` (port 0 picks a free one), starts watching
 hosts known from the store that did not say goodbye for silence, starts the
-stage's judgement backlog and the admission's watch of the event loop, and
-returns the bound port; ``await stop(grace_s)`` stops taking streams, lets
-posts in flight finish and closes the store, the incident book and the
-per-host baselines. Message sizes are bounded by ``tocsin.v1.CHANNEL_OPTIONS``
-(``SERVER_OPTIONS`` adds the server's side of keepalive).
+stage's judges and judgement backlog and the admission's watch of the event
+loop, and returns the bound port; ``await stop(grace_s)`` stops taking
+streams, lets posts in flight finish and closes the store, the incident book
+and the per-host baselines. Message sizes are bounded by
+``tocsin.v1.CHANNEL_OPTIONS`` (``SERVER_OPTIONS`` adds the server's side of
+keepalive).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Collector:
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self.silence.run()),
+            loop.create_task(self.stage.run()),
             loop.create_task(self.stage.run_backlog()),
             loop.create_task(self.admission.run()),
         ]

@@ -1,0 +1,246 @@
+"""An overloaded collector stays able to see an attack (real collector, real gRPC, SQLite).
+
+Quiet agents' windows are committed and acked at once and judged from a queue; a
+window with evidence puts its host ahead of that queue. While the collector is
+behind, quiet agents are pushed back (RESOURCE_EXHAUSTED with a retry pushback), keep
+their windows spooled and send them later: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from fakeagent import T0, encrypting
+from tocsin.collector.admission import AdmissionConfig
+from tocsin.collector.app import assemble
+from tocsin.collector.features import window_features
+from tocsin.collector.pipeline import Committed
+from tocsin.collector.protocols import ThresholdScorer
+from tocsin.collector.server import Collector
+from tocsin.collector.store import SqliteStore, StoredWindow
+from tocsin.collector.webhook import MemoryWebhookSink
+from tocsin.v1 import CHANNEL_OPTIONS
+from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
+from tocsin.v1.evidence import carries_evidence
+
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def busy(seq: int) -> pb.AgentMessage:
+    """A window of a backup: many files written, no evidence of destruction."""
+    w = pb.Window(
+        seq=seq,
+        files_created=40,
+        files_modified=20,
+        files_probed=16,
+        files_high_entropy=16,
+        mean_entropy=7.9,
+        bytes_written=40_000_000,
+        dirs_touched=6,
+        extensions_touched=3,
+        example_paths=[f"/srv/partage/backup/part-{seq:05d}.tar.gz"],
+    )
+    w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
+    w.top_writers.add(pid=900, ppid=1, name="tar", tree_root_pid=900, files_touched=60)
+    return pb.AgentMessage(window=w)
+
+
+@dataclass
+class SpoolAgent:
+    """A real gRPC client that behaves like the agent's shipper: it makes a window every
+    ``period_s`` and keeps it spooled until acked; a stream that ends is reopened after
+    the collector's pushback, or as soon as it has evidence to send, and the unacked
+    windows are resent in order."""
+
+    port: int
+    host_id: str
+    windows: list[pb.AgentMessage]
+    period_s: float = 0.0
+    made: int = 0
+    acked: int = 0
+    ends: list[tuple[grpc.StatusCode, int | None]] = field(default_factory=list)
+    commands: list[tuple[float, pb.Command]] = field(default_factory=list)
+    evidence_at: float | None = None  # when the first window with evidence was made
+    _news: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self, timeout_s: float = 60.0) -> None:
+        await asyncio.wait_for(asyncio.gather(self._make(), self._ship()), timeout_s)
+
+    async def _make(self) -> None:
+        for m in self.windows:
+            if self.period_s:
+                await asyncio.sleep(self.period_s)
+            if self.evidence_at is None and carries_evidence(m.window):
+                self.evidence_at = time.monotonic()
+            self.made += 1
+            self._news.set()
+
+    def _done(self) -> bool:
+        answered = self.evidence_at is None or bool(self.commands)
+        return self.acked == len(self.windows) and answered
+
+    async def _ship(self) -> None:
+        async with grpc.aio.insecure_channel(
+            f"127.0.0.1:{self.port}", options=CHANNEL_OPTIONS
+        ) as ch:
+            while not self._done():
+                wait_s = await self._stream(ch)
+                evidence = any(
+                    carries_evidence(m.window) for m in self.windows[self.acked : self.made]
+                )
+                self._news.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._until_evidence(evidence), wait_s)
+
+    async def _until_evidence(self, already: bool) -> None:
+        while not already:
+            await self._news.wait()
+            self._news.clear()
+            already = any(carries_evidence(m.window) for m in self.windows[self.acked : self.made])
+
+    async def _stream(self, ch: grpc.aio.Channel) -> float:
+        hello = pb.AgentMessage(hello=pb.Hello(host_id=self.host_id, boot_id="b1"))
+
+        async def requests() -> Any:
+            yield hello
+            sent = self.acked
+            while True:  # the stream stays open, as the agent's does
+                while sent < self.made:
+                    yield self.windows[sent]
+                    sent += 1
+                self._news.clear()
+                await self._news.wait()
+
+        call = pb_grpc.TelemetryStub(ch).Stream(requests())
+        try:
+            async for reply in call:
+                if reply.HasField("ack"):
+                    self.acked = max(self.acked, int(reply.ack.seq))
+                elif reply.HasField("command"):
+                    self.commands.append((time.monotonic(), reply.command))
+                if self._done():
+                    call.cancel()
+                    return 0.0
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.CANCELLED:
+                return 0.0
+            hint = dict(exc.trailing_metadata() or ()).get(PUSHBACK_KEY)
+            pushback = int(hint) if hint is not None else None
+            if exc.details() == "Internal error from Core":
+                # grpc.aio's client reports a write racing the server's end so, in place of
+                # the server's status (grpc/grpc#36066); the agent's sync client does not.
+                return 0.3
+            self.ends.append((exc.code(), pushback))
+            return (pushback if pushback is not None else 1000) / 1000.0
+        return 0.5
+
+
+async def started(tmp_path: Path, admission: AdmissionConfig) -> tuple[Collector, int]:
+    store = SqliteStore.open(tmp_path / "tocsin.db")
+    c = assemble(store, ThresholdScorer(), MemoryWebhookSink(), mode="enforce", admission=admission)
+    return c, await c.start("127.0.0.1:0")
+
+
+def count(db: Path, where: str = "1") -> int:
+    """Windows stored that match ``where`` (read beside the collector, as an operator would)."""
+    con = sqlite3.connect(db)
+    try:
+        return int(con.execute(f"SELECT count(*) FROM windows WHERE {where}").fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_judge_takes_a_host_with_evidence_before_a_quiet_backlog(tmp_path: Path) -> None:
+    """2,000 committed quiet windows of 20 hosts wait for judgement; an attack window
+    queued after them is judged (its suspend sent) while most of them still wait."""
+    db = tmp_path / "tocsin.db"
+
+    async def main() -> None:
+        store = SqliteStore.open(db)
+        c = assemble(store, ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
+        for i in range(20):
+            host = f"quiet-{i:02d}"
+            msgs = [busy(s) for s in range(1, 101)]
+            store.add_windows(host, "b1", [stored(m.window) for m in msgs])
+            for m in msgs:
+                c.stage.enqueue(host, Committed("b1", m.window, window_features(m.window)))
+        attack = encrypting(1).window
+        store.add_windows("attacked", "b1", [stored(attack)])
+        c.stage.enqueue("attacked", Committed("b1", attack, window_features(attack)), urgent=True)
+        commands = c.router.queue("attacked")
+        port = await c.start("127.0.0.1:0")  # the judges start with the collector
+        assert port
+        try:
+            cmd = await asyncio.wait_for(commands.get(), 10)
+            left = count(db, "judged=0 AND host_id LIKE 'quiet-%'")
+            assert cmd.kind == "suspend" and list(cmd.pids) == [4242]
+            assert left >= 1000, left
+            await asyncio.wait_for(_all_judged(db), 60)  # and the quiet backlog after it
+        finally:
+            await c.stop(0.5)
+
+    asyncio.run(main())
+
+
+def stored(w: pb.Window) -> StoredWindow:
+    return StoredWindow(
+        int(w.seq), float(w.start.seconds), float(w.end.seconds), w.SerializeToString()
+    )
+
+
+async def _all_judged(db: Path) -> None:
+    while count(db, "judged=0"):
+        await asyncio.sleep(0.05)
+
+
+def test_quiet_agents_are_pushed_back_while_behind_and_an_attack_is_still_answered(
+    tmp_path: Path,
+) -> None:
+    """20 agents make a backup window every 50 ms, more than the collector may hold (20
+    windows): past their stream's grace, quiet streams end RESOURCE_EXHAUSTED with a
+    pushback, and the agents spool. An attack window made meanwhile is answered within a
+    second, before the quiet backlog is in; then every quiet window arrives (created =
+    stored)."""
+    db = tmp_path / "tocsin.db"
+    per_agent = 60
+
+    async def main() -> None:
+        admission = AdmissionConfig(max_in_flight=20, grace_s=0.2, pushback_ms=300)
+        c, port = await started(tmp_path, admission)
+        try:
+            quiet = [
+                SpoolAgent(port, f"quiet-{i:02d}", [busy(s) for s in range(1, per_agent + 1)], 0.05)
+                for i in range(20)
+            ]
+            attacked = SpoolAgent(
+                port, "attacked", [*(busy(s) for s in range(1, 21)), encrypting(21)], 0.05
+            )
+            flood = asyncio.gather(*(a.run() for a in quiet))
+            await attacked.run(30)
+            assert attacked.evidence_at is not None
+            at, cmd = attacked.commands[0]
+            created = sum(a.made for a in quiet)
+            in_store = count(db, "host_id LIKE 'quiet-%'")
+            await flood
+            await asyncio.wait_for(_all_judged(db), 30)
+        finally:
+            await c.stop(0.5)
+        assert cmd.kind == "suspend" and list(cmd.pids) == [4242]
+        assert at - attacked.evidence_at < 1.0, (at - attacked.evidence_at, attacked.ends)
+        assert in_store < created, (in_store, created)  # answered ahead of the quiet backlog
+        pushed = [e for a in quiet for e in a.ends]
+        assert pushed, "no quiet agent was pushed back"
+        assert all(code == grpc.StatusCode.RESOURCE_EXHAUSTED for code, _ in pushed), pushed
+        assert all(ms is not None and 300 <= ms < 600 for _, ms in pushed), pushed
+        assert count(db, "host_id LIKE 'quiet-%'") == 20 * per_agent  # created = stored
+
+    asyncio.run(main())
