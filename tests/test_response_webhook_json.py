@@ -1,11 +1,12 @@
 """The webhook JSON is a contract: recorded fixtures through a real collector, pinned.
 
-A real ``tocsin-collector`` (``--respond enforce``, an operator hook on critical
-alerts, ``--silent-after``) judges three recorded fixtures replayed over gRPC
-(an attack, exfiltration staging, a benign backup), a recording written here
-that raises every other kind of reason (horizons, tripwire with the agent's own
-text, canary, lost events, blindness, staging with traffic) and a fake agent
-that answers every command; a real HTTP receiver records every body. The
+A real ``tocsin-collector`` (``--respond enforce``, fleet guard at 1 host a
+minute, an operator hook on critical alerts, ``--silent-after``) judges three
+recorded fixtures replayed over gRPC (an attack, exfiltration staging, a benign
+backup), recordings written here that raise every other kind of reason and
+action (horizons, the tripwire with the agent's own text, canary, lost events,
+blindness, staging with traffic, a drill, an SMB client blocked) and a fake
+agent that answers every command; a real HTTP receiver records every body. The
 fake agent's windows keep their times (``--max-clock-skew-s`` far off). What it received, with
 only the values that change from run to run replaced (ids, wall-clock times,
 how long a host was silent), must equal ``tests/fixtures/webhook-json/expected.json``
@@ -35,7 +36,6 @@ from tocsin.v1.recording import message_to_line
 
 FIXTURES = Path(__file__).with_name("fixtures")
 EXPECTED = FIXTURES / "webhook-json" / "expected.json"
-REPLAYED = ("encrypt-inplace", "exfil-stage", "backup-targz")
 T0 = 1_700_000_000
 _IDS = ("alert_id", "incident_id", "command_id")
 _WALL = ("detected_at", "at", "last_seen")
@@ -72,6 +72,10 @@ def test_webhook_bodies_of_recorded_fixtures_are_unchanged(tmp_path: Path) -> No
     hook_script = tmp_path / "hook.sh"
     hook_script.write_text("#!/bin/sh\ncat > /dev/null\n")
     hook_script.chmod(0o755)
+    written = {
+        name: _recording(tmp_path / f"{name}.jsonl", messages)
+        for name, messages in (("evidence", _evidence()), ("drill", _drill()), ("smb", _smb()))
+    }
     with WebhookReceiver() as hooks:
         config = tmp_path / "collector.toml"
         config.write_text(
@@ -86,6 +90,8 @@ def test_webhook_bodies_of_recorded_fixtures_are_unchanged(tmp_path: Path) -> No
                 "--insecure",
                 "--respond",
                 "enforce",
+                "--fleet-guard",
+                "1",
                 "--silent-after",
                 "1.5",
                 "--max-clock-skew-s",
@@ -95,39 +101,26 @@ def test_webhook_bodies_of_recorded_fixtures_are_unchanged(tmp_path: Path) -> No
             ],
         )
         col.start()
-        evidence = tmp_path / "evidence.jsonl"
-        evidence.write_text("".join(message_to_line(m) + "\n" for m in _evidence()))
-        recordings = [FIXTURES / f"{name}.jsonl" for name in REPLAYED] + [evidence]
         try:
-            for recording in recordings:
-                res = subprocess.run(
-                    [
-                        str(BIN / "tocsin"),
-                        "replay",
-                        str(recording),
-                        "--collector",
-                        col.listen,
-                        "--insecure",
-                        "--speed",
-                        "0",
-                        "--host-id",
-                        f"pin-{recording.stem}",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                )
-                assert res.returncode == 0, res.stderr
+            # One at a time, each settled, so that which isolation the fleet guard
+            # holds (the first is admitted, later ones within the minute are held)
+            # does not depend on timing.
+            _replay(col.listen, FIXTURES / "encrypt-inplace.jsonl", hooks)
+            _replay(col.listen, written["evidence"], hooks)
             agent = FakeAgent(int(col.listen.rpartition(":")[2]), "pin-fake-agent")
             runner = threading.Thread(target=asyncio.run, args=(agent.run(),), daemon=True)
             runner.start()
             try:
-                wait_for("the fake agent's two reports", lambda: _actions(hooks) >= 2, 30)
+                wait_for("the fake agent's report", lambda: _reports(hooks, "pin-fake-agent"), 30)
             finally:
                 agent.stop.set()  # leaves without a goodbye: host_silent follows
                 runner.join(10)
             wait_for("host_silent", lambda: _events(hooks, "host_silent"), 20)
             _settled(hooks)
+            for recording in (written["drill"], written["smb"]):
+                _replay(col.listen, recording, hooks)
+            for name in ("exfil-stage", "backup-targz"):
+                _replay(col.listen, FIXTURES / f"{name}.jsonl", hooks)
         finally:
             col.stop()
     got = sorted(json.dumps(normalised(b), ensure_ascii=False) for b in hooks.bodies)
@@ -138,19 +131,52 @@ def test_webhook_bodies_of_recorded_fixtures_are_unchanged(tmp_path: Path) -> No
     want = EXPECTED.read_text(encoding="utf-8").splitlines()
     assert text.splitlines() == want
     kinds = {json.loads(line.rstrip(","))["event"] for line in want[1:-1]}
-    assert kinds >= {"alert", "action", "host_silent"}
+    assert kinds >= {"alert", "action", "fleet_guard", "host_silent"}
 
 
-def _window(seq: int, **counts: Any) -> pb.AgentMessage:
+def _recording(path: Path, messages: list[pb.AgentMessage]) -> Path:
+    path.write_text("".join(message_to_line(m) + "\n" for m in messages))
+    return path
+
+
+def _replay(listen: str, recording: Path, hooks: WebhookReceiver) -> None:
+    """Replay ``recording`` as host ``pin-<its name>``; return once its bodies settled."""
+    res = subprocess.run(
+        [
+            str(BIN / "tocsin"),
+            "replay",
+            str(recording),
+            "--collector",
+            listen,
+            "--insecure",
+            "--speed",
+            "0",
+            "--host-id",
+            f"pin-{recording.stem}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    wait_for(f"an alert of {recording.stem}", lambda: _alerts(hooks, f"pin-{recording.stem}"))
+    _settled(hooks)
+
+
+def _window(seq: int, pid: int = 500, **counts: Any) -> pb.AgentMessage:
     w = pb.Window(seq=seq, **counts)
     w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
-    w.top_writers.add(pid=500 + seq % 2, name="w", exe="/usr/bin/w", tree_root_pid=500)
+    w.top_writers.add(pid=pid + seq % 2, name="w", exe="/usr/bin/w", tree_root_pid=pid)
     return pb.AgentMessage(window=w)
 
 
+def _hello(host_id: str) -> pb.AgentMessage:
+    return pb.AgentMessage(hello=pb.Hello(host_id=host_id, boot_id="b1"))
+
+
 def _evidence() -> list[pb.AgentMessage]:
-    """Windows that raise the reasons the fixtures above do not."""
-    out = [pb.AgentMessage(hello=pb.Hello(host_id="pin-evidence", boot_id="b1"))]
+    """Windows that raise the reasons the fixtures do not."""
+    out = [_hello("pin-evidence")]
     # Counted kinds below the one-window bar that add up over the horizons: a warning.
     for seq in range(1, 4):
         out.append(_window(seq, files_type_destroyed=2))
@@ -181,15 +207,44 @@ def _evidence() -> list[pb.AgentMessage]:
     return out
 
 
+def _drill() -> list[pb.AgentMessage]:
+    """``tocsin-agent drill``: suspended, never isolated, said so."""
+    return [_hello("pin-drill"), _window(1, pid=700, canary_touches=1, drill=True)]
+
+
+def _smb() -> list[pb.AgentMessage]:
+    """Encryption through a Samba worker: the workstation is blocked, not the server."""
+    msg = _window(
+        1,
+        pid=800,
+        files_probed=20,
+        files_type_destroyed=20,
+        top_new_extension=".crypt",
+        top_new_extension_dirs=4,
+        repeated_name="RESTORE:FILES.txt",
+        repeated_name_dirs=4,
+    )
+    writer = msg.window.top_writers[0]
+    writer.name, writer.exe = "smbd", "/usr/sbin/smbd"
+    writer.smb_client_addr, writer.smb_user = "192.0.2.41", "MAIRIE\\accueil"
+    return [_hello("pin-smb"), msg]
+
+
 def _events(hooks: WebhookReceiver, kind: str) -> list[dict[str, Any]]:
     return [b for b in hooks.bodies if b.get("event") == kind]
 
 
-def _actions(hooks: WebhookReceiver) -> int:
-    return sum(1 for b in _events(hooks, "action") if b.get("action") != "hook")
+def _alerts(hooks: WebhookReceiver, host_id: str) -> list[dict[str, Any]]:
+    return [b for b in _events(hooks, "alert") if b.get("host_id") == host_id]
 
 
-def _settled(hooks: WebhookReceiver, quiet_s: float = 2.0) -> None:
+def _reports(hooks: WebhookReceiver, host_id: str) -> list[dict[str, Any]]:
+    """The agent's reports on commands (not the hooks' runs)."""
+    actions = _events(hooks, "action")
+    return [b for b in actions if b.get("host_id") == host_id and b.get("action") != "hook"]
+
+
+def _settled(hooks: WebhookReceiver, quiet_s: float = 1.5) -> None:
     """Wait until no body has arrived for ``quiet_s`` (deliveries are asynchronous)."""
     seen, since = len(hooks.bodies), time.monotonic()
     while time.monotonic() - since < quiet_s:
