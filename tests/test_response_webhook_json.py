@@ -21,13 +21,12 @@ import asyncio
 import json
 import os
 import re
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from transport_procs import BIN, CollectorProc, free_port, wait_for
+from transport_procs import CollectorProc, free_port, replay, wait_for
 
 from fakeagent import FakeAgent
 from receiver import WebhookReceiver
@@ -141,24 +140,7 @@ def _recording(path: Path, messages: list[pb.AgentMessage]) -> Path:
 
 def _replay(listen: str, recording: Path, hooks: WebhookReceiver) -> None:
     """Replay ``recording`` as host ``pin-<its name>``; return once its bodies settled."""
-    res = subprocess.run(
-        [
-            str(BIN / "tocsin"),
-            "replay",
-            str(recording),
-            "--collector",
-            listen,
-            "--insecure",
-            "--speed",
-            "0",
-            "--host-id",
-            f"pin-{recording.stem}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr
+    replay(recording, listen, f"pin-{recording.stem}", timeout_s=120)
     wait_for(f"an alert of {recording.stem}", lambda: _alerts(hooks, f"pin-{recording.stem}"))
     _settled(hooks)
 
