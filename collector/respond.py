@@ -236,7 +236,7 @@ class Responder:
             detected_at_s=detected_at_s,
             window_start_s=d.window_start_s,
             window_end_s=d.window_end_s,
-            reasons=payload["reasons"],
+            reasons=list(payload["reasons"]),
             process=payload["process"],
             payload=payload,
         )
@@ -246,9 +246,8 @@ class Responder:
             if previous is not None:
                 self.store.save_alert(replace(previous, open=False))
             self.store.save_alert(alert)
-            self.store.audit(
-                "collector", f"alert {d.severity}", f"{alert_id} {d.host_id} {payload['reasons']}"
-            )
+            said = f"{alert_id} {d.host_id} {tuple(alert.reasons)}"
+            self.store.audit("collector", f"alert {d.severity}", said)
             self.sink.enqueue(payload)
         if previous is not None:
             previous.open = False
