@@ -274,7 +274,7 @@ class JudgeStage:
         keys = {it.key for it in items} | {it.key for it in self._queues.get(host_id, ())}
         async with self._lock(host_id):
             if host_id not in self._in_sync:
-                await self._resync(host_id, skip=keys)
+                await self._resync(host_id, keys)
             caught_up = self._caught_up.get(host_id, set())
             # Committed, then judged by a resync before it was queued: not judged again.
             todo = [it for it in items if it.key not in caught_up]
@@ -293,7 +293,7 @@ class JudgeStage:
         item = Committed(boot_id, w, x, clock_skew_s)
         async with self._lock(host_id):
             if host_id not in self._in_sync:
-                await self._resync(host_id, skip={item.key})
+                await self._resync(host_id, {item.key})
             elif item.key in self._caught_up.get(host_id, ()):
                 return []
             return await self._judge_marked(host_id, [item])
@@ -306,7 +306,7 @@ class JudgeStage:
             if host_id in self._in_sync:
                 return 0
             keys = {it.key for it in self._queues.get(host_id, ())}
-            return await self._resync(host_id, skip=keys)
+            return await self._resync(host_id, keys)
 
     async def run_backlog(self) -> None:
         """Forever: every ``retry_s``, settle the hosts with windows acked but not judged."""
@@ -328,20 +328,29 @@ class JudgeStage:
     def _lock(self, host_id: str) -> asyncio.Lock:
         return self._locks.setdefault(host_id, asyncio.Lock())
 
-    async def _resync(self, host_id: str, skip: Set[tuple[str, int]] = frozenset()) -> int:
-        """Rebuild the host's memory from the store, judge its backlog (but ``skip``)."""
+    async def _resync(self, host_id: str, queued: Set[tuple[str, int]] = frozenset()) -> int:
+        """Rebuild the host's memory from the store, judge its backlog; how many were judged.
+
+        The backlog is judged in order up to the first window in ``queued`` (the
+        host's windows waiting in its lane): what follows it in the store was
+        committed after it, and is in the lane or about to be.
+        """
         span_s = self.judge.config.long_s
         judged = await asyncio.to_thread(self.store.judged_since, host_id, span_s)
         self.judge.resync(host_id, (_parse(sw) for sw in judged))
         backlog = await asyncio.to_thread(self.store.unjudged, host_id)
         self.resyncs += 1
         caught_up = self._caught_up[host_id] = set()
+        older: list[Committed] = []
         for boot_id, sw in backlog:
-            if (boot_id, sw.seq) in skip:
-                continue
+            if (boot_id, sw.seq) in queued:
+                break
             w = _parse(sw)
-            await self._judge_marked(host_id, [Committed(boot_id, w, window_features(w))])
-            caught_up.add((boot_id, sw.seq))
+            older.append(Committed(boot_id, w, window_features(w)))
+        for at in range(0, len(older), self.max_batch):
+            chunk = older[at : at + self.max_batch]
+            await self._judge_marked(host_id, chunk)
+            caught_up.update(it.key for it in chunk)
         self.backlog_judged += len(caught_up)
         self._in_sync.add(host_id)
         return len(caught_up)
