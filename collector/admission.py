@@ -41,9 +41,9 @@ log = logging.getLogger("tocsin.collector.admission")
 
 @dataclass(frozen=True)
 class AdmissionConfig:
-    max_in_flight: int = 2000
-    max_lag_s: float = 0.15
-    pushback_ms: int = 2000
+    max_in_flight: int = 500
+    max_lag_s: float = 0.1
+    pushback_ms: int = 5000
     grace_s: float = 1.0
     tick_s: float = 0.05
     log_every_s: float = 10.0

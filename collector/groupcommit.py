@@ -1,6 +1,6 @@
 """Group commit: what every stream and the judge write, one store transaction per batch.
 
-Contract of ``GroupCommit(store, held=(), max_batch=1024)``:
+Contract of ``GroupCommit(store, held=(), max_batch=256)``:
 
 - ``await add(host_id, boot_id, window, urgent=False)`` returns whether the
   window was new (``False``: already stored, a resend), once the transaction
@@ -14,9 +14,11 @@ Contract of ``GroupCommit(store, held=(), max_batch=1024)``:
   Each part of ``held`` (the incident book: what the judge saved while
   judging) writes what it holds in the same transaction (``flush``), so it is
   durable no later than the marks of the windows judged before it.
-  Urgent windows (windows with evidence, ``tocsin.collector.admission``) are
-  taken first, then judged marks, then the other windows, each in arrival
-  order.
+  Urgent windows (windows with evidence, ``tocsin.v1.evidence``), with the
+  windows of the same host that wait before them, are taken first, then
+  judged marks, then the other windows, each in arrival order: a host's
+  windows are committed in the order they came. ``submit`` is ``add``
+  without waiting (a stream reads on while its windows commit).
 - ``waiting`` is how many items wait for a transaction; ``batches`` counts
   the transactions committed.
 """
@@ -40,7 +42,7 @@ class Held(Protocol):
 
 
 class GroupCommit:
-    def __init__(self, store: Store, held: Sequence[Held] = (), max_batch: int = 1024) -> None:
+    def __init__(self, store: Store, held: Sequence[Held] = (), max_batch: int = 256) -> None:
         self.store = store
         self.held = tuple(held)
         self.max_batch = max_batch
@@ -60,10 +62,23 @@ class GroupCommit:
     async def add(
         self, host_id: str, boot_id: str, window: StoredWindow, urgent: bool = False
     ) -> bool:
+        return await self.submit(host_id, boot_id, window, urgent)
+
+    def submit(
+        self, host_id: str, boot_id: str, window: StoredWindow, urgent: bool = False
+    ) -> asyncio.Future[bool]:
+        """``add`` without waiting: the future of whether the window was new."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if urgent:
+            # The host's windows waiting before it go first too: a host's windows are
+            # committed in the order they came (an ack covers every lower seq).
+            mine = [e for e in self._windows if e[0][0] == host_id]
+            if mine:
+                self._windows = [e for e in self._windows if e[0][0] != host_id]
+                self._urgent += mine
         (self._urgent if urgent else self._windows).append(((host_id, boot_id, window), done))
         self._start()
-        return await done
+        return done
 
     async def judged(self, marks: Sequence[JudgedMark]) -> None:
         if not marks:

@@ -125,6 +125,10 @@ class _StreamSession:
         self.host_id = host_id
         self.peer_host = peer_host(peer)
         self.started_s = time.monotonic()
+        # The last window on its way (committing, then acked and queued in order),
+        # and how many are: a stream reads on while its windows commit.
+        self.tail: asyncio.Task[None] | None = None
+        self.committing = 0
         self.stored = 0
         self.duplicates = 0
         self.skewed = 0
@@ -195,6 +199,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         clock_skew_s: float = 300.0,
         clock: Callable[[], float] = time.time,
         taken_retry_ms: int = 5_000,
+        max_committing: int = 64,
     ) -> None:
         self.store, self.router, self.stage, self.responder = store, router, stage, responder
         self.max_outbound = max_outbound
@@ -205,6 +210,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self.clock_skew_s = clock_skew_s
         self._clock = clock
         self.taken_retry_ms = taken_retry_ms
+        self.max_committing = max_committing
         self.clock_skew_windows = 0
         self.windows_stored = 0
         self.duplicates = 0
@@ -275,7 +281,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         finally:
             pump.cancel()
             reader.cancel()
+            if session.tail is not None:  # committed and not acked: the agent resends them
+                session.tail.cancel()
             await asyncio.gather(pump, reader, return_exceptions=True)
+            if session.tail is not None:
+                await asyncio.gather(session.tail, return_exceptions=True)
             self.router.detach(host_id, session)
             with contextlib.suppress(StoreUnavailable):
                 await asyncio.to_thread(self.store.touch_host, host_id)
@@ -392,6 +402,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                     hello = validate_hello(msg)
                     if hello.host_id != host_id:
                         raise WireError(f"hello for {hello.host_id!r} on {host_id!r}'s stream")
+                    await self._drain(session)  # the earlier boot's windows acked first
                     boot_id = hello.boot_id
                     acked = await asyncio.to_thread(self.store.committed_seq, host_id, boot_id)
                     await session.out.put(
@@ -399,6 +410,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                     )
                 else:
                     raise WireError("empty AgentMessage")
+            await self._drain(session)
         except WireError as exc:
             log.warning("agent %s: %s", host_id, exc)
             end = _End(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -418,7 +430,20 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         except Exception as exc:
             log.exception("agent %s: stream failed", host_id)
             end = _End(grpc.StatusCode.INTERNAL, f"collector error: {type(exc).__name__}")
+        # What was taken before the end is acked before it (or its failure ends the stream).
+        try:
+            await self._drain(session)
+        except StoreUnavailable as exc:
+            if end.code is None or not end.bad:  # not said already
+                end = self._store_end(host_id, exc, session.acked)
+        except Exception:
+            pass  # ended already: the agent resends what was not acked
         await session.out.put(end)
+
+    async def _drain(self, session: _StreamSession) -> None:
+        """Wait until every window taken on the stream is acked (raises what failed)."""
+        if session.tail is not None:
+            await session.tail
 
     async def _window(
         self, host_id: str, boot_id: str, w: pb.Window, session: _StreamSession, acked: int
@@ -453,16 +478,42 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             tally=window_tally(w),
         )
         urgent = carries_evidence(w)
-        inserted = await self.commits.add(host_id, boot_id, stored, urgent=urgent)
-        acked = session.acked = max(acked, int(w.seq))
-        await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
+        committing = self.commits.submit(host_id, boot_id, stored, urgent=urgent)
+        acked = max(acked, int(w.seq))
+        item = Committed(boot_id, w, x, skew_s)
+        session.tail = asyncio.ensure_future(
+            self._committed(session, session.tail, committing, acked, item, urgent)
+        )
+        session.committing += 1
+        if session.committing >= self.max_committing or session.tail.done():
+            await self._drain(session)  # bounded, and a failed commit ends the stream now
+        return acked
+
+    async def _committed(
+        self,
+        session: _StreamSession,
+        before: asyncio.Task[None] | None,
+        committing: asyncio.Future[bool],
+        acked: int,
+        item: Committed,
+        urgent: bool,
+    ) -> None:
+        """Once the window before it is acked and its commit done: ack it, queue its judgement."""
+        host_id = session.host_id
+        try:
+            if before is not None:
+                await before
+            inserted = await committing
+        finally:
+            session.committing -= 1
+        session.acked = max(session.acked, acked)
+        await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=item.boot_id, seq=acked)))
         if not inserted:
             self.duplicates += 1
             session.duplicates += 1
             # A resend after a failure: what was committed but not judged is judged now.
             await self.stage.settle(host_id)
-            return acked
+            return
         self.windows_stored += 1
         session.stored += 1
-        self.stage.enqueue(host_id, Committed(boot_id, w, x, skew_s), urgent=urgent)
-        return acked
+        self.stage.enqueue(host_id, item, urgent=urgent)

@@ -151,12 +151,14 @@ class JudgeStage:
     acked) window without waiting for its judgement; ``run()`` (started with
     the collector) judges, with ``workers`` tasks, one host at a time each, a
     host's queued windows in order, up to ``max_batch`` of them scored in one
-    call and marked in one group commit. Hosts with a window carrying evidence
-    queued (``urgent``) are taken before every other: an attack window waits
-    for its own host's earlier windows, never for the quiet backlog of other
-    hosts. A host goes back to the end of its lane after each batch.
-    ``queued`` counts the windows waiting (``tocsin.collector.admission``
-    pushes quiet agents back when there are too many).
+    call and marked in one group commit (a worker waits for that commit, so
+    there are many: their scorings and marks share calls and commits). Hosts
+    with a window carrying evidence queued (``urgent``) are taken before every
+    other: an attack window waits for its own host's earlier windows, never for
+    the quiet backlog of other hosts. A host goes back to the end of its lane
+    after each batch. ``queued`` counts the windows waiting
+    (``tocsin.collector.admission`` pushes quiet agents back when there are too
+    many).
 
     Judgement is never lost. A window counts as judged once its ``JudgedMark``
     is committed (in a group commit, ``commits``), after its decisions were
@@ -183,7 +185,7 @@ class JudgeStage:
         meter: WindowMeter,
         commits: GroupCommit,
         retry_s: float = 5.0,
-        workers: int = 8,
+        workers: int = 256,
         max_batch: int = 256,
     ) -> None:
         self.judge, self.responder, self.store = judge, responder, store

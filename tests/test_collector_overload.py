@@ -205,16 +205,16 @@ async def _all_judged(db: Path) -> None:
 def test_quiet_agents_are_pushed_back_while_behind_and_an_attack_is_still_answered(
     tmp_path: Path,
 ) -> None:
-    """20 agents make a backup window every 50 ms, more than the collector may hold (20
+    """20 agents make a backup window every 50 ms, more than the collector may hold (4
     windows): past their stream's grace, quiet streams end RESOURCE_EXHAUSTED with a
     pushback, and the agents spool. An attack window made meanwhile is answered within a
-    second, before the quiet backlog is in; then every quiet window arrives (created =
-    stored)."""
+    second, while quiet agents are being pushed back; then every quiet window arrives
+    (created = stored)."""
     db = tmp_path / "tocsin.db"
     per_agent = 60
 
     async def main() -> None:
-        admission = AdmissionConfig(max_in_flight=20, grace_s=0.2, pushback_ms=300)
+        admission = AdmissionConfig(max_in_flight=4, grace_s=0.2, pushback_ms=300)
         c, port = await started(tmp_path, admission)
         try:
             quiet = [
