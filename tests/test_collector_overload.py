@@ -22,6 +22,7 @@ from fakeagent import T0, encrypting
 from tocsin.collector.admission import AdmissionConfig
 from tocsin.collector.app import assemble
 from tocsin.collector.features import window_features
+from tocsin.collector.ingest import PUSHBACK_KEY
 from tocsin.collector.pipeline import Committed
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector
@@ -31,8 +32,6 @@ from tocsin.v1 import CHANNEL_OPTIONS
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.evidence import carries_evidence
-
-PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 def busy(seq: int) -> pb.AgentMessage:
