@@ -46,7 +46,7 @@ from tocsin.collector.hooks import HookRunner
 from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
 from tocsin.collector.i18n import Language
 from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook, SqliteIncidentBook
-from tocsin.collector.ingest import TelemetryService
+from tocsin.collector.ingest import LocalIntake, TelemetryService
 from tocsin.collector.meter import WindowMeter
 from tocsin.collector.metrics import MetricsServer, serve_metrics
 from tocsin.collector.opserver import OperatorService
@@ -114,8 +114,7 @@ def assemble(
     telemetry = TelemetryService(
         store,
         router,
-        stage,
-        responder,
+        LocalIntake(store, stage, responder),
         limits=AgentRateLimits(rate_limits),
         silence=silence,
         clock_skew_s=clock_skew_s,
