@@ -28,9 +28,9 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -60,8 +60,11 @@ from tocsin.collector.score import ForestScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.silence import SilenceWatch
 from tocsin.collector.store import SqliteStore, Store
-from tocsin.collector.webhook import WebhookSink
+from tocsin.collector.webhook import MemoryWebhookSink, WebhookSink
 from tocsin.v1.errors import ConfigError
+
+if TYPE_CHECKING:  # the scale-out roles import nats (the ``scale`` extra); built on demand
+    from tocsin.collector.bus import BusSettings
 
 log = logging.getLogger("tocsin.collector")
 
@@ -92,6 +95,58 @@ def assemble(
 
     ``gettext`` translates what it writes for people (webhook summaries)."""
     router = CommandRouter()
+    responder, stage = judgement(
+        store,
+        shipped,
+        sink,
+        router,
+        mode=mode,
+        allow=allow,
+        judge_config=judge_config,
+        book=book,
+        routine=routine,
+        baselines_db=baselines_db,
+        baseline_config=baseline_config,
+        guard=guard,
+        hooks=hooks,
+        judge_retry_s=judge_retry_s,
+        gettext=gettext,
+    )
+    silence = SilenceWatch(sink, silent_after_s)
+    telemetry = TelemetryService(
+        store,
+        router,
+        LocalIntake(store, stage, responder),
+        limits=AgentRateLimits(rate_limits),
+        silence=silence,
+        clock_skew_s=clock_skew_s,
+    )
+    operator = OperatorService(store, router, responder, console=console)
+    return Collector(
+        store, router, responder, stage, telemetry, operator, silence, credentials=credentials
+    )
+
+
+def judgement(
+    store: Store,
+    shipped: Scorer,
+    sink: WebhookSink,
+    router: CommandRouter,
+    *,
+    mode: str,
+    allow: Sequence[str],
+    judge_config: JudgeConfig | None,
+    book: IncidentBook | None,
+    routine: RoutineBook | None,
+    baselines_db: Database | None,
+    baseline_config: BaselineConfig | None,
+    guard: FleetGuard | None,
+    hooks: HookRunner | None,
+    judge_retry_s: float,
+    gettext: Gettext,
+    owns: Callable[[str], bool] = lambda host_id: True,
+) -> tuple[Responder, JudgeStage]:
+    """The responder and the judge stage, the same in the embedded collector and a worker."""
     responder = Responder(
         store, sink, router, mode=mode, allow=allow, guard=guard, hooks=hooks, gettext=gettext
     )
@@ -109,20 +164,9 @@ def assemble(
         BatchScorer(shipped),
         WindowMeter(),
         retry_s=judge_retry_s,
+        owns=owns,
     )
-    silence = SilenceWatch(sink, silent_after_s)
-    telemetry = TelemetryService(
-        store,
-        router,
-        LocalIntake(store, stage, responder),
-        limits=AgentRateLimits(rate_limits),
-        silence=silence,
-        clock_skew_s=clock_skew_s,
-    )
-    operator = OperatorService(store, router, responder, console=console)
-    return Collector(
-        store, router, responder, stage, telemetry, operator, silence, credentials=credentials
-    )
+    return responder, stage
 
 
 def load_scorer(model: str | None) -> ForestScorer:
@@ -282,3 +326,134 @@ def build(conf: dict[str, Any]) -> App:
         conf["baseline_learning_days"],
     )
     return App(collector, db, outbox, housekeeper, shipped, conf, console)
+
+
+# ---------------------------------------------------------------- scale-out roles
+
+
+class Role(Protocol):
+    """A gateway or a worker: ``start`` returns the bound port (a worker binds none: 0)."""
+
+    async def start(self, listen: str | None) -> int: ...
+    async def stop(self, grace_s: float = 5.0) -> None: ...
+
+
+class ScaleApp:
+    """A gateway or a worker and what runs beside it (the worker's webhook outbox)."""
+
+    def __init__(
+        self, role: Role, outbox: Outbox | None = None, db: Database | None = None
+    ) -> None:
+        self.role, self.outbox, self.db = role, outbox, db
+
+    async def start(self, listen: str | None) -> int:
+        if self.outbox is not None:
+            self.outbox.start()
+        return await self.role.start(listen)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.role.stop(grace_s)
+        if self.outbox is not None:
+            await self.outbox.stop()
+            self.outbox.close()
+        if self.db is not None:
+            self.db.close()
+
+
+def bus_settings(conf: dict[str, Any]) -> BusSettings:
+    from tocsin.collector.bus import BusSettings
+
+    return BusSettings(conf["bus"], replicas=conf["bus_replicas"])
+
+
+def open_store(conf: dict[str, Any]) -> Store:
+    """The PostgreSQL store every gateway and worker shares (``--store``)."""
+    from tocsin.collector.pgstore import PgStore
+
+    return PgStore(conf["store"])
+
+
+def worker_parts(conf: dict[str, Any]) -> tuple[Database, Outbox]:
+    """Where a worker keeps incidents, routine runs, per-host baselines and its outbox.
+
+    For now an SQLite file of the worker's own (``--db``): incidents are per
+    worker, a worker's undelivered webhooks wait for it, and hosts keep the
+    shipped baseline (per-host learning reads the host's windows from the
+    database it is given, which must be the store's).
+    """
+    db = Database(Path(conf["db"]))
+    outbox = Outbox(
+        db,
+        conf["destinations"],
+        retry_initial_s=conf["webhook_retry_initial_s"],
+        retry_max_s=conf["webhook_retry_max_s"],
+        max_age_s=conf["webhook_max_age_s"],
+    )
+    return db, outbox
+
+
+async def build_gateway(conf: dict[str, Any]) -> ScaleApp:
+    """``tocsin-collector gateway``: agent streams and the operator API over the bus."""
+    from tocsin.collector.bus import Bus
+    from tocsin.collector.gateway import BusIntake, BusRouter, Gateway
+
+    store = open_store(conf)
+    bus = await Bus.connect(bus_settings(conf), conf["name"])
+    router = BusRouter(bus, conf["name"])
+    tls: TlsFiles = conf["tls"]
+    per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
+    bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
+    # The gateway raises no alerts and runs no hooks: its responder only sends the
+    # operators' commands (to the bus) and records them; events are the workers'.
+    responder = Responder(
+        store,
+        MemoryWebhookSink(),
+        router,
+        mode=conf["respond"],
+        allow=conf["allow"],
+        gettext=Language.load(conf["language"]).gettext,
+    )
+    telemetry = TelemetryService(
+        store,
+        router,
+        BusIntake(bus),
+        limits=AgentRateLimits(RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16)),
+        clock_skew_s=conf["max_clock_skew_s"],
+    )
+    operator = OperatorService(store, router, responder)
+    credentials = server_credentials(tls) if tls.given() else None
+    return ScaleApp(Gateway(bus, store, router, telemetry, operator, credentials))
+
+
+async def build_worker(conf: dict[str, Any]) -> ScaleApp:
+    """``tocsin-collector worker``: judge the partitions it holds, respond through the bus."""
+    from tocsin.collector.bus import Bus
+    from tocsin.collector.gateway import BusRouter
+    from tocsin.collector.worker import Holdings, Worker
+
+    shipped = load_scorer(conf.get("model"))
+    store = open_store(conf)
+    db, outbox = worker_parts(conf)
+    bus = await Bus.connect(bus_settings(conf), conf["name"])
+    holdings = Holdings()
+    learning_s = float(conf["baseline_learning_days"]) * 86400.0
+    responder, stage = judgement(
+        store,
+        shipped,
+        outbox,
+        BusRouter(bus),
+        mode=conf["respond"],
+        allow=conf["allow"],
+        judge_config=None,
+        book=SqliteIncidentBook(db),
+        routine=SqliteRoutineBook(db),
+        baselines_db=None,  # a host's own baseline is learned from the store's windows
+        baseline_config=BaselineConfig(learning_s=learning_s),
+        guard=FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None,
+        hooks=HookRunner(conf["hook_list"]) if conf["hook_list"] else None,
+        judge_retry_s=5.0,
+        gettext=Language.load(conf["language"]).gettext,
+        owns=holdings.owns,
+    )
+    worker = Worker(bus, store, stage, responder, holdings, conf["name"])
+    return ScaleApp(worker, outbox, db)
