@@ -195,8 +195,11 @@ class Bus:
                 await js.update_stream(config)  # settings changed since it was made
 
     async def close(self) -> None:
+        """Flush what was published (acks included), then close."""
         with contextlib.suppress(*BusErrors):
-            await self.nc.drain()
+            await self.nc.flush(timeout=2)
+        with contextlib.suppress(*BusErrors):
+            await self.nc.close()
 
     # ------------------------------------------------------------ gateway side
 

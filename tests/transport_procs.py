@@ -147,13 +147,16 @@ def created_from_log(path: Path) -> dict[tuple[str, str], int]:
     return out
 
 
-def ledger(created: dict[tuple[str, str], int], db: Path) -> dict[str, int]:
+def ledger(
+    created: dict[tuple[str, str], int], db: Path | dict[tuple[str, str], list[int]]
+) -> dict[str, int]:
     """Check every created window is stored exactly once; returns the figures.
 
     ``created[(host, boot)]`` is the highest seq the agent created for that boot
-    (seqs are contiguous from 1). Raises AssertionError on any loss.
+    (seqs are contiguous from 1); ``db`` the collector's SQLite file, or what a
+    store holds ((host, boot) -> seqs). Raises AssertionError on any loss.
     """
-    have = stored(db)
+    have = db if isinstance(db, dict) else stored(db)
     total_created = sum(created.values())
     total_stored = 0
     missing: list[str] = []
