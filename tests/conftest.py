@@ -54,6 +54,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
     else:
         from tocsin.collector.pgstore import PgStore
 
-        s = PgStore(request.getfixturevalue("pg_dsn"))
+        s = PgStore.open(request.getfixturevalue("pg_dsn"))
     yield s
     s.close()  # type: ignore[attr-defined]
