@@ -20,6 +20,8 @@ The contract both keep:
   PRIMARY KEY`` against a ``BIGSERIAL``), a plain string is portable. On
   PostgreSQL the script runs under an advisory lock, so workers starting
   together do not race on the catalog. ``ConfigError`` if it fails.
+  ``add_column(table, column, decl)`` gives a table made before a column
+  existed that column (nothing if it has it).
 - SQL is written once with ``?`` placeholders and portable syntax (``INSERT
   ... ON CONFLICT``, never ``INSERT OR ...``; ``upsert_sql`` builds the
   insert-or-replace); ``PgDatabase`` translates the placeholders, in one place.
@@ -111,6 +113,7 @@ class SqlDatabase(Protocol):
     skip_locked: str
 
     def schema(self, script: Schema | str) -> None: ...
+    def add_column(self, table: str, column: str, decl: Schema) -> None: ...
     def transaction(self) -> AbstractContextManager[Tx]: ...
     def execute(self, sql: str, args: Sequence[Any] = ()) -> list[Any]: ...
     def close(self) -> None: ...
@@ -168,6 +171,12 @@ class Database:
                 self._con.executescript(text)
             except sqlite3.Error as exc:
                 raise ConfigError(f"cannot open database {self.path}: {exc}") from None
+
+    def add_column(self, table: str, column: str, decl: Schema) -> None:
+        with self._lock:
+            have = {r[1] for r in self._con.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.schema(f"ALTER TABLE {table} ADD COLUMN {column} {decl.sqlite};")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -303,6 +312,9 @@ class PgDatabase:
                 tx.execute(text)
         except StoreUnavailable as exc:
             raise ConfigError(f"cannot open database {self.where}: {exc}") from None
+
+    def add_column(self, table: str, column: str, decl: Schema) -> None:
+        self.schema(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl.postgresql};")
 
     @contextmanager
     def transaction(self) -> Iterator[_PgTx]:

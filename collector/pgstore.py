@@ -155,9 +155,7 @@ class PgStore:
 
     def touch_host(self, host_id: str, *, clean_disconnect: bool | None = None) -> None:
         if clean_disconnect is None:
-            self._rows(
-                "UPDATE hosts SET last_seen = ? WHERE host_id = ?", (self._clock(), host_id)
-            )
+            self._rows("UPDATE hosts SET last_seen = ? WHERE host_id = ?", (self._clock(), host_id))
         else:
             self._rows(
                 "UPDATE hosts SET last_seen = ?, clean_disconnect = ? WHERE host_id = ?",
@@ -191,9 +189,7 @@ class PgStore:
     ) -> None:
         with self._tx() as cur:
             if isolated is not None:
-                cur.execute(
-                    "UPDATE hosts SET isolated = ? WHERE host_id = ?", (isolated, host_id)
-                )
+                cur.execute("UPDATE hosts SET isolated = ? WHERE host_id = ?", (isolated, host_id))
             if suspended_pids is not None:
                 cur.execute(
                     "UPDATE hosts SET suspended_pids = ? WHERE host_id = ?",
@@ -511,4 +507,3 @@ class PgStore:
         assembly's to close."""
         if self._owns_db:
             self.db.close()
-
