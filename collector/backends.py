@@ -5,7 +5,8 @@ that keeps rows runs (the embedded collector's ``build``, a scale-out worker):
 
 - ``where`` is a file path (the embedded default: SQLite) or a
   ``postgresql://`` / ``postgres://`` URL (``is_postgresql``).
-- It opens the one database door (``tocsin.collector.db``), and on it the
+- It opens the one database door (``open_database``: the door alone, for
+  parts and tools that need no store) (``tocsin.collector.db``), and on it the
   store, the incident book, the routine book and the webhook outbox, so an
   alert and its outbox rows commit in one transaction on either engine; the
   per-host baselines are given ``storage.db``.
@@ -33,6 +34,11 @@ from tocsin.collector.routine import RoutineBook, SqliteRoutineBook
 from tocsin.collector.store import SqliteStore, Store
 
 log = logging.getLogger("tocsin.collector")
+
+
+def open_database(where: str) -> SqlDatabase:
+    """The door to the database at ``where`` (path or PostgreSQL URL); ConfigError if not."""
+    return PgDatabase(where) if is_postgresql(where) else Database(Path(where))
 
 
 @dataclass(frozen=True)

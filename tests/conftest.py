@@ -1,7 +1,8 @@
 """Shared test set-up: the helpers in tools/ (webhook receiver) are importable; one PostgreSQL.
 
 ``pg_dsn`` gives a test a fresh database in a PostgreSQL cluster started once per session
-in a temporary directory (tests/pgserver.py). Without PostgreSQL the tests that need it skip,
+in a temporary directory (tests/pgserver.py), ``pg_url`` the same as a URL; ``db_location``
+is each engine a collector can keep its rows in (``--store``). Without PostgreSQL the tests that need it skip,
 except under CI, where they fail: CI installs it.
 """
 
@@ -39,6 +40,21 @@ def pg_dsn(pg_cluster: str) -> str:
     with psycopg.connect(pg_cluster, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return pg_cluster.replace("dbname=tocsin", f"dbname={name}")
+
+
+@pytest.fixture
+def pg_url(pg_dsn: str) -> str:
+    """``pg_dsn`` as the postgresql:// URL an operator gives ``--store``."""
+    parts = dict(kv.split("=", 1) for kv in pg_dsn.split())
+    return f"postgresql://{parts['user']}@/{parts['dbname']}?host={parts['host']}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a collector keeps its rows (``--store``): an SQLite file, or PostgreSQL (fresh)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "c.db")
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture(params=["sqlite", "memory", "postgres"])
