@@ -31,6 +31,8 @@ Contract:
   to be claimed by another once the lease has run out (a receiver may then get
   a row it had already received from the dead one: at least once). Leases are
   compared with each deliverer's own clock: keep the workers' clocks in sync.
+  A row enqueued by this process wakes its loop at once; one enqueued by
+  another process is seen within ``poll_s``.
 - ``post(event)`` is ``enqueue`` for callers that await a ``WebhookSink``.
 - ``recover(events)``: at start, queues each event whose message id has no row
   yet. The collector passes its recent stored alerts: an alert committed to the
@@ -253,6 +255,7 @@ class Outbox:
         max_parallel: int = 8,
         lease_s: float = 60.0,
         deliverer: str = "",
+        poll_s: float = 60.0,
     ) -> None:
         self.destinations = {d.dest_id: d for d in destinations}
         self._poster, self._clock = poster, clock
@@ -261,6 +264,7 @@ class Outbox:
         longest_s = max((d.timeout_s for d in destinations), default=0.0)
         self.lease_s = max(lease_s, 2 * longest_s)
         self.deliverer = deliverer or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.poll_s = poll_s
         self.dropped = 0
         self.stats = OutboxStats()
         self.db = db
@@ -405,14 +409,16 @@ class Outbox:
 
     def _next_due_in(self, now: float) -> float:
         if not self.destinations:
-            return 60.0
+            return self.poll_s
         marks, dests = self._dests()
         row = self._exec(
             "SELECT MIN(CASE WHEN claimed_until > next_at THEN claimed_until ELSE next_at END)"
             f" FROM outbox WHERE status='pending' AND dest IN ({marks})",
             dests,
         )
-        return 60.0 if row[0][0] is None else min(60.0, max(0.0, float(row[0][0]) - now))
+        if row[0][0] is None:
+            return self.poll_s
+        return min(self.poll_s, max(0.0, float(row[0][0]) - now))
 
     def _settle(self, row_id: int, sets: str, args: Sequence[Any]) -> None:
         """Write an attempt's outcome and end the lease, if this deliverer still holds it."""
