@@ -227,11 +227,12 @@ class _PgTx:
         self._cur = cur
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> _PgTx:
-        # Without arguments psycopg sends the text as it is (several statements allowed).
+        # Without arguments psycopg sends the text as it is (several statements allowed);
+        # it is always our own SQL, never text from outside.
         if args:
-            self._cur.execute(_pg_sql(sql), args)
+            self._cur.execute(_pg_sql(sql), args)  # type: ignore[arg-type]
         else:
-            self._cur.execute(sql)  # type: ignore[arg-type]  (our own constant SQL)
+            self._cur.execute(sql)  # type: ignore[arg-type]
         return self
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:

@@ -405,7 +405,7 @@ class Outbox:
                     f" WHERE id IN ({','.join('?' * len(due))})",
                     (self.deliverer, now + self.lease_s, *(r[0] for r in due)),
                 )
-        return [tuple(r) for r in due]  # type: ignore[misc]
+        return [tuple(r) for r in due]
 
     def _next_due_in(self, now: float) -> float:
         if not self.destinations:

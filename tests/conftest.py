@@ -2,8 +2,8 @@
 
 ``pg_dsn`` gives a test a fresh database in a PostgreSQL cluster started once per session
 in a temporary directory (tests/pgserver.py), ``pg_url`` the same as a URL; ``db_location``
-is each engine a collector can keep its rows in (``--store``). Without PostgreSQL the tests that need it skip,
-except under CI, where they fail: CI installs it.
+is each engine a collector can keep its rows in (``--store``). Without PostgreSQL the tests
+that need it skip, except under CI, where they fail: CI installs it.
 """
 
 import itertools
