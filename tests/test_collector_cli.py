@@ -73,31 +73,31 @@ def test_tocsin_bad_flags_one_line_exit_2() -> None:
         assert len(lines) == 1 and lines[0].startswith("tocsin: error: "), res.stderr
 
 
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[str]:
-    log = tmp_path / "collector.log"
+def start_collector(log: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``tocsin-collector`` on a free loopback port (dry-run, insecure): (process, address)."""
+    fixed = ["--listen", "127.0.0.1:0", "--respond", "dry-run", "--insecure"]
     proc = subprocess.Popen(
-        [
-            str(BIN / "tocsin-collector"),
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            str(tmp_path / "c.db"),
-            "--respond",
-            "dry-run",
-            "--insecure",
-        ],
+        [str(BIN / "tocsin-collector"), *fixed, *args],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
+    end = time.monotonic() + 20
+    addr = None
+    while addr is None and time.monotonic() < end and proc.poll() is None:
+        m = re.search(r"listening on (\S+:\d+)", log.read_text())
+        addr = m.group(1) if m else None
+        time.sleep(0.05)
+    if addr is None:
+        proc.kill()
+        raise AssertionError(log.read_text())
+    return proc, addr
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[str]:
+    log = tmp_path / "collector.log"
+    proc, addr = start_collector(log, "--db", str(tmp_path / "c.db"))
     try:
-        end = time.monotonic() + 20
-        addr = None
-        while addr is None and time.monotonic() < end and proc.poll() is None:
-            m = re.search(r"listening on (\S+:\d+)", log.read_text())
-            addr = m.group(1) if m else None
-            time.sleep(0.05)
-        assert addr, log.read_text()
         yield addr
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -186,20 +186,9 @@ def test_collector_on_postgresql_end_to_end(tmp_path: Path, pg_url: str, pg_dsn:
     recording = tmp_path / "r.jsonl"
     make_recording(recording, 5)
     with WebhookReceiver() as receiver:
-        args = ["--listen", "127.0.0.1:0", "--store", pg_url, "--insecure", "--respond", "dry-run"]
-        proc = subprocess.Popen(
-            [str(BIN / "tocsin-collector"), *args, "--webhook", receiver.url],
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        proc, addr = start_collector(log, "--store", pg_url, "--webhook", receiver.url)
         try:
             end = time.monotonic() + 20
-            addr = None
-            while addr is None and time.monotonic() < end and proc.poll() is None:
-                m = re.search(r"listening on (\S+:\d+)", log.read_text())
-                addr = m.group(1) if m else None
-                time.sleep(0.05)
-            assert addr, log.read_text()
             res = run(
                 str(BIN / "tocsin"), "replay", str(recording), "--collector", addr, "--insecure"
             )
