@@ -10,15 +10,16 @@ is on exactly when ``baselines_db`` is given: nothing downstream can switch it
 off by wrapping something.
 
 ``build(conf)`` is what ``tocsin-collector`` runs. From the settings of
-``tocsin.collector.cli.settings`` it opens the embedded storage (store,
-incident book, per-host baselines and webhook outbox on one connection to one
-SQLite file, ``tocsin.collector.db.Database``),
+``tocsin.collector.cli.settings`` it opens the storage named by ``store``
+(store, incident book, routine book, per-host baselines and webhook outbox on
+one connection to one database: an SQLite file, the embedded default, or
+PostgreSQL; ``tocsin.collector.backends.open_storage``),
 loads the model, makes the housekeeper (retention, disk watch) and, when
 asked, binds the web console's socket, and returns an ``App``:
 ``await app.start(listen)`` starts the collector, the outbox, the
 housekeeping, the console and the ``/metrics`` endpoint and returns the
-bound port; ``await app.stop()`` stops everything in order. Another store
-(PostgreSQL) enters in ``build`` and nowhere else.
+bound port; ``await app.stop()`` stops everything in order. Which engine
+holds the rows is decided in ``open_storage`` and nowhere else.
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
+from tocsin.collector.backends import Storage, open_storage
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.console.auth import LinkIssuer
-from tocsin.collector.db import Database
+from tocsin.collector.db import SqlDatabase
 from tocsin.collector.decide import Judge, JudgeConfig
 from tocsin.collector.explain import Gettext, same_text
 from tocsin.collector.fleetguard import FleetGuard
@@ -45,7 +46,7 @@ from tocsin.collector.grpcconf import TlsFiles, parse_hostport, server_credentia
 from tocsin.collector.hooks import HookRunner
 from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
 from tocsin.collector.i18n import Language
-from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook, SqliteIncidentBook
+from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook
 from tocsin.collector.ingest import LocalIntake, TelemetryService
 from tocsin.collector.meter import WindowMeter
 from tocsin.collector.metrics import MetricsServer, serve_metrics
@@ -55,12 +56,12 @@ from tocsin.collector.pipeline import BatchScorer, JudgeStage
 from tocsin.collector.protocols import Scorer
 from tocsin.collector.ratelimit import AgentRateLimits, RateLimits
 from tocsin.collector.respond import Responder
-from tocsin.collector.routine import MemoryRoutineBook, RoutineBook, RoutineJobs, SqliteRoutineBook
+from tocsin.collector.routine import MemoryRoutineBook, RoutineBook, RoutineJobs
 from tocsin.collector.score import ForestScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.silence import SilenceWatch
-from tocsin.collector.store import SqliteStore, Store
-from tocsin.collector.webhook import MemoryWebhookSink, WebhookSink
+from tocsin.collector.store import Store
+from tocsin.collector.webhook import WebhookSink
 from tocsin.v1.errors import ConfigError
 
 if TYPE_CHECKING:  # the scale-out roles import nats (the ``scale`` extra); built on demand
@@ -82,7 +83,7 @@ def assemble(
     rate_limits: RateLimits | None = None,
     book: IncidentBook | None = None,
     routine: RoutineBook | None = None,
-    baselines_db: Database | None = None,
+    baselines_db: SqlDatabase | None = None,
     baseline_config: BaselineConfig | None = None,
     guard: FleetGuard | None = None,
     hooks: HookRunner | None = None,
@@ -138,7 +139,7 @@ def judgement(
     judge_config: JudgeConfig | None,
     book: IncidentBook | None,
     routine: RoutineBook | None,
-    baselines_db: Database | None,
+    baselines_db: SqlDatabase | None,
     baseline_config: BaselineConfig | None,
     guard: FleetGuard | None,
     hooks: HookRunner | None,
@@ -182,7 +183,7 @@ class App:
     def __init__(
         self,
         collector: Collector,
-        db: Database,
+        db: SqlDatabase,
         outbox: Outbox,
         housekeeper: Housekeeper,
         shipped: Scorer,
@@ -270,22 +271,14 @@ def _console(conf: dict[str, Any]) -> tuple[LinkIssuer, socket.socket] | None:
 def build(conf: dict[str, Any]) -> App:
     """The shipped collector from validated settings (``ConfigError`` on a bad part)."""
     shipped = load_scorer(conf.get("model"))
-    db = Database(Path(conf["db"]))  # the one connection every part below shares
-    store = SqliteStore(db)
-    book = SqliteIncidentBook(db)
-    routine = SqliteRoutineBook(db)
-    outbox = Outbox(
-        db,
+    storage = open_storage(
+        conf["store"],
         conf["destinations"],
         retry_initial_s=conf["webhook_retry_initial_s"],
         retry_max_s=conf["webhook_retry_max_s"],
         max_age_s=conf["webhook_max_age_s"],
     )
-    since = time.time() - conf["webhook_max_age_s"]
-    recent = store.list_alerts(limit=10_000)
-    recovered = outbox.recover(a.payload for a in recent if a.detected_at_s >= since)
-    if recovered:
-        log.warning("%d stored alerts had not reached the webhook outbox; queued now", recovered)
+    db, store, outbox = storage.db, storage.store, storage.outbox  # one connection, shared
     tls: TlsFiles = conf["tls"]
     per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
     bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
@@ -300,8 +293,8 @@ def build(conf: dict[str, Any]) -> App:
         credentials=server_credentials(tls) if tls.given() else None,
         silent_after_s=float(conf.get("silent_after") or 60.0),
         rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
-        book=book,
-        routine=routine,
+        book=storage.book,
+        routine=storage.routine,
         baselines_db=db,
         baseline_config=BaselineConfig(learning_s=learning_s),
         guard=FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None,
@@ -312,7 +305,7 @@ def build(conf: dict[str, Any]) -> App:
     )
     housekeeper = Housekeeper(
         store,
-        db.path,
+        db.disk_path,
         outbox,
         outbox,
         RetentionConfig(
@@ -339,25 +332,22 @@ class Role(Protocol):
 
 
 class ScaleApp:
-    """A gateway or a worker and what runs beside it (the worker's webhook outbox)."""
+    """A gateway or a worker and its storage; a worker also delivers the shared outbox."""
 
-    def __init__(
-        self, role: Role, outbox: Outbox | None = None, db: Database | None = None
-    ) -> None:
-        self.role, self.outbox, self.db = role, outbox, db
+    def __init__(self, role: Role, storage: Storage, delivers: bool) -> None:
+        self.role, self.storage, self.delivers = role, storage, delivers
 
     async def start(self, listen: str | None) -> int:
-        if self.outbox is not None:
-            self.outbox.start()
+        if self.delivers:
+            self.storage.outbox.start()
         return await self.role.start(listen)
 
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.role.stop(grace_s)
-        if self.outbox is not None:
-            await self.outbox.stop()
-            self.outbox.close()
-        if self.db is not None:
-            self.db.close()
+        if self.delivers:
+            await self.storage.outbox.stop()
+        self.storage.outbox.close()
+        self.storage.close()
 
 
 def bus_settings(conf: dict[str, Any]) -> BusSettings:
@@ -366,30 +356,18 @@ def bus_settings(conf: dict[str, Any]) -> BusSettings:
     return BusSettings(conf["bus"], replicas=conf["bus_replicas"])
 
 
-def open_store(conf: dict[str, Any]) -> Store:
-    """The PostgreSQL store every gateway and worker shares (``--store``)."""
-    from tocsin.collector.pgstore import PgStore
-
-    return PgStore(conf["store"])
-
-
-def worker_parts(conf: dict[str, Any]) -> tuple[Database, Outbox]:
-    """Where a worker keeps incidents, routine runs, per-host baselines and its outbox.
-
-    For now an SQLite file of the worker's own (``--db``): incidents are per
-    worker, a worker's undelivered webhooks wait for it, and hosts keep the
-    shipped baseline (per-host learning reads the host's windows from the
-    database it is given, which must be the store's).
-    """
-    db = Database(Path(conf["db"]))
-    outbox = Outbox(
-        db,
+def shared_storage(conf: dict[str, Any]) -> Storage:
+    """The PostgreSQL database every gateway and worker shares (``--store``): the store,
+    incidents, routine runs, per-host baselines and the webhook outbox, whose rows each
+    worker claims under a lease so that every event is delivered once."""
+    return open_storage(
+        conf["store"],
         conf["destinations"],
         retry_initial_s=conf["webhook_retry_initial_s"],
         retry_max_s=conf["webhook_retry_max_s"],
         max_age_s=conf["webhook_max_age_s"],
+        deliverer=conf["name"],
     )
-    return db, outbox
 
 
 async def build_gateway(conf: dict[str, Any]) -> ScaleApp:
@@ -397,17 +375,18 @@ async def build_gateway(conf: dict[str, Any]) -> ScaleApp:
     from tocsin.collector.bus import Bus
     from tocsin.collector.gateway import BusIntake, BusRouter, Gateway
 
-    store = open_store(conf)
+    storage = shared_storage(conf)
+    store = storage.store
     bus = await Bus.connect(bus_settings(conf), conf["name"])
     router = BusRouter(bus, conf["name"])
     tls: TlsFiles = conf["tls"]
     per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
     bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
-    # The gateway raises no alerts and runs no hooks: its responder only sends the
-    # operators' commands (to the bus) and records them; events are the workers'.
+    # The gateway raises no alerts and runs no hooks: its responder sends the operators'
+    # commands (to the bus) and records them. Workers deliver the outbox.
     responder = Responder(
         store,
-        MemoryWebhookSink(),
+        storage.outbox,
         router,
         mode=conf["respond"],
         allow=conf["allow"],
@@ -422,7 +401,7 @@ async def build_gateway(conf: dict[str, Any]) -> ScaleApp:
     )
     operator = OperatorService(store, router, responder)
     credentials = server_credentials(tls) if tls.given() else None
-    return ScaleApp(Gateway(bus, store, router, telemetry, operator, credentials))
+    return ScaleApp(Gateway(bus, store, router, telemetry, operator, credentials), storage, False)
 
 
 async def build_worker(conf: dict[str, Any]) -> ScaleApp:
@@ -432,22 +411,22 @@ async def build_worker(conf: dict[str, Any]) -> ScaleApp:
     from tocsin.collector.worker import Holdings, Worker
 
     shipped = load_scorer(conf.get("model"))
-    store = open_store(conf)
-    db, outbox = worker_parts(conf)
+    storage = shared_storage(conf)
+    store = storage.store
     bus = await Bus.connect(bus_settings(conf), conf["name"])
     holdings = Holdings()
     learning_s = float(conf["baseline_learning_days"]) * 86400.0
     responder, stage = judgement(
         store,
         shipped,
-        outbox,
+        storage.outbox,
         BusRouter(bus),
         mode=conf["respond"],
         allow=conf["allow"],
         judge_config=None,
-        book=SqliteIncidentBook(db),
-        routine=SqliteRoutineBook(db),
-        baselines_db=None,  # a host's own baseline is learned from the store's windows
+        book=storage.book,
+        routine=storage.routine,
+        baselines_db=storage.db,
         baseline_config=BaselineConfig(learning_s=learning_s),
         guard=FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None,
         hooks=HookRunner(conf["hook_list"]) if conf["hook_list"] else None,
@@ -456,4 +435,4 @@ async def build_worker(conf: dict[str, Any]) -> ScaleApp:
         owns=holdings.owns,
     )
     worker = Worker(bus, store, stage, responder, holdings, conf["name"])
-    return ScaleApp(worker, outbox, db)
+    return ScaleApp(worker, storage, True)

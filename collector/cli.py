@@ -1,6 +1,7 @@
 """``tocsin-collector``: run the collector.
 
-    tocsin-collector [gateway|worker] --listen HOST:PORT --db PATH --webhook URL [--webhook URL ...]
+    tocsin-collector [gateway|worker] --listen HOST:PORT --store PATH|postgresql://...
+                     --webhook URL [--webhook URL ...]
                      --respond off|dry-run|enforce [--config FILE] [--insecure]
                      [--tls-ca F --tls-cert F --tls-key F] [--model PATH]
                      [--allow CIDR ...] [--log-level LEVEL] [--log-format text|json]
@@ -8,7 +9,12 @@
                      [--fleet-guard N] [--metrics HOST:PORT] [--max-clock-skew-s S]
                      [--baseline-learning-days DAYS]
 
-The TOML config file takes the same keys (``listen``, ``db``, ``webhook`` as a
+``--store`` is where the collector keeps its rows: an SQLite file (the
+embedded default; ``--db PATH`` says the same) or a PostgreSQL URL
+(``postgresql://user@host/dbname``, for a department-sized collector; libpq
+reads a password from ``~/.pgpass`` or ``PGPASSWORD`` as well as from the
+URL, and error lines never show it).
+The TOML config file takes the same keys (``listen``, ``store`` or ``db``, ``webhook`` as a
 list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
 ``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
@@ -27,10 +33,10 @@ at the example config's placeholder. Once bound, it logs
 with port 0). SIGTERM or SIGINT stop it gracefully.
 
 The scale-out roles (docs/scale-out.md) take the same settings plus ``--bus
-nats://...`` and ``--store postgresql://...`` (keys ``bus``, ``store``,
-``name``, ``bus_replicas``): ``tocsin-collector gateway`` needs ``--listen``
-and no ``--db``; ``tocsin-collector worker`` listens on nothing and keeps its
-incidents, baselines and webhook outbox in ``--db`` for now. A worker logs
+nats://...`` (keys ``bus``, ``name``, ``bus_replicas``), and their
+``--store`` must be PostgreSQL (``postgresql://...``), the one every gateway
+and worker shares: ``tocsin-collector gateway`` serves agents and operators
+on ``--listen``; ``tocsin-collector worker`` listens on nothing and logs
 "worker NAME judging from URL" once it runs.
 """
 
@@ -68,6 +74,7 @@ log = logging.getLogger("tocsin.collector")
 _KEYS = {
     "listen": str,
     "db": str,
+    "store": str,
     "webhook": list,
     "respond": str,
     "insecure": bool,
@@ -99,7 +106,6 @@ _KEYS = {
     "language": str,
     "baseline_learning_days": (int, float),
     "bus": str,
-    "store": str,
     "name": str,
     "bus_replicas": int,
 }
@@ -119,7 +125,8 @@ def build_parser(role: str = "") -> OneLineParser:
     prog = f"{PROG} {role}".strip()
     p = OneLineParser(prog=prog, description="tocsin collector: ingest, judge, respond.")
     p.add_argument("--listen", help="HOST:PORT to serve agents and operators on")
-    p.add_argument("--db", help="SQLite database file")
+    p.add_argument("--store", help="where rows are kept: an SQLite file or a postgresql:// URL")
+    p.add_argument("--db", help="SQLite database file (the same as --store PATH)")
     p.add_argument("--webhook", action="append", help="URL to POST alerts to (repeatable)")
     p.add_argument("--respond", help="off, dry-run or enforce")
     p.add_argument("--config", help="TOML file with the same keys")
@@ -180,7 +187,6 @@ def build_parser(role: str = "") -> OneLineParser:
     )
     if role:
         p.add_argument("--bus", help="nats://HOST:PORT of the NATS JetStream the roles share")
-        p.add_argument("--store", help="postgresql://... (or libpq key=value) of the shared store")
         p.add_argument("--name", help="this process's name on the bus (default: host-pid)")
         p.add_argument(
             "--bus-replicas",
@@ -249,8 +255,8 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         if not merged.get("listen"):
             raise ConfigError("--listen HOST:PORT is required")
         parse_hostport(merged["listen"])
-    if role != "gateway":
-        _check_db(merged.get("db"))
+    merged["store"] = store_location(args, conf)
+    merged.pop("db", None)
     if role:
         _check_scale(merged)
     if merged["respond"] not in MODES:
@@ -318,24 +324,38 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     return merged
 
 
-def _check_db(path: str | None) -> None:
-    if not path:
-        raise ConfigError("--db PATH is required")
-    db = Path(path)
+def store_location(args: dict[str, Any], conf: dict[str, Any]) -> str:
+    """``--store`` (or ``--db``) from the flags, else from the config; a file is checked."""
+    from tocsin.collector.db import is_postgresql
+
+    given = {k: args[k] for k in ("store", "db") if args.get(k)}
+    given = given or {k: conf[k] for k in ("store", "db") if conf.get(k)}
+    if len(given) > 1:
+        raise ConfigError("give --store or --db, not both")
+    if not given:
+        raise ConfigError("--store PATH (or a postgresql:// URL) is required")
+    (flag, where), *_ = given.items()
+    if is_postgresql(str(where)):
+        return str(where)  # reached (and refused in one line) when the collector opens it
+    db = Path(where)
     if not db.parent.is_dir():
-        raise ConfigError(f"--db {db}: directory {db.parent} does not exist")
+        raise ConfigError(f"--{flag} {db}: directory {db.parent} does not exist")
     if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-        raise ConfigError(f"--db {db}: not writable")
+        raise ConfigError(f"--{flag} {db}: not writable")
+    return str(db)
 
 
 def _check_scale(merged: dict[str, Any]) -> None:
     """What a gateway and a worker need beyond the embedded collector's settings."""
+    from tocsin.collector.db import is_postgresql
+
     bus = merged.get("bus") or ""
     if not bus.startswith(("nats://", "tls://")):
         raise ConfigError("--bus wants nats://HOST:PORT (or tls://HOST:PORT) of NATS JetStream")
-    store = merged.get("store") or ""
-    if not (store.startswith(("postgresql://", "postgres://")) or "=" in store):
-        raise ConfigError("--store wants postgresql://... (or libpq key=value) of PostgreSQL")
+    if not is_postgresql(merged["store"]):
+        raise ConfigError(
+            f"{merged['role']}s share one store: --store wants postgresql://..., not a file"
+        )
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", merged["name"]):
         merged["name"] = re.sub(r"[^A-Za-z0-9_-]", "-", merged["name"])[:64]
     if not 1 <= merged["bus_replicas"] <= 5:

@@ -14,8 +14,8 @@ order on one cluster:
 2. SIGKILL one worker under load: an attack on a host of one of its partitions
    is answered with a command within 10 s, every window created is stored once,
    no webhook is delivered twice (by webhook-id);
-3. SIGKILL one gateway under load: its agents go on through the other, and
-   every window created is stored;
+3. SIGKILL one gateway under load: its agents (given both gateways' addresses)
+   go on through the other, and every window created is stored;
 4. nats-server stopped and started again under load: nothing acked is lost
    (every window created is stored).
 
@@ -41,10 +41,6 @@ from typing import Any
 
 import grpc
 import pytest
-
-from fakeagent import FakeAgent
-from receiver import WebhookReceiver
-from tocsin.v1 import CHANNEL_OPTIONS
 from transport_procs import (
     BIN,
     FLEET,
@@ -53,6 +49,10 @@ from transport_procs import (
     ledger,
     wait_for,
 )
+
+from fakeagent import FakeAgent
+from receiver import WebhookReceiver
+from tocsin.v1 import CHANNEL_OPTIONS
 
 FIXTURES = Path(__file__).with_name("fixtures")
 NATS = shutil.which("nats-server") or (
@@ -185,14 +185,14 @@ class Cluster:
         return held
 
 
-def _role(tmp: Path, role: str, name: str, url: str, dsn: str, hooks: str, **extra: str) -> Proc:
+def _role(tmp: Path, role: str, name: str, url: str, store: str, hooks: str) -> Proc:
     args = [
         str(BIN / "tocsin-collector"),
         role,
         "--bus",
         url,
         "--store",
-        dsn,
+        store,
         "--name",
         name,
         "--respond",
@@ -205,7 +205,7 @@ def _role(tmp: Path, role: str, name: str, url: str, dsn: str, hooks: str, **ext
         args += ["--listen", "127.0.0.1:0"]
         ready = r"listening on (\S+:\d+)"
     else:
-        args += ["--db", str(tmp / f"{name}.db"), "--webhook", hooks]
+        args += ["--webhook", hooks]
         ready = "judging from"
     return Proc(name, args, tmp / f"{name}.log", ready)
 
@@ -222,6 +222,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_cluster: str) -> Iterat
     with psycopg.connect(pg_cluster, autocommit=True) as conn:
         conn.execute("CREATE DATABASE scaleout")
     dsn = pg_cluster.replace("dbname=tocsin", "dbname=scaleout")
+    parts = dict(kv.split("=", 1) for kv in dsn.split())
+    store = f"postgresql://{parts['user']}@/{parts['dbname']}?host={parts['host']}"
     tmp = tmp_path_factory.mktemp("scaleout")
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
@@ -236,12 +238,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_cluster: str) -> Iterat
         c = Cluster(tmp, dsn, hooks, nats)
         try:
             nats.start()
-            for i in (1, 2):  # one after the other: the first creates the schema
-                g = _role(tmp, "gateway", f"gateway{i}", url, dsn, hooks.url)
+            for i in (1, 2):
+                g = _role(tmp, "gateway", f"gateway{i}", url, store, hooks.url)
                 c.addrs.append(g.start().group(1))
                 c.gateways.append(g)
             for i in (1, 2):
-                w = _role(tmp, "worker", f"worker{i}", url, dsn, hooks.url)
+                w = _role(tmp, "worker", f"worker{i}", url, store, hooks.url)
                 w.start()
                 c.workers.append(w)
             # both workers hold their share before anything is sent
@@ -375,17 +377,17 @@ def test_a_killed_workers_partitions_are_judged_by_the_other(cluster: Cluster) -
 
 
 def test_a_killed_gateways_agents_go_on_through_the_other(cluster: Cluster) -> None:
-    fleet = cluster.fleet("fleet-g", cluster.addrs[0])
+    # The agents are given both gateways, the first one first (tocsin-agent --collector a,b).
+    fleet = cluster.fleet("fleet-g", ",".join(cluster.addrs))
     time.sleep(3.0)
-    cluster.gateways[0].kill()
-    # The agents are given the other gateway's address when they start again.
-    fleet.kill()
-    fleet.args[fleet.args.index("--collector") + 1] = cluster.addrs[1]
-    fleet.start()
-    time.sleep(2.0)
+    gone = cluster.gateways[0]
+    gone.kill()
+    time.sleep(3.0)
     fleet.proc.send_signal(signal.SIGUSR1)
     figures = cluster.all_stored("fleet-g")
     assert figures["created"] > 100, figures
+    moved = re.findall(r"agent (fleet-\d+) connected", cluster.gateways[1].text())
+    assert len(set(moved)) == 10, moved
     fleet.stop()
 
 
