@@ -594,7 +594,11 @@ def run_once(args: argparse.Namespace, dep: Embedded | ScaleOut) -> dict[str, An
             if g.returncode != 0:
                 sys.exit(f"bench_collector: a load generator failed (exit {g.returncode})")
             outs.append(json.loads(out))
-        stored = dep.stored()
+        # The judging side may still work through what JetStream holds: wait for it.
+        created = sum(o["created"] for o in outs)
+        drained_by = time.monotonic() + args.drain + 30
+        while (stored := dep.stored()) < created and time.monotonic() < drained_by:
+            time.sleep(0.5)
         dep.stop()
         bytes_per_window = dep.bytes_per_window()
     finally:

@@ -110,8 +110,9 @@ _KEYS = {
     "bus_replicas": int,
 }
 
-# The scale-out roles (docs/scale-out.md): the first argument names one.
+# The scale-out roles (docs/scale-out.md): the first argument names one; their own keys.
 ROLES = ("gateway", "worker")
+SCALE_KEYS = ("bus", "name", "bus_replicas")
 
 
 class OneLineParser(argparse.ArgumentParser):
