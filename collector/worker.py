@@ -29,8 +29,9 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tocsin.collector.bus import PARTITIONS, Bus, BusErrors, InMessage, partition_of
 from tocsin.collector.features import window_features
@@ -67,8 +68,9 @@ class Worker:
         responder: Responder,
         holdings: Holdings,
         name: str,
-        batch: int = 512,
+        batch: int = 64,
         renew_s: float = 1.0,
+        grace_s: float = 5.0,
     ) -> None:
         self.bus, self.store, self.stage, self.responder = bus, store, stage, responder
         self.holdings, self.name = holdings, name
@@ -77,8 +79,10 @@ class Worker:
         self.duplicates = 0
         self.batches_failed = 0
         self.taken = 0
+        self.grace_s = grace_s
         self._held: dict[int, _Held] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._letting_go: set[asyncio.Task[None]] = set()
 
     async def start(self, listen: str | None = None) -> int:
         """Start tending leases and judging; a worker listens on nothing (returns 0)."""
@@ -94,6 +98,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(self._let_go(p, release=True) for p in list(self._held)))
+        await asyncio.gather(*self._letting_go, return_exceptions=True)
         await self.stage.close()
         await self.responder.drain()
         await self.bus.close()
@@ -118,7 +123,8 @@ class Worker:
             revision = await self.bus.renew_lease(p, self.name, held.revision)
             if revision is None:
                 log.warning("partition %d: lease lost; another worker may hold it", p)
-                await self._let_go(p, release=False)
+                # Stopped in the background: the other leases are renewed meanwhile.
+                self._spawn(self._let_go(p, release=False))
             else:
                 held.revision = revision
         share = math.ceil(PARTITIONS / live)
@@ -150,13 +156,19 @@ class Worker:
         self.taken += 1
         log.info("partition %d taken (%d held)", p, len(self._held))
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._letting_go.add(task)
+        task.add_done_callback(self._letting_go.discard)
+
     async def _let_go(self, p: int, release: bool) -> None:
-        """Stop consuming ``p`` after the batch in hand; give the lease back if ``release``."""
+        """Stop consuming ``p`` after the batch in hand (or ``grace_s``, then at once: what
+        was not acked is delivered again); give the lease back if ``release``."""
         held = self._held.pop(p)
         held.stopping.set()
         if held.task is not None:
-            with contextlib.suppress(asyncio.CancelledError, *BusErrors):
-                await asyncio.wait_for(held.task, timeout=30.0)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError, *BusErrors):
+                await asyncio.wait_for(held.task, timeout=self.grace_s)
         self.holdings.partitions.discard(p)
         self.stage.forget(lambda h: partition_of(h) == p)
         if release:
