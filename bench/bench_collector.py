@@ -465,7 +465,9 @@ class ScaleOut:
                 f"worker{i}", [*role, "worker", "--name", f"w{i}", *common]
             )
             wait_line(proc, log_path, "judging from", f"worker {i}")
-        share = 16 // self.n
+        from tocsin.collector.bus import PARTITIONS
+
+        share = PARTITIONS // self.n
         deadline = time.monotonic() + 30
         while not all(self._held(i) == share for i in range(self.n)):
             if time.monotonic() > deadline:

@@ -60,7 +60,9 @@ from tocsin.v1.errors import ConfigError
 
 log = logging.getLogger("tocsin.collector.bus")
 
-PARTITIONS = 16
+# Fixed for a deployment's life: at most this many workers judge at once (each partition
+# has one holder), and a host never changes partition.
+PARTITIONS = 64
 IN_STREAM = "TOCSIN_IN"
 PARK_STREAM = "TOCSIN_PARKED"
 MAX_PARKED_PER_HOST = 32

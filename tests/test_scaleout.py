@@ -14,9 +14,11 @@ order on one cluster:
 2. SIGKILL one worker under load: an attack on a host of one of its partitions
    is answered with a command within 10 s, every window created is stored once,
    no webhook is delivered twice (by webhook-id);
-3. SIGKILL one gateway under load: its agents (given both gateways' addresses)
+3. the operator CLI, against one gateway, lists a host streaming to the other and
+   isolates it (the command through the bus, the agent's report back);
+4. SIGKILL one gateway under load: its agents (given both gateways' addresses)
    go on through the other, and every window created is stored;
-4. nats-server stopped and started again under load: nothing acked is lost
+5. nats-server stopped and started again under load: nothing acked is lost
    (every window created is stored).
 
 Without nats-server or PostgreSQL the module skips, except under CI, where it
@@ -53,6 +55,7 @@ from transport_procs import (
 
 from fakeagent import FakeAgent
 from receiver import WebhookReceiver
+from tocsin.collector.bus import PARTITIONS, partition_of
 from tocsin.v1 import CHANNEL_OPTIONS
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -66,10 +69,6 @@ def _missing() -> str | None:
 
     if NATS is None:
         return "needs nats-server (Debian package nats-server)"
-    try:
-        import nats  # noqa: F401
-    except ImportError:
-        return "needs nats-py (pip install tocsin[scale])"
     return pg_missing()
 
 
@@ -248,7 +247,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_cluster: str) -> Iterat
                 w.start()
                 c.workers.append(w)
             # both workers hold their share before anything is sent
-            wait_for("partitions shared", lambda: all(len(c.held(w)) == 8 for w in c.workers), 20)
+            half = PARTITIONS // 2
+            wait_for(
+                "partitions shared", lambda: all(len(c.held(w)) == half for w in c.workers), 30
+            )
             yield c
         finally:
             for p in [*c.fleets, *c.gateways, *c.workers, nats]:
@@ -336,8 +338,7 @@ def test_a_killed_workers_partitions_are_judged_by_the_other(cluster: Cluster) -
     time.sleep(3.0)
     victim, survivor = cluster.workers
     held = cluster.held(victim)
-    assert len(held) == 8, held
-    from tocsin.collector.bus import partition_of
+    assert len(held) == PARTITIONS // 2, held
 
     host = next(f"attacked-{i}" for i in range(1000) if partition_of(f"attacked-{i}") in held)
     victim.kill()
@@ -359,7 +360,9 @@ def test_a_killed_workers_partitions_are_judged_by_the_other(cluster: Cluster) -
     assert answered_s < 10.0, answered_s
     left_s = max(10.0 - (time.monotonic() - killed_at), 0.5)
     wait_for(
-        "the survivor to hold every partition", lambda: len(cluster.held(survivor)) == 16, left_s
+        "the survivor to hold every partition",
+        lambda: len(cluster.held(survivor)) == PARTITIONS,
+        left_s,
     )
     fleet.proc.send_signal(signal.SIGUSR1)  # stop creating; shipping goes on
     figures = cluster.all_stored("fleet-w")
@@ -374,7 +377,43 @@ def test_a_killed_workers_partitions_are_judged_by_the_other(cluster: Cluster) -
     assert attack_alerts and attack_alerts[0]["severity"] == "critical"
     fleet.stop()
     victim.start()  # back for the next tests, with half the partitions again
-    wait_for("partitions shared again", lambda: len(cluster.held(victim)) == 8, 20)
+    wait_for("partitions shared again", lambda: len(cluster.held(victim)) == PARTITIONS // 2, 30)
+
+
+def test_the_operator_cli_works_against_any_gateway(cluster: Cluster) -> None:
+    """An agent streams to the second gateway; the operator talks to the first."""
+    host = "operated-1"
+
+    def tocsin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "tocsin"), *args, "--collector", cluster.addrs[0], "--insecure"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    async def operate() -> tuple[str, list[str]]:
+        agent = FakeAgent(int(cluster.addrs[1].rpartition(":")[2]), host)
+        task = asyncio.create_task(agent.run(windows=0))
+        try:
+            await asyncio.to_thread(
+                wait_for,
+                "the host connected, as the first gateway sees it",
+                lambda: re.search(rf"^{host}\s+yes\b", tocsin("hosts").stdout, re.M),
+                10,
+                0.3,
+            )
+            res = await asyncio.to_thread(tocsin, "isolate", host)
+            assert res.returncode == 0, res.stderr
+            return res.stdout, agent.kinds()
+        finally:
+            agent.stop.set()
+            await task
+
+    out, kinds = asyncio.run(operate())
+    assert kinds == ["isolate"] and "done" in out, (out, kinds)
+    actions = tocsin("actions", "--host", host).stdout
+    assert "isolate" in actions and "done" in actions, actions
 
 
 def test_a_killed_gateways_agents_go_on_through_the_other(cluster: Cluster) -> None:
