@@ -266,6 +266,7 @@ class PgDatabase:
         self.connect_timeout_s = connect_timeout_s
         self._lock = threading.RLock()
         self._depth = 0
+        self._tx: _PgTx | None = None  # the transaction open on the lock's thread
         self._conn: psycopg.Connection[Any] | None = None
         try:
             import psycopg  # noqa: F401  (the scale extra)
@@ -306,13 +307,16 @@ class PgDatabase:
         return StoreUnavailable(f"database unavailable: {_one_line(exc, self.dsn)}")
 
     def schema(self, script: Schema | str) -> None:
+        import psycopg
+
         text = script.postgresql if isinstance(script, Schema) else script
         try:
             with self.transaction() as tx:
                 tx.execute(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
                 tx.execute(text)
-        except StoreUnavailable as exc:
-            raise ConfigError(f"cannot open database {self.where}: {exc}") from None
+        except (StoreUnavailable, psycopg.Error) as exc:  # a refused CREATE: no privilege
+            detail = exc if isinstance(exc, StoreUnavailable) else _one_line(exc, self.dsn)
+            raise ConfigError(f"cannot open database {self.where}: {detail}") from None
 
     def add_column(self, table: str, column: str, decl: Schema) -> None:
         self.schema(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl.postgresql};")
@@ -340,8 +344,6 @@ class PgDatabase:
                         self._tx, self._depth = None, 0
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 raise self._translate(exc) from exc
-
-    _tx: _PgTx | None = None
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         with self.transaction() as tx:

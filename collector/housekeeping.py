@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tocsin.collector.respond import rfc3339
+from tocsin.collector.events import DiskEvent
 from tocsin.collector.store import Store, StoreUnavailable
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1.errors import TocsinError
@@ -148,29 +148,20 @@ class Housekeeper:
             await asyncio.sleep(self.config.every_s)
 
     def _event(self, ratio: float, free: int) -> dict[str, Any]:
-        now = rfc3339(self._clock())
         percent = round(ratio * 100, 1)
         disk = self.db_path.parent if self.db_path else "?"
-        return {
-            "event": "disk_high",
-            "alert_id": uuid.uuid4().hex[:16],
-            "host_id": self.collector_name,
-            "severity": "warning",
-            "score": None,
-            "detected_at": now,
-            "window_start": now,
-            "window_end": now,
-            "reasons": [f"disk_high:{percent:g}%"],
-            "process": None,
-            "actions": [],
-            "disk_used_percent": percent,
-            "disk_free_bytes": free,
-            "summary": (
+        return DiskEvent(
+            alert_id=uuid.uuid4().hex[:16],
+            collector_name=self.collector_name,
+            at_s=self._clock(),
+            used_percent=percent,
+            free_bytes=free,
+            summary=(
                 f"the tocsin collector's disk ({disk}) is {percent:g} % full;"
                 f" raw windows are kept {self.config.retention_days:g} days: free space or"
                 " lower retention_days before windows have to be refused"
             ),
-        }
+        ).to_json()
 
     async def _post(self, event: dict[str, Any]) -> None:
         self.events_posted.append(event["event"])

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tocsin.collector.db import Schema, SqlDatabase, upsert_sql
+from tocsin.collector.reasons import Reason
 from tocsin.v1 import telemetry_pb2 as pb
 
 DAY_S = 86_400.0
@@ -145,8 +146,8 @@ class RoutineJobs:
         return _DIGITS.sub("#", " ".join([p.exe or p.name, *words]))
 
     @staticmethod
-    def routine(reasons: Iterable[str]) -> bool:
-        return all(r.split(":", 1)[0] in ROUTINE_REASONS for r in reasons)
+    def routine(reasons: Iterable[Reason]) -> bool:
+        return all(r.kind in ROUTINE_REASONS for r in reasons)
 
     @staticmethod
     def files_of(w: pb.Window) -> int:

@@ -52,3 +52,17 @@ def test_passwords_never_shown() -> None:
     assert redacted("postgresql://tocsin:s3cr:et@db:5432/t") == "postgresql://tocsin:***@db:5432/t"
     assert redacted("host=db password=s3cret dbname=t") == "host=db password=*** dbname=t"
     assert redacted("host=db password='a b' dbname=t") == "host=db password=*** dbname=t"
+
+
+def test_a_role_that_may_not_create_tables_is_one_config_line(pg_url: str) -> None:
+    from tocsin.collector.backends import open_storage
+    from tocsin.v1.errors import ConfigError
+
+    owner = PgDatabase(pg_url)
+    owner.execute("CREATE ROLE reader LOGIN")  # PostgreSQL 15: no CREATE on schema public
+    owner.close()
+    with pytest.raises(ConfigError) as refused:
+        open_storage(pg_url.replace("postgresql://postgres@", "postgresql://reader@"))
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith("cannot open database postgresql://reader@")
+    assert "permission denied" in line

@@ -6,6 +6,7 @@ import itertools
 
 from tocsin.collector.backends import open_database
 from tocsin.collector.decide import Decision, Judge
+from tocsin.collector.reasons import texts
 from tocsin.collector.routine import RoutineJobs, SqliteRoutineBook
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -72,7 +73,7 @@ def test_another_hour_a_much_bigger_run_or_another_process_still_warns() -> None
     # The nightly job four times its usual size: posted once it outgrew it.
     big = nights.run(NIGHT_0 + 3 * DAY, windows=40)
     assert posted(big) == ["warning"]
-    assert any(r.startswith("larger_than_usual:") for d in big if d.posts for r in d.reasons)
+    assert any(r.startswith("larger_than_usual:") for d in big if d.posts for r in texts(d.reasons))
 
 
 def test_a_routine_run_that_destroys_is_posted_critical() -> None:

@@ -105,6 +105,29 @@ class CollectorProc:
         return self.log.read_text(errors="replace")
 
 
+def replay(recording: Path, listen: str, host_id: str, timeout_s: float = 300) -> str:
+    """``tocsin replay`` of ``recording`` as ``host_id`` at full speed; its output."""
+    done = subprocess.run(
+        [
+            str(BIN / "tocsin"),
+            "replay",
+            str(recording),
+            "--collector",
+            listen,
+            "--insecure",
+            "--speed",
+            "0",
+            "--host-id",
+            host_id,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def stored(db: Path) -> dict[tuple[str, str], list[int]]:
     """(host, boot) -> sorted seqs in the collector's windows table (read-only)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
