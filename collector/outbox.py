@@ -371,6 +371,9 @@ class Outbox:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the round, not after: a row enqueued while the round's
+            # claim runs in its thread wakes the next round instead of waiting poll_s.
+            self._wake.clear()
             try:
                 wait_s = await self.deliver_due()
             except asyncio.CancelledError:
@@ -378,7 +381,6 @@ class Outbox:
             except Exception:
                 log.exception("outbox delivery round failed")
                 wait_s = self.retry_initial_s
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, wait_s))
 
