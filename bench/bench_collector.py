@@ -500,7 +500,10 @@ class ScaleOut:
     def stop(self) -> None:
         for name in sorted(self.procs, key=lambda n: n == "nats-server"):
             self.procs[name].send_signal(signal.SIGTERM)
-            self.procs[name].wait(30)
+            try:
+                self.procs[name].wait(30)
+            except subprocess.TimeoutExpired:
+                print(f"note: {name} did not stop within 30 s; killed", file=sys.stderr)
 
     def bytes_per_window(self) -> float | None:
         return None

@@ -146,6 +146,7 @@ def judgement(
     judge_retry_s: float,
     gettext: Gettext,
     owns: Callable[[str], bool] = lambda host_id: True,
+    mark: Callable[[str, str, int, float | None], None] | None = None,
 ) -> tuple[Responder, JudgeStage]:
     """The responder and the judge stage, the same in the embedded collector and a worker."""
     responder = Responder(
@@ -166,6 +167,7 @@ def judgement(
         WindowMeter(),
         retry_s=judge_retry_s,
         owns=owns,
+        mark=mark,
     )
     return responder, stage
 
@@ -408,13 +410,14 @@ async def build_worker(conf: dict[str, Any]) -> ScaleApp:
     """``tocsin-collector worker``: judge the partitions it holds, respond through the bus."""
     from tocsin.collector.bus import Bus
     from tocsin.collector.gateway import BusRouter
-    from tocsin.collector.worker import Holdings, Worker
+    from tocsin.collector.worker import Holdings, JudgedMarks, Worker
 
     shipped = load_scorer(conf.get("model"))
     storage = shared_storage(conf)
     store = storage.store
     bus = await Bus.connect(bus_settings(conf), conf["name"])
     holdings = Holdings()
+    marks = JudgedMarks(store)
     learning_s = float(conf["baseline_learning_days"]) * 86400.0
     responder, stage = judgement(
         store,
@@ -433,6 +436,7 @@ async def build_worker(conf: dict[str, Any]) -> ScaleApp:
         judge_retry_s=5.0,
         gettext=Language.load(conf["language"]).gettext,
         owns=holdings.owns,
+        mark=marks.add,
     )
-    worker = Worker(bus, store, stage, responder, holdings, conf["name"])
+    worker = Worker(bus, store, stage, responder, holdings, marks, conf["name"])
     return ScaleApp(worker, storage, True)

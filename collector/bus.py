@@ -62,7 +62,7 @@ log = logging.getLogger("tocsin.collector.bus")
 
 # Fixed for a deployment's life: at most this many workers judge at once (each partition
 # has one holder), and a host never changes partition.
-PARTITIONS = 64
+PARTITIONS = 16
 IN_STREAM = "TOCSIN_IN"
 PARK_STREAM = "TOCSIN_PARKED"
 MAX_PARKED_PER_HOST = 32

@@ -119,6 +119,9 @@ class JudgeStage:
     the caller (the agent is pushed back) and leaves the host out of sync.
     ``owns`` says which hosts this stage judges (all, except in a scale-out
     worker: those of the partitions it holds); the backlog settles only those.
+    ``mark`` records a window judged (default ``store.mark_judged``); a worker
+    gives one that groups the marks of a batch into one transaction
+    (``tocsin.collector.worker.JudgedMarks``), committed before the batch is acked.
     """
 
     def __init__(
@@ -131,11 +134,13 @@ class JudgeStage:
         meter: WindowMeter,
         retry_s: float = 5.0,
         owns: Callable[[str], bool] = lambda host_id: True,
+        mark: Callable[[str, str, int, float | None], None] | None = None,
     ) -> None:
         self.judge, self.responder, self.store = judge, responder, store
         self.baselines, self.batch, self.meter = baselines, batch, meter
         self.retry_s = retry_s
         self.owns = owns
+        self._mark = mark or store.mark_judged
         for alert in store.list_alerts(limit=10_000):
             if alert.open:
                 self.responder.adopt(alert)
@@ -265,7 +270,7 @@ class JudgeStage:
                 except Exception:
                     log.exception("scorer could not explain a window")
             await self.responder.on_decision(d, explanation)
-        self.store.mark_judged(host_id, boot_id, int(w.seq), score)
+        self._mark(host_id, boot_id, int(w.seq), score)
         end_s = ts_s(w.end)
         idle = self._learning is None or self._learning.done()
         try:

@@ -9,7 +9,8 @@ collector (built by ``tocsin.collector.app``):
   (the store dedupes host/boot/seq: a message delivered twice is stored once);
   then, host by host in order (hosts side by side), each new window is judged
   and each resent one settles its host (what was stored but not judged is
-  judged then); action results go to the responder; then the batch is acked.
+  judged then); action results go to the responder; the judged marks of the
+  batch are committed together (``JudgedMarks``); then the batch is acked.
   A failure leaves the batch unacked: it is delivered again.
 - Partitions are shared through leases. Every ``renew_s`` the worker says it is
   alive, renews the leases it holds, and takes free ones up to its share
@@ -42,6 +43,34 @@ from tocsin.collector.store import Store, StoreUnavailable
 log = logging.getLogger("tocsin.collector.worker")
 
 
+class JudgedMarks:
+    """The judged marks of a batch, committed in one transaction instead of one each.
+
+    ``add`` is the judge stage's ``mark``; ``flush`` commits what was added (the
+    worker calls it before it acks the batch's messages). A crash before the flush
+    leaves the windows stored but not marked, and their messages not acked: they
+    are delivered again and the judge stage takes them up, as after any crash
+    between a judgement and its mark.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: list[tuple[str, str, int, float | None]] = []
+
+    def add(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
+        self._pending.append((host_id, boot_id, seq, score))
+
+    async def flush(self) -> None:
+        marks, self._pending = self._pending, []
+        if marks:
+            await asyncio.to_thread(self._commit, marks)
+
+    def _commit(self, marks: list[tuple[str, str, int, float | None]]) -> None:
+        with self.store.atomic():
+            for mark in marks:
+                self.store.mark_judged(*mark)
+
+
 class Holdings:
     """The partitions this worker holds now: what the judge stage may settle."""
 
@@ -67,13 +96,14 @@ class Worker:
         stage: JudgeStage,
         responder: Responder,
         holdings: Holdings,
+        marks: JudgedMarks,
         name: str,
         batch: int = 64,
         renew_s: float = 1.0,
         grace_s: float = 5.0,
     ) -> None:
         self.bus, self.store, self.stage, self.responder = bus, store, stage, responder
-        self.holdings, self.name = holdings, name
+        self.holdings, self.marks, self.name = holdings, marks, name
         self.batch, self.renew_s = batch, renew_s
         self.windows_stored = 0
         self.duplicates = 0
@@ -118,9 +148,11 @@ class Worker:
 
     async def _tend(self) -> None:
         live = await self.bus.heartbeat(self.name)
-        for p in sorted(self._held):
-            held = self._held[p]
-            revision = await self.bus.renew_lease(p, self.name, held.revision)
+        held_now = sorted(self._held.items())
+        renewed = await asyncio.gather(  # all at once: one round trip, well within the TTL
+            *(self.bus.renew_lease(p, self.name, held.revision) for p, held in held_now)
+        )
+        for (p, held), revision in zip(held_now, renewed, strict=True):
             if revision is None:
                 log.warning("partition %d: lease lost; another worker may hold it", p)
                 # Stopped in the background: the other leases are renewed meanwhile.
@@ -181,7 +213,11 @@ class Worker:
         fetch = sub.fetch  # type: ignore[attr-defined]
         while not held.stopping.is_set():
             try:
-                msgs = await fetch(self.batch, timeout=1.0)
+                # Wait for one message (returned as soon as it comes), then take what
+                # else is there: a batch never waits to be filled.
+                msgs = await fetch(1, timeout=1.0)
+                with contextlib.suppress(TimeoutError):
+                    msgs += await fetch(self.batch - 1, timeout=0.02)
             except TimeoutError:
                 continue
             except BusErrors as exc:
@@ -201,6 +237,7 @@ class Worker:
                     await msg.term()  # type: ignore[attr-defined]
         try:
             await self._judge(items)
+            await self.marks.flush()
         except (StoreUnavailable, *BusErrors) as exc:
             self.batches_failed += 1
             log.error(
