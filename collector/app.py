@@ -10,15 +10,16 @@ is on exactly when ``baselines_db`` is given: nothing downstream can switch it
 off by wrapping something.
 
 ``build(conf)`` is what ``tocsin-collector`` runs. From the settings of
-``tocsin.collector.cli.settings`` it opens the embedded storage (store,
-incident book, per-host baselines and webhook outbox on one connection to one
-SQLite file, ``tocsin.collector.db.Database``),
+``tocsin.collector.cli.settings`` it opens the storage named by ``store``
+(store, incident book, routine book, per-host baselines and webhook outbox on
+one connection to one database: an SQLite file, the embedded default, or
+PostgreSQL; ``tocsin.collector.backends.open_storage``),
 loads the model, makes the housekeeper (retention, disk watch) and, when
 asked, binds the web console's socket, and returns an ``App``:
 ``await app.start(listen)`` starts the collector, the outbox, the
 housekeeping, the console and the ``/metrics`` endpoint and returns the
-bound port; ``await app.stop()`` stops everything in order. Another store
-(PostgreSQL) enters in ``build`` and nowhere else.
+bound port; ``await app.stop()`` stops everything in order. Which engine
+holds the rows is decided in ``open_storage`` and nowhere else.
 """
 
 from __future__ import annotations
@@ -27,18 +28,18 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
 from tocsin.collector.admission import Admission, AdmissionConfig
+from tocsin.collector.backends import Storage, open_storage
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.console.auth import LinkIssuer
-from tocsin.collector.db import Database
+from tocsin.collector.db import SqlDatabase
 from tocsin.collector.decide import Judge, JudgeConfig
 from tocsin.collector.explain import Gettext, same_text
 from tocsin.collector.fleetguard import FleetGuard
@@ -47,8 +48,8 @@ from tocsin.collector.grpcconf import TlsFiles, parse_hostport, server_credentia
 from tocsin.collector.hooks import HookRunner
 from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
 from tocsin.collector.i18n import Language
-from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook, SqliteIncidentBook
-from tocsin.collector.ingest import TelemetryService
+from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook
+from tocsin.collector.ingest import LocalIntake, TelemetryService
 from tocsin.collector.meter import WindowMeter
 from tocsin.collector.metrics import MetricsServer, serve_metrics
 from tocsin.collector.opserver import OperatorService
@@ -57,13 +58,16 @@ from tocsin.collector.pipeline import BatchScorer, JudgeStage
 from tocsin.collector.protocols import Scorer
 from tocsin.collector.ratelimit import AgentRateLimits, RateLimits
 from tocsin.collector.respond import Responder
-from tocsin.collector.routine import MemoryRoutineBook, RoutineBook, RoutineJobs, SqliteRoutineBook
+from tocsin.collector.routine import MemoryRoutineBook, RoutineBook, RoutineJobs
 from tocsin.collector.score import ForestScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.silence import SilenceWatch
-from tocsin.collector.store import SqliteStore, Store
+from tocsin.collector.store import Store
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1.errors import ConfigError
+
+if TYPE_CHECKING:  # the scale-out roles import nats (the ``scale`` extra); built on demand
+    from tocsin.collector.bus import BusSettings
 
 log = logging.getLogger("tocsin.collector")
 
@@ -81,7 +85,7 @@ def assemble(
     rate_limits: RateLimits | None = None,
     book: IncidentBook | None = None,
     routine: RoutineBook | None = None,
-    baselines_db: Database | None = None,
+    baselines_db: SqlDatabase | None = None,
     baseline_config: BaselineConfig | None = None,
     guard: FleetGuard | None = None,
     hooks: HookRunner | None = None,
@@ -95,38 +99,35 @@ def assemble(
 
     ``gettext`` translates what it writes for people (webhook summaries)."""
     router = CommandRouter()
-    responder = Responder(
-        store, sink, router, mode=mode, allow=allow, guard=guard, hooks=hooks, gettext=gettext
-    )
     book = book or MemoryIncidentBook()
-    judge = Judge(
-        shipped.threshold,
-        judge_config,
-        book=book,
-        routine=RoutineJobs(routine or MemoryRoutineBook()),
-    )
     # The transactions of the windows, the judged marks and the incidents they changed.
     commits = GroupCommit(store, held=(book,))
-    stage = JudgeStage(
-        judge,
-        responder,
+    responder, stage = judgement(
         store,
-        HostBaselines(shipped, baselines_db, baseline_config),
-        BatchScorer(shipped),
-        WindowMeter(),
-        commits,
-        retry_s=judge_retry_s,
+        shipped,
+        sink,
+        router,
+        commits=commits,
+        mode=mode,
+        allow=allow,
+        judge_config=judge_config,
+        book=book,
+        routine=routine,
+        baselines_db=baselines_db,
+        baseline_config=baseline_config,
+        guard=guard,
+        hooks=hooks,
+        judge_retry_s=judge_retry_s,
+        gettext=gettext,
     )
     silence = SilenceWatch(sink, silent_after_s)
     # What the collector holds of agents' windows: waiting for a commit or a judgement.
-    admission = Admission(admission or AdmissionConfig(), lambda: commits.waiting + stage.queued)
+    watch = Admission(admission or AdmissionConfig(), lambda: commits.waiting + stage.queued)
     telemetry = TelemetryService(
         store,
         router,
-        stage,
-        responder,
-        commits,
-        admission,
+        LocalIntake(commits, stage, responder),
+        watch,
         limits=AgentRateLimits(rate_limits),
         silence=silence,
         clock_skew_s=clock_skew_s,
@@ -140,9 +141,58 @@ def assemble(
         telemetry,
         operator,
         silence,
-        admission,
+        watch,
         credentials=credentials,
     )
+
+
+def judgement(
+    store: Store,
+    shipped: Scorer,
+    sink: WebhookSink,
+    router: CommandRouter,
+    *,
+    commits: GroupCommit | None = None,
+    mode: str,
+    allow: Sequence[str],
+    judge_config: JudgeConfig | None,
+    book: IncidentBook | None,
+    routine: RoutineBook | None,
+    baselines_db: SqlDatabase | None,
+    baseline_config: BaselineConfig | None,
+    guard: FleetGuard | None,
+    hooks: HookRunner | None,
+    judge_retry_s: float,
+    gettext: Gettext,
+    owns: Callable[[str], bool] = lambda host_id: True,
+    mark: Callable[[str, str, int, float | None], None] | None = None,
+) -> tuple[Responder, JudgeStage]:
+    """The responder and the judge stage, the same in the embedded collector and a worker.
+
+    The stage marks windows judged through ``commits`` (the embedded collector's
+    group commit) or, in a worker, through ``mark``."""
+    responder = Responder(
+        store, sink, router, mode=mode, allow=allow, guard=guard, hooks=hooks, gettext=gettext
+    )
+    judge = Judge(
+        shipped.threshold,
+        judge_config,
+        book=book or MemoryIncidentBook(),
+        routine=RoutineJobs(routine or MemoryRoutineBook()),
+    )
+    stage = JudgeStage(
+        judge,
+        responder,
+        store,
+        HostBaselines(shipped, baselines_db, baseline_config),
+        BatchScorer(shipped),
+        WindowMeter(),
+        commits,
+        retry_s=judge_retry_s,
+        owns=owns,
+        mark=mark,
+    )
+    return responder, stage
 
 
 def load_scorer(model: str | None) -> ForestScorer:
@@ -158,7 +208,7 @@ class App:
     def __init__(
         self,
         collector: Collector,
-        db: Database,
+        db: SqlDatabase,
         outbox: Outbox,
         housekeeper: Housekeeper,
         shipped: Scorer,
@@ -246,22 +296,14 @@ def _console(conf: dict[str, Any]) -> tuple[LinkIssuer, socket.socket] | None:
 def build(conf: dict[str, Any]) -> App:
     """The shipped collector from validated settings (``ConfigError`` on a bad part)."""
     shipped = load_scorer(conf.get("model"))
-    db = Database(Path(conf["db"]))  # the one connection every part below shares
-    store = SqliteStore(db)
-    book = SqliteIncidentBook(db)
-    routine = SqliteRoutineBook(db)
-    outbox = Outbox(
-        db,
+    storage = open_storage(
+        conf["store"],
         conf["destinations"],
         retry_initial_s=conf["webhook_retry_initial_s"],
         retry_max_s=conf["webhook_retry_max_s"],
         max_age_s=conf["webhook_max_age_s"],
     )
-    since = time.time() - conf["webhook_max_age_s"]
-    recent = store.list_alerts(limit=10_000)
-    recovered = outbox.recover(a.payload for a in recent if a.detected_at_s >= since)
-    if recovered:
-        log.warning("%d stored alerts had not reached the webhook outbox; queued now", recovered)
+    db, store, outbox = storage.db, storage.store, storage.outbox  # one connection, shared
     tls: TlsFiles = conf["tls"]
     per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
     bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
@@ -276,8 +318,8 @@ def build(conf: dict[str, Any]) -> App:
         credentials=server_credentials(tls) if tls.given() else None,
         silent_after_s=float(conf.get("silent_after") or 60.0),
         rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
-        book=book,
-        routine=routine,
+        book=storage.book,
+        routine=storage.routine,
         baselines_db=db,
         baseline_config=BaselineConfig(learning_s=learning_s),
         guard=FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None,
@@ -288,7 +330,7 @@ def build(conf: dict[str, Any]) -> App:
     )
     housekeeper = Housekeeper(
         store,
-        db.path,
+        db.disk_path,
         outbox,
         outbox,
         RetentionConfig(
@@ -302,3 +344,122 @@ def build(conf: dict[str, Any]) -> App:
         conf["baseline_learning_days"],
     )
     return App(collector, db, outbox, housekeeper, shipped, conf, console)
+
+
+# ---------------------------------------------------------------- scale-out roles
+
+
+class Role(Protocol):
+    """A gateway or a worker: ``start`` returns the bound port (a worker binds none: 0)."""
+
+    async def start(self, listen: str | None) -> int: ...
+    async def stop(self, grace_s: float = 5.0) -> None: ...
+
+
+class ScaleApp:
+    """A gateway or a worker and its storage; a worker also delivers the shared outbox."""
+
+    def __init__(self, role: Role, storage: Storage, delivers: bool) -> None:
+        self.role, self.storage, self.delivers = role, storage, delivers
+
+    async def start(self, listen: str | None) -> int:
+        if self.delivers:
+            self.storage.outbox.start()
+        return await self.role.start(listen)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.role.stop(grace_s)
+        if self.delivers:
+            await self.storage.outbox.stop()
+        self.storage.outbox.close()
+        self.storage.close()
+
+
+def bus_settings(conf: dict[str, Any]) -> BusSettings:
+    from tocsin.collector.bus import BusSettings
+
+    return BusSettings(conf["bus"], replicas=conf["bus_replicas"])
+
+
+def shared_storage(conf: dict[str, Any]) -> Storage:
+    """The PostgreSQL database every gateway and worker shares (``--store``): the store,
+    incidents, routine runs, per-host baselines and the webhook outbox, whose rows each
+    worker claims under a lease so that every event is delivered once."""
+    return open_storage(
+        conf["store"],
+        conf["destinations"],
+        retry_initial_s=conf["webhook_retry_initial_s"],
+        retry_max_s=conf["webhook_retry_max_s"],
+        max_age_s=conf["webhook_max_age_s"],
+        deliverer=conf["name"],
+    )
+
+
+async def build_gateway(conf: dict[str, Any]) -> ScaleApp:
+    """``tocsin-collector gateway``: agent streams and the operator API over the bus."""
+    from tocsin.collector.bus import Bus
+    from tocsin.collector.gateway import BusIntake, BusRouter, Gateway
+
+    storage = shared_storage(conf)
+    store = storage.store
+    bus = await Bus.connect(bus_settings(conf), conf["name"])
+    router = BusRouter(bus, conf["name"])
+    tls: TlsFiles = conf["tls"]
+    per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
+    bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
+    # The gateway raises no alerts and runs no hooks: its responder sends the operators'
+    # commands (to the bus) and records them. Workers deliver the outbox.
+    responder = Responder(
+        store,
+        storage.outbox,
+        router,
+        mode=conf["respond"],
+        allow=conf["allow"],
+        gettext=Language.load(conf["language"]).gettext,
+    )
+    telemetry = TelemetryService(
+        store,
+        router,
+        BusIntake(bus),
+        limits=AgentRateLimits(RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16)),
+        clock_skew_s=conf["max_clock_skew_s"],
+    )
+    operator = OperatorService(store, router, responder)
+    credentials = server_credentials(tls) if tls.given() else None
+    return ScaleApp(Gateway(bus, store, router, telemetry, operator, credentials), storage, False)
+
+
+async def build_worker(conf: dict[str, Any]) -> ScaleApp:
+    """``tocsin-collector worker``: judge the partitions it holds, respond through the bus."""
+    from tocsin.collector.bus import Bus
+    from tocsin.collector.gateway import BusRouter
+    from tocsin.collector.worker import Holdings, JudgedMarks, Worker
+
+    shipped = load_scorer(conf.get("model"))
+    storage = shared_storage(conf)
+    store = storage.store
+    bus = await Bus.connect(bus_settings(conf), conf["name"])
+    holdings = Holdings()
+    marks = JudgedMarks(store, held=(storage.book,))
+    learning_s = float(conf["baseline_learning_days"]) * 86400.0
+    responder, stage = judgement(
+        store,
+        shipped,
+        storage.outbox,
+        BusRouter(bus),
+        mode=conf["respond"],
+        allow=conf["allow"],
+        judge_config=None,
+        book=storage.book,
+        routine=storage.routine,
+        baselines_db=storage.db,
+        baseline_config=BaselineConfig(learning_s=learning_s),
+        guard=FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None,
+        hooks=HookRunner(conf["hook_list"]) if conf["hook_list"] else None,
+        judge_retry_s=5.0,
+        gettext=Language.load(conf["language"]).gettext,
+        owns=holdings.owns,
+        mark=marks.add,
+    )
+    worker = Worker(bus, store, stage, responder, holdings, marks, conf["name"])
+    return ScaleApp(worker, storage, True)

@@ -13,17 +13,21 @@ Per stream, in order:
    whose old stream the collector has not seen die yet), and so does any
    stream with the host's certificate. The host is registered and an ``Ack`` of what is already
    stored for this boot is sent at once.
-2. Each ``Window`` (seq > 0) is committed to the store, THEN acked (``Ack.seq``
-   is the highest seq stored for the boot), THEN queued for judgement
-   (``JudgeStage.enqueue``: the stream reads on; windows with evidence are
-   committed first and their host judged ahead of the quiet backlog). While
-   the collector is behind (``Admission``), a window without evidence on a
-   stream past its grace is not taken: the stream ends RESOURCE_EXHAUSTED with
-   a pushback and the agent keeps it spooled. Windows of every stream
-   are committed together (``GroupCommit``, given by the assembly: one
-   transaction per batch, the windows and judged marks that arrived while the
-   previous batch was committing), and each ack goes out only after the commit
-   that covers it. A resent window
+2. Each ``Window`` (seq > 0) is committed, THEN acked (``Ack.seq`` is the
+   highest seq committed for the boot), THEN judged, through the ``Intake``
+   the service is given (``tocsin.collector.intake``): the embedded
+   collector's ``LocalIntake`` commits to the store and queues the window for
+   judgement here (``JudgeStage.enqueue``: windows with evidence are committed
+   first and their host judged ahead of the quiet backlog); a gateway's
+   commits to JetStream and a worker judges. A stream reads on while its
+   windows commit (at most ``max_committing`` on their way), and acks and
+   hands them on in order. Windows of every stream are committed together
+   (``GroupCommit``, given by the assembly: one transaction per batch, the
+   windows and judged marks that arrived while the previous batch was
+   committing), and each ack goes out only after the commit that covers it.
+   While the collector is behind (``Admission``), a window without evidence on
+   a stream past its grace is not taken: the stream ends RESOURCE_EXHAUSTED
+   with a pushback and the agent keeps it spooled. A resent window
    already stored is acked and counted in ``duplicates``, not judged again;
    what the host has committed but not judged (the database failed after a
    commit) is judged then (``JudgeStage.settle``), if the stage's own retry
@@ -78,13 +82,14 @@ from google.protobuf.message import DecodeError
 from tocsin.collector.admission import Admission
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
-from tocsin.collector.features import window_features, window_tally
+from tocsin.collector.features import window_features
 from tocsin.collector.groupcommit import GroupCommit
+from tocsin.collector.intake import AcceptedWindow, Intake
 from tocsin.collector.pipeline import Committed, JudgeStage
 from tocsin.collector.ratelimit import AgentRateLimits, Refusal
 from tocsin.collector.respond import Responder
 from tocsin.collector.silence import SilenceWatch
-from tocsin.collector.store import Store, StoredWindow, StoreFull, StoreUnavailable
+from tocsin.collector.store import Store, StoreFull, StoreUnavailable
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import WireError
@@ -125,7 +130,7 @@ class _StreamSession:
         self.host_id = host_id
         self.peer_host = peer_host(peer)
         self.started_s = time.monotonic()
-        # The last window on its way (committing, then acked and queued in order),
+        # The last window on its way (committing, then acked and handed on in order),
         # and how many are: a stream reads on while its windows commit.
         self.tail: asyncio.Task[None] | None = None
         self.committing = 0
@@ -139,6 +144,35 @@ class _StreamSession:
         end = _End(grpc.StatusCode.ABORTED, "replaced by a newer stream from the same host")
         with contextlib.suppress(asyncio.QueueFull):
             self.out.put_nowait(end)
+
+
+class LocalIntake:
+    """The embedded collector's intake: group commit to the store, judge in this process.
+
+    Its parts come from the assembly: the group commit (windows with evidence
+    go first) and the judge stage. A new window is queued for judgement (its
+    host ahead of the quiet ones when it carries evidence); a resend already
+    stored settles its host (what was committed but not judged after a
+    database failure is judged then).
+    """
+
+    def __init__(self, commits: GroupCommit, stage: JudgeStage, responder: Responder) -> None:
+        self.commits, self.stage, self.responder = commits, stage, responder
+
+    async def commit(self, host_id: str, boot_id: str, window: AcceptedWindow) -> bool:
+        urgent = carries_evidence(window.window)
+        return await self.commits.add(host_id, boot_id, window.stored(), urgent=urgent)
+
+    async def judge(self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool) -> None:
+        if not new:
+            await self.stage.settle(host_id)
+            return
+        w = window.window
+        item = Committed(boot_id, w, window_features(w), window.skew_s)
+        self.stage.enqueue(host_id, item, urgent=carries_evidence(w))
+
+    async def action_result(self, host_id: str, result: pb.ActionResult) -> None:
+        await self.responder.on_action_result(host_id, result)
 
 
 def validate_hello(msg: pb.AgentMessage) -> pb.Hello:
@@ -188,10 +222,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self,
         store: Store,
         router: CommandRouter,
-        stage: JudgeStage,
-        responder: Responder,
-        commits: GroupCommit,
-        admission: Admission,
+        intake: Intake,
+        admission: Admission | None = None,
         max_outbound: int = 256,
         limits: AgentRateLimits | None = None,
         silence: SilenceWatch | None = None,
@@ -201,16 +233,16 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         taken_retry_ms: int = 5_000,
         max_committing: int = 64,
     ) -> None:
-        self.store, self.router, self.stage, self.responder = store, router, stage, responder
+        self.store, self.router, self.intake = store, router, intake
+        self.admission = admission  # None: never behind (a gateway)
+        self.max_committing = max_committing
         self.max_outbound = max_outbound
         self.limits = limits or AgentRateLimits()
         self.silence = silence
         self.store_retry_ms = store_retry_ms
-        self.commits, self.admission = commits, admission
         self.clock_skew_s = clock_skew_s
         self._clock = clock
         self.taken_retry_ms = taken_retry_ms
-        self.max_committing = max_committing
         self.clock_skew_windows = 0
         self.windows_stored = 0
         self.duplicates = 0
@@ -279,15 +311,15 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                     break
                 await context.write(item)
         finally:
+            # Detached before any wait: a cancelled call may be cancelled again meanwhile.
+            self.router.detach(host_id, session)
             pump.cancel()
             reader.cancel()
-            if session.tail is not None:  # committed and not acked: the agent resends them
-                session.tail.cancel()
-            await asyncio.gather(pump, reader, return_exceptions=True)
-            if session.tail is not None:
-                await asyncio.gather(session.tail, return_exceptions=True)
-            self.router.detach(host_id, session)
-            with contextlib.suppress(StoreUnavailable):
+            tail = [session.tail] if session.tail is not None else []
+            for task in tail:  # committed and not acked: the agent resends them
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                await asyncio.gather(pump, reader, *tail, return_exceptions=True)
                 await asyncio.to_thread(self.store.touch_host, host_id)
             log.info(
                 "agent %s stream ended (windows stored %d, duplicates dropped %d,"
@@ -387,7 +419,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 if kind == "window":
                     acked = await self._window(host_id, boot_id, msg.window, session, acked)
                 elif kind == "action_result":
-                    await self.responder.on_action_result(host_id, msg.action_result)
+                    await self.intake.action_result(host_id, msg.action_result)
                 elif kind == "heartbeat":
                     await asyncio.to_thread(self.store.touch_host, host_id)
                 elif kind == "goodbye":
@@ -450,9 +482,10 @@ class TelemetryService(pb_grpc.TelemetryServicer):
     ) -> int:
         if w.seq <= 0:
             raise WireError("window seq must be > 0")
-        wait_ms = self.admission.pushback_ms(w, time.monotonic() - session.started_s)
-        if wait_ms is not None:
-            raise _PushedBack(wait_ms)
+        if self.admission is not None:
+            wait_ms = self.admission.pushback_ms(w, time.monotonic() - session.started_s)
+            if wait_ms is not None:
+                raise _PushedBack(wait_ms)
         raw = w.SerializeToString()
         sent_end_s = ts_s(w.end)
         skew_s = clamp_window(w, self._clock(), self.clock_skew_s)
@@ -469,20 +502,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                     -skew_s,
                     self.clock_skew_s,
                 )
-        x = window_features(w)
-        stored = StoredWindow(
-            seq=int(w.seq),
-            start_s=ts_s(w.start),
-            end_s=ts_s(w.end),
-            raw=raw,
-            tally=window_tally(w),
-        )
-        urgent = carries_evidence(w)
-        committing = self.commits.submit(host_id, boot_id, stored, urgent=urgent)
+        window = AcceptedWindow(w, raw, skew_s)
+        committing = asyncio.ensure_future(self.intake.commit(host_id, boot_id, window))
         acked = max(acked, int(w.seq))
-        item = Committed(boot_id, w, x, skew_s)
         session.tail = asyncio.ensure_future(
-            self._committed(session, session.tail, committing, acked, item, urgent)
+            self._committed(session, session.tail, committing, boot_id, acked, window)
         )
         session.committing += 1
         if session.committing >= self.max_committing or session.tail.done():
@@ -494,11 +518,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         session: _StreamSession,
         before: asyncio.Task[None] | None,
         committing: asyncio.Future[bool],
+        boot_id: str,
         acked: int,
-        item: Committed,
-        urgent: bool,
+        window: AcceptedWindow,
     ) -> None:
-        """Once the window before it is acked and its commit done: ack it, queue its judgement."""
+        """Once the window before it is acked and its commit done: ack it, hand it on."""
         host_id = session.host_id
         try:
             if before is not None:
@@ -507,13 +531,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         finally:
             session.committing -= 1
         session.acked = max(session.acked, acked)
-        await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=item.boot_id, seq=acked)))
-        if not inserted:
+        await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
+        if inserted:
+            self.windows_stored += 1
+            session.stored += 1
+        else:
             self.duplicates += 1
             session.duplicates += 1
-            # A resend after a failure: what was committed but not judged is judged now.
-            await self.stage.settle(host_id)
-            return
-        self.windows_stored += 1
-        session.stored += 1
-        self.stage.enqueue(host_id, item, urgent=urgent)
+        await self.intake.judge(host_id, boot_id, window, inserted)

@@ -23,7 +23,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Sequence, Set
+from collections.abc import Callable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -143,7 +143,9 @@ class JudgeStage:
     Parts: the ``judge`` (holding the incident book), the ``responder``, the
     ``store``, the ``baselines`` (shipped model and per-host ones), the
     ``batch`` scorer, the ``meter`` and the group commit the judged marks go
-    through (``commits``); all built by the caller
+    through (``commits``; a scale-out worker gives ``mark`` instead, which groups
+    a batch's marks into one transaction of its own,
+    ``tocsin.collector.worker.JudgedMarks``); all built by the caller
     (``tocsin.collector.app``). On construction the responder takes back the
     open alerts a previous collector on the same database left.
 
@@ -172,7 +174,9 @@ class JudgeStage:
     that need it, so a window acked before the database failed is judged once
     it is back, even if its agent sends nothing more. A judgement that fails
     leaves the host out of sync (and ``judge_window``, which judges one window
-    at once, raises ``StoreUnavailable`` to its caller).
+    at once, raises ``StoreUnavailable`` to its caller). ``owns`` says which
+    hosts this stage judges (all, except in a scale-out worker: those of the
+    partitions it holds); the backlog settles only those.
     """
 
     def __init__(
@@ -183,14 +187,19 @@ class JudgeStage:
         baselines: HostBaselines,
         batch: BatchScorer,
         meter: WindowMeter,
-        commits: GroupCommit,
+        commits: GroupCommit | None = None,
         retry_s: float = 5.0,
         workers: int = 256,
         max_batch: int = 256,
+        owns: Callable[[str], bool] = lambda host_id: True,
+        mark: Callable[[str, str, int, float | None], None] | None = None,
     ) -> None:
         self.judge, self.responder, self.store = judge, responder, store
         self.baselines, self.batch, self.meter = baselines, batch, meter
-        self.commits = commits
+        if commits is None and mark is None:
+            raise ValueError("a judge stage marks through a group commit or a mark of its own")
+        self.commits, self._mark = commits, mark
+        self.owns = owns
         self.retry_s, self.workers, self.max_batch = retry_s, workers, max_batch
         for alert in store.list_alerts(limit=10_000):
             if alert.open:
@@ -215,6 +224,13 @@ class JudgeStage:
 
     def in_sync(self, host_id: str) -> bool:
         return host_id in self._in_sync
+
+    def forget(self, which: Callable[[str], bool]) -> None:
+        """Mark the hosts ``which`` selects out of sync: resynced from the store when next seen.
+
+        A scale-out worker calls it for the hosts of a partition it takes or gives
+        up: another worker may have judged them meanwhile."""
+        self._in_sync -= {h for h in self._in_sync if which(h)}
 
     def enqueue(self, host_id: str, item: Committed, urgent: bool = False) -> None:
         """Queue a committed window for judgement (in order per host); never waits."""
@@ -318,7 +334,7 @@ class JudgeStage:
             except StoreUnavailable as exc:
                 log.warning("judgement backlog not checked: %s", exc)
                 hosts = []
-            for host_id in hosts:
+            for host_id in filter(self.owns, hosts):
                 if host_id in self._queues or host_id in self._busy:
                     continue  # its windows are on their way: a worker resyncs it
                 with contextlib.suppress(StoreUnavailable):
@@ -400,7 +416,11 @@ class JudgeStage:
                 await self.responder.on_decision(d, explanation)
             decided += decisions
             marks.append(JudgedMark(host_id, it.boot_id, int(w.seq), score))
-        await self.commits.judged(marks)
+        if self._mark is not None:  # a scale-out worker commits a batch's marks itself
+            for m in marks:
+                self._mark(m.host_id, m.boot_id, m.seq, m.score)
+        elif self.commits is not None:
+            await self.commits.judged(marks)
         end_s = ts_s(items[-1].window.end)
         idle = self._learning is None or self._learning.done()
         try:

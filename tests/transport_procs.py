@@ -170,19 +170,36 @@ def created_from_log(path: Path) -> dict[tuple[str, str], int]:
     return out
 
 
-def ledger(created: dict[tuple[str, str], int], db: Path) -> dict[str, int]:
+Stored = dict[tuple[str, str], list[int]]  # (host, boot) -> seqs, as a store holds them
+
+
+def ledger(
+    created: dict[tuple[str, str], int], db: Path | Stored, *more: Path | Stored
+) -> dict[str, int]:
     """Check every created window is stored exactly once; returns the figures.
 
     ``created[(host, boot)]`` is the highest seq the agent created for that boot
-    (seqs are contiguous from 1). Raises AssertionError on any loss.
+    (seqs are contiguous from 1); ``db`` a collector's SQLite file, or what a
+    store holds (``Stored``). Raises AssertionError on any loss. With
+    ``more`` databases (agents that moved from one collector to another), each
+    stores a window at most once and their union holds every created one;
+    ``in_two_stores`` counts the windows both hold (acked by neither before
+    the first collector was gone, so resent).
     """
-    have = stored(db)
+    have: dict[tuple[str, str], list[int]] = {}
+    in_two = 0
+    for one in (db, *more):
+        for key, seqs in (one if isinstance(one, dict) else stored(one)).items():
+            assert len(seqs) == len(set(seqs)), (
+                f"{key}: stored twice in {one if isinstance(one, Path) else 'the store'}"
+            )
+            in_two += len(set(seqs) & set(have.get(key, [])))
+            have[key] = sorted(set(have.get(key, [])) | set(seqs))
     total_created = sum(created.values())
     total_stored = 0
     missing: list[str] = []
     for key, top in created.items():
         seqs = have.get(key, [])
-        assert len(seqs) == len(set(seqs)), f"{key}: stored twice"
         want = set(range(1, top + 1))
         lost = want - set(seqs)
         if lost:
@@ -191,12 +208,13 @@ def ledger(created: dict[tuple[str, str], int], db: Path) -> dict[str, int]:
     extra = {k: v for k, v in have.items() if k not in created}
     assert not missing, "windows lost: " + "; ".join(missing[:10])
     assert not extra, f"stored windows nobody created: {list(extra)[:5]}"
-    return {
+    figures = {
         "created": total_created,
         "stored": total_stored,
         "boots": len(created),
         "hosts": len({h for h, _ in created}),
     }
+    return {**figures, "in_two_stores": in_two} if more else figures
 
 
 def duplicates_dropped(log_text: str) -> int:
