@@ -41,7 +41,7 @@ log = logging.getLogger("tocsin.collector.admission")
 
 @dataclass(frozen=True)
 class AdmissionConfig:
-    max_in_flight: int = 500
+    max_in_flight: int = 2000
     max_lag_s: float = 0.1
     pushback_ms: int = 5000
     grace_s: float = 1.0
