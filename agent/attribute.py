@@ -23,7 +23,10 @@ same cmdline (forked workers) or wrote recently; stop at pid 1, the agent, and
 at a parent with another cmdline that did not write, unless that parent runs
 two or more live children whose command lines differ from the writer's only
 by paths (``job_shape``: a launcher of workers is the tree from the first
-window on). Siblings: when two or more
+window on). A drill (its writer carries the agent's drill key) climbs only into
+parents that carry it too: the launcher of a drill is never in its tree, the
+drill's own workers are, from their first file (the tripwire counts per tree).
+Siblings: when two or more
 writers of one window that are each their own tree share a parent (a launcher
 spawning short-lived encryptors with another cmdline), the parent becomes
 their tree root (unless it is pid 1, the agent or a ``STOP_NAMES`` process).
@@ -491,14 +494,14 @@ class Attributor:
         if cur is None:
             return pid
         for _ in range(64):
-            if self.is_drill(cur.pid):
-                break  # a drill's encryptor is its own tree, never its launcher
             ppid = cur.ppid
             if ppid <= 1 or ppid == self._self_pid or ppid in self._own_ancestors:
                 break  # the agent's own ancestors are never a tree it could suspend
             parent = self._known.get(ppid) or self._info(ppid)
             if parent is None or parent.name in STOP_NAMES:
                 break
+            if self.is_drill(cur.pid) and not self.is_drill(ppid):
+                break  # a drill is its own tree, never its launcher (its workers are in it)
             recent = now - self._recent_writers.get(ppid, -1e9) < 30.0
             if parent.cmdline != cur.cmdline and not recent:
                 if _workers_of(ppid, job_shape(cur.cmdline.split())) >= 2:
