@@ -150,14 +150,10 @@ def job_shape(argv: list[str]) -> tuple[str, ...]:
 
 def _workers_of(ppid: int, shape: tuple[str, ...]) -> int:
     """How many live children of ``ppid`` run a command of this ``job_shape``."""
-    try:
-        kids = psutil.Process(ppid).children()
-    except psutil.Error:
-        return 0
     n = 0
-    for k in kids:
+    for kid in _linux.children(ppid):
         with contextlib.suppress(psutil.Error):
-            n += job_shape(k.cmdline()) == shape
+            n += job_shape(psutil.Process(kid).cmdline()) == shape
     return n
 
 
@@ -628,8 +624,7 @@ class Attributor:
                     self._io_last[pid] = chars
                 s.bytes_written = max(chars[1] - last[1], 0)
                 s.bytes_read = max(chars[0] - last[0], 0)
-            with contextlib.suppress(psutil.Error, OSError):
-                s.children = len(psutil.Process(pid).children())
+            s.children = len(_linux.children(pid))
             s.tree_root_pid = self.tree_root(pid)
             if info.name == "smbd" and self.smb is not None:
                 client = self.smb.client_of(pid)
