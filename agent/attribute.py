@@ -585,12 +585,19 @@ class Attributor:
                 writers.setdefault(pid, _Writer()).paths.add(path)
 
     def collect(
-        self, destroyed_paths: list[str] | None = None, canary_paths: set[str] | None = None
+        self,
+        destroyed_paths: list[str] | None = None,
+        canary_paths: set[str] | None = None,
+        ruined_by: dict[int, set[str]] | None = None,
     ) -> list[pb.ProcessSample]:
         """Top writers of the window now closing; resets the window's counts.
 
         ``canary_trees`` is left holding the tree roots of the writers that
         wrote one of ``canary_paths`` (fanotify only: psutil cannot tell).
+        ``ruined_by``: the files shown ruined in this window, by the writer
+        ``writer_of`` named for each (what the tripwire counted): each such writer
+        is sampled here with them, though its writes were read in an earlier window
+        (a window the tripwire closes at once names the tree it counted).
         """
         with self._lock:
             writers, self._writers = self._writers, {}
@@ -600,6 +607,9 @@ class Attributor:
             writers = self._psutil_writers()
             attribution = pb.ATTRIBUTION_PSUTIL_IO
         self._add_late_writers(writers, destroyed_paths or [])
+        for pid, paths in (ruined_by or {}).items():
+            if pid in self._known and pid != self._self_pid:
+                writers.setdefault(pid, _Writer()).paths.update(paths)
         now = time.monotonic()
         for pid in writers:
             self._recent_writers[pid] = now

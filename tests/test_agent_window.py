@@ -128,6 +128,40 @@ def test_a_drills_workers_are_one_tree_from_their_first_file(tmp_path: Path) -> 
     assert {s.tree_root_pid for w in ws for s in w.top_writers} == {pid}
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
+def test_a_file_shown_ruined_after_its_writes_were_read_names_its_running_writer(
+    tmp_path: Path,
+) -> None:
+    """The tripwire closes a window at once on a ruined file whose write fanotify
+    reported in the window before: the window it marks must still name that writer
+    (its tree is what the collector suspends; without a writer it had no process)."""
+    doc = tmp_path / "budget.docx"
+    attributor = Attributor([str(tmp_path)])
+    attributor.start()
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import os, time; open({str(doc)!r}, 'wb').write(os.urandom(8192)); time.sleep(30)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while attributor.writer_of(str(doc)) is None:
+            assert time.monotonic() < deadline, "fanotify never named the writer"
+            time.sleep(0.02)
+        writer = attributor.writer_of(str(doc))
+        assert writer is not None and writer.pid == child.pid
+        assert [s.pid for s in attributor.collect()] == [child.pid]  # its window
+        # The next window: the probe shows the file destroyed; the writer still runs.
+        late = attributor.collect([str(doc)], ruined_by={child.pid: {str(doc)}})
+        assert [(s.pid, s.files_type_destroyed) for s in late] == [(child.pid, 1)]
+    finally:
+        child.kill()
+        child.wait()
+        attributor.stop()
+
+
 def test_full_queue_counts_drops(tmp_path: Path) -> None:
     watcher = FileWatcher([str(tmp_path)], queue_size=5)
     watcher.start()
