@@ -32,7 +32,11 @@ class _Parser(argparse.ArgumentParser):
 
 def _agent_parser() -> _Parser:
     p = _Parser(prog=PROG, description="tocsin agent: watch file trees, stream windows")
-    p.add_argument("--collector", help="collector HOST:PORT")
+    p.add_argument(
+        "--collector",
+        action="append",
+        help="collector HOST:PORT; several (repeated or a,b) are tried in turn",
+    )
     p.add_argument("--watch", action="append", help="directory to watch (repeatable)")
     p.add_argument("--host-id")
     p.add_argument("--state-dir", type=Path)
@@ -86,7 +90,7 @@ def _agent_parser() -> _Parser:
 
 
 KEYS = {
-    "collector": str,
+    "collector": (str, list),
     "watch": list,
     "host_id": str,
     "state_dir": str,
@@ -134,6 +138,22 @@ def _finite(name: str, value: float) -> float:
     return v
 
 
+def _collectors(given: str | list[Any]) -> list[str]:
+    """HOST:PORT of each collector: a list (repeated flag, config list) of a,b,... strings."""
+    items = [given] if isinstance(given, str) else given
+    found: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"--collector must be HOST:PORT, not {item!r}")
+        for one in (part.strip() for part in item.split(",")):
+            host, _, port = one.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"--collector must be HOST:PORT, not {one!r}")
+            if one not in found:
+                found.append(one)
+    return found
+
+
 def build_config(argv: list[str]) -> tuple[Any, str]:
     """Parse flags + config into an AgentConfig; raises ConfigError on any mistake."""
     from tocsin.agent.runtime import AgentConfig
@@ -148,9 +168,7 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
     for k in ("collector", "watch", "host_id", "state_dir"):
         if not merged.get(k):
             raise ConfigError(f"--{k.replace('_', '-')} is required")
-    host, _, port = str(merged["collector"]).rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"--collector must be HOST:PORT, not {merged['collector']!r}")
+    collectors = _collectors(merged["collector"])
     for d in merged["watch"]:
         if not os.path.isdir(d):
             raise ConfigError(f"--watch {d}: not a directory")
@@ -205,7 +223,7 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
     except OSError as exc:
         raise ConfigError(f"--state-dir {state_dir}: {exc.strerror}") from None
     cfg = AgentConfig(
-        collector=str(merged["collector"]),
+        collectors=collectors,
         watch=[str(w) for w in merged["watch"]],
         host_id=str(merged["host_id"]),
         state_dir=state_dir,

@@ -7,11 +7,12 @@ Contract:
   here. Nothing else in the agent runs ``nft``. With nothing to enforce (not isolated, no client
   blocked) the table does not exist.
 - Pinned when the ``Firewall`` is built (at agent start), never re-resolved afterwards: the
-  collector's addresses and port, the DNS resolvers, the agent's own allowlist (the runtime
+  collectors' addresses and ports (every collector the agent may stream to), the DNS
+  resolvers, the agent's own allowlist (the runtime
   resolves them with ``tocsin.agent.ruleset``'s ``pin_addresses`` and ``system_resolvers``,
   which also renders the script).
-- ``isolate(allow)``: drop everything except loopback, the collector's pinned addresses AND
-  port, DNS to and from the resolvers only, DHCP, IPv6 neighbour discovery and the allowlist (the
+- ``isolate(allow)``: drop everything except loopback, the collectors' pinned addresses AND
+  ports, DNS to and from the resolvers only, DHCP, IPv6 neighbour discovery and the allowlist (the
   agent's own plus ``allow``). If no pinned collector address answers afterwards, the isolation
   is rolled back (client blocks stay) and the result says so.
 - ``block_clients(addrs)``: drop every packet from and to each address (sets ``blocked4`` and
@@ -156,7 +157,7 @@ class Firewall:
         self,
         state_dir: Path,
         collector: Sequence[str] = (),
-        collector_port: int = 0,
+        collector_ports: Sequence[int] = (),
         allow: Sequence[str] = (),
         resolvers: Sequence[str] = (),
         nft: Nft | None = None,
@@ -176,7 +177,7 @@ class Firewall:
             pinned = _valid(saved.get("collector"), parse_address)
         self.pins = Pins(
             collector=pinned,
-            collector_port=collector_port,
+            collector_ports=tuple(collector_ports),
             resolvers=tuple(str(parse_address(a)) for a in resolvers),
             allow=tuple(str(ipaddress.ip_network(c, strict=False)) for c in allow),
         )
@@ -250,6 +251,13 @@ class Firewall:
                 return cidr
         return ""
 
+    def _collector_answers(self) -> bool:
+        """Whether some pinned collector address answers on some collector port."""
+        pins = self.pins
+        return any(
+            self._reachable(ip, port) for port in pins.collector_ports for ip in pins.collector
+        )
+
     # ------------------------------------------------------------ isolation
     def isolate(self, allow: Sequence[str] = (), dry_run: bool = False) -> tuple[str, str]:
         """Apply the isolation, rolled back if the collector stops answering: (status, detail)."""
@@ -258,10 +266,10 @@ class Firewall:
         except ValueError as exc:
             return "failed", f"bad isolation parameters: {exc}"
         pins = self.pins
-        if not pins.collector or not pins.collector_port:
+        if not pins.collector or not pins.collector_ports:
             return "failed", "the collector's address was not pinned at agent start"
         keeps = (
-            f"{', '.join(pins.collector)} port {pins.collector_port}, "
+            f"{', '.join(pins.collector)} port {', '.join(map(str, pins.collector_ports))}, "
             f"DNS to {', '.join(pins.resolvers) or 'no resolver'}, DHCP and "
             f"{list(sorted(set(pins.allow) | set(extra))) or 'no allowlist'}"
         )
@@ -273,7 +281,7 @@ class Firewall:
                 self._write(replace(before, isolated=True, allow=extra))
             except ResponseError as exc:
                 return "failed", str(exc)
-            if not any(self._reachable(ip, pins.collector_port) for ip in pins.collector):
+            if not self._collector_answers():
                 try:
                     self._write(before)
                 except ResponseError as exc:
@@ -311,7 +319,7 @@ class Firewall:
         parts = []
         if state.isolated:
             parts.append(f"isolated, allowlist {sorted(set(self.pins.allow) | set(state.allow))}")
-            if not any(self._reachable(ip, self.pins.collector_port) for ip in self.pins.collector):
+            if not self._collector_answers():
                 log.warning("isolated and the collector %s does not answer", self.pins.collector)
         if state.blocked:
             parts.append(f"blocked clients {list(state.blocked)}")

@@ -62,7 +62,7 @@ class Pins:
     """What the firewall fixed at agent start."""
 
     collector: tuple[str, ...] = ()
-    collector_port: int = 0
+    collector_ports: tuple[int, ...] = ()
     resolvers: tuple[str, ...] = ()
     allow: tuple[str, ...] = ()
 
@@ -130,7 +130,8 @@ def _set_elements(addrs: Sequence[str]) -> str:
 
 
 def _isolation_chains(pins: Pins, state: FirewallState) -> list[str]:
-    port = pins.collector_port
+    ports = pins.collector_ports
+    port = str(ports[0]) if len(ports) == 1 else "{ " + ", ".join(map(str, ports)) + " }"
     collector = _by_family(pins.collector)
     resolvers = _by_family(pins.resolvers)
     allow_in: list[str] = []

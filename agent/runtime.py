@@ -67,7 +67,8 @@ WINDOW_STALL_S = 10.0
 
 @dataclass
 class AgentConfig:
-    collector: str
+    # HOST:PORT of each collector, tried in turn (``tocsin.agent.ship``).
+    collectors: list[str]
     watch: list[str]
     host_id: str
     state_dir: Path
@@ -95,9 +96,11 @@ class AgentConfig:
     smb_conf: str = ""
 
     @property
-    def collector_host_port(self) -> tuple[str, int]:
-        host, _, port = self.collector.rpartition(":")
-        return host.strip("[]"), int(port)
+    def collector_host_ports(self) -> list[tuple[str, int]]:
+        return [
+            (host.strip("[]"), int(port))
+            for host, _, port in (c.rpartition(":") for c in self.collectors)
+        ]
 
 
 class Agent:
@@ -107,19 +110,24 @@ class Agent:
         self.cfg = cfg
         self.boot_id = os.urandom(16).hex()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        host, port = cfg.collector_host_port
-        try:
-            pinned = pin_addresses(host)
-        except OSError as exc:
-            log.warning(
-                "cannot resolve the collector %s now (%s): isolation keeps the "
-                "addresses pinned last time",
-                host,
-                exc,
-            )
-            pinned = ()
+        pinned: list[str] = []
+        for host, _ in cfg.collector_host_ports:
+            try:
+                pinned += pin_addresses(host)
+            except OSError as exc:
+                log.warning(
+                    "cannot resolve the collector %s now (%s): isolation keeps the "
+                    "addresses pinned last time if no collector resolves",
+                    host,
+                    exc,
+                )
+        ports = sorted({port for _, port in cfg.collector_host_ports})
         self.firewall = Firewall(
-            cfg.state_dir, pinned, port, cfg.allow, cfg.resolvers or system_resolvers()
+            cfg.state_dir,
+            tuple(dict.fromkeys(pinned)),
+            ports,
+            cfg.allow,
+            cfg.resolvers or system_resolvers(),
         )
         self.actions = Actions(cfg.state_dir, self.firewall)
         self.spool = WindowSpool(
@@ -146,18 +154,18 @@ class Agent:
         if cfg.insecure:
             log.warning(
                 "WARNING: --insecure: telemetry to %s is neither encrypted nor authenticated",
-                cfg.collector,
+                ", ".join(cfg.collectors),
             )
         else:
             assert cfg.tls_ca and cfg.tls_cert and cfg.tls_key
-            log.info("mutual TLS to %s as %s", cfg.collector, cfg.tls_cert)
+            log.info("mutual TLS to %s as %s", ", ".join(cfg.collectors), cfg.tls_cert)
             creds = grpc.ssl_channel_credentials(
                 cfg.tls_ca.read_bytes(), cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes()
             )
         caps = ["suspend", "isolate", "block_client", self.attributor.method]
         self.recorder = Recorder(cfg.record) if cfg.record else None
         self.shipper = Shipper(
-            cfg.collector,
+            cfg.collectors[0],
             self.spool,
             HelloInfo(
                 wire_text(cfg.host_id),
@@ -169,6 +177,7 @@ class Agent:
             self.actions.run,
             creds,
             self.recorder,
+            other_targets=cfg.collectors[1:],
         )
         self.window = WindowLoop(
             self.watcher,
@@ -241,7 +250,7 @@ class Agent:
             "tocsin agent %s watching %s, collector %s (attribution: %s)",
             self.boot_id,
             self.cfg.watch,
-            self.cfg.collector,
+            ", ".join(self.cfg.collectors),
             self.attributor.method,
         )
         if self.cfg.metrics:

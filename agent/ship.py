@@ -34,7 +34,18 @@ the first answer, or windows still in the spool: the collector acks every
 window as soon as it is committed) is cancelled and retried like UNAVAILABLE.
 A connection attempt that hangs after a long partition, or a stream that
 stops moving, costs that long, not the rest of the outage; the channel is then
-replaced (otherwise one channel serves every stream of the shipper's life).
+replaced (otherwise one channel serves every stream of a collector's life).
+
+Several collectors (``target`` then ``other_targets``: a gateway each, or
+collectors sharing one store) are tried in turn. The shipper stays with the
+one it streams to; when a stream to it ends retryably before it answered
+anything (refused, unreachable, cancelled by the answer guard), the
+collector is gone and the next one is tried at once, its spool resent from
+the oldest unacked window (collectors dedupe on host, boot and seq, and ack
+what they hold, so nothing is lost and nothing stored twice in one store).
+Only when every collector failed in a row does the shipper back off as
+above. A collector that pushes back (a hint) or refuses (non-retryable) is
+alive: the shipper waits for it as with one collector.
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -153,8 +164,11 @@ class Shipper:
         max_results: int = 1000,
         refused_retry_s: float = 300.0,
         answer_timeout_s: float = 30.0,
+        other_targets: Sequence[str] = (),
     ) -> None:
-        self.target = target
+        self.targets = (target, *other_targets)
+        self._target_at = 0  # the collector streamed to (or tried next)
+        self.failovers = 0  # moves to the next collector
         self.spool = spool
         self.hello = hello
         self.on_command = on_command
@@ -168,6 +182,7 @@ class Shipper:
         self.windows_trimmed = 0
         self.last_status: grpc.StatusCode | None = None
         self._progress = False
+        self._answered = False  # the current stream got at least one message
         self._seq = 0
         self._seq_lock = threading.Lock()
         self._wake = threading.Condition()
@@ -185,6 +200,11 @@ class Shipper:
         # opens or a window is sent, moved on by every answer, cleared when all is acked.
         self._due_since: float | None = None
         self.acked: tuple[str, int] = ("", 0)
+
+    @property
+    def target(self) -> str:
+        """HOST:PORT of the collector the shipper streams to (or tries next)."""
+        return self.targets[self._target_at]
 
     # ------------------------------------------------------------ producers
     def submit_window(self, w: pb.Window) -> int:
@@ -298,29 +318,40 @@ class Shipper:
                 if self._submitted == seen and not self._stop.is_set():
                     self._wake.wait(timeout=max(due, 0.05))
 
-    def _channel(self) -> grpc.Channel:
+    def _channel(self, target: str) -> grpc.Channel:
         if self.credentials is not None:
-            return grpc.secure_channel(self.target, self.credentials, options=CHANNEL_OPTIONS)
-        return grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            return grpc.secure_channel(target, self.credentials, options=CHANNEL_OPTIONS)
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
 
     def _run(self) -> None:
-        # One channel for the shipper's life: gRPC reconnects it by itself, and closing
-        # a channel while its calls wind down is where gRPC Python has crashed. It is
-        # replaced only when the answer guard gave up on a stream (a connection that
-        # may be wedged), and closed by this thread once it is done with it.
+        # One channel per collector for the shipper's life: gRPC reconnects it by itself,
+        # and closing a channel while its calls wind down is where gRPC Python has
+        # crashed. It is replaced only when the answer guard gave up on a stream (a
+        # connection that may be wedged), and closed by this thread once it is done.
         attempt = 0
-        channel = self._channel()
+        missed = 0  # collectors in a row whose stream ended before they answered
+        channels: dict[str, grpc.Channel] = {}
         try:
             while not self._stop.is_set():
+                target = self.target
+                if target not in channels:
+                    channels[target] = self._channel(target)
                 guarded = self.unanswered
-                code, pushback = self._stream(channel)
+                code, pushback = self._stream(channels[target])
                 if self._stop.is_set():
                     break
                 if self.unanswered != guarded:
-                    channel.close()
-                    channel = self._channel()
+                    channels.pop(target).close()
                 if self._progress:
-                    attempt = 0
+                    attempt = missed = 0
+                gone = pushback is None and (code is None or code in RETRYABLE)
+                if len(self.targets) > 1 and gone and not self._answered:
+                    missed += 1
+                    self._target_at = (self._target_at + 1) % len(self.targets)
+                    self.failovers += 1
+                    log.warning("collector %s does not answer; trying %s", target, self.target)
+                    if missed % len(self.targets):
+                        continue  # the next collector at once; back off once all were tried
                 delay = retry_delay_s(
                     code, pushback, attempt, self.backoff_initial_s, self.backoff_max_s
                 )
@@ -328,11 +359,14 @@ class Shipper:
                 if delay is None:
                     self._stop.wait(self.refused_retry_s)
                 elif pushback is None:
-                    self._back_off(channel, delay)
+                    if self.target not in channels:
+                        channels[self.target] = self._channel(self.target)
+                    self._back_off(channels[self.target], delay)
                 else:
                     self._stop.wait(delay)
         finally:
-            channel.close()
+            for channel in channels.values():
+                channel.close()
 
     def _back_off(self, channel: grpc.Channel, delay_s: float) -> None:
         """Wait ``delay_s``, or only until the channel is READY again if it was not.
@@ -366,7 +400,7 @@ class Shipper:
 
     def _stream(self, channel: grpc.Channel) -> tuple[grpc.StatusCode | None, int | None]:
         """One Telemetry.Stream until it ends: (its status, the collector's pushback)."""
-        self._progress = False
+        self._progress = self._answered = False
         try:
             stub = telemetry_pb2_grpc.TelemetryStub(channel)
             call = stub.Stream(self._requests())
@@ -374,6 +408,7 @@ class Shipper:
             self._due_since = time.monotonic()
             self._arm_guard(call, self.answer_timeout_s)
             for reply in call:
+                self._answered = True
                 if not self.connected.is_set():
                     self.connected.set()
                     self.connections += 1

@@ -10,15 +10,16 @@ is on exactly when ``baselines_db`` is given: nothing downstream can switch it
 off by wrapping something.
 
 ``build(conf)`` is what ``tocsin-collector`` runs. From the settings of
-``tocsin.collector.cli.settings`` it opens the embedded storage (store,
-incident book, per-host baselines and webhook outbox on one connection to one
-SQLite file, ``tocsin.collector.db.Database``),
+``tocsin.collector.cli.settings`` it opens the storage named by ``store``
+(store, incident book, routine book, per-host baselines and webhook outbox on
+one connection to one database: an SQLite file, the embedded default, or
+PostgreSQL; ``tocsin.collector.backends.open_storage``),
 loads the model, makes the housekeeper (retention, disk watch) and, when
 asked, binds the web console's socket, and returns an ``App``:
 ``await app.start(listen)`` starts the collector, the outbox, the
 housekeeping, the console and the ``/metrics`` endpoint and returns the
-bound port; ``await app.stop()`` stops everything in order. Another store
-(PostgreSQL) enters in ``build`` and nowhere else.
+bound port; ``await app.stop()`` stops everything in order. Which engine
+holds the rows is decided in ``open_storage`` and nowhere else.
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from tocsin.collector.backends import open_storage
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.console.auth import LinkIssuer
-from tocsin.collector.db import Database
+from tocsin.collector.db import SqlDatabase
 from tocsin.collector.decide import Judge, JudgeConfig
 from tocsin.collector.explain import Gettext, same_text
 from tocsin.collector.fleetguard import FleetGuard
@@ -45,7 +46,7 @@ from tocsin.collector.grpcconf import TlsFiles, parse_hostport, server_credentia
 from tocsin.collector.hooks import HookRunner
 from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
 from tocsin.collector.i18n import Language
-from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook, SqliteIncidentBook
+from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook
 from tocsin.collector.ingest import TelemetryService
 from tocsin.collector.meter import WindowMeter
 from tocsin.collector.metrics import MetricsServer, serve_metrics
@@ -55,11 +56,11 @@ from tocsin.collector.pipeline import BatchScorer, JudgeStage
 from tocsin.collector.protocols import Scorer
 from tocsin.collector.ratelimit import AgentRateLimits, RateLimits
 from tocsin.collector.respond import Responder
-from tocsin.collector.routine import MemoryRoutineBook, RoutineBook, RoutineJobs, SqliteRoutineBook
+from tocsin.collector.routine import MemoryRoutineBook, RoutineBook, RoutineJobs
 from tocsin.collector.score import ForestScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.silence import SilenceWatch
-from tocsin.collector.store import SqliteStore, Store
+from tocsin.collector.store import Store
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1.errors import ConfigError
 
@@ -79,7 +80,7 @@ def assemble(
     rate_limits: RateLimits | None = None,
     book: IncidentBook | None = None,
     routine: RoutineBook | None = None,
-    baselines_db: Database | None = None,
+    baselines_db: SqlDatabase | None = None,
     baseline_config: BaselineConfig | None = None,
     guard: FleetGuard | None = None,
     hooks: HookRunner | None = None,
@@ -139,7 +140,7 @@ class App:
     def __init__(
         self,
         collector: Collector,
-        db: Database,
+        db: SqlDatabase,
         outbox: Outbox,
         housekeeper: Housekeeper,
         shipped: Scorer,
@@ -227,22 +228,14 @@ def _console(conf: dict[str, Any]) -> tuple[LinkIssuer, socket.socket] | None:
 def build(conf: dict[str, Any]) -> App:
     """The shipped collector from validated settings (``ConfigError`` on a bad part)."""
     shipped = load_scorer(conf.get("model"))
-    db = Database(Path(conf["db"]))  # the one connection every part below shares
-    store = SqliteStore(db)
-    book = SqliteIncidentBook(db)
-    routine = SqliteRoutineBook(db)
-    outbox = Outbox(
-        db,
+    storage = open_storage(
+        conf["store"],
         conf["destinations"],
         retry_initial_s=conf["webhook_retry_initial_s"],
         retry_max_s=conf["webhook_retry_max_s"],
         max_age_s=conf["webhook_max_age_s"],
     )
-    since = time.time() - conf["webhook_max_age_s"]
-    recent = store.list_alerts(limit=10_000)
-    recovered = outbox.recover(a.payload for a in recent if a.detected_at_s >= since)
-    if recovered:
-        log.warning("%d stored alerts had not reached the webhook outbox; queued now", recovered)
+    db, store, outbox = storage.db, storage.store, storage.outbox  # one connection, shared
     tls: TlsFiles = conf["tls"]
     per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
     bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
@@ -257,8 +250,8 @@ def build(conf: dict[str, Any]) -> App:
         credentials=server_credentials(tls) if tls.given() else None,
         silent_after_s=float(conf.get("silent_after") or 60.0),
         rate_limits=RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16),
-        book=book,
-        routine=routine,
+        book=storage.book,
+        routine=storage.routine,
         baselines_db=db,
         baseline_config=BaselineConfig(learning_s=learning_s),
         guard=FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None,
@@ -269,7 +262,7 @@ def build(conf: dict[str, Any]) -> App:
     )
     housekeeper = Housekeeper(
         store,
-        db.path,
+        db.disk_path,
         outbox,
         outbox,
         RetentionConfig(

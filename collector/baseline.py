@@ -16,8 +16,8 @@ Contract of ``HostBaselines``:
   history is the slow adaptation. Returns False (nothing changed) with fewer
   than ``min_windows`` usable windows.
 - What was learned is kept in table ``host_baselines`` of the collector's
-  database file (arrays as an ``.npz`` blob without pickle, the card as JSON)
-  and loaded again by the next ``HostBaselines`` on the same file.
+  database (SQLite or PostgreSQL; arrays as an ``.npz`` blob without pickle, the card as JSON)
+  and loaded again by the next ``HostBaselines`` on the same database.
 
 Without a database (an in-memory store) nothing is ever learned. The database
 is the collector's shared one (``tocsin.collector.db``); the windows learned
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from tocsin.collector.db import Database
+from tocsin.collector.db import Schema, SqlDatabase, upsert_sql
 from tocsin.collector.features import FEATURE_NAMES, feature_matrix
 from tocsin.collector.model import CARD_FORMAT, export_forest, npz_bytes, parse_arrays
 from tocsin.collector.protocols import Scorer
@@ -56,17 +56,30 @@ class BaselineConfig:
     seed: int = 0
 
 
-_SCHEMA = """
+_SCHEMA = Schema(
+    sqlite="""
 CREATE TABLE IF NOT EXISTS host_baselines (
     host_id TEXT PRIMARY KEY, trained_at REAL, windows INTEGER, threshold REAL,
     card TEXT, arrays BLOB
 );
-"""
+""",
+    postgresql="""
+CREATE TABLE IF NOT EXISTS host_baselines (
+    host_id TEXT PRIMARY KEY, trained_at DOUBLE PRECISION, windows BIGINT,
+    threshold DOUBLE PRECISION, card TEXT, arrays BYTEA
+);
+""",
+)
+_SAVE = upsert_sql(
+    "host_baselines",
+    ("host_id", "trained_at", "windows", "threshold", "card", "arrays"),
+    ("host_id",),
+)
 
 
 class HostBaselines:
     def __init__(
-        self, shipped: Scorer, db: Database | None, config: BaselineConfig | None = None
+        self, shipped: Scorer, db: SqlDatabase | None, config: BaselineConfig | None = None
     ) -> None:
         self.shipped = shipped
         self.config = config or BaselineConfig()
@@ -161,7 +174,7 @@ class HostBaselines:
         card["threshold_quantile"] = cfg.quantile
         scorer = ForestScorer(arrays, card)
         self._q(
-            "INSERT OR REPLACE INTO host_baselines VALUES (?,?,?,?,?,?)",
+            _SAVE,
             (host_id, now_s, len(X), card["threshold"], json.dumps(card), npz_bytes(arrays)),
         )
         self._own[host_id] = scorer

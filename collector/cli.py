@@ -1,6 +1,6 @@
 """``tocsin-collector``: run the collector.
 
-    tocsin-collector --listen HOST:PORT --db PATH --webhook URL [--webhook URL ...]
+    tocsin-collector --listen HOST:PORT --store PATH|postgresql://... --webhook URL [...]
                      --respond off|dry-run|enforce [--config FILE] [--insecure]
                      [--tls-ca F --tls-cert F --tls-key F] [--model PATH]
                      [--allow CIDR ...] [--log-level LEVEL] [--log-format text|json]
@@ -8,7 +8,12 @@
                      [--fleet-guard N] [--metrics HOST:PORT] [--max-clock-skew-s S]
                      [--baseline-learning-days DAYS]
 
-The TOML config file takes the same keys (``listen``, ``db``, ``webhook`` as a
+``--store`` is where the collector keeps its rows: an SQLite file (the
+embedded default; ``--db PATH`` says the same) or a PostgreSQL URL
+(``postgresql://user@host/dbname``, for a department-sized collector; libpq
+reads a password from ``~/.pgpass`` or ``PGPASSWORD`` as well as from the
+URL, and error lines never show it).
+The TOML config file takes the same keys (``listen``, ``store`` or ``db``, ``webhook`` as a
 list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
 ``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
@@ -59,6 +64,7 @@ log = logging.getLogger("tocsin.collector")
 _KEYS = {
     "listen": str,
     "db": str,
+    "store": str,
     "webhook": list,
     "respond": str,
     "insecure": bool,
@@ -102,7 +108,8 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog=PROG, description="tocsin collector: ingest, judge, respond.")
     p.add_argument("--listen", help="HOST:PORT to serve agents and operators on")
-    p.add_argument("--db", help="SQLite database file")
+    p.add_argument("--store", help="where rows are kept: an SQLite file or a postgresql:// URL")
+    p.add_argument("--db", help="SQLite database file (the same as --store PATH)")
     p.add_argument("--webhook", action="append", help="URL to POST alerts to (repeatable)")
     p.add_argument("--respond", help="off, dry-run or enforce")
     p.add_argument("--config", help="TOML file with the same keys")
@@ -217,13 +224,8 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
     if not merged.get("listen"):
         raise ConfigError("--listen HOST:PORT is required")
     parse_hostport(merged["listen"])
-    if not merged.get("db"):
-        raise ConfigError("--db PATH is required")
-    db = Path(merged["db"])
-    if not db.parent.is_dir():
-        raise ConfigError(f"--db {db}: directory {db.parent} does not exist")
-    if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
-        raise ConfigError(f"--db {db}: not writable")
+    merged["store"] = store_location(args, conf)
+    merged.pop("db", None)
     if merged["respond"] not in MODES:
         raise ConfigError(f"--respond must be one of {', '.join(MODES)}, not {merged['respond']!r}")
     for url in merged["webhook"]:
@@ -287,6 +289,27 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
                 "console: without TLS the console listens on loopback only (127.0.0.1, ::1)"
             )
     return merged
+
+
+def store_location(args: dict[str, Any], conf: dict[str, Any]) -> str:
+    """``--store`` (or ``--db``) from the flags, else from the config; a file is checked."""
+    from tocsin.collector.db import is_postgresql
+
+    given = {k: args[k] for k in ("store", "db") if args.get(k)}
+    given = given or {k: conf[k] for k in ("store", "db") if conf.get(k)}
+    if len(given) > 1:
+        raise ConfigError("give --store or --db, not both")
+    if not given:
+        raise ConfigError("--store PATH (or a postgresql:// URL) is required")
+    (flag, where), *_ = given.items()
+    if is_postgresql(str(where)):
+        return str(where)  # reached (and refused in one line) when the collector opens it
+    db = Path(where)
+    if not db.parent.is_dir():
+        raise ConfigError(f"--{flag} {db}: directory {db.parent} does not exist")
+    if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise ConfigError(f"--{flag} {db}: not writable")
+    return str(db)
 
 
 def _tables(items: list[Any], what: str) -> list[dict[str, Any]]:

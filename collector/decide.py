@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tocsin.collector.incidents import IncidentBook, IncidentRecord, MemoryIncidentBook
+from tocsin.collector.reasons import COUNTED, Reason, parse_all, texts
 from tocsin.collector.routine import RoutineJobs, RoutineRun
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.text import printable
@@ -63,11 +64,9 @@ from tocsin.v1.text import printable
 Severity = Literal["warning", "critical"]
 DecisionKind = Literal["open", "escalate", "named", "update", "close"]
 
-# Counted evidence kinds summed over horizons, and the reason prefix of each.
-_COUNTED = (
-    ("files_type_destroyed", "type_destroyed"),
-    ("files_encoded_random", "encoded_random"),
-    ("encrypted_twins", "encrypted_twins"),
+# Counted evidence kinds summed over horizons: the window's field, the reason's kind.
+_COUNTED = tuple(
+    zip(("files_type_destroyed", "files_encoded_random", "encrypted_twins"), COUNTED, strict=True)
 )
 
 
@@ -147,7 +146,7 @@ class Decision:
     root_pid: int
     severity: Severity
     score: float | None
-    reasons: tuple[str, ...]
+    reasons: tuple[Reason, ...]
     window_start_s: float
     window_end_s: float
     process: ProcessInfo | None
@@ -178,7 +177,7 @@ class _Incident:
     severity: Severity
     first_start_s: float
     last_active_s: float
-    reasons: set[str] = field(default_factory=set)
+    reasons: set[Reason] = field(default_factory=set)
     # The writer it was last decided on (not kept across a restart).
     process: ProcessInfo | None = None
     # Posted critical before any writer of its tree was known: the first one named is
@@ -247,12 +246,11 @@ def top_writer(w: pb.Window, open_roots: Iterable[int] = ()) -> ProcessInfo | No
     )
 
 
-def _own_evidence(reason: str) -> bool:
-    """A reason this window shows by itself: a counted kind over one window (no horizon
-    label), the tripwire or a canary."""
-    head, *rest = reason.split(":")
-    counted = {label for _, label in _COUNTED}
-    return (head in counted and len(rest) == 1) or head in ("tripwire", "canary_touched")
+def _own_evidence(reason: Reason) -> bool:
+    """A reason this window shows by itself: a counted kind over one window (no horizon),
+    the tripwire or a canary."""
+    own = reason.kind in COUNTED and not reason.horizon
+    return own or reason.kind in ("tripwire", "canary_touched")
 
 
 class Judge:
@@ -285,7 +283,13 @@ class Judge:
         sev: Severity = "critical" if rec.severity == "critical" else "warning"
         self._incidents.setdefault(
             (rec.host_id, rec.root_pid),
-            _Incident(rec.incident_id, sev, rec.first_start_s, rec.last_active_s, set(rec.reasons)),
+            _Incident(
+                rec.incident_id,
+                sev,
+                rec.first_start_s,
+                rec.last_active_s,
+                set(parse_all(rec.reasons)),
+            ),
         )
 
     def in_incident(self, host_id: str) -> bool:
@@ -301,7 +305,7 @@ class Judge:
                 inc.severity,
                 inc.first_start_s,
                 inc.last_active_s,
-                sorted(inc.reasons),
+                texts(sorted(inc.reasons)),
             )
         )
 
@@ -381,7 +385,7 @@ class Judge:
             root = max(host_keys, key=lambda k: self._incidents[k].last_active_s)[1]
             proc = self._incidents[(host_id, root)].process
         if clock_skew_s:
-            reasons.append("clock_skew")
+            reasons.append(Reason("clock_skew"))
         key = (host_id, root)
         inc = self._incidents.get(key)
 
@@ -446,7 +450,7 @@ class Judge:
         severity: Severity | None,
         routine: bool,
         score: float | None,
-        reasons: list[str],
+        reasons: list[Reason],
         proc: ProcessInfo | None,
     ) -> Decision | None:
         """The ``open`` of a silent incident, once it is not a learned routine run after all.
@@ -476,7 +480,7 @@ class Judge:
             inc.severity = "critical"
         self._keep(key, inc)
         if big:
-            reasons = [*reasons, f"larger_than_usual:{inc.files}files"]
+            reasons = [*reasons, Reason.larger_than_usual(inc.files)]
         return self._decision("open", key, inc, w, score, reasons or sorted(inc.reasons), proc)
 
     def _close_quiet(self, host_id: str, now_s: float, keep: tuple[str, int]) -> list[Decision]:
@@ -515,7 +519,7 @@ class Judge:
         inc: _Incident,
         w: pb.Window,
         score: float | None,
-        reasons: Iterable[str],
+        reasons: Iterable[Reason],
         proc: ProcessInfo | None,
     ) -> Decision:
         return Decision(
@@ -541,7 +545,7 @@ class Judge:
         hist: deque[_Entry],
         threshold: float,
         root: int,
-    ) -> tuple[Severity | None, list[str]]:
+    ) -> tuple[Severity | None, list[Reason]]:
         cfg = self.config
         end_s = ts_s(w.end)
         recent = list(hist)[-cfg.horizon_windows :]
@@ -554,27 +558,27 @@ class Judge:
             ("1h", hist, cfg.horizon_confirm[2]),
             ("tree10w", tree[-cfg.horizon_windows :], cfg.horizon_confirm[0]),
         )
-        confirmers: list[str] = []
+        confirmers: list[Reason] = []
 
         for attr, reason in _COUNTED:
             n = int(getattr(w, attr))
             if n >= cfg.window_confirm:
-                confirmers.append(f"{reason}:{n}")
+                confirmers.append(Reason.counted(reason, n))
                 continue
             if n == 0:  # history alone never confirms: the attack must still be going on
                 continue
             for label, entries, bar in horizons:
                 total = sum(e.counts[attr] for e in entries)
                 if total >= bar:
-                    confirmers.append(f"{reason}:{total}:{label}")
+                    confirmers.append(Reason.counted(reason, total, label))
                     break
 
         ext, ext_dirs = _spread(short, lambda e: e.new_ext)
         if ext and ext == w.top_new_extension and ext_dirs >= cfg.window_confirm:
-            confirmers.append(f"new_extension_spreading:{ext}:{ext_dirs}dirs")
+            confirmers.append(Reason.spread("new_extension_spreading", ext, ext_dirs))
         note, note_dirs = _spread(short, lambda e: e.note)
         if note and note == w.repeated_name and note_dirs >= cfg.window_confirm:
-            confirmers.append(f"ransom_note:{note}:{note_dirs}dirs")
+            confirmers.append(Reason.spread("ransom_note", note, note_dirs))
 
         destructive_short = sum(sum(e.counts.values()) for e in short)
         destructive_long = sum(sum(e.counts.values()) for e in hist)
@@ -599,26 +603,27 @@ class Judge:
         )
         anomalous = score is not None and score > threshold
 
-        reasons: list[str] = []
+        reasons: list[Reason] = []
         if anomalous:
-            reasons.append(f"anomaly_score:{score:.2f}")
+            assert score is not None
+            reasons.append(Reason.anomaly(score))
         reasons.extend(confirmers)
         blatant = False
         if w.canary_touches > 0:
-            reasons.append("canary_touched")
+            reasons.append(Reason("canary_touched"))
             blatant = True
         if w.tripwire_fired:
-            reasons.append(f"tripwire:{w.tripwire_reason or 'fired'}")
+            reasons.append(Reason.tripwire(w.tripwire_reason))
             blatant = True
         dropped = int(w.events_dropped + w.queue_overflows)
         if dropped > 0:
-            reasons.append(f"events_dropped:{dropped}")
+            reasons.append(Reason.counter("events_dropped", dropped))
         # Blindness: the kernel dropped events or a directory went unwatched.
         blind = int(w.queue_overflows) > 0 or int(w.watch_limit_hits) > 0
         if w.queue_overflows:
-            reasons.append(f"inotify_overflow:{int(w.queue_overflows)}")
+            reasons.append(Reason.counter("inotify_overflow", int(w.queue_overflows)))
         if w.watch_limit_hits:
-            reasons.append(f"watch_limit:{int(w.watch_limit_hits)}")
+            reasons.append(Reason.counter("watch_limit", int(w.watch_limit_hits)))
         # Exfiltration staging: one window sweeping many files in many directories,
         # with the archive or the network traffic that usually goes with it.
         read_short = sum(e.files_read for e in short)
@@ -630,13 +635,11 @@ class Judge:
             and read_short >= cfg.staging_files_read_short
         )
         if staging:
-            reasons.append(
-                f"read_sweep:{max(int(w.files_read), read_short)}files:{int(w.read_dirs)}dirs"
-            )
+            reasons.append(Reason.read_sweep(max(int(w.files_read), read_short), int(w.read_dirs)))
             if w.archives_created:
-                reasons.append(f"archive_created:{int(w.archives_created)}")
+                reasons.append(Reason.counter("archive_created", int(w.archives_created)))
             if w.net_bytes_out >= cfg.staging_net_bytes:
-                reasons.append(f"net_out_mb:{int(w.net_bytes_out) // 1_000_000}")
+                reasons.append(Reason.counter("net_out_mb", int(w.net_bytes_out) // 1_000_000))
 
         if blatant or ((anomalous or strong) and confirmers):
             return "critical", reasons

@@ -9,9 +9,10 @@ decision's reasons and the scorer's explanation only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from tocsin.collector.decide import Decision
+from tocsin.collector.reasons import Reason
 
 Gettext = Callable[[str], str]
 
@@ -62,59 +63,55 @@ _FEATURES = {
 }
 
 
-def evidence_sentences(reasons: Sequence[str], _: Gettext = same_text) -> list[str]:
+def evidence_sentences(reasons: Iterable[Reason], _: Gettext = same_text) -> list[str]:
     """One sentence per reason, in words (``_``: the reader's language's gettext)."""
     out = []
-    for reason in reasons:
-        head, *rest = reason.split(":")
-        if head in _EVIDENCE:
-            text = _(_EVIDENCE[head]).format(n=rest[0] if rest else "?")
-            if len(rest) > 1:
-                text += " " + (_(_HORIZON[rest[1]]) if rest[1] in _HORIZON else rest[1])
-            else:
-                text += " " + _("within one window")
-            out.append(text)
-        elif head == "new_extension_spreading" and len(rest) >= 2:
-            out.append(
-                _("the new extension {ext} appeared in {n} directories").format(
-                    ext=rest[0], n=rest[1].removesuffix("dirs")
-                )
-            )
-        elif head == "ransom_note" and len(rest) >= 2:
-            out.append(
-                _(
-                    "a file named {name} appeared in {n} directories (a ransom note does that)"
-                ).format(name=rest[0], n=rest[1].removesuffix("dirs"))
-            )
-        elif head == "canary_touched":
-            out.append(_("a canary (decoy) file was modified: nothing legitimate touches those"))
-        elif head == "tripwire":
-            out.append(_("the agent's own tripwire fired ({why})").format(why=":".join(rest)))
-        elif head == "anomaly_score" and rest:
-            out.append(
-                _("the activity was unusual for this server (anomaly score {score})").format(
-                    score=rest[0]
-                )
-            )
-        elif head == "read_sweep" and len(rest) >= 2:
-            out.append(
-                _("{files} files were read across {dirs} directories (a copy of the share)").format(
-                    files=rest[0].removesuffix("files"), dirs=rest[1].removesuffix("dirs")
-                )
-            )
-        elif head == "archive_created" and rest:
-            out.append(_("{n} archives were created").format(n=rest[0]))
-        elif head == "net_out_mb" and rest:
-            out.append(_("{n} MB were sent out over the network").format(n=rest[0]))
-        elif head == "inotify_overflow" and rest:
-            out.append(_("the kernel dropped file events {n} times").format(n=rest[0]))
-        elif head == "watch_limit" and rest:
-            out.append(_("{n} directories could not be watched").format(n=rest[0]))
-        elif head == "events_dropped" and rest:
-            out.append(
-                _("{n} file events were lost (the agent could not keep up)").format(n=rest[0])
-            )
+    for r in reasons:
+        sentence = _sentence(r, _)
+        if sentence:
+            out.append(sentence)
     return out
+
+
+def _sentence(r: Reason, _: Gettext) -> str:
+    """``r`` in words, or "" for a reason the reader needs no sentence for."""
+    if r.kind in _EVIDENCE:
+        text = _(_EVIDENCE[r.kind]).format(n=r.files)
+        if r.horizon:
+            return text + " " + (_(_HORIZON[r.horizon]) if r.horizon in _HORIZON else r.horizon)
+        return text + " " + _("within one window")
+    match r.kind:
+        case "new_extension_spreading":
+            return _("the new extension {ext} appeared in {n} directories").format(
+                ext=r.name, n=r.dirs
+            )
+        case "ransom_note":
+            return _(
+                "a file named {name} appeared in {n} directories (a ransom note does that)"
+            ).format(name=r.name, n=r.dirs)
+        case "canary_touched":
+            return _("a canary (decoy) file was modified: nothing legitimate touches those")
+        case "tripwire":
+            return _("the agent's own tripwire fired ({why})").format(why=r.detail)
+        case "anomaly_score":
+            return _("the activity was unusual for this server (anomaly score {score})").format(
+                score=f"{r.score:.2f}"
+            )
+        case "read_sweep":
+            return _(
+                "{files} files were read across {dirs} directories (a copy of the share)"
+            ).format(files=r.files, dirs=r.dirs)
+        case "archive_created":
+            return _("{n} archives were created").format(n=r.count)
+        case "net_out_mb":
+            return _("{n} MB were sent out over the network").format(n=r.count)
+        case "inotify_overflow":
+            return _("the kernel dropped file events {n} times").format(n=r.count)
+        case "watch_limit":
+            return _("{n} directories could not be watched").format(n=r.count)
+        case "events_dropped":
+            return _("{n} file events were lost (the agent could not keep up)").format(n=r.count)
+    return ""
 
 
 def explain_decision(d: Decision, top_features: Sequence[tuple[str, float]] = ()) -> str:

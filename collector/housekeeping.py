@@ -9,7 +9,9 @@ Contract of ``Housekeeper(store, outbox, sink, config)``:
   ``pause_s`` between batches so ingest is never held for longer than one
   batch. Alerts, actions, incidents and audit rows are never pruned. Returns
   the rows removed.
-- ``check_disk()`` measures the filesystem holding the database. When its use
+- ``check_disk()`` measures the filesystem holding the database file (none
+  when the database is a server, ``db_path`` None: its disk is the server's to
+  watch, and ``check_disk`` measures nothing). When its use
   reaches ``disk_warn_ratio`` it logs a warning and posts one ``disk_high``
   event (a warning) to the webhook sink; it posts again only after use fell
   below the ratio by ``disk_rearm_ratio`` and rose again. ``disk_used_ratio``
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tocsin.collector.respond import rfc3339
+from tocsin.collector.events import DiskEvent
 from tocsin.collector.store import Store, StoreUnavailable
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1.errors import TocsinError
@@ -73,7 +75,7 @@ class Housekeeper:
     def __init__(
         self,
         store: Store,
-        db_path: Path,
+        db_path: Path | None,
         outbox: PrunableOutbox | None,
         sink: WebhookSink | None,
         config: RetentionConfig | None = None,
@@ -82,7 +84,7 @@ class Housekeeper:
         collector_name: str = "",
     ) -> None:
         self.store = store
-        self.db_path = Path(db_path)
+        self.db_path = db_path
         self.outbox = outbox
         self.sink = sink
         self.config = config or RetentionConfig()
@@ -117,6 +119,8 @@ class Housekeeper:
 
     async def check_disk(self) -> float:
         cfg = self.config
+        if self.db_path is None:
+            return 0.0
         total, free = await asyncio.to_thread(self._usage, self.db_path.parent)
         ratio = 1.0 - free / total if total > 0 else 0.0
         self.disk_used_ratio = ratio
@@ -144,28 +148,20 @@ class Housekeeper:
             await asyncio.sleep(self.config.every_s)
 
     def _event(self, ratio: float, free: int) -> dict[str, Any]:
-        now = rfc3339(self._clock())
         percent = round(ratio * 100, 1)
-        return {
-            "event": "disk_high",
-            "alert_id": uuid.uuid4().hex[:16],
-            "host_id": self.collector_name,
-            "severity": "warning",
-            "score": None,
-            "detected_at": now,
-            "window_start": now,
-            "window_end": now,
-            "reasons": [f"disk_high:{percent:g}%"],
-            "process": None,
-            "actions": [],
-            "disk_used_percent": percent,
-            "disk_free_bytes": free,
-            "summary": (
-                f"the tocsin collector's disk ({self.db_path.parent}) is {percent:g} % full;"
+        disk = self.db_path.parent if self.db_path else "?"
+        return DiskEvent(
+            alert_id=uuid.uuid4().hex[:16],
+            collector_name=self.collector_name,
+            at_s=self._clock(),
+            used_percent=percent,
+            free_bytes=free,
+            summary=(
+                f"the tocsin collector's disk ({disk}) is {percent:g} % full;"
                 f" raw windows are kept {self.config.retention_days:g} days: free space or"
                 " lower retention_days before windows have to be refused"
             ),
-        }
+        ).to_json()
 
     async def _post(self, event: dict[str, Any]) -> None:
         self.events_posted.append(event["event"])

@@ -12,8 +12,8 @@ Contract of an ``IncidentBook``:
   host's incidents of that severity, open or closed.
 
 ``SqliteIncidentBook`` keeps a table ``incidents`` in the collector's database
-through its one door (``tocsin.collector.db.Database``: the shared connection;
-SQLite errors come out as ``StoreUnavailable``);
+through its one door (``tocsin.collector.db``: the shared connection, SQLite
+or PostgreSQL; database errors come out as ``StoreUnavailable``);
 ``MemoryIncidentBook`` keeps a dictionary.
 """
 
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from tocsin.collector.db import Database
+from tocsin.collector.db import Schema, SqlDatabase, upsert_sql
 
 
 @dataclass
@@ -74,19 +74,37 @@ class MemoryIncidentBook:
         pass
 
 
-_SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS incidents (
-    incident_id TEXT PRIMARY KEY, host_id TEXT NOT NULL, root_pid INTEGER, severity TEXT,
-    first_start REAL, last_active REAL, reasons TEXT, closed_at REAL
+    incident_id TEXT PRIMARY KEY, host_id TEXT NOT NULL, root_pid {int}, severity TEXT,
+    first_start {real}, last_active {real}, reasons TEXT, closed_at {real}
 );
 CREATE INDEX IF NOT EXISTS incidents_host ON incidents(host_id, severity);
 """
+_SCHEMA = Schema(
+    sqlite=_TABLE.format(int="INTEGER", real="REAL"),
+    postgresql=_TABLE.format(int="BIGINT", real="DOUBLE PRECISION"),
+)
+_SAVE = upsert_sql(
+    "incidents",
+    (
+        "incident_id",
+        "host_id",
+        "root_pid",
+        "severity",
+        "first_start",
+        "last_active",
+        "reasons",
+        "closed_at",
+    ),
+    ("incident_id",),
+)
 
 
 class SqliteIncidentBook:
     """Incidents in table ``incidents`` of the collector's database (``tocsin.collector.db``)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self.db = db
         db.schema(_SCHEMA)
 
@@ -95,7 +113,7 @@ class SqliteIncidentBook:
 
     def save(self, rec: IncidentRecord) -> None:
         self._exec(
-            "INSERT OR REPLACE INTO incidents VALUES (?,?,?,?,?,?,?,?)",
+            _SAVE,
             (
                 rec.incident_id,
                 rec.host_id,

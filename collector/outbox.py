@@ -3,8 +3,8 @@
 Contract:
 
 - ``Outbox(db, destinations)`` keeps its rows in table ``outbox`` of the
-  collector's database (``tocsin.collector.db.Database``, shared with the
-  store: an alert and its rows can commit in one transaction).
+  collector's database (``tocsin.collector.db``, SQLite or PostgreSQL, shared
+  with the store: an alert and its rows commit in one transaction).
 - ``enqueue(event)`` is synchronous and durable: when it returns, one row per
   destination that wants the event is committed, all with the same message id
   (``webhook-id``), so a crash right after still delivers it. It never blocks
@@ -19,6 +19,20 @@ Contract:
   the row is ``expired``. Other statuses mark it ``rejected`` at once (a
   misconfiguration to fix, logged as an error). Delivery is at least once;
   receivers dedupe on ``webhook-id``.
+- Several deliverers (collector workers) may share one database; each row is
+  sent by one at a time. A deliverer claims due rows in one short transaction
+  (``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite has one writer
+  at a time) by setting ``claimed_by`` to its ``deliverer`` name and
+  ``claimed_until`` to now + ``lease_s``; no other deliverer takes a row while
+  its lease runs, and the outcome is written only by the holder. At most
+  ``max_parallel`` rows are claimed per round and all are POSTed at once, and
+  the lease is at least twice the longest destination timeout, so a lease
+  outlives the attempt it covers. A deliverer killed mid-lease leaves its rows
+  to be claimed by another once the lease has run out (a receiver may then get
+  a row it had already received from the dead one: at least once). Leases are
+  compared with each deliverer's own clock: keep the workers' clocks in sync.
+  A row enqueued by this process wakes its loop at once; one enqueued by
+  another process is seen within ``poll_s``.
 - ``post(event)`` is ``enqueue`` for callers that await a ``WebhookSink``.
 - ``recover(events)``: at start, queues each event whose message id has no row
   yet. The collector passes its recent stored alerts: an alert committed to the
@@ -32,7 +46,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -42,7 +58,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tocsin.collector.db import Database
+from tocsin.collector.db import Schema, SqlDatabase
 from tocsin.collector.formats import FORMATS, render
 from tocsin.collector.webhook import parse_secret, redact_url, signed_headers
 from tocsin.v1.errors import ConfigError
@@ -62,15 +78,26 @@ EVENTS = (
 )
 SEVERITIES = ("warning", "critical")
 
-_SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY, msg_id TEXT NOT NULL, dest TEXT NOT NULL, event TEXT NOT NULL,
-    kind TEXT, created REAL, attempts INTEGER DEFAULT 0, next_at REAL,
-    status TEXT DEFAULT 'pending', last_error TEXT DEFAULT '', done_at REAL,
+    id {id}, msg_id TEXT NOT NULL, dest TEXT NOT NULL, event TEXT NOT NULL,
+    kind TEXT, created {real}, attempts INTEGER DEFAULT 0, next_at {real},
+    status TEXT DEFAULT 'pending', last_error TEXT DEFAULT '', done_at {real},
     UNIQUE(msg_id, dest)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(status, next_at);
 """
+_SCHEMA = Schema(
+    sqlite=_TABLE.format(id="INTEGER PRIMARY KEY", real="REAL"),
+    postgresql=_TABLE.format(id="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION"),
+)
+# The lease of several deliverers (a database from before it gets the columns).
+_LEASE_COLUMNS = (
+    ("claimed_by", Schema("TEXT", "TEXT")),
+    ("claimed_until", Schema("REAL", "DOUBLE PRECISION")),
+)
+# Due rows: (id, msg_id, dest, event, attempts, created).
+DueRow = tuple[int, str, str, str, int, float]
 
 
 def message_id(event: dict[str, Any]) -> str:
@@ -217,7 +244,7 @@ class Outbox:
 
     def __init__(
         self,
-        db: Database,
+        db: SqlDatabase,
         destinations: Sequence[Destination],
         poster: Poster = urllib_post,
         clock: Callable[[], float] = time.time,
@@ -226,15 +253,24 @@ class Outbox:
         max_age_s: float = 86400.0,
         max_pending: int = 100_000,
         max_parallel: int = 8,
+        lease_s: float = 60.0,
+        deliverer: str = "",
+        poll_s: float = 60.0,
     ) -> None:
         self.destinations = {d.dest_id: d for d in destinations}
         self._poster, self._clock = poster, clock
         self.retry_initial_s, self.retry_max_s = retry_initial_s, retry_max_s
         self.max_age_s, self.max_pending, self.max_parallel = max_age_s, max_pending, max_parallel
+        longest_s = max((d.timeout_s for d in destinations), default=0.0)
+        self.lease_s = max(lease_s, 2 * longest_s)
+        self.deliverer = deliverer or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.poll_s = poll_s
         self.dropped = 0
         self.stats = OutboxStats()
         self.db = db
         db.schema(_SCHEMA)
+        for column, decl in _LEASE_COLUMNS:
+            db.add_column("outbox", column, decl)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -272,8 +308,8 @@ class Outbox:
         with self.db.transaction() as con:  # joins the caller's, if one is open (an alert's)
             for d in targets:
                 con.execute(
-                    "INSERT OR IGNORE INTO outbox(msg_id, dest, event, kind, created,"
-                    " next_at) VALUES (?,?,?,?,?,?)",
+                    "INSERT INTO outbox(msg_id, dest, event, kind, created, next_at)"
+                    " VALUES (?,?,?,?,?,?) ON CONFLICT (msg_id, dest) DO NOTHING",
                     (msg_id, d.dest_id, text, str(event.get("event", "")), now, now),
                 )
         self._poke()
@@ -335,6 +371,9 @@ class Outbox:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before the round, not after: a row enqueued while the round's
+            # claim runs in its thread wakes the next round instead of waiting poll_s.
+            self._wake.clear()
             try:
                 wait_s = await self.deliver_due()
             except asyncio.CancelledError:
@@ -342,42 +381,63 @@ class Outbox:
             except Exception:
                 log.exception("outbox delivery round failed")
                 wait_s = self.retry_initial_s
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, wait_s))
 
-    def _due(self, now: float) -> list[tuple[int, str, str, str, int, float]]:
+    def _dests(self) -> tuple[str, tuple[str, ...]]:
+        """The ``IN (...)`` of this deliverer's destinations and their ids."""
+        return ",".join("?" * len(self.destinations)), tuple(self.destinations)
+
+    def _claim(self, now: float) -> list[DueRow]:
+        """Take the lease of at most ``max_parallel`` due rows no live lease holds."""
         if not self.destinations:
             return []
-        marks = ",".join("?" * len(self.destinations))
-        return self._exec(
-            "SELECT id, msg_id, dest, event, attempts, created FROM outbox WHERE status='pending'"
-            f" AND next_at<=? AND dest IN ({marks}) ORDER BY next_at LIMIT ?",
-            (now, *self.destinations, self.max_parallel * 4),
-        )
+        marks, dests = self._dests()
+        with self.db.transaction() as tx:
+            due = tx.execute(
+                "SELECT id, msg_id, dest, event, attempts, created FROM outbox"
+                " WHERE status='pending' AND next_at<=?"
+                " AND (claimed_until IS NULL OR claimed_until<=?)"
+                f" AND dest IN ({marks}) ORDER BY next_at LIMIT ?{self.db.skip_locked}",
+                (now, now, *dests, self.max_parallel),
+            ).fetchall()
+            if due:
+                tx.execute(
+                    "UPDATE outbox SET claimed_by=?, claimed_until=?"
+                    f" WHERE id IN ({','.join('?' * len(due))})",
+                    (self.deliverer, now + self.lease_s, *(r[0] for r in due)),
+                )
+        return [tuple(r) for r in due]
 
     def _next_due_in(self, now: float) -> float:
         if not self.destinations:
-            return 60.0
-        marks = ",".join("?" * len(self.destinations))
+            return self.poll_s
+        marks, dests = self._dests()
         row = self._exec(
-            f"SELECT MIN(next_at) FROM outbox WHERE status='pending' AND dest IN ({marks})",
-            tuple(self.destinations),
+            "SELECT MIN(CASE WHEN claimed_until > next_at THEN claimed_until ELSE next_at END)"
+            f" FROM outbox WHERE status='pending' AND dest IN ({marks})",
+            dests,
         )
-        return 60.0 if row[0][0] is None else min(60.0, max(0.0, float(row[0][0]) - now))
+        if row[0][0] is None:
+            return self.poll_s
+        return min(self.poll_s, max(0.0, float(row[0][0]) - now))
+
+    def _settle(self, row_id: int, sets: str, args: Sequence[Any]) -> None:
+        """Write an attempt's outcome and end the lease, if this deliverer still holds it."""
+        with self.db.transaction() as tx:
+            done = tx.execute(
+                f"UPDATE outbox SET {sets}, claimed_by=NULL, claimed_until=NULL"
+                " WHERE id=? AND claimed_by=?",
+                (*args, row_id, self.deliverer),
+            ).rowcount
+        if not done:
+            log.warning("webhook outbox row %d: lease lost before its outcome was written", row_id)
 
     async def deliver_due(self) -> float:
         """Attempt every due row once; returns seconds until the next row is due."""
-        now = self._clock()
-        due = self._due(now)
-        sem = asyncio.Semaphore(self.max_parallel)
-
-        async def one(row: tuple[int, str, str, str, int, float]) -> None:
-            async with sem:
-                await self._attempt(*row)
-
-        await asyncio.gather(*(one(r) for r in due))
-        return self._next_due_in(self._clock())
+        due = await asyncio.to_thread(self._claim, self._clock())
+        await asyncio.gather(*(self._attempt(*r) for r in due))
+        return await asyncio.to_thread(self._next_due_in, self._clock())
 
     async def _attempt(
         self, row_id: int, msg_id: str, dest_id: str, text: str, attempts: int, created: float
@@ -393,10 +453,11 @@ class Outbox:
         attempts += 1
         if 200 <= status < 300:
             self.stats.delivered[dest_id] += 1
-            self._exec(
-                "UPDATE outbox SET status='delivered', attempts=?, done_at=?,"
-                " last_error='' WHERE id=?",
-                (attempts, now, row_id),
+            await asyncio.to_thread(
+                self._settle,
+                row_id,
+                "status='delivered', attempts=?, done_at=?, last_error=''",
+                (attempts, now),
             )
             return
         error = error or f"HTTP {status}"
@@ -409,10 +470,11 @@ class Outbox:
                 msg_id,
                 error,
             )
-            self._exec(
-                "UPDATE outbox SET status='rejected', attempts=?, done_at=?,"
-                " last_error=? WHERE id=?",
-                (attempts, now, error, row_id),
+            await asyncio.to_thread(
+                self._settle,
+                row_id,
+                "status='rejected', attempts=?, done_at=?, last_error=?",
+                (attempts, now, error),
             )
             return
         self.stats.failed_attempts[dest_id] += 1
@@ -426,10 +488,11 @@ class Outbox:
                 attempts,
                 error,
             )
-            self._exec(
-                "UPDATE outbox SET status='expired', attempts=?, done_at=?,"
-                " last_error=? WHERE id=?",
-                (attempts, now, error, row_id),
+            await asyncio.to_thread(
+                self._settle,
+                row_id,
+                "status='expired', attempts=?, done_at=?, last_error=?",
+                (attempts, now, error),
             )
             return
         delay = min(self.retry_max_s, self.retry_initial_s * 2 ** (attempts - 1))
@@ -445,7 +508,9 @@ class Outbox:
             error,
             delay,
         )
-        self._exec(
-            "UPDATE outbox SET attempts=?, next_at=?, last_error=? WHERE id=?",
-            (attempts, now + delay, error, row_id),
+        await asyncio.to_thread(
+            self._settle,
+            row_id,
+            "attempts=?, next_at=?, last_error=?",
+            (attempts, now + delay, error),
         )

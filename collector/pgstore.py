@@ -8,26 +8,26 @@ the engine: several collector processes (workers) may share one database, so
 ids are database sequences, rollups are added with ``ON CONFLICT ... DO
 UPDATE`` (commutative), and ``finish_action`` updates in place.
 
-One connection per ``PgStore`` (psycopg 3, autocommit off), guarded by a
-lock, so it may be called from ``asyncio.to_thread`` like the SQLite store.
-A lost connection or a server that refuses (shutting down, disk full) raises
-``StoreUnavailable`` (``StoreFull`` for a full disk): nothing was committed,
-and the next call reconnects.
+The database is reached through its one door, ``tocsin.collector.db.PgDatabase``
+(one connection guarded by a lock, placeholders and errors translated there),
+shared with the incident book, the routine book, the baselines and the webhook
+outbox: ``atomic()`` is one PostgreSQL transaction around an alert and its
+outbox rows. A lost connection or a server that refuses (shutting down, disk
+full) raises ``StoreUnavailable`` (``StoreFull`` for a full disk): nothing was
+committed, and the next call reconnects. The view ``windows`` gives the rows
+with their host and boot ids, under the column names of the SQLite view.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
-import psycopg
-
+from tocsin.collector.db import PgDatabase, Tx
 from tocsin.collector.store import (
     TALLY_FIELDS,
     ActionRecord,
@@ -35,8 +35,6 @@ from tocsin.collector.store import (
     HostRecord,
     HourRollup,
     StoredWindow,
-    StoreFull,
-    StoreUnavailable,
     WindowItem,
     WindowTally,
     by_boot,
@@ -44,7 +42,6 @@ from tocsin.collector.store import (
     pack_raw,
     unpack_raw,
 )
-from tocsin.v1.errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
@@ -64,6 +61,10 @@ CREATE TABLE IF NOT EXISTS window_rows (
 );
 ALTER TABLE window_rows ADD COLUMN IF NOT EXISTS judged BOOLEAN NOT NULL DEFAULT TRUE;
 CREATE INDEX IF NOT EXISTS window_rows_unjudged ON window_rows (boot_ref, seq) WHERE NOT judged;
+CREATE OR REPLACE VIEW windows AS
+    SELECT b.host_id, b.boot_id, w.seq, w.start_s AS start, w.end_s AS "end", w.score, w.raw,
+           w.codec, w.judged
+    FROM window_rows w JOIN boots b ON b.boot_ref = w.boot_ref;
 CREATE TABLE IF NOT EXISTS rollups (
     host_id TEXT NOT NULL, hour BIGINT NOT NULL, windows BIGINT NOT NULL,
     files_written BIGINT NOT NULL, files_deleted BIGINT NOT NULL,
@@ -93,8 +94,8 @@ CREATE TABLE IF NOT EXISTS audit (
 _ADD_ROLLUP = (
     "INSERT INTO rollups (host_id, hour, windows, "
     + ", ".join(TALLY_FIELDS)
-    + ", max_score) VALUES (%s, %s, %s, "
-    + ", ".join("%s" for _ in TALLY_FIELDS)
+    + ", max_score) VALUES (?, ?, ?, "
+    + ", ".join("?" for _ in TALLY_FIELDS)
     + ", NULL) ON CONFLICT (host_id, hour) DO UPDATE SET"
     + " windows = rollups.windows + EXCLUDED.windows, "
     + ", ".join(f"{f} = rollups.{f} + EXCLUDED.{f}" for f in TALLY_FIELDS)
@@ -114,55 +115,26 @@ _HOST_SQL = (
 )
 
 
-def _unavailable(exc: psycopg.Error) -> StoreUnavailable:
-    if getattr(exc, "sqlstate", None) == "53100":  # disk_full
-        return StoreFull(f"database full: {exc}")
-    return StoreUnavailable(f"database unavailable: {exc}".strip())
-
-
 class PgStore:
-    """A ``Store`` in PostgreSQL (``dsn``: a libpq connection string or postgresql:// URL)."""
+    """A ``Store`` in PostgreSQL, through the database's one door (``PgDatabase``)."""
 
-    def __init__(self, dsn: str, clock: Callable[[], float] = time.time) -> None:
-        self.dsn, self._clock = dsn, clock
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None = None
-        try:
-            with self._tx() as cur:
-                cur.execute(_SCHEMA)
-        except StoreUnavailable as exc:
-            raise ConfigError(f"cannot open database {_redacted(dsn)}: {exc}") from None
+    def __init__(self, db: PgDatabase, clock: Callable[[], float] = time.time) -> None:
+        self.db, self._clock = db, clock
+        self._owns_db = False
+        db.schema(_SCHEMA)  # ConfigError if it cannot
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, autocommit=False, connect_timeout=10)
-        return self._conn
+    @classmethod
+    def open(cls, dsn: str, clock: Callable[[], float] = time.time) -> PgStore:
+        """A store with a connection of its own (tests, tools): ``PgStore(PgDatabase(dsn))``."""
+        store = cls(PgDatabase(dsn), clock)
+        store._owns_db = True
+        return store
 
-    @contextmanager
-    def _tx(self) -> Iterator[psycopg.Cursor[Any]]:
-        """One transaction: committed when the block ends, rolled back on any error."""
-        with self._lock:
-            try:
-                conn = self._connect()
-                with conn.transaction(), conn.cursor() as cur:
-                    yield cur
-            except psycopg.OperationalError as exc:
-                self._drop()
-                raise _unavailable(exc) from exc
-            except psycopg.errors.DiskFull as exc:
-                raise _unavailable(exc) from exc
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+    def _tx(self) -> AbstractContextManager[Tx]:
+        return self.db.transaction()
 
     def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
-        with self._tx() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
+        return self.db.execute(sql, args)
 
     # ------------------------------------------------------------------ hosts
     def upsert_host(
@@ -171,7 +143,7 @@ class PgStore:
         now = self._clock()
         self._rows(
             "INSERT INTO hosts (host_id, hostname, agent_version, first_seen, last_seen,"
-            " tripwire_mode, clean_disconnect) VALUES (%s, %s, %s, %s, %s, %s, FALSE)"
+            " tripwire_mode, clean_disconnect) VALUES (?, ?, ?, ?, ?, ?, FALSE)"
             " ON CONFLICT (host_id) DO UPDATE SET hostname = EXCLUDED.hostname,"
             " agent_version = EXCLUDED.agent_version, last_seen = EXCLUDED.last_seen,"
             " tripwire_mode = EXCLUDED.tripwire_mode, clean_disconnect = FALSE",
@@ -183,12 +155,10 @@ class PgStore:
 
     def touch_host(self, host_id: str, *, clean_disconnect: bool | None = None) -> None:
         if clean_disconnect is None:
-            self._rows(
-                "UPDATE hosts SET last_seen = %s WHERE host_id = %s", (self._clock(), host_id)
-            )
+            self._rows("UPDATE hosts SET last_seen = ? WHERE host_id = ?", (self._clock(), host_id))
         else:
             self._rows(
-                "UPDATE hosts SET last_seen = %s, clean_disconnect = %s WHERE host_id = %s",
+                "UPDATE hosts SET last_seen = ?, clean_disconnect = ? WHERE host_id = ?",
                 (self._clock(), clean_disconnect, host_id),
             )
 
@@ -208,7 +178,7 @@ class PgStore:
         )
 
     def get_host(self, host_id: str) -> HostRecord | None:
-        rows = self._rows(_HOST_SQL + " WHERE h.host_id = %s", (host_id,))
+        rows = self._rows(_HOST_SQL + " WHERE h.host_id = ?", (host_id,))
         return self._host(rows[0]) if rows else None
 
     def list_hosts(self) -> list[HostRecord]:
@@ -219,12 +189,10 @@ class PgStore:
     ) -> None:
         with self._tx() as cur:
             if isolated is not None:
-                cur.execute(
-                    "UPDATE hosts SET isolated = %s WHERE host_id = %s", (isolated, host_id)
-                )
+                cur.execute("UPDATE hosts SET isolated = ? WHERE host_id = ?", (isolated, host_id))
             if suspended_pids is not None:
                 cur.execute(
-                    "UPDATE hosts SET suspended_pids = %s WHERE host_id = %s",
+                    "UPDATE hosts SET suspended_pids = ? WHERE host_id = ?",
                     (json.dumps(sorted(set(suspended_pids))), host_id),
                 )
 
@@ -248,7 +216,7 @@ class PgStore:
 
     def _insert(
         self,
-        cur: psycopg.Cursor[Any],
+        cur: Tx,
         host_id: str,
         boot_id: str,
         windows: Sequence[StoredWindow],
@@ -257,7 +225,7 @@ class PgStore:
         inserted: list[bool] = []
         hours: dict[int, list[int]] = {}
         cur.execute(
-            "INSERT INTO boots (host_id, boot_id, first_start) VALUES (%s, %s, %s)"
+            "INSERT INTO boots (host_id, boot_id, first_start) VALUES (?, ?, ?)"
             " ON CONFLICT (host_id, boot_id) DO UPDATE SET host_id = EXCLUDED.host_id"
             " RETURNING boot_ref",
             (host_id, boot_id, min(w.start_s for w in windows)),
@@ -267,7 +235,7 @@ class PgStore:
             raw, codec = pack_raw(w.raw)
             cur.execute(
                 "INSERT INTO window_rows (boot_ref, seq, start_s, end_s, score, raw, codec,"
-                " judged) VALUES (%s, %s, %s, %s, %s, %s, %s, FALSE)"
+                " judged) VALUES (?, ?, ?, ?, ?, ?, ?, FALSE)"
                 " ON CONFLICT (boot_ref, seq) DO NOTHING",
                 (boot_ref, w.seq, w.start_s, w.end_s, w.score, raw, codec),
             )
@@ -284,7 +252,7 @@ class PgStore:
     def committed_seq(self, host_id: str, boot_id: str) -> int:
         rows = self._rows(
             "SELECT MAX(seq) FROM window_rows WHERE boot_ref ="
-            " (SELECT boot_ref FROM boots WHERE host_id = %s AND boot_id = %s)",
+            " (SELECT boot_ref FROM boots WHERE host_id = ? AND boot_id = ?)",
             (host_id, boot_id),
         )
         return int(rows[0][0] or 0)
@@ -292,16 +260,16 @@ class PgStore:
     def mark_judged(self, host_id: str, boot_id: str, seq: int, score: float | None) -> None:
         with self._tx() as cur:
             cur.execute(
-                "UPDATE window_rows SET score = %s, judged = TRUE WHERE seq = %s AND boot_ref ="
-                " (SELECT boot_ref FROM boots WHERE host_id = %s AND boot_id = %s)"
+                "UPDATE window_rows SET score = ?, judged = TRUE WHERE seq = ? AND boot_ref ="
+                " (SELECT boot_ref FROM boots WHERE host_id = ? AND boot_id = ?)"
                 " RETURNING end_s",
                 (score, seq, host_id, boot_id),
             )
             row = cur.fetchone()
             if row is not None and score is not None:
                 cur.execute(
-                    "UPDATE rollups SET max_score = GREATEST(COALESCE(max_score, %s), %s)"
-                    " WHERE host_id = %s AND hour = %s",
+                    "UPDATE rollups SET max_score = GREATEST(COALESCE(max_score, ?), ?)"
+                    " WHERE host_id = ? AND hour = ?",
                     (score, score, host_id, hour_of(row[0])),
                 )
 
@@ -309,7 +277,7 @@ class PgStore:
         rows = self._rows(
             "SELECT b.boot_id, w.seq, w.start_s, w.end_s, w.raw, w.codec, w.score"
             " FROM boots b JOIN window_rows w ON w.boot_ref = b.boot_ref"
-            " WHERE b.host_id = %s AND NOT w.judged ORDER BY w.end_s, w.seq LIMIT %s",
+            " WHERE b.host_id = ? AND NOT w.judged ORDER BY w.end_s, w.seq LIMIT ?",
             (host_id, limit),
         )
         return [
@@ -327,10 +295,10 @@ class PgStore:
     def judged_since(self, host_id: str, span_s: float, limit: int = 4096) -> list[StoredWindow]:
         rows = self._rows(
             "SELECT w.seq, w.start_s, w.end_s, w.raw, w.codec, w.score FROM window_rows w"
-            " JOIN boots b ON b.boot_ref = w.boot_ref WHERE b.host_id = %s AND w.judged"
+            " JOIN boots b ON b.boot_ref = w.boot_ref WHERE b.host_id = ? AND w.judged"
             " AND w.end_s >= (SELECT MAX(w2.end_s) FROM window_rows w2 JOIN boots b2"
-            " ON b2.boot_ref = w2.boot_ref WHERE b2.host_id = %s AND w2.judged) - %s"
-            " ORDER BY w.end_s DESC, w.seq DESC LIMIT %s",
+            " ON b2.boot_ref = w2.boot_ref WHERE b2.host_id = ? AND w2.judged) - ?"
+            " ORDER BY w.end_s DESC, w.seq DESC LIMIT ?",
             (host_id, host_id, span_s, limit),
         )
         return [
@@ -342,7 +310,7 @@ class PgStore:
         rows = self._rows(
             "SELECT hour, windows, "
             + ", ".join(TALLY_FIELDS)
-            + ", max_score FROM rollups WHERE host_id = %s AND hour >= %s AND hour < %s"
+            + ", max_score FROM rollups WHERE host_id = ? AND hour >= ? AND hour < ?"
             " ORDER BY hour",
             (host_id, hour_of(since_s), until_s),
         )
@@ -356,8 +324,8 @@ class PgStore:
     ) -> list[StoredWindow]:
         rows = self._rows(
             "SELECT w.seq, w.start_s, w.end_s, w.raw, w.codec, w.score FROM window_rows w"
-            " JOIN boots b ON b.boot_ref = w.boot_ref WHERE b.host_id = %s"
-            " AND w.end_s >= %s AND w.end_s <= %s ORDER BY w.end_s LIMIT %s",
+            " JOIN boots b ON b.boot_ref = w.boot_ref WHERE b.host_id = ?"
+            " AND w.end_s >= ? AND w.end_s <= ? ORDER BY w.end_s LIMIT ?",
             (host_id, since_s, until_s, limit),
         )
         return [
@@ -368,14 +336,14 @@ class PgStore:
         with self._tx() as cur:
             cur.execute(
                 "DELETE FROM window_rows WHERE id IN (SELECT id FROM"
-                " (SELECT id, end_s FROM window_rows ORDER BY id LIMIT %s) AS front"
-                " WHERE end_s < %s)",
+                " (SELECT id, end_s FROM window_rows ORDER BY id LIMIT ?) AS front"
+                " WHERE end_s < ?)",
                 (batch, windows_before_s),
             )
             gone = cur.rowcount
             cur.execute(
                 "DELETE FROM rollups WHERE (host_id, hour) IN"
-                " (SELECT host_id, hour FROM rollups WHERE hour < %s LIMIT %s)",
+                " (SELECT host_id, hour FROM rollups WHERE hour < ? LIMIT ?)",
                 (rollups_before_s, batch),
             )
             gone += cur.rowcount
@@ -390,7 +358,7 @@ class PgStore:
     def save_alert(self, alert: AlertRecord) -> None:
         self._rows(
             f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES"
-            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (alert_id) DO UPDATE SET host_id = EXCLUDED.host_id,"
             " incident_id = EXCLUDED.incident_id, severity = EXCLUDED.severity,"
             " score = EXCLUDED.score, detected_at = EXCLUDED.detected_at,"
@@ -418,7 +386,7 @@ class PgStore:
     ) -> list[AlertRecord]:
         rows = self._rows(
             f"SELECT {_ALERT_COLUMNS} FROM alerts{where}"
-            " ORDER BY detected_at DESC, seq DESC LIMIT %s OFFSET %s",
+            " ORDER BY detected_at DESC, seq DESC LIMIT ? OFFSET ?",
             (*args, limit, offset),
         )
         return [
@@ -441,17 +409,17 @@ class PgStore:
 
     def list_alerts(self, host_id: str = "", limit: int = 50, offset: int = 0) -> list[AlertRecord]:
         if host_id:
-            return self._alerts(" WHERE host_id = %s", (host_id,), limit, offset)
+            return self._alerts(" WHERE host_id = ?", (host_id,), limit, offset)
         return self._alerts("", (), limit, offset)
 
     def incident_alerts(self, incident_id: str) -> list[AlertRecord]:
-        return self._alerts(" WHERE incident_id = %s", (incident_id,), 1000)
+        return self._alerts(" WHERE incident_id = ?", (incident_id,), 1000)
 
     # ---------------------------------------------------------------- actions
     def add_action(self, action: ActionRecord) -> None:
         self._rows(
             f"INSERT INTO actions ({_ACTION_COLUMNS}) VALUES"
-            " (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET alert_id = EXCLUDED.alert_id,"
             " host_id = EXCLUDED.host_id, kind = EXCLUDED.kind,"
             " requested_by = EXCLUDED.requested_by, requested_at = EXCLUDED.requested_at,"
@@ -487,16 +455,16 @@ class PgStore:
         )
 
     def get_action(self, action_id: str) -> ActionRecord | None:
-        rows = self._rows(f"SELECT {_ACTION_COLUMNS} FROM actions WHERE id = %s", (action_id,))
+        rows = self._rows(f"SELECT {_ACTION_COLUMNS} FROM actions WHERE id = ?", (action_id,))
         return self._action(rows[0]) if rows else None
 
     def list_actions(
         self, host_id: str = "", limit: int = 50, offset: int = 0
     ) -> list[ActionRecord]:
-        where, args = (" WHERE host_id = %s", (host_id,)) if host_id else ("", ())
+        where, args = (" WHERE host_id = ?", (host_id,)) if host_id else ("", ())
         rows = self._rows(
             f"SELECT {_ACTION_COLUMNS} FROM actions{where}"
-            " ORDER BY requested_at DESC, seq DESC LIMIT %s OFFSET %s",
+            " ORDER BY requested_at DESC, seq DESC LIMIT ? OFFSET ?",
             (*args, limit, offset),
         )
         return [self._action(r) for r in rows]
@@ -520,30 +488,22 @@ class PgStore:
     # ------------------------------------------------------------------ audit
     def audit(self, who: str, what: str, detail: str = "") -> None:
         self._rows(
-            "INSERT INTO audit (at, who, what, detail) VALUES (%s, %s, %s, %s)",
+            "INSERT INTO audit (at, who, what, detail) VALUES (?, ?, ?, ?)",
             (self._clock(), who, what, detail),
         )
 
     def audit_log(self, limit: int = 100) -> list[tuple[float, str, str, str]]:
         rows = self._rows(
-            "SELECT at, who, what, detail FROM audit ORDER BY seq DESC LIMIT %s", (limit,)
+            "SELECT at, who, what, detail FROM audit ORDER BY seq DESC LIMIT ?", (limit,)
         )
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def atomic(self) -> AbstractContextManager[object]:
-        """No outbox lives in PostgreSQL yet: each write is its own transaction."""
-        return nullcontext()
+        """One transaction around several writes, the outbox's included (same database)."""
+        return self.db.transaction()
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
-
-
-def _redacted(dsn: str) -> str:
-    """The connection string without its password, for error lines."""
-
-    return re.sub(
-        r"(password=)\S+|(://[^:/@]+:)[^@]+@",
-        lambda m: (m.group(1) or m.group(2)) + "***" + ("" if m.group(1) else "@"),
-        dsn,
-    )
+        """Close the database if this store opened it (``open``); a shared one is the
+        assembly's to close."""
+        if self._owns_db:
+            self.db.close()

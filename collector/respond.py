@@ -55,7 +55,6 @@ background posts in flight.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 import uuid
@@ -66,9 +65,16 @@ from typing import Any, Literal
 
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import Decision, ProcessInfo
+from tocsin.collector.events import (
+    ActionEvent,
+    ActionTaken,
+    AlertEvent,
+    FleetGuardEvent,
+)
 from tocsin.collector.explain import N_, Gettext, explain_decision, same_text
 from tocsin.collector.fleetguard import FleetGuard
 from tocsin.collector.hooks import HookOutcome, HookRunner
+from tocsin.collector.reasons import Reason, texts
 from tocsin.collector.store import ActionRecord, AlertRecord, Store
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1 import telemetry_pb2 as pb
@@ -110,28 +116,20 @@ _WORDS = {
 }
 
 
-_FIRST_S = dt.datetime(1, 1, 1, tzinfo=dt.UTC).timestamp()
-_LAST_S = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
-
-
-def rfc3339(t_s: float) -> str:
-    """RFC 3339 UTC with milliseconds and a Z; never raises (held to years 1..9999)."""
-    t_s = min(max(t_s, _FIRST_S), _LAST_S) if t_s == t_s else 0.0
-    stamp = dt.datetime.fromtimestamp(t_s, dt.UTC).isoformat(timespec="milliseconds")
-    return stamp.replace("+00:00", "Z")
-
-
-def describe(reasons: Sequence[str], _: Gettext = same_text) -> str:
+def describe(reasons: Sequence[Reason], _: Gettext = same_text) -> str:
     """The reasons as one clause of the summary, in the reader's language (``_``)."""
     parts = []
-    for reason in reasons:
-        head, *rest = reason.split(":")
-        phrase = _PHRASES.get(head)
+    for r in reasons:
+        phrase = _PHRASES.get(r.kind)
         if phrase is None:
             continue
-        a = rest[0] if rest else ""
-        b = rest[1].removesuffix("dirs") if len(rest) > 1 else ""
-        parts.append(_(phrase).format(n=a, a=a, b=b))
+        if r.kind == "anomaly_score":
+            a = f"{r.score:.2f}"
+        elif r.kind == "tripwire":
+            a = r.detail
+        else:
+            a = r.name
+        parts.append(_(phrase).format(n=r.files, a=a, b=r.dirs))
     return "; ".join(parts) or _("unusual file activity")
 
 
@@ -215,28 +213,29 @@ class Responder:
             return None
         alert_id = self._new_id()
         records: list[_ActionRow] = []  # routed already, recorded with the alert
-        actions = await self._respond(d, alert_id, records) if d.severity == "critical" else []
-        proc = d.process.as_json() if d.process else None
-        payload: dict[str, Any] = {
-            "event": "alert",
-            "alert_id": alert_id,
-            "incident_id": d.incident_id,
-            "host_id": d.host_id,
-            "severity": d.severity,
-            "score": d.score,
-            "detected_at": rfc3339(self._clock()),
-            "window_start": rfc3339(d.window_start_s),
-            "window_end": rfc3339(d.window_end_s),
-            "reasons": list(d.reasons),
-            "process": proc,
-            "actions": actions,
-            "summary": self._summary(d, actions),
-            "example_paths": list(d.example_paths),
-            "mode": self.mode,
-            "drill": d.drill,
-            "top_features": [[name, round(v, 4)] for name, v in explanation],
-            "explanation": explain_decision(d, explanation),
-        }
+        critical = d.severity == "critical"
+        actions = tuple(await self._respond(d, alert_id, records)) if critical else ()
+        detected_at_s = self._clock()
+        event = AlertEvent(
+            alert_id=alert_id,
+            incident_id=d.incident_id,
+            host_id=d.host_id,
+            severity=d.severity,
+            score=d.score,
+            detected_at_s=detected_at_s,
+            window_start_s=d.window_start_s,
+            window_end_s=d.window_end_s,
+            reasons=d.reasons,
+            process=d.process,
+            actions=actions,
+            summary=self._summary(d, actions),
+            example_paths=d.example_paths,
+            mode=self.mode,
+            drill=d.drill,
+            top_features=tuple(explanation),
+            explanation=explain_decision(d, explanation),
+        )
+        payload = event.to_json()
         previous = self._alerts.get(d.incident_id)
         alert = AlertRecord(
             alert_id=alert_id,
@@ -244,15 +243,15 @@ class Responder:
             incident_id=d.incident_id,
             severity=d.severity,
             score=d.score or 0.0,
-            detected_at_s=self._clock(),
+            detected_at_s=detected_at_s,
             window_start_s=d.window_start_s,
             window_end_s=d.window_end_s,
-            reasons=list(d.reasons),
-            process=proc,
+            reasons=list(payload["reasons"]),
+            process=payload["process"],
             payload=payload,
         )
-        audit = f"{alert_id} {d.host_id} {d.reasons}"
-        await asyncio.to_thread(self._keep_alert, alert, previous, payload, records, audit)
+        said = f"{alert_id} {d.host_id} {tuple(alert.reasons)}"
+        await asyncio.to_thread(self._keep_alert, alert, previous, payload, records, said)
         if previous is not None:
             previous.open = False
         self._alerts[d.incident_id] = alert
@@ -288,18 +287,18 @@ class Responder:
             return
         alert.window_end_s = max(alert.window_end_s, d.window_end_s)
         alert.score = max(alert.score, d.score or 0.0)
-        alert.reasons = sorted(set(alert.reasons) | set(d.reasons))
+        alert.reasons = sorted(set(alert.reasons) | set(texts(d.reasons)))
         self.store.save_alert(alert)
 
     async def _respond(
         self, d: Decision, alert_id: str, records: list[_ActionRow]
-    ) -> list[dict[str, Any]]:
+    ) -> list[ActionTaken]:
         """Route the decision's commands now, the suspend before anything touches the
         database; ``records`` gets what to store of them."""
         if self.mode == "off":
             return []
         name = d.process.name if d.process else "?"
-        actions: list[dict[str, Any]] = []
+        actions: list[ActionTaken] = []
         if d.root_pid > 0:
             detail = f"would suspend pid {d.root_pid} ({name})"
             if self.mode == "enforce" or d.drill:
@@ -319,52 +318,34 @@ class Responder:
                     [ref],
                     records=records,
                 )
-                actions.append({"action": "suspend", "status": "sent", "pids": [d.root_pid]})
+                actions.append(ActionTaken("suspend", "sent", pids=(d.root_pid,)))
             else:
-                actions.append(
-                    {
-                        "action": "suspend",
-                        "status": "dry-run",
-                        "detail": detail,
-                        "pids": [d.root_pid],
-                    }
-                )
+                actions.append(ActionTaken("suspend", "dry-run", detail, pids=(d.root_pid,)))
         client = d.process.smb_client_addr if d.process else ""
         if d.drill:
             actions.append(
-                {
-                    "action": "isolate",
-                    "status": "skipped: drill",
-                    "detail": "a drill never isolates the host",
-                }
+                ActionTaken("isolate", "skipped: drill", "a drill never isolates the host")
             )
         elif client:
             actions.append(self._block_client(d, client, alert_id, records))
         elif (host := await asyncio.to_thread(self.store.get_host, d.host_id)) and host.isolated:
-            actions.append({"action": "isolate", "status": "skipped: already isolated"})
+            actions.append(ActionTaken("isolate", "skipped: already isolated"))
         elif self.mode == "enforce" and self.guard is not None and not self.guard.admit(d.host_id):
             actions.append(self._hold(d, alert_id, records))
         elif self.mode == "enforce":
             self._send(d.host_id, "isolate", [], "collector", alert_id, records=records)
-            actions.append({"action": "isolate", "status": "sent"})
+            actions.append(ActionTaken("isolate", "sent"))
         else:
-            actions.append(
-                {"action": "isolate", "status": "dry-run", "detail": "would isolate host"}
-            )
+            actions.append(ActionTaken("isolate", "dry-run", "would isolate host"))
         return actions
 
     def _block_client(
         self, d: Decision, client: str, alert_id: str, records: list[_ActionRow]
-    ) -> dict[str, Any]:
+    ) -> ActionTaken:
         """Cut the SMB client that attacks, not the server: block its address there."""
         if self.mode != "enforce":
             detail = f"would block client {client} on {d.host_id}"
-            return {
-                "action": "block_client",
-                "status": "dry-run",
-                "detail": detail,
-                "clients": [client],
-            }
+            return ActionTaken("block_client", "dry-run", detail, clients=(client,))
         self._send(
             d.host_id,
             "block_client",
@@ -374,9 +355,9 @@ class Responder:
             parameters={"addresses": client},
             records=records,
         )
-        return {"action": "block_client", "status": "sent", "clients": [client]}
+        return ActionTaken("block_client", "sent", clients=(client,))
 
-    def _hold(self, d: Decision, alert_id: str, records: list[_ActionRow]) -> dict[str, Any]:
+    def _hold(self, d: Decision, alert_id: str, records: list[_ActionRow]) -> ActionTaken:
         """The fleet guard refused an automatic isolation: record, audit, ask a human."""
         assert self.guard is not None
         limit = self.guard.max_per_minute
@@ -399,22 +380,20 @@ class Responder:
         self.actions_total[("isolate", "held")] += 1
         log.error("isolation of %s held by the fleet guard", d.host_id)
         self._post_later(
-            {
-                "event": "fleet_guard",
-                "alert_id": alert_id,
-                "host_id": d.host_id,
-                "severity": "critical",
-                "held_hosts": list(self.guard.held),
-                "isolations_last_minute": self.guard.recent(),
-                "limit": limit,
-                "detail": detail,
-                "at": rfc3339(self._clock()),
-                "mode": self.mode,
-            }
+            FleetGuardEvent(
+                alert_id=alert_id,
+                host_id=d.host_id,
+                held_hosts=tuple(self.guard.held),
+                isolations_last_minute=self.guard.recent(),
+                limit=limit,
+                detail=detail,
+                at_s=self._clock(),
+                mode=self.mode,
+            )
         )
-        return {"action": "isolate", "status": "held", "detail": detail}
+        return ActionTaken("isolate", "held", detail)
 
-    def _summary(self, d: Decision, actions: Sequence[dict[str, Any]]) -> str:
+    def _summary(self, d: Decision, actions: Sequence[ActionTaken]) -> str:
         """One sentence for the chat message, in the collector's language."""
         _ = self._
         if d.process:
@@ -422,7 +401,7 @@ class Responder:
             who += smb_client_phrase(d.process, _)
         else:
             who = _("written by an unknown process")
-        did = [f"{_word(a['action'], _)} {_word(a['status'], _)}" for a in actions]
+        did = [f"{_word(a.action, _)} {_word(a.status, _)}" for a in actions]
         if self.mode == "off":
             done = _("tocsin only alerts (respond=off)")
         elif not actions:
@@ -558,19 +537,18 @@ class Responder:
         if status == "done":
             self._fold_host_state(host_id, kind, pids or action.pids)
         self._post_later(
-            {
-                "event": "action",
-                "alert_id": action.alert_id,
-                "host_id": host_id,
-                "action": kind,
-                "status": status,
-                "detail": detail,
-                "pids": pids or action.pids,
-                "command_id": action.action_id,
-                "local": r.local,
-                "at": rfc3339(self._clock()),
-                "mode": self.mode,
-            }
+            ActionEvent(
+                alert_id=action.alert_id,
+                host_id=host_id,
+                action=kind,
+                status=status,
+                detail=detail,
+                pids=tuple(pids or action.pids),
+                command_id=action.action_id,
+                local=r.local,
+                at_s=self._clock(),
+                mode=self.mode,
+            )
         )
 
     def _fold_host_state(self, host_id: str, kind: str, pids: Sequence[int]) -> None:
@@ -626,29 +604,31 @@ class Responder:
         )
         self.actions_total[("hook", o.status)] += 1
         self._post_later(
-            {
-                "event": "action",
-                "alert_id": alert_id,
-                "host_id": host_id,
-                "action": "hook",
-                "status": o.status,
-                "detail": f"{o.hook.label}: {o.detail}",
-                "pids": [],
-                "command_id": "",
-                "local": False,
-                "at": rfc3339(now),
-                "mode": self.mode,
-            }
+            ActionEvent(
+                alert_id=alert_id,
+                host_id=host_id,
+                action="hook",
+                status=o.status,
+                detail=f"{o.hook.label}: {o.detail}",
+                pids=(),
+                command_id="",
+                local=False,
+                at_s=now,
+                mode=self.mode,
+            ),
+            hooks=False,
         )
 
-    def _post_later(self, event: dict[str, Any]) -> None:
-        if self.hooks is not None and event.get("action") != "hook":
-            self.hooks.fire(event, self.on_hook_outcome)
+    def _post_later(self, event: ActionEvent | FleetGuardEvent, hooks: bool = True) -> None:
+        """Queue ``event`` for the webhooks and (``hooks``: not a hook's own outcome) the hooks."""
+        body = event.to_json()
+        if hooks and self.hooks is not None:
+            self.hooks.fire(body, self.on_hook_outcome)
         try:
-            self.sink.enqueue(event)
+            self.sink.enqueue(body)
         except Exception:
             self.posts_failed += 1
-            log.exception("could not queue %s for the webhooks", event.get("event"))
+            log.exception("could not queue %s for the webhooks", body["event"])
 
     async def drain(self) -> None:
         if self.hooks is not None:

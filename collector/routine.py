@@ -24,7 +24,7 @@ once the run grows too big, raises another kind of reason, or turns critical
 (``tocsin.collector.decide``). Time is the windows' own (UTC time of day).
 
 ``SqliteRoutineBook`` keeps table ``routine_jobs`` in the collector's database
-(through its one door, like the incident book); ``MemoryRoutineBook`` a
+(through its one door, SQLite or PostgreSQL, like the incident book); ``MemoryRoutineBook`` a
 dictionary.
 """
 
@@ -36,7 +36,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from tocsin.collector.db import Database
+from tocsin.collector.db import Schema, SqlDatabase, upsert_sql
+from tocsin.collector.reasons import Reason
 from tocsin.v1 import telemetry_pb2 as pb
 
 DAY_S = 86_400.0
@@ -76,18 +77,25 @@ class MemoryRoutineBook:
         runs.append(run)
 
 
-_SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS routine_jobs (
-    host_id TEXT NOT NULL, job TEXT NOT NULL, day_s REAL NOT NULL, files INTEGER, runs INTEGER,
+    host_id TEXT NOT NULL, job TEXT NOT NULL, day_s {real} NOT NULL, files {int}, runs {int},
     PRIMARY KEY (host_id, job, day_s)
 );
 """
+_SCHEMA = Schema(
+    sqlite=_TABLE.format(int="INTEGER", real="REAL"),
+    postgresql=_TABLE.format(int="BIGINT", real="DOUBLE PRECISION"),
+)
+_PUT = upsert_sql(
+    "routine_jobs", ("host_id", "job", "day_s", "files", "runs"), ("host_id", "job", "day_s")
+)
 
 
 class SqliteRoutineBook:
     """Routine jobs in table ``routine_jobs`` of the collector's database (one door: ``db``)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: SqlDatabase) -> None:
         self.db = db
         db.schema(_SCHEMA)
 
@@ -106,7 +114,7 @@ class SqliteRoutineBook:
                     (replacing.host_id, replacing.job, replacing.day_s),
                 )
             con.execute(
-                "INSERT OR REPLACE INTO routine_jobs VALUES (?,?,?,?,?)",
+                _PUT,
                 (run.host_id, run.job, run.day_s, run.files, run.runs),
             )
 
@@ -138,8 +146,8 @@ class RoutineJobs:
         return _DIGITS.sub("#", " ".join([p.exe or p.name, *words]))
 
     @staticmethod
-    def routine(reasons: Iterable[str]) -> bool:
-        return all(r.split(":", 1)[0] in ROUTINE_REASONS for r in reasons)
+    def routine(reasons: Iterable[Reason]) -> bool:
+        return all(r.kind in ROUTINE_REASONS for r in reasons)
 
     @staticmethod
     def files_of(w: pb.Window) -> int:

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tocsin.collector.respond import rfc3339
+from tocsin.collector.events import SilenceEvent
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1.errors import TocsinError
 
@@ -110,28 +110,15 @@ class SilenceWatch:
     def _event(
         self, kind: str, host_id: str, last_seen_s: float, now_s: float, severity: str
     ) -> dict[str, Any]:
-        silent_for_s = round(now_s - last_seen_s, 1)
-        return {
-            "event": kind,
-            "alert_id": uuid.uuid4().hex[:16],
-            "host_id": host_id,
-            "severity": severity,
-            "score": None,
-            "detected_at": rfc3339(now_s),
-            "window_start": rfc3339(last_seen_s),
-            "window_end": rfc3339(now_s),
-            "reasons": [f"{kind}:{silent_for_s:g}s"],
-            "process": None,
-            "actions": [],
-            "last_seen": rfc3339(last_seen_s),
-            "silent_for_s": silent_for_s,
-            "silent_after_s": self.silent_after_s,
-            "summary": (
-                f"{host_id} has sent nothing for {silent_for_s:g} s (no goodbye)"
-                if kind == "host_silent"
-                else f"{host_id} is back after {silent_for_s:g} s of silence"
-            ),
-        }
+        return SilenceEvent(
+            kind=kind,
+            alert_id=uuid.uuid4().hex[:16],
+            host_id=host_id,
+            severity=severity,
+            last_seen_s=last_seen_s,
+            now_s=now_s,
+            silent_after_s=self.silent_after_s,
+        ).to_json()
 
     def _post(self, event: dict[str, Any]) -> None:
         if len(self._inflight) >= self.max_inflight:

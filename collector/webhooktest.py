@@ -47,22 +47,9 @@ def _parser() -> _Parser:
 
 
 def sample_event() -> dict[str, object]:
-    from tocsin.collector.respond import rfc3339
+    from tocsin.collector.events import WebhookTestEvent
 
-    now = time.time()
-    return {
-        "event": "test",
-        "alert_id": "",
-        "host_id": socket.gethostname(),
-        "severity": "warning",
-        "at": rfc3339(now),
-        "detected_at": rfc3339(now),
-        "summary": "tocsin webhook test: if you read this, the webhook works",
-        "requested_by": getpass.getuser(),
-        "reasons": [],
-        "actions": [],
-        "process": None,
-    }
+    return WebhookTestEvent(socket.gethostname(), time.time(), getpass.getuser()).to_json()
 
 
 def _destinations(args: argparse.Namespace) -> list[Destination]:

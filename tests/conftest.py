@@ -1,8 +1,9 @@
 """Shared test set-up: the helpers in tools/ (webhook receiver) are importable; one PostgreSQL.
 
 ``pg_dsn`` gives a test a fresh database in a PostgreSQL cluster started once per session
-in a temporary directory (tests/pgserver.py). Without PostgreSQL the tests that need it skip,
-except under CI, where they fail: CI installs it.
+in a temporary directory (tests/pgserver.py), ``pg_url`` the same as a URL; ``db_location``
+is each engine a collector can keep its rows in (``--store``). Without PostgreSQL the tests
+that need it skip, except under CI, where they fail: CI installs it.
 """
 
 import itertools
@@ -41,6 +42,21 @@ def pg_dsn(pg_cluster: str) -> str:
     return pg_cluster.replace("dbname=tocsin", f"dbname={name}")
 
 
+@pytest.fixture
+def pg_url(pg_dsn: str) -> str:
+    """``pg_dsn`` as the postgresql:// URL an operator gives ``--store``."""
+    parts = dict(kv.split("=", 1) for kv in pg_dsn.split())
+    return f"postgresql://{parts['user']}@/{parts['dbname']}?host={parts['host']}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a collector keeps its rows (``--store``): an SQLite file, or PostgreSQL (fresh)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "c.db")
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture(params=["sqlite", "memory", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
     """Each ``Store``: the SQLite file, the in-memory one, PostgreSQL (a fresh database)."""
@@ -54,6 +70,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
     else:
         from tocsin.collector.pgstore import PgStore
 
-        s = PgStore(request.getfixturevalue("pg_dsn"))
+        s = PgStore.open(request.getfixturevalue("pg_dsn"))
     yield s
     s.close()  # type: ignore[attr-defined]

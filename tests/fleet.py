@@ -1,13 +1,14 @@
 """A fleet of agents in one process: N real Shippers, each with its own on-disk spool.
 
-    python tests/fleet.py --collector HOST:PORT --dir D --agents 20 --rate 5
+    python tests/fleet.py --collector HOST:PORT[,HOST:PORT...] --dir D --agents 20 --rate 5
 
 Each agent ``fleet-NN`` keeps its spool in ``D/fleet-NN/spool.sqlite`` (so a
 restarted fleet resends what a killed one left, under the old boot ids, like a
 restarted tocsin-agent) and creates ``--rate`` windows a second through the
 real ``Shipper.submit_window`` (seq assigned, spooled durably). After each
 window is spooled, a line ``host boot seq`` is appended to ``D/created.log``
-(flushed): the test's record of what was created. SIGUSR1 stops creating
+(flushed): the test's record of what was created. Several collectors are
+tried in turn, like a tocsin-agent given several. SIGUSR1 stops creating
 windows (shipping goes on); SIGTERM stops everything (Goodbye) and exits 0.
 
 Twenty tocsin-agent processes (watchdog, psutil, fanotify, a Python
@@ -63,14 +64,16 @@ def main() -> int:
         host = f"fleet-{i:02d}"
         spool = WindowSpool(args.dir / host / "spool.sqlite", max_windows=args.spool_max_windows)
         boot = str(uuid.uuid4())
+        first, *others = args.collector.split(",")
         shipper = Shipper(
-            args.collector,
+            first,
             spool,
             HelloInfo(host, boot, [f"/srv/{host}"], ["suspend"]),
             on_command=lambda c: pb.ActionResult(command_id=c.id, kind=c.kind, status="refused"),
             backoff_initial_s=0.2,
             backoff_max_s=args.backoff_max_s,
             heartbeat_s=2.0,
+            other_targets=others,
         )
         shipper.start()
         shippers.append(shipper)

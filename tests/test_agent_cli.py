@@ -28,6 +28,7 @@ def _agent(*args: str) -> subprocess.CompletedProcess[str]:
         "bad-config",
         "bad-tripwire",
         "bad-collector",
+        "bad-second-collector",
         "bad-resolver",
         "drill-not-empty",
         "spool-inf-config",
@@ -61,6 +62,7 @@ def test_user_mistakes(tmp_path: Path, case: str) -> None:
         "bad-config": ["--config", str(cfg)],
         "bad-tripwire": [*base, "--insecure", "--tripwire", "maybe"],
         "bad-collector": [*base[2:], "--collector", "nowhere", "--insecure"],
+        "bad-second-collector": [*base[2:], "--collector", "a:1,nowhere", "--insecure"],
         "bad-resolver": [*base, "--insecure", "--resolver", "dns.example"],
         "drill-not-empty": ["drill", "--dir", str(tmp_path)],
         "spool-inf-config": ["--config", str(inf_cfg)],
@@ -86,6 +88,21 @@ def test_config_file_keys_and_flag_override(tmp_path: Path) -> None:
     )
     conf, _ = build_config(["--config", str(cfg), "--tripwire", "enforce"])
     assert conf.resolvers == ["10.0.0.53", "fd00::53"]
-    assert conf.collector_host_port == ("10.0.0.1", 7443)
+    assert conf.collector_host_ports == [("10.0.0.1", 7443)]
     assert conf.host_id == "mairie-1"
     assert conf.tripwire == "enforce"
+
+
+def test_several_collectors_from_flags_and_config(tmp_path: Path) -> None:
+    from tocsin.agent.cli import build_config
+
+    base = ["--watch", str(tmp_path), "--host-id", "h", "--state-dir", str(tmp_path / "st")]
+    conf, _ = build_config(
+        [*base, "--insecure", "--collector", "a:1,b:2", "--collector", "[fd00::1]:3"]
+    )
+    assert conf.collectors == ["a:1", "b:2", "[fd00::1]:3"]
+    assert conf.collector_host_ports == [("a", 1), ("b", 2), ("fd00::1", 3)]
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('collector = ["10.0.0.1:7443", "10.0.0.2:7443"]\ninsecure = true\n')
+    conf, _ = build_config([*base, "--config", str(cfg)])
+    assert conf.collectors == ["10.0.0.1:7443", "10.0.0.2:7443"]

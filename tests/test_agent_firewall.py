@@ -66,7 +66,7 @@ def _firewall(state: Path, server: Netns, collector: Netns, **kw: object) -> Fir
     return Firewall(
         state,
         (collector.address,),
-        COLLECTOR_PORT,
+        (COLLECTOR_PORT,),
         nft=Nft(server.cmd(["nft"])),
         reachable=lambda host, port: server.can_connect(host, port),
         local_addresses=lambda: {server.address},
@@ -258,7 +258,7 @@ def test_isolation_keeps_the_allowlist_when_reapplied_and_rolls_back(
     wrong = Firewall(
         tmp_path,
         (collector.address,),
-        9,  # nothing listens there
+        (9,),  # nothing listens there
         nft=Nft(server.cmd(["nft"])),
         reachable=lambda host, port: server.can_connect(host, port),
     )

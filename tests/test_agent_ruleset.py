@@ -6,7 +6,7 @@ import re
 
 from tocsin.agent.ruleset import FirewallState, Pins, parse_address, ruleset
 
-PINS = Pins(("10.1.2.3", "fd00::3"), 7443, ("10.1.2.53",), ("192.0.2.0/24",))
+PINS = Pins(("10.1.2.3", "fd00::3"), (7443,), ("10.1.2.53",), ("192.0.2.0/24",))
 
 
 def test_empty_state_only_deletes_the_table() -> None:
@@ -36,3 +36,11 @@ def test_blocked_clients_without_isolation() -> None:
 def test_addresses_are_read_as_the_kernel_sees_them() -> None:
     assert str(parse_address("::ffff:10.0.0.5")) == "10.0.0.5"  # a dual-stack socket's peer
     assert str(parse_address("fe80::1%eth0")) == "fe80::1"
+
+
+def test_isolation_keeps_every_collector_port() -> None:
+    """An agent with several collectors keeps each reachable (it may fail over while isolated)."""
+    pins = Pins(("10.1.2.3", "10.1.2.4"), (7443, 7444), ("10.1.2.53",))
+    text = ruleset(pins, FirewallState(isolated=True))
+    assert "ip daddr { 10.1.2.3, 10.1.2.4 } tcp dport { 7443, 7444 } accept" in text
+    assert "ip saddr { 10.1.2.3, 10.1.2.4 } tcp sport { 7443, 7444 } accept" in text

@@ -73,31 +73,31 @@ def test_tocsin_bad_flags_one_line_exit_2() -> None:
         assert len(lines) == 1 and lines[0].startswith("tocsin: error: "), res.stderr
 
 
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[str]:
-    log = tmp_path / "collector.log"
+def start_collector(log: Path, *args: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A ``tocsin-collector`` on a free loopback port (dry-run, insecure): (process, address)."""
+    fixed = ["--listen", "127.0.0.1:0", "--respond", "dry-run", "--insecure"]
     proc = subprocess.Popen(
-        [
-            str(BIN / "tocsin-collector"),
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            str(tmp_path / "c.db"),
-            "--respond",
-            "dry-run",
-            "--insecure",
-        ],
+        [str(BIN / "tocsin-collector"), *fixed, *args],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
+    end = time.monotonic() + 20
+    addr = None
+    while addr is None and time.monotonic() < end and proc.poll() is None:
+        m = re.search(r"listening on (\S+:\d+)", log.read_text())
+        addr = m.group(1) if m else None
+        time.sleep(0.05)
+    if addr is None:
+        proc.kill()
+        raise AssertionError(log.read_text())
+    return proc, addr
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[str]:
+    log = tmp_path / "collector.log"
+    proc, addr = start_collector(log, "--db", str(tmp_path / "c.db"))
     try:
-        end = time.monotonic() + 20
-        addr = None
-        while addr is None and time.monotonic() < end and proc.poll() is None:
-            m = re.search(r"listening on (\S+:\d+)", log.read_text())
-            addr = m.group(1) if m else None
-            time.sleep(0.05)
-        assert addr, log.read_text()
         yield addr
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -174,3 +174,74 @@ def test_replay_then_hosts_and_alerts(tmp_path: Path, collector: str) -> None:
         "0.5",
     )
     assert "release replayed: queued" in res.stdout and res.returncode == 1
+
+
+def test_collector_on_postgresql_end_to_end(tmp_path: Path, pg_url: str, pg_dsn: str) -> None:
+    """``--store postgresql://...``: windows, alert, incident and webhook all through PostgreSQL."""
+    import psycopg
+
+    from receiver import WebhookReceiver
+
+    log = tmp_path / "collector.log"
+    recording = tmp_path / "r.jsonl"
+    make_recording(recording, 5)
+    with WebhookReceiver() as receiver:
+        proc, addr = start_collector(log, "--store", pg_url, "--webhook", receiver.url)
+        try:
+            end = time.monotonic() + 20
+            res = run(
+                str(BIN / "tocsin"), "replay", str(recording), "--collector", addr, "--insecure"
+            )
+            assert "windows sent 5, acked 5" in res.stdout, res.stdout + res.stderr
+            ops = ["--collector", addr, "--insecure", "--json"]
+            res = run(str(BIN / "tocsin"), "alerts", *ops)
+            (alert,) = json.loads(res.stdout)
+            assert alert["severity"] == "critical" and alert["host_id"] == "rec-host"
+            while not receiver.of("alert") and time.monotonic() < end + 20:
+                time.sleep(0.05)
+            time.sleep(0.5)  # a duplicate would arrive now
+            (record,) = [r for r in receiver.records if r["body"].get("event") == "alert"]
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0, log.read_text()
+    assert record["headers"]["Webhook-Id"] == f"msg_{alert['alert_id']}"
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM windows").fetchone() == (5,)
+        assert conn.execute("SELECT alert_id FROM alerts").fetchall() == [(alert["alert_id"],)]
+        assert conn.execute("SELECT COUNT(*) FROM incidents").fetchone() == (1,)
+        outbox = conn.execute("SELECT msg_id, status FROM outbox WHERE kind='alert'").fetchall()
+        assert outbox == [(record["headers"]["Webhook-Id"], "delivered")]
+    assert not (tmp_path / "c.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("store", "needle"),
+    [
+        # Nothing listens on port 1 of loopback: refused at once.
+        ("postgresql://tocsin:s3cret@127.0.0.1:1/tocsin", "cannot open database"),
+        ("postgres://tocsin:s3cret@127.0.0.1:1/tocsin?sslmode=bogus", "cannot open database"),
+    ],
+)
+def test_collector_unreachable_postgresql_one_line_password_hidden(
+    tmp_path: Path, store: str, needle: str
+) -> None:
+    res = run(
+        str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--insecure", "--store", store
+    )
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tocsin-collector: error: "), res.stderr
+    assert needle in lines[0] and "s3cret" not in res.stderr and "tocsin:***@" in lines[0]
+
+
+def test_collector_missing_postgresql_database_and_two_stores_one_line(
+    tmp_path: Path, pg_url: str
+) -> None:
+    missing = re.sub(r"@/\w+\?", "@/nowhere?", pg_url)
+    base = [str(BIN / "tocsin-collector"), "--listen", "127.0.0.1:0", "--insecure"]
+    res = run(*base, "--store", missing)
+    assert res.returncode == 2, res.stderr
+    (line,) = res.stderr.strip().splitlines()
+    assert "cannot open database" in line and '"nowhere" does not exist' in line, line
+    res = run(*base, "--store", pg_url, "--db", str(tmp_path / "c.db"))
+    assert res.returncode == 2 and "give --store or --db, not both" in res.stderr

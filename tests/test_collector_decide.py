@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 from tocsin.collector.decide import Judge, JudgeConfig
+from tocsin.collector.reasons import texts
 from tocsin.v1 import telemetry_pb2 as pb
 
 T0 = 1_700_000_000
@@ -67,7 +68,7 @@ def test_in_place_encryption_is_critical_with_reasons() -> None:
         "ransom_note:LISEZ-MOI.txt:6dirs",
         "events_dropped:1200",
     ):
-        assert r in d.reasons
+        assert r in texts(d.reasons)
     assert d.process is not None and d.process.name == "python3"
 
 
@@ -91,7 +92,7 @@ def test_slow_attack_two_files_per_second_adds_up_to_critical() -> None:
         seen += j.observe("srv", w, 0.4)
     posted = [d for d in seen if d.posts]
     assert posted and posted[-1].severity == "critical"
-    assert any(r.startswith("type_destroyed:") and ":10w" in r for r in posted[-1].reasons)
+    assert any(r.startswith("type_destroyed:") and ":10w" in r for r in texts(posted[-1].reasons))
     assert len({d.incident_id for d in seen}) == 1
 
 
@@ -106,9 +107,9 @@ def test_one_file_per_window_never_confirms_alone_within_a_few_windows() -> None
 def test_canary_and_tripwire_are_critical_without_model() -> None:
     j = judge()
     (d,) = j.observe("srv", window(1, canary_touches=1), None)
-    assert d.severity == "critical" and "canary_touched" in d.reasons
+    assert d.severity == "critical" and "canary_touched" in texts(d.reasons)
     (d,) = j.observe("other", window(1, tripwire_fired=True, tripwire_reason="canary"), 0.1)
-    assert d.severity == "critical" and "tripwire:canary" in d.reasons
+    assert d.severity == "critical" and "tripwire:canary" in texts(d.reasons)
 
 
 def test_one_incident_per_tree_root_and_no_repost() -> None:
@@ -145,7 +146,7 @@ def test_replay_gives_same_decisions() -> None:
         out = []
         for seq in range(1, 30):
             w = window(seq, files_type_destroyed=seq % 4, encrypted_twins=seq % 3)
-            out += [(d.kind, d.severity, d.reasons) for d in j.observe("srv", w, 0.5)]
+            out += [(d.kind, d.severity, texts(d.reasons)) for d in j.observe("srv", w, 0.5)]
         return out
 
     assert run() == run() and run()
@@ -158,7 +159,7 @@ def test_blindness_is_a_warning_not_a_silence() -> None:
         ({"watch_limit_hits": 3}, "watch_limit:3"),
     ):
         (d,) = judge().observe("srv", window(1, **fields), 0.2)
-        assert (d.severity, reason in d.reasons) == ("warning", True), d.reasons
+        assert (d.severity, reason in texts(d.reasons)) == ("warning", True), d.reasons
     assert judge().observe("srv", window(1, files_modified=2), 0.2) == []
 
 
@@ -170,7 +171,7 @@ def test_exfiltration_staging_is_a_warning_never_critical() -> None:
         w = window(seq, files_read=600, read_dirs=45, archives_created=1, net_bytes_out=30_000_000)
         for d in j.observe("srv", w, 0.9):
             sev.add(d.severity)
-            reasons |= set(d.reasons)
+            reasons |= set(texts(d.reasons))
     assert sev == {"warning"}
     assert {"read_sweep:600files:45dirs", "archive_created:1", "net_out_mb:30"} <= reasons
     # A reader that stays in a few directories is ordinary work.
@@ -183,7 +184,7 @@ def test_slow_read_sweep_adds_up_over_a_minute() -> None:
     for seq in range(1, 60):
         out += j.observe("srv", window(seq, files_read=40, read_dirs=6), 0.2)
     assert out and {d.severity for d in out} == {"warning"}
-    assert any(r.startswith("read_sweep:") for d in out for r in d.reasons)
+    assert any(r.startswith("read_sweep:") for d in out for r in texts(d.reasons))
 
 
 def test_window_without_writer_joins_the_open_incident() -> None:

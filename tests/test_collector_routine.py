@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
-from tocsin.collector.db import Database
+from tocsin.collector.backends import open_database
 from tocsin.collector.decide import Decision, Judge
+from tocsin.collector.reasons import texts
 from tocsin.collector.routine import RoutineJobs, SqliteRoutineBook
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -73,7 +73,7 @@ def test_another_hour_a_much_bigger_run_or_another_process_still_warns() -> None
     # The nightly job four times its usual size: posted once it outgrew it.
     big = nights.run(NIGHT_0 + 3 * DAY, windows=40)
     assert posted(big) == ["warning"]
-    assert any(r.startswith("larger_than_usual:") for d in big if d.posts for r in d.reasons)
+    assert any(r.startswith("larger_than_usual:") for d in big if d.posts for r in texts(d.reasons))
 
 
 def test_a_routine_run_that_destroys_is_posted_critical() -> None:
@@ -87,16 +87,17 @@ def test_a_routine_run_that_destroys_is_posted_critical() -> None:
     assert posted(decisions) == ["critical"]
 
 
-def test_the_memory_is_per_host_and_survives_a_restart(tmp_path: Path) -> None:
-    db = tmp_path / "collector.db"
-    first_db = Database(db)
+def test_the_memory_is_per_host_and_survives_a_restart(db_location: str) -> None:
+    first_db = open_database(db_location)
     first = Night(_judge(RoutineJobs(SqliteRoutineBook(first_db))))
     assert posted(first.run(NIGHT_0)) == ["warning"]
     first_db.close()
     # A new collector on the same database: the job is known on this host only.
-    again = _judge(RoutineJobs(SqliteRoutineBook(Database(db))))
+    second_db = open_database(db_location)
+    again = _judge(RoutineJobs(SqliteRoutineBook(second_db)))
     assert posted(Night(again).run(NIGHT_0 + DAY)) == []
     assert posted(Night(again, host="ecole").run(NIGHT_0 + DAY)) == ["warning"]
+    second_db.close()
 
 
 def test_a_sweep_whose_writer_is_named_late_is_judged_by_it() -> None:

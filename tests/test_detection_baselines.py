@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.transport_procs import BIN, CollectorProc, free_port, wait_for
+from tests.transport_procs import CollectorProc, free_port, wait_for
+from tests.transport_procs import replay as replay_as
 from tocsin.collector.features import window_features
 from tocsin.collector.model import parse_arrays
 from tocsin.collector.score import ForestScorer
@@ -43,25 +44,7 @@ def corpus(out: Path, seed: int, windows: int, days: float, start_day: float) ->
 
 
 def replay(recording: Path, listen: str) -> str:
-    done = subprocess.run(
-        [
-            str(BIN / "tocsin"),
-            "replay",
-            str(recording),
-            "--collector",
-            listen,
-            "--insecure",
-            "--speed",
-            "0",
-            "--host-id",
-            HOST,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return replay_as(recording, listen, HOST)
 
 
 def rows(db: Path, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

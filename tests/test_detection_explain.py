@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tocsin.collector.decide import Decision, ProcessInfo
 from tocsin.collector.explain import explain_decision
+from tocsin.collector.reasons import Reason
 
 
 def test_critical_explanation_names_evidence_process_paths_and_features() -> None:
@@ -15,10 +16,10 @@ def test_critical_explanation_names_evidence_process_paths_and_features() -> Non
         severity="critical",
         score=0.71,
         reasons=(
-            "anomaly_score:0.71",
-            "type_destroyed:14",
-            "encrypted_twins:30:60s",
-            "ransom_note:LISEZ-MOI.txt:6dirs",
+            Reason.anomaly(0.71),
+            Reason.counted("type_destroyed", 14),
+            Reason.counted("encrypted_twins", 30, "60s"),
+            Reason.spread("ransom_note", "LISEZ-MOI.txt", 6),
         ),
         window_start_s=0.0,
         window_end_s=1.0,
@@ -42,7 +43,7 @@ def test_critical_explanation_names_evidence_process_paths_and_features() -> Non
 
 
 def test_warning_says_why_it_is_only_a_warning() -> None:
-    d = Decision("open", "i2", "srv", 0, "warning", 0.66, ("anomaly_score:0.66",), 0.0, 1.0, None)
+    d = Decision("open", "i2", "srv", 0, "warning", 0.66, (Reason.anomaly(0.66),), 0.0, 1.0, None)
     text = explain_decision(d, [("bytes_written_rate", 0.4)])
     assert "unusual for this server" in text and "Warning only" in text
     assert "could not be identified" in text and "bytes written per second" in text

@@ -1,18 +1,17 @@
-"""A collector restart on the same SQLite file keeps open incidents and learned baselines."""
+"""A collector restart on the same database (SQLite, PostgreSQL) keeps open incidents and
+learned baselines."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from tocsin.collector.app import assemble
+from tocsin.collector.backends import Storage, open_storage
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
-from tocsin.collector.db import Database
 from tocsin.collector.features import feature_matrix, window_features
-from tocsin.collector.incidents import SqliteIncidentBook
 from tocsin.collector.score import ForestScorer
 from tocsin.collector.server import Collector
-from tocsin.collector.store import SqliteStore, StoredWindow
+from tocsin.collector.store import StoredWindow
 from tocsin.collector.webhook import MemoryWebhookSink
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -46,11 +45,11 @@ def attack(seq: int, t: float) -> pb.Window:
     )
 
 
-def on_file(db: Path, scorer: ForestScorer) -> Collector:
-    """A collector whose store and incident book are in the SQLite file ``db``."""
-    shared = Database(db)
-    book = SqliteIncidentBook(shared)
-    return assemble(SqliteStore(shared), scorer, MemoryWebhookSink(), mode="dry-run", book=book)
+def on_file(where: str, scorer: ForestScorer) -> tuple[Collector, Storage]:
+    """A collector whose store and incident book are in the database at ``where``."""
+    storage = open_storage(where)
+    c = assemble(storage.store, scorer, MemoryWebhookSink(), mode="dry-run", book=storage.book)
+    return c, storage
 
 
 async def judge_one(c: Collector, host: str, w: pb.Window) -> list[str]:
@@ -59,22 +58,22 @@ async def judge_one(c: Collector, host: str, w: pb.Window) -> list[str]:
     return [d.kind for d in await c.stage.judge_window(host, "boot", w, x)]
 
 
-def test_open_incident_is_updated_after_restart_not_duplicated(tmp_path: Path) -> None:
-    db = tmp_path / "collector.db"
+def test_open_incident_is_updated_after_restart_not_duplicated(db_location: str) -> None:
+    db = db_location
     scorer = ForestScorer.load()
 
     async def first() -> str:
-        c = on_file(db, scorer)
+        c, storage = on_file(db, scorer)
         assert await judge_one(c, "srv", attack(1, T0)) == ["open"]
         (alert,) = c.store.list_alerts("srv")
         await c.responder.drain()
-        c.store.close()
+        storage.close()
         return alert.incident_id
 
     incident = asyncio.run(first())
 
     async def second() -> None:
-        c = on_file(db, scorer)
+        c, storage = on_file(db, scorer)
         assert c.judge.open_incidents("srv") == [("srv", 4242)]
         assert await judge_one(c, "srv", attack(2, T0 + 5)) == ["update"]
         alerts = c.store.list_alerts("srv")
@@ -84,17 +83,17 @@ def test_open_incident_is_updated_after_restart_not_duplicated(tmp_path: Path) -
         kinds = await judge_one(c, "srv", window(3, T0 + 400, files_created=1))
         assert kinds == ["close"]
         await c.responder.drain()
-        c.store.close()
+        storage.close()
 
     asyncio.run(second())
-    again = on_file(db, scorer)
+    again, storage = on_file(db, scorer)
     assert again.judge.open_incidents() == []
-    again.store.close()
+    storage.close()
 
 
-def test_host_learns_its_own_baseline_and_keeps_it_across_restart(tmp_path: Path) -> None:
-    db = Database(tmp_path / "collector.db")
-    store = SqliteStore(db)
+def test_host_learns_its_own_baseline_and_keeps_it_across_restart(db_location: str) -> None:
+    storage = open_storage(db_location)
+    db, store = storage.db, storage.store
     shipped = ForestScorer.load()
     windows, wire = [], []
     for i in range(700):  # a busy host: a backup every 50 s, saves in between
@@ -132,4 +131,4 @@ def test_host_learns_its_own_baseline_and_keeps_it_across_restart(tmp_path: Path
     assert (again.score(backup) == own.score(backup)).all()
     assert not reloaded.due("srv", T0 + 800, in_incident=False)  # refit only after a day
     reloaded.close()
-    store.close()
+    storage.close()

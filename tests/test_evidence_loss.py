@@ -19,6 +19,7 @@ from tocsin.agent.spool import WindowSpool
 from tocsin.agent.watch import FileWatcher
 from tocsin.agent.window import WindowLoop
 from tocsin.collector.decide import Judge
+from tocsin.collector.reasons import texts
 from tocsin.v1 import telemetry_pb2 as pb
 
 QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
@@ -80,7 +81,7 @@ def test_overflow_reaches_the_collector_as_evidence(tmp_path: Path) -> None:
     assert overflows >= 1, "kernel queue overflow not reported"
     judge = Judge(threshold=0.5)
     decisions = [d for w in ws for d in judge.observe("h1", w, None)]
-    reasons = [r for d in decisions for r in d.reasons]
+    reasons = [r for d in decisions for r in texts(d.reasons)]
     assert any(d.severity == "warning" for d in decisions)
     assert any(r.startswith("events_dropped:") for r in reasons)
     assert any(r.startswith("inotify_overflow:") for r in reasons)

@@ -13,6 +13,7 @@ from transport_procs import CollectorProc, free_port, wait_for
 
 from tocsin.collector.explain import evidence_sentences
 from tocsin.collector.i18n import LANGUAGES, Language, catalogue_path, messages_in_sources
+from tocsin.collector.reasons import Reason
 
 BIN = Path(sys.executable).parent
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -38,7 +39,7 @@ def test_every_source_string_is_translated(code: str) -> None:
 
 def test_reasons_read_in_french() -> None:
     fr = Language.load("fr")
-    (sentence,) = evidence_sentences(["type_destroyed:42:60s"], fr.gettext)
+    (sentence,) = evidence_sentences([Reason.parse("type_destroyed:42:60s")], fr.gettext)
     assert sentence == (
         "42 fichiers qui avaient un type reconnaissable (document, image, archive)"
         " ne l'ont plus sur la dernière minute"

@@ -287,7 +287,7 @@ from pathlib import Path
 from tocsin.agent.act import Actions
 from tocsin.agent.firewall import Firewall
 from tocsin.v1 import telemetry_pb2 as pb
-fw = Firewall(Path(sys.argv[1]), [sys.argv[2]], int(sys.argv[3]))
+fw = Firewall(Path(sys.argv[1]), [sys.argv[2]], [int(sys.argv[3])])
 acts = Actions(Path(sys.argv[1]), fw)
 r = acts.run(pb.Command(id="i", kind="isolate"))
 tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout

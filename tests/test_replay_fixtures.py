@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from transport_procs import replay
 
 from receiver import WebhookReceiver
 from tocsin.agent.simulate import ATTACKS, BENIGN, STAGING
@@ -79,24 +80,7 @@ def test_fixture_replays_to_expected_severity(
 ) -> None:
     addr, hooks = collector
     host_id = f"replay-{name}"
-    res = subprocess.run(
-        [
-            str(BIN / "tocsin"),
-            "replay",
-            str(FIXTURES / f"{name}.jsonl"),
-            "--collector",
-            addr,
-            "--insecure",
-            "--speed",
-            "0",
-            "--host-id",
-            host_id,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stderr
+    replay(FIXTURES / f"{name}.jsonl", addr, host_id, timeout_s=120)
     if name in ATTACKS or name in STAGING:
         want = "critical" if name in ATTACKS else "warning"
         end = time.monotonic() + 15

@@ -21,6 +21,7 @@ from tocsin.collector.fleetguard import FleetGuard
 from tocsin.collector.hooks import Hook, HookRunner
 from tocsin.collector.outbox import Outbox, destination
 from tocsin.collector.protocols import ThresholdScorer
+from tocsin.collector.reasons import Reason
 from tocsin.collector.respond import Responder
 from tocsin.collector.store import MemoryStore, SqliteStore
 from tocsin.collector.webhook import MemoryWebhookSink
@@ -125,7 +126,7 @@ def _decision(severity: str = "critical") -> Decision:
         root_pid=4242,
         severity=severity,  # type: ignore[arg-type]
         score=0.9,
-        reasons=("type_destroyed:55",),
+        reasons=(Reason.counted("type_destroyed", 55),),
         window_start_s=T0,
         window_end_s=T0 + 1,
         process=ProcessInfo(pid=4242, name="cryptor", exe="/tmp/cryptor", tree_root_pid=4242),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import Decision, ProcessInfo
+from tocsin.collector.reasons import Reason
 from tocsin.collector.respond import Responder
 from tocsin.collector.store import SqliteStore
 from tocsin.collector.webhook import MemoryWebhookSink
@@ -29,7 +30,7 @@ def _critical() -> Decision:
         root_pid=4242,
         severity="critical",
         score=0.9,
-        reasons=("type_destroyed:6",),
+        reasons=(Reason.counted("type_destroyed", 6),),
         window_start_s=T0,
         window_end_s=T0 + 0.1,
         process=ProcessInfo(

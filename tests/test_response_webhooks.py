@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from receiver import WebhookReceiver
-from tocsin.collector.db import Database
+from tocsin.collector.backends import open_database, open_storage
 from tocsin.collector.outbox import Destination, Outbox, destination
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1.recording import Recorder
@@ -77,7 +77,7 @@ def test_verifier_rejects_a_tampered_body() -> None:
     assert not verify(other, headers, body.decode())
 
 
-def test_every_format_delivered_signed(tmp_path: Path) -> None:
+def test_every_format_delivered_signed(db_location: str) -> None:
     fmts = ("generic", "slack", "mattermost", "teams", "alertmanager")
     receivers = [WebhookReceiver() for _ in fmts]
     for r in receivers:
@@ -87,7 +87,7 @@ def test_every_format_delivered_signed(tmp_path: Path) -> None:
             destination({"url": r.url, "format": f, "secret": SECRET, "name": f})
             for r, f in zip(receivers, fmts, strict=True)
         ]
-        outbox = Outbox(Database(tmp_path / "c.db"), dests, retry_initial_s=0.05)
+        outbox = Outbox(open_database(db_location), dests, retry_initial_s=0.05)
 
         async def go() -> None:
             msg_id = outbox.enqueue(alert_event())
@@ -128,7 +128,7 @@ def test_every_format_delivered_signed(tmp_path: Path) -> None:
     assert am["startsAt"] == "2025-01-01T10:00:00.000Z"
 
 
-def test_retries_with_backoff_then_rejects_a_4xx(tmp_path: Path) -> None:
+def test_retries_with_backoff_then_rejects_a_4xx(db_location: str) -> None:
     calls: list[float] = []
 
     def poster(
@@ -140,7 +140,7 @@ def test_retries_with_backoff_then_rejects_a_4xx(tmp_path: Path) -> None:
         return (503, "HTTP 503", None) if len(calls) <= 3 else (200, "", None)
 
     dests = [Destination("http://x/ok", name="ok"), Destination("http://x/gone", name="gone")]
-    outbox = Outbox(Database(tmp_path / "c.db"), dests, poster=poster, retry_initial_s=0.1)
+    outbox = Outbox(open_database(db_location), dests, poster=poster, retry_initial_s=0.1)
 
     async def go() -> None:
         outbox.enqueue(alert_event())
@@ -159,8 +159,8 @@ def test_retries_with_backoff_then_rejects_a_4xx(tmp_path: Path) -> None:
     assert gaps[-1] > gaps[0] * 1.3  # exponential, not constant
 
 
-def test_outbox_refuses_beyond_its_bound(tmp_path: Path) -> None:
-    outbox = Outbox(Database(tmp_path / "c.db"), [Destination("http://x/")], max_pending=3)
+def test_outbox_refuses_beyond_its_bound(db_location: str) -> None:
+    outbox = Outbox(open_database(db_location), [Destination("http://x/")], max_pending=3)
     ids = [outbox.enqueue(alert_event(str(i))) for i in range(5)]
     assert sum(1 for i in ids if i) == 3 and outbox.dropped == 2 and outbox.depth() == 3
 
@@ -371,22 +371,29 @@ def test_webhook_test_command(tmp_path: Path) -> None:
     assert res.returncode == 2 and res.stderr.startswith("tocsin: error: ")
 
 
-def test_an_alert_and_its_webhook_rows_commit_together_or_not_at_all(tmp_path: Path) -> None:
+# A trigger that refuses every outbox row, in each dialect.
+_REFUSE = {
+    "sqlite": "CREATE TRIGGER outbox_refuses BEFORE INSERT ON outbox"
+    " BEGIN SELECT RAISE(ABORT, 'the outbox cannot take a row'); END",
+    "postgresql": "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN RAISE EXCEPTION 'the outbox cannot take a row'; END $$;"
+    " CREATE TRIGGER outbox_refuses BEFORE INSERT ON outbox"
+    " FOR EACH ROW EXECUTE FUNCTION refuse()",
+}
+
+
+def test_an_alert_and_its_webhook_rows_commit_together_or_not_at_all(db_location: str) -> None:
     """A failure writing the outbox row leaves no alert either; the window is judged again."""
     from fakeagent import encrypting
     from tocsin.collector.app import assemble
     from tocsin.collector.features import window_features
     from tocsin.collector.protocols import ThresholdScorer
-    from tocsin.collector.store import SqliteStore, StoredWindow
+    from tocsin.collector.store import StoredWindow
 
-    db = Database(tmp_path / "c.db")
-    store = SqliteStore(db)
-    outbox = Outbox(db, [Destination("http://127.0.0.1:9/")])
+    storage = open_storage(db_location, [Destination("http://127.0.0.1:9/")])
+    db, store, outbox = storage.db, storage.store, storage.outbox
     c = assemble(store, ThresholdScorer(), outbox, mode="dry-run")
-    db.execute(
-        "CREATE TRIGGER outbox_refuses BEFORE INSERT ON outbox"
-        " BEGIN SELECT RAISE(ABORT, 'the outbox cannot take a row'); END"
-    )
+    db.execute(_REFUSE[db.dialect])
     w = encrypting(1).window
     store.upsert_host("srv", hostname="srv", agent_version="", tripwire_mode="")
     store.add_windows("srv", "b1", [StoredWindow(1, 1.0, 2.0, w.SerializeToString())])
@@ -397,7 +404,7 @@ def test_an_alert_and_its_webhook_rows_commit_together_or_not_at_all(tmp_path: P
         # Neither the alert nor its row: the database holds no alert nobody is told of.
         assert store.list_alerts() == [] and outbox.depth() == 0
         assert [s.seq for _, s in store.unjudged("srv")] == [1]
-        db.execute("DROP TRIGGER outbox_refuses")
+        db.execute("DROP TRIGGER outbox_refuses" + (" ON outbox" if db.dialect != "sqlite" else ""))
         assert await c.stage.settle("srv") == 1  # judged again once the database takes it
         (alert,) = store.list_alerts()
         (row,) = outbox.rows()
@@ -405,4 +412,4 @@ def test_an_alert_and_its_webhook_rows_commit_together_or_not_at_all(tmp_path: P
         assert store.unjudged("srv") == []
 
     asyncio.run(go())
-    db.close()
+    storage.close()

@@ -105,6 +105,29 @@ class CollectorProc:
         return self.log.read_text(errors="replace")
 
 
+def replay(recording: Path, listen: str, host_id: str, timeout_s: float = 300) -> str:
+    """``tocsin replay`` of ``recording`` as ``host_id`` at full speed; its output."""
+    done = subprocess.run(
+        [
+            str(BIN / "tocsin"),
+            "replay",
+            str(recording),
+            "--collector",
+            listen,
+            "--insecure",
+            "--speed",
+            "0",
+            "--host-id",
+            host_id,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def stored(db: Path) -> dict[tuple[str, str], list[int]]:
     """(host, boot) -> sorted seqs in the collector's windows table (read-only)."""
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
@@ -147,19 +170,28 @@ def created_from_log(path: Path) -> dict[tuple[str, str], int]:
     return out
 
 
-def ledger(created: dict[tuple[str, str], int], db: Path) -> dict[str, int]:
+def ledger(created: dict[tuple[str, str], int], db: Path, *more: Path) -> dict[str, int]:
     """Check every created window is stored exactly once; returns the figures.
 
     ``created[(host, boot)]`` is the highest seq the agent created for that boot
-    (seqs are contiguous from 1). Raises AssertionError on any loss.
+    (seqs are contiguous from 1). Raises AssertionError on any loss. With
+    ``more`` databases (agents that moved from one collector to another), each
+    stores a window at most once and their union holds every created one;
+    ``in_two_stores`` counts the windows both hold (acked by neither before
+    the first collector was gone, so resent).
     """
-    have = stored(db)
+    have: dict[tuple[str, str], list[int]] = {}
+    in_two = 0
+    for one in (db, *more):
+        for key, seqs in stored(one).items():
+            assert len(seqs) == len(set(seqs)), f"{key}: stored twice in {one}"
+            in_two += len(set(seqs) & set(have.get(key, [])))
+            have[key] = sorted(set(have.get(key, [])) | set(seqs))
     total_created = sum(created.values())
     total_stored = 0
     missing: list[str] = []
     for key, top in created.items():
         seqs = have.get(key, [])
-        assert len(seqs) == len(set(seqs)), f"{key}: stored twice"
         want = set(range(1, top + 1))
         lost = want - set(seqs)
         if lost:
@@ -168,12 +200,13 @@ def ledger(created: dict[tuple[str, str], int], db: Path) -> dict[str, int]:
     extra = {k: v for k, v in have.items() if k not in created}
     assert not missing, "windows lost: " + "; ".join(missing[:10])
     assert not extra, f"stored windows nobody created: {list(extra)[:5]}"
-    return {
+    figures = {
         "created": total_created,
         "stored": total_stored,
         "boots": len(created),
         "hosts": len({h for h, _ in created}),
     }
+    return {**figures, "in_two_stores": in_two} if more else figures
 
 
 def duplicates_dropped(log_text: str) -> int:

@@ -48,14 +48,33 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr: tuple[str, int], out: Path | None, fail_first: int) -> None:
+    def __init__(
+        self,
+        addr: tuple[str, int],
+        out: Path | None,
+        fail_first: int,
+        hold_first: int = 0,
+        answer_after_s: float = 0.0,
+    ) -> None:
         super().__init__(addr, _Handler)
         self.out = out
         self.received: list[dict[str, Any]] = []
-        self.fail_first = fail_first
+        self.held: list[dict[str, Any]] = []
+        self.fail_first, self.hold_first = fail_first, hold_first
+        self.answer_after_s = answer_after_s
+        self.released = threading.Event()
         self.lock = threading.Lock()
 
     def record(self, item: dict[str, Any]) -> int:
+        with self.lock:
+            hold = self.hold_first > 0
+            if hold:
+                self.hold_first -= 1
+                self.held.append(item)
+        if hold:  # kept unanswered until released, then refused: never accepted
+            self.released.wait(120)
+            return 503
+        time.sleep(self.answer_after_s)
         with self.lock:
             if self.fail_first > 0:
                 self.fail_first -= 1
@@ -71,12 +90,21 @@ class WebhookReceiver:
     """An HTTP server on ``host`` (port chosen by the kernel) recording POSTed JSON.
 
     ``fail_first`` answers 503 to that many deliveries before accepting.
+    ``hold_first`` keeps that many deliveries unanswered (listed in ``held``)
+    until ``release()``, then answers them 503; ``answer_after_s`` delays
+    every answer (a slow receiver).
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, out: Path | None = None, fail_first: int = 0
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        out: Path | None = None,
+        fail_first: int = 0,
+        hold_first: int = 0,
+        answer_after_s: float = 0.0,
     ) -> None:
-        self._server = _Server((host, port), out, fail_first)
+        self._server = _Server((host, port), out, fail_first, hold_first, answer_after_s)
         self.host, self.port = self._server.server_address[:2]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -95,6 +123,15 @@ class WebhookReceiver:
         with self._server.lock:
             return [r["body"] for r in self._server.received]
 
+    @property
+    def held(self) -> list[dict[str, Any]]:
+        with self._server.lock:
+            return list(self._server.held)
+
+    def release(self) -> None:
+        """Answer the held deliveries (503) and hold no more."""
+        self._server.released.set()
+
     def of(self, event: str) -> list[Any]:
         """The bodies received so far whose ``event`` field is ``event``."""
         return [b for b in self.bodies if isinstance(b, dict) and b.get("event") == event]
@@ -104,6 +141,7 @@ class WebhookReceiver:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._server.released.set()
         self._server.shutdown()
         self._server.server_close()
 

@@ -18,6 +18,7 @@ from typing import Any
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.features import window_tally
 from tocsin.collector.operations import HostActions, Outcome
+from tocsin.collector.reasons import Reason
 from tocsin.collector.silence import SilenceWatch
 from tocsin.collector.store import ActionRecord, AlertRecord, HourRollup, Store
 from tocsin.v1 import telemetry_pb2 as pb
@@ -75,6 +76,8 @@ class IncidentView:
     last_s: float
     alerts: list[AlertRecord]
     latest: dict[str, Any]
+    # The latest alert's reasons, read back from its stored body.
+    reasons: tuple[Reason, ...]
     points: list[WindowPoint]
     writers: list[Writer]
     actions: list[ActionRecord]
@@ -196,6 +199,7 @@ class ConsoleBackend:
             last_s=last,
             alerts=alerts,
             latest=dict(latest.payload),
+            reasons=tuple(Reason.parse(str(r)) for r in latest.payload.get("reasons") or ()),
             points=points,
             writers=_tree(seen, touched),
             actions=sorted(actions, key=lambda a: a.requested_at_s),

@@ -243,7 +243,7 @@ def console_app(
         ]
         points = [Point(p.t_s, p.written, p.destroyed, p.score) for p in view.points]
         chart = timeline(points, backend.threshold, marks, labels(request))
-        sentences = evidence_sentences(view.latest.get("reasons", []), lang.gettext)
+        sentences = evidence_sentences(view.reasons, lang.gettext)
         return page(request, "incident.html", v=view, chart=chart, sentences=sentences, acts=ACTS)
 
     async def host(request: web.Request) -> web.Response:
