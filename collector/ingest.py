@@ -31,7 +31,10 @@ Per stream, in order:
    judged and stored so, and carries the reason ``clock_skew`` if it alerts;
    its wire bytes are stored as the agent sent them. One log line per stream
    says it happened; ``clock_skew_windows`` counts the windows.
-3. ``ActionResult`` goes to the responder; ``Heartbeat`` refreshes last_seen;
+3. ``ActionResult`` goes to the responder, in order, by a task of the stream's
+   own (a report's durable writes never hold back the windows read after it;
+   the reports read are still handled when the stream ends, within
+   ``REPORTS_DRAIN_S``; one that cannot be stored is logged); ``Heartbeat`` refreshes last_seen;
    ``Goodbye`` marks a clean disconnect and ends the stream.
 
 Every message counts against the host's rate limits (``AgentRateLimits``) and
@@ -82,6 +85,8 @@ from tocsin.v1.errors import WireError
 log = logging.getLogger("tocsin.collector.ingest")
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# At a stream's end, how long the reports it carried may still take to be stored.
+REPORTS_DRAIN_S = 10.0
 
 HOST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 BOOT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -109,6 +114,8 @@ class _StreamSession:
         self.skewed = 0
         self.acked = 0  # highest seq acked on this stream (for the log of a refusal)
         self.out: asyncio.Queue[pb.CollectorMessage | _End] = asyncio.Queue(max_outbound)
+        # The agent's reports, handled in order beside the windows, not ahead of them.
+        self.reports: asyncio.Queue[pb.ActionResult] = asyncio.Queue(max_outbound)
 
     def displace(self) -> None:
         end = _End(grpc.StatusCode.ABORTED, "replaced by a newer stream from the same host")
@@ -295,6 +302,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
 
         reader = asyncio.create_task(self._read(request_iterator, session, boot_id, committed))
         pump = asyncio.create_task(self._pump(session))
+        reporter = asyncio.create_task(self._report(session))
         end = _End()
         try:
             while True:
@@ -307,6 +315,10 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             pump.cancel()
             reader.cancel()
             await asyncio.gather(pump, reader, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):  # the reports already read are kept
+                await asyncio.wait_for(session.reports.join(), REPORTS_DRAIN_S)
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
             self.router.detach(host_id, session)
             with contextlib.suppress(StoreUnavailable):
                 self.store.touch_host(host_id)
@@ -371,6 +383,21 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 " proves this one is that host; retry once that stream has ended"
             )
 
+    async def _report(self, session: _StreamSession) -> None:
+        """The agent's reports, in order, off the windows' way: a report's writes (the
+        tripwire's, sent as the window showing the attack closes) must not hold back the
+        judgement of that window."""
+        while True:
+            r = await session.reports.get()
+            try:
+                await self.responder.on_action_result(session.host_id, r)
+            except StoreUnavailable as exc:
+                log.error("agent %s: report on %r not stored: %s", session.host_id, r.kind, exc)
+            except Exception:
+                log.exception("agent %s: report on %r failed", session.host_id, r.kind)
+            finally:
+                session.reports.task_done()
+
     async def _pump(self, session: _StreamSession) -> None:
         queue = self.router.queue(session.host_id)
         while True:
@@ -398,7 +425,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 if kind == "window":
                     acked = await self._window(host_id, boot_id, msg.window, session, acked)
                 elif kind == "action_result":
-                    await self.responder.on_action_result(host_id, msg.action_result)
+                    await session.reports.put(msg.action_result)
                 elif kind == "heartbeat":
                     self.store.touch_host(host_id)
                 elif kind == "goodbye":

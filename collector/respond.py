@@ -493,6 +493,19 @@ class Responder:
         return action
 
     async def on_action_result(self, host_id: str, r: pb.ActionResult) -> None:
+        """Store, audit and fold in the agent's report (in a worker thread: the event loop
+        goes on meanwhile), then resolve its command and post it."""
+        event = await asyncio.to_thread(self._record_result, host_id, r)
+        if event is None:
+            return
+        if not r.local:
+            self.router.resolve(r)
+        if self.hooks is not None:
+            self.hooks.fire(event.to_json(), self.on_hook_outcome)
+
+    def _record_result(self, host_id: str, r: pb.ActionResult) -> ActionEvent | None:
+        """The store's part of ``on_action_result``, its webhook rows included: the event
+        posted, or None when the report was refused."""
         pids = list(r.pids[:MAX_SUSPENDED_PIDS])
         if len(r.pids) > len(pids):
             self.suspended_pids_dropped[host_id] += len(r.pids) - len(pids)
@@ -527,29 +540,28 @@ class Responder:
                 self.store.audit(
                     f"agent:{host_id}", "result refused", f"command {r.command_id[:64]!r}"
                 )
-                return
+                return None
             kind = issued.kind  # what was asked, whatever the report calls it
             finished = self.store.finish_action(issued.action_id, status, detail, pids)
             action = finished or issued
-            self.router.resolve(r)
         self.store.audit(f"agent:{host_id}", f"{kind} {status}", detail)
         self.actions_total[(kind, status)] += 1
         if status == "done":
             self._fold_host_state(host_id, kind, pids or action.pids)
-        self._post_later(
-            ActionEvent(
-                alert_id=action.alert_id,
-                host_id=host_id,
-                action=kind,
-                status=status,
-                detail=detail,
-                pids=tuple(pids or action.pids),
-                command_id=action.action_id,
-                local=r.local,
-                at_s=self._clock(),
-                mode=self.mode,
-            )
+        event = ActionEvent(
+            alert_id=action.alert_id,
+            host_id=host_id,
+            action=kind,
+            status=status,
+            detail=detail,
+            pids=tuple(pids or action.pids),
+            command_id=action.action_id,
+            local=r.local,
+            at_s=self._clock(),
+            mode=self.mode,
         )
+        self._post_later(event, hooks=False)  # the hooks are started on the loop
+        return event
 
     def _fold_host_state(self, host_id: str, kind: str, pids: Sequence[int]) -> None:
         host = self.store.get_host(host_id)
