@@ -493,9 +493,15 @@ class Responder:
         return action
 
     async def on_action_result(self, host_id: str, r: pb.ActionResult) -> None:
-        """Store, audit and fold in the agent's report (in a worker thread: the event loop
-        goes on meanwhile), then resolve its command and post it."""
-        event = await asyncio.to_thread(self._record_result, host_id, r)
+        """Store, audit and fold in the agent's report, with its webhook rows, in one
+        transaction in a worker thread (the event loop goes on meanwhile), then resolve
+        its command and start the hooks."""
+
+        def record() -> ActionEvent | None:
+            with self.store.atomic():  # one commit, one fsync, for all of it
+                return self._record_result(host_id, r)
+
+        event = await asyncio.to_thread(record)
         if event is None:
             return
         if not r.local:
