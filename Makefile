@@ -49,7 +49,8 @@ bench-agent: $(STAMP)
 
 # N agents on real gRPC streams against a real collector (--respond enforce) on loopback.
 # BENCH_COLLECTOR_ARGS, e.g. "--agents 1000 --duration 20 --baseline main" (a git
-# revision, run in the same invocation) or "--baseline results.json" (an earlier --json).
+# revision, run in the same invocation) or "--baseline results.json" (an earlier --json);
+# "--scale-out": the same load through a gateway and one, then two workers (docs/scale-out.md).
 BENCH_COLLECTOR_ARGS ?=
 bench-collector: $(STAMP)
 	$(PY) bench/bench_collector.py $(BENCH_COLLECTOR_ARGS)

@@ -2,7 +2,7 @@
 
     python bench/bench_collector.py [--agents 200] [--duration 10] [--rate 1]
         [--attack-every 2] [--busy 0.2] [--procs 1] [--json OUT]
-        [--baseline REV | --baseline FILE.json]
+        [--baseline REV | --baseline FILE.json | --scale-out]
 
 A ``tocsin-collector --respond enforce --insecure`` process listens on loopback
 with a fresh SQLite database (the embedded default). ``--procs`` load-generator
@@ -26,6 +26,15 @@ bytes on disk per window (the database file after a clean stop and a WAL
 checkpoint, over the rows of ``windows``), the load generators' CPU (to see
 that they were not the limit), and windows created against windows stored.
 
+``--scale-out`` runs the same load through the scale-out roles instead
+(docs/scale-out.md): ``nats-server -js`` and a PostgreSQL cluster in the work
+directory, one ``tocsin-collector gateway`` (the agents' target) and one, then
+two ``tocsin-collector worker`` processes. It prints both runs side by side:
+windows/s acked (by the gateway, once JetStream has them) and stored (by the
+workers: the judging side), ack latency, attack -> command latency, the CPU of
+each role (gateway, workers, nats-server, postgres) and its CPU milliseconds
+per window stored, and the scaling ratio of two workers over one.
+
 ``--baseline`` prints a previous release line's figures beside these: a git
 revision (``git archive`` into a temp directory; its collector runs from there
 on this venv's interpreter and dependencies, same load, same run, one after the
@@ -41,6 +50,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -350,34 +360,190 @@ def export_revision(rev: str, into: Path) -> Path:
     return tree
 
 
-def run_once(args: argparse.Namespace, tree: Path | None, work: Path) -> dict[str, Any]:
-    """One collector under the whole load; its figures."""
-    db = work / "collector.db"
-    log_path = work / "collector.log"
-    cmd, env = collector_cmd(tree)
-    cmd += [
-        "--listen",
-        "127.0.0.1:0",
-        "--db",
-        str(db),
-        "--respond",
-        "enforce",
-        "--insecure",
-        "--fleet-guard",
-        "0",
-    ]
-    with log_path.open("wb") as log_fh:
-        col = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env)
+def wait_line(proc: subprocess.Popen[bytes], log_path: Path, pattern: str, what: str) -> str:
+    """The first match of ``pattern`` in the log of ``proc`` (exit 2 if it dies or takes 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"bench_collector: {what} did not start:\n{log_path.read_text()[-3000:]}")
+        m = re.search(pattern, log_path.read_text(errors="replace"))
+        if m:
+            return m.group(m.lastindex or 0)
+        time.sleep(0.05)
+
+
+class Embedded:
+    """The embedded default: one ``tocsin-collector`` process, one SQLite file."""
+
+    def __init__(self, tree: Path | None, work: Path) -> None:
+        self.tree, self.work = tree, work
+        self.db = work / "collector.db"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        log_path = self.work / "collector.log"
+        cmd, env = collector_cmd(self.tree)
+        cmd += ["--listen", "127.0.0.1:0", "--db", str(self.db), *ROLE_FLAGS]
+        with log_path.open("wb") as log_fh:
+            self.proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env)
+        return wait_line(self.proc, log_path, r"listening on (\S+:\d+)", "collector")
+
+    def pids(self) -> dict[str, list[int]]:
+        assert self.proc is not None
+        return {"collector": [self.proc.pid]}
+
+    def stored(self) -> int:
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            return int(con.execute("SELECT count(*) FROM windows").fetchone()[0])
+        finally:
+            con.close()
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.wait(30) != 0:
+            log = (self.work / "collector.log").read_text()
+            sys.exit(f"bench_collector: collector exit {self.proc.returncode}:\n{log}")
+
+    def bytes_per_window(self) -> float | None:
+        stored = self.stored()
+        con = sqlite3.connect(self.db)
+        try:  # what stays on disk, not a WAL that the size of the last transactions left
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            con.close()
+        disk = sum(f.stat().st_size for f in self.work.glob("collector.db*"))
+        return disk / stored if stored else None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class ScaleOut:
+    """``--scale-out``: nats-server -js and a PostgreSQL cluster in ``work``, one gateway
+    (the agents' target) and ``workers`` workers, all on loopback."""
+
+    def __init__(self, workers: int, work: Path) -> None:
+        from pgserver import pg_server  # tests/pgserver.py: initdb/pg_ctl in a temp dir
+
+        self.n, self.work = workers, work
+        self.cleanup = contextlib.ExitStack()
+        dsn = self.cleanup.enter_context(pg_server())
+        self.dsn = dsn
+        parts = dict(kv.split("=", 1) for kv in dsn.split())
+        self.store = f"postgresql://{parts['user']}@/{parts['dbname']}?host={parts['host']}"
+        self.postmaster = int(
+            (Path(parts["host"]).parent / "pgdata" / "postmaster.pid").read_text().split()[0]
+        )
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _spawn(self, name: str, cmd: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+        log_path = self.work / f"{name}.log"
+        with log_path.open("wb") as log_fh:
+            proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc, log_path
+
+    def start(self) -> str:
+        nats_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        port = free_port()
+        url = f"nats://127.0.0.1:{port}"
+        js = ["-js", "-sd", str(self.work / "jetstream"), "-a", "127.0.0.1", "-p", str(port)]
+        proc, log_path = self._spawn("nats-server", [nats_bin, *js])
+        wait_line(proc, log_path, "Server is ready", "nats-server")
+        role = [str(Path(sys.executable).parent / "tocsin-collector")]
+        common = ["--bus", url, "--store", self.store, *ROLE_FLAGS]
+        proc, log_path = self._spawn(
+            "gateway", [*role, "gateway", "--name", "gw", "--listen", "127.0.0.1:0", *common]
+        )
+        target = wait_line(proc, log_path, r"listening on (\S+:\d+)", "gateway")
+        for i in range(self.n):
+            proc, log_path = self._spawn(
+                f"worker{i}", [*role, "worker", "--name", f"w{i}", *common]
+            )
+            wait_line(proc, log_path, "judging from", f"worker {i}")
+        from tocsin.collector.bus import PARTITIONS
+
+        share = PARTITIONS // self.n
+        deadline = time.monotonic() + 30
+        while not all(self._held(i) == share for i in range(self.n)):
+            if time.monotonic() > deadline:
+                sys.exit("bench_collector: the workers did not share the partitions")
+            time.sleep(0.2)
+        return target
+
+    def _held(self, i: int) -> int:
+        text = (self.work / f"worker{i}.log").read_text(errors="replace")
+        return len(re.findall(r"partition \d+ taken", text)) - len(
+            re.findall(r"partition \d+ given up", text)
+        )
+
+    def pids(self) -> dict[str, list[int]]:
+        import psutil
+
+        out: dict[str, list[int]] = {}
+        for name, proc in self.procs.items():
+            out.setdefault(re.sub(r"\d+$", "", name), []).append(proc.pid)
+        pg = psutil.Process(self.postmaster)
+        out["postgres"] = [self.postmaster, *(c.pid for c in pg.children(recursive=True))]
+        return out
+
+    def stored(self) -> int:
+        import psycopg
+
+        with psycopg.connect(self.dsn) as conn:
+            return int(conn.execute("SELECT count(*) FROM window_rows").fetchone()[0])
+
+    def stop(self) -> None:
+        for name in sorted(self.procs, key=lambda n: n == "nats-server"):
+            self.procs[name].send_signal(signal.SIGTERM)
+            try:
+                self.procs[name].wait(30)
+            except subprocess.TimeoutExpired:
+                print(f"note: {name} did not stop within 30 s; killed", file=sys.stderr)
+
+    def bytes_per_window(self) -> float | None:
+        return None
+
+    def kill(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.cleanup.close()
+
+
+ROLE_FLAGS = ["--respond", "enforce", "--insecure", "--fleet-guard", "0"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_by_role(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds used so far, summed per role (processes gone since count 0)."""
+    out: dict[str, float] = {}
+    for role, group in pids.items():
+        total = 0.0
+        for pid in group:
+            with contextlib.suppress(OSError):
+                total += proc_figures(pid)[0]
+        out[role] = total
+    return out
+
+
+def run_once(args: argparse.Namespace, dep: Embedded | ScaleOut) -> dict[str, Any]:
+    """One deployment under the whole load; its figures."""
     gens: list[subprocess.Popen[bytes]] = []
     try:
-        deadline = time.monotonic() + 60
-        target = None
-        while target is None:
-            if col.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"bench_collector: collector did not start:\n{log_path.read_text()}")
-            m = re.search(r"listening on (\S+:\d+)", log_path.read_text(errors="replace"))
-            target = m.group(1) if m else None
-            time.sleep(0.05)
+        target = dep.start()
         ramp_s = 2.0 + args.agents / 500
         t0 = time.time() + ramp_s
         # Attacks: one new agent every --attack-every s over the measured seconds.
@@ -410,14 +576,16 @@ def run_once(args: argparse.Namespace, tree: Path | None, work: Path) -> dict[st
                 )
             )
         time.sleep(max(0.0, t0 + args.warmup - time.time()))
-        cpu0, _ = proc_figures(col.pid)
+        pids = dep.pids()
+        cpu0, stored0 = cpu_by_role(pids), dep.stored()
         gen0 = sum(proc_figures(g.pid)[0] for g in gens)
         mono0 = time.monotonic()
         time.sleep(max(0.0, t0 + args.warmup + args.duration - time.time()))
-        cpu1, hwm = proc_figures(col.pid)
+        cpu1, stored1 = cpu_by_role(pids), dep.stored()
+        hwm = max(proc_figures(pid)[1] for group in pids.values() for pid in group)
         gen1 = sum(proc_figures(g.pid)[0] for g in gens)
         elapsed = time.monotonic() - mono0
-        cpu_pct = 100 * (cpu1 - cpu0) / elapsed
+        cpu_pct = {role: 100 * (cpu1[role] - cpu0[role]) / elapsed for role in cpu0}
         gen_pct = 100 * (gen1 - gen0) / elapsed
         limit = args.drain + 60
         outs = []
@@ -431,30 +599,29 @@ def run_once(args: argparse.Namespace, tree: Path | None, work: Path) -> dict[st
             if g.returncode != 0:
                 sys.exit(f"bench_collector: a load generator failed (exit {g.returncode})")
             outs.append(json.loads(out))
-        col.send_signal(signal.SIGTERM)
-        if col.wait(30) != 0:
-            sys.exit(f"bench_collector: collector exit {col.returncode}:\n{log_path.read_text()}")
+        # The judging side may still work through what JetStream holds: wait for it.
+        created = sum(o["created"] for o in outs)
+        drained_by = time.monotonic() + args.drain + 30
+        while (stored := dep.stored()) < created and time.monotonic() < drained_by:
+            time.sleep(0.5)
+        dep.stop()
+        bytes_per_window = dep.bytes_per_window()
     finally:
-        for p in (*gens, col):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    con = sqlite3.connect(db)
-    try:
-        stored = con.execute("SELECT count(*) FROM windows").fetchone()[0]
-        # What stays on disk, not a WAL that the size of the last transactions left.
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        con.close()
-    disk = sum(f.stat().st_size for f in work.glob("collector.db*"))
+        for g in gens:
+            if g.poll() is None:
+                g.kill()
+                g.wait()
+        dep.kill()
     lat = sorted(x for o in outs for x in o["latencies_ms"])
     answered = sorted(a["ms"] for o in outs for a in o["attacks"])
     ends: dict[str, int] = {}
     for o in outs:
         for k2, v in o["ends"].items():
             ends[k2] = ends.get(k2, 0) + v
+    judged_per_s = (stored1 - stored0) / elapsed
     return {
         "windows_per_s": sum(o["acked_in_window"] for o in outs) / args.duration,
+        "stored_per_s": judged_per_s,
         "offered_per_s": args.agents * args.rate,
         "ack_ms": {
             "p50": pct(lat, 50),
@@ -463,15 +630,21 @@ def run_once(args: argparse.Namespace, tree: Path | None, work: Path) -> dict[st
         },
         "attack_ms": {
             "p50": statistics.median(answered) if answered else None,
+            "p99": pct(answered, 99),
             "max": answered[-1] if answered else None,
         },
         "attacks": len(attacks),
         "attacks_answered": len(answered),
         "stray_commands": sum(o["stray_commands"] for o in outs),
-        "cpu_pct": cpu_pct,
+        "cpu_pct": sum(cpu_pct.values()),
+        "cpu_pct_by_role": cpu_pct,
+        "cpu_ms_per_window": {
+            role: 10 * pct_ / judged_per_s if judged_per_s else None
+            for role, pct_ in cpu_pct.items()
+        },
         "generator_cpu_pct": gen_pct,
         "rss_peak_mb": hwm / 2**20,
-        "bytes_per_window": disk / stored if stored else None,
+        "bytes_per_window": bytes_per_window,
         "created": sum(o["created"] for o in outs),
         "stored": stored,
         "unacked_at_end": sum(o["unacked"] for o in outs),
@@ -494,14 +667,21 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
         ("windows/s acked (offered)", f"{f['windows_per_s']:.0f} ({f['offered_per_s']:.0f})"),
         ("ack p50 / p99 / max ms", f"{ms(a['p50'])} / {ms(a['p99'])} / {ms(a['max'])}"),
         (
-            "attack -> command p50 / max ms",
-            f"{ms(f['attack_ms']['p50'])} / {ms(f['attack_ms']['max'])}",
+            "attack -> command p50 / p99 / max ms",
+            f"{ms(f['attack_ms']['p50'])} / {ms(f['attack_ms'].get('p99'))}"
+            f" / {ms(f['attack_ms']['max'])}",
         ),
         ("attacks answered", f"{f['attacks_answered']} of {f['attacks']}"),
         ("commands to agents not attacked", str(f["stray_commands"])),
+        ("windows/s stored (judging side)", f"{f.get('stored_per_s', 0):.0f}"),
         ("collector CPU % of a core", f"{f['cpu_pct']:.0f}"),
+        *(
+            (f"  {role} CPU % / ms per window", f"{v:.0f} / {ms(f['cpu_ms_per_window'][role])}")
+            for role, v in f.get("cpu_pct_by_role", {}).items()
+            if len(f["cpu_pct_by_role"]) > 1
+        ),
         ("load generators' CPU %", f"{f.get('generator_cpu_pct', 0):.0f}"),
-        ("collector peak RSS MB", f"{f['rss_peak_mb']:.0f}"),
+        ("peak RSS MB (largest process)", f"{f['rss_peak_mb']:.0f}"),
         (
             "bytes on disk / window",
             "-" if f["bytes_per_window"] is None else f"{f['bytes_per_window']:.0f}",
@@ -527,6 +707,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", help="git revision, or a results file of an earlier --json")
     ap.add_argument("--json", type=Path, help="write this run's figures here")
     ap.add_argument("--keep", type=Path, help="work in this new directory and keep it (logs, db)")
+    ap.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="through a gateway and 1, then 2 workers (NATS JetStream, PostgreSQL) instead",
+    )
     ap.add_argument("--generate", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.generate:
@@ -534,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.agents < 1 or args.duration <= 0 or args.rate <= 0 or args.procs < 1:
         ap.error("--agents, --duration, --rate and --procs must be positive")
+    if args.scale_out and args.baseline:
+        ap.error("--scale-out compares one worker with two; it takes no --baseline")
     params = {k: getattr(args, k) for k in ("agents", "duration", "rate", "attack_every", "busy")}
     baseline: dict[str, Any] | None = None
     base_label = ""
@@ -543,7 +730,14 @@ def main(argv: list[str] | None = None) -> int:
             work = args.keep
         else:
             work = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tocsin-bench-")))
-        if args.baseline and Path(args.baseline).is_file():
+        if args.scale_out:
+            runs = {}
+            for n in (1, 2):
+                (work / f"scale{n}").mkdir()
+                runs[f"{n} worker(s)"] = run_once(args, ScaleOut(n, work / f"scale{n}"))
+            figures = runs["1 worker(s)"]
+            baseline, base_label = runs["2 worker(s)"], "2 workers"
+        elif args.baseline and Path(args.baseline).is_file():
             saved = json.loads(Path(args.baseline).read_text())
             baseline, base_label = saved["figures"], f"{args.baseline}"
             if saved.get("params") != params:
@@ -551,23 +745,36 @@ def main(argv: list[str] | None = None) -> int:
         elif args.baseline:
             (work / "base").mkdir()
             tree = export_revision(args.baseline, work / "base")
-            baseline, base_label = run_once(args, tree, work / "base"), args.baseline
-        (work / "this").mkdir()
-        figures = run_once(args, None, work / "this")
+            baseline = run_once(args, Embedded(tree, work / "base"))
+            base_label = args.baseline
+        if not args.scale_out:
+            (work / "this").mkdir()
+            figures = run_once(args, Embedded(None, work / "this"))
     if args.json:
-        args.json.write_text(json.dumps({"params": params, "figures": figures}, indent=1) + "\n")
+        saved_runs = {"figures": figures, **({"two_workers": baseline} if args.scale_out else {})}
+        args.json.write_text(json.dumps({"params": params, **saved_runs}, indent=1) + "\n")
     load = os.getloadavg()
+    what = "scale-out (gateway + workers, NATS, PostgreSQL)" if args.scale_out else "collector"
     print(
-        f"collector capacity: {args.agents} agents x {args.rate:g} windows/s for"
+        f"{what} capacity: {args.agents} agents x {args.rate:g} windows/s for"
         f" {args.duration:g} s (+{args.warmup:g} s warm-up), attack every"
         f" {args.attack_every:g} s, {args.busy:.0%} busy; {args.procs} generator process(es);"
         f" load {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
     mine = rows(figures)
     theirs = dict(rows(baseline)) if baseline else {}
-    print(f"{'':34}{'this tree':>24}" + (f"{'baseline ' + base_label:>28}" if baseline else ""))
+    head = "1 worker" if args.scale_out else "this tree"
+    other = base_label if args.scale_out else f"baseline {base_label}"
+    print(f"{'':38}{head:>24}" + (f"{other:>28}" if baseline else ""))
     for name, value in mine:
-        print(f"{name:34}{value:>24}" + (f"{theirs.get(name, '-'):>28}" if baseline else ""))
+        print(f"{name:38}{value:>24}" + (f"{theirs.get(name, '-'):>28}" if baseline else ""))
+    if args.scale_out and baseline and figures["stored_per_s"]:
+        ratio = baseline["stored_per_s"] / figures["stored_per_s"]
+        print(
+            f"scaling ratio (windows/s stored, 2 workers / 1): {ratio:.2f}; every role shares"
+            f" this machine's {os.cpu_count()} cores with the load generator, so the ratio is"
+            " bounded by the machine, not by the workers"
+        )
     return 0
 
 

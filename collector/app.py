@@ -28,13 +28,13 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from tocsin.collector.backends import open_storage
+from tocsin.collector.backends import Storage, open_storage
 from tocsin.collector.baseline import BaselineConfig, HostBaselines
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.console.auth import LinkIssuer
@@ -47,7 +47,7 @@ from tocsin.collector.hooks import HookRunner
 from tocsin.collector.housekeeping import Housekeeper, RetentionConfig
 from tocsin.collector.i18n import Language
 from tocsin.collector.incidents import IncidentBook, MemoryIncidentBook
-from tocsin.collector.ingest import TelemetryService
+from tocsin.collector.ingest import LocalIntake, TelemetryService
 from tocsin.collector.meter import WindowMeter
 from tocsin.collector.metrics import MetricsServer, serve_metrics
 from tocsin.collector.opserver import OperatorService
@@ -63,6 +63,9 @@ from tocsin.collector.silence import SilenceWatch
 from tocsin.collector.store import Store
 from tocsin.collector.webhook import WebhookSink
 from tocsin.v1.errors import ConfigError
+
+if TYPE_CHECKING:  # the scale-out roles import nats (the ``scale`` extra); built on demand
+    from tocsin.collector.bus import BusSettings
 
 log = logging.getLogger("tocsin.collector")
 
@@ -93,6 +96,59 @@ def assemble(
 
     ``gettext`` translates what it writes for people (webhook summaries)."""
     router = CommandRouter()
+    responder, stage = judgement(
+        store,
+        shipped,
+        sink,
+        router,
+        mode=mode,
+        allow=allow,
+        judge_config=judge_config,
+        book=book,
+        routine=routine,
+        baselines_db=baselines_db,
+        baseline_config=baseline_config,
+        guard=guard,
+        hooks=hooks,
+        judge_retry_s=judge_retry_s,
+        gettext=gettext,
+    )
+    silence = SilenceWatch(sink, silent_after_s)
+    telemetry = TelemetryService(
+        store,
+        router,
+        LocalIntake(store, stage, responder),
+        limits=AgentRateLimits(rate_limits),
+        silence=silence,
+        clock_skew_s=clock_skew_s,
+    )
+    operator = OperatorService(store, router, responder, console=console)
+    return Collector(
+        store, router, responder, stage, telemetry, operator, silence, credentials=credentials
+    )
+
+
+def judgement(
+    store: Store,
+    shipped: Scorer,
+    sink: WebhookSink,
+    router: CommandRouter,
+    *,
+    mode: str,
+    allow: Sequence[str],
+    judge_config: JudgeConfig | None,
+    book: IncidentBook | None,
+    routine: RoutineBook | None,
+    baselines_db: SqlDatabase | None,
+    baseline_config: BaselineConfig | None,
+    guard: FleetGuard | None,
+    hooks: HookRunner | None,
+    judge_retry_s: float,
+    gettext: Gettext,
+    owns: Callable[[str], bool] = lambda host_id: True,
+    mark: Callable[[str, str, int, float | None], None] | None = None,
+) -> tuple[Responder, JudgeStage]:
+    """The responder and the judge stage, the same in the embedded collector and a worker."""
     responder = Responder(
         store, sink, router, mode=mode, allow=allow, guard=guard, hooks=hooks, gettext=gettext
     )
@@ -110,21 +166,10 @@ def assemble(
         BatchScorer(shipped),
         WindowMeter(),
         retry_s=judge_retry_s,
+        owns=owns,
+        mark=mark,
     )
-    silence = SilenceWatch(sink, silent_after_s)
-    telemetry = TelemetryService(
-        store,
-        router,
-        stage,
-        responder,
-        limits=AgentRateLimits(rate_limits),
-        silence=silence,
-        clock_skew_s=clock_skew_s,
-    )
-    operator = OperatorService(store, router, responder, console=console)
-    return Collector(
-        store, router, responder, stage, telemetry, operator, silence, credentials=credentials
-    )
+    return responder, stage
 
 
 def load_scorer(model: str | None) -> ForestScorer:
@@ -276,3 +321,122 @@ def build(conf: dict[str, Any]) -> App:
         conf["baseline_learning_days"],
     )
     return App(collector, db, outbox, housekeeper, shipped, conf, console)
+
+
+# ---------------------------------------------------------------- scale-out roles
+
+
+class Role(Protocol):
+    """A gateway or a worker: ``start`` returns the bound port (a worker binds none: 0)."""
+
+    async def start(self, listen: str | None) -> int: ...
+    async def stop(self, grace_s: float = 5.0) -> None: ...
+
+
+class ScaleApp:
+    """A gateway or a worker and its storage; a worker also delivers the shared outbox."""
+
+    def __init__(self, role: Role, storage: Storage, delivers: bool) -> None:
+        self.role, self.storage, self.delivers = role, storage, delivers
+
+    async def start(self, listen: str | None) -> int:
+        if self.delivers:
+            self.storage.outbox.start()
+        return await self.role.start(listen)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        await self.role.stop(grace_s)
+        if self.delivers:
+            await self.storage.outbox.stop()
+        self.storage.outbox.close()
+        self.storage.close()
+
+
+def bus_settings(conf: dict[str, Any]) -> BusSettings:
+    from tocsin.collector.bus import BusSettings
+
+    return BusSettings(conf["bus"], replicas=conf["bus_replicas"])
+
+
+def shared_storage(conf: dict[str, Any]) -> Storage:
+    """The PostgreSQL database every gateway and worker shares (``--store``): the store,
+    incidents, routine runs, per-host baselines and the webhook outbox, whose rows each
+    worker claims under a lease so that every event is delivered once."""
+    return open_storage(
+        conf["store"],
+        conf["destinations"],
+        retry_initial_s=conf["webhook_retry_initial_s"],
+        retry_max_s=conf["webhook_retry_max_s"],
+        max_age_s=conf["webhook_max_age_s"],
+        deliverer=conf["name"],
+    )
+
+
+async def build_gateway(conf: dict[str, Any]) -> ScaleApp:
+    """``tocsin-collector gateway``: agent streams and the operator API over the bus."""
+    from tocsin.collector.bus import Bus
+    from tocsin.collector.gateway import BusIntake, BusRouter, Gateway
+
+    storage = shared_storage(conf)
+    store = storage.store
+    bus = await Bus.connect(bus_settings(conf), conf["name"])
+    router = BusRouter(bus, conf["name"])
+    tls: TlsFiles = conf["tls"]
+    per_s = float(conf.get("max_windows_per_s") or RateLimits.messages_per_s)
+    bytes_s = float(conf.get("max_bytes_per_s") or RateLimits.bytes_per_s)
+    # The gateway raises no alerts and runs no hooks: its responder sends the operators'
+    # commands (to the bus) and records them. Workers deliver the outbox.
+    responder = Responder(
+        store,
+        storage.outbox,
+        router,
+        mode=conf["respond"],
+        allow=conf["allow"],
+        gettext=Language.load(conf["language"]).gettext,
+    )
+    telemetry = TelemetryService(
+        store,
+        router,
+        BusIntake(bus),
+        limits=AgentRateLimits(RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16)),
+        clock_skew_s=conf["max_clock_skew_s"],
+    )
+    operator = OperatorService(store, router, responder)
+    credentials = server_credentials(tls) if tls.given() else None
+    return ScaleApp(Gateway(bus, store, router, telemetry, operator, credentials), storage, False)
+
+
+async def build_worker(conf: dict[str, Any]) -> ScaleApp:
+    """``tocsin-collector worker``: judge the partitions it holds, respond through the bus."""
+    from tocsin.collector.bus import Bus
+    from tocsin.collector.gateway import BusRouter
+    from tocsin.collector.worker import Holdings, JudgedMarks, Worker
+
+    shipped = load_scorer(conf.get("model"))
+    storage = shared_storage(conf)
+    store = storage.store
+    bus = await Bus.connect(bus_settings(conf), conf["name"])
+    holdings = Holdings()
+    marks = JudgedMarks(store)
+    learning_s = float(conf["baseline_learning_days"]) * 86400.0
+    responder, stage = judgement(
+        store,
+        shipped,
+        storage.outbox,
+        BusRouter(bus),
+        mode=conf["respond"],
+        allow=conf["allow"],
+        judge_config=None,
+        book=storage.book,
+        routine=storage.routine,
+        baselines_db=storage.db,
+        baseline_config=BaselineConfig(learning_s=learning_s),
+        guard=FleetGuard(conf["fleet_guard"]) if conf["fleet_guard"] else None,
+        hooks=HookRunner(conf["hook_list"]) if conf["hook_list"] else None,
+        judge_retry_s=5.0,
+        gettext=Language.load(conf["language"]).gettext,
+        owns=holdings.owns,
+        mark=marks.add,
+    )
+    worker = Worker(bus, store, stage, responder, holdings, marks, conf["name"])
+    return ScaleApp(worker, storage, True)

@@ -1,6 +1,7 @@
 """``tocsin-collector``: run the collector.
 
-    tocsin-collector --listen HOST:PORT --store PATH|postgresql://... --webhook URL [...]
+    tocsin-collector [gateway|worker] --listen HOST:PORT --store PATH|postgresql://...
+                     --webhook URL [--webhook URL ...]
                      --respond off|dry-run|enforce [--config FILE] [--insecure]
                      [--tls-ca F --tls-cert F --tls-key F] [--model PATH]
                      [--allow CIDR ...] [--log-level LEVEL] [--log-format text|json]
@@ -30,6 +31,13 @@ finite (``nan``, ``inf``) is such a problem, and so is a webhook secret left
 at the example config's placeholder. Once bound, it logs
 "listening on HOST:PORT (respond=MODE, model=...)" with the real port (useful
 with port 0). SIGTERM or SIGINT stop it gracefully.
+
+The scale-out roles (docs/scale-out.md) take the same settings plus ``--bus
+nats://...`` (keys ``bus``, ``name``, ``bus_replicas``), and their
+``--store`` must be PostgreSQL (``postgresql://...``), the one every gateway
+and worker shares: ``tocsin-collector gateway`` serves agents and operators
+on ``--listen``; ``tocsin-collector worker`` listens on nothing and logs
+"worker NAME judging from URL" once it runs.
 """
 
 from __future__ import annotations
@@ -40,7 +48,9 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import signal
+import socket
 import sys
 import tomllib
 from collections.abc import Sequence
@@ -95,7 +105,14 @@ _KEYS = {
     "console_url": str,
     "language": str,
     "baseline_learning_days": (int, float),
+    "bus": str,
+    "name": str,
+    "bus_replicas": int,
 }
+
+# The scale-out roles (docs/scale-out.md): the first argument names one; their own keys.
+ROLES = ("gateway", "worker")
+SCALE_KEYS = ("bus", "name", "bus_replicas")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -105,8 +122,9 @@ class OneLineParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def build_parser() -> OneLineParser:
-    p = OneLineParser(prog=PROG, description="tocsin collector: ingest, judge, respond.")
+def build_parser(role: str = "") -> OneLineParser:
+    prog = f"{PROG} {role}".strip()
+    p = OneLineParser(prog=prog, description="tocsin collector: ingest, judge, respond.")
     p.add_argument("--listen", help="HOST:PORT to serve agents and operators on")
     p.add_argument("--store", help="where rows are kept: an SQLite file or a postgresql:// URL")
     p.add_argument("--db", help="SQLite database file (the same as --store PATH)")
@@ -168,6 +186,15 @@ def build_parser() -> OneLineParser:
         type=float,
         help="days of a host's own windows before it is scored with its own baseline (7)",
     )
+    if role:
+        p.add_argument("--bus", help="nats://HOST:PORT of the NATS JetStream the roles share")
+        p.add_argument("--name", help="this process's name on the bus (default: host-pid)")
+        p.add_argument(
+            "--bus-replicas",
+            dest="bus_replicas",
+            type=int,
+            help="JetStream replicas of tocsin's streams (1; 3 on a 3-node cluster)",
+        )
     return p
 
 
@@ -193,7 +220,8 @@ def load_config(path: str) -> dict[str, Any]:
 
 def settings(argv: Sequence[str]) -> dict[str, Any]:
     """Flags over config over defaults, validated; ``ConfigError`` on the first problem."""
-    args = vars(build_parser().parse_args(argv))
+    role = argv[0] if argv and argv[0] in ROLES else ""
+    args = vars(build_parser(role).parse_args(argv[1:] if role else argv))
     conf = load_config(args["config"]) if args["config"] else {}
     merged: dict[str, Any] = {
         "respond": "dry-run",
@@ -215,17 +243,23 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "disk_warn_percent": 80.0,
         "language": "en",
         "baseline_learning_days": 7.0,
+        "bus_replicas": 1,
+        "name": f"{role or 'collector'}-{socket.gethostname()}-{os.getpid()}",
     }
     merged.update(conf)
     merged.update({k: v for k, v in args.items() if v is not None and k != "config"})
     for key, value in merged.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"--{key.replace('_', '-')} wants a finite number, not {value}")
-    if not merged.get("listen"):
-        raise ConfigError("--listen HOST:PORT is required")
-    parse_hostport(merged["listen"])
+    merged["role"] = role or "collector"
+    if role != "worker":
+        if not merged.get("listen"):
+            raise ConfigError("--listen HOST:PORT is required")
+        parse_hostport(merged["listen"])
     merged["store"] = store_location(args, conf)
     merged.pop("db", None)
+    if role:
+        _check_scale(merged)
     if merged["respond"] not in MODES:
         raise ConfigError(f"--respond must be one of {', '.join(MODES)}, not {merged['respond']!r}")
     for url in merged["webhook"]:
@@ -312,6 +346,23 @@ def store_location(args: dict[str, Any], conf: dict[str, Any]) -> str:
     return str(db)
 
 
+def _check_scale(merged: dict[str, Any]) -> None:
+    """What a gateway and a worker need beyond the embedded collector's settings."""
+    from tocsin.collector.db import is_postgresql
+
+    bus = merged.get("bus") or ""
+    if not bus.startswith(("nats://", "tls://")):
+        raise ConfigError("--bus wants nats://HOST:PORT (or tls://HOST:PORT) of NATS JetStream")
+    if not is_postgresql(merged["store"]):
+        raise ConfigError(
+            f"{merged['role']}s share one store: --store wants postgresql://..., not a file"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", merged["name"]):
+        merged["name"] = re.sub(r"[^A-Za-z0-9_-]", "-", merged["name"])[:64]
+    if not 1 <= merged["bus_replicas"] <= 5:
+        raise ConfigError("--bus-replicas must be between 1 and 5")
+
+
 def _tables(items: list[Any], what: str) -> list[dict[str, Any]]:
     if not all(isinstance(t, dict) for t in items):
         raise ConfigError(f"{what} must be [[{what}]] tables")
@@ -354,13 +405,25 @@ def destinations(merged: dict[str, Any]) -> list[Any]:
 
 async def serve(conf: dict[str, Any]) -> None:
     from tocsin.collector import sdnotify
-    from tocsin.collector.app import build
+    from tocsin.collector.app import build, build_gateway, build_worker
 
-    app = build(conf)
-    port = await app.start(conf["listen"])
-    host, _ = parse_hostport(conf["listen"])
-    model = conf.get("model") or "shipped baseline"
-    log.info("listening on %s:%d (respond=%s, model=%s)", host, port, conf["respond"], model)
+    role = conf["role"]
+    if role == "gateway":
+        app: Any = await build_gateway(conf)
+    elif role == "worker":
+        app = await build_worker(conf)
+    else:
+        app = build(conf)
+    port = await app.start(conf.get("listen"))
+    if role == "worker":
+        status = f"worker {conf['name']} judging from {conf['bus']}"
+        log.info("%s (respond=%s)", status, conf["respond"])
+    else:
+        host, _ = parse_hostport(conf["listen"])
+        status = f"listening on {host}:{port}"
+        model = conf.get("model") or "shipped baseline"
+        via = f", bus={conf['bus']}" if role == "gateway" else f", model={model}"
+        log.info("%s (respond=%s%s)", status, conf["respond"], via)
     if conf["insecure"]:
         log.warning(
             "WARNING: --insecure: nothing is encrypted or authenticated. Agents may stream"
@@ -368,10 +431,10 @@ async def serve(conf: dict[str, Any]) -> None:
             " answers callers on loopback only (remote control needs TLS and an operator"
             " certificate)"
         )
-    if not conf["destinations"]:
+    if not conf["destinations"] and role != "gateway":
         log.warning("no --webhook: alerts are stored but nobody is told")
     watchdog = sdnotify.start_watchdog()
-    sdnotify.notify(f"READY=1\nSTATUS=listening on {host}:{port}")
+    sdnotify.notify(f"READY=1\nSTATUS={status}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,8 +13,11 @@ Per stream, in order:
    whose old stream the collector has not seen die yet), and so does any
    stream with the host's certificate. The host is registered and an ``Ack`` of what is already
    stored for this boot is sent at once.
-2. Each ``Window`` (seq > 0) is committed to the store, THEN acked (``Ack.seq``
-   is the highest seq stored for the boot), THEN judged. Windows of every stream
+2. Each ``Window`` (seq > 0) is committed, THEN acked (``Ack.seq`` is the
+   highest seq committed for the boot), THEN judged, through the ``Intake``
+   the service is given (``tocsin.collector.intake``): the embedded
+   collector's ``LocalIntake`` commits to the store and judges here; a
+   gateway's commits to JetStream and a worker judges. Windows of every stream
    are committed together (``WindowBatcher``: one transaction per batch, the
    windows that arrived while the previous batch was committing), and each ack
    goes out only after the commit that covers it. A resent window
@@ -72,7 +75,8 @@ from google.protobuf.message import DecodeError
 
 from tocsin.collector.commands import CommandRouter
 from tocsin.collector.decide import ts_s
-from tocsin.collector.features import window_features, window_tally
+from tocsin.collector.features import window_features
+from tocsin.collector.intake import AcceptedWindow, Intake
 from tocsin.collector.pipeline import JudgeStage
 from tocsin.collector.ratelimit import AgentRateLimits, Refusal
 from tocsin.collector.respond import Responder
@@ -171,6 +175,33 @@ class WindowBatcher:
                 done.set_result(new)
 
 
+class LocalIntake:
+    """The embedded collector's intake: group commit to the store, judge in this process.
+
+    A new window is judged by the stage; a resend already stored settles its host
+    (what was committed but not judged after a database failure is judged then).
+    """
+
+    def __init__(self, store: Store, stage: JudgeStage, responder: Responder) -> None:
+        self.batcher = WindowBatcher(store)
+        self.stage, self.responder = stage, responder
+
+    async def commit(self, host_id: str, boot_id: str, window: AcceptedWindow) -> bool:
+        return await self.batcher.add(host_id, boot_id, window.stored())
+
+    async def judge(self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool) -> None:
+        if not new:
+            await self.stage.settle(host_id)
+            return
+        w = window.window
+        await self.stage.judge_window(
+            host_id, boot_id, w, window_features(w), clock_skew_s=window.skew_s
+        )
+
+    async def action_result(self, host_id: str, result: pb.ActionResult) -> None:
+        await self.responder.on_action_result(host_id, result)
+
+
 def validate_hello(msg: pb.AgentMessage) -> pb.Hello:
     """The hello of a stream's first message, or ``WireError`` saying what is wrong."""
     if msg.WhichOneof("body") != "hello":
@@ -218,8 +249,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self,
         store: Store,
         router: CommandRouter,
-        stage: JudgeStage,
-        responder: Responder,
+        intake: Intake,
         max_outbound: int = 256,
         limits: AgentRateLimits | None = None,
         silence: SilenceWatch | None = None,
@@ -228,12 +258,11 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         clock: Callable[[], float] = time.time,
         taken_retry_ms: int = 5_000,
     ) -> None:
-        self.store, self.router, self.stage, self.responder = store, router, stage, responder
+        self.store, self.router, self.intake = store, router, intake
         self.max_outbound = max_outbound
         self.limits = limits or AgentRateLimits()
         self.silence = silence
         self.store_retry_ms = store_retry_ms
-        self.batcher = WindowBatcher(store)
         self.clock_skew_s = clock_skew_s
         self._clock = clock
         self.taken_retry_ms = taken_retry_ms
@@ -390,7 +419,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         while True:
             r = await session.reports.get()
             try:
-                await self.responder.on_action_result(session.host_id, r)
+                await self.intake.action_result(session.host_id, r)
             except StoreUnavailable as exc:
                 log.error("agent %s: report on %r not stored: %s", session.host_id, r.kind, exc)
             except Exception:
@@ -485,24 +514,15 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                     -skew_s,
                     self.clock_skew_s,
                 )
-        x = window_features(w)
-        stored = StoredWindow(
-            seq=int(w.seq),
-            start_s=ts_s(w.start),
-            end_s=ts_s(w.end),
-            raw=raw,
-            tally=window_tally(w),
-        )
-        inserted = await self.batcher.add(host_id, boot_id, stored)
+        window = AcceptedWindow(w, raw, skew_s)
+        inserted = await self.intake.commit(host_id, boot_id, window)
         acked = session.acked = max(acked, int(w.seq))
         await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
-        if not inserted:
+        if inserted:
+            self.windows_stored += 1
+            session.stored += 1
+        else:
             self.duplicates += 1
             session.duplicates += 1
-            # A resend after a failure: what was committed but not judged is judged now.
-            await self.stage.settle(host_id)
-            return acked
-        self.windows_stored += 1
-        session.stored += 1
-        await self.stage.judge_window(host_id, boot_id, w, x, clock_skew_s=skew_s)
+        await self.intake.judge(host_id, boot_id, window, inserted)
         return acked

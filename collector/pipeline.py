@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -117,6 +117,11 @@ class JudgeStage:
     before the database failed is judged once it is back, even if its agent
     sends nothing more. A judgement that fails raises ``StoreUnavailable`` to
     the caller (the agent is pushed back) and leaves the host out of sync.
+    ``owns`` says which hosts this stage judges (all, except in a scale-out
+    worker: those of the partitions it holds); the backlog settles only those.
+    ``mark`` records a window judged (default ``store.mark_judged``); a worker
+    gives one that groups the marks of a batch into one transaction
+    (``tocsin.collector.worker.JudgedMarks``), committed before the batch is acked.
     """
 
     def __init__(
@@ -128,10 +133,14 @@ class JudgeStage:
         batch: BatchScorer,
         meter: WindowMeter,
         retry_s: float = 5.0,
+        owns: Callable[[str], bool] = lambda host_id: True,
+        mark: Callable[[str, str, int, float | None], None] | None = None,
     ) -> None:
         self.judge, self.responder, self.store = judge, responder, store
         self.baselines, self.batch, self.meter = baselines, batch, meter
         self.retry_s = retry_s
+        self.owns = owns
+        self._mark = mark or store.mark_judged
         for alert in store.list_alerts(limit=10_000):
             if alert.open:
                 self.responder.adopt(alert)
@@ -145,6 +154,13 @@ class JudgeStage:
 
     def in_sync(self, host_id: str) -> bool:
         return host_id in self._in_sync
+
+    def forget(self, which: Callable[[str], bool]) -> None:
+        """Mark the hosts ``which`` selects out of sync: resynced from the store when next seen.
+
+        A scale-out worker calls it for the hosts of a partition it takes or gives
+        up: another worker may have judged them meanwhile."""
+        self._in_sync -= {h for h in self._in_sync if which(h)}
 
     async def judge_window(
         self,
@@ -181,7 +197,7 @@ class JudgeStage:
             except StoreUnavailable as exc:
                 log.warning("judgement backlog not checked: %s", exc)
                 hosts = []
-            for host_id in hosts:
+            for host_id in filter(self.owns, hosts):
                 with contextlib.suppress(StoreUnavailable):
                     n = await self.settle(host_id)
                     if n:
@@ -254,7 +270,7 @@ class JudgeStage:
                 except Exception:
                     log.exception("scorer could not explain a window")
             await self.responder.on_decision(d, explanation)
-        self.store.mark_judged(host_id, boot_id, int(w.seq), score)
+        self._mark(host_id, boot_id, int(w.seq), score)
         end_s = ts_s(w.end)
         idle = self._learning is None or self._learning.done()
         try:

@@ -33,6 +33,29 @@ from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import ConfigError
 
 
+async def serve_grpc(
+    telemetry: TelemetryService,
+    operator: OperatorService,
+    listen: str,
+    credentials: grpc.ServerCredentials | None,
+) -> tuple[grpc.aio.Server, int]:
+    """Both services on ``listen`` (port 0: a free one), started; the bound port."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    pb_grpc.add_TelemetryServicer_to_server(telemetry, server)
+    op_grpc.add_OperatorServicer_to_server(operator, server)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
+    except RuntimeError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc}") from None
+    if port == 0:
+        raise ConfigError(f"cannot listen on {listen}")
+    await server.start()
+    return server, port
+
+
 class Collector:
     def __init__(
         self,
@@ -56,20 +79,9 @@ class Collector:
         return self.stage.judge
 
     async def start(self, listen: str) -> int:
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        pb_grpc.add_TelemetryServicer_to_server(self.telemetry, server)
-        op_grpc.add_OperatorServicer_to_server(self.operator, server)
-        try:
-            if self.credentials is None:
-                port = server.add_insecure_port(listen)
-            else:
-                port = server.add_secure_port(listen, self.credentials)
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot listen on {listen}: {exc}") from None
-        if port == 0:
-            raise ConfigError(f"cannot listen on {listen}")
-        await server.start()
-        self._server = server
+        self._server, port = await serve_grpc(
+            self.telemetry, self.operator, listen, self.credentials
+        )
         for host in self.store.list_hosts():
             if not host.clean_disconnect:
                 self.silence.watch(host.host_id, host.last_seen_s)

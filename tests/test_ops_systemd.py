@@ -24,7 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-UNITS = ("tocsin-agent.service", "tocsin-collector.service")
+UNITS = (
+    "tocsin-agent.service",
+    "tocsin-collector.service",
+    "tocsin-gateway.service",
+    "tocsin-worker@.service",
+)
 
 
 def _unit(name: str) -> dict[str, list[str]]:
@@ -45,7 +50,7 @@ def test_units_are_hardened_notify_services(name: str) -> None:
     assert u["StateDirectory"] and u["ProtectSystem"] in (["strict"], ["full"])
     assert u["NoNewPrivileges"] == ["yes"] and u["PrivateTmp"] == ["yes"]
     assert "CapabilityBoundingSet" in u and "RestrictAddressFamilies" in u
-    if name == "tocsin-collector.service":
+    if name != "tocsin-agent.service":
         assert u["CapabilityBoundingSet"] == [""] and u["User"] == ["tocsin"]
         assert u["PrivateUsers"] == ["yes"]
         assert u["ProtectSystem"] == ["strict"]
@@ -70,11 +75,14 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     paths = []
     for name in UNITS:
         text = (ROOT / "deploy" / name).read_text()
-        program = name.removesuffix(".service")
-        assert f"ExecStart=/usr/local/bin/{program} " in text
+        (program,) = re.findall(r"^ExecStart=/usr/local/bin/(\S+) ", text, re.M)
+        assert (BIN / program).exists(), program
         text = text.replace(f"/usr/local/bin/{program}", str(BIN / program))
+        unit = name.replace("@.", "@1.")  # a template is verified as an instance
         (tmp_path / name).write_text(text)
-        paths.append(str(tmp_path / name))
+        if unit != name:
+            (tmp_path / unit).symlink_to(tmp_path / name)
+        paths.append(str(tmp_path / unit))
     res = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", *paths],
         capture_output=True,

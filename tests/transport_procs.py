@@ -170,11 +170,17 @@ def created_from_log(path: Path) -> dict[tuple[str, str], int]:
     return out
 
 
-def ledger(created: dict[tuple[str, str], int], db: Path, *more: Path) -> dict[str, int]:
+Stored = dict[tuple[str, str], list[int]]  # (host, boot) -> seqs, as a store holds them
+
+
+def ledger(
+    created: dict[tuple[str, str], int], db: Path | Stored, *more: Path | Stored
+) -> dict[str, int]:
     """Check every created window is stored exactly once; returns the figures.
 
     ``created[(host, boot)]`` is the highest seq the agent created for that boot
-    (seqs are contiguous from 1). Raises AssertionError on any loss. With
+    (seqs are contiguous from 1); ``db`` a collector's SQLite file, or what a
+    store holds (``Stored``). Raises AssertionError on any loss. With
     ``more`` databases (agents that moved from one collector to another), each
     stores a window at most once and their union holds every created one;
     ``in_two_stores`` counts the windows both hold (acked by neither before
@@ -183,8 +189,10 @@ def ledger(created: dict[tuple[str, str], int], db: Path, *more: Path) -> dict[s
     have: dict[tuple[str, str], list[int]] = {}
     in_two = 0
     for one in (db, *more):
-        for key, seqs in stored(one).items():
-            assert len(seqs) == len(set(seqs)), f"{key}: stored twice in {one}"
+        for key, seqs in (one if isinstance(one, dict) else stored(one)).items():
+            assert len(seqs) == len(set(seqs)), (
+                f"{key}: stored twice in {one if isinstance(one, Path) else 'the store'}"
+            )
             in_two += len(set(seqs) & set(have.get(key, [])))
             have[key] = sorted(set(have.get(key, [])) | set(seqs))
     total_created = sum(created.values())
