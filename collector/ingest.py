@@ -36,7 +36,7 @@ Per stream, in order:
    says it happened; ``clock_skew_windows`` counts the windows.
 3. ``ActionResult`` goes to the responder, in order, by a task of the stream's
    own (a report's durable writes never hold back the windows read after it;
-   the reports read are still handled when the stream ends, within
+   the reports read are still handled after the stream has ended, within
    ``REPORTS_DRAIN_S``; one that cannot be stored is logged); ``Heartbeat`` refreshes last_seen;
    ``Goodbye`` marks a clean disconnect and ends the stream.
 
@@ -272,6 +272,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self.bad_streams = 0
         self.store_refusals = 0
         self.rate_refusals = 0
+        self._closing_reports: set[asyncio.Task[None]] = set()
 
     async def Stream(
         self,
@@ -344,10 +345,10 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             pump.cancel()
             reader.cancel()
             await asyncio.gather(pump, reader, return_exceptions=True)
-            with contextlib.suppress(TimeoutError):  # the reports already read are kept
-                await asyncio.wait_for(session.reports.join(), REPORTS_DRAIN_S)
-            reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+            # The reports already read are still stored, after the stream has ended.
+            closing = asyncio.create_task(self._end_reports(session, reporter))
+            self._closing_reports.add(closing)
+            closing.add_done_callback(self._closing_reports.discard)
             self.router.detach(host_id, session)
             with contextlib.suppress(StoreUnavailable):
                 self.store.touch_host(host_id)
@@ -426,6 +427,13 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 log.exception("agent %s: report on %r failed", session.host_id, r.kind)
             finally:
                 session.reports.task_done()
+
+    async def _end_reports(self, session: _StreamSession, reporter: asyncio.Task[None]) -> None:
+        """Let the reporter store what the ended stream carried (``REPORTS_DRAIN_S`` at most)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.reports.join(), REPORTS_DRAIN_S)
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
 
     async def _pump(self, session: _StreamSession) -> None:
         queue = self.router.queue(session.host_id)
