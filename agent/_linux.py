@@ -62,6 +62,31 @@ def parent_pid(pid: int) -> int | None:
         return None
 
 
+def children(pid: int) -> list[int]:
+    """The live children of ``pid``: its threads' /proc/PID/task/TID/children, read
+    from this process's own files (psutil walks every process of the system for it);
+    a walk of /proc where the kernel has no such files (CONFIG_PROC_CHILDREN)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            if tid == str(pid) and os.path.exists(f"/proc/{pid}/task/{tid}"):
+                return [p for p in _pids() if parent_pid(p) == pid]
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
 def exe_path(pid: int) -> str | None:
     """The path the kernel recorded for ``pid``'s executable (/proc/PID/exe), or None."""
     try:

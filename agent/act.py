@@ -54,6 +54,23 @@ EXPIRED = "refused: expired"
 KINDS = frozenset({"suspend", "resume", "kill"}) | FIREWALL_KINDS
 
 
+def descendants(pid: int, limit: int = 4096) -> list[int]:
+    """The children of ``pid``, theirs, and so on, parents first (at most ``limit``)."""
+    out: list[int] = []
+    seen = {pid}
+    level = [pid]
+    while level and len(out) < limit:
+        nxt = []
+        for parent in level:
+            for kid in _linux.children(parent):
+                if kid not in seen:
+                    seen.add(kid)
+                    nxt.append(kid)
+        out.extend(nxt)
+        level = nxt
+    return out[:limit]
+
+
 def _now() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
@@ -160,15 +177,11 @@ class Actions:
 
     def _tree(self, root: ProcessId) -> list[ProcessId]:
         """``root`` and its descendants, parents first, minus what may not be touched."""
-        try:
-            kids = psutil.Process(root.pid).children(recursive=True)
-        except psutil.Error:
-            return [root]
         out = [root]
-        for k in kids:
-            if k.pid in self._protected or protection(k.pid):
+        for pid in descendants(root.pid):
+            if pid in self._protected or protection(pid):
                 continue
-            ident = ProcessId.live(k.pid, self.boot_id)
+            ident = ProcessId.live(pid, self.boot_id)
             if ident is not None:
                 out.append(ident)
         return out

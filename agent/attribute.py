@@ -23,7 +23,10 @@ same cmdline (forked workers) or wrote recently; stop at pid 1, the agent, and
 at a parent with another cmdline that did not write, unless that parent runs
 two or more live children whose command lines differ from the writer's only
 by paths (``job_shape``: a launcher of workers is the tree from the first
-window on). Siblings: when two or more
+window on). A drill (its writer carries the agent's drill key) climbs only into
+parents that carry it too: the launcher of a drill is never in its tree, the
+drill's own workers are, from their first file (the tripwire counts per tree).
+Siblings: when two or more
 writers of one window that are each their own tree share a parent (a launcher
 spawning short-lived encryptors with another cmdline), the parent becomes
 their tree root (unless it is pid 1, the agent or a ``STOP_NAMES`` process).
@@ -147,14 +150,10 @@ def job_shape(argv: list[str]) -> tuple[str, ...]:
 
 def _workers_of(ppid: int, shape: tuple[str, ...]) -> int:
     """How many live children of ``ppid`` run a command of this ``job_shape``."""
-    try:
-        kids = psutil.Process(ppid).children()
-    except psutil.Error:
-        return 0
     n = 0
-    for k in kids:
+    for kid in _linux.children(ppid):
         with contextlib.suppress(psutil.Error):
-            n += job_shape(k.cmdline()) == shape
+            n += job_shape(psutil.Process(kid).cmdline()) == shape
     return n
 
 
@@ -491,14 +490,14 @@ class Attributor:
         if cur is None:
             return pid
         for _ in range(64):
-            if self.is_drill(cur.pid):
-                break  # a drill's encryptor is its own tree, never its launcher
             ppid = cur.ppid
             if ppid <= 1 or ppid == self._self_pid or ppid in self._own_ancestors:
                 break  # the agent's own ancestors are never a tree it could suspend
             parent = self._known.get(ppid) or self._info(ppid)
             if parent is None or parent.name in STOP_NAMES:
                 break
+            if self.is_drill(cur.pid) and not self.is_drill(ppid):
+                break  # a drill is its own tree, never its launcher (its workers are in it)
             recent = now - self._recent_writers.get(ppid, -1e9) < 30.0
             if parent.cmdline != cur.cmdline and not recent:
                 if _workers_of(ppid, job_shape(cur.cmdline.split())) >= 2:
@@ -586,12 +585,19 @@ class Attributor:
                 writers.setdefault(pid, _Writer()).paths.add(path)
 
     def collect(
-        self, destroyed_paths: list[str] | None = None, canary_paths: set[str] | None = None
+        self,
+        destroyed_paths: list[str] | None = None,
+        canary_paths: set[str] | None = None,
+        ruined_by: dict[int, set[str]] | None = None,
     ) -> list[pb.ProcessSample]:
         """Top writers of the window now closing; resets the window's counts.
 
         ``canary_trees`` is left holding the tree roots of the writers that
         wrote one of ``canary_paths`` (fanotify only: psutil cannot tell).
+        ``ruined_by``: the files shown ruined in this window, by the writer
+        ``writer_of`` named for each (what the tripwire counted): each such writer
+        is sampled here with them, though its writes were read in an earlier window
+        (a window the tripwire closes at once names the tree it counted).
         """
         with self._lock:
             writers, self._writers = self._writers, {}
@@ -601,6 +607,9 @@ class Attributor:
             writers = self._psutil_writers()
             attribution = pb.ATTRIBUTION_PSUTIL_IO
         self._add_late_writers(writers, destroyed_paths or [])
+        for pid, paths in (ruined_by or {}).items():
+            if pid in self._known and pid != self._self_pid:
+                writers.setdefault(pid, _Writer()).paths.update(paths)
         now = time.monotonic()
         for pid in writers:
             self._recent_writers[pid] = now
@@ -625,8 +634,7 @@ class Attributor:
                     self._io_last[pid] = chars
                 s.bytes_written = max(chars[1] - last[1], 0)
                 s.bytes_read = max(chars[0] - last[0], 0)
-            with contextlib.suppress(psutil.Error, OSError):
-                s.children = len(psutil.Process(pid).children())
+            s.children = len(_linux.children(pid))
             s.tree_root_pid = self.tree_root(pid)
             if info.name == "smbd" and self.smb is not None:
                 client = self.smb.client_of(pid)

@@ -18,8 +18,10 @@ acts per file. It closes a window every ``window_s``, earlier once
 ``burst_events`` events arrived, once ``DAMAGE_CLOSE_FILES`` of its files showed
 damage, ``DAMAGE_CLOSE_S`` after a probe first showed some (see
 ``_should_close``), or at once when ``on_ruined`` says the tripwire acted;
-then it asks the attributor for the top writers, lets the tripwire mark the
-window (and act on canaries), and hands the window to ``sink``. Windows without
+then it asks the attributor for the top writers (the writer named for each
+file shown ruined in the window among them, even if its writes were read in an
+earlier one: the window the tripwire marks names the tree it counted), lets the
+tripwire mark the window (and act on canaries), and hands the window to ``sink``. Windows without
 file activity are handed over at most every ``idle_every_s`` seconds (still
 with counts).
 
@@ -630,8 +632,10 @@ class WindowLoop:
         self.max_probe_bytes = max_probe_bytes
         self.on_window = on_window
         self.on_ruined = on_ruined
-        # Ruined files whose writer fanotify has not named yet: (first seen, file).
+        # Ruined files whose writer fanotify has not named yet: (first seen, file); and
+        # those of the window being filled whose writer it named, by writer.
         self._unattributed: list[tuple[float, Ruined]] = []
+        self._ruined_by: dict[int, set[str]] = {}
         self._spool_dropped = spool_dropped
         self._clock = clock
         self._net = net_bytes
@@ -720,7 +724,12 @@ class WindowLoop:
                 )
                 self._report_ruined()
                 canaries = self.acc.last_canary_paths
-                writers = self.attributor.collect(destroyed, canaries) if self.attributor else []
+                ruined_by, self._ruined_by = self._ruined_by, {}
+                writers = (
+                    self.attributor.collect(destroyed, canaries, ruined_by)
+                    if self.attributor
+                    else []
+                )
                 dropped = self.watcher.events_dropped
                 overflows = self.watcher.queue_overflows
                 fan = self.attributor.overflows if self.attributor else 0
@@ -797,6 +806,8 @@ class WindowLoop:
         for since, r in pending:
             writer = self.attributor.writer_of(r.path)
             if writer is not None:
+                if len(self._ruined_by) < MAX_TRACKED:
+                    self._ruined_by.setdefault(writer.pid, set()).add(r.path)
                 acted = self.on_ruined(writer, r, now) or acted
             elif now - since < WRITER_WAIT_S and len(self._unattributed) < MAX_TRACKED:
                 self._unattributed.append((since, r))

@@ -41,7 +41,10 @@ Per stream, in order:
    judged and stored so, and carries the reason ``clock_skew`` if it alerts;
    its wire bytes are stored as the agent sent them. One log line per stream
    says it happened; ``clock_skew_windows`` counts the windows.
-3. ``ActionResult`` goes to the responder; ``Heartbeat`` refreshes last_seen;
+3. ``ActionResult`` goes to the responder, in order, by a task of the stream's
+   own (a report's durable writes never hold back the windows read after it;
+   the reports read are still handled after the stream has ended, within
+   ``REPORTS_DRAIN_S``; one that cannot be stored is logged); ``Heartbeat`` refreshes last_seen;
    ``Goodbye`` marks a clean disconnect and ends the stream.
 
 Every message counts against the host's rate limits (``AgentRateLimits``) and
@@ -98,6 +101,8 @@ from tocsin.v1.evidence import carries_evidence
 log = logging.getLogger("tocsin.collector.ingest")
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# At a stream's end, how long the reports it carried may still take to be stored.
+REPORTS_DRAIN_S = 10.0
 
 HOST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 BOOT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -139,6 +144,8 @@ class _StreamSession:
         self.skewed = 0
         self.acked = 0  # highest seq acked on this stream (for the log of a refusal)
         self.out: asyncio.Queue[pb.CollectorMessage | _End] = asyncio.Queue(max_outbound)
+        # The agent's reports, handled in order beside the windows, not ahead of them.
+        self.reports: asyncio.Queue[pb.ActionResult] = asyncio.Queue(max_outbound)
 
     def displace(self) -> None:
         end = _End(grpc.StatusCode.ABORTED, "replaced by a newer stream from the same host")
@@ -249,6 +256,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self.bad_streams = 0
         self.store_refusals = 0
         self.rate_refusals = 0
+        self._closing_reports: set[asyncio.Task[None]] = set()
 
     async def Stream(
         self,
@@ -302,6 +310,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
 
         reader = asyncio.create_task(self._read(request_iterator, session, boot_id, committed))
         pump = asyncio.create_task(self._pump(session))
+        reporter = asyncio.create_task(self._report(session))
         end = _End()
         try:
             while True:
@@ -318,8 +327,13 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             tail = [session.tail] if session.tail is not None else []
             for task in tail:  # committed and not acked: the agent resends them
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+            with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(pump, reader, *tail, return_exceptions=True)
+            # The reports already read are still stored, after the stream has ended.
+            closing = asyncio.create_task(self._end_reports(session, reporter))
+            self._closing_reports.add(closing)
+            closing.add_done_callback(self._closing_reports.discard)
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
                 await asyncio.to_thread(self.store.touch_host, host_id)
             log.info(
                 "agent %s stream ended (windows stored %d, duplicates dropped %d,"
@@ -392,6 +406,28 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 " proves this one is that host; retry once that stream has ended"
             )
 
+    async def _report(self, session: _StreamSession) -> None:
+        """The agent's reports, in order, off the windows' way: a report's writes (the
+        tripwire's, sent as the window showing the attack closes) must not hold back the
+        judgement of that window."""
+        while True:
+            r = await session.reports.get()
+            try:
+                await self.intake.action_result(session.host_id, r)
+            except StoreUnavailable as exc:
+                log.error("agent %s: report on %r not stored: %s", session.host_id, r.kind, exc)
+            except Exception:
+                log.exception("agent %s: report on %r failed", session.host_id, r.kind)
+            finally:
+                session.reports.task_done()
+
+    async def _end_reports(self, session: _StreamSession, reporter: asyncio.Task[None]) -> None:
+        """Let the reporter store what the ended stream carried (``REPORTS_DRAIN_S`` at most)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.reports.join(), REPORTS_DRAIN_S)
+        reporter.cancel()
+        await asyncio.gather(reporter, return_exceptions=True)
+
     async def _pump(self, session: _StreamSession) -> None:
         queue = self.router.queue(session.host_id)
         while True:
@@ -419,7 +455,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 if kind == "window":
                     acked = await self._window(host_id, boot_id, msg.window, session, acked)
                 elif kind == "action_result":
-                    await self.intake.action_result(host_id, msg.action_result)
+                    await session.reports.put(msg.action_result)
                 elif kind == "heartbeat":
                     await asyncio.to_thread(self.store.touch_host, host_id)
                 elif kind == "goodbye":

@@ -38,12 +38,18 @@
   ``suspended_pids_dropped``.
 Events go to the sink with ``enqueue`` (the durable outbox stores them at
 once, so an alert is queued for its webhooks before ``on_decision``
-returns). An alert, the previous alert of its incident closed, its audit row
-and its webhook rows are written in one transaction (``Store.atomic``; the
-outbox shares the store's database): a failure leaves none of them, raises,
-and the window is judged again. Other events that a sink refuses are counted
-in ``posts_failed``. ``drain()`` waits for hooks and background posts in
-flight.
+returns). The commands of a decision go to the router first, before anything
+is written: the attacker is stopped without waiting for a disk. Then the
+actions sent (with their audit rows), the alert, the previous alert of its
+incident closed, its audit row and its webhook rows are written in one
+transaction (``Store.atomic``; the outbox shares the store's database), in a
+worker thread, so the event loop goes on writing the commands to the agent's
+stream (and serving every other agent) while the disk syncs; the sink's
+``enqueue`` must be thread-safe. A failure leaves none of them, raises, and the
+window is judged again (its commands are sent again; the agent's report on the
+first ones is refused as a command never recorded). Other events that a
+sink refuses are counted in ``posts_failed``. ``drain()`` waits for hooks and
+background posts in flight.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ from tocsin.v1 import telemetry_pb2 as pb
 log = logging.getLogger("tocsin.collector.respond")
 
 MAX_SUSPENDED_PIDS = 256
+# What to record of a command already sent: the action, and its audit row (what, detail).
+_ActionRow = tuple[ActionRecord, str, str]
 MAX_DETAIL_CHARS = 2000
 
 Mode = Literal["off", "dry-run", "enforce"]
@@ -204,7 +212,9 @@ class Responder:
                 self.store.save_alert(alert)
             return None
         alert_id = self._new_id()
-        actions = tuple(self._respond(d, alert_id)) if d.severity == "critical" else ()
+        records: list[_ActionRow] = []  # routed already, recorded with the alert
+        critical = d.severity == "critical"
+        actions = tuple(await self._respond(d, alert_id, records)) if critical else ()
         detected_at_s = self._clock()
         event = AlertEvent(
             alert_id=alert_id,
@@ -240,15 +250,8 @@ class Responder:
             process=payload["process"],
             payload=payload,
         )
-        # The alert and its webhook rows commit together (the outbox shares the store's
-        # database) or not at all: the window then stays unjudged and is judged again.
-        with self.store.atomic():
-            if previous is not None:
-                self.store.save_alert(replace(previous, open=False))
-            self.store.save_alert(alert)
-            said = f"{alert_id} {d.host_id} {tuple(alert.reasons)}"
-            self.store.audit("collector", f"alert {d.severity}", said)
-            self.sink.enqueue(payload)
+        said = f"{alert_id} {d.host_id} {tuple(alert.reasons)}"
+        await asyncio.to_thread(self._keep_alert, alert, previous, payload, records, said)
         if previous is not None:
             previous.open = False
         self._alerts[d.incident_id] = alert
@@ -256,6 +259,27 @@ class Responder:
         if self.hooks is not None:
             self.hooks.fire(payload, self.on_hook_outcome)
         return payload
+
+    def _keep_alert(
+        self,
+        alert: AlertRecord,
+        previous: AlertRecord | None,
+        payload: dict[str, Any],
+        records: Sequence[_ActionRow],
+        audit: str,
+    ) -> None:
+        """The actions already sent, the alert and its webhook rows, each with its audit row:
+        one transaction (the outbox shares the store's database) or nothing, and the window
+        is then judged again. Runs in a worker thread (see module contract)."""
+        with self.store.atomic():
+            for action, what, detail in records:
+                self.store.add_action(action)
+                self.store.audit(action.requested_by, what, detail)
+            if previous is not None:
+                self.store.save_alert(replace(previous, open=False))
+            self.store.save_alert(alert)
+            self.store.audit("collector", f"alert {alert.severity}", audit)
+            self.sink.enqueue(payload)
 
     def _update(self, d: Decision) -> None:
         alert = self._alerts.get(d.incident_id)
@@ -266,10 +290,13 @@ class Responder:
         alert.reasons = sorted(set(alert.reasons) | set(texts(d.reasons)))
         self.store.save_alert(alert)
 
-    def _respond(self, d: Decision, alert_id: str) -> list[ActionTaken]:
+    async def _respond(
+        self, d: Decision, alert_id: str, records: list[_ActionRow]
+    ) -> list[ActionTaken]:
+        """Route the decision's commands now, the suspend before anything touches the
+        database; ``records`` gets what to store of them."""
         if self.mode == "off":
             return []
-        host = self.store.get_host(d.host_id)
         name = d.process.name if d.process else "?"
         actions: list[ActionTaken] = []
         if d.root_pid > 0:
@@ -282,7 +309,15 @@ class Responder:
                     if d.process and d.process.tree_root_pid == d.root_pid
                     else pb.ProcessRef(pid=d.root_pid)  # unverifiable: the agent refuses it
                 )
-                self._send(d.host_id, "suspend", [d.root_pid], "collector", alert_id, [ref])
+                self._send(
+                    d.host_id,
+                    "suspend",
+                    [d.root_pid],
+                    "collector",
+                    alert_id,
+                    [ref],
+                    records=records,
+                )
                 actions.append(ActionTaken("suspend", "sent", pids=(d.root_pid,)))
             else:
                 actions.append(ActionTaken("suspend", "dry-run", detail, pids=(d.root_pid,)))
@@ -292,29 +327,37 @@ class Responder:
                 ActionTaken("isolate", "skipped: drill", "a drill never isolates the host")
             )
         elif client:
-            actions.append(self._block_client(d, client, alert_id))
-        elif host is not None and host.isolated:
+            actions.append(self._block_client(d, client, alert_id, records))
+        elif (host := await asyncio.to_thread(self.store.get_host, d.host_id)) and host.isolated:
             actions.append(ActionTaken("isolate", "skipped: already isolated"))
         elif self.mode == "enforce" and self.guard is not None and not self.guard.admit(d.host_id):
-            actions.append(self._hold(d, alert_id))
+            actions.append(self._hold(d, alert_id, records))
         elif self.mode == "enforce":
-            self._send(d.host_id, "isolate", [], "collector", alert_id)
+            self._send(d.host_id, "isolate", [], "collector", alert_id, records=records)
             actions.append(ActionTaken("isolate", "sent"))
         else:
             actions.append(ActionTaken("isolate", "dry-run", "would isolate host"))
         return actions
 
-    def _block_client(self, d: Decision, client: str, alert_id: str) -> ActionTaken:
+    def _block_client(
+        self, d: Decision, client: str, alert_id: str, records: list[_ActionRow]
+    ) -> ActionTaken:
         """Cut the SMB client that attacks, not the server: block its address there."""
         if self.mode != "enforce":
             detail = f"would block client {client} on {d.host_id}"
             return ActionTaken("block_client", "dry-run", detail, clients=(client,))
         self._send(
-            d.host_id, "block_client", [], "collector", alert_id, parameters={"addresses": client}
+            d.host_id,
+            "block_client",
+            [],
+            "collector",
+            alert_id,
+            parameters={"addresses": client},
+            records=records,
         )
         return ActionTaken("block_client", "sent", clients=(client,))
 
-    def _hold(self, d: Decision, alert_id: str) -> ActionTaken:
+    def _hold(self, d: Decision, alert_id: str, records: list[_ActionRow]) -> ActionTaken:
         """The fleet guard refused an automatic isolation: record, audit, ask a human."""
         assert self.guard is not None
         limit = self.guard.max_per_minute
@@ -322,20 +365,18 @@ class Responder:
             f"fleet guard: {self.guard.recent()} hosts isolated in the last minute "
             f"(limit {limit}); a human must decide (tocsin isolate {d.host_id})"
         )
-        self.store.add_action(
-            ActionRecord(
-                action_id=self._new_id(),
-                alert_id=alert_id,
-                host_id=d.host_id,
-                kind="isolate",
-                requested_by="collector",
-                requested_at_s=self._clock(),
-                status="held",
-                detail=detail,
-                finished_at_s=self._clock(),
-            )
+        held = ActionRecord(
+            action_id=self._new_id(),
+            alert_id=alert_id,
+            host_id=d.host_id,
+            kind="isolate",
+            requested_by="collector",
+            requested_at_s=self._clock(),
+            status="held",
+            detail=detail,
+            finished_at_s=self._clock(),
         )
-        self.store.audit("collector", "isolate held", f"{d.host_id} {detail}")
+        records.append((held, "isolate held", f"{d.host_id} {detail}"))
         self.actions_total[("isolate", "held")] += 1
         log.error("isolation of %s held by the fleet guard", d.host_id)
         self._post_later(
@@ -386,8 +427,14 @@ class Responder:
         alert_id: str = "",
         processes: Sequence[pb.ProcessRef] = (),
         parameters: dict[str, str] | None = None,
+        records: list[_ActionRow] | None = None,
     ) -> ActionRecord:
-        """Queue a command; ``processes`` names each pid by its identity (tocsin.v1 Command)."""
+        """Queue a command; ``processes`` names each pid by its identity (tocsin.v1 Command).
+
+        Recorded (action, audit) before it is routed; or, given ``records`` (a decision's
+        commands), routed at once and its record appended there, to be written with the
+        alert (see module contract).
+        """
         cmd = pb.Command(id=self._new_id(), kind=kind, pids=list(pids), processes=list(processes))
         cmd.parameters.update(parameters or {})
         if kind == "isolate" and self.allow:
@@ -405,11 +452,14 @@ class Responder:
             status="sent",
             pids=list(pids),
         )
-        self.store.add_action(action)
         extra = "".join(f" {k}={v}" for k, v in sorted((parameters or {}).items()))
-        self.store.audit(
-            who, f"{kind} requested", f"{host_id} pids={list(pids)}{extra} id={cmd.id}"
-        )
+        record = (action, f"{kind} requested", f"{host_id} pids={list(pids)}{extra} id={cmd.id}")
+        if records is not None:
+            self.router.send(host_id, cmd)
+            records.append(record)
+            return action
+        self.store.add_action(action)
+        self.store.audit(who, *record[1:])
         self.router.send(host_id, cmd)
         return action
 
@@ -443,6 +493,25 @@ class Responder:
         return action
 
     async def on_action_result(self, host_id: str, r: pb.ActionResult) -> None:
+        """Store, audit and fold in the agent's report, with its webhook rows, in one
+        transaction in a worker thread (the event loop goes on meanwhile), then resolve
+        its command and start the hooks."""
+
+        def record() -> ActionEvent | None:
+            with self.store.atomic():  # one commit, one fsync, for all of it
+                return self._record_result(host_id, r)
+
+        event = await asyncio.to_thread(record)
+        if event is None:
+            return
+        if not r.local:
+            self.router.resolve(r)
+        if self.hooks is not None:
+            self.hooks.fire(event.to_json(), self.on_hook_outcome)
+
+    def _record_result(self, host_id: str, r: pb.ActionResult) -> ActionEvent | None:
+        """The store's part of ``on_action_result``, its webhook rows included: the event
+        posted, or None when the report was refused."""
         pids = list(r.pids[:MAX_SUSPENDED_PIDS])
         if len(r.pids) > len(pids):
             self.suspended_pids_dropped[host_id] += len(r.pids) - len(pids)
@@ -477,29 +546,28 @@ class Responder:
                 self.store.audit(
                     f"agent:{host_id}", "result refused", f"command {r.command_id[:64]!r}"
                 )
-                return
+                return None
             kind = issued.kind  # what was asked, whatever the report calls it
             finished = self.store.finish_action(issued.action_id, status, detail, pids)
             action = finished or issued
-            self.router.resolve(r)
         self.store.audit(f"agent:{host_id}", f"{kind} {status}", detail)
         self.actions_total[(kind, status)] += 1
         if status == "done":
             self._fold_host_state(host_id, kind, pids or action.pids)
-        self._post_later(
-            ActionEvent(
-                alert_id=action.alert_id,
-                host_id=host_id,
-                action=kind,
-                status=status,
-                detail=detail,
-                pids=tuple(pids or action.pids),
-                command_id=action.action_id,
-                local=r.local,
-                at_s=self._clock(),
-                mode=self.mode,
-            )
+        event = ActionEvent(
+            alert_id=action.alert_id,
+            host_id=host_id,
+            action=kind,
+            status=status,
+            detail=detail,
+            pids=tuple(pids or action.pids),
+            command_id=action.action_id,
+            local=r.local,
+            at_s=self._clock(),
+            mode=self.mode,
         )
+        self._post_later(event, hooks=False)  # the hooks are started on the loop
+        return event
 
     def _fold_host_state(self, host_id: str, kind: str, pids: Sequence[int]) -> None:
         host = self.store.get_host(host_id)

@@ -9,7 +9,8 @@ Sink contract: ``await sink.post(event)`` delivers one JSON object to every
 configured receiver or raises ``ResponseError`` naming the receivers that
 refused it after the retries. ``sink.enqueue(event)`` takes it at once and
 never blocks on a receiver (the durable outbox stores it; other sinks post it
-in the background, bounded, counting what they drop); ``await sink.drain()``
+in the background, bounded, counting what they drop), and may be called from a
+worker thread (the responder stores an alert off the event loop); ``await sink.drain()``
 waits for background posts in flight. ``HttpWebhookSink`` POSTs with urllib in a worker
 thread (``timeout_s`` per attempt), retrying connection errors, 408, 429 and
 5xx with capped exponential backoff and jitter. ``MemoryWebhookSink`` keeps
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import json
@@ -137,9 +139,23 @@ class HttpWebhookSink:
         self.max_inflight = max_inflight
         self.dropped = 0
         self._inflight: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        with contextlib.suppress(RuntimeError):
+            self._loop = asyncio.get_running_loop()
 
     def enqueue(self, event: dict[str, Any]) -> None:
-        """Post in the background (at most ``max_inflight`` at once; more are dropped)."""
+        """Post in the background (at most ``max_inflight`` at once; more are dropped).
+
+        Thread-safe: from a worker thread the post is started on the sink's event loop
+        (the one it was built or first used on).
+        """
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            if self._loop is None or self._loop.is_closed():
+                raise
+            self._loop.call_soon_threadsafe(self.enqueue, event)
+            return
         if len(self._inflight) >= self.max_inflight:
             self.dropped += 1
             log.warning("webhook backlog full; dropped %s %s", event["event"], event["host_id"])

@@ -7,26 +7,36 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tocsin.agent import simulate
 from tocsin.agent.attribute import Attributor
+from tocsin.agent.drill import DrillKey
 from tocsin.agent.watch import FileWatcher, FsEvent
-from tocsin.agent.window import WindowAccumulator, WindowLoop
+from tocsin.agent.window import Ruined, WindowAccumulator, WindowLoop
 from tocsin.v1 import telemetry_pb2 as pb
 
 
 def _run(
-    tmp_path: Path, style: str, files: int = 80, extra: tuple[str, ...] = ()
+    tmp_path: Path,
+    style: str,
+    files: int = 80,
+    extra: tuple[str, ...] = (),
+    drill: DrillKey | None = None,
+    on_ruined: Callable[[pb.ProcessSample, Ruined, float], bool] | None = None,
 ) -> tuple[list[pb.Window], int]:
+    """``style`` run against a watched share (as a drill of ``drill``'s agent if given)."""
     share = tmp_path / "share"
     simulate.make_share(share, files)
     watcher = FileWatcher([str(share)])
-    attributor = Attributor([str(share)])
+    attributor = Attributor([str(share)], is_drill=drill.carried_by if drill else lambda pid: False)
     got: list[pb.Window] = []
-    loop = WindowLoop(watcher, attributor, got.append, window_s=0.5, idle_every_s=0.5)
+    loop = WindowLoop(
+        watcher, attributor, got.append, window_s=0.5, idle_every_s=0.5, on_ruined=on_ruined
+    )
     watcher.start()
     attributor.start()
     loop.start()
@@ -43,7 +53,8 @@ def _run(
                 "--rate",
                 "400",
                 *extra,
-            ]
+            ],
+            env=drill.environment() if drill else None,
         )
         assert child.wait(timeout=60) == 0
         time.sleep(1.2)
@@ -95,6 +106,60 @@ def test_forked_workers_share_one_tree_root(tmp_path: Path) -> None:
     assert len(worker_pids) >= 4
     assert {s.tree_root_pid for s in writers} == {pid}
     assert all(s.ppid == pid for s in writers)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
+def test_a_drills_workers_are_one_tree_from_their_first_file(tmp_path: Path) -> None:
+    """The workers of a drill carry its key and so does their launcher: one tree from the
+    first ruined file on (the tripwire counts per tree), not one per worker until the
+    window closes and finds them siblings."""
+    key = DrillKey("k" * 48)
+    roots: list[int] = []
+
+    def ruined(writer: pb.ProcessSample, _r: Ruined, _at: float) -> bool:
+        roots.append(writer.tree_root_pid)
+        return False
+
+    ws, pid = _run(
+        tmp_path, "encrypt-workers", extra=("--workers", "4"), drill=key, on_ruined=ruined
+    )
+    assert len(roots) >= 40
+    assert set(roots) == {pid}, f"first roots {roots[:8]}, launcher {pid}"
+    assert {s.tree_root_pid for w in ws for s in w.top_writers} == {pid}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
+def test_a_file_shown_ruined_after_its_writes_were_read_names_its_running_writer(
+    tmp_path: Path,
+) -> None:
+    """The tripwire closes a window at once on a ruined file whose write fanotify
+    reported in the window before: the window it marks must still name that writer
+    (its tree is what the collector suspends; without a writer it had no process)."""
+    doc = tmp_path / "budget.docx"
+    attributor = Attributor([str(tmp_path)])
+    attributor.start()
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import os, time; open({str(doc)!r}, 'wb').write(os.urandom(8192)); time.sleep(30)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while attributor.writer_of(str(doc)) is None:
+            assert time.monotonic() < deadline, "fanotify never named the writer"
+            time.sleep(0.02)
+        writer = attributor.writer_of(str(doc))
+        assert writer is not None and writer.pid == child.pid
+        assert [s.pid for s in attributor.collect()] == [child.pid]  # its window
+        # The next window: the probe shows the file destroyed; the writer still runs.
+        late = attributor.collect([str(doc)], ruined_by={child.pid: {str(doc)}})
+        assert [(s.pid, s.files_type_destroyed) for s in late] == [(child.pid, 1)]
+    finally:
+        child.kill()
+        child.wait()
+        attributor.stop()
 
 
 def test_full_queue_counts_drops(tmp_path: Path) -> None:
