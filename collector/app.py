@@ -272,7 +272,7 @@ class App:
         if self._console_server is not None:
             await self._console_server.stop()
         await self.collector.stop(grace_s=grace_s)
-        await self.outbox.stop()
+        await self.outbox.stop(flush_s=min(grace_s, 5.0))
         self.outbox.close()
         if self.metrics is not None:
             self.metrics.close()
@@ -370,7 +370,7 @@ class ScaleApp:
     async def stop(self, grace_s: float = 5.0) -> None:
         await self.role.stop(grace_s)
         if self.delivers:
-            await self.storage.outbox.stop()
+            await self.storage.outbox.stop(flush_s=min(grace_s, 5.0))
         self.storage.outbox.close()
         self.storage.close()
 

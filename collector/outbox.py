@@ -360,7 +360,16 @@ class Outbox:
         self._wake = asyncio.Event()
         self._task = self._loop.create_task(self._run())
 
-    async def stop(self) -> None:
+    async def stop(self, flush_s: float = 0.0) -> None:
+        """Stop delivering; first, for at most ``flush_s``, deliver what is due now.
+
+        A collector stopped right after an attack still posts its alert: rows due
+        now and those this deliverer is sending are given ``flush_s`` to go out.
+        What does not (a receiver down, a retry not yet due) stays queued for the
+        next start."""
+        if self._task is not None and flush_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush(), flush_s)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -383,6 +392,26 @@ class Outbox:
                 wait_s = self.retry_initial_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.05, wait_s))
+
+    async def _flush(self) -> None:
+        while True:
+            await self.deliver_due()
+            if not await asyncio.to_thread(self._owed, self._clock()):
+                return
+            await asyncio.sleep(0.05)
+
+    def _owed(self, now: float) -> int:
+        """Rows due now that no other deliverer holds, and rows this one is sending."""
+        if not self.destinations:
+            return 0
+        marks, dests = self._dests()
+        row = self._exec(
+            "SELECT COUNT(*) FROM outbox WHERE status='pending' AND dest IN"
+            f" ({marks}) AND ((next_at<=? AND (claimed_until IS NULL OR claimed_until<=?))"
+            " OR claimed_by=?)",
+            (*dests, now, now, self.deliverer),
+        )
+        return int(row[0][0])
 
     def _dests(self) -> tuple[str, tuple[str, ...]]:
         """The ``IN (...)`` of this deliverer's destinations and their ids."""

@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -263,6 +264,19 @@ class JudgeStage:
     async def run(self) -> None:
         """Forever: ``workers`` tasks judging queued windows, urgent hosts first."""
         await asyncio.gather(*(self._work() for _ in range(self.workers)))
+
+    async def quiesce(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until nothing is queued or being judged.
+
+        A collector stopping gives the windows it acked their judgement, and a
+        decision whose commands went out its alert, before it cancels the
+        workers; what is left is judged from the store at the next start."""
+        end = time.monotonic() + timeout_s
+        while self._busy or self.queued:
+            if time.monotonic() >= end:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     async def _work(self) -> None:
         while True:

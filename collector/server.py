@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import grpc
 
@@ -33,6 +34,8 @@ from tocsin.collector.store import Store
 from tocsin.v1 import operator_pb2_grpc as op_grpc
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import ConfigError
+
+log = logging.getLogger("tocsin.collector")
 
 
 async def serve_grpc(
@@ -102,6 +105,10 @@ class Collector:
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
+        if not await self.stage.quiesce(grace_s):
+            log.warning(
+                "stopping with windows not yet judged: judged from the store at the next start"
+            )
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,12 @@ from pathlib import Path
 
 import pytest
 
+# Tests run gRPC servers in threads of the pytest process and start children with
+# subprocess (fork, then exec). gRPC's fork handlers, met with gRPC threads busy,
+# can crash such a child before its exec (SIGSEGV); nothing here uses gRPC across a
+# fork, so they are not installed. Set before anything imports grpc.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from pgserver import pg_missing, pg_server

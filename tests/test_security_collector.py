@@ -414,9 +414,15 @@ def test_300_alerts_are_listed_page_by_page(tmp_path: Path) -> None:
 
     try:
         run(scenario())
-        res = tocsin("alerts", "--limit", "200", "--json", "--collector", proc.listen)
-        assert res.returncode == 0, res.stderr
-        alerts = json.loads(res.stdout)
+
+        def listed() -> tuple[subprocess.CompletedProcess[str], list[Any]] | None:
+            res = tocsin("alerts", "--limit", "200", "--json", "--collector", proc.listen)
+            assert res.returncode == 0, res.stderr
+            alerts = json.loads(res.stdout)
+            return (res, alerts) if len(alerts) >= 200 else None
+
+        # Acked once committed; judged (and alerted) just after, beside the stream.
+        res, alerts = wait_for("200 alerts judged", listed, 60, 0.5)
         assert len(alerts) == 200 and len({a["alert_id"] for a in alerts}) == 200
         assert len(res.stdout) > 256 * 1024  # more than one message could ever carry
         inc = tocsin("incidents", "--json", "--collector", proc.listen)
