@@ -55,6 +55,7 @@ background posts in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -82,6 +83,8 @@ from tocsin.v1 import telemetry_pb2 as pb
 log = logging.getLogger("tocsin.collector.respond")
 
 MAX_SUSPENDED_PIDS = 256
+# How long an agent's report waits for the row of a command sent ahead of it.
+RECORD_WAIT_S = 30.0
 # What to record of a command already sent: the action, and its audit row (what, detail).
 _ActionRow = tuple[ActionRecord, str, str]
 MAX_DETAIL_CHARS = 2000
@@ -179,6 +182,9 @@ class Responder:
         self.command_ttl_s = command_ttl_s
         self.posts_failed = 0
         self._alerts: dict[str, AlertRecord] = {}
+        # A decision's commands go out before their rows are written: a report that
+        # comes back meanwhile waits for the write (``on_action_result``).
+        self._unrecorded: dict[str, asyncio.Event] = {}
         self.guard = guard
         self.hooks = hooks
         self._ = gettext
@@ -213,6 +219,20 @@ class Responder:
             return None
         alert_id = self._new_id()
         records: list[_ActionRow] = []  # routed already, recorded with the alert
+        try:
+            return await self._raise_alert(d, alert_id, records, explanation)
+        finally:
+            for action, *_ in records:
+                if (recorded := self._unrecorded.pop(action.action_id, None)) is not None:
+                    recorded.set()
+
+    async def _raise_alert(
+        self,
+        d: Decision,
+        alert_id: str,
+        records: list[_ActionRow],
+        explanation: Sequence[tuple[str, float]],
+    ) -> dict[str, Any]:
         critical = d.severity == "critical"
         actions = tuple(await self._respond(d, alert_id, records)) if critical else ()
         detected_at_s = self._clock()
@@ -455,8 +475,9 @@ class Responder:
         extra = "".join(f" {k}={v}" for k, v in sorted((parameters or {}).items()))
         record = (action, f"{kind} requested", f"{host_id} pids={list(pids)}{extra} id={cmd.id}")
         if records is not None:
-            self.router.send(host_id, cmd)
+            self._unrecorded[cmd.id] = asyncio.Event()
             records.append(record)
+            self.router.send(host_id, cmd)
             return action
         self.store.add_action(action)
         self.store.audit(who, *record[1:])
@@ -501,6 +522,10 @@ class Responder:
             with self.store.atomic():  # one commit, one fsync, for all of it
                 return self._record_result(host_id, r)
 
+        if (recorded := self._unrecorded.get(r.command_id)) is not None:
+            # Its command went out ahead of its row: the row first, then the report.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(recorded.wait(), RECORD_WAIT_S)
         event = await asyncio.to_thread(record)
         if event is None:
             return

@@ -73,3 +73,42 @@ def test_the_suspend_is_sent_while_another_writer_holds_the_database(tmp_path: P
     assert {store.get_action(c.id).kind for c in sent} == {"suspend", "isolate"}  # type: ignore[union-attr]
     assert [a.severity for a in store.list_alerts()] == ["critical"]
     assert [e["severity"] for e in sink.events] == ["critical"]
+
+
+def test_a_report_back_before_its_command_is_recorded_waits_for_the_record(
+    tmp_path: Path,
+) -> None:
+    """A quick agent answers the suspend while the alert still waits for the database:
+    its report is kept (action done, host suspended), not refused as never sent."""
+    from tocsin.v1 import telemetry_pb2 as pb
+
+    store = SqliteStore.open(tmp_path / "c.db")
+    store.upsert_host("fs1", hostname="fs1", agent_version="t", tripwire_mode="dry-run")
+    router = CommandRouter()
+    responder = Responder(store, MemoryWebhookSink(), router, mode="enforce")
+    other = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+
+    async def go() -> pb.Command:
+        other.execute("BEGIN IMMEDIATE")
+        task = asyncio.create_task(responder.on_decision(_critical()))
+        t0 = time.monotonic()
+        while router.pending("fs1") < 1 and time.monotonic() - t0 < 3.0:
+            await asyncio.sleep(0.01)
+        cmd = router.queue("fs1").get_nowait()
+        report = asyncio.create_task(
+            responder.on_action_result(
+                "fs1",
+                pb.ActionResult(command_id=cmd.id, kind=cmd.kind, status="done", pids=[4242]),
+            )
+        )
+        await asyncio.sleep(0.2)
+        assert not report.done()  # it waits for the command's row
+        other.execute("COMMIT")
+        await asyncio.wait_for(task, 10)
+        await asyncio.wait_for(report, 10)
+        return cmd
+
+    cmd = asyncio.run(go())
+    assert cmd.kind == "suspend"
+    assert store.get_action(cmd.id).status == "done"  # type: ignore[union-attr]
+    assert responder.results_refused == 0
