@@ -47,6 +47,7 @@ from typing import Any
 import nats
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -361,6 +362,13 @@ class Bus:
     @staticmethod
     def decode(msg: Msg) -> InMessage:
         """A ``TOCSIN_IN`` message as the worker handles it; ``ValueError`` if it is not one."""
+        try:
+            return Bus._decode(msg)
+        except DecodeError as exc:  # bytes that are no protobuf: not tocsin's either
+            raise ValueError(f"not a protobuf message: {exc}") from None
+
+    @staticmethod
+    def _decode(msg: Msg) -> InMessage:
         h: dict[str, Any] = msg.headers or {}
         host_id, kind = str(h.get(_HOST, "")), h.get(_KIND)
         if not host_id:
