@@ -19,7 +19,9 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -29,6 +31,18 @@ def _tocsin(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     return subprocess.run(
         [str(BIN / "tocsin"), *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def edited(recording: Path, out: Path, edit: Callable[[Any], None]) -> Path:
+    """A copy of ``recording`` at ``out`` with ``edit`` applied to each of its messages."""
+    from tocsin.v1.recording import Recorder, read_recording
+
+    rec = Recorder(out)
+    for msg in read_recording(recording):
+        edit(msg)
+        rec.write(msg)
+    rec.close()
+    return out
 
 
 class ConsoleCollector:

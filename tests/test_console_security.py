@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from console_harness import FIXTURES, ConsoleClient, ConsoleCollector
+from console_harness import FIXTURES, ConsoleClient, ConsoleCollector, edited
 from tocsin.collector.console.auth import LoginLinks, Sessions
 
 HOST = "mairie-fs1"
@@ -161,13 +162,10 @@ def test_security_headers_on_every_response(console: ConsoleCollector) -> None:
 
 def test_attacker_strings_render_inert(console: ConsoleCollector, tmp_path: Path) -> None:
     """Names, paths, host name and version chosen by the attacker come back escaped, bidi too."""
-    from tocsin.v1.recording import Recorder, read_recording
-
     evil = "<script>alert(1)</script>\u202egnp.exe"
     shown = "&lt;script&gt;alert(1)&lt;/script&gt;\\u202egnp.exe"
-    src = console.tmp / "evil.jsonl"
-    rec = Recorder(src)
-    for msg in read_recording(FIXTURES / "encrypt-inplace.jsonl"):
+
+    def poison(msg: Any) -> None:
         if msg.HasField("hello"):
             msg.hello.hostname = evil
             msg.hello.agent_version = evil
@@ -176,8 +174,8 @@ def test_attacker_strings_render_inert(console: ConsoleCollector, tmp_path: Path
                 writer.name = evil
                 writer.exe = "/tmp/" + evil
             msg.window.example_paths[:] = ["/srv/partage/" + evil + ".docx"]
-        rec.write(msg)
-    rec.close()
+
+    src = edited(FIXTURES / "encrypt-inplace.jsonl", console.tmp / "evil.jsonl", poison)
     console.replay(src, EVIL)
     b = ConsoleClient(console)
     b.sign_in(console)
