@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def test_an_incident_page_shows_the_chart_who_what_and_the_buttons(
     svg = re.search(r'<svg class="chart".*?</svg>', page, re.S)
     assert svg
     chart = svg.group(0)
-    bars = re.findall(r'height="([\d.]+)" fill="(#9aa5b1|#c0392b)"', chart)
+    bars = re.findall(r'width="\d+\.\d" height="([\d.]+)" fill="(#9aa5b1|#c0392b)"', chart)
     assert any(float(h) > 0 for h, colour in bars if colour == "#9aa5b1")  # files written
     assert any(float(h) > 0 for h, colour in bars if colour == "#c0392b")  # files destroyed
     assert 'stroke-dasharray="6 4"' in chart and "<polyline" in chart  # threshold, score
@@ -126,15 +127,28 @@ def test_each_confirmation_says_what_will_happen(
     assert f'name="what" value="{what}"' in form.group(2) and 'name="csrf"' in form.group(2)
 
 
-def test_a_host_page_shows_24_hourly_bars_with_its_alerts_marked(client: ConsoleClient) -> None:
+def test_a_host_page_shows_24_hourly_bars_with_its_alerts_marked(
+    console: ConsoleCollector, client: ConsoleClient
+) -> None:
     _, page = client.request("GET", f"/hosts/{ATTACKED}")
     svg = re.search(r'<svg class="chart".*?</svg>', page, re.S)
     assert svg
     chart = svg.group(0)
     hours = re.findall(r">(\d\d)h</text>", chart)
     assert len(hours) == 8 and len({int(h) for h in hours}) == 8  # every 3 h over 24 h
-    bars = [float(h) for h in re.findall(r'height="([\d.]+)" fill="#9aa5b1"', chart)]
-    assert bars and max(bars) > 0  # this hour's windows
+    # This hour's files written and destroyed, as the store's hourly rollup adds them up.
+    store = SqliteStore.open(console.tmp / "c.db")
+    try:
+        (hour,) = store.rollups(ATTACKED, time.time() - 86400, time.time() + 3600)
+    finally:
+        store.close()
+    written, destroyed = hour.tally.files_written, hour.tally.files_destroyed
+    assert 0 < destroyed <= written
+    assert re.search(rf'font-size="11">{max(written, destroyed)}</text>', chart)  # the top
+    bars = re.findall(r'width="\d+\.\d" height="([\d.]+)" fill="(#9aa5b1|#c0392b)"', chart)
+    (grey,) = [float(h) for h, colour in bars if colour == "#9aa5b1"]  # not the legend's
+    (red,) = [float(h) for h, colour in bars if colour == "#c0392b"]
+    assert red / grey == pytest.approx(destroyed / written, abs=0.01)
     assert re.findall(r'fill="#a04000"[^>]*>([^<]+)</text>', chart) == ["critical"]
     assert "/incidents/" in page[page.index("</svg>") :]
 

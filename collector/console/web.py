@@ -257,7 +257,7 @@ def console_app(
         if view is None:
             raise web.HTTPNotFound()
         lang = language(request)
-        bars = [Bar(r.hour_s, r.windows, r.tally.files_destroyed) for r in view.rollups]
+        bars = [Bar(r.hour_s, r.tally.files_written, r.tally.files_destroyed) for r in view.rollups]
         marks = [Mark(a.detected_at_s, lang.gettext(a.severity)) for a in view.alerts]
         chart = hourly(bars, marks, labels(request), backend.now())
         return page(request, "host.html", v=view, chart=chart, acts=ACTS)
