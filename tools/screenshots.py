@@ -72,8 +72,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         c = ConsoleCollector(Path(tmp), hosts=(ATTACKED, BUSY))
         try:
-            c.replay(FIXTURES / "encrypt-inplace.jsonl", ATTACKED)
-            c.replay(FIXTURES / "backup-targz.jsonl", BUSY)
+            # In real time, so each window is dated when it arrives and the chart's action
+            # marks fall where tocsin acted (at speed 0 the windows are dated ahead of them).
+            c.replay(FIXTURES / "encrypt-inplace.jsonl", ATTACKED, speed=1)
+            c.replay(FIXTURES / "backup-targz.jsonl", BUSY, speed=1)
             release = c.operator("release", ATTACKED, "--timeout", "1")
             print(release.stdout.strip() or release.stderr.strip())
             for path in asyncio.run(shoot(c)):
