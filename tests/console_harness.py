@@ -138,6 +138,12 @@ class ConsoleCollector:
         """``tocsin ARGS`` against this collector with ``cert``'s certificate (alice's)."""
         return _tocsin(*args, "--collector", self.addr, *self.tls(cert))
 
+    def __enter__(self) -> ConsoleCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:

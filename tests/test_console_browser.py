@@ -24,13 +24,10 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleCollect
         if os.environ.get("CI"):
             pytest.fail(missing)
         pytest.skip(missing)
-    c = ConsoleCollector(tmp_path_factory.mktemp("browser"), hosts=(ATTACKED, BUSY, LATE))
-    try:
+    with ConsoleCollector(tmp_path_factory.mktemp("browser"), hosts=(ATTACKED, BUSY, LATE)) as c:
         c.replay(FIXTURES / "encrypt-inplace.jsonl", ATTACKED)
         c.replay(FIXTURES / "backup-targz.jsonl", BUSY)
         yield c
-    finally:
-        c.stop()
 
 
 def test_sign_in_see_an_incident_release_it_live_and_in_french(console: ConsoleCollector) -> None:

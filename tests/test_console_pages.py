@@ -29,12 +29,26 @@ BIN = Path(sys.executable).parent
 QUIET, ATTACKED, BUSY = "mairie-a-quiet", "mairie-b-fs", "mairie-c-backup"
 VERSIONS = {QUIET: "0.9.0", BUSY: "0.10.0"}
 ORANGE = 'stroke="#e67e22"'
+GREY, RED = "#9aa5b1", "#c0392b"  # files written, files destroyed
+
+
+def _chart(page: str) -> tuple[str, dict[str, list[float]], list[str]]:
+    """A page's chart: its SVG, its bars' heights by colour (not the legend's squares) and the
+    labels of its marks."""
+    svg = re.search(r'<svg class="chart".*?</svg>', page, re.S)
+    assert svg, page
+    chart = svg.group(0)
+    bars: dict[str, list[float]] = {GREY: [], RED: []}
+    for height, colour in re.findall(
+        rf'width="\d+\.\d" height="([\d.]+)" fill="({GREY}|{RED})"', chart
+    ):
+        bars[colour].append(float(height))
+    return chart, bars, re.findall(r'fill="#a04000"[^>]*>([^<]+)</text>', chart)
 
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleCollector]:
-    c = ConsoleCollector(tmp_path_factory.mktemp("pages"), hosts=(QUIET, BUSY, ATTACKED))
-    try:
+    with ConsoleCollector(tmp_path_factory.mktemp("pages"), hosts=(QUIET, BUSY, ATTACKED)) as c:
         c.replay(FIXTURES / "encrypt-inplace.jsonl", ATTACKED)
         for host, fixture in ((BUSY, "backup-targz.jsonl"), (QUIET, "photo-import.jsonl")):
 
@@ -44,8 +58,6 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleCollect
 
             c.replay(edited(FIXTURES / fixture, c.tmp / fixture, version), host)
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture
@@ -85,15 +97,10 @@ def test_an_incident_page_shows_the_chart_who_what_and_the_buttons(
     console: ConsoleCollector, client: ConsoleClient
 ) -> None:
     _, page = client.request("GET", f"/incidents/{console.incident_of(client, ATTACKED)}")
-    svg = re.search(r'<svg class="chart".*?</svg>', page, re.S)
-    assert svg
-    chart = svg.group(0)
-    bars = re.findall(r'width="\d+\.\d" height="([\d.]+)" fill="(#9aa5b1|#c0392b)"', chart)
-    assert any(float(h) > 0 for h, colour in bars if colour == "#9aa5b1")  # files written
-    assert any(float(h) > 0 for h, colour in bars if colour == "#c0392b")  # files destroyed
+    chart, bars, marks = _chart(page)
+    assert max(bars[GREY]) > 0 and max(bars[RED]) > 0
     assert 'stroke-dasharray="6 4"' in chart and "<polyline" in chart  # threshold, score
     assert chart.count(ORANGE) >= 2  # one line per action
-    marks = re.findall(r'fill="#a04000"[^>]*>([^<]+)</text>', chart)
     assert {"suspend", "isolate"} <= set(marks), marks
 
     main = page[page.index('<main id="main">') :]
@@ -131,9 +138,7 @@ def test_a_host_page_shows_24_hourly_bars_with_its_alerts_marked(
     console: ConsoleCollector, client: ConsoleClient
 ) -> None:
     _, page = client.request("GET", f"/hosts/{ATTACKED}")
-    svg = re.search(r'<svg class="chart".*?</svg>', page, re.S)
-    assert svg
-    chart = svg.group(0)
+    chart, bars, marks = _chart(page)
     hours = re.findall(r">(\d\d)h</text>", chart)
     assert len(hours) == 8 and len({int(h) for h in hours}) == 8  # every 3 h over 24 h
     # This hour's files written and destroyed, as the store's hourly rollup adds them up.
@@ -145,11 +150,9 @@ def test_a_host_page_shows_24_hourly_bars_with_its_alerts_marked(
     written, destroyed = hour.tally.files_written, hour.tally.files_destroyed
     assert 0 < destroyed <= written
     assert re.search(rf'font-size="11">{max(written, destroyed)}</text>', chart)  # the top
-    bars = re.findall(r'width="\d+\.\d" height="([\d.]+)" fill="(#9aa5b1|#c0392b)"', chart)
-    (grey,) = [float(h) for h, colour in bars if colour == "#9aa5b1"]  # not the legend's
-    (red,) = [float(h) for h, colour in bars if colour == "#c0392b"]
+    ((grey,), (red,)) = bars[GREY], bars[RED]
     assert red / grey == pytest.approx(destroyed / written, abs=0.01)
-    assert re.findall(r'fill="#a04000"[^>]*>([^<]+)</text>', chart) == ["critical"]
+    assert marks == ["critical"]
     assert "/incidents/" in page[page.index("</svg>") :]
 
 

@@ -19,12 +19,9 @@ TREE = "mairie-fs3"
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleCollector]:
-    c = ConsoleCollector(tmp_path_factory.mktemp("console"), hosts=(HOST, EVIL, TREE))
-    try:
+    with ConsoleCollector(tmp_path_factory.mktemp("console"), hosts=(HOST, EVIL, TREE)) as c:
         c.replay(FIXTURES / "encrypt-inplace.jsonl", HOST)
         yield c
-    finally:
-        c.stop()
 
 
 PAGES = [
