@@ -432,7 +432,7 @@ async def build_gateway(conf: dict[str, Any]) -> ScaleApp:
     telemetry = TelemetryService(
         store,
         router,
-        BusIntake(bus),
+        BusIntake(bus, store),
         limits=AgentRateLimits(RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16)),
         clock_skew_s=conf["max_clock_skew_s"],
     )

@@ -49,8 +49,11 @@ log = logging.getLogger("tocsin.collector.gateway")
 class BusIntake:
     """Commit to JetStream; judge nothing (a worker does); reports to the bus."""
 
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
+    def __init__(self, bus: Bus, store: Store) -> None:
+        self.bus, self.store = bus, store
+
+    async def touch(self, host_id: str, clean_disconnect: bool | None = None) -> None:
+        await asyncio.to_thread(self.store.touch_host, host_id, clean_disconnect=clean_disconnect)
 
     async def commit(self, host_id: str, boot_id: str, window: AcceptedWindow) -> bool:
         return await self.bus.publish_window(host_id, boot_id, window)

@@ -19,6 +19,9 @@ Contract of ``GroupCommit(store, held=(), max_batch=256)``:
   judged marks, then the other windows, each in arrival order: a host's
   windows are committed in the order they came. ``submit`` is ``add``
   without waiting (a stream reads on while its windows commit).
+- ``touch(host_id, clean_disconnect=None)`` notes that a host was seen (a
+  hello, a heartbeat, a stream's end: ``Store.touch_host``); the next
+  transaction writes it, never one of its own, and the caller does not wait.
 - ``waiting`` is how many items wait for a transaction; ``batches`` counts
   the transactions committed.
 """
@@ -50,6 +53,8 @@ class GroupCommit:
         self._urgent: _Windows = []
         self._marks: _Marks = []
         self._windows: _Windows = []
+        # Hosts seen since the last transaction -> their clean-disconnect flag (None: kept).
+        self._touches: dict[str, bool | None] = {}
         self._worker: asyncio.Task[None] | None = None
         # A thread of its own: a transaction never queues behind other blocking calls
         # (a stream's hello waiting for the database) in the loop's default executor.
@@ -57,7 +62,7 @@ class GroupCommit:
 
     @property
     def waiting(self) -> int:
-        return len(self._urgent) + len(self._marks) + len(self._windows)
+        return len(self._urgent) + len(self._marks) + len(self._windows) + len(self._touches)
 
     async def add(
         self, host_id: str, boot_id: str, window: StoredWindow, urgent: bool = False
@@ -88,6 +93,12 @@ class GroupCommit:
         self._start()
         await done
 
+    def touch(self, host_id: str, clean_disconnect: bool | None = None) -> None:
+        if clean_disconnect is None:
+            clean_disconnect = self._touches.get(host_id)
+        self._touches[host_id] = clean_disconnect
+        self._start()
+
     def _start(self) -> None:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -99,9 +110,12 @@ class GroupCommit:
             windows = _take(self._urgent, room)
             marks = _take(self._marks, room - len(windows))
             windows += _take(self._windows, room - len(windows) - len(marks))
-            await self._commit(windows, marks)
+            touches, self._touches = self._touches, {}
+            await self._commit(windows, marks, touches)
 
-    async def _commit(self, windows: _Windows, marks: _Marks) -> None:
+    async def _commit(
+        self, windows: _Windows, marks: _Marks, touches: dict[str, bool | None]
+    ) -> None:
         futures: list[asyncio.Future[Any]] = [f for _, f in windows] + [f for _, f in marks]
         try:
             inserted = await asyncio.get_running_loop().run_in_executor(
@@ -109,8 +123,10 @@ class GroupCommit:
                 self._write,
                 [i for i, _ in windows],
                 [m for ms, _ in marks for m in ms],
+                touches,
             )
         except Exception as exc:  # every waiter of the batch learns what the store said
+            # (the touches are dropped: the host's next message touches it again)
             for f in futures:
                 if not f.done():
                     f.set_exception(exc)
@@ -123,9 +139,13 @@ class GroupCommit:
             if not marked.done():
                 marked.set_result(None)
 
-    def _write(self, items: list[WindowItem], marks: list[JudgedMark]) -> list[bool]:
+    def _write(
+        self, items: list[WindowItem], marks: list[JudgedMark], touches: dict[str, bool | None]
+    ) -> list[bool]:
         with self.store.atomic():
             inserted = self.store.add_window_batch(items, marks)
+            for host_id, clean in touches.items():
+                self.store.touch_host(host_id, clean_disconnect=clean)
             for part in self.held:
                 part.flush()
         return inserted

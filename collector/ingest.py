@@ -107,6 +107,8 @@ from tocsin.v1.evidence import carries_evidence
 log = logging.getLogger("tocsin.collector.ingest")
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# Hosts whose last hello is remembered (``TelemetryService._hello``); past it, forgotten.
+MAX_KNOWN_HOSTS = 200_000
 # Windows judged ahead of their commit, remembered until their commit is known.
 MAX_AHEAD = 100_000
 # At a stream's end, how long the reports it carried may still take to be stored.
@@ -190,6 +192,9 @@ class LocalIntake:
             if key in self._ahead:
                 self._ahead[key] = True
             raise
+
+    async def touch(self, host_id: str, clean_disconnect: bool | None = None) -> None:
+        self.commits.touch(host_id, clean_disconnect)
 
     def judge_ahead(self, host_id: str, windows: Sequence[tuple[str, AcceptedWindow]]) -> None:
         for boot_id, window in windows:
@@ -296,6 +301,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self.store_refusals = 0
         self.rate_refusals = 0
         self._closing_reports: set[asyncio.Task[None]] = set()
+        # Per host: its last hello's facts (hostname, version, tripwire, boot) and the
+        # highest seq acked for that boot (see ``_hello``).
+        self._known: dict[str, tuple[tuple[str, str, str, str], int]] = {}
 
     async def Stream(
         self,
@@ -337,7 +345,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         if self.silence is not None:
             self.silence.seen(host_id)
         try:
-            committed = await asyncio.to_thread(self._register, hello)
+            committed = await self._hello(hello)
         except StoreUnavailable as exc:
             await self._refuse(context, host_id, self._store_end(host_id, exc, 0))
         session = _StreamSession(host_id, self.max_outbound, peer)
@@ -373,7 +381,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             self._closing_reports.add(closing)
             closing.add_done_callback(self._closing_reports.discard)
             with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
-                await asyncio.to_thread(self.store.touch_host, host_id)
+                await self.intake.touch(host_id)
             log.info(
                 "agent %s stream ended (windows stored %d, duplicates dropped %d,"
                 " re-dated for clock skew %d)%s",
@@ -386,6 +394,26 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         if end.code is not None:
             self.bad_streams += end.bad
             await self._refuse(context, host_id, end)
+
+    async def _hello(self, hello: pb.Hello) -> int:
+        """Register the host of a hello; the highest seq committed for its boot.
+
+        A host back with the same hello (a reconnect after a pushback, a network
+        blip) costs no transaction of its own: what this process acked it is
+        known, and its last-seen is touched with the next batch. Under overload
+        every quiet agent reconnects every few seconds, and a database round per
+        hello queued the hello of an agent with an attack to report behind them.
+        """
+        facts = (hello.hostname, hello.agent_version, hello.tripwire_mode, hello.boot_id)
+        known = self._known.get(hello.host_id)
+        if known is not None and known[0] == facts:
+            await self.intake.touch(hello.host_id, clean_disconnect=False)
+            return known[1]
+        committed = await asyncio.to_thread(self._register, hello)
+        if len(self._known) >= MAX_KNOWN_HOSTS:
+            self._known.clear()
+        self._known[hello.host_id] = (facts, committed)
+        return committed
 
     def _register(self, hello: pb.Hello) -> int:
         """Record the host of a hello; the highest seq stored for its boot (blocking)."""
@@ -496,9 +524,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 elif kind == "action_result":
                     await session.reports.put(msg.action_result)
                 elif kind == "heartbeat":
-                    await asyncio.to_thread(self.store.touch_host, host_id)
+                    await self.intake.touch(host_id)
                 elif kind == "goodbye":
-                    await asyncio.to_thread(self.store.touch_host, host_id, clean_disconnect=True)
+                    await self.intake.touch(host_id, clean_disconnect=True)
                     if self.silence is not None:
                         self.silence.goodbye(host_id)
                     break
@@ -625,6 +653,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         session.acked = max(session.acked, acked)
         if session.unhanded and session.unhanded[0][1] is window:
             session.unhanded.popleft()
+        known = self._known.get(host_id)
+        if known is not None and known[0][3] == boot_id and acked > known[1]:
+            self._known[host_id] = (known[0], acked)
         await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
         if inserted:
             self.windows_stored += 1

@@ -18,6 +18,9 @@ a window whose agent clock is off, and then hands each window and each
 - ``await judge(host_id, boot_id, window, new)`` runs after the ack, in seq order
   per host (for a window judged ahead: only its judged mark is left to see to).
 - ``await action_result(host_id, result)`` takes an agent's report on a command.
+- ``await touch(host_id, clean_disconnect=None)`` notes the host was seen
+  (``Store.touch_host``): the embedded collector writes it with its next group
+  commit, a gateway at once.
 
 Two intakes exist. The embedded collector's (``ingest.LocalIntake``) commits to
 the store and judges in the same process. A gateway's
@@ -75,6 +78,7 @@ class AcceptedWindow:
 
 class Intake(Protocol):
     async def commit(self, host_id: str, boot_id: str, window: AcceptedWindow) -> bool: ...
+    async def touch(self, host_id: str, clean_disconnect: bool | None = None) -> None: ...
     def judge_ahead(self, host_id: str, windows: Sequence[tuple[str, AcceptedWindow]]) -> None: ...
     async def judge(
         self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool

@@ -92,9 +92,7 @@ def test_an_attack_window_is_suspended_before_its_commit_and_acked_after(
 
     asyncio.run(main())
     kinds = [k for k, _ in timeline]
-    assert kinds.index("command suspend") < kinds.index("released") < kinds.index("ack 3"), (
-        timeline
-    )
+    assert kinds.index("command suspend") < kinds.index("released") < kinds.index("ack 3"), timeline
     suspend_s = dict(timeline)["command suspend"]
     assert suspend_s < 2.0, timeline  # not the 5 s busy timeout, nor the release
     # Committed after the release, every window judged once, one incident's alert.
@@ -168,3 +166,55 @@ def test_a_window_judged_ahead_whose_commit_failed_is_marked_when_resent_not_jud
     assert judged == [(1, 1), (2, 1)], judged
     alerts = _rows(db, "SELECT severity FROM alerts WHERE host_id='srv-mairie'")
     assert alerts == [("critical",)], alerts
+
+
+def test_a_known_host_back_on_a_new_stream_is_answered_while_the_disk_is_held(
+    tmp_path: Path,
+) -> None:
+    """Under overload every quiet agent reconnects every few seconds: a hello of a host
+    already known (same boot, same facts) costs no transaction, so an agent coming back
+    with an attack to report is neither queued behind the others' hellos nor behind a
+    slow disk: its hello is answered and its attack suspended while the database is held."""
+    db = tmp_path / "tocsin.db"
+    seen: list[str] = []
+
+    async def main() -> None:
+        store = SqliteStore.open(db)
+        c = assemble(store, ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
+        port = await c.start("127.0.0.1:0")
+        other = sqlite3.connect(db, isolation_level=None)
+        try:
+            async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", options=CHANNEL_OPTIONS
+            ) as ch:
+                first = pb_grpc.TelemetryStub(ch).Stream()
+                await first.write(hello())
+                await first.write(quiet(1))
+                async for msg in first:
+                    if msg.HasField("ack") and msg.ack.seq == 1:
+                        break
+                await first.done_writing()
+                await asyncio.wait_for(_judged(db, "srv-mairie", 1), 10)
+                other.execute("BEGIN IMMEDIATE")
+                back = pb_grpc.TelemetryStub(ch).Stream()
+                await back.write(hello())
+                await back.write(encrypting(2))
+                t0 = time.monotonic()
+                async for msg in back:
+                    if msg.HasField("ack"):
+                        seen.append(f"ack {msg.ack.seq}")
+                    else:
+                        seen.append(f"command {msg.command.kind}")
+                    if "command suspend" in seen:
+                        break
+                assert time.monotonic() - t0 < 2.0, seen  # not the 5 s busy timeout
+                other.execute("COMMIT")
+                await back.done_writing()
+        finally:
+            if other.in_transaction:
+                other.execute("COMMIT")
+            other.close()
+            await c.stop(1.0)
+
+    asyncio.run(main())
+    assert seen[:2] == ["ack 1", "command suspend"], seen  # the hello's ack, then the suspend
