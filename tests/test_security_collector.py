@@ -45,8 +45,9 @@ BEFORE_YEAR_1_S = -100_000_000_000
 class AgentStream:
     """One Telemetry stream written by hand: hello, then whatever the test sends."""
 
-    def __init__(self, target: str, host_id: str, version: str = "1.0") -> None:
+    def __init__(self, target: str, host_id: str, version: str = "1.0", hostname: str = "") -> None:
         self.target, self.host_id, self.version = target, host_id, version
+        self.hostname = hostname
         self.out: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
         self.acked = 0
         self.acks = 0
@@ -58,7 +59,12 @@ class AgentStream:
 
     async def __aenter__(self) -> AgentStream:
         self.channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
-        hello = pb.Hello(host_id=self.host_id, boot_id="boot-1", agent_version=self.version)
+        hello = pb.Hello(
+            host_id=self.host_id,
+            boot_id="boot-1",
+            agent_version=self.version,
+            hostname=self.hostname,
+        )
         await self.out.put(pb.AgentMessage(hello=hello))
         self.call = pb_grpc.TelemetryStub(self.channel).Stream(self._requests())
         self.reader = asyncio.create_task(self._read())
@@ -396,6 +402,37 @@ def test_suspended_pid_list_is_bounded(tmp_path: Path) -> None:
     (host,) = json.loads(res.stdout)
     assert 0 < len(host["suspended_pids"]) <= 256
     assert int(host["suspended_pids_dropped"]) == 160_000 - len(host["suspended_pids"])
+
+
+def test_a_hello_near_the_message_limit_does_not_break_the_host_list(tmp_path: Path) -> None:
+    """One hello's hostname of almost 256 KiB (a message the collector takes), beside the
+    most suspended pids a host may keep: one host's entry must not outgrow a reply."""
+    proc = collector(tmp_path, respond="off")
+    target = proc.start()
+    hostname = "h" * (256 * 1024 - 256)
+
+    async def scenario() -> None:
+        async with AgentStream(target, "bighost", version="v" * 100, hostname=hostname) as agent:
+            result = pb.ActionResult(
+                command_id="local-1",
+                kind="suspend",
+                status="done",
+                pids=range(1_000_000, 1_000_300),
+                local=True,
+            )
+            await agent.send(pb.AgentMessage(action_result=result))
+            await agent.window(dated(pb.Window(seq=1), time.time()))
+
+    try:
+        run(scenario())
+        res = tocsin("hosts", "--json", "--collector", proc.listen)
+    finally:
+        proc.stop()
+    assert res.returncode == 0, res.stderr
+    (host,) = json.loads(res.stdout)
+    assert host["hostname"] == hostname[:253] and host["agent_version"] == "v" * 64
+    assert len(host["suspended_pids"]) == 256
+    assert "Traceback" not in proc.text()
 
 
 def test_300_alerts_are_listed_page_by_page(tmp_path: Path) -> None:
