@@ -368,6 +368,21 @@ def test_the_real_agent_refuses_commands_naming_its_own_threads(
 
 
 @ROOT_ONLY
+def test_the_real_agent_suspends_what_the_collector_names_whatever_it_calls_itself(
+    agent_and_sink: tuple[subprocess.Popen[str], GrpcSink],
+) -> None:
+    """The collector's suspend of a process calling itself sshd or smbd is carried out."""
+    _, sink = agent_and_sink
+    for name in ("sshd", "smbd"):
+        with process(sys.executable, "-c", NAMED, name) as p:
+            assert psutil.Process(p.pid).name() == name
+            sink.send(command("suspend", p.pid, f"suspend-{name}"))
+            r = _result(sink, f"suspend-{name}")
+            assert r.status == "done" and list(r.pids) == [p.pid], r.detail
+            assert stopped_soon(p.pid)
+
+
+@ROOT_ONLY
 def test_the_real_agent_refuses_an_expired_command(
     agent_and_sink: tuple[subprocess.Popen[str], GrpcSink],
 ) -> None:
