@@ -379,17 +379,17 @@ def test_action_results_count_only_from_the_host_commanded(tmp_path: Path) -> No
     assert "for command" in proc.text() and "refused" in proc.text()
 
 
-def test_suspended_pid_list_is_bounded(tmp_path: Path) -> None:
+def _listed_host(
+    tmp_path: Path, results: list[pb.ActionResult], **hello: str
+) -> tuple[dict[str, Any], str]:
+    """The host entry ``tocsin hosts`` lists after one stream (``hello`` fields) sent
+    ``results`` and a window; and the collector's log."""
     proc = collector(tmp_path, respond="off")
     target = proc.start()
 
     async def scenario() -> None:
-        async with AgentStream(target, "grower") as agent:
-            for i in range(4):
-                pids = range(100_000 + i * 40_000, 100_000 + (i + 1) * 40_000)
-                result = pb.ActionResult(
-                    command_id=f"local-{i}", kind="suspend", status="done", pids=pids, local=True
-                )
+        async with AgentStream(target, "grower", **hello) as agent:
+            for result in results:
                 await agent.send(pb.AgentMessage(action_result=result))
             await agent.window(dated(pb.Window(seq=1), time.time()))
 
@@ -400,6 +400,20 @@ def test_suspended_pid_list_is_bounded(tmp_path: Path) -> None:
         proc.stop()
     assert res.returncode == 0, res.stderr
     (host,) = json.loads(res.stdout)
+    return host, proc.text()
+
+
+def _local_suspend(command_id: str, pids: range) -> pb.ActionResult:
+    return pb.ActionResult(
+        command_id=command_id, kind="suspend", status="done", pids=pids, local=True
+    )
+
+
+def test_suspended_pid_list_is_bounded(tmp_path: Path) -> None:
+    batches = [range(100_000 + i * 40_000, 100_000 + (i + 1) * 40_000) for i in range(4)]
+    host, _ = _listed_host(
+        tmp_path, [_local_suspend(f"local-{i}", b) for i, b in enumerate(batches)]
+    )
     assert 0 < len(host["suspended_pids"]) <= 256
     assert int(host["suspended_pids_dropped"]) == 160_000 - len(host["suspended_pids"])
 
@@ -407,32 +421,12 @@ def test_suspended_pid_list_is_bounded(tmp_path: Path) -> None:
 def test_a_hello_near_the_message_limit_does_not_break_the_host_list(tmp_path: Path) -> None:
     """One hello's hostname of almost 256 KiB (a message the collector takes), beside the
     most suspended pids a host may keep: one host's entry must not outgrow a reply."""
-    proc = collector(tmp_path, respond="off")
-    target = proc.start()
     hostname = "h" * (256 * 1024 - 256)
-
-    async def scenario() -> None:
-        async with AgentStream(target, "bighost", version="v" * 100, hostname=hostname) as agent:
-            result = pb.ActionResult(
-                command_id="local-1",
-                kind="suspend",
-                status="done",
-                pids=range(1_000_000, 1_000_300),
-                local=True,
-            )
-            await agent.send(pb.AgentMessage(action_result=result))
-            await agent.window(dated(pb.Window(seq=1), time.time()))
-
-    try:
-        run(scenario())
-        res = tocsin("hosts", "--json", "--collector", proc.listen)
-    finally:
-        proc.stop()
-    assert res.returncode == 0, res.stderr
-    (host,) = json.loads(res.stdout)
+    pids = _local_suspend("local-1", range(1_000_000, 1_000_300))
+    host, log = _listed_host(tmp_path, [pids], version="v" * 100, hostname=hostname)
     assert host["hostname"] == hostname[:253] and host["agent_version"] == "v" * 64
     assert len(host["suspended_pids"]) == 256
-    assert "Traceback" not in proc.text()
+    assert "Traceback" not in log
 
 
 def test_300_alerts_are_listed_page_by_page(tmp_path: Path) -> None:
