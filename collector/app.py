@@ -57,7 +57,7 @@ from tocsin.collector.outbox import Outbox
 from tocsin.collector.pipeline import BatchScorer, JudgeStage
 from tocsin.collector.protocols import Scorer
 from tocsin.collector.ratelimit import AgentRateLimits, RateLimits
-from tocsin.collector.respond import Responder
+from tocsin.collector.respond import AlertUpdates, Responder
 from tocsin.collector.routine import MemoryRoutineBook, RoutineBook, RoutineJobs
 from tocsin.collector.score import ForestScorer
 from tocsin.collector.server import Collector
@@ -101,13 +101,15 @@ def assemble(
     router = CommandRouter()
     book = book or MemoryIncidentBook()
     # The transactions of the windows, the judged marks and the incidents they changed.
-    commits = GroupCommit(store, held=(book,))
+    updates = AlertUpdates(store)
+    commits = GroupCommit(store, held=(book, updates))
     responder, stage = judgement(
         store,
         shipped,
         sink,
         router,
         commits=commits,
+        updates=updates,
         mode=mode,
         allow=allow,
         judge_config=judge_config,
@@ -153,6 +155,7 @@ def judgement(
     router: CommandRouter,
     *,
     commits: GroupCommit | None = None,
+    updates: AlertUpdates | None = None,
     mode: str,
     allow: Sequence[str],
     judge_config: JudgeConfig | None,
@@ -170,9 +173,18 @@ def judgement(
     """The responder and the judge stage, the same in the embedded collector and a worker.
 
     The stage marks windows judged through ``commits`` (the embedded collector's
-    group commit) or, in a worker, through ``mark``."""
+    group commit) or, in a worker, through ``mark``; the alerts the responder
+    refreshes (``updates``) are written by the same transactions."""
     responder = Responder(
-        store, sink, router, mode=mode, allow=allow, guard=guard, hooks=hooks, gettext=gettext
+        store,
+        sink,
+        router,
+        mode=mode,
+        allow=allow,
+        guard=guard,
+        hooks=hooks,
+        gettext=gettext,
+        updates=updates,
     )
     judge = Judge(
         shipped.threshold,
@@ -440,7 +452,8 @@ async def build_worker(conf: dict[str, Any]) -> ScaleApp:
     store = storage.store
     bus = await Bus.connect(bus_settings(conf), conf["name"])
     holdings = Holdings()
-    marks = JudgedMarks(store, held=(storage.book,))
+    updates = AlertUpdates(store)
+    marks = JudgedMarks(store, held=(storage.book, updates))
     learning_s = float(conf["baseline_learning_days"]) * 86400.0
     responder, stage = judgement(
         store,
@@ -460,6 +473,7 @@ async def build_worker(conf: dict[str, Any]) -> ScaleApp:
         gettext=Language.load(conf["language"]).gettext,
         owns=holdings.owns,
         mark=marks.add,
+        updates=updates,
     )
     worker = Worker(bus, store, stage, responder, holdings, marks, conf["name"])
     return ScaleApp(worker, storage, True)

@@ -5,7 +5,8 @@
 - ``on_decision(d)``: an ``open``, ``escalate`` or ``named`` decision (a critical
   incident whose writer became known after it was posted) becomes an alert
   (stored, then posted to the webhooks in the background as event ``alert``);
-  ``update`` refreshes the stored alert of the incident (or, if the incident
+  ``update`` refreshes the stored alert of the incident, written with the next
+  group commit (``AlertUpdates``; or, if the incident
   has none because the database failed before it was stored, raises it as
   ``open`` would); ``close`` marks it closed. Never blocks on a receiver.
 - Mode ``off``: alerts only. ``dry-run``: alerts list the actions tocsin would
@@ -57,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections import Counter
@@ -151,6 +153,44 @@ def smb_client_phrase(p: ProcessInfo, _: Gettext = same_text) -> str:
     return _(" serving the SMB client {addr}").format(addr=p.smb_client_addr)
 
 
+class AlertUpdates:
+    """The open alerts refreshed since the last transaction, written by the next one.
+
+    Every window of a host with an open incident refreshes its alert (end,
+    score, reasons): that is no reason for a transaction of its own, which would
+    hold the event loop for an fsync per window. ``hold`` keeps the live record;
+    ``flush`` writes the ones held, inside the transaction open on its thread
+    (the group commit's, or a worker's marks), so an update is durable no later
+    than the judged marks of its window. A flush that fails holds them again.
+    ``forget`` drops a record written meanwhile by other means (call it inside
+    that transaction)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._held: dict[str, AlertRecord] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, alert: AlertRecord) -> None:
+        with self._lock:
+            self._held[alert.alert_id] = alert
+
+    def forget(self, alert_id: str) -> None:
+        with self._lock:
+            self._held.pop(alert_id, None)
+
+    def flush(self) -> None:
+        with self._lock:
+            held, self._held = self._held, {}
+        try:
+            for alert in held.values():
+                self.store.save_alert(replace(alert, reasons=list(alert.reasons)))
+        except BaseException:
+            with self._lock:
+                for alert_id, alert in held.items():
+                    self._held.setdefault(alert_id, alert)
+            raise
+
+
 def describe_process(p: ProcessInfo | None) -> str:
     """Who wrote, in words (for the operator's terminal)."""
     if p is None:
@@ -172,6 +212,7 @@ class Responder:
         guard: FleetGuard | None = None,
         hooks: HookRunner | None = None,
         gettext: Gettext = same_text,
+        updates: AlertUpdates | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"respond mode must be one of {MODES}, not {mode!r}")
@@ -182,6 +223,9 @@ class Responder:
         self.command_ttl_s = command_ttl_s
         self.posts_failed = 0
         self._alerts: dict[str, AlertRecord] = {}
+        # Refreshed and closed alerts, written with the next group commit (the assembly
+        # hands the same object to it); stop() writes what is left.
+        self.updates = updates or AlertUpdates(store)
         # A decision's commands go out before their rows are written: a report that
         # comes back meanwhile waits for the write (``on_action_result``).
         self._unrecorded: dict[str, asyncio.Event] = {}
@@ -215,7 +259,7 @@ class Responder:
             alert = self._alerts.pop(d.incident_id, None)
             if alert is not None:
                 alert.open = False
-                self.store.save_alert(alert)
+                self.updates.hold(alert)
             return None
         alert_id = self._new_id()
         records: list[_ActionRow] = []  # routed already, recorded with the alert
@@ -296,6 +340,7 @@ class Responder:
                 self.store.add_action(action)
                 self.store.audit(action.requested_by, what, detail)
             if previous is not None:
+                self.updates.forget(previous.alert_id)
                 self.store.save_alert(replace(previous, open=False))
             self.store.save_alert(alert)
             self.store.audit("collector", f"alert {alert.severity}", audit)
@@ -308,7 +353,7 @@ class Responder:
         alert.window_end_s = max(alert.window_end_s, d.window_end_s)
         alert.score = max(alert.score, d.score or 0.0)
         alert.reasons = sorted(set(alert.reasons) | set(texts(d.reasons)))
-        self.store.save_alert(alert)
+        self.updates.hold(alert)
 
     async def _respond(
         self, d: Decision, alert_id: str, records: list[_ActionRow]

@@ -30,7 +30,7 @@ from tocsin.collector.opserver import OperatorService
 from tocsin.collector.pipeline import JudgeStage
 from tocsin.collector.respond import Responder
 from tocsin.collector.silence import SilenceWatch
-from tocsin.collector.store import Store
+from tocsin.collector.store import Store, StoreUnavailable
 from tocsin.v1 import operator_pb2_grpc as op_grpc
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import ConfigError
@@ -115,6 +115,10 @@ class Collector:
                 await task
         await self.stage.close()
         await self.responder.drain()
+        try:
+            self.responder.updates.flush()
+        except StoreUnavailable as exc:  # the incidents and alerts stand; their last refresh not
+            log.warning("stopping: refreshed alerts not written: %s", exc)
         await self.silence.drain()
         self.store.close()
         self.stage.judge.book.close_db()

@@ -135,6 +135,10 @@ class Worker:
         await asyncio.gather(*self._letting_go, return_exceptions=True)
         await self.stage.close()
         await self.responder.drain()
+        try:
+            self.responder.updates.flush()
+        except StoreUnavailable as exc:  # the incidents and alerts stand; their last refresh not
+            log.warning("stopping: refreshed alerts not written: %s", exc)
         await self.bus.close()
         self.store.close()
         self.stage.judge.book.close_db()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,3 +243,44 @@ def test_quiet_agents_are_pushed_back_while_behind_and_an_attack_is_still_answer
         assert count(db, "host_id LIKE 'quiet-%'") == 20 * per_agent  # created = stored
 
     asyncio.run(main())
+
+
+class ThreadNotingStore(SqliteStore):
+    """The real store, noting the thread of every alert it writes."""
+
+    alert_threads: list[str]
+
+    def save_alert(self, alert: Any) -> None:
+        self.alert_threads.append(threading.current_thread().name)
+        super().save_alert(alert)
+
+
+def test_an_open_incident_refreshes_its_alert_without_a_transaction_on_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """Each window of a host under attack refreshes its alert (end, score, reasons): the
+    refresh rides the next group commit, never a transaction (and its fsync) of its own
+    on the event loop, where it held every stream's acks and the next attack's judgement."""
+    db = tmp_path / "tocsin.db"
+
+    async def main() -> None:
+        store = ThreadNotingStore.open(db)
+        store.alert_threads = []
+        c = assemble(store, ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
+        windows = [encrypting(s).window for s in range(1, 7)]
+        store.add_windows("attacked", "b1", [stored(w) for w in windows])
+        for w in windows:
+            c.stage.enqueue("attacked", Committed("b1", w, window_features(w)), urgent=True)
+        await c.start("127.0.0.1:0")
+        try:
+            await asyncio.wait_for(_all_judged(db), 20)
+        finally:
+            await c.stop(0.5)
+        loop_thread = threading.current_thread().name
+        assert store.alert_threads and loop_thread not in store.alert_threads, store.alert_threads
+
+    asyncio.run(main())
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT window_end, open FROM alerts WHERE host_id='attacked'").fetchall()
+    con.close()
+    assert len(rows) == 1 and rows[0][0] == T0 + 7, rows  # refreshed to the last window
