@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -54,6 +54,9 @@ class BusIntake:
 
     async def commit(self, host_id: str, boot_id: str, window: AcceptedWindow) -> bool:
         return await self.bus.publish_window(host_id, boot_id, window)
+
+    def judge_ahead(self, host_id: str, windows: Sequence[tuple[str, AcceptedWindow]]) -> None:
+        return None  # a worker judges what the bus delivers, in order
 
     async def judge(self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool) -> None:
         return None

@@ -15,6 +15,11 @@ Per stream, in order:
    stored for this boot is sent at once.
 2. Each ``Window`` (seq > 0) is committed, THEN acked (``Ack.seq`` is the
    highest seq committed for the boot), THEN judged, through the ``Intake``
+   (except a window with evidence: it is judged as soon as it is read, with the
+   stream's windows before it not yet judged, while they commit, so that an
+   attack's suspend never waits for a disk slow to sync; its ack still waits
+   for its commit; a commit that fails after it was judged leaves it to be
+   marked judged when resent, not judged twice)
    the service is given (``tocsin.collector.intake``): the embedded
    collector's ``LocalIntake`` commits to the store and queues the window for
    judgement here (``JudgeStage.enqueue``: windows with evidence are committed
@@ -71,12 +76,13 @@ and the server go on. Outgoing messages go through a bounded queue.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -92,7 +98,7 @@ from tocsin.collector.pipeline import Committed, JudgeStage
 from tocsin.collector.ratelimit import AgentRateLimits, Refusal
 from tocsin.collector.respond import Responder
 from tocsin.collector.silence import SilenceWatch
-from tocsin.collector.store import Store, StoreFull, StoreUnavailable
+from tocsin.collector.store import JudgedMark, Store, StoreFull, StoreUnavailable
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import WireError
@@ -101,6 +107,8 @@ from tocsin.v1.evidence import carries_evidence
 log = logging.getLogger("tocsin.collector.ingest")
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# Windows judged ahead of their commit, remembered until their commit is known.
+MAX_AHEAD = 100_000
 # At a stream's end, how long the reports it carried may still take to be stored.
 REPORTS_DRAIN_S = 10.0
 
@@ -146,6 +154,10 @@ class _StreamSession:
         self.duplicates = 0
         self.skewed = 0
         self.acked = 0  # highest seq acked on this stream (for the log of a refusal)
+        self.failed = False  # a commit failed: the stream is ending
+        # Windows read and not yet handed to judgement (committing, or waiting for the
+        # ack of the one before): a window with evidence takes them along ahead.
+        self.unhanded: collections.deque[tuple[str, AcceptedWindow]] = collections.deque()
         self.out: asyncio.Queue[pb.CollectorMessage | _End] = asyncio.Queue(max_outbound)
         # The agent's reports, handled in order beside the windows, not ahead of them.
         self.reports: asyncio.Queue[pb.ActionResult] = asyncio.Queue(max_outbound)
@@ -168,15 +180,42 @@ class LocalIntake:
 
     def __init__(self, commits: GroupCommit, stage: JudgeStage, responder: Responder) -> None:
         self.commits, self.stage, self.responder = commits, stage, responder
+        # Windows judged ahead of their commit -> whether their commit may have failed
+        # (their judged mark then found no row: it is written again with the resend).
+        self._ahead: collections.OrderedDict[tuple[str, str, int], bool] = collections.OrderedDict()
 
     async def commit(self, host_id: str, boot_id: str, window: AcceptedWindow) -> bool:
         urgent = carries_evidence(window.window)
-        return await self.commits.add(host_id, boot_id, window.stored(), urgent=urgent)
+        try:
+            return await self.commits.add(host_id, boot_id, window.stored(), urgent=urgent)
+        except BaseException:
+            key = (host_id, boot_id, window.seq)
+            if key in self._ahead:
+                self._ahead[key] = True
+            raise
+
+    def judge_ahead(self, host_id: str, windows: Sequence[tuple[str, AcceptedWindow]]) -> None:
+        for boot_id, window in windows:
+            key = (host_id, boot_id, window.seq)
+            if key in self._ahead:
+                continue  # a resend of a window judged ahead already
+            self._ahead[key] = False
+            while len(self._ahead) > MAX_AHEAD:
+                self._ahead.popitem(last=False)
+            self._enqueue(host_id, boot_id, window)
 
     async def judge(self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool) -> None:
+        maybe_unmarked = self._ahead.pop((host_id, boot_id, window.seq), None)
+        if maybe_unmarked is not None and new:
+            if maybe_unmarked:  # judged before a commit that failed: marked now
+                await self.commits.judged([JudgedMark(host_id, boot_id, window.seq, None)])
+            return
         if not new:
             await self.stage.settle(host_id)
             return
+        self._enqueue(host_id, boot_id, window)
+
+    def _enqueue(self, host_id: str, boot_id: str, window: AcceptedWindow) -> None:
         w = window.window
         item = Committed(boot_id, w, window_features(w), window.skew_s)
         self.stage.enqueue(host_id, item, urgent=carries_evidence(w))
@@ -495,7 +534,9 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             log.warning("agent %s: malformed AgentMessage", host_id)
             end = _End(grpc.StatusCode.INVALID_ARGUMENT, "malformed AgentMessage")
         except StoreUnavailable as exc:
-            end = self._store_end(host_id, exc, max(acked, session.acked))
+            if session.failed:
+                return  # said, and the end is on its way
+            end = self._store_end(host_id, exc, session.acked)
         except _PushedBack as exc:
             log.debug("agent %s pushed back for %d ms: collector behind", host_id, exc.wait_ms)
             detail = "collector behind: quiet windows wait, evidence is taken"
@@ -511,6 +552,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         try:
             await self._drain(session)
         except StoreUnavailable as exc:
+            if session.failed:
+                return  # said, and the end is on its way
             if end.code is None or not end.bad:  # not said already
                 end = self._store_end(host_id, exc, session.acked)
         except Exception:
@@ -549,6 +592,13 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 )
         window = AcceptedWindow(w, raw, skew_s)
         committing = asyncio.ensure_future(self.intake.commit(host_id, boot_id, window))
+        if w.seq > acked:  # not a resend of one taken already
+            session.unhanded.append((boot_id, window))
+            if carries_evidence(w):
+                # Judged now, while it commits (with the windows before it, in order):
+                # an attack's suspend never waits for a disk that is slow to sync.
+                self.intake.judge_ahead(host_id, list(session.unhanded))
+                session.unhanded.clear()
         acked = max(acked, int(w.seq))
         session.tail = asyncio.ensure_future(
             self._committed(session, session.tail, committing, boot_id, acked, window)
@@ -573,9 +623,17 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             if before is not None:
                 await before
             inserted = await committing
+        except StoreUnavailable as exc:
+            if not session.failed:  # the stream ends now, not at the agent's next message
+                with contextlib.suppress(asyncio.QueueFull):  # full: the reader ends it
+                    session.out.put_nowait(self._store_end(host_id, exc, session.acked))
+                    session.failed = True
+            raise
         finally:
             session.committing -= 1
         session.acked = max(session.acked, acked)
+        if session.unhanded and session.unhanded[0][1] is window:
+            session.unhanded.popleft()
         await session.out.put(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked)))
         if inserted:
             self.windows_stored += 1

@@ -10,8 +10,13 @@ a window whose agent clock is off, and then hands each window and each
   after that never loses the window. It raises ``StoreUnavailable`` (or
   ``StoreFull``) when nothing could be committed; the agent keeps the window
   spooled and resends it.
+- ``judge_ahead(host_id, windows)`` is called when a window with evidence
+  (``tocsin.v1.evidence``) is read, with it the stream's windows read before it
+  and not yet handed on, in order ``(boot_id, window)``, before their commit is
+  done: an intake that judges in this process judges them now, so that an
+  attack's commands never wait for a disk that is slow to sync.
 - ``await judge(host_id, boot_id, window, new)`` runs after the ack, in seq order
-  per host.
+  per host (for a window judged ahead: only its judged mark is left to see to).
 - ``await action_result(host_id, result)`` takes an agent's report on a command.
 
 Two intakes exist. The embedded collector's (``ingest.LocalIntake``) commits to
@@ -27,6 +32,7 @@ window as judged (re-dated if need be), the wire bytes as the agent sent them
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,6 +75,7 @@ class AcceptedWindow:
 
 class Intake(Protocol):
     async def commit(self, host_id: str, boot_id: str, window: AcceptedWindow) -> bool: ...
+    def judge_ahead(self, host_id: str, windows: Sequence[tuple[str, AcceptedWindow]]) -> None: ...
     async def judge(
         self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool
     ) -> None: ...

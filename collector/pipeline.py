@@ -10,7 +10,9 @@ evidence only) and ``dropped`` counts it. A scorer error is logged and also
 yields no score: the evidence still counts.
 
 ``JudgeStage.judge_window(host_id, boot_id, window, features, clock_skew_s=0.0)``
-is called after the window was committed, in seq order per host (the ingest
+is called after the window was committed (a window with evidence, and the
+host's windows before it: while they commit; see ``tocsin.collector.intake``),
+in seq order per host (the ingest
 stream does); it returns the decisions taken for that window.
 ``clock_skew_s`` is how far ingest re-dated the window (see ``Judge.observe``).
 Judgement is never lost (see ``JudgeStage``); a window judged from the store

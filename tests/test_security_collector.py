@@ -383,9 +383,11 @@ def _listed_host(
     tmp_path: Path, results: list[pb.ActionResult], **hello: str
 ) -> tuple[dict[str, Any], str]:
     """The host entry ``tocsin hosts`` lists after one stream (``hello`` fields) sent
-    ``results`` and a window; and the collector's log."""
+    ``results`` and a window, once every pid they name is kept or counted dropped; and
+    the collector's log."""
     proc = collector(tmp_path, respond="off")
     target = proc.start()
+    pids_sent = sum(len(r.pids) for r in results)
 
     async def scenario() -> None:
         async with AgentStream(target, "grower", **hello) as agent:
@@ -395,11 +397,18 @@ def _listed_host(
 
     try:
         run(scenario())
-        res = tocsin("hosts", "--json", "--collector", proc.listen)
+        # The reports are stored by the stream's own task, beside the window's ack.
+        deadline = time.monotonic() + 20
+        while True:
+            res = tocsin("hosts", "--json", "--collector", proc.listen)
+            assert res.returncode == 0, res.stderr
+            (host,) = json.loads(res.stdout)
+            settled = int(host["suspended_pids_dropped"]) + len(host["suspended_pids"])
+            if settled == pids_sent or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         proc.stop()
-    assert res.returncode == 0, res.stderr
-    (host,) = json.loads(res.stdout)
     return host, proc.text()
 
 

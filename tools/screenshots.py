@@ -69,17 +69,18 @@ def main() -> int:
         print(f"screenshots: {missing}", file=sys.stderr)
         return 2
     OUT.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        c = ConsoleCollector(Path(tmp), hosts=(ATTACKED, BUSY))
-        try:
-            c.replay(FIXTURES / "encrypt-inplace.jsonl", ATTACKED)
-            c.replay(FIXTURES / "backup-targz.jsonl", BUSY)
-            release = c.operator("release", ATTACKED, "--timeout", "1")
-            print(release.stdout.strip() or release.stderr.strip())
-            for path in asyncio.run(shoot(c)):
-                print(path.relative_to(ROOT))
-        finally:
-            c.stop()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        ConsoleCollector(Path(tmp), hosts=(ATTACKED, BUSY)) as c,
+    ):
+        # In real time, so each window is dated when it arrives and the chart's action
+        # marks fall where tocsin acted (at speed 0 the windows are dated ahead of them).
+        c.replay(FIXTURES / "encrypt-inplace.jsonl", ATTACKED, speed=1)
+        c.replay(FIXTURES / "backup-targz.jsonl", BUSY, speed=1)
+        release = c.operator("release", ATTACKED, "--timeout", "1")
+        print(release.stdout.strip() or release.stderr.strip())
+        for path in asyncio.run(shoot(c)):
+            print(path.relative_to(ROOT))
     return 0
 
 

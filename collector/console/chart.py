@@ -4,7 +4,8 @@
 incident: files written (grey bars) and destroyed (red bars) on the left
 scale, the anomaly score (blue line) against the threshold (dashed) on the
 right one, and each action as a labelled vertical line. ``hourly(bars,
-marks, labels)`` draws 24 hours of a host's rollups. Both return markup to
+marks, labels)`` draws 24 hours of a host's rollups: files written and destroyed each
+hour, side by side on one scale, the alerts as marks. Both return markup to
 embed as is (``markupsafe.Markup``); text inside comes from ``escape``.
 """
 
@@ -138,28 +139,27 @@ def _marks(marks: Sequence[Mark], t0: float, t1: float) -> list[str]:
 @dataclass(frozen=True)
 class Bar:
     hour_s: int
-    windows: int
+    written: int
     destroyed: int
 
 
 def hourly(bars: Sequence[Bar], marks: Sequence[Mark], labels: Labels, now_s: float) -> Markup:
     t1 = (int(now_s) // 3600 + 1) * 3600
     t0 = t1 - 24 * 3600
-    peak = max([b.windows for b in bars] + [1])
+    shown = [b for b in bars if t0 <= b.hour_s < t1]
+    peak = max([max(b.written, b.destroyed) for b in shown] + [1])
     plot_h = H - TOP - BOTTOM
-    bar_w = (W - LEFT - RIGHT) / 24 * 0.8
+    bar_w = (W - LEFT - RIGHT) / 24 * 0.4
     body = [
         f'<line x1="{LEFT}" y1="{H - BOTTOM}" x2="{W - RIGHT}" y2="{H - BOTTOM}" stroke="#333"/>',
         f'<text x="4" y="{TOP + 10}" font-size="11">{peak}</text>',
     ]
-    for b in bars:
-        if not t0 <= b.hour_s < t1:
-            continue
+    for b in shown:
         x = _x(b.hour_s, t0, t1)
-        for value, colour in ((b.windows, "#9aa5b1"), (b.destroyed, "#c0392b")):
-            h = min(value, peak) / peak * plot_h
+        for value, colour, dx in ((b.written, "#9aa5b1", 0.0), (b.destroyed, "#c0392b", bar_w)):
+            h = value / peak * plot_h
             body.append(
-                f'<rect x="{x:.1f}" y="{H - BOTTOM - h:.1f}" width="{bar_w:.1f}"'
+                f'<rect x="{x + dx:.1f}" y="{H - BOTTOM - h:.1f}" width="{bar_w:.1f}"'
                 f' height="{h:.1f}" fill="{colour}"/>'
             )
     for hour in range(0, 24, 3):

@@ -73,6 +73,11 @@ ACTION_WORDS = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def version_key(version: str) -> tuple[tuple[int, str], ...]:
+    """Orders agent versions as people read them: 0.9.0 before 0.10.0 (numbers as numbers)."""
+    return tuple((int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.\-+]", version))
+
+
 @dataclass(frozen=True)
 class ConsoleConfig:
     language: str = "en"
@@ -215,7 +220,7 @@ def console_app(
             "host": lambda r: r.host_id,
             "seen": lambda r: -r.last_seen_s,
             "state": lambda r: (not r.open_incident, not r.isolated, r.connected, r.host_id),
-            "version": lambda r: r.agent_version,
+            "version": lambda r: (version_key(r.agent_version), r.host_id),
         }
         rows.sort(key=keys.get(sort, keys["host"]))
         return page(request, "fleet.html", rows=rows, q=query, sort=sort)
@@ -252,7 +257,7 @@ def console_app(
         if view is None:
             raise web.HTTPNotFound()
         lang = language(request)
-        bars = [Bar(r.hour_s, r.windows, r.tally.files_destroyed) for r in view.rollups]
+        bars = [Bar(r.hour_s, r.tally.files_written, r.tally.files_destroyed) for r in view.rollups]
         marks = [Mark(a.detected_at_s, lang.gettext(a.severity)) for a in view.alerts]
         chart = hourly(bars, marks, labels(request), backend.now())
         return page(request, "host.html", v=view, chart=chart, acts=ACTS)

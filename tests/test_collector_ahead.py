@@ -1,0 +1,170 @@
+"""A window with evidence is judged while it commits: the suspend never waits for the disk.
+
+A file server's disk can take hundreds of milliseconds to sync (another writer, a
+busy array); at 200 files a second that is dozens of files. Here a real SQLite file
+is held by another writer while the attack window arrives on a real gRPC stream: the
+suspend comes back before the window's ack, and the ack still waits for the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import grpc
+from test_collector_ingest import hello, quiet
+
+from fakeagent import encrypting
+from tocsin.collector.app import assemble
+from tocsin.collector.protocols import ThresholdScorer
+from tocsin.collector.store import SqliteStore
+from tocsin.collector.webhook import MemoryWebhookSink
+from tocsin.v1 import CHANNEL_OPTIONS
+from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
+
+
+def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+async def _judged(db: Path, host: str, seq: int) -> None:
+    """Until the window is marked judged (its mark's group commit done)."""
+    sql = f"SELECT judged FROM windows WHERE host_id='{host}' AND seq={seq}"
+    while _rows(db, sql) != [(1,)]:
+        await asyncio.sleep(0.02)
+
+
+def test_an_attack_window_is_suspended_before_its_commit_and_acked_after(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "tocsin.db"
+    timeline: list[tuple[str, float]] = []
+
+    async def main() -> None:
+        store = SqliteStore.open(db)
+        c = assemble(store, ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
+        port = await c.start("127.0.0.1:0")
+        other = sqlite3.connect(db, isolation_level=None)
+        try:
+            async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", options=CHANNEL_OPTIONS
+            ) as ch:
+                call = pb_grpc.TelemetryStub(ch).Stream()
+                await call.write(hello())
+                await call.write(quiet(1))
+                it = call.__aiter__()
+                while True:  # the hello's ack, then window 1's
+                    msg = await asyncio.wait_for(it.__anext__(), 10)
+                    if msg.HasField("ack") and msg.ack.seq == 1:
+                        break
+                await asyncio.wait_for(_judged(db, "srv-mairie", 1), 10)
+                other.execute("BEGIN IMMEDIATE")  # a slow disk: the commit must wait
+                t0 = time.monotonic()
+                await call.write(quiet(2))  # taken along ahead, in order
+                await call.write(encrypting(3))
+                released = False
+                while True:
+                    msg = await asyncio.wait_for(it.__anext__(), 10)
+                    at = time.monotonic() - t0
+                    if msg.HasField("command"):
+                        timeline.append((f"command {msg.command.kind}", at))
+                    elif msg.HasField("ack"):
+                        timeline.append((f"ack {msg.ack.seq}", at))
+                        if msg.ack.seq == 3:
+                            break
+                    if not released and any(k == "command suspend" for k, _ in timeline):
+                        await asyncio.sleep(0.3)  # the ack must not come while held
+                        timeline.append(("released", time.monotonic() - t0))
+                        other.execute("COMMIT")
+                        released = True
+                await call.done_writing()
+        finally:
+            if other.in_transaction:
+                other.execute("COMMIT")
+            other.close()
+            await c.stop(1.0)
+
+    asyncio.run(main())
+    kinds = [k for k, _ in timeline]
+    assert kinds.index("command suspend") < kinds.index("released") < kinds.index("ack 3"), (
+        timeline
+    )
+    suspend_s = dict(timeline)["command suspend"]
+    assert suspend_s < 2.0, timeline  # not the 5 s busy timeout, nor the release
+    # Committed after the release, every window judged once, one incident's alert.
+    judged = _rows(db, "SELECT seq, judged FROM windows WHERE host_id='srv-mairie' ORDER BY seq")
+    assert judged == [(1, 1), (2, 1), (3, 1)], judged
+    alerts = _rows(db, "SELECT severity FROM alerts WHERE host_id='srv-mairie'")
+    assert alerts == [("critical",)], alerts
+
+
+def test_a_window_judged_ahead_whose_commit_failed_is_marked_when_resent_not_judged_twice(
+    tmp_path: Path,
+) -> None:
+    """The database refuses the commit (held past its busy timeout) of a window whose
+    suspend went out already: the stream ends unacked, the agent resends on a new
+    stream; the window is stored and marked judged, one incident, one alert."""
+    db = tmp_path / "tocsin.db"
+    commands: list[str] = []
+
+    async def read_until_ack(call: object, seq: int) -> grpc.StatusCode | None:
+        try:
+            async for msg in call:  # type: ignore[attr-defined]
+                if msg.HasField("command"):
+                    commands.append(msg.command.kind)
+                elif msg.HasField("ack") and msg.ack.seq == seq:
+                    return None
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    async def main() -> grpc.StatusCode | None:
+        store = SqliteStore.open(db)
+        c = assemble(store, ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
+        port = await c.start("127.0.0.1:0")
+        other = sqlite3.connect(db, isolation_level=None)
+        try:
+            async with grpc.aio.insecure_channel(
+                f"127.0.0.1:{port}", options=CHANNEL_OPTIONS
+            ) as ch:
+                call = pb_grpc.TelemetryStub(ch).Stream()
+                await call.write(hello())
+                await call.write(quiet(1))
+                assert await asyncio.wait_for(read_until_ack(call, 1), 10) is None
+                await asyncio.wait_for(_judged(db, "srv-mairie", 1), 10)
+                other.execute("BEGIN IMMEDIATE")
+                await call.write(encrypting(2))
+                ending = asyncio.create_task(read_until_ack(call, 2))
+                t0 = time.monotonic()
+                while "suspend" not in commands:  # judged ahead, while the commit waits
+                    assert time.monotonic() - t0 < 3, commands
+                    await asyncio.sleep(0.02)
+                await asyncio.sleep(6.0)  # past the store's 5 s busy timeout: the commit fails
+                other.execute("COMMIT")
+                ended = await asyncio.wait_for(ending, 30)
+                resent = pb_grpc.TelemetryStub(ch).Stream()
+                await resent.write(hello())
+                await resent.write(encrypting(2))
+                assert await asyncio.wait_for(read_until_ack(resent, 2), 10) is None
+                await resent.done_writing()
+            await asyncio.sleep(0.5)  # the judged mark's group commit
+            return ended
+        finally:
+            if other.in_transaction:
+                other.execute("COMMIT")
+            other.close()
+            await c.stop(1.0)
+
+    ended = asyncio.run(main())
+    assert ended is not None and ended != grpc.StatusCode.OK, ended  # refused, not acked
+    assert commands[0] == "suspend", commands
+    judged = _rows(db, "SELECT seq, judged FROM windows WHERE host_id='srv-mairie' ORDER BY seq")
+    assert judged == [(1, 1), (2, 1)], judged
+    alerts = _rows(db, "SELECT severity FROM alerts WHERE host_id='srv-mairie'")
+    assert alerts == [("critical",)], alerts
