@@ -67,7 +67,8 @@ def _agent_parser() -> _Parser:
     p.add_argument(
         "--protect",
         action="append",
-        help="pid, process name or executable the tripwire never suspends",
+        help="pid, or root's executable (path or file name; never a process name) "
+        "the tripwire never suspends",
     )
     p.add_argument(
         "--spool-max-windows",

@@ -18,12 +18,16 @@ Contract:
   binary) never protects it. Samba's per-client ``smbd`` workers are the
   exception (``smbd_client_worker``): they run the user's session, so they
   may be stopped.
+- ``listed_executable(pid, listed)`` is the same rule for the operator's own
+  list (the tripwire's ``protect``): a pid, or an executable path or file name
+  that ``/proc/PID/exe`` resolves to, root-owned and writable by nobody else.
+  A name is never compared with the name a process gives itself.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from tocsin.agent import _linux
@@ -108,6 +112,30 @@ def _daemon_exe(pid: int) -> str:
     if path not in _PROTECTED_REAL or not _linux.root_only(st):
         return ""
     return path
+
+
+def listed_paths(entries: Iterable[str]) -> frozenset[str]:
+    """The operator's list as ``listed_executable`` compares it: paths resolved."""
+    return frozenset(_real(e) if e.startswith("/") else e for e in entries)
+
+
+def listed_executable(pid: int, listed: Collection[str]) -> str:
+    """The entry of ``listed`` (from ``listed_paths``) that ``pid`` matches ("" if none).
+
+    ``pid`` itself, or the executable the kernel runs for it (its resolved path or
+    its file name) if that file is root's and writable by nobody else: a copied or
+    user-owned binary, and a name set with prctl, match nothing.
+    """
+    if str(pid) in listed:
+        return str(pid)
+    path, st = _linux.exe_path(pid), _linux.exe_stat(pid)
+    if path is None or st is None or not _linux.root_only(st):
+        return ""
+    path = path.removesuffix(" (deleted)")
+    for key in (path, os.path.basename(path)):
+        if key in listed:
+            return key
+    return ""
 
 
 def smbd_client_worker(pid: int) -> bool:

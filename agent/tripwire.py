@@ -18,7 +18,8 @@ suspends the tree root through ``Actions``. Both return the ``ActionResult``
 (``local=True``) to send, or None. A tree is acted on at most once (it stays
 suspended until an operator says). It never acts on PID 1 (or 0), on the agent
 itself, or on a tree whose root or writer matches the protection list (pids,
-process names or executable paths): those only mark the window with a
+or root-owned executables by path or file name, ``protect.listed_executable``;
+never the name a process gives itself): those only mark the window with a
 "protected" reason.
 
 Default mode is ``dry-run``: an agent acts on its own only where the operator
@@ -33,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 
 from tocsin.agent.act import Actions
-from tocsin.agent.protect import process_ref
+from tocsin.agent.protect import listed_executable, listed_paths, process_ref
 from tocsin.agent.window import Ruined, RuinKind
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -59,7 +60,7 @@ class Tripwire:
         self.actions = actions
         self.mode = mode
         self.destroyed_threshold = destroyed_threshold
-        self.protect = frozenset(protect)
+        self.protect = listed_paths(protect)
         self._self_pid = os.getpid() if self_pid is None else self_pid
         self._acted: set[int] = set()
         self._refused: set[int] = set()
@@ -75,13 +76,13 @@ class Tripwire:
             return f"pid {root} is init"
         if root == self._self_pid:
             return "the agent itself"
-        for s in writers:
-            if (s.tree_root_pid or s.pid) != root and s.pid != root:
-                continue
-            for key in (str(s.pid), s.name, s.exe):
-                if key and key in self.protect:
-                    return f"{key} is on the protection list"
-        return "protected" if str(root) in self.protect else ""
+        if not self.protect:
+            return ""
+        pids = {root} | {s.pid for s in writers if root in (s.tree_root_pid or s.pid, s.pid)}
+        for pid in sorted(pids):
+            if key := listed_executable(pid, self.protect):
+                return f"{key} is on the protection list"
+        return ""
 
     def ruined(
         self, writer: pb.ProcessSample, ruined: Ruined, at_s: float

@@ -116,6 +116,9 @@ REPORTS_DRAIN_S = 10.0
 
 HOST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 BOOT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# What a hello's free text may keep: a DNS name's 253 characters, a version, a mode.
+# Unbounded, one hello's 256 KiB hostname made every ListHosts reply over the limit.
+HELLO_TEXT_MAX_CHARS = {"hostname": 253, "agent_version": 64, "tripwire_mode": 16}
 
 
 @dataclass(frozen=True)
@@ -227,7 +230,11 @@ class LocalIntake:
 
 
 def validate_hello(msg: pb.AgentMessage) -> pb.Hello:
-    """The hello of a stream's first message, or ``WireError`` saying what is wrong."""
+    """The hello of a stream's first message, or ``WireError`` saying what is wrong.
+
+    Its free text (hostname, agent version, tripwire mode) is cut to
+    ``HELLO_TEXT_MAX_CHARS`` in place: what is stored, logged and listed stays small.
+    """
     if msg.WhichOneof("body") != "hello":
         got = msg.WhichOneof("body") or "an empty message"
         raise WireError(f"first message must be hello, got {got}")
@@ -236,6 +243,8 @@ def validate_hello(msg: pb.AgentMessage) -> pb.Hello:
         raise WireError(f"invalid host_id {hello.host_id[:80]!r}: want [A-Za-z0-9._-]{{1,64}}")
     if not BOOT_ID_RE.fullmatch(hello.boot_id):
         raise WireError(f"invalid boot_id {hello.boot_id[:80]!r}")
+    for field, max_chars in HELLO_TEXT_MAX_CHARS.items():
+        setattr(hello, field, getattr(hello, field)[:max_chars])
     return hello
 
 

@@ -302,13 +302,13 @@ def test_an_expired_command_is_refused_and_changes_nothing(tmp_path: Path) -> No
 
 
 def _agent(
-    share: Path, state: Path, collector: str, tripwire: str = "off"
+    share: Path, state: Path, collector: str, tripwire: str = "off", *extra: str
 ) -> subprocess.Popen[str]:
     p = subprocess.Popen(
         [
             str(BIN / "tocsin-agent"),
             *("--collector", collector, "--watch", str(share), "--host-id", "guarded"),
-            *("--state-dir", str(state), "--insecure", "--tripwire", tripwire),
+            *("--state-dir", str(state), "--insecure", "--tripwire", tripwire, *extra),
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -368,6 +368,21 @@ def test_the_real_agent_refuses_commands_naming_its_own_threads(
 
 
 @ROOT_ONLY
+def test_the_real_agent_suspends_what_the_collector_names_whatever_it_calls_itself(
+    agent_and_sink: tuple[subprocess.Popen[str], GrpcSink],
+) -> None:
+    """The collector's suspend of a process calling itself sshd or smbd is carried out."""
+    _, sink = agent_and_sink
+    for name in ("sshd", "smbd"):
+        with process(sys.executable, "-c", NAMED, name) as p:
+            assert psutil.Process(p.pid).name() == name
+            sink.send(command("suspend", p.pid, f"suspend-{name}"))
+            r = _result(sink, f"suspend-{name}")
+            assert r.status == "done" and list(r.pids) == [p.pid], r.detail
+            assert stopped_soon(p.pid)
+
+
+@ROOT_ONLY
 def test_the_real_agent_refuses_an_expired_command(
     agent_and_sink: tuple[subprocess.Popen[str], GrpcSink],
 ) -> None:
@@ -381,6 +396,38 @@ def test_the_real_agent_refuses_an_expired_command(
         sink.send(command("suspend", p.pid, "in-time"))
         assert _result(sink, "in-time").status == "done"
         assert stopped_soon(p.pid)
+
+
+@ROOT_ONLY
+def test_the_real_agent_suspends_an_encryptor_calling_itself_a_protected_name(
+    tmp_path: Path,
+) -> None:
+    """The operator protects ``sshd`` (and root's python, whose copy is not root's) from
+    the tripwire; an in-place encryptor calling itself sshd is suspended all the same."""
+    share = tmp_path / "share"
+    simulate.make_share(share, 600)
+    sink = GrpcSink()
+    protect = ("--protect", "sshd", "--protect", "smbd")
+    agent = _agent(share, tmp_path / "state", sink.target, "enforce", *protect)
+    attack = None
+    try:
+        wait_for("hello", lambda: any(m.HasField("hello") for m in sink.messages), 15)
+        argv = [sys.executable, "-m", "tocsin.agent.simulate", "run", "encrypt-as-sshd"]
+        attack = subprocess.Popen([*argv, str(share), "--rate", "200"])
+        assert stopped_soon(attack.pid, 30), "the tripwire spared an encryptor named sshd"
+        assert psutil.Process(attack.pid).name() == "sshd"
+        done = wait_for(
+            "the tripwire's report",
+            lambda: [r for r in sink.results() if r.local and r.kind == "suspend"],
+        )
+        assert done[0].status == "done" and list(done[0].pids) == [attack.pid]
+    finally:
+        if attack is not None:
+            attack.kill()
+            attack.wait()
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+        sink.stop()
 
 
 def _tocsin(addr: str, *args: str) -> subprocess.CompletedProcess[str]:

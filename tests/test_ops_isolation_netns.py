@@ -55,6 +55,8 @@ class Topology:
         self.a_to_j = Netns(self.names[0], f"10.232.{nets[1]}.1")
         self.j = Netns(self.names[2], f"10.232.{nets[1]}.2")
         self.a = self.a_to_c
+        # A second address on C, not a resolver the agent was given: DNS to it is a leak.
+        self.c_other = f"10.232.{nets[0]}.3"
         self._tag = tag
 
     def __enter__(self) -> Topology:
@@ -81,6 +83,8 @@ class Topology:
             for ns, dev in ((near, va), (far, vb)):
                 _run("ip", "-n", ns.name, "addr", "add", f"{ns.address}/24", "dev", dev)
                 _run("ip", "-n", ns.name, "link", "set", dev, "up")
+            if far is self.c:
+                _run("ip", "-n", far.name, "addr", "add", f"{self.c_other}/24", "dev", vb)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -188,6 +192,8 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
         spawn(
             topo.j, [sys.executable, RECEIVER, "listen", topo.j.address, str(JUMP_PORT)], "jump.log"
         )
+        # Port 53 (DNS over TCP) on both of C's addresses; only C's main one is the resolver.
+        spawn(topo.c, [sys.executable, RECEIVER, "listen", "0.0.0.0", "53"], "dns.log")
         spawn(
             topo.a,
             [sys.executable, RECEIVER, "listen", "0.0.0.0", str(AGENT_SVC_PORT)],
@@ -196,6 +202,7 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
         topo.a.wait_connect(topo.c.address, COLLECTOR_PORT)
         topo.a.wait_connect(topo.j.address, JUMP_PORT)
         topo.a.wait_connect(topo.c.address, OTHER_PORT)
+        topo.a.wait_connect(topo.c_other, 53)
         agent = spawn(topo.a, agent_args, "agent.log")
         try:
             wait_for("the agent to connect", connected, 30, 0.5)
@@ -233,6 +240,8 @@ def test_isolation_keeps_allowlist_survives_restart_rolls_back_and_releases(
             assert topo.j.can_connect(topo.a_to_j.address, AGENT_SVC_PORT)  # and inbound
             assert not topo.a.can_connect(topo.c.address, OTHER_PORT, 1.0)  # the rest: cut
             assert not topo.c.can_connect(topo.a.address, AGENT_SVC_PORT, 1.0)
+            assert topo.a.can_connect(topo.c.address, 53)  # the resolver it was given
+            assert not topo.a.can_connect(topo.c_other, 53, 1.0)  # DNS anywhere else: cut
 
         cut_off()
 

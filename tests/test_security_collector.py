@@ -45,8 +45,9 @@ BEFORE_YEAR_1_S = -100_000_000_000
 class AgentStream:
     """One Telemetry stream written by hand: hello, then whatever the test sends."""
 
-    def __init__(self, target: str, host_id: str, version: str = "1.0") -> None:
+    def __init__(self, target: str, host_id: str, version: str = "1.0", hostname: str = "") -> None:
         self.target, self.host_id, self.version = target, host_id, version
+        self.hostname = hostname
         self.out: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
         self.acked = 0
         self.acks = 0
@@ -58,7 +59,12 @@ class AgentStream:
 
     async def __aenter__(self) -> AgentStream:
         self.channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
-        hello = pb.Hello(host_id=self.host_id, boot_id="boot-1", agent_version=self.version)
+        hello = pb.Hello(
+            host_id=self.host_id,
+            boot_id="boot-1",
+            agent_version=self.version,
+            hostname=self.hostname,
+        )
         await self.out.put(pb.AgentMessage(hello=hello))
         self.call = pb_grpc.TelemetryStub(self.channel).Stream(self._requests())
         self.reader = asyncio.create_task(self._read())
@@ -373,17 +379,19 @@ def test_action_results_count_only_from_the_host_commanded(tmp_path: Path) -> No
     assert "for command" in proc.text() and "refused" in proc.text()
 
 
-def test_suspended_pid_list_is_bounded(tmp_path: Path) -> None:
+def _listed_host(
+    tmp_path: Path, results: list[pb.ActionResult], **hello: str
+) -> tuple[dict[str, Any], str]:
+    """The host entry ``tocsin hosts`` lists after one stream (``hello`` fields) sent
+    ``results`` and a window, once every pid they name is kept or counted dropped; and
+    the collector's log."""
     proc = collector(tmp_path, respond="off")
     target = proc.start()
+    pids_sent = sum(len(r.pids) for r in results)
 
     async def scenario() -> None:
-        async with AgentStream(target, "grower") as agent:
-            for i in range(4):
-                pids = range(100_000 + i * 40_000, 100_000 + (i + 1) * 40_000)
-                result = pb.ActionResult(
-                    command_id=f"local-{i}", kind="suspend", status="done", pids=pids, local=True
-                )
+        async with AgentStream(target, "grower", **hello) as agent:
+            for result in results:
                 await agent.send(pb.AgentMessage(action_result=result))
             await agent.window(dated(pb.Window(seq=1), time.time()))
 
@@ -396,13 +404,38 @@ def test_suspended_pid_list_is_bounded(tmp_path: Path) -> None:
             assert res.returncode == 0, res.stderr
             (host,) = json.loads(res.stdout)
             settled = int(host["suspended_pids_dropped"]) + len(host["suspended_pids"])
-            if settled == 160_000 or time.monotonic() > deadline:
+            if settled == pids_sent or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     finally:
         proc.stop()
+    return host, proc.text()
+
+
+def _local_suspend(command_id: str, pids: range) -> pb.ActionResult:
+    return pb.ActionResult(
+        command_id=command_id, kind="suspend", status="done", pids=pids, local=True
+    )
+
+
+def test_suspended_pid_list_is_bounded(tmp_path: Path) -> None:
+    batches = [range(100_000 + i * 40_000, 100_000 + (i + 1) * 40_000) for i in range(4)]
+    host, _ = _listed_host(
+        tmp_path, [_local_suspend(f"local-{i}", b) for i, b in enumerate(batches)]
+    )
     assert 0 < len(host["suspended_pids"]) <= 256
     assert int(host["suspended_pids_dropped"]) == 160_000 - len(host["suspended_pids"])
+
+
+def test_a_hello_near_the_message_limit_does_not_break_the_host_list(tmp_path: Path) -> None:
+    """One hello's hostname of almost 256 KiB (a message the collector takes), beside the
+    most suspended pids a host may keep: one host's entry must not outgrow a reply."""
+    hostname = "h" * (256 * 1024 - 256)
+    pids = _local_suspend("local-1", range(1_000_000, 1_000_300))
+    host, log = _listed_host(tmp_path, [pids], version="v" * 100, hostname=hostname)
+    assert host["hostname"] == hostname[:253] and host["agent_version"] == "v" * 64
+    assert len(host["suspended_pids"]) == 256
+    assert "Traceback" not in log
 
 
 def test_300_alerts_are_listed_page_by_page(tmp_path: Path) -> None:
