@@ -1,6 +1,6 @@
 """Admission under overload: evidence always, quiet windows pushed back while behind.
 
-Contract of ``Admission(config, backlog)``:
+Contract of ``Admission(config, backlog, hot)``:
 
 - ``backlog()`` says how many windows the collector holds in memory now
   (waiting for their commit or their judgement): ``in_flight``.
@@ -9,13 +9,23 @@ Contract of ``Admission(config, backlog)``:
   (a moment when the machine lends the collector no CPU is not overload).
 - ``behind`` is true while more than ``config.max_in_flight`` windows are in
   flight or the loop lags more than ``config.max_lag_s``.
-- ``pushback_ms(window, stream_age_s)`` is None when the window is admitted,
-  else how long its agent should wait before it comes back (the
+- ``grace(host_id)`` is asked when a host's stream begins: whether its windows
+  are all admitted for its first ``config.grace_s``. An agent pushed back comes
+  back before its wait is over only when it has spooled evidence (its shipper
+  does so); it then resends its spool in order, the quiet windows before the
+  attack window, and is not sent away before it reaches it: grace. An agent back
+  on schedule has nothing urgent: no grace, so its spooled quiet windows do not
+  flood a collector still behind (with grace for all, every return brought a
+  spool's worth of windows, and the collector never caught up). A host never
+  pushed back (a new agent, one back after a network cut) has grace.
+- ``pushback_ms(host_id, window, stream_age_s)`` is None when the window is
+  admitted, else how long its agent should wait before it comes back (the
   ``grpc-retry-pushback-ms`` hint of a RESOURCE_EXHAUSTED end). A window with
   evidence (``tocsin.v1.evidence``) is always admitted, and so is every window
-  of a stream younger than ``config.grace_s``: an agent back from a pushback resends
-  its spool in order, the quiet windows before an attack window, and is not
-  sent away before it reaches it. Otherwise a window is refused while the
+  of a host that ``hot(host_id)`` says is under attack (an open critical incident, a
+  command waiting for it: its stream must stay up for the suspend to reach it),
+  and every window of a stream in its grace (``stream_age_s`` below ``config.grace_s``; pass
+  infinity for a stream without grace). Otherwise a window is refused while the
   collector is behind; the wait is drawn in [``config.pushback_ms``,
   2 x ``config.pushback_ms``) so the agents pushed back together do not all return
   together. The agent keeps the window spooled (nothing was acked) and comes
@@ -38,6 +48,10 @@ from tocsin.v1.evidence import carries_evidence
 
 log = logging.getLogger("tocsin.collector.admission")
 
+# A host back this much before its wait is over came back early (it has evidence).
+EARLY_MARGIN_S = 0.05
+MAX_WAITING = 200_000
+
 
 @dataclass(frozen=True)
 class AdmissionConfig:
@@ -54,14 +68,17 @@ class Admission:
         self,
         config: AdmissionConfig,
         backlog: Callable[[], int],
+        hot: Callable[[str], bool] = lambda host_id: False,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.config, self._backlog = config, backlog
+        self.config, self._backlog, self._hot = config, backlog, hot
         self._clock, self._rand = clock, rand
         self.lag_s = 0.0
         self.refused = 0
         self._logged = (clock(), 0)  # when the last warning was, and the count then
+        # Hosts pushed back -> until when they were told to wait (``grace``).
+        self._waiting: dict[str, float] = {}
 
     @property
     def in_flight(self) -> int:
@@ -71,11 +88,21 @@ class Admission:
     def behind(self) -> bool:
         return self.in_flight > self.config.max_in_flight or self.lag_s > self.config.max_lag_s
 
-    def pushback_ms(self, w: pb.Window, stream_age_s: float) -> int | None:
+    def grace(self, host_id: str) -> bool:
+        until = self._waiting.pop(host_id, None)
+        return until is None or self._clock() < until - EARLY_MARGIN_S
+
+    def pushback_ms(self, host_id: str, w: pb.Window, stream_age_s: float) -> int | None:
         if stream_age_s < self.config.grace_s or not self.behind or carries_evidence(w):
+            return None
+        if self._hot(host_id):
             return None
         self.refused += 1
         now = self._clock()
+        wait_ms = int(self.config.pushback_ms * (1.0 + self._rand()))
+        if len(self._waiting) >= MAX_WAITING:
+            self._waiting.clear()  # forgotten hosts get grace once: never refused for it
+        self._waiting[host_id] = now + wait_ms / 1000.0
         at, count = self._logged
         if now - at >= self.config.log_every_s:
             log.warning(
@@ -88,7 +115,7 @@ class Admission:
                 now - at,
             )
             self._logged = (now, self.refused)
-        return int(self.config.pushback_ms * (1.0 + self._rand()))
+        return wait_ms
 
     async def run(self) -> None:
         while True:

@@ -124,7 +124,12 @@ def assemble(
     )
     silence = SilenceWatch(sink, silent_after_s)
     # What the collector holds of agents' windows: waiting for a commit or a judgement.
-    watch = Admission(admission or AdmissionConfig(), lambda: commits.waiting + stage.queued)
+    watch = Admission(
+        admission or AdmissionConfig(),
+        lambda: commits.waiting + stage.queued,
+        # Under attack: its stream stays up, for the suspend to reach it at once.
+        lambda host_id: router.pending(host_id) > 0 or stage.judge.under_attack(host_id),
+    )
     telemetry = TelemetryService(
         store,
         router,

@@ -329,6 +329,12 @@ class Judge:
         """True while the host has an open incident (per-host learning waits for it)."""
         return bool(self._incidents.of_host(host_id))
 
+    def under_attack(self, host_id: str) -> bool:
+        """True while the host has an open critical incident."""
+        return any(
+            self._incidents[k].severity == "critical" for k in self._incidents.of_host(host_id)
+        )
+
     def _keep(self, key: tuple[str, int], inc: _Incident) -> None:
         self.book.save(
             IncidentRecord(

@@ -80,6 +80,7 @@ import collections
 import contextlib
 import datetime as dt
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -148,6 +149,7 @@ class _StreamSession:
         self.host_id = host_id
         self.peer_host = peer_host(peer)
         self.started_s = time.monotonic()
+        self.grace = True  # all its windows admitted for the admission's grace (``Admission``)
         # The last window on its way (committing, then acked and handed on in order),
         # and how many are: a stream reads on while its windows commit.
         self.tail: asyncio.Task[None] | None = None
@@ -358,6 +360,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         except StoreUnavailable as exc:
             await self._refuse(context, host_id, self._store_end(host_id, exc, 0))
         session = _StreamSession(host_id, self.max_outbound, peer)
+        if self.admission is not None:
+            session.grace = self.admission.grace(host_id)
         displaced = self.router.attach(host_id, session)
         if displaced is not None:
             displaced.displace()
@@ -599,7 +603,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         if w.seq <= 0:
             raise WireError("window seq must be > 0")
         if self.admission is not None:
-            wait_ms = self.admission.pushback_ms(w, time.monotonic() - session.started_s)
+            age_s = time.monotonic() - session.started_s if session.grace else math.inf
+            wait_ms = self.admission.pushback_ms(host_id, w, age_s)
             if wait_ms is not None:
                 raise _PushedBack(wait_ms)
         raw = w.SerializeToString()
