@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from fakeagent import T0, encrypting
-from tocsin.collector.admission import AdmissionConfig
+from tocsin.collector.admission import Admission, AdmissionConfig
 from tocsin.collector.app import assemble
 from tocsin.collector.features import window_features
 from tocsin.collector.ingest import PUSHBACK_KEY
@@ -284,3 +284,28 @@ def test_an_open_incident_refreshes_its_alert_without_a_transaction_on_the_event
     rows = con.execute("SELECT window_end, open FROM alerts WHERE host_id='attacked'").fetchall()
     con.close()
     assert len(rows) == 1 and rows[0][0] == T0 + 7, rows  # refreshed to the last window
+
+
+def test_admission_grace_is_for_agents_back_early_and_hosts_under_attack_stay() -> None:
+    """While behind: an agent back before its pushback ran out has spooled evidence and
+    gets its stream's grace; one back on schedule does not (its spool would flood the
+    collector again); a host under attack is never pushed back."""
+    now = [100.0]
+    adm = Admission(
+        AdmissionConfig(max_in_flight=0, grace_s=1.0, pushback_ms=1000),
+        lambda: 10,  # behind: more in flight than allowed
+        lambda host_id: host_id == "attacked",
+        clock=lambda: now[0],
+        rand=lambda: 0.0,
+    )
+    w = busy(1).window
+    assert adm.grace("new-agent")  # never pushed back
+    assert adm.pushback_ms("early", w, 5.0) == 1000
+    assert adm.pushback_ms("on-time", w, 5.0) == 1000
+    now[0] += 0.5
+    assert adm.grace("early")
+    now[0] += 0.6
+    assert not adm.grace("on-time")
+    assert adm.pushback_ms("on-time", w, 0.1) is None  # a stream with grace
+    assert adm.pushback_ms("attacked", w, 5.0) is None
+    assert adm.pushback_ms("x", encrypting(1).window, 5.0) is None  # evidence
