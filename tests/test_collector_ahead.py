@@ -9,9 +9,12 @@ suspend comes back before the window's ack, and the ack still waits for the comm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 from test_collector_ingest import hello, quiet
@@ -40,6 +43,35 @@ async def _judged(db: Path, host: str, seq: int) -> None:
         await asyncio.sleep(0.02)
 
 
+@contextlib.asynccontextmanager
+async def _collector(db: Path) -> AsyncIterator[tuple[grpc.aio.Channel, sqlite3.Connection]]:
+    """A real collector on ``db`` (enforce), a channel to it, and another connection to
+    the same file: ``BEGIN IMMEDIATE`` on it is a disk that does not sync for now."""
+    c = assemble(SqliteStore.open(db), ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
+    port = await c.start("127.0.0.1:0")
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as ch:
+            yield ch, other
+    finally:
+        if other.in_transaction:
+            other.execute("COMMIT")
+        other.close()
+        await c.stop(1.0)
+
+
+async def _known(ch: grpc.aio.Channel, db: Path) -> Any:
+    """A stream whose hello and window 1 are acked and judged (the host known, in sync)."""
+    call = pb_grpc.TelemetryStub(ch).Stream()
+    await call.write(hello())
+    await call.write(quiet(1))
+    async for msg in call:
+        if msg.HasField("ack") and msg.ack.seq == 1:
+            break
+    await asyncio.wait_for(_judged(db, "srv-mairie", 1), 10)
+    return call
+
+
 def test_an_attack_window_is_suspended_before_its_commit_and_acked_after(
     tmp_path: Path,
 ) -> None:
@@ -47,48 +79,29 @@ def test_an_attack_window_is_suspended_before_its_commit_and_acked_after(
     timeline: list[tuple[str, float]] = []
 
     async def main() -> None:
-        store = SqliteStore.open(db)
-        c = assemble(store, ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
-        port = await c.start("127.0.0.1:0")
-        other = sqlite3.connect(db, isolation_level=None)
-        try:
-            async with grpc.aio.insecure_channel(
-                f"127.0.0.1:{port}", options=CHANNEL_OPTIONS
-            ) as ch:
-                call = pb_grpc.TelemetryStub(ch).Stream()
-                await call.write(hello())
-                await call.write(quiet(1))
-                it = call.__aiter__()
-                while True:  # the hello's ack, then window 1's
-                    msg = await asyncio.wait_for(it.__anext__(), 10)
-                    if msg.HasField("ack") and msg.ack.seq == 1:
+        async with _collector(db) as (ch, other):
+            call = await _known(ch, db)
+            it = call.__aiter__()
+            other.execute("BEGIN IMMEDIATE")  # a slow disk: the commit must wait
+            t0 = time.monotonic()
+            await call.write(quiet(2))  # taken along ahead, in order
+            await call.write(encrypting(3))
+            released = False
+            while True:
+                msg = await asyncio.wait_for(it.__anext__(), 10)
+                at = time.monotonic() - t0
+                if msg.HasField("command"):
+                    timeline.append((f"command {msg.command.kind}", at))
+                elif msg.HasField("ack"):
+                    timeline.append((f"ack {msg.ack.seq}", at))
+                    if msg.ack.seq == 3:
                         break
-                await asyncio.wait_for(_judged(db, "srv-mairie", 1), 10)
-                other.execute("BEGIN IMMEDIATE")  # a slow disk: the commit must wait
-                t0 = time.monotonic()
-                await call.write(quiet(2))  # taken along ahead, in order
-                await call.write(encrypting(3))
-                released = False
-                while True:
-                    msg = await asyncio.wait_for(it.__anext__(), 10)
-                    at = time.monotonic() - t0
-                    if msg.HasField("command"):
-                        timeline.append((f"command {msg.command.kind}", at))
-                    elif msg.HasField("ack"):
-                        timeline.append((f"ack {msg.ack.seq}", at))
-                        if msg.ack.seq == 3:
-                            break
-                    if not released and any(k == "command suspend" for k, _ in timeline):
-                        await asyncio.sleep(0.3)  # the ack must not come while held
-                        timeline.append(("released", time.monotonic() - t0))
-                        other.execute("COMMIT")
-                        released = True
-                await call.done_writing()
-        finally:
-            if other.in_transaction:
-                other.execute("COMMIT")
-            other.close()
-            await c.stop(1.0)
+                if not released and any(k == "command suspend" for k, _ in timeline):
+                    await asyncio.sleep(0.3)  # the ack must not come while held
+                    timeline.append(("released", time.monotonic() - t0))
+                    other.execute("COMMIT")
+                    released = True
+            await call.done_writing()
 
     asyncio.run(main())
     kinds = [k for k, _ in timeline]
@@ -123,41 +136,25 @@ def test_a_window_judged_ahead_whose_commit_failed_is_marked_when_resent_not_jud
         return grpc.StatusCode.OK
 
     async def main() -> grpc.StatusCode | None:
-        store = SqliteStore.open(db)
-        c = assemble(store, ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
-        port = await c.start("127.0.0.1:0")
-        other = sqlite3.connect(db, isolation_level=None)
-        try:
-            async with grpc.aio.insecure_channel(
-                f"127.0.0.1:{port}", options=CHANNEL_OPTIONS
-            ) as ch:
-                call = pb_grpc.TelemetryStub(ch).Stream()
-                await call.write(hello())
-                await call.write(quiet(1))
-                assert await asyncio.wait_for(read_until_ack(call, 1), 10) is None
-                await asyncio.wait_for(_judged(db, "srv-mairie", 1), 10)
-                other.execute("BEGIN IMMEDIATE")
-                await call.write(encrypting(2))
-                ending = asyncio.create_task(read_until_ack(call, 2))
-                t0 = time.monotonic()
-                while "suspend" not in commands:  # judged ahead, while the commit waits
-                    assert time.monotonic() - t0 < 3, commands
-                    await asyncio.sleep(0.02)
-                await asyncio.sleep(6.0)  # past the store's 5 s busy timeout: the commit fails
-                other.execute("COMMIT")
-                ended = await asyncio.wait_for(ending, 30)
-                resent = pb_grpc.TelemetryStub(ch).Stream()
-                await resent.write(hello())
-                await resent.write(encrypting(2))
-                assert await asyncio.wait_for(read_until_ack(resent, 2), 10) is None
-                await resent.done_writing()
+        async with _collector(db) as (ch, other):
+            call = await _known(ch, db)
+            other.execute("BEGIN IMMEDIATE")
+            await call.write(encrypting(2))
+            ending = asyncio.create_task(read_until_ack(call, 2))
+            t0 = time.monotonic()
+            while "suspend" not in commands:  # judged ahead, while the commit waits
+                assert time.monotonic() - t0 < 3, commands
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(6.0)  # past the store's 5 s busy timeout: the commit fails
+            other.execute("COMMIT")
+            ended = await asyncio.wait_for(ending, 30)
+            resent = pb_grpc.TelemetryStub(ch).Stream()
+            await resent.write(hello())
+            await resent.write(encrypting(2))
+            assert await asyncio.wait_for(read_until_ack(resent, 2), 10) is None
+            await resent.done_writing()
             await asyncio.sleep(0.5)  # the judged mark's group commit
             return ended
-        finally:
-            if other.in_transaction:
-                other.execute("COMMIT")
-            other.close()
-            await c.stop(1.0)
 
     ended = asyncio.run(main())
     assert ended is not None and ended != grpc.StatusCode.OK, ended  # refused, not acked
@@ -179,42 +176,24 @@ def test_a_known_host_back_on_a_new_stream_is_answered_while_the_disk_is_held(
     seen: list[str] = []
 
     async def main() -> None:
-        store = SqliteStore.open(db)
-        c = assemble(store, ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
-        port = await c.start("127.0.0.1:0")
-        other = sqlite3.connect(db, isolation_level=None)
-        try:
-            async with grpc.aio.insecure_channel(
-                f"127.0.0.1:{port}", options=CHANNEL_OPTIONS
-            ) as ch:
-                first = pb_grpc.TelemetryStub(ch).Stream()
-                await first.write(hello())
-                await first.write(quiet(1))
-                async for msg in first:
-                    if msg.HasField("ack") and msg.ack.seq == 1:
-                        break
-                await first.done_writing()
-                await asyncio.wait_for(_judged(db, "srv-mairie", 1), 10)
-                other.execute("BEGIN IMMEDIATE")
-                back = pb_grpc.TelemetryStub(ch).Stream()
-                await back.write(hello())
-                await back.write(encrypting(2))
-                t0 = time.monotonic()
-                async for msg in back:
-                    if msg.HasField("ack"):
-                        seen.append(f"ack {msg.ack.seq}")
-                    else:
-                        seen.append(f"command {msg.command.kind}")
-                    if "command suspend" in seen:
-                        break
-                assert time.monotonic() - t0 < 2.0, seen  # not the 5 s busy timeout
-                other.execute("COMMIT")
-                await back.done_writing()
-        finally:
-            if other.in_transaction:
-                other.execute("COMMIT")
-            other.close()
-            await c.stop(1.0)
+        async with _collector(db) as (ch, other):
+            first = await _known(ch, db)
+            await first.done_writing()
+            other.execute("BEGIN IMMEDIATE")
+            back = pb_grpc.TelemetryStub(ch).Stream()
+            await back.write(hello())
+            await back.write(encrypting(2))
+            t0 = time.monotonic()
+            async for msg in back:
+                if msg.HasField("ack"):
+                    seen.append(f"ack {msg.ack.seq}")
+                else:
+                    seen.append(f"command {msg.command.kind}")
+                if "command suspend" in seen:
+                    break
+            assert time.monotonic() - t0 < 2.0, seen  # not the 5 s busy timeout
+            other.execute("COMMIT")
+            await back.done_writing()
 
     asyncio.run(main())
     assert seen[:2] == ["ack 1", "command suspend"], seen  # the hello's ack, then the suspend
