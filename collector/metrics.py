@@ -7,7 +7,8 @@ bound address, port 0 picks one; ``close()``). Values are read at scrape time
 from the live parts (ingest, judge stage and its ``WindowMeter``, router,
 responder, outbox, fleet guard, hooks); it changes none of them. Families
 (all prefixed ``tocsin_collector_``):
-windows_total, windows_duplicate_total, events_total{kind},
+windows_total, windows_duplicate_total, windows_in_flight, loop_lag_seconds,
+pushed_back_total (``Admission``: how far behind, what was pushed back), events_total{kind},
 agent_events_dropped_total, agent_spool_dropped{host_id}, score (histogram),
 scoring_dropped_total, alerts_total{severity}, actions_total{kind,status},
 commands_dropped_total, action_results_refused_total,
@@ -58,6 +59,22 @@ class _CollectorFamilies:
         yield _counter(p + "windows", "Windows stored", tel.windows_stored)
         yield _counter(p + "windows_duplicate", "Resent windows already stored", tel.duplicates)
         yield _counter(p + "bad_streams", "Agent streams ended on an error", tel.bad_streams)
+        watch = self.c.admission
+        yield GaugeMetricFamily(
+            p + "windows_in_flight",
+            "Windows held in memory, waiting for their commit or their judgement",
+            value=watch.in_flight,
+        )
+        yield GaugeMetricFamily(
+            p + "loop_lag_seconds",
+            "How late the event loop runs (smoothed); over 0.1 s the collector is behind",
+            value=watch.lag_s,
+        )
+        yield _counter(
+            p + "pushed_back",
+            "Quiet windows refused with a pushback while the collector was behind",
+            watch.refused,
+        )
         ev = CounterMetricFamily(p + "events", "File events agents reported", labels=["kind"])
         for kind in EVENT_KINDS:
             ev.add_metric([kind], meter.events[kind])

@@ -275,9 +275,14 @@ def test_readiness_watchdog_metrics_and_json_logs(
         "tocsin_collector_webhook_deliveries",
         "tocsin_collector_webhook_outbox_depth",
         "tocsin_collector_hosts",
+        "tocsin_collector_windows_in_flight",
+        "tocsin_collector_loop_lag_seconds",
+        "tocsin_collector_pushed_back",
     ):
         assert name in c, (name, sorted(c))
     assert _value(c, "tocsin_collector_windows") >= 1
+    assert 0 <= _value(c, "tocsin_collector_loop_lag_seconds") < 5
+    assert _value(c, "tocsin_collector_pushed_back") == 0  # one quiet agent: never behind
     assert _value(c, "tocsin_collector_events", kind="created") >= 1
     assert _value(c, "tocsin_collector_hosts", state="connected") == 1
     assert c["tocsin_collector_score"].type == "histogram"
