@@ -344,6 +344,11 @@ def build(conf: dict[str, Any]) -> App:
         console=console[0] if console else None,
         clock_skew_s=conf["max_clock_skew_s"],
         gettext=Language.load(conf["language"]).gettext,
+        admission=AdmissionConfig(
+            max_in_flight=int(conf["behind_windows"]),
+            max_lag_s=conf["behind_lag_ms"] / 1000.0,
+            pushback_ms=int(conf["pushback_s"] * 1000),
+        ),
     )
     housekeeper = Housekeeper(
         store,

@@ -19,7 +19,9 @@ list, ``respond``, ``insecure``, ``tls_ca``, ``tls_cert``, ``tls_key``,
 ``model``, ``allow``, ``log_level``, ``log_format``, ``webhook_secret``,
 ``webhook_format``, ``fleet_guard``, ``metrics``, ``webhook_retry_initial_s``,
 ``webhook_retry_max_s``, ``webhook_max_age_s``, ``retention_days``,
-``rollup_days``, ``disk_warn_percent``, ``max_clock_skew_s``,
+``rollup_days``, ``disk_warn_percent``, ``max_clock_skew_s``, ``behind_windows``,
+``behind_lag_ms``, ``pushback_s`` (when the collector counts as behind and pushes
+quiet agents back, and for how long: ``tocsin.collector.admission``),
 ``baseline_learning_days`` (how long each host is scored with the shipped
 model before it learns its own baseline; 7), ...) plus tables only a file
 can hold: ``[[webhooks]]`` (url, format, secret, events, min_severity,
@@ -105,6 +107,9 @@ _KEYS = {
     "console_url": str,
     "language": str,
     "baseline_learning_days": (int, float),
+    "behind_windows": int,
+    "behind_lag_ms": (int, float),
+    "pushback_s": (int, float),
     "bus": str,
     "name": str,
     "bus_replicas": int,
@@ -243,6 +248,9 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         "disk_warn_percent": 80.0,
         "language": "en",
         "baseline_learning_days": 7.0,
+        "behind_windows": 2000,
+        "behind_lag_ms": 100.0,
+        "pushback_s": 5.0,
         "bus_replicas": 1,
         "name": f"{role or 'collector'}-{socket.gethostname()}-{os.getpid()}",
     }
@@ -294,6 +302,9 @@ def settings(argv: Sequence[str]) -> dict[str, Any]:
         ("retention_days", 1.0, 36500.0),
         ("rollup_days", 1.0, 36500.0),
         ("disk_warn_percent", 1.0, 100.0),
+        ("behind_windows", 10.0, 1_000_000.0),
+        ("behind_lag_ms", 10.0, 10_000.0),
+        ("pushback_s", 0.5, 60.0),
     ):
         merged[key] = float(merged[key])
         if not lowest <= merged[key] <= highest:  # also refuses nan

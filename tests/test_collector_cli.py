@@ -245,3 +245,38 @@ def test_collector_missing_postgresql_database_and_two_stores_one_line(
     assert "cannot open database" in line and '"nowhere" does not exist' in line, line
     res = run(*base, "--store", pg_url, "--db", str(tmp_path / "c.db"))
     assert res.returncode == 2 and "give --store or --db, not both" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ("pushback_s = 0", "pushback_s must be between 0.5 and 60"),
+        ("behind_windows = 2", "behind_windows must be between 10 and 1e+06"),
+        ("behind_lag_ms = nan", "finite number"),
+        ('behind_windows = "many"', "behind_windows"),
+    ],
+)
+def test_overload_keys_are_checked(tmp_path: Path, line: str, needle: str) -> None:
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'listen = "127.0.0.1:0"\ninsecure = true\n{line}\n')
+    res = run(str(BIN / "tocsin-collector"), "--config", str(conf), "--db", str(tmp_path / "d"))
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], res.stderr
+
+
+def test_overload_keys_reach_the_admission(tmp_path: Path) -> None:
+    from tocsin.collector.app import build
+    from tocsin.collector.cli import settings
+
+    conf = tmp_path / "c.toml"
+    conf.write_text(
+        'listen = "127.0.0.1:0"\ninsecure = true\n'
+        "behind_windows = 500\nbehind_lag_ms = 250\npushback_s = 12.5\n"
+    )
+    app = build(settings(["--config", str(conf), "--db", str(tmp_path / "c.db")]))
+    try:
+        cfg = app.collector.admission.config
+        assert (cfg.max_in_flight, cfg.max_lag_s, cfg.pushback_ms) == (500, 0.25, 12_500)
+    finally:
+        app.db.close()
