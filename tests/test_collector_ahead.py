@@ -22,6 +22,7 @@ from test_collector_ingest import hello, quiet
 from fakeagent import encrypting
 from tocsin.collector.app import assemble
 from tocsin.collector.protocols import ThresholdScorer
+from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore
 from tocsin.collector.webhook import MemoryWebhookSink
 from tocsin.v1 import CHANNEL_OPTIONS
@@ -44,7 +45,9 @@ async def _judged(db: Path, host: str, seq: int) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _collector(db: Path) -> AsyncIterator[tuple[grpc.aio.Channel, sqlite3.Connection]]:
+async def _collector(
+    db: Path,
+) -> AsyncIterator[tuple[grpc.aio.Channel, sqlite3.Connection, Collector]]:
     """A real collector on ``db`` (enforce), a channel to it, and another connection to
     the same file: ``BEGIN IMMEDIATE`` on it is a disk that does not sync for now."""
     c = assemble(SqliteStore.open(db), ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
@@ -52,7 +55,7 @@ async def _collector(db: Path) -> AsyncIterator[tuple[grpc.aio.Channel, sqlite3.
     other = sqlite3.connect(db, isolation_level=None)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=CHANNEL_OPTIONS) as ch:
-            yield ch, other
+            yield ch, other, c
     finally:
         if other.in_transaction:
             other.execute("COMMIT")
@@ -79,7 +82,7 @@ def test_an_attack_window_is_suspended_before_its_commit_and_acked_after(
     timeline: list[tuple[str, float]] = []
 
     async def main() -> None:
-        async with _collector(db) as (ch, other):
+        async with _collector(db) as (ch, other, _):
             call = await _known(ch, db)
             it = call.__aiter__()
             other.execute("BEGIN IMMEDIATE")  # a slow disk: the commit must wait
@@ -136,7 +139,7 @@ def test_a_window_judged_ahead_whose_commit_failed_is_marked_when_resent_not_jud
         return grpc.StatusCode.OK
 
     async def main() -> grpc.StatusCode | None:
-        async with _collector(db) as (ch, other):
+        async with _collector(db) as (ch, other, _):
             call = await _known(ch, db)
             other.execute("BEGIN IMMEDIATE")
             await call.write(encrypting(2))
@@ -176,7 +179,7 @@ def test_a_known_host_back_on_a_new_stream_is_answered_while_the_disk_is_held(
     seen: list[str] = []
 
     async def main() -> None:
-        async with _collector(db) as (ch, other):
+        async with _collector(db) as (ch, other, _):
             first = await _known(ch, db)
             await first.done_writing()
             other.execute("BEGIN IMMEDIATE")
@@ -197,3 +200,41 @@ def test_a_known_host_back_on_a_new_stream_is_answered_while_the_disk_is_held(
 
     asyncio.run(main())
     assert seen[:2] == ["ack 1", "command suspend"], seen  # the hello's ack, then the suspend
+
+
+def test_an_attack_window_replayed_by_its_agent_is_not_judged_again(tmp_path: Path) -> None:
+    """A rogue or confused agent resends an evidence window already taken, on the same
+    stream and on a new one: a duplicate, never judged ahead a second time (its
+    evidence would count twice)."""
+    db = tmp_path / "tocsin.db"
+    counted: list[int] = []
+
+    async def main() -> None:
+        async with _collector(db) as (ch, _, c):
+            attack = encrypting(1)
+            attack.window.events_created = 7
+            call = pb_grpc.TelemetryStub(ch).Stream()
+            await call.write(hello())
+            await call.write(attack)
+            await call.write(attack)  # the same seq again, on the same stream
+            acks = 0
+            async for msg in call:
+                acks += msg.HasField("ack") and msg.ack.seq == 1
+                if acks == 2:
+                    break
+            await call.done_writing()
+            again = pb_grpc.TelemetryStub(ch).Stream()
+            await again.write(hello())
+            await again.write(attack)  # and on a new stream, after the hello's ack
+            acks = 0
+            async for msg in again:  # the hello's ack (seq 1 stored), then the resend's
+                acks += msg.HasField("ack") and msg.ack.seq == 1
+                if acks == 2:
+                    break
+            await again.done_writing()
+            await asyncio.wait_for(_judged(db, "srv-mairie", 1), 10)
+            await asyncio.sleep(0.5)  # a second judgement would have come by now
+            counted.append(c.stage.meter.events["created"])
+
+    asyncio.run(main())
+    assert counted == [7], counted  # the window's events, judged once
