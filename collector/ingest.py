@@ -103,7 +103,6 @@ from tocsin.collector.store import JudgedMark, Store, StoreFull, StoreUnavailabl
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import WireError
-from tocsin.v1.evidence import carries_evidence
 
 log = logging.getLogger("tocsin.collector.ingest")
 
@@ -189,9 +188,8 @@ class LocalIntake:
         self._ahead: collections.OrderedDict[tuple[str, str, int], bool] = collections.OrderedDict()
 
     async def commit(self, host_id: str, boot_id: str, window: AcceptedWindow) -> bool:
-        urgent = carries_evidence(window.window)
         try:
-            return await self.commits.add(host_id, boot_id, window.stored(), urgent=urgent)
+            return await self.commits.add(host_id, boot_id, window.stored(), urgent=window.evidence)
         except BaseException:
             key = (host_id, boot_id, window.seq)
             if key in self._ahead:
@@ -225,7 +223,7 @@ class LocalIntake:
     def _enqueue(self, host_id: str, boot_id: str, window: AcceptedWindow) -> None:
         w = window.window
         item = Committed(boot_id, w, window_features(w), window.skew_s)
-        self.stage.enqueue(host_id, item, urgent=carries_evidence(w))
+        self.stage.enqueue(host_id, item, urgent=window.evidence)
 
     async def action_result(self, host_id: str, result: pb.ActionResult) -> None:
         await self.responder.on_action_result(host_id, result)
@@ -627,7 +625,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         committing = asyncio.ensure_future(self.intake.commit(host_id, boot_id, window))
         if w.seq > acked:  # not a resend of one taken already
             session.unhanded.append((boot_id, window))
-            if carries_evidence(w):
+            if window.evidence:
                 # Judged now, while it commits (with the windows before it, in order):
                 # an attack's suspend never waits for a disk that is slow to sync.
                 self.intake.judge_ahead(host_id, list(session.unhanded))

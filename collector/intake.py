@@ -37,12 +37,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from tocsin.collector.decide import ts_s
 from tocsin.collector.features import window_tally
 from tocsin.collector.store import StoredWindow
 from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.evidence import carries_evidence
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,11 @@ class AcceptedWindow:
     @property
     def seq(self) -> int:
         return int(self.window.seq)
+
+    @cached_property
+    def evidence(self) -> bool:
+        """Whether it carries evidence (``tocsin.v1.evidence``): asked once per window."""
+        return carries_evidence(self.window)
 
     def stored(self) -> StoredWindow:
         """The row the store keeps: the agent's bytes, the judged times."""
