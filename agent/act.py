@@ -13,7 +13,7 @@ reports what it would do and changes nothing.
   (kernel threads, thread ids, protected daemons by executable, not by name).
   The processes tocsin stopped are persisted in the state dir with their
   identity.
-- resume / kill: SIGCONT (then SIGKILL for kill) the given pids, or, when none
+- resume / kill: SIGCONT (resume) or SIGKILL (kill) the given pids, or, when none
   are given, every process tocsin suspended; same guards as suspend. A pid
   named without an identity is accepted only if tocsin suspended it, and is
   then checked against the identity recorded at that time: after a reboot or
@@ -227,7 +227,11 @@ class Actions:
         dry_run: bool = False,
         refs: list[pb.ProcessRef] | None = None,
     ) -> tuple[str, str, list[int]]:
-        """SIGCONT (and SIGKILL if ``kill``) ``pids``, or all suspended when empty."""
+        """SIGCONT (or SIGKILL if ``kill``) ``pids``, or all suspended when empty.
+
+        A kill is never preceded by a SIGCONT: SIGKILL ends a stopped process where it
+        stands, while a resumed one would run on until the kill lands (a stopped smbd
+        worker would finish the request it held and answer the attacker)."""
         with self._lock:
             named = list(pids) or sorted(self._suspended)
         roots, gone, refusals = self._identify(named, list(refs or []), recorded=True)
@@ -238,9 +242,8 @@ class Actions:
         done = []
         for ident in targets:
             try:
-                _linux.signal_exact(ident.pid, ident.start_ticks, signal.SIGCONT)
-                if kill:
-                    _linux.signal_exact(ident.pid, ident.start_ticks, signal.SIGKILL)
+                sig = signal.SIGKILL if kill else signal.SIGCONT
+                _linux.signal_exact(ident.pid, ident.start_ticks, sig)
                 done.append(ident.pid)
             except ProcessLookupError:
                 done.append(ident.pid)

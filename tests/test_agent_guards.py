@@ -288,6 +288,38 @@ def test_after_pid_reuse_or_a_reboot_nothing_unrelated_is_resumed_or_killed(
         unrelated.wait()
 
 
+@ROOT_ONLY
+def test_a_killed_process_never_runs_again_after_its_suspend(tmp_path: Path) -> None:
+    """A kill ends a stopped process where it stands: resumed first, it would run on until
+    the kill lands (a stopped smbd worker would finish the request it held and answer the
+    attacker). A tree of eight shells writing in a loop shows it: nothing is written
+    between the suspend and the end of the tree."""
+    out = tmp_path / "writes"
+    writers = "for i in 1 2 3 4 5 6 7 8; do (while :; do echo x >> {}; done) & done; wait"
+    woke = 0
+    # A SIGCONT before each SIGKILL lets one of the eight write in most runs.
+    for n in range(20):
+        acts = Actions(tmp_path / f"state-{n}")
+        p = subprocess.Popen(["sh", "-c", writers.format(out)])
+        try:
+            wait_for("eight writers", lambda: len(psutil.Process(p.pid).children()) == 8)
+            assert acts.run(command("suspend", p.pid)).status == "done"
+            assert stopped_soon(p.pid)
+            time.sleep(0.05)
+            before = out.stat().st_size
+            r = acts.run(pb.Command(id="k", kind="kill", pids=[p.pid]))
+            assert r.status == "done", r.detail
+            assert p.wait(timeout=5) == -signal.SIGKILL
+            woke += out.stat().st_size != before
+        finally:
+            for child in psutil.Process().children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+            p.wait()
+            out.unlink(missing_ok=True)
+    assert woke == 0, f"the killed tree ran again in {woke} of 20 kills"
+
+
 def test_an_expired_command_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     with process(sys.executable, "-c", SLEEP) as p:
         acts = Actions(tmp_path, clock=lambda: 1_000_000.0)
