@@ -302,7 +302,7 @@ def test_a_killed_process_never_runs_again_after_its_suspend(tmp_path: Path) -> 
         acts = Actions(tmp_path / f"state-{n}")
         p = subprocess.Popen(["sh", "-c", writers.format(out)])
         try:
-            wait_for("eight writers", lambda: len(psutil.Process(p.pid).children()) == 8)
+            wait_for("eight writers", lambda pid=p.pid: len(psutil.Process(pid).children()) == 8)
             assert acts.run(command("suspend", p.pid)).status == "done"
             assert stopped_soon(p.pid)
             time.sleep(0.05)
