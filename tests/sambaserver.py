@@ -220,6 +220,19 @@ class Town:
                 return rec
         return None
 
+    def ruined_on_server(self) -> int:
+        """The share's first files that the server no longer holds as they were (gone or
+        changed), read from the server's disk."""
+        seed = self.tmp / "seed"
+        n = 0
+        for f in seed.rglob("*"):
+            if f.is_file():
+                try:
+                    n += (self.server.share / f.relative_to(seed)).read_bytes() != f.read_bytes()
+                except FileNotFoundError:
+                    n += 1
+        return n
+
     def smb_reachable(self, ns: Netns) -> bool:
         return ns.can_connect(self.server_for[ns.name], SMB_PORT, 1.0)
 
@@ -334,8 +347,14 @@ class SmbAttack:
     master_running: bool  # the smbd master neither stopped nor gone, after the response
     colleague_reachable: bool
     host_isolated: bool
-    ruined: list[float]  # when each file was ruined, before the worker was stopped
-    ruined_later: int  # files ruined after that (should be none)
+    ruined: list[float]  # when the attacker saw each file ruined, before its worker stopped
+    # The share's own files no longer as they were, counted on the server: when the
+    # attacker was cut (stopped and blocked, 0.5 s later), and at the release. The
+    # attacker's own count can lag the server's: a reply the block held back reaches it
+    # once the release unblocks it, for a file ruined before the stop.
+    server_ruined_at_cut: int
+    server_ruined_at_release: int
+    progress_late: list[str]  # the attacker's lines written after the cut, for diagnosis
     saves: list[list[str]]  # the colleague's saves, from the attack's start to the release
     saves_after_stop: int
     hook_out: str
@@ -395,6 +414,7 @@ def smb_attack(town: Town, style: str, watch_s: float = 3.0) -> SmbAttack:
     )
     time.sleep(0.5)
     ruined = [float(x[0]) for x in lines(progress)]
+    at_cut = town.ruined_on_server()
     time.sleep(watch_s)
     master_running = master.is_running() and master.status() != psutil.STATUS_STOPPED
     colleague_reachable = town.smb_reachable(town.colleague)
@@ -406,6 +426,7 @@ def smb_attack(town: Town, style: str, watch_s: float = 3.0) -> SmbAttack:
     hook_out = _try(
         lambda: wait_for("the hook", lambda: hook_file.exists() and hook_file.read_text(), 15)
     )
+    at_release = town.ruined_on_server()
     release = town.tocsin("release", HOST_ID, "--kill")
     released_at = time.time()
     unblocked = bool(
@@ -428,7 +449,13 @@ def smb_attack(town: Town, style: str, watch_s: float = 3.0) -> SmbAttack:
         colleague_reachable=colleague_reachable,
         host_isolated=isolated,
         ruined=ruined,
-        ruined_later=len(lines(progress)) - len(ruined),
+        server_ruined_at_cut=at_cut,
+        server_ruined_at_release=at_release,
+        progress_late=[
+            f"{float(x[0]) - stopped_at:+.3f} s after the stop, "
+            f"{float(x[0]) - released_at:+.3f} s after the release: {x[-1]}"
+            for x in lines(progress)[len(ruined) :]
+        ],
         saves=[x for x in lines(saves_log) if start <= float(x[0]) < released_at],
         saves_after_stop=sum(1 for x in saves if float(x[0]) >= stopped_at and x[1] == "ok"),
         hook_out=str(hook_out or ""),
