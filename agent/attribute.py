@@ -31,6 +31,12 @@ writers of one window that are each their own tree share a parent (a launcher
 spawning short-lived encryptors with another cmdline), the parent becomes
 their tree root (unless it is pid 1, the agent or a ``STOP_NAMES`` process).
 
+A writer gone before its event is read (one short process per file: ``find -exec``,
+a shell loop) writes in the place of the nearest live process that started it, known
+from the kernel's fork events (``forks``, a ``tocsin.agent.forks.ForkWatch``): never
+pid 1, the agent, its ancestors, a daemon (``NEVER_STAND_IN``) or a process started
+after that fork (a reused pid). Without process events such a writer is not seen.
+
 An smbd worker (``tocsin.agent.smb``) serves one client connection: its
 sample carries the client's address and SMB user (``smb_client_addr``,
 ``smb_user``), read from the worker's socket when it first writes and from
@@ -60,6 +66,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from tocsin.agent import _linux, limits
+from tocsin.agent.forks import ForkWatch
 from tocsin.agent.smb import SmbSessions
 from tocsin.agent.watch import READ_BATCH_S
 from tocsin.v1 import telemetry_pb2 as pb
@@ -99,6 +106,10 @@ STOP_NAMES = frozenset(
         "tmux",
     }
 )
+# Never written for in place of a writer gone already: a shell may be (it runs the
+# loop that starts one encryptor per file), a daemon never is.
+NEVER_STAND_IN = STOP_NAMES - {"bash", "sh", "zsh"}
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _META = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata (24 bytes)
 _READ_BYTES = 256 * _META.size  # at most 256 events (and descriptors) per read
 
@@ -331,6 +342,7 @@ class Attributor:
         self_pid: int | None = None,
         smb: SmbSessions | None = None,
         is_drill: Callable[[int], bool] = lambda pid: False,
+        forks: ForkWatch | None = None,
     ) -> None:
         self.roots = [os.path.realpath(r) for r in roots]
         self.smb = smb
@@ -338,6 +350,7 @@ class Attributor:
         self.max_paths_per_pid = max_paths_per_pid
         self._info = info
         self.is_drill = is_drill
+        self.forks = forks
         self._boot_id = _linux.kernel_boot_id()
         self._self_pid = self_pid if self_pid is not None else os.getpid()
         self._own_ancestors = _ancestors(self._self_pid)
@@ -393,6 +406,22 @@ class Attributor:
         if pid == self._self_pid:
             return
         with self._lock:
+            new = pid not in self._known
+        info = parent = None
+        if new:
+            info = self._info(pid)
+            if info is None:
+                # Gone before its event was read (one short process per file, from
+                # ``find -exec`` or a shell loop): the live process that started it
+                # writes in its place, so that there is something to stop.
+                info = self._stand_in(pid)
+                if info is not None:
+                    pid = info.pid
+            # The parent too, while it lives: a pool's parent may exit before the
+            # window closes, and its tree must still be found.
+            if info is not None and info.ppid > 1 and info.ppid not in self._known:
+                parent = self._info(info.ppid)
+        with self._lock:
             w = self._writers.setdefault(pid, _Writer())
             w.files_touched += 1
             if len(w.paths) < self.max_paths_per_pid:
@@ -402,24 +431,13 @@ class Attributor:
             self._path_writer[path] = pid
             if len(self._path_writer) > self.max_paths_per_pid:
                 del self._path_writer[next(iter(self._path_writer))]
-            new = pid not in self._known
-        if new:
-            info = self._info(pid)
-            # The parent too, while it lives: a pool's parent may exit before the
-            # window closes, and its tree must still be found.
-            parent = (
-                self._info(info.ppid)
-                if info is not None and info.ppid > 1 and info.ppid not in self._known
-                else None
-            )
-            with self._lock:
-                if info is not None:
-                    self._known[pid] = info
-                if parent is not None:
-                    self._known[parent.pid] = parent
-            if info is not None and info.name == "smbd" and self.smb is not None:
-                # Read the worker's socket while it lives; starts the session lookup.
-                self.smb.client_of(pid)
+            if info is not None:
+                self._known[pid] = info
+            if parent is not None:
+                self._known[parent.pid] = parent
+        if info is not None and info.name == "smbd" and self.smb is not None:
+            # Read the worker's socket while it lives; starts the session lookup.
+            self.smb.client_of(pid)
         now = time.monotonic()
         if now - self._io_read_at.get(pid, 0.0) > 0.2:
             self._io_read_at[pid] = now
@@ -427,6 +445,32 @@ class Attributor:
             if chars is not None:
                 with self._lock:
                     self._io_latest[pid] = chars
+
+    def _stand_in(self, pid: int) -> ProcInfo | None:
+        """The live process that started ``pid`` (gone), through the forks seen since
+        the agent started, climbing past launchers gone too; None without process
+        events, or when that process is pid 1, the agent or its ancestors, a daemon
+        (``NEVER_STAND_IN``: an smbd master is never made the writer), or started after
+        the fork (its pid reused)."""
+        if self.forks is None:
+            return None
+        cur = pid
+        for _ in range(8):
+            fork = self.forks.parent_of(cur)
+            if fork is None:
+                return None
+            ppid, forked_at = fork
+            if ppid <= 1 or ppid == self._self_pid or ppid in self._own_ancestors:
+                return None
+            info = self._info(ppid)
+            if info is not None:
+                # Started after that fork: the launcher's pid was reused since, by a
+                # process that had nothing to do with it.
+                if info.start_ticks / _CLK_TCK > forked_at + 0.05:
+                    return None
+                return None if info.name in NEVER_STAND_IN else info
+            cur = ppid
+        return None
 
     def writer_of(self, path: str) -> pb.ProcessSample | None:
         """The process that closed ``path`` last after writing it, with its tree root.

@@ -28,6 +28,7 @@ from tocsin.agent.attribute import Attributor
 from tocsin.agent.canary import plant
 from tocsin.agent.drill import DrillKey
 from tocsin.agent.firewall import Firewall
+from tocsin.agent.forks import ForkWatch
 from tocsin.agent.metrics import AgentMetrics
 from tocsin.agent.ruleset import pin_addresses, system_resolvers
 from tocsin.agent.ship import HelloInfo, Shipper
@@ -145,8 +146,13 @@ class Agent:
         self.watch_limit_ok = limit.ok
         self.watcher = FileWatcher(cfg.watch, ignore=ignore)
         self.drill_key = DrillKey.issue(cfg.state_dir)
+        # Forks name the launcher of writers gone before their event is read.
+        self.forks = ForkWatch.open() if os.geteuid() == 0 else None
         self.attributor = Attributor(
-            cfg.watch, is_drill=self.drill_key.carried_by, smb=SmbSessions(cfg.smb_conf)
+            cfg.watch,
+            is_drill=self.drill_key.carried_by,
+            smb=SmbSessions(cfg.smb_conf),
+            forks=self.forks,
         )
         self.attributor.ignore(self.spool.files())
         self.tripwire = Tripwire(self.actions, cfg.tripwire, protect=cfg.protect)
@@ -268,6 +274,8 @@ class Agent:
         self.window.stop()
         self.watcher.stop()
         self.attributor.stop()
+        if self.forks is not None:
+            self.forks.stop()
         self.shipper.stop()
         self.firewall.stop()
         if self.recorder:

@@ -1,0 +1,143 @@
+"""Who started whom, remembered after both are gone: the kernel's process events.
+
+Contract: ``ForkWatch.open()`` returns a started watch, or None when the kernel does
+not offer process events here (no CAP_NET_ADMIN, a network namespace other than the
+host's, a kernel without the proc connector): the caller then works without it, as
+before. ``parent_of(pid)`` is the process that forked ``pid`` and when (seconds since
+boot), for a process started since the watch began, even after it exited; the newest
+``max_kept`` forks are kept. Only the kernel's own messages are read (sender port 0).
+``lost`` counts events the kernel dropped because the reader fell behind (a fork
+storm). ``stop()`` ends the reading thread.
+
+Why: an encryptor can run one short process per file (``find -exec``, a shell loop).
+Each writer has exited by the time its fanotify event is read, so /proc no longer
+says who started it, and there is nothing to stop; the fork it came from names the
+launcher, which is alive and is what must be stopped (``tocsin.agent.attribute``).
+
+The events come over a netlink connector socket (``NETLINK_CONNECTOR``, the
+``CN_IDX_PROC`` group): after a ``PROC_CN_MCAST_LISTEN`` the kernel sends one message
+per fork, exec, exit... of every process on the host; only forks of a new process
+(not of a thread) are kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import struct
+import threading
+
+log = logging.getLogger(__name__)
+
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = 1
+CN_VAL_PROC = 1
+PROC_CN_MCAST_LISTEN = 1
+PROC_EVENT_FORK = 0x00000001
+NLMSG_DONE = 3
+MAX_KEPT = 65_536
+_RCVBUF = 4 << 20
+SO_RCVBUFFORCE = 33  # Linux; not in Python's socket module
+
+_NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr
+_CN_MSG = struct.Struct("=IIIIHH")  # struct cn_msg (id.idx, id.val, seq, ack, len, flags)
+_EVENT = struct.Struct("=IIQ")  # struct proc_event head (what, cpu, timestamp_ns)
+_FORK = struct.Struct("=IIII")  # parent pid, parent tgid, child pid, child tgid
+_FORK_AT = _NLMSG.size + _CN_MSG.size + _EVENT.size
+
+
+def _listen_message() -> bytes:
+    body = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+    cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(body), 0) + body
+    return _NLMSG.pack(_NLMSG.size + len(cn), NLMSG_DONE, 0, 0, 0) + cn
+
+
+def forks_in(data: bytes) -> list[tuple[int, int, float]]:
+    """(child, parent, seconds since boot) for each fork of a new process in one read."""
+    out: list[tuple[int, int, float]] = []
+    at = 0
+    while at + _FORK_AT + _FORK.size <= len(data):
+        length = _NLMSG.unpack_from(data, at)[0]
+        if length < _NLMSG.size:
+            break  # malformed: nothing after it can be trusted
+        what, _cpu, at_ns = _EVENT.unpack_from(data, at + _NLMSG.size + _CN_MSG.size)
+        if what == PROC_EVENT_FORK:
+            _ppid, parent_tgid, child_pid, child_tgid = _FORK.unpack_from(data, at + _FORK_AT)
+            if child_pid == child_tgid:  # a process, not a thread
+                out.append((child_tgid, parent_tgid, at_ns / 1e9))
+        at += (length + 3) & ~3  # NLMSG_ALIGN
+    return out
+
+
+class ForkWatch:
+    def __init__(self, sock: socket.socket, max_kept: int = MAX_KEPT) -> None:
+        self._sock = sock
+        self.max_kept = max_kept
+        self.lost = 0
+        self._parents: dict[int, tuple[int, float]] = {}  # child -> (parent, when), oldest first
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tocsin-forks", daemon=True)
+
+    @classmethod
+    def open(cls, max_kept: int = MAX_KEPT) -> ForkWatch | None:
+        """A started watch, or None (logged once) when process events are not offered."""
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+        except OSError as exc:
+            log.info("process events unavailable (%s): launchers of short writers unseen", exc)
+            return None
+        try:
+            sock.bind((0, CN_IDX_PROC))
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _RCVBUF)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+            sock.send(_listen_message())
+        except OSError as exc:
+            sock.close()
+            log.info("process events unavailable (%s): launchers of short writers unseen", exc)
+            return None
+        watch = cls(sock, max_kept)
+        watch._thread.start()
+        return watch
+
+    def parent_of(self, pid: int) -> tuple[int, float] | None:
+        with self._lock:
+            return self._parents.get(pid)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=2.0)
+        self._sock.close()
+
+    def _run(self) -> None:
+        fd = self._sock.fileno()
+        while not self._stopping.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                continue
+            try:
+                data, (sender, _groups) = self._sock.recvfrom(65536)
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.lost += 1  # the kernel dropped events: go on with the next ones
+                    continue
+                if self._stopping.is_set():
+                    return
+                log.warning("process events: %s; launchers of short writers unseen from now", exc)
+                return
+            if sender == 0:  # the kernel; another process may not speak for it
+                self._keep(forks_in(data))
+
+    def _keep(self, forks: list[tuple[int, int, float]]) -> None:
+        if not forks:
+            return
+        with self._lock:
+            for child, parent, at in forks:
+                self._parents.pop(child, None)  # a reused pid: its newest fork, kept last
+                self._parents[child] = (parent, at)
+            while len(self._parents) > self.max_kept:
+                del self._parents[next(iter(self._parents))]

@@ -1,0 +1,240 @@
+"""One short process per file: the launcher is what tocsin stops.
+
+``find -exec`` or a shell loop runs one encryptor per file; each has exited by the
+time its fanotify event is read. The kernel's process events (``ForkWatch``) still
+name the process that started it. Real processes, real fanotify, the real agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from test_agent_guards import reuse_pid
+from transport_procs import wait_for
+
+from netns import netns_unavailable_reason
+from tocsin.agent import simulate
+from tocsin.agent.attribute import Attributor
+from tocsin.agent.forks import ForkWatch
+
+ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="process events, fanotify need root")
+
+# A launcher (named by argv[1]) that runs one short writer per file, like find -exec.
+LAUNCHER = """
+import subprocess, sys, time
+from tocsin.agent import _linux
+_linux.set_process_name(sys.argv[1])
+for n in range(int(sys.argv[3])):
+    subprocess.run(["sh", "-c", f"head -c 4096 /dev/urandom > {sys.argv[2]}/f{n}.docx"])
+    time.sleep(0.02)
+time.sleep(60)
+"""
+
+# The one-liners: in place through a pipe (the writer is dd, its parent a dead sh),
+# and to an encrypted copy with the original deleted by find itself.
+FIND_EXEC = {
+    "inplace": "find {share} -type f -exec sh -c 'openssl enc -aes-256-ctr -pbkdf2 -iter 1 "
+    '-pass pass:x -in "$1" | dd of="$1" conv=notrunc status=none\' _ {{}} \\;',
+    "copy": "find {share} -type f ! -name '*.enc' -exec openssl enc -aes-256-cbc -pbkdf2 "
+    "-iter 1 -pass pass:x -in {{}} -out {{}}.enc \\; -delete",
+}
+
+
+@ROOT_ONLY
+def test_the_parent_of_a_process_is_known_after_it_exited() -> None:
+    forks = ForkWatch.open()
+    assert forks is not None, "process events must be offered to root on the host"
+    try:
+        sh = subprocess.Popen(["sh", "-c", "/bin/true; /bin/true; sleep 0.2"])
+        sh.wait()
+        kids = lambda: [c for c, (p, _) in list(forks._parents.items()) if p == sh.pid]  # noqa: E731
+        wait_for("the shell's forks", lambda: len(kids()) >= 3, timeout_s=5)
+        for kid in kids():
+            assert not psutil.pid_exists(kid) or psutil.Process(kid).ppid() != sh.pid
+            assert (forks.parent_of(kid) or (0, 0.0))[0] == sh.pid
+        assert (forks.parent_of(sh.pid) or (0, 0.0))[0] == os.getpid()
+    finally:
+        forks.stop()
+
+
+@ROOT_ONLY
+def test_a_small_map_keeps_the_newest_forks() -> None:
+    forks = ForkWatch.open(max_kept=8)
+    assert forks is not None
+    try:
+        for _ in range(20):
+            subprocess.run(["true"], check=True)
+        last = subprocess.Popen(["true"])
+        last.wait()
+        wait_for(
+            "the last fork",
+            lambda: (forks.parent_of(last.pid) or (0,))[0] == os.getpid(),
+            timeout_s=5,
+        )
+        assert len(forks._parents) <= 8
+    finally:
+        forks.stop()
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason()))
+def test_outside_the_hosts_network_namespace_there_is_no_watch_and_no_error() -> None:
+    """The kernel offers process events in the host's network namespace only: an agent
+    in another one works as before, with one line saying so."""
+    ns = f"tfk{os.getpid() % 10000}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        code = "from tocsin.agent.forks import ForkWatch; print(ForkWatch.open())"
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "None"
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@ROOT_ONLY
+def test_a_launcher_whose_pid_was_reused_is_not_made_the_writer(tmp_path: Path) -> None:
+    """The writer's launcher exited and its pid went to another process: that process
+    started after the fork, and is not the launcher."""
+    forks = ForkWatch.open()
+    assert forks is not None
+    attributor = Attributor([str(tmp_path)], use_fanotify=False, forks=forks)
+    try:
+        launcher = subprocess.Popen(["sh", "-c", "/bin/true; exec sleep 60"])
+        wait_for("the writer's fork", lambda: _kids_of(forks, launcher.pid), timeout_s=5)
+        (writer,) = _kids_of(forks, launcher.pid)[:1]
+        wait_for("the writer's end", lambda: not psutil.pid_exists(writer), timeout_s=5)
+        stand_in = attributor._stand_in(writer)
+        assert stand_in is not None and stand_in.pid == launcher.pid, stand_in
+        launcher.kill()
+        launcher.wait()
+        innocent = reuse_pid(launcher.pid, ["sleep", "60"])
+        try:
+            assert attributor._stand_in(writer) is None, "a reused pid was made the writer"
+        finally:
+            innocent.kill()
+            innocent.wait()
+    finally:
+        forks.stop()
+
+
+def _kids_of(forks: ForkWatch, pid: int) -> list[int]:
+    return [c for c, (p, _) in list(forks._parents.items()) if p == pid]
+
+
+def _writers_of(tmp: Path, name: str) -> tuple[int, set[int]]:
+    """Launch LAUNCHER as ``name``; the pids the attributor saw writing."""
+    share = tmp / name
+    share.mkdir()
+    forks = ForkWatch.open()
+    assert forks is not None
+    attributor = Attributor([str(share)], use_fanotify=True, forks=forks)
+    attributor.start()
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, name, str(share), "12"])
+    try:
+        wait_for("twelve files", lambda: len(list(share.iterdir())) >= 12, timeout_s=30)
+        time.sleep(0.5)  # the last events read
+        pids = {s.pid for s in attributor.collect()}
+    finally:
+        launcher.kill()
+        launcher.wait()
+        attributor.stop()
+        forks.stop()
+    return launcher.pid, pids
+
+
+@ROOT_ONLY
+def test_a_launcher_writes_for_its_short_writers_unless_it_is_a_daemon(tmp_path: Path) -> None:
+    launcher, pids = _writers_of(tmp_path, "launcher")
+    assert launcher in pids, f"the launcher {launcher} is not among the writers {pids}"
+    # A daemon (its name) is never made the writer: an smbd master, an sshd.
+    daemon, pids = _writers_of(tmp_path, "smbd")
+    assert daemon not in pids
+
+
+def _agent(share: Path, state: Path) -> subprocess.Popen[bytes]:
+    """A real agent, tripwire enforcing, its collector unreachable."""
+    exe = Path(sys.executable).with_name("tocsin-agent")
+    log = (state.parent / "agent.log").open("wb")
+    p = subprocess.Popen(
+        [
+            str(exe),
+            "--collector",
+            "127.0.0.1:9",
+            "--watch",
+            str(share),
+            "--host-id",
+            "one-per-file",
+            "--state-dir",
+            str(state),
+            "--insecure",
+            "--tripwire",
+            "enforce",
+        ],
+        stderr=log,
+    )
+    wait_for(
+        "the agent to watch",
+        lambda: b"watching" in (state.parent / "agent.log").read_bytes(),
+        timeout_s=30,
+    )
+    return p
+
+
+def _stopped_in(tree: psutil.Process) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.Error):
+        return [
+            p for p in [tree, *tree.children(recursive=True)] if p.status() == psutil.STATUS_STOPPED
+        ]
+    return []
+
+
+@ROOT_ONLY
+@pytest.mark.parametrize("style", sorted(FIND_EXEC))
+def test_find_exec_one_encryptor_per_file_is_stopped_at_its_launcher(
+    tmp_path: Path, style: str
+) -> None:
+    share = tmp_path / "share"
+    simulate.make_share(share, 600)
+    before = {p: p.read_bytes() for p in share.rglob("*") if p.is_file()}
+    agent = _agent(share, tmp_path / "state")
+    time.sleep(1.5)  # the attack is not the agent's first window
+    attack = subprocess.Popen(["sh", "-c", FIND_EXEC[style].format(share=share)])
+    try:
+        sh = psutil.Process(attack.pid)
+        stopped: list[psutil.Process] = []
+        end = time.monotonic() + 30
+        while attack.poll() is None and not stopped and time.monotonic() < end:
+            stopped = _stopped_in(sh)
+            time.sleep(0.01)
+        assert stopped, "the one-process-per-file attack ran to the end\n" + (
+            (tmp_path / "agent.log").read_text()
+        )
+        names = {p.name() for p in stopped}
+        time.sleep(0.5)
+        ruined = sum(1 for p, data in before.items() if not p.exists() or p.read_bytes() != data)
+    finally:
+        for p in [*psutil.Process(attack.pid).children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        attack.kill()
+        attack.wait()
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=20)
+    print(f"\nfind -exec {style}: stopped {sorted(names)} after {ruined} files")
+    assert "find" in names, names
+    # 5 to 7 files on a quiet machine; the suite shares two cores with other work.
+    assert ruined <= 60, ruined
