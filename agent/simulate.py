@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import random
 import sqlite3
+import subprocess
 import sys
 import tarfile
 import time
@@ -738,7 +739,23 @@ def evade_fifo_document(root: Path, rate_per_s: float = 200, seed: int = 1) -> i
     return encrypt_inplace(root, rate_per_s, seed)
 
 
+# One short process per file, as ``find DIR -exec ... {} \;`` runs them: a shell that
+# pipes random bytes over the file. The writer (dd) and its shell have exited before
+# anyone reads their events; what lives on is this process, the launcher.
+_PER_FILE = 'head -c "$1" /dev/urandom | dd of="$2" conv=notrunc status=none'
+
+
+def encrypt_per_file(root: Path, rate_per_s: float = 200, seed: int = 1) -> int:
+    """In place, one ``sh -c 'head | dd'`` per file (random bytes over each file)."""
+    n = 0
+    for p in paced(_victims(root), rate_per_s):
+        subprocess.run(["sh", "-c", _PER_FILE, "sh", str(p.stat().st_size), str(p)], check=False)
+        n += 1
+    return n
+
+
 EVASIONS: dict[str, Callable[..., int]] = {
+    "encrypt-per-file": encrypt_per_file,
     "encrypt-as-sshd": encrypt_as_sshd,
     "encrypt-drill-marker": encrypt_drill_marker,
     "evade-non-utf8-name": evade_non_utf8_name,

@@ -82,6 +82,7 @@ DEFAULT_ATTACKS = (
     "encrypt-copy-stem",
     "encrypt-copy-b64",
     "encrypt-as-sshd",
+    "encrypt-per-file",
     "encrypt-drill-marker",
     "evade-non-utf8-name",
     "evade-fifo-document",
@@ -129,6 +130,10 @@ DESCRIPTIONS = {
     "originals deleted",
     "encrypt-copy-b64": "notes first, then name.ext.MEDUSA.b64 base64 copies, originals deleted",
     "encrypt-as-sshd": "in-place encryption by a process calling itself sshd (prctl)",
+    "encrypt-per-file": (
+        "one short process per file (sh -c 'head | dd'), as find -exec runs them; here no "
+        "process events (the suite's own network namespace): the launcher is not named"
+    ),
     "encrypt-drill-marker": "in-place encryption naming the drill marker, without the key",
     "backup-gpg-files": "encrypted backup: a .gpg copy of every file, nothing deleted",
     "convert-images": "image conversion (png <-> jpg, the source removed)",
