@@ -22,6 +22,7 @@ per fork, exec, exit... of every process on the host; only forks of a new proces
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import select
@@ -40,6 +41,7 @@ NLMSG_DONE = 3
 MAX_KEPT = 65_536
 _RCVBUF = 4 << 20
 SO_RCVBUFFORCE = 33  # Linux; not in Python's socket module
+SO_ATTACH_FILTER = 26
 
 _NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr
 _CN_MSG = struct.Struct("=IIIIHH")  # struct cn_msg (id.idx, id.val, seq, ack, len, flags)
@@ -71,11 +73,32 @@ def forks_in(data: bytes) -> list[tuple[int, int, float]]:
     return out
 
 
+def _only_forks(sock: socket.socket) -> None:
+    """A socket filter: the kernel drops every event but forks before they reach us (a
+    busy host execs and exits as often as it forks). Without it, all are read."""
+    what_at = _NLMSG.size + _CN_MSG.size
+    fork = struct.unpack(">I", struct.pack("=I", PROC_EVENT_FORK))[0]  # BPF loads big-endian
+    program = (
+        (0x20, 0, 0, what_at),  # ld [what]
+        (0x15, 0, 1, fork),  # jeq fork ? next : drop
+        (0x06, 0, 0, 0xFFFFFFFF),  # ret all
+        (0x06, 0, 0, 0),  # ret 0 (drop)
+    )
+    code = b"".join(struct.pack("HBBI", *ins) for ins in program)
+    buf = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HL", len(program), ctypes.addressof(buf))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError as exc:
+        log.debug("process events unfiltered: %s", exc)
+
+
 class ForkWatch:
     def __init__(self, sock: socket.socket, max_kept: int = MAX_KEPT) -> None:
         self._sock = sock
         self.max_kept = max_kept
         self.lost = 0
+        self.received = 0  # messages read (forks only, when the socket filter holds)
         self._parents: dict[int, tuple[int, float]] = {}  # child -> (parent, when), oldest first
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -95,6 +118,7 @@ class ForkWatch:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _RCVBUF)
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+            _only_forks(sock)
             sock.send(_listen_message())
         except OSError as exc:
             sock.close()
@@ -129,6 +153,7 @@ class ForkWatch:
                     return
                 log.warning("process events: %s; launchers of short writers unseen from now", exc)
                 return
+            self.received += 1
             if sender == 0:  # the kernel; another process may not speak for it
                 self._keep(forks_in(data))
 
