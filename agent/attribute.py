@@ -34,8 +34,8 @@ their tree root (unless it is pid 1, the agent or a ``STOP_NAMES`` process).
 A writer gone before its event is read (one short process per file: ``find -exec``,
 a shell loop) writes in the place of the nearest live process that started it, known
 from the kernel's fork events (``forks``, a ``tocsin.agent.forks.ForkWatch``): never
-pid 1, the agent, its ancestors, a daemon (``NEVER_STAND_IN``) or a process started
-after that fork (a reused pid). Without process events such a writer is not seen.
+pid 1, the agent, its ancestors, a protected daemon (by executable, not by name) or a
+process started after that fork (a reused pid). Without process events such a writer is not seen.
 
 An smbd worker (``tocsin.agent.smb``) serves one client connection: its
 sample carries the client's address and SMB user (``smb_client_addr``,
@@ -67,6 +67,7 @@ import psutil
 
 from tocsin.agent import _linux, limits
 from tocsin.agent.forks import ForkWatch
+from tocsin.agent.protect import protection
 from tocsin.agent.smb import SmbSessions
 from tocsin.agent.watch import READ_BATCH_S
 from tocsin.v1 import telemetry_pb2 as pb
@@ -106,9 +107,6 @@ STOP_NAMES = frozenset(
         "tmux",
     }
 )
-# Never written for in place of a writer gone already: a shell may be (it runs the
-# loop that starts one encryptor per file), a daemon never is.
-NEVER_STAND_IN = STOP_NAMES - {"bash", "sh", "zsh"}
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _META = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata (24 bytes)
 _READ_BYTES = 256 * _META.size  # at most 256 events (and descriptors) per read
@@ -449,9 +447,10 @@ class Attributor:
     def _stand_in(self, pid: int) -> ProcInfo | None:
         """The live process that started ``pid`` (gone), through the forks seen since
         the agent started, climbing past launchers gone too; None without process
-        events, or when that process is pid 1, the agent or its ancestors, a daemon
-        (``NEVER_STAND_IN``: an smbd master is never made the writer), or started after
-        the fork (its pid reused)."""
+        events, or when that process is pid 1, the agent or its ancestors, a protected
+        daemon (``protect.protection``, by executable: an smbd master is never made the
+        writer, a launcher calling itself ``cron`` is), or started after the fork (its
+        pid reused)."""
         if self.forks is None:
             return None
         cur = pid
@@ -468,7 +467,8 @@ class Attributor:
                 # process that had nothing to do with it.
                 if info.start_ticks / _CLK_TCK > forked_at + 0.05:
                     return None
-                return None if info.name in NEVER_STAND_IN else info
+                # A daemon by its executable (an smbd master), never by its name.
+                return None if protection(ppid) else info
             cur = ppid
         return None
 

@@ -28,6 +28,8 @@ from transport_procs import BIN, CollectorProc, wait_for
 
 from tocsin.agent import _linux, simulate
 from tocsin.agent.act import EXPIRED, Actions
+from tocsin.agent.attribute import Attributor
+from tocsin.agent.forks import ForkWatch
 from tocsin.agent.protect import protection
 from tocsin.v1 import telemetry_pb2 as pb
 
@@ -176,6 +178,8 @@ def test_the_smbd_master_is_protected_and_its_client_worker_is_not(tmp_path: Pat
     conf = tmp_path / "smb.conf"
     conf.write_text(SMB_CONF.format(port=free_port(), dirs=dirs, root=tmp_path))
     port = conf.read_text().split("smb ports = ")[1].split()[0]
+    forks = ForkWatch.open()
+    assert forks is not None
     with process("smbd", "--foreground", "--no-process-group", "-s", str(conf)) as master:
 
         def listening() -> bool:
@@ -215,9 +219,15 @@ def test_the_smbd_master_is_protected_and_its_client_worker_is_not(tmp_path: Pat
             assert r.status == "done" and r.pids == [pid], r.detail
             assert stopped_soon(pid) and status(master.pid) != psutil.STATUS_STOPPED
             acts.run(pb.Command(id="k", kind="kill", pids=[pid]))
+            # Gone, its writes are never put on the master (protected by its executable).
+            wait_for("the worker's end", lambda: not psutil.pid_exists(pid), 10)
+            assert (forks.parent_of(pid) or (0, 0.0))[0] == master.pid
+            attributor = Attributor([str(tmp_path / "share")], use_fanotify=False, forks=forks)
+            assert attributor._stand_in(pid) is None
         finally:
             client.kill()
             client.wait()
+            forks.stop()
 
 
 @ROOT_ONLY
