@@ -29,7 +29,8 @@ drill's own workers are, from their first file (the tripwire counts per tree).
 Siblings: when two or more
 writers of one window that are each their own tree share a parent (a launcher
 spawning short-lived encryptors with another cmdline), the parent becomes
-their tree root (unless it is pid 1, the agent or a ``STOP_NAMES`` process).
+their tree root (unless it is pid 1, the agent or a ``STOP_NAMES`` process: a
+shell, session or daemon by its name and its executable, ``stops_climb``).
 
 A writer gone before its event is read (one short process per file: ``find -exec``,
 a shell loop) writes in the place of the nearest live process that started it, known
@@ -108,6 +109,21 @@ STOP_NAMES = frozenset(
     }
 )
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Executables that a STOP_NAMES name may run under besides its own (Debian's sh is dash).
+_STOP_ALIASES = {"sh": ("dash", "bash", "busybox"), "init": ("systemd",)}
+
+
+def stops_climb(info: ProcInfo) -> bool:
+    """A shell, session or daemon that trees never climb into: its name in STOP_NAMES
+    and its executable the one that name stands for. A name alone is anyone's (prctl,
+    or a copied binary): an encryptor's launcher calling itself ``sshd`` or ``bash``
+    is climbed into like any other (an unreadable executable keeps the name's word)."""
+    if info.name not in STOP_NAMES:
+        return False
+    exe = os.path.basename(info.exe)
+    return not exe or exe.startswith(info.name) or exe in _STOP_ALIASES.get(info.name, ())
+
+
 _META = struct.Struct("=IBBHQii")  # struct fanotify_event_metadata (24 bytes)
 _READ_BYTES = 256 * _META.size  # at most 256 events (and descriptors) per read
 
@@ -538,7 +554,7 @@ class Attributor:
             if ppid <= 1 or ppid == self._self_pid or ppid in self._own_ancestors:
                 break  # the agent's own ancestors are never a tree it could suspend
             parent = self._known.get(ppid) or self._info(ppid)
-            if parent is None or parent.name in STOP_NAMES:
+            if parent is None or stops_climb(parent):
                 break
             if self.is_drill(cur.pid) and not self.is_drill(ppid):
                 break  # a drill is its own tree, never its launcher (its workers are in it)
@@ -568,7 +584,7 @@ class Attributor:
             if len(kids) < 2:
                 continue
             parent = self._known.get(ppid) or self._info(ppid)
-            if parent is None or parent.name in STOP_NAMES:
+            if parent is None or stops_climb(parent):
                 continue
             self._known[ppid] = parent
             self._recent_writers[ppid] = now  # later lone workers climb into it too

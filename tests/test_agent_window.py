@@ -27,8 +27,12 @@ def _run(
     extra: tuple[str, ...] = (),
     drill: DrillKey | None = None,
     on_ruined: Callable[[pb.ProcessSample, Ruined, float], bool] | None = None,
+    calls_itself: str = "",
+    shell: bool = False,
 ) -> tuple[list[pb.Window], int]:
-    """``style`` run against a watched share (as a drill of ``drill``'s agent if given)."""
+    """``style`` run against a watched share (as a drill of ``drill``'s agent if given;
+    by a process that renamed itself ``calls_itself`` with prctl, if given; from a real
+    bash running two of them side by side, child of the returned pid, with ``shell``)."""
     share = tmp_path / "share"
     simulate.make_share(share, files)
     watcher = FileWatcher([str(share)])
@@ -42,19 +46,22 @@ def _run(
     loop.start()
     time.sleep(0.3)
     try:
+        argv = ["run", style, str(share), "--rate", "400", *extra]
+        if shell:
+            argv = ["-c", "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"]
+            sim = f'{sys.executable} -m tocsin.agent.simulate "$@"'
+            argv += ["bash", "-c", f"{sim} & {sim} & wait"]
+            argv += ["bash", "run", style, str(share), "--rate", "400", *extra]
+        elif calls_itself:
+            code = (
+                "import sys; from tocsin.agent import _linux, simulate; "
+                "_linux.set_process_name(sys.argv[1]); sys.exit(simulate.main(sys.argv[2:]))"
+            )
+            argv = ["-c", code, calls_itself, *argv]
+        else:
+            argv = ["-m", "tocsin.agent.simulate", *argv]
         child = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tocsin.agent.simulate",
-                "run",
-                style,
-                str(share),
-                "--rate",
-                "400",
-                *extra,
-            ],
-            env=drill.environment() if drill else None,
+            [sys.executable, *argv], env=drill.environment() if drill else None
         )
         assert child.wait(timeout=60) == 0
         time.sleep(1.2)
@@ -106,6 +113,31 @@ def test_forked_workers_share_one_tree_root(tmp_path: Path) -> None:
     assert len(worker_pids) >= 4
     assert {s.tree_root_pid for s in writers} == {pid}
     assert all(s.ppid == pid for s in writers)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
+@pytest.mark.parametrize("name", ["sshd", "bash"])
+def test_workers_of_a_parent_calling_itself_a_daemon_or_shell_share_its_tree(
+    tmp_path: Path, name: str
+) -> None:
+    """A name alone never stops the climb (prctl sets any): the parent runs python."""
+    ws, pid = _run(tmp_path, "encrypt-workers", extra=("--workers", "4"), calls_itself=name)
+    writers = [s for w in ws for s in w.top_writers]
+    assert len({s.pid for s in writers}) >= 4
+    assert {s.tree_root_pid for s in writers} == {pid}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
+def test_a_real_shell_is_never_climbed_into(tmp_path: Path) -> None:
+    """Two encryptors a user's bash started side by side are each their own tree (a
+    launcher of two workers of one job would be climbed into): the shell, bash by name
+    and by executable, runs the user's other work too."""
+    ws, _ = _run(tmp_path, "encrypt-inplace", shell=True)
+    writers = [s for w in ws for s in w.top_writers]
+    assert writers
+    assert all(s.tree_root_pid == s.pid for s in writers), writers
+    (bash,) = {s.ppid for s in writers}
+    assert bash != os.getpid()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
