@@ -115,9 +115,10 @@ _STOP_ALIASES = {"sh": ("dash", "bash", "busybox"), "init": ("systemd",)}
 
 def stops_climb(info: ProcInfo) -> bool:
     """A shell, session or daemon that trees never climb into: its name in STOP_NAMES
-    and its executable the one that name stands for. A name alone is anyone's (prctl,
-    or a copied binary): an encryptor's launcher calling itself ``sshd`` or ``bash``
-    is climbed into like any other (an unreadable executable keeps the name's word)."""
+    and its executable's file name the one that name stands for. A name alone is
+    anyone's (prctl): an encryptor's launcher calling itself ``sshd`` or ``bash`` is
+    climbed into like any other (an unreadable executable keeps the name's word). A
+    copy of a real shell or daemon binary still passes: it is one."""
     if info.name not in STOP_NAMES:
         return False
     exe = os.path.basename(info.exe)
