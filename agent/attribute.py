@@ -109,6 +109,8 @@ STOP_NAMES = frozenset(
     }
 )
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+# How long a launcher that stood in for a gone writer still names a file's writer.
+STAND_IN_FRESH_S = 0.5
 # Executables that a STOP_NAMES name may run under besides its own (Debian's sh is dash).
 _STOP_ALIASES = {"sh": ("dash", "bash", "busybox"), "init": ("systemd",)}
 
@@ -364,7 +366,10 @@ class Attributor:
         self.top_n = top_n
         self.max_paths_per_pid = max_paths_per_pid
         self._info = info
-        self.is_drill = is_drill
+        self._carries_key = is_drill
+        # pid -> whether it carried the drill key, read while it lived (a process gone
+        # has no environment left to read: a drill's builder, exited, is still a drill)
+        self._drill_of: dict[int, bool] = {}
         self.forks = forks
         self._boot_id = _linux.kernel_boot_id()
         self._self_pid = self_pid if self_pid is not None else os.getpid()
@@ -377,8 +382,12 @@ class Attributor:
         # path -> the pid that closed it last, across windows (the newest
         # ``max_paths_per_pid`` paths): ``writer_of`` answers from it.
         self._path_writer: dict[str, int] = {}
+        # path -> when a launcher stood in for its gone writer (see ``writer_of``)
+        self._stood_in: dict[str, float] = {}
         self._known: dict[int, ProcInfo] = {}
         self._recent_writers: dict[int, float] = {}  # pid -> monotonic time last seen writing
+        # parent pid -> {child pid: monotonic time first seen writing}: a launcher's writers
+        self._writing_kids: dict[int, dict[int, float]] = {}
         self._io_last: dict[int, tuple[int, int]] = {}
         self._tree_roots: dict[int, int] = {}
         self._io_latest: dict[int, tuple[int, int]] = {}
@@ -423,6 +432,7 @@ class Attributor:
         with self._lock:
             new = pid not in self._known
         info = parent = None
+        stood_in = False
         if new:
             info = self._info(pid)
             if info is None:
@@ -431,7 +441,7 @@ class Attributor:
                 # writes in its place, so that there is something to stop.
                 info = self._stand_in(pid)
                 if info is not None:
-                    pid = info.pid
+                    pid, stood_in = info.pid, True
             # The parent too, while it lives: a pool's parent may exit before the
             # window closes, and its tree must still be found.
             if info is not None and info.ppid > 1 and info.ppid not in self._known:
@@ -444,12 +454,21 @@ class Attributor:
                 self._last_writer[path] = pid
             self._path_writer.pop(path, None)
             self._path_writer[path] = pid
+            if stood_in:
+                self._stood_in[path] = time.monotonic()
+            else:
+                self._stood_in.pop(path, None)
             if len(self._path_writer) > self.max_paths_per_pid:
-                del self._path_writer[next(iter(self._path_writer))]
+                oldest = next(iter(self._path_writer))
+                del self._path_writer[oldest]
+                self._stood_in.pop(oldest, None)
             if info is not None:
                 self._known[pid] = info
+                self._writing_kids.setdefault(info.ppid, {}).setdefault(pid, time.monotonic())
             if parent is not None:
                 self._known[parent.pid] = parent
+        if info is not None and not stood_in and pid not in self._drill_of:
+            self._drill_of[pid] = self._carries_key(pid)
         if info is not None and info.name == "smbd" and self.smb is not None:
             # Read the worker's socket while it lives; starts the session lookup.
             self.smb.client_of(pid)
@@ -460,6 +479,11 @@ class Attributor:
             if chars is not None:
                 with self._lock:
                     self._io_latest[pid] = chars
+
+    def is_drill(self, pid: int) -> bool:
+        """Whether ``pid`` carries the agent's drill key (remembered from when it lived)."""
+        known = self._drill_of.get(pid)
+        return known if known is not None else self._carries_key(pid)
 
     def _stand_in(self, pid: int) -> ProcInfo | None:
         """The live process that started ``pid`` (gone), through the forks seen since
@@ -493,11 +517,18 @@ class Attributor:
         """The process that closed ``path`` last after writing it, with its tree root.
 
         Fanotify only (None without it, or when its event has not been read yet, or
-        the process vanished before it was seen). Called by the window thread.
+        the process vanished before it was seen, or a launcher stood in for it more than
+        ``STAND_IN_FRESH_S`` ago). Called by the window thread.
         """
         with self._lock:
             pid = self._path_writer.get(path)
+            stood_in_at = self._stood_in.get(path)
         if pid is None:
+            return None
+        if stood_in_at is not None and time.monotonic() - stood_in_at > STAND_IN_FRESH_S:
+            # A launcher stood in for a writer gone at once: evidence for the write it
+            # just made, not for a later one whose own event is not read yet (a drill's
+            # launcher is not the drill its encryptor is).
             return None
         info = self._known.get(pid) or self._info(pid)
         if info is None:
@@ -561,14 +592,25 @@ class Attributor:
                 break  # a drill is its own tree, never its launcher (its workers are in it)
             recent = now - self._recent_writers.get(ppid, -1e9) < 30.0
             if parent.cmdline != cur.cmdline and not recent:
-                if _workers_of(ppid, job_shape(cur.cmdline.split())) >= 2:
-                    cur = parent  # a launcher of several workers of one job
+                if (
+                    _workers_of(ppid, job_shape(cur.cmdline.split())) >= 2
+                    or self._launched(ppid, now) >= 2
+                ):
+                    cur = parent  # a launcher of several workers, at once or one by one
                 break
             cur = parent
         if len(self._tree_roots) > 4096:
             self._tree_roots = {p: r for p, r in self._tree_roots.items() if p in self._known}
         self._tree_roots[pid] = cur.pid
         return cur.pid
+
+    def _launched(self, ppid: int, now: float) -> int:
+        """How many children of ``ppid`` started writing within the last 30 s (one at a
+        time, as ``find -exec`` runs them, or side by side); never a protected daemon's."""
+        with self._lock:
+            kids = self._writing_kids.get(ppid, {})
+            n = sum(1 for t in kids.values() if now - t < 30.0)
+        return n if n < 2 or not protection(ppid) else 0
 
     def _merge_siblings(self, samples: list[pb.ProcessSample], now: float) -> None:
         """Writers alone in their tree that share a parent get that parent as tree root."""
@@ -587,6 +629,8 @@ class Attributor:
             parent = self._known.get(ppid) or self._info(ppid)
             if parent is None or stops_climb(parent):
                 continue
+            if any(self.is_drill(k.pid) for k in kids) and not self.is_drill(ppid):
+                continue  # a drill is its own tree, never its launcher (as in tree_root)
             self._known[ppid] = parent
             self._recent_writers[ppid] = now  # later lone workers climb into it too
             for k in kids:
@@ -675,6 +719,12 @@ class Attributor:
         for pid in writers:
             self._recent_writers[pid] = now
         self._recent_writers = {p: t for p, t in self._recent_writers.items() if now - t < 60}
+        with self._lock:
+            self._writing_kids = {
+                parent: fresh
+                for parent, kids in self._writing_kids.items()
+                if (fresh := {k: t for k, t in kids.items() if now - t < 60})
+            }
         destroyed = set(destroyed_paths or [])
         canaries = canary_paths or set()
         self.canary_trees = set()
@@ -709,6 +759,8 @@ class Attributor:
         # Forget processes that stopped writing so the caches stay bounded.
         if len(self._known) > 4096:
             self._known = {p: i for p, i in self._known.items() if p in self._recent_writers}
+        if len(self._drill_of) > 4096:
+            self._drill_of = {p: d for p, d in self._drill_of.items() if p in self._recent_writers}
         if self._fan is not None:
             keep = self._recent_writers
             with self._lock:

@@ -43,6 +43,10 @@ time.sleep(60)
 FIND_EXEC = {
     "inplace": "find {share} -type f -exec sh -c 'openssl enc -aes-256-ctr -pbkdf2 -iter 1 "
     '-pass pass:x -in "$1" | dd of="$1" conv=notrunc status=none\' _ {{}} \\;',
+    # Each file's shell lingers: alive when its writer's event is read, one new tree per
+    # file, one file in each short window: its launcher is known by the writers it ran.
+    "linger": "find {share} -type f -exec sh -c 'openssl enc -aes-256-ctr -pbkdf2 -iter 1 "
+    '-pass pass:x -in "$1" | dd of="$1" conv=notrunc status=none; sleep 0.2\' _ {{}} \\;',
     "copy": "find {share} -type f ! -name '*.enc' -exec openssl enc -aes-256-cbc -pbkdf2 "
     "-iter 1 -pass pass:x -in {{}} -out {{}}.enc \\; -delete",
 }

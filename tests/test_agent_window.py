@@ -15,6 +15,7 @@ import pytest
 from tocsin.agent import simulate
 from tocsin.agent.attribute import Attributor
 from tocsin.agent.drill import DrillKey
+from tocsin.agent.forks import ForkWatch
 from tocsin.agent.watch import FileWatcher, FsEvent
 from tocsin.agent.window import Ruined, WindowAccumulator, WindowLoop
 from tocsin.v1 import telemetry_pb2 as pb
@@ -138,6 +139,46 @@ def test_a_real_shell_is_never_climbed_into(tmp_path: Path) -> None:
     assert all(s.tree_root_pid == s.pid for s in writers), writers
     (bash,) = {s.ppid for s in writers}
     assert bash != os.getpid()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
+def test_the_drill_launcher_is_never_the_tree_of_its_builder_and_encryptor(
+    tmp_path: Path,
+) -> None:
+    """``tocsin-agent drill`` runs two children with the key, one after the other: the
+    share's builder, then the encryptor. Alone in their trees and siblings, they are
+    still never merged into the launcher (which carries no key): suspending it would
+    stop the drill that watches for the suspend."""
+    share, state = tmp_path / "share", tmp_path / "state"
+    share.mkdir()
+    state.mkdir(mode=0o700)
+    key = DrillKey.issue(state)
+    forks = ForkWatch.open()
+    watcher = FileWatcher([str(share)])
+    attributor = Attributor([str(share)], is_drill=key.carried_by, forks=forks)
+    got: list[pb.Window] = []
+    loop = WindowLoop(watcher, attributor, got.append, window_s=1.0, idle_every_s=1.0)
+    watcher.start()
+    attributor.start()
+    loop.start()
+    time.sleep(0.3)
+    try:
+        drill = [str(Path(sys.executable).with_name("tocsin-agent")), "drill"]
+        drill += ["--dir", str(share / "drill"), "--state-dir", str(state), "--timeout", "3"]
+        launcher = subprocess.Popen(drill, stdout=subprocess.DEVNULL)
+        launcher.wait(timeout=60)
+        time.sleep(1.2)
+    finally:
+        loop.stop()
+        watcher.stop()
+        attributor.stop()
+        if forks is not None:
+            forks.stop()
+    kids = [s for w in got for s in w.top_writers if s.ppid == launcher.pid]
+    assert {s.cmdline.split()[3] for s in kids} >= {"share", "run"}, kids
+    assert all(s.tree_root_pid == s.pid for s in kids), [
+        (s.pid, s.tree_root_pid, s.cmdline[:60]) for s in kids
+    ]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="fanotify needs root")
