@@ -369,7 +369,8 @@ class Attributor:
         self._carries_key = is_drill
         # pid -> whether it carried the drill key, read while it lived (a process gone
         # has no environment left to read: a drill's builder, exited, is still a drill)
-        self._drill_of: dict[int, bool] = {}
+        # (its start ticks, whether it carried the key): a reused pid is not the drill
+        self._drill_of: dict[int, tuple[int, bool]] = {}
         self.forks = forks
         self._boot_id = _linux.kernel_boot_id()
         self._self_pid = self_pid if self_pid is not None else os.getpid()
@@ -468,7 +469,7 @@ class Attributor:
             if parent is not None:
                 self._known[parent.pid] = parent
         if info is not None and not stood_in and pid not in self._drill_of:
-            self._drill_of[pid] = self._carries_key(pid)
+            self._drill_of[pid] = (info.start_ticks, self._carries_key(pid))
         if info is not None and info.name == "smbd" and self.smb is not None:
             # Read the worker's socket while it lives; starts the session lookup.
             self.smb.client_of(pid)
@@ -483,7 +484,9 @@ class Attributor:
     def is_drill(self, pid: int) -> bool:
         """Whether ``pid`` carries the agent's drill key (remembered from when it lived)."""
         known = self._drill_of.get(pid)
-        return known if known is not None else self._carries_key(pid)
+        if known is not None and _linux.start_ticks(pid) in (None, known[0]):
+            return known[1]  # gone, or still the process that was read
+        return self._carries_key(pid)
 
     def _stand_in(self, pid: int) -> ProcInfo | None:
         """The live process that started ``pid`` (gone), through the forks seen since

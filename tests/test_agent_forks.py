@@ -23,6 +23,7 @@ from transport_procs import wait_for
 from netns import netns_unavailable_reason
 from tocsin.agent import simulate
 from tocsin.agent.attribute import Attributor
+from tocsin.agent.drill import DrillKey
 from tocsin.agent.forks import ForkWatch
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="process events, fanotify need root")
@@ -151,6 +152,32 @@ def test_a_launcher_whose_pid_was_reused_is_not_made_the_writer(tmp_path: Path) 
             innocent.wait()
     finally:
         forks.stop()
+
+
+@ROOT_ONLY
+def test_a_drill_remembered_is_not_its_reused_pid(tmp_path: Path) -> None:
+    """Whether a process carried the drill key is remembered once it is gone (its
+    environment with it), but a process that got its pid since is not a drill: a forged
+    drill is never isolated."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    key = DrillKey.issue(state)
+    attributor = Attributor([str(tmp_path)], use_fanotify=False, is_drill=key.carried_by)
+    drill = subprocess.Popen(["sleep", "60"], env=key.environment())
+    try:
+        attributor._on_write(drill.pid, str(tmp_path / "f"))  # seen writing while it lives
+        assert attributor.is_drill(drill.pid)
+        time.sleep(0.05)  # the impostor starts in a later clock tick (start ticks: 10 ms)
+    finally:
+        drill.kill()
+        drill.wait()
+    assert attributor.is_drill(drill.pid), "a gone drill is still a drill"
+    impostor = reuse_pid(drill.pid, ["sleep", "60"])
+    try:
+        assert not attributor.is_drill(impostor.pid), "a reused pid inherited the drill"
+    finally:
+        impostor.kill()
+        impostor.wait()
 
 
 def _kids_of(forks: ForkWatch, pid: int) -> list[int]:
