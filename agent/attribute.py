@@ -367,10 +367,10 @@ class Attributor:
         self.max_paths_per_pid = max_paths_per_pid
         self._info = info
         self._carries_key = is_drill
-        # pid -> whether it carried the drill key, read while it lived (a process gone
-        # has no environment left to read: a drill's builder, exited, is still a drill)
-        # (its start ticks, whether it carried the key): a reused pid is not the drill
-        self._drill_of: dict[int, tuple[int, bool]] = {}
+        # pid -> (its start ticks, whether it carried the drill key, when that was
+        # read), read while it lived: a process gone has no environment left to read
+        # (a drill's builder, exited, is still a drill), and a reused pid is not it.
+        self._drill_of: dict[int, tuple[int, bool, float]] = {}
         self.forks = forks
         self._boot_id = _linux.kernel_boot_id()
         self._self_pid = self_pid if self_pid is not None else os.getpid()
@@ -469,7 +469,7 @@ class Attributor:
             if parent is not None:
                 self._known[parent.pid] = parent
         if info is not None and not stood_in and pid not in self._drill_of:
-            self._drill_of[pid] = (info.start_ticks, self._carries_key(pid))
+            self._drill_of[pid] = (info.start_ticks, self._carries_key(pid), time.monotonic())
         if info is not None and info.name == "smbd" and self.smb is not None:
             # Read the worker's socket while it lives; starts the session lookup.
             self.smb.client_of(pid)
@@ -484,9 +484,20 @@ class Attributor:
     def is_drill(self, pid: int) -> bool:
         """Whether ``pid`` carries the agent's drill key (remembered from when it lived)."""
         known = self._drill_of.get(pid)
-        if known is not None and _linux.start_ticks(pid) in (None, known[0]):
-            return known[1]  # gone, or still the process that was read
-        return self._carries_key(pid)
+        ticks = _linux.start_ticks(pid)
+        if known is not None:
+            was_ticks, drill, read_at = known
+            if ticks is None:
+                return drill  # gone: what was read while it lived
+            # Still the process that was read. A "no" is read again now and then: it
+            # may have been read between a child's fork and its exec, when it still
+            # held its parent's environment.
+            if ticks == was_ticks and (drill or time.monotonic() - read_at < 0.2):
+                return drill
+        drill = self._carries_key(pid)
+        if ticks is not None:
+            self._drill_of[pid] = (ticks, drill, time.monotonic())
+        return drill
 
     def _stand_in(self, pid: int) -> ProcInfo | None:
         """The live process that started ``pid`` (gone), through the forks seen since
