@@ -48,6 +48,21 @@ what they hold, so nothing is lost and nothing stored twice in one store).
 Only when every collector failed in a row does the shipper back off as
 above. A collector that pushes back (a hint) or refuses (non-retryable) is
 alive: the shipper waits for it as with one collector.
+
+The Hello lists the capability ``pause``: a collector that is behind then
+sends ``Pause(quiet_ms)`` instead of ending the stream. The stream stays open
+(no reconnect, no new hello to register), windows are still spooled, action
+results and heartbeats still sent, but no window goes out until the collector
+sends ``Pause(0)`` (it has room again), or a window with evidence is spooled
+and not yet acked, or ``quiet_ms`` (capped like a pushback) has run out. Then
+the shipper sends a Hello and every unacked window from the oldest, as on a
+new stream: the collector took nothing after the window it paused, and acks
+only what it holds. Back for evidence, it first sends a copy of the newest
+window with evidence marked ``ahead`` (judged at once, not stored, not acked),
+so that the suspend does not wait for the whole spool to be read before it.
+Back because its own wait ran out, it sends the first
+window alone and the rest once that one is acked: a collector still behind
+pauses it again at the cost of one window, not of the whole spool.
 """
 
 from __future__ import annotations
@@ -84,6 +99,8 @@ RETRYABLE = frozenset(
     }
 )
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+# What the shipper tells the collector it understands (Hello.capabilities).
+PAUSE_CAPABILITY = "pause"
 # The largest seq a window can have (Ack.seq is uint64 on the wire).
 MAX_SEQ = 2**63 - 1
 # Room left under MAX_MESSAGE_BYTES for the AgentMessage envelope.
@@ -204,6 +221,15 @@ class Shipper:
         # opens or a window is sent, moved on by every answer, cleared when all is acked.
         self._due_since: float | None = None
         self.acked: tuple[str, int] = ("", 0)
+        # The collector's pause (``Pause``): no window goes out before this instant
+        # (monotonic) unless evidence waits; the next window sent follows a new Hello.
+        self._paused_until = 0.0
+        self._rewind = False
+        self._probe: tuple[str, int] | None = None  # (boot, seq) sent alone after a pause
+        self._called_back = False  # the pause ended by the collector's Pause(0)
+        self.pauses = 0
+        self._evidence_seq: tuple[str, int] | None = None  # (boot, seq) of the newest
+        self._evidence_payload = b""  # its AgentMessage, for a copy sent ahead
 
     @property
     def target(self) -> str:
@@ -222,6 +248,9 @@ class Shipper:
             w.seq = self._seq
             payload = pb.AgentMessage(window=w).SerializeToString()
             self.spool.put(self.hello.boot_id, w.seq, payload)
+            if carries_evidence(w):
+                self._evidence_payload = payload
+                self._evidence_seq = (self.hello.boot_id, w.seq)
         if carries_evidence(w):
             self._evidence.set()
         with self._wake:
@@ -271,7 +300,7 @@ class Shipper:
                     boot_id=boot_id,
                     agent_version=AGENT_VERSION,
                     watched_roots=h.watched_roots,
-                    capabilities=h.capabilities,
+                    capabilities=[*h.capabilities, PAUSE_CAPABILITY],
                     hostname=h.hostname,
                     tripwire_mode=h.tripwire_mode,
                 )
@@ -298,7 +327,29 @@ class Shipper:
                     break
                 yield self._send(pb.AgentMessage(action_result=r))
                 sent_any = True
+            probe_next = False
+            if not self._holding() and self._rewind:
+                # Back from a pause: the collector took nothing after the window it
+                # paused; everything unacked again, after a Hello. Back on schedule,
+                # the first window goes alone: if the collector is still behind and
+                # pauses again, one window was sent for nothing, not the whole spool.
+                self._rewind, self._probe = False, None
+                last_row = 0
+                pending = self.spool.pending(limit=1)
+                with self._seq_lock:
+                    evidence, payload = self._evidence_seq, self._evidence_payload
+                if self._evidence_waiting() and evidence is not None and evidence[0] == boot:
+                    # The attack window first, a copy ahead of the spool (before the
+                    # hello: it belongs to the boot the stream is in).
+                    early = pb.AgentMessage.FromString(payload)
+                    early.window.ahead = True
+                    yield self._send(early)
+                boot = pending[0][1].boot_id if pending else self.hello.boot_id
+                yield self._hello(boot)
+                probe_next = not self._evidence_waiting() and not self._called_back
             for row_id, sw in self.spool.pending(after_id=last_row, limit=256):
+                if self._holding() or self._probing():
+                    break
                 last_row = row_id
                 if sw.boot_id != boot:
                     boot = sw.boot_id
@@ -306,6 +357,8 @@ class Shipper:
                 msg = pb.AgentMessage.FromString(sw.payload)
                 if self._due_since is None:
                     self._due_since = time.monotonic()
+                if probe_next:
+                    self._probe, probe_next = (boot, msg.window.seq), False
                 yield self._send(msg)
                 sent_any = True
             if sent_any:
@@ -319,8 +372,11 @@ class Shipper:
                 hb.at.GetCurrentTime()
                 yield self._send(pb.AgentMessage(heartbeat=hb))
                 last_sent = time.monotonic()
-            # Woken by a window, a result or stop (each notifies); else the heartbeat.
+            # Woken by a window, a result or stop (each notifies); else the heartbeat,
+            # or the end of a pause.
             due = self.heartbeat_s - (time.monotonic() - last_sent)
+            if self._rewind:
+                due = min(due, self._paused_until - time.monotonic())
             with self._wake:
                 if self._submitted == seen and not self._stop.is_set():
                     self._wake.wait(timeout=max(due, 0.05))
@@ -408,6 +464,7 @@ class Shipper:
     def _stream(self, channel: grpc.Channel) -> tuple[grpc.StatusCode | None, int | None]:
         """One Telemetry.Stream until it ends: (its status, the collector's pushback)."""
         self._progress = self._answered = False
+        self._paused_until, self._rewind, self._probe = 0.0, False, None  # a new stream starts over
         if not self._stop.is_set():
             self._evidence.clear()  # what is spooled now goes out on this stream
         try:
@@ -422,7 +479,8 @@ class Shipper:
                     self.connected.set()
                     self.connections += 1
                 self._handle(reply)
-                self._due_since = time.monotonic() if self.spool.depth else None
+                owed = self.spool.depth and not self._holding()
+                self._due_since = time.monotonic() if owed else None
             log.info("collector closed the stream")
             return None, None
         except grpc.RpcError as exc:
@@ -461,7 +519,7 @@ class Shipper:
         if call.done() or self._stop.is_set():
             return
         now = time.monotonic()
-        if self._due_since is None and self.spool.depth:
+        if self._due_since is None and self.spool.depth and not self._holding():
             self._due_since = now  # sent while the last ack was being handled
         since = self._due_since
         if since is not None and now - since >= self.answer_timeout_s:
@@ -477,6 +535,28 @@ class Shipper:
         wait_s = self.answer_timeout_s if since is None else since + self.answer_timeout_s - now
         self._arm_guard(call, max(wait_s, 0.0) + 0.01)
 
+    def _acked_past(self, ref: tuple[str, int]) -> bool:
+        return self.acked[0] == ref[0] and self.acked[1] >= ref[1]
+
+    def _evidence_waiting(self) -> bool:
+        """Whether a window with evidence spooled by this process is not acked yet."""
+        evidence = self._evidence_seq
+        return evidence is not None and not self._acked_past(evidence)
+
+    def _holding(self) -> bool:
+        """Whether windows wait: paused by the collector, no evidence unacked."""
+        return time.monotonic() < self._paused_until and not self._evidence_waiting()
+
+    def _probing(self) -> bool:
+        """Whether the window sent alone after a pause waits for its ack (no evidence)."""
+        probe = self._probe
+        if probe is None:
+            return False
+        if self._acked_past(probe) or self._evidence_waiting():
+            self._probe = None
+            return False
+        return True
+
     def _handle(self, reply: pb.CollectorMessage) -> None:
         which = reply.WhichOneof("body")
         if which == "ack":
@@ -491,9 +571,25 @@ class Shipper:
             if self.spool.ack(reply.ack.boot_id, reply.ack.seq):
                 self._progress = True
             self.acked = (reply.ack.boot_id, reply.ack.seq)
+            if self._probe is not None:
+                with self._wake:  # the sender waits for this ack to send the rest
+                    self._submitted += 1
+                    self._wake.notify_all()
         elif which == "command":
             result = self.on_command(reply.command)
             self.submit_result(result)
+        elif which == "pause":
+            wait_s = min(reply.pause.quiet_ms / 1000.0, self.backoff_max_s * 4)
+            with self._wake:
+                if wait_s > 0:
+                    self.pauses += 1
+                    log.debug("collector %s behind: windows held %.1f s", self.target, wait_s)
+                    self._paused_until = time.monotonic() + wait_s
+                    self._rewind, self._called_back = True, False
+                elif self._rewind:  # called back (a Pause(0) when not paused: back already)
+                    self._paused_until, self._called_back = 0.0, True
+                self._submitted += 1  # the sender looks again
+                self._wake.notify_all()
         elif which == "config":
             log.info(
                 "config update received (tripwire_mode=%s); not applied yet",

@@ -18,7 +18,12 @@ answered with an ActionResult. A stream that ends is reopened after the
 collector's ``grpc-retry-pushback-ms`` hint (else 1 s), or as soon as an attack
 window is made if that is sooner (the agent's shipper does the same,
 ``tocsin.v1.evidence``), and the unacked windows are resent, as the agent's
-spool does.
+spool does. Like the agent, the hello lists the capability ``pause``: a
+collector that sends ``Pause`` keeps the stream, and the agent holds its
+windows until the collector calls it back (``Pause(0)``), it makes an attack
+window, or the pause runs out, then sends a hello and every unacked window
+again (back on its own, the first alone and the rest once it is acked; back
+for an attack, a copy of the attack window ahead of them all).
 
 Figures, over ``--duration`` seconds after a warm-up: windows acked per second,
 ack latency (window sent -> ack covering it) p50/p99/max, attack -> command
@@ -127,6 +132,7 @@ class AgentFigures:
     latencies_ms: list[float] = field(default_factory=list)
     unacked: int = 0
     reconnects: int = 0
+    pauses: int = 0
     ends: dict[str, int] = field(default_factory=dict)
     attacks: list[dict[str, Any]] = field(default_factory=list)
     stray_commands: int = 0
@@ -151,6 +157,10 @@ class BenchAgent:
         self.measure = (0.0, 0.0)
         self.produced, self.drained = asyncio.Event(), asyncio.Event()
         self.evidence = asyncio.Event()  # an attack window made since the stream began
+        self.paused_until = 0.0  # the collector's pause: windows wait (0: not paused)
+        self.probe: int | None = None  # the seq sent alone after a pause, until acked
+        self.called_back = asyncio.Event()  # the collector's Pause(0)
+        self.resumer: asyncio.Task[None] | None = None
 
     def window(self, now_wall: float) -> pb.AgentMessage:
         self.seq += 1
@@ -177,7 +187,8 @@ class BenchAgent:
             self.sent[msg.window.seq] = now
             self.payloads[msg.window.seq] = msg
             self.figs.created += 1
-            await self.out.put(msg)
+            if not self.paused_until and self.probe is None:  # else sent with the rest later
+                await self.out.put(msg)
             t += period
 
     def on_ack(self, seq: int) -> None:
@@ -195,6 +206,7 @@ class BenchAgent:
         now = time.monotonic()
         if self.attack_at is not None and not self.attack_done:
             self.attack_done = True
+            self.evidence.clear()
             self.figs.attacks.append(
                 {"host": self.host_id, "ms": round((now - self.attack_at) * 1000, 1)}
             )
@@ -209,13 +221,19 @@ class BenchAgent:
     async def stream(self, channel: grpc.aio.Channel) -> float:
         """One stream until it ends; returns the seconds to wait before the next."""
         hello = pb.AgentMessage(
-            hello=pb.Hello(host_id=self.host_id, boot_id=self.boot_id, agent_version="bench")
+            hello=pb.Hello(
+                host_id=self.host_id,
+                boot_id=self.boot_id,
+                agent_version="bench",
+                capabilities=["pause"],
+            )
         )
         # A new stream resends what the last one left unacked, as the spool does.
-        self.evidence.clear()
+        if self.attack_at is None or self.attack_done:
+            self.evidence.clear()
         self.out = asyncio.Queue()
-        for s in sorted(self.payloads):
-            self.out.put_nowait(self.payloads[s])
+        self.paused_until, self.probe = 0.0, None
+        self.resend()
 
         async def requests() -> Any:
             yield hello
@@ -228,8 +246,20 @@ class BenchAgent:
                 body = reply.WhichOneof("body")
                 if body == "ack" and reply.ack.boot_id == self.boot_id:
                     self.on_ack(reply.ack.seq)
+                    if self.probe is not None and reply.ack.seq >= self.probe:
+                        self.probe = None
+                        self.resend()
                 elif body == "command":
                     await self.out.put(self.on_command(reply.command))
+                elif body == "pause" and reply.pause.quiet_ms == 0:
+                    if self.paused_until:
+                        self.called_back.set()
+                elif body == "pause":
+                    self.figs.pauses += 1
+                    self.paused_until = time.monotonic() + reply.pause.quiet_ms / 1000.0
+                    self.called_back.clear()
+                    if self.resumer is None or self.resumer.done():
+                        self.resumer = asyncio.create_task(self.resume(hello))
                 if self.settled():
                     self.drained.set()
             return 1.0
@@ -242,6 +272,41 @@ class BenchAgent:
             return 1.0
         finally:
             call.cancel()
+            if self.resumer is not None:
+                self.resumer.cancel()
+
+    def resend(self) -> None:
+        """Queue every unacked window, oldest first."""
+        for s in sorted(self.payloads):
+            self.out.put_nowait(self.payloads[s])
+
+    async def resume(self, hello: pb.AgentMessage) -> None:
+        """At the pause's end, or at the first attack window: a hello, then every
+        unacked window (the collector took nothing after the one it paused); back on
+        schedule, the first window alone, the rest once it is acked."""
+        woken = [asyncio.create_task(e.wait()) for e in (self.evidence, self.called_back)]
+        try:
+            await asyncio.wait(
+                woken,
+                timeout=max(0.0, self.paused_until - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for task in woken:
+                task.cancel()
+        self.paused_until, self.probe = 0.0, None
+        attack = [s for s, m in self.payloads.items() if carries_evidence(m.window)]
+        if self.evidence.is_set() and attack:
+            early = pb.AgentMessage()
+            early.CopyFrom(self.payloads[max(attack)])
+            early.window.ahead = True  # judged at once, ahead of the spool
+            self.out.put_nowait(early)
+        self.out.put_nowait(hello)
+        if self.evidence.is_set() or self.called_back.is_set() or not self.payloads:
+            self.resend()
+        else:
+            self.probe = min(self.payloads)
+            self.out.put_nowait(self.payloads[self.probe])
 
     def settled(self) -> bool:
         """Done producing, every window acked, the attack (if any) answered."""
@@ -319,6 +384,7 @@ async def generate(spec: dict[str, Any]) -> dict[str, Any]:
         "latencies_ms": figs.latencies_ms,
         "unacked": figs.unacked,
         "reconnects": figs.reconnects,
+        "pauses": figs.pauses,
         "ends": figs.ends,
         "attacks": figs.attacks,
         "stray_commands": figs.stray_commands,
@@ -665,6 +731,7 @@ def run_once(args: argparse.Namespace, dep: Embedded | ScaleOut) -> dict[str, An
         "stored": stored,
         "unacked_at_end": sum(o["unacked"] for o in outs),
         "stream_ends": ends,
+        "pauses": sum(o.get("pauses", 0) for o in outs),
     }
 
 
@@ -712,6 +779,7 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
             "streams ended (as agents saw it)",
             ", ".join(f"{k} {v}" for k, v in f["stream_ends"].items()),
         ),
+        ("pauses (stream kept)", str(f.get("pauses", "-"))),
     ]
 
 

@@ -30,6 +30,16 @@ Contract of ``Admission(config, backlog, hot)``:
   2 x ``config.pushback_ms``) so the agents pushed back together do not all return
   together. The agent keeps the window spooled (nothing was acked) and comes
   back earlier if it spools evidence meanwhile.
+- ``hold(key, resume)``: a stream paused on its open connection (its agent
+  understands ``Pause``) waits in a queue, first paused first; ``run()`` calls
+  ``resume()`` for some of them every tick while the collector has room (fewer
+  than half ``config.max_in_flight`` windows in flight, the loop less than half
+  ``config.max_lag_s`` late): one more stream per tick than the tick before,
+  half as many after a tick without room. The collector, not the agents' timers,
+  decides when paused agents come back: an agent paused for good measure would
+  otherwise come back on its own schedule, be paused again, and the collector
+  spend what room it had on pausing. ``release(key)``: the stream came back or
+  ended. ``held`` says how many wait.
 - ``refused`` counts refusals; at most one warning line every ``config.log_every_s``
   says how many there were.
 """
@@ -37,10 +47,11 @@ Contract of ``Admission(config, backlog, hot)``:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 from tocsin.v1 import telemetry_pb2 as pb
@@ -51,6 +62,8 @@ log = logging.getLogger("tocsin.collector.admission")
 # A host back this much before its wait is over came back early (it has evidence).
 EARLY_MARGIN_S = 0.05
 MAX_WAITING = 200_000
+# Paused streams resumed per tick, at most (20 ticks a second).
+MAX_RESUMED_PER_TICK = 200
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,11 @@ class Admission:
         self._logged = (clock(), 0)  # when the last warning was, and the count then
         # Hosts pushed back -> until when they were told to wait (``grace``).
         self._waiting: dict[str, float] = {}
+        # Paused streams, first paused first -> how to tell each to come back.
+        self._held: collections.OrderedDict[Hashable, Callable[[], None]] = (
+            collections.OrderedDict()
+        )
+        self._resume_per_tick = 1
 
     @property
     def in_flight(self) -> int:
@@ -117,9 +135,38 @@ class Admission:
             self._logged = (now, self.refused)
         return wait_ms
 
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def hold(self, key: Hashable, resume: Callable[[], None]) -> None:
+        self._held[key] = resume
+
+    def release(self, key: Hashable) -> None:
+        self._held.pop(key, None)
+
+    def resume_some(self) -> int:
+        """One tick's resumes (see the contract); how many streams were told to come back."""
+        if not self._held:
+            return 0
+        room = (
+            self.in_flight <= self.config.max_in_flight // 2
+            and self.lag_s <= self.config.max_lag_s / 2
+        )
+        if not room:
+            self._resume_per_tick = max(1, self._resume_per_tick // 2)
+            return 0
+        n = min(self._resume_per_tick, len(self._held))
+        for _ in range(n):
+            _, resume = self._held.popitem(last=False)
+            resume()
+        self._resume_per_tick = min(self._resume_per_tick + 1, MAX_RESUMED_PER_TICK)
+        return n
+
     async def run(self) -> None:
         while True:
             t0 = self._clock()
             await asyncio.sleep(self.config.tick_s)
             late = max(0.0, self._clock() - t0 - self.config.tick_s)
             self.lag_s += (late - self.lag_s) * 0.1
+            self.resume_some()

@@ -58,7 +58,12 @@ class BusIntake:
     async def commit(self, host_id: str, boot_id: str, window: AcceptedWindow) -> bool:
         return await self.bus.publish_window(host_id, boot_id, window)
 
-    def judge_ahead(self, host_id: str, windows: Sequence[tuple[str, AcceptedWindow]]) -> None:
+    def judge_ahead(
+        self,
+        host_id: str,
+        windows: Sequence[tuple[str, AcceptedWindow]],
+        stored_later: bool = False,
+    ) -> None:
         return None  # a worker judges what the bus delivers, in order
 
     async def judge(self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool) -> None:

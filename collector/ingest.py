@@ -31,8 +31,20 @@ Per stream, in order:
    windows and judged marks that arrived while the previous batch was
    committing), and each ack goes out only after the commit that covers it.
    While the collector is behind (``Admission``), a window without evidence on
-   a stream past its grace is not taken: the stream ends RESOURCE_EXHAUSTED
-   with a pushback and the agent keeps it spooled. A resent window
+   a stream past its grace is not taken. An agent whose hello lists the
+   capability ``pause`` is sent ``Pause(quiet_ms)`` and its stream stays open:
+   no window after it is taken until the agent's next Hello, with which it
+   resends every unacked window in order. It comes back when the admission has
+   room and sends it ``Pause(0)``, or as soon as it spools evidence, and then
+   its spool is taken whole (every window that ended over ``CAUGHT_UP_S``
+   before it was read, however long a burst of them takes to read: cut short,
+   the rest would be sent again later, and again), or when ``quiet_ms``
+   (``PAUSE_FACTOR`` pushbacks, a fallback) has run out. Back with evidence,
+   it first sends a copy of its attack window marked ``ahead``: judged at
+   once (``Intake.judge_ahead``), neither stored nor acked (it comes again in
+   order), so the suspend does not wait for its spool to be read. Any
+   other agent's stream ends RESOURCE_EXHAUSTED with the pushback. Either way
+   the agent keeps the window spooled: nothing is acked past it. A resent window
    already stored is acked and counted in ``duplicates``, not judged again;
    what the host has committed but not judged (the database failed after a
    commit) is judged then (``JudgeStage.settle``), if the stage's own retry
@@ -103,10 +115,17 @@ from tocsin.collector.store import JudgedMark, Store, StoreFull, StoreUnavailabl
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 from tocsin.v1.errors import WireError
+from tocsin.v1.evidence import carries_evidence
 
 log = logging.getLogger("tocsin.collector.ingest")
 
 PUSHBACK_KEY = "grpc-retry-pushback-ms"
+PAUSE_CAPABILITY = "pause"
+# A paused agent comes back by itself after this many pushbacks (the admission
+# resumes it sooner when it has room).
+PAUSE_FACTOR = 6
+# A window that ended this long before it was read comes from the agent's spool.
+CAUGHT_UP_S = 3.0
 # Hosts whose last hello is remembered (``TelemetryService._hello``); past it, forgotten.
 MAX_KNOWN_HOSTS = 200_000
 # Windows judged ahead of their commit, remembered until their commit is known.
@@ -158,6 +177,14 @@ class _StreamSession:
         self.skewed = 0
         self.acked = 0  # highest seq acked on this stream (for the log of a refusal)
         self.failed = False  # a commit failed: the stream is ending
+        self.can_pause = False  # its hello lists the capability "pause"
+        self.paused = False  # sent a Pause: nothing taken until its next Hello
+        self.resumed = False  # sent Pause(0): told to come back, its spool taken whole
+        # Back from a pause with grace: windows older than ``CAUGHT_UP_S`` (its spool)
+        # are all taken, however long they take to read; the first newer one ends it.
+        self.spool_grace = False
+        self.held = 0  # windows not taken while paused (the agent resends them)
+        self.early = 0  # attack windows judged ahead of the spool (``Window.ahead``)
         # Windows read and not yet handed to judgement (committing, or waiting for the
         # ack of the one before): a window with evidence takes them along ahead.
         self.unhanded: collections.deque[tuple[str, AcceptedWindow]] = collections.deque()
@@ -199,12 +226,19 @@ class LocalIntake:
     async def touch(self, host_id: str, clean_disconnect: bool | None = None) -> None:
         self.commits.touch(host_id, clean_disconnect)
 
-    def judge_ahead(self, host_id: str, windows: Sequence[tuple[str, AcceptedWindow]]) -> None:
+    def judge_ahead(
+        self,
+        host_id: str,
+        windows: Sequence[tuple[str, AcceptedWindow]],
+        stored_later: bool = False,
+    ) -> None:
         for boot_id, window in windows:
             key = (host_id, boot_id, window.seq)
             if key in self._ahead:
                 continue  # a resend of a window judged ahead already
-            self._ahead[key] = False
+            # Stored later: its judged mark finds no row now, and is written again
+            # with its commit.
+            self._ahead[key] = stored_later
             while len(self._ahead) > MAX_AHEAD:
                 self._ahead.popitem(last=False)
             self._enqueue(host_id, boot_id, window)
@@ -358,6 +392,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         except StoreUnavailable as exc:
             await self._refuse(context, host_id, self._store_end(host_id, exc, 0))
         session = _StreamSession(host_id, self.max_outbound, peer)
+        session.can_pause = PAUSE_CAPABILITY in hello.capabilities
         if self.admission is not None:
             session.grace = self.admission.grace(host_id)
         displaced = self.router.attach(host_id, session)
@@ -380,6 +415,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         finally:
             # Detached before any wait: a cancelled call may be cancelled again meanwhile.
             self.router.detach(host_id, session)
+            if self.admission is not None:
+                self.admission.release(session)
             pump.cancel()
             reader.cancel()
             tail = [session.tail] if session.tail is not None else []
@@ -395,11 +432,12 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 await self.intake.touch(host_id)
             log.info(
                 "agent %s stream ended (windows stored %d, duplicates dropped %d,"
-                " re-dated for clock skew %d)%s",
+                " re-dated for clock skew %d, held back while paused %d)%s",
                 host_id,
                 session.stored,
                 session.duplicates,
                 session.skewed,
+                session.held,
                 f": {end.detail}" if end.detail else "",
             )
         if end.code is not None:
@@ -548,9 +586,17 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                     hello = validate_hello(msg)
                     if hello.host_id != host_id:
                         raise WireError(f"hello for {hello.host_id!r} on {host_id!r}'s stream")
+                    if session.paused:  # back from a pause: its windows are taken again
+                        session.paused = False
+                        if self.admission is not None:
+                            self.admission.release(session)
+                            early = self.admission.grace(host_id)
+                            session.grace = session.spool_grace = early or session.resumed
+                            session.started_s = time.monotonic()
                     await self._drain(session)  # the earlier boot's windows acked first
-                    boot_id = hello.boot_id
-                    acked = await asyncio.to_thread(self.store.committed_seq, host_id, boot_id)
+                    if hello.boot_id != boot_id:
+                        boot_id = hello.boot_id
+                        acked = await asyncio.to_thread(self.store.committed_seq, host_id, boot_id)
                     await session.out.put(
                         pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=acked))
                     )
@@ -590,21 +636,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             pass  # ended already: the agent resends what was not acked
         await session.out.put(end)
 
-    async def _drain(self, session: _StreamSession) -> None:
-        """Wait until every window taken on the stream is acked (raises what failed)."""
-        if session.tail is not None:
-            await session.tail
-
-    async def _window(
-        self, host_id: str, boot_id: str, w: pb.Window, session: _StreamSession, acked: int
-    ) -> int:
-        if w.seq <= 0:
-            raise WireError("window seq must be > 0")
-        if self.admission is not None:
-            age_s = time.monotonic() - session.started_s if session.grace else math.inf
-            wait_ms = self.admission.pushback_ms(host_id, w, age_s)
-            if wait_ms is not None:
-                raise _PushedBack(wait_ms)
+    def _accepted(self, host_id: str, w: pb.Window, session: _StreamSession) -> AcceptedWindow:
+        """``w`` as taken: its wire bytes, re-dated if the agent's clock is off."""
         raw = w.SerializeToString()
         sent_end_s = ts_s(w.end)
         skew_s = clamp_window(w, self._clock(), self.clock_skew_s)
@@ -621,7 +654,52 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                     -skew_s,
                     self.clock_skew_s,
                 )
-        window = AcceptedWindow(w, raw, skew_s)
+        return AcceptedWindow(w, raw, skew_s)
+
+    def _resume(self, session: _StreamSession) -> None:
+        """The admission has room: tell a paused agent to come back (``Pause(0)``)."""
+        if session.paused and not session.resumed:
+            with contextlib.suppress(asyncio.QueueFull):  # full: the stream is ending
+                session.out.put_nowait(pb.CollectorMessage(pause=pb.Pause(quiet_ms=0)))
+                session.resumed = True
+
+    async def _drain(self, session: _StreamSession) -> None:
+        """Wait until every window taken on the stream is acked (raises what failed)."""
+        if session.tail is not None:
+            await session.tail
+
+    async def _window(
+        self, host_id: str, boot_id: str, w: pb.Window, session: _StreamSession, acked: int
+    ) -> int:
+        if w.seq <= 0:
+            raise WireError("window seq must be > 0")
+        if w.ahead:
+            # A copy of an attack window sent ahead of the agent's spool (it comes
+            # again in order): judged now, neither stored nor acked.
+            if session.can_pause and w.seq > acked and carries_evidence(w):
+                window = self._accepted(host_id, w, session)
+                self.intake.judge_ahead(host_id, [(boot_id, window)], stored_later=True)
+                session.early += 1
+            return acked
+        if session.paused:
+            session.held += 1
+            return acked  # not taken: resent after the agent's next Hello
+        if session.spool_grace and ts_s(w.end) > self._clock() - CAUGHT_UP_S:
+            session.spool_grace = False  # caught up: its spool is in
+            session.started_s = time.monotonic()  # and the grace of a stream from here
+        if self.admission is not None and not session.spool_grace:
+            age_s = time.monotonic() - session.started_s if session.grace else math.inf
+            wait_ms = self.admission.pushback_ms(host_id, w, age_s)
+            if wait_ms is not None:
+                if not session.can_pause:
+                    raise _PushedBack(wait_ms)
+                session.paused, session.resumed = True, False
+                session.held += 1
+                self.admission.hold(session, lambda: self._resume(session))
+                pause = pb.Pause(quiet_ms=wait_ms * PAUSE_FACTOR)
+                await session.out.put(pb.CollectorMessage(pause=pause))
+                return acked
+        window = self._accepted(host_id, w, session)
         committing = asyncio.ensure_future(self.intake.commit(host_id, boot_id, window))
         if w.seq > acked:  # not a resend of one taken already
             session.unhanded.append((boot_id, window))

@@ -14,7 +14,9 @@ a window whose agent clock is off, and then hands each window and each
   (``tocsin.v1.evidence``) is read, with it the stream's windows read before it
   and not yet handed on, in order ``(boot_id, window)``, before their commit is
   done: an intake that judges in this process judges them now, so that an
-  attack's commands never wait for a disk that is slow to sync.
+  attack's commands never wait for a disk that is slow to sync. With
+  ``stored_later`` the window is a copy sent ahead of its stream's order
+  (``Window.ahead``): judged now, committed only when it comes again in order.
 - ``await judge(host_id, boot_id, window, new)`` runs after the ack, in seq order
   per host (for a window judged ahead: only its judged mark is left to see to).
 - ``await action_result(host_id, result)`` takes an agent's report on a command.
@@ -86,7 +88,12 @@ class AcceptedWindow:
 class Intake(Protocol):
     async def commit(self, host_id: str, boot_id: str, window: AcceptedWindow) -> bool: ...
     async def touch(self, host_id: str, clean_disconnect: bool | None = None) -> None: ...
-    def judge_ahead(self, host_id: str, windows: Sequence[tuple[str, AcceptedWindow]]) -> None: ...
+    def judge_ahead(
+        self,
+        host_id: str,
+        windows: Sequence[tuple[str, AcceptedWindow]],
+        stored_later: bool = False,
+    ) -> None: ...
     async def judge(
         self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool
     ) -> None: ...

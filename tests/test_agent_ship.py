@@ -224,3 +224,96 @@ def test_a_collector_back_is_reached_within_grpcs_reconnect_not_the_shippers_bac
         shipper.stop()
         server.stop(0)
         spool.close()
+
+
+class _Pausing(_Collector):
+    """Acks windows; pauses the stream (``Pause(pause_ms)``) on the window ``pause_at``
+    and takes nothing after it until the next hello, as a collector behind does."""
+
+    def __init__(self, pause_ms: int, pause_at: int = 2) -> None:
+        super().__init__()
+        self.pause_ms, self.pause_at = pause_ms, pause_at
+        self.arrivals: list[tuple[float, str, int]] = []  # (when, kind, seq)
+
+    def Stream(
+        self, request_iterator: Iterator[pb.AgentMessage], context: grpc.ServicerContext
+    ) -> Iterator[pb.CollectorMessage]:
+        boot, paused, acked = "", False, 0
+        for msg in request_iterator:
+            which = str(msg.WhichOneof("body"))
+            with self.lock:
+                self.received.append(msg)
+                self.arrivals.append((time.monotonic(), which, msg.window.seq))
+            if which == "hello":
+                boot, paused = msg.hello.boot_id, False
+                yield pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=acked))
+            elif which == "window" and not paused:
+                if msg.window.seq == self.pause_at:
+                    paused, self.pause_at = True, -1
+                    yield pb.CollectorMessage(pause=pb.Pause(quiet_ms=self.pause_ms))
+                else:
+                    acked = msg.window.seq
+                    yield pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=acked))
+
+
+def _evidence_window() -> pb.Window:
+    return pb.Window(files_type_destroyed=12, files_modified=12)
+
+
+def test_a_pause_holds_windows_on_the_open_stream_then_resends_them_after_a_hello(
+    tmp_path: Path,
+) -> None:
+    """Paused for 1.5 s on its second window, the shipper keeps its stream (no new
+    connection), sends no window until the pause is over, then a hello and every window
+    from the one paused on, in order; all are acked. Its hello says it can pause."""
+    servicer = _Pausing(pause_ms=1500)
+    server, port = _serve(servicer)
+    spool, shipper = _shipper(tmp_path, port)
+    shipper.start()
+    try:
+        shipper.submit_window(pb.Window())
+        _wait(lambda: spool.depth == 0)
+        shipper.submit_window(pb.Window())  # paused on this one
+        _wait(lambda: shipper.pauses == 1)
+        paused_at = time.monotonic()
+        for _ in range(3):
+            shipper.submit_window(pb.Window())
+            time.sleep(0.2)
+        _wait(lambda: spool.depth == 0, timeout_s=10)
+    finally:
+        shipper.stop()
+        server.stop(0)
+    assert shipper.connections == 1
+    first = servicer.received[0].hello
+    assert "pause" in first.capabilities
+    after = [(t, kind, seq) for t, kind, seq in servicer.arrivals if t > paused_at]
+    assert after[0][1] == "hello" and after[0][0] - paused_at >= 1.3, after
+    assert [seq for _, kind, seq in after if kind == "window"] == [2, 3, 4, 5], after
+
+
+def test_evidence_spooled_during_a_pause_goes_out_at_once(tmp_path: Path) -> None:
+    """Paused for 30 s, the shipper sends a window with evidence (tocsin.v1.evidence) as
+    soon as it is spooled: a hello, the quiet windows before it, then it."""
+    servicer = _Pausing(pause_ms=30_000)
+    server, port = _serve(servicer)
+    spool, shipper = _shipper(tmp_path, port)
+    shipper.start()
+    try:
+        shipper.submit_window(pb.Window())
+        shipper.submit_window(pb.Window())  # paused on this one
+        _wait(lambda: shipper.pauses == 1)
+        shipper.submit_window(pb.Window())
+        time.sleep(0.3)
+        held = spool.depth
+        spooled_at = time.monotonic()
+        shipper.submit_window(_evidence_window())
+        _wait(lambda: spool.depth == 0, timeout_s=5)
+        acked_in = time.monotonic() - spooled_at
+    finally:
+        shipper.stop()
+        server.stop(0)
+    assert held == 2, "windows went out during the pause"
+    assert acked_in < 2.0, acked_in
+    assert shipper.connections == 1
+    kinds = [(kind, seq) for _, kind, seq in servicer.arrivals if kind in ("hello", "window")]
+    assert kinds[-4:] == [("hello", 0), ("window", 2), ("window", 3), ("window", 4)], kinds

@@ -2,7 +2,8 @@
 
 Quiet agents' windows are committed and acked at once and judged from a queue; a
 window with evidence puts its host ahead of that queue. While the collector is
-behind, quiet agents are pushed back (RESOURCE_EXHAUSTED with a retry pushback), keep
+behind, quiet agents are paused on their open stream (the agent's shipper) or pushed
+back (RESOURCE_EXHAUSTED with a retry pushback: a client that cannot pause), keep
 their windows spooled and send them later: nothing is lost.
 """
 
@@ -20,6 +21,8 @@ from typing import Any
 import grpc
 
 from fakeagent import T0, encrypting
+from tocsin.agent.ship import HelloInfo, Shipper
+from tocsin.agent.spool import WindowSpool
 from tocsin.collector.admission import Admission, AdmissionConfig
 from tocsin.collector.app import assemble
 from tocsin.collector.features import window_features
@@ -243,6 +246,73 @@ def test_quiet_agents_are_pushed_back_while_behind_and_an_attack_is_still_answer
         assert count(db, "host_id LIKE 'quiet-%'") == 20 * per_agent  # created = stored
 
     asyncio.run(main())
+
+
+def test_the_agents_shipper_is_paused_on_its_open_stream_and_its_attack_still_answered(
+    tmp_path: Path,
+) -> None:
+    """The agent's own shipper against an overloaded collector: 20 agents spool a backup
+    window every 50 ms, more than the collector may hold (4 windows). Past their grace,
+    quiet agents are sent a Pause instead of losing their stream: each connects once and
+    never again, holds its windows for the pause and sends them after. An attack window
+    spooled meanwhile goes out at once (after the windows before it) and is answered
+    within a second; every quiet window is stored (created = stored)."""
+    db = tmp_path / "tocsin.db"
+    per_agent = 60
+
+    async def main() -> tuple[list[Shipper], Shipper, float, list[tuple[float, pb.Command]]]:
+        admission = AdmissionConfig(max_in_flight=4, grace_s=0.2, pushback_ms=300)
+        c, port = await started(tmp_path, admission)
+        commands: list[tuple[float, pb.Command]] = []
+
+        def on_command(cmd: pb.Command) -> pb.ActionResult:
+            commands.append((time.monotonic(), cmd))
+            return pb.ActionResult(command_id=cmd.id, kind=cmd.kind, status="done")
+
+        def shipper(host: str) -> Shipper:
+            spool = WindowSpool(tmp_path / f"{host}.sqlite")
+            return Shipper(f"127.0.0.1:{port}", spool, HelloInfo(host, "b1", []), on_command)
+
+        quiet = [shipper(f"quiet-{i:02d}") for i in range(20)]
+        attacked = shipper("attacked")
+        evidence_at = 0.0
+
+        def produce() -> None:
+            nonlocal evidence_at
+            for k in range(1, per_agent + 1):
+                for s in quiet:
+                    s.submit_window(busy(k).window)
+                if k < 20:
+                    attacked.submit_window(busy(k).window)
+                elif k == 20:
+                    evidence_at = time.monotonic()
+                    attacked.submit_window(encrypting(k).window)
+                time.sleep(0.05)
+
+        for s in (*quiet, attacked):
+            s.start()
+        try:
+            await asyncio.to_thread(produce)
+            for _ in range(600):
+                if not any(s.spool.depth for s in (*quiet, attacked)):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.wait_for(_all_judged(db), 30)
+        finally:
+            for s in (*quiet, attacked):
+                await asyncio.to_thread(s.stop)
+            await c.stop(0.5)
+        return quiet, attacked, evidence_at, commands
+
+    quiet, attacked, evidence_at, commands = asyncio.run(main())
+    assert commands, "the attack was never answered"
+    at, cmd = commands[0]
+    assert cmd.kind == "suspend" and list(cmd.pids) == [4242]
+    assert at - evidence_at < 1.0, at - evidence_at
+    assert sum(s.pauses for s in quiet) > 0, "no quiet agent was paused"
+    assert [s.connections for s in (*quiet, attacked)] == [1] * 21, "a stream was ended"
+    assert count(db, "host_id LIKE 'quiet-%'") == 20 * per_agent  # created = stored
+    assert count(db, "host_id = 'attacked'") == 20
 
 
 class ThreadNotingStore(SqliteStore):

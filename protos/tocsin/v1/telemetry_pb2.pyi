@@ -104,7 +104,7 @@ class ProcessRef(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., start_ticks: _Optional[int] = ..., kernel_boot_id: _Optional[str] = ...) -> None: ...
 
 class Window(_message.Message):
-    __slots__ = ("seq", "start", "end", "events_created", "events_modified", "events_deleted", "events_moved", "files_created", "files_modified", "files_deleted", "files_renamed", "dirs_touched", "extensions_touched", "new_extensions", "top_new_extension", "top_new_extension_dirs", "files_probed", "bytes_probed", "files_high_entropy", "files_type_destroyed", "mean_entropy", "files_incompressible", "repeated_name", "repeated_name_dirs", "encrypted_twins", "canary_touches", "bytes_read", "bytes_written", "net_bytes_out", "events_dropped", "queue_overflows", "spool_dropped", "top_writers", "example_paths", "files_encoded_random", "tripwire_fired", "tripwire_reason", "files_read", "drill", "read_dirs", "archives_created", "watch_limit_hits", "files_unprobed")
+    __slots__ = ("seq", "start", "end", "events_created", "events_modified", "events_deleted", "events_moved", "files_created", "files_modified", "files_deleted", "files_renamed", "dirs_touched", "extensions_touched", "new_extensions", "top_new_extension", "top_new_extension_dirs", "files_probed", "bytes_probed", "files_high_entropy", "files_type_destroyed", "mean_entropy", "files_incompressible", "repeated_name", "repeated_name_dirs", "encrypted_twins", "canary_touches", "bytes_read", "bytes_written", "net_bytes_out", "events_dropped", "queue_overflows", "spool_dropped", "top_writers", "example_paths", "files_encoded_random", "tripwire_fired", "tripwire_reason", "files_read", "drill", "read_dirs", "archives_created", "watch_limit_hits", "files_unprobed", "ahead")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,7 @@ class Window(_message.Message):
     ARCHIVES_CREATED_FIELD_NUMBER: _ClassVar[int]
     WATCH_LIMIT_HITS_FIELD_NUMBER: _ClassVar[int]
     FILES_UNPROBED_FIELD_NUMBER: _ClassVar[int]
+    AHEAD_FIELD_NUMBER: _ClassVar[int]
     seq: int
     start: _timestamp_pb2.Timestamp
     end: _timestamp_pb2.Timestamp
@@ -191,7 +192,8 @@ class Window(_message.Message):
     archives_created: int
     watch_limit_hits: int
     files_unprobed: int
-    def __init__(self, seq: _Optional[int] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., events_created: _Optional[int] = ..., events_modified: _Optional[int] = ..., events_deleted: _Optional[int] = ..., events_moved: _Optional[int] = ..., files_created: _Optional[int] = ..., files_modified: _Optional[int] = ..., files_deleted: _Optional[int] = ..., files_renamed: _Optional[int] = ..., dirs_touched: _Optional[int] = ..., extensions_touched: _Optional[int] = ..., new_extensions: _Optional[int] = ..., top_new_extension: _Optional[str] = ..., top_new_extension_dirs: _Optional[int] = ..., files_probed: _Optional[int] = ..., bytes_probed: _Optional[int] = ..., files_high_entropy: _Optional[int] = ..., files_type_destroyed: _Optional[int] = ..., mean_entropy: _Optional[float] = ..., files_incompressible: _Optional[int] = ..., repeated_name: _Optional[str] = ..., repeated_name_dirs: _Optional[int] = ..., encrypted_twins: _Optional[int] = ..., canary_touches: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_written: _Optional[int] = ..., net_bytes_out: _Optional[int] = ..., events_dropped: _Optional[int] = ..., queue_overflows: _Optional[int] = ..., spool_dropped: _Optional[int] = ..., top_writers: _Optional[_Iterable[_Union[ProcessSample, _Mapping]]] = ..., example_paths: _Optional[_Iterable[str]] = ..., files_encoded_random: _Optional[int] = ..., tripwire_fired: _Optional[bool] = ..., tripwire_reason: _Optional[str] = ..., files_read: _Optional[int] = ..., drill: _Optional[bool] = ..., read_dirs: _Optional[int] = ..., archives_created: _Optional[int] = ..., watch_limit_hits: _Optional[int] = ..., files_unprobed: _Optional[int] = ...) -> None: ...
+    ahead: bool
+    def __init__(self, seq: _Optional[int] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., events_created: _Optional[int] = ..., events_modified: _Optional[int] = ..., events_deleted: _Optional[int] = ..., events_moved: _Optional[int] = ..., files_created: _Optional[int] = ..., files_modified: _Optional[int] = ..., files_deleted: _Optional[int] = ..., files_renamed: _Optional[int] = ..., dirs_touched: _Optional[int] = ..., extensions_touched: _Optional[int] = ..., new_extensions: _Optional[int] = ..., top_new_extension: _Optional[str] = ..., top_new_extension_dirs: _Optional[int] = ..., files_probed: _Optional[int] = ..., bytes_probed: _Optional[int] = ..., files_high_entropy: _Optional[int] = ..., files_type_destroyed: _Optional[int] = ..., mean_entropy: _Optional[float] = ..., files_incompressible: _Optional[int] = ..., repeated_name: _Optional[str] = ..., repeated_name_dirs: _Optional[int] = ..., encrypted_twins: _Optional[int] = ..., canary_touches: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_written: _Optional[int] = ..., net_bytes_out: _Optional[int] = ..., events_dropped: _Optional[int] = ..., queue_overflows: _Optional[int] = ..., spool_dropped: _Optional[int] = ..., top_writers: _Optional[_Iterable[_Union[ProcessSample, _Mapping]]] = ..., example_paths: _Optional[_Iterable[str]] = ..., files_encoded_random: _Optional[int] = ..., tripwire_fired: _Optional[bool] = ..., tripwire_reason: _Optional[str] = ..., files_read: _Optional[int] = ..., drill: _Optional[bool] = ..., read_dirs: _Optional[int] = ..., archives_created: _Optional[int] = ..., watch_limit_hits: _Optional[int] = ..., files_unprobed: _Optional[int] = ..., ahead: _Optional[bool] = ...) -> None: ...
 
 class ActionResult(_message.Message):
     __slots__ = ("command_id", "kind", "status", "detail", "pids", "at", "local")
@@ -228,14 +230,16 @@ class Goodbye(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class CollectorMessage(_message.Message):
-    __slots__ = ("ack", "command", "config")
+    __slots__ = ("ack", "command", "config", "pause")
     ACK_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
     command: Command
     config: ConfigUpdate
-    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., config: _Optional[_Union[ConfigUpdate, _Mapping]] = ...) -> None: ...
+    pause: Pause
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., command: _Optional[_Union[Command, _Mapping]] = ..., config: _Optional[_Union[ConfigUpdate, _Mapping]] = ..., pause: _Optional[_Union[Pause, _Mapping]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("boot_id", "seq")
@@ -269,6 +273,12 @@ class Command(_message.Message):
     dry_run: bool
     processes: _containers.RepeatedCompositeFieldContainer[ProcessRef]
     def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., parameters: _Optional[_Mapping[str, str]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dry_run: _Optional[bool] = ..., processes: _Optional[_Iterable[_Union[ProcessRef, _Mapping]]] = ...) -> None: ...
+
+class Pause(_message.Message):
+    __slots__ = ("quiet_ms",)
+    QUIET_MS_FIELD_NUMBER: _ClassVar[int]
+    quiet_ms: int
+    def __init__(self, quiet_ms: _Optional[int] = ...) -> None: ...
 
 class ConfigUpdate(_message.Message):
     __slots__ = ("tripwire_mode",)
