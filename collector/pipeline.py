@@ -7,7 +7,9 @@ a thread of its own so that scoring never waits behind blocking database calls
 in the loop's default executor), at most ``max_batch`` at a time. The queue is
 bounded: when it is full the window is judged without a score (deterministic
 evidence only) and ``dropped`` counts it. A scorer error is logged and also
-yields no score: the evidence still counts.
+yields no score: the evidence still counts. Rows asked for ``urgent`` (a host
+with a window carrying evidence) are scored before every row queued without:
+an attack's judgement never waits for the scoring of a quiet backlog.
 
 ``JudgeStage.judge_window(host_id, boot_id, window, features, clock_skew_s=0.0)``
 is called after the window was committed (a window with evidence, and the
@@ -42,6 +44,7 @@ from tocsin.collector.protocols import Scorer
 from tocsin.collector.respond import Responder
 from tocsin.collector.store import JudgedMark, Store, StoredWindow, StoreUnavailable
 from tocsin.v1 import telemetry_pb2 as pb
+from tocsin.v1.evidence import carries_evidence
 
 log = logging.getLogger("tocsin.collector.pipeline")
 
@@ -62,7 +65,11 @@ class BatchScorer:
         self.linger_s = linger_s
         self.dropped = 0
         self.batches = 0
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_pending)
+        self.max_pending = max_pending
+        # Urgent items first, then the others, each in arrival order.
+        self._urgent: collections.deque[_Item] = collections.deque()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._queued = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tocsin-score")
 
@@ -71,28 +78,40 @@ class BatchScorer:
         return (await self.score_rows(np.atleast_2d(x), scorer))[0]
 
     async def score_rows(
-        self, X: npt.NDArray[np.float64], scorer: Scorer | None = None
+        self, X: npt.NDArray[np.float64], scorer: Scorer | None = None, urgent: bool = False
     ) -> list[float | None]:
         """The scores of the rows of ``X`` (one queue entry), None for each if dropped/failed."""
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run())
         fut: asyncio.Future[list[float | None]] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait((X, fut, scorer or self.scorer))
-        except asyncio.QueueFull:
+        if len(self._urgent) + len(self._queue) >= self.max_pending:
             self.dropped += len(X)
             return [None] * len(X)
+        (self._urgent if urgent else self._queue).append((X, fut, scorer or self.scorer))
+        self._queued.set()
         return await fut
+
+    def _next(self, urgent_only: bool) -> _Item | None:
+        for queue in (self._urgent,) if urgent_only else (self._urgent, self._queue):
+            if queue:
+                return queue.popleft()
+        return None
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            if self.linger_s > 0:
+            urgent = bool(self._urgent)  # a batch of urgent rows only: a small, quick call
+            first = self._next(urgent)
+            if first is None:
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            batch = [first]
+            if self.linger_s > 0 and not urgent:
                 await asyncio.sleep(self.linger_s)
-            rows = len(batch[0][0])
-            while rows < self.max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-                rows += len(batch[-1][0])
+            rows = len(first[0])
+            while rows < self.max_batch and (item := self._next(urgent)) is not None:
+                batch.append(item)
+                rows += len(item[0])
             groups: dict[int, list[_Item]] = {}
             for item in batch:
                 groups.setdefault(id(item[2]), []).append(item)
@@ -419,7 +438,9 @@ class JudgeStage:
     async def _judge(self, host_id: str, items: list[Committed]) -> list[Decision]:
         """Judge ``items`` (one host's, in order): one scoring call, one group commit."""
         scorer = self.baselines.scorer_for(host_id)
-        scores = await self.batch.score_rows(np.vstack([it.x for it in items]), scorer)
+        urgent = any(carries_evidence(it.window) for it in items)
+        X = np.vstack([it.x for it in items])
+        scores = await self.batch.score_rows(X, scorer, urgent=urgent)
         decided: list[Decision] = []
         marks = []
         for it, score in zip(items, scores, strict=True):

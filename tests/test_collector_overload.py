@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 
 from fakeagent import T0, encrypting
 from tocsin.agent.ship import HelloInfo, Shipper
@@ -27,7 +28,7 @@ from tocsin.collector.admission import Admission, AdmissionConfig
 from tocsin.collector.app import assemble
 from tocsin.collector.features import window_features
 from tocsin.collector.ingest import PUSHBACK_KEY
-from tocsin.collector.pipeline import Committed
+from tocsin.collector.pipeline import BatchScorer, Committed
 from tocsin.collector.protocols import ThresholdScorer
 from tocsin.collector.server import Collector
 from tocsin.collector.store import SqliteStore, StoredWindow
@@ -379,3 +380,38 @@ def test_admission_grace_is_for_agents_back_early_and_hosts_under_attack_stay() 
     assert adm.pushback_ms("on-time", w, 0.1) is None  # a stream with grace
     assert adm.pushback_ms("attacked", w, 5.0) is None
     assert adm.pushback_ms("x", encrypting(1).window, 5.0) is None  # evidence
+
+
+class SlowScorer(ThresholdScorer):
+    """The threshold scorer, 50 ms a call, noting the first value of each call's rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.firsts: list[float] = []
+
+    def score(self, X: Any) -> Any:
+        time.sleep(0.05)
+        self.firsts.append(float(X[0][0]))
+        return super().score(X)
+
+
+def test_an_urgent_scoring_goes_before_the_quiet_rows_queued_ahead_of_it() -> None:
+    """While one scoring call runs, 200 quiet requests and then one urgent one queue up:
+    the urgent one is scored in the next call, alone, before any of the quiet ones."""
+
+    async def main() -> list[float]:
+        scorer = SlowScorer()
+        batch = BatchScorer(scorer, max_batch=64)
+        try:
+            first = asyncio.ensure_future(batch.score_rows(np.full((1, 4), 1.0)))
+            await asyncio.sleep(0.02)  # the first call is running
+            quiet = [asyncio.ensure_future(batch.score_rows(np.full((1, 4), 2.0))) for _ in range(200)]
+            urgent = asyncio.ensure_future(batch.score_rows(np.full((1, 4), 3.0), urgent=True))
+            await asyncio.gather(first, urgent, *quiet)
+        finally:
+            await batch.close()
+        return scorer.firsts
+
+    firsts = asyncio.run(main())
+    assert firsts[:2] == [1.0, 3.0], firsts
+    assert len(firsts) == 2 + 200 // 64 + 1  # the quiet rows after it, 64 a call
