@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import ipaddress
 import logging
 import math
@@ -71,6 +72,9 @@ from tocsin.collector.webhook import parse_secret, redact_url
 from tocsin.v1.errors import ConfigError, TocsinError
 
 PROG = "tocsin-collector"
+# Young collections every 50,000 allocations (default 700), the middle one every
+# 20 of those, a full one every 100 middle ones at most (``settle_garbage_collection``).
+GC_THRESHOLDS = (50_000, 20, 100)
 log = logging.getLogger("tocsin.collector")
 
 _KEYS = {
@@ -426,6 +430,7 @@ async def serve(conf: dict[str, Any]) -> None:
     else:
         app = build(conf)
     port = await app.start(conf.get("listen"))
+    settle_garbage_collection()
     if role == "worker":
         status = f"worker {conf['name']} judging from {conf['bus']}"
         log.info("%s (respond=%s)", status, conf["respond"])
@@ -456,6 +461,22 @@ async def serve(conf: dict[str, Any]) -> None:
     if watchdog is not None:
         watchdog.cancel()
     await app.stop(grace_s=5.0)
+
+
+def settle_garbage_collection() -> None:
+    """Tune the garbage collector for a long-lived server with a large heap.
+
+    Everything built at start (modules, the model, the assembly) is moved out of
+    the collector's reach (``gc.freeze``), and collections are made rarer: the
+    default thresholds ran a full collection every second or two under load, each
+    a pause of 200 to 450 ms of the event loop with 2,000 agents connected (the
+    judge's per-host history is a large heap), which the admission read as
+    overload and answered by pausing agents. Memory is freed by reference counts
+    as before; only cycles wait longer.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLDS[0], GC_THRESHOLDS[1], GC_THRESHOLDS[2])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
