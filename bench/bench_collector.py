@@ -437,8 +437,19 @@ def export_revision(rev: str, into: Path) -> Path:
     tar = into / "tree.tar"
     tar.write_bytes(archive.stdout)
     with tarfile.open(tar) as tf:
-        tf.extractall(tree, filter="data")
+        tf.extractall(tree, filter=_inside)
     return tree
+
+
+def _inside(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """The "data" filter, but a link out of the tree (one was committed by mistake
+    once) is left out instead of failing the whole export."""
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError:
+        if member.issym() or member.islnk():
+            return None
+        raise
 
 
 def wait_line(proc: subprocess.Popen[bytes], log_path: Path, pattern: str, what: str) -> str:
