@@ -467,12 +467,11 @@ def settle_garbage_collection() -> None:
     """Tune the garbage collector for a long-lived server with a large heap.
 
     Everything built at start (modules, the model, the assembly) is moved out of
-    the collector's reach (``gc.freeze``), and collections are made rarer: the
-    default thresholds ran a full collection every second or two under load, each
-    a pause of 200 to 450 ms of the event loop with 2,000 agents connected (the
-    judge's per-host history is a large heap), which the admission read as
-    overload and answered by pausing agents. Memory is freed by reference counts
-    as before; only cycles wait longer.
+    the collector's reach (``gc.freeze``), and collections are made rarer: with
+    2,000 agents connected the default thresholds ran a full collection every
+    second or two, each stopping the event loop longer than the admission's lag
+    limit, which it read as overload and answered by pausing agents. Memory is
+    freed by reference counts as before; only cycles wait longer.
     """
     gc.collect()
     gc.freeze()
