@@ -432,12 +432,13 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 await self.intake.touch(host_id)
             log.info(
                 "agent %s stream ended (windows stored %d, duplicates dropped %d,"
-                " re-dated for clock skew %d, held back while paused %d)%s",
+                " re-dated for clock skew %d, held back while paused %d, judged ahead %d)%s",
                 host_id,
                 session.stored,
                 session.duplicates,
                 session.skewed,
                 session.held,
+                session.early,
                 f": {end.detail}" if end.detail else "",
             )
         if end.code is not None:

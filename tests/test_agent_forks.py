@@ -167,7 +167,9 @@ def test_a_drill_remembered_is_not_its_reused_pid(tmp_path: Path) -> None:
     try:
         # A process writes once it runs its program: before its exec, a child still
         # holds its parent's environment.
-        wait_for("the exec", lambda: os.path.basename(os.readlink(f"/proc/{drill.pid}/exe")) == "sleep")
+        wait_for(
+            "the exec", lambda: os.path.basename(os.readlink(f"/proc/{drill.pid}/exe")) == "sleep"
+        )
         attributor._on_write(drill.pid, str(tmp_path / "f"))  # seen writing while it lives
         assert attributor.is_drill(drill.pid)
         time.sleep(0.05)  # the impostor starts in a later clock tick (start ticks: 10 ms)
@@ -300,7 +302,9 @@ def test_a_drill_read_before_its_exec_is_read_again(tmp_path: Path) -> None:
     """A "not a drill" read while the process still held its parent's environment
     (between fork and exec) is not kept for good: it is read again once 0.2 s old."""
     answers = iter([False, True])
-    attributor = Attributor([str(tmp_path)], use_fanotify=False, is_drill=lambda pid: next(answers, True))
+    attributor = Attributor(
+        [str(tmp_path)], use_fanotify=False, is_drill=lambda pid: next(answers, True)
+    )
     live = subprocess.Popen(["sleep", "60"])
     try:
         attributor._on_write(live.pid, str(tmp_path / "f"))  # the first read: "no"

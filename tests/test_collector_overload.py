@@ -405,7 +405,9 @@ def test_an_urgent_scoring_goes_before_the_quiet_rows_queued_ahead_of_it() -> No
         try:
             first = asyncio.ensure_future(batch.score_rows(np.full((1, 4), 1.0)))
             await asyncio.sleep(0.02)  # the first call is running
-            quiet = [asyncio.ensure_future(batch.score_rows(np.full((1, 4), 2.0))) for _ in range(200)]
+            quiet = [
+                asyncio.ensure_future(batch.score_rows(np.full((1, 4), 2.0))) for _ in range(200)
+            ]
             urgent = asyncio.ensure_future(batch.score_rows(np.full((1, 4), 3.0), urgent=True))
             await asyncio.gather(first, urgent, *quiet)
         finally:
