@@ -211,3 +211,24 @@ def test_the_console_is_off_unless_configured(tmp_path: Path) -> None:
     )
     assert res.returncode == 2, res
     assert res.stderr.strip().count("\n") == 0 and "loopback only" in res.stderr, res.stderr
+
+
+def test_an_attack_over_the_share_names_the_workstation_and_its_user(tmp_path: Path) -> None:
+    """An incident whose writer is a Samba worker shows the client's address and SMB user
+    (what the town blocks at its switch or disables), not only the smbd process."""
+    host = "mairie-d-share"
+
+    def over_smb(msg: Any) -> None:
+        if msg.HasField("window"):
+            for p in msg.window.top_writers:
+                p.name, p.exe = "smbd", "/usr/sbin/smbd"
+                p.smb_client_addr, p.smb_user = "192.0.2.41", "MAIRIE\\compta"
+
+    with ConsoleCollector(tmp_path, hosts=(host,)) as c:
+        c.replay(edited(FIXTURES / "encrypt-inplace.jsonl", tmp_path / "smb.jsonl", over_smb), host)
+        client = ConsoleClient(c)
+        client.sign_in(c)
+        _, page = client.request("GET", f"/incidents/{c.incident_of(client, host)}")
+    main = page[page.index('<main id="main">') :]
+    assert re.search(r"<dt>Workstation</dt><dd>192\.0\.2\.41</dd>", main), main
+    assert re.search(r"<dt>Share user</dt><dd>MAIRIE\\compta</dd>", main), main
