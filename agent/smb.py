@@ -22,7 +22,9 @@ Contract:
   50 ms of it and answers after a few tenths of a second anyway), at most one
   every ``min_refresh_s``. Until Samba answered for the worker, the user is
   the Unix account the worker acts as (its effective uid), which tdbsam maps
-  one to one; ``SmbClient.user_source`` says which ("samba" or "uid").
+  one to one; ``SmbClient.user_source`` says which ("samba" or "uid"). A
+  worker caught acting as root (between two requests of its client) is read
+  again at the next call until it names a user.
 - Results are cached per (pid, start time), at most ``max_cached`` workers.
 """
 
@@ -219,8 +221,16 @@ class SmbSessions:
             return None
         key = (pid, stat[1])
         with self._lock:
-            if key in self._clients:
-                return self._clients[key]
+            cached = self._clients.get(key, False)
+        if cached is None or (cached and cached.user):
+            return cached
+        if cached:  # a worker read while it acted as root: its user now, if it acts as one
+            user = _effective_user(pid)
+            with self._lock:
+                now = self._clients.get(key)
+                if user and now is not None and not now.user:
+                    self._clients[key] = now = replace(now, user=user, user_source="uid")
+            return now
         peer = worker_peer(pid)
         user = _effective_user(pid) if peer else ""
         client = SmbClient(peer[0], peer[1], user, "uid" if user else "") if peer else None

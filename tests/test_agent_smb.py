@@ -63,6 +63,37 @@ def test_refresh_names_the_user_from_samba() -> None:
 
 @pytest.mark.netns
 @pytest.mark.skipif(netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason()))
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a worker that changes its euid)")
+def test_a_worker_read_while_it_acts_as_root_is_read_again_until_it_names_a_user() -> None:
+    """An smbd worker acts as root between its client's requests: read then, it has no user
+    yet; the next call reads its effective user again (an alert must name the account)."""
+    import subprocess
+    import time
+
+    from tocsin.agent.smb import _stat
+
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, time; time.sleep(0.5); os.seteuid(65534); time.sleep(60)",
+        ]
+    )
+    try:
+        stat = _stat(worker.pid)
+        assert stat is not None
+        s = SmbSessions(read_status=lambda conf: "")
+        s._clients[(worker.pid, stat[1])] = SmbClient("10.1.2.3", 36534, "", "")  # read as root
+        first = s.client_of(worker.pid)
+        assert first is not None and first.user == ""
+        time.sleep(1.0)
+        later = s.client_of(worker.pid)
+        assert later == SmbClient("10.1.2.3", 36534, "nobody", "uid"), later
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 def test_client_socket_read_across_namespaces() -> None:
     """A server on port 445 in one namespace, its client in another: the agent, in
     neither, reads the client's address from the server process's own /proc."""
