@@ -85,7 +85,11 @@ def test_smb_attack_is_cut_at_the_client_and_the_colleague_keeps_working(
     assert r.worker_stopped and r.client_blocked, "the attacker was not cut\n" + logs()
     assert r.master_running, "the smbd master must never be stopped"
     assert r.ruined, "no file ruined before the alert?\n" + logs()
-    assert r.server_ruined_at_cut > 0, "the server holds every file as it was?"
+    # Encrypt-to-copy ruins a file once its original is deleted: a cut before the first
+    # delete reached the server leaves it whole (seen). In place or renamed, the first
+    # files the attacker wrote are changed on the server by the cut.
+    if style != "copy":
+        assert r.server_ruined_at_cut > 0, "the server holds every file as it was?"
     went_on = r.server_ruined_at_release - r.server_ruined_at_cut
     assert went_on == 0, (
         f"{went_on} files ruined on the server while the attacker was cut; its late lines: "
