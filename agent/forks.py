@@ -2,12 +2,12 @@
 
 Contract: ``ForkWatch.open()`` returns a started watch, or None when the kernel does
 not offer process events here (no CAP_NET_ADMIN, a network namespace other than the
-host's, a kernel without the proc connector): the caller then works without it, as
-before. ``parent_of(pid)`` is the process that forked ``pid`` and when (seconds since
-boot), for a process started since the watch began, even after it exited; the newest
-``max_kept`` forks are kept. Only the kernel's own messages are read (sender port 0).
-``lost`` counts events the kernel dropped because the reader fell behind (a fork
-storm). ``stop()`` ends the reading thread.
+host's that the agent may not enter, a kernel without the proc connector): the caller
+then works without it, as before. ``parent_of(pid)`` is the process that forked
+``pid`` and when (seconds since boot), for a process started since the watch began,
+even after it exited; the newest ``max_kept`` forks are kept. Only the kernel's own
+messages are read (sender port 0). ``lost`` counts events the kernel dropped because
+the reader fell behind (a fork storm). ``stop()`` ends the reading thread.
 
 Why: an encryptor can run one short process per file (``find -exec``, a shell loop).
 Each writer has exited by the time its fanotify event is read, so /proc no longer
@@ -22,9 +22,11 @@ per fork, exec, exit... of every process on the host; only forks of a new proces
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
+import os
 import select
 import socket
 import struct
@@ -42,6 +44,7 @@ MAX_KEPT = 65_536
 _RCVBUF = 4 << 20
 SO_RCVBUFFORCE = 33  # Linux; not in Python's socket module
 SO_ATTACH_FILTER = 26
+CLONE_NEWNET = 0x40000000
 
 _NLMSG = struct.Struct("=IHHII")  # struct nlmsghdr
 _CN_MSG = struct.Struct("=IIIIHH")  # struct cn_msg (id.idx, id.val, seq, ack, len, flags)
@@ -93,6 +96,86 @@ def _only_forks(sock: socket.socket) -> None:
         log.debug("process events unfiltered: %s", exc)
 
 
+def _subscribe() -> socket.socket:
+    """A proc-connector socket of this thread's network namespace, listening (or OSError)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+    try:
+        sock.bind((0, CN_IDX_PROC))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _RCVBUF)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
+        _only_forks(sock)
+        sock.send(_listen_message())
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _subscribe_in_host_netns() -> socket.socket | None:
+    """The kernel sends process events only in the host's network namespace. An agent
+    started in another one (a unit with PrivateNetwork, a test bed's namespace) that may
+    enter the host's opens its socket there, from a short-lived thread: setns moves that
+    thread alone, the socket stays in the namespace it was made in, and the rest of the
+    agent never leaves its own. The host's namespace is pid 1's; when that cannot be
+    read (some sandboxes), each ancestor's that differs from ours is tried, nearest first."""
+    made: list[socket.socket] = []
+
+    def subscribe_there() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for path in _other_netns():
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                entered = libc.setns(fd, CLONE_NEWNET) == 0
+            finally:
+                os.close(fd)
+            if entered:
+                with contextlib.suppress(OSError):
+                    made.append(_subscribe())
+                    return
+
+    thread = threading.Thread(target=subscribe_there, name="tocsin-forks-open", daemon=True)
+    thread.start()
+    thread.join(timeout=5.0)
+    return made[0] if made else None
+
+
+def _other_netns() -> list[str]:
+    """Network namespace files of pid 1 and of our ancestors, nearest first, that are
+    readable and not ours (pid 1 first: it is the host's wherever it can be read)."""
+    try:
+        ours = os.stat("/proc/thread-self/ns/net").st_ino
+    except OSError:
+        return []
+    found: list[str] = []
+    seen = {ours}
+    pid = os.getpid()
+    chain = [1]
+    for _ in range(64):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                pid = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if pid <= 1:
+            break
+        chain.append(pid)
+    for pid in chain:
+        path = f"/proc/{pid}/ns/net"
+        try:
+            inode = os.stat(path).st_ino
+        except OSError:
+            continue
+        if inode not in seen:
+            seen.add(inode)
+            found.append(path)
+    return found
+
+
 class ForkWatch:
     def __init__(self, sock: socket.socket, max_kept: int = MAX_KEPT) -> None:
         self._sock = sock
@@ -108,22 +191,13 @@ class ForkWatch:
     def open(cls, max_kept: int = MAX_KEPT) -> ForkWatch | None:
         """A started watch, or None (logged once) when process events are not offered."""
         try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+            sock = _subscribe()
         except OSError as exc:
-            log.info("process events unavailable (%s): launchers of short writers unseen", exc)
-            return None
-        try:
-            sock.bind((0, CN_IDX_PROC))
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, _RCVBUF)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
-            _only_forks(sock)
-            sock.send(_listen_message())
-        except OSError as exc:
-            sock.close()
-            log.info("process events unavailable (%s): launchers of short writers unseen", exc)
-            return None
+            sock = _subscribe_in_host_netns()
+            if sock is None:
+                log.info("process events unavailable (%s): launchers of short writers unseen", exc)
+                return None
+            log.info("process events read from the host's network namespace")
         watch = cls(sock, max_kept)
         watch._thread.start()
         return watch

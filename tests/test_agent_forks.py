@@ -107,23 +107,50 @@ def test_the_kernel_hands_over_forks_only() -> None:
         forks.stop()
 
 
+_IN_A_NETNS = """
+import logging, subprocess, sys, time
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+from tocsin.agent.forks import ForkWatch
+forks = ForkWatch.open()
+if forks is not None:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    deadline = time.monotonic() + 5
+    while forks.parent_of(child.pid) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("parent", (forks.parent_of(child.pid) or (0,))[0] == __import__("os").getpid())
+print("watch", forks is not None)
+"""
+
+
+def _forks_in_netns(ns: str, *prefix: str) -> str:
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, *prefix, sys.executable, "-c", _IN_A_NETNS],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 @pytest.mark.netns
 @pytest.mark.skipif(netns_unavailable_reason() is not None, reason=str(netns_unavailable_reason()))
-def test_outside_the_hosts_network_namespace_there_is_no_watch_and_no_error() -> None:
-    """The kernel offers process events in the host's network namespace only: an agent
-    in another one works as before, with one line saying so."""
+def test_an_agent_in_another_network_namespace_reads_the_hosts_process_events() -> None:
+    """The kernel offers process events in the host's network namespace only. An agent
+    started in another one (PrivateNetwork, a test bed) opens its socket in the host's
+    when it may enter it, and sees forks; when it may not (no CAP_SYS_ADMIN), it works
+    without them, with one line saying so."""
     ns = f"tfk{os.getpid() % 10000}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        code = "from tocsin.agent.forks import ForkWatch; print(ForkWatch.open())"
-        out = subprocess.run(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", code],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == "None"
+        out = _forks_in_netns(ns)
+        assert "process events read from the host's network namespace" in out, out
+        assert "watch True" in out and "parent True" in out, out
+        without = ("setpriv", "--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--")
+        out = _forks_in_netns(ns, *without)
+        assert "watch False" in out, out
+        assert out.count("process events unavailable") == 1, out
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
