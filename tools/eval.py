@@ -131,8 +131,8 @@ DESCRIPTIONS = {
     "encrypt-copy-b64": "notes first, then name.ext.MEDUSA.b64 base64 copies, originals deleted",
     "encrypt-as-sshd": "in-place encryption by a process calling itself sshd (prctl)",
     "encrypt-per-file": (
-        "one short process per file (sh -c 'head | dd'), as find -exec runs them; here no "
-        "process events (the suite's own network namespace): the launcher is not named"
+        "one short process per file (sh -c 'head | dd'), as find -exec runs them: the "
+        "launcher is named from the kernel's process events and stopped"
     ),
     "encrypt-drill-marker": "in-place encryption naming the drill marker, without the key",
     "backup-gpg-files": "encrypted backup: a .gpg copy of every file, nothing deleted",
