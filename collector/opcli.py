@@ -7,7 +7,7 @@
     tocsin isolate HOST --collector HOST:PORT ...
     tocsin release HOST [--resume | --kill] --collector HOST:PORT ...
     tocsin console login --collector HOST:PORT ...   (a one-time link to the web console)
-    tocsin replay FILE --collector HOST:PORT [--speed N] [--host-id ID] ...
+    tocsin replay FILE --collector HOST:PORT [--speed N] [--host-id ID] [--keep-dates] ...
     tocsin train ...          (see tocsin.collector.train)
     tocsin webhook test [--config F | --webhook URL --format F --secret S]
     tocsin certs init --dir D | certs issue NAME --dir D [--collector] [--san H]
@@ -112,6 +112,11 @@ def build_parser() -> _Parser:
     rep.add_argument("file", type=Path)
     rep.add_argument("--speed", type=float, default=1.0, help="time factor; 0 = no pacing")
     rep.add_argument("--host-id", dest="host_id")
+    rep.add_argument(
+        "--keep-dates",
+        action="store_true",
+        help="keep the recording's own window dates (the collector must allow the skew)",
+    )
     return p
 
 
@@ -159,7 +164,9 @@ async def _run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{args.file}: no such recording")
             if args.speed < 0:
                 raise ConfigError("--speed must be >= 0")
-            stats = await replay(args.file, channel, args.speed, args.host_id)
+            stats = await replay(
+                args.file, channel, args.speed, args.host_id, keep_dates=args.keep_dates
+            )
             print(
                 f"windows sent {stats.windows_sent}, acked {stats.windows_acked}"
                 f" ({stats.streams} stream(s), commands received: {len(stats.commands)})"

@@ -1,16 +1,17 @@
 """Stream a recording into a collector as if its agent were sending it live.
 
-Contract: ``replay(path, channel, speed)`` splits the recording at each
-``hello`` (one agent boot each), opens one Telemetry stream per boot, sends
-the hello, then every message in order; windows are paced by their own end
-timestamps divided by ``speed`` (0: as fast as possible), and re-dated as a
-live agent would date them: the recording is shifted so that its first window
-ends when the replay starts (the collector trusts no clock further than its
-allowed skew from its own, so a recording keeps its own dates only if it is
-fresh). Before closing a
-stream it waits until the collector acked the last window sent on it (at most
-``ack_timeout_s``, then ``WireError``). Commands the collector sends back are
-counted, never executed. ``host_id`` replaces the recorded one.
+Contract: ``replay(path, channel, speed)`` splits the recording at each ``hello``
+(one agent boot each), opens one Telemetry stream per boot, sends the hello, then
+every message in order; windows are paced by their own end timestamps divided by
+``speed`` (0: as fast as possible), and re-dated as a live agent would date them:
+the recording is shifted so that its first window ends when the replay starts (the
+collector trusts no clock further than its allowed skew from its own, so a recording
+keeps its own dates only if it is fresh). With ``keep_dates`` the windows keep the
+recording's own dates (a later night of a recorded job, shifted ahead by the caller:
+the collector must then allow that much skew). Before closing a stream it waits
+until the collector acked the last window sent on it (at most ``ack_timeout_s``,
+then ``WireError``). Commands the collector sends back are counted, never executed.
+``host_id`` replaces the recorded one.
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ async def replay(
     speed: float = 1.0,
     host_id: str | None = None,
     ack_timeout_s: float = 30.0,
+    keep_dates: bool = False,
 ) -> ReplayStats:
     stats = ReplayStats()
     for boot in split_boots(read_recording(path)):
-        await _replay_boot(boot, channel, speed, host_id, ack_timeout_s, stats)
+        await _replay_boot(boot, channel, speed, host_id, ack_timeout_s, stats, keep_dates)
     return stats
 
 
@@ -79,6 +81,7 @@ async def _replay_boot(
     host_id: str | None,
     ack_timeout_s: float,
     stats: ReplayStats,
+    keep_dates: bool,
 ) -> None:
     hello = messages[0]
     if host_id:
@@ -111,8 +114,9 @@ async def _replay_boot(
             if msg.HasField("window"):
                 end_s = ts_s(msg.window.end)
                 if first_ts is None:
-                    first_ts, shift_s = end_s, time.time() - end_s
-                msg = _redated(msg, shift_s)
+                    first_ts, shift_s = end_s, 0.0 if keep_dates else time.time() - end_s
+                if shift_s:
+                    msg = _redated(msg, shift_s)
                 if speed > 0:
                     delay = (end_s - first_ts) / speed - (time.monotonic() - started)
                     if delay > 0:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ def collector(tmp_path: Path) -> Iterator[str]:
         assert "stopping" in log.read_text()
 
 
-def make_recording(path: Path, n: int) -> None:
+def make_recording(path: Path, n: int, t0: int = T0) -> None:
     rec = Recorder(path)
     rec.write(pb.AgentMessage(hello=pb.Hello(host_id="rec-host", boot_id="b1")))
     for seq in range(1, n + 1):
@@ -118,7 +119,7 @@ def make_recording(path: Path, n: int) -> None:
             files_high_entropy=40,
             mean_entropy=7.9,
         )
-        w.start.seconds, w.end.seconds = T0 + seq, T0 + seq + 1
+        w.start.seconds, w.end.seconds = t0 + seq, t0 + seq + 1
         w.top_writers.add(
             pid=99,
             name="cryptor",
@@ -174,6 +175,35 @@ def test_replay_then_hosts_and_alerts(tmp_path: Path, collector: str) -> None:
         "0.5",
     )
     assert "release replayed: queued" in res.stdout and res.returncode == 1
+
+
+def test_replay_keeps_a_later_nights_dates_only_when_asked(tmp_path: Path) -> None:
+    """A recording shifted a day ahead (a job's next night) is judged a day ahead with
+    ``--keep-dates`` when the collector allows that skew; without it, it is dated now."""
+    tomorrow = int(time.time()) + 86_400
+    recording = tmp_path / "night2.jsonl"
+    make_recording(recording, 3, t0=tomorrow)
+    db = str(tmp_path / "c.db")
+    proc, addr = start_collector(tmp_path / "c.log", "--db", db, "--max-clock-skew-s", "172800")
+    try:
+        ops = ["--collector", addr, "--insecure"]
+        for host, keep in (("kept", ["--keep-dates"]), ("redated", [])):
+            res = run(str(BIN / "tocsin"), "replay", str(recording), *ops, "--speed", "0",
+                      "--host-id", host, *keep)  # fmt: skip
+            assert "windows sent 3, acked 3" in res.stdout, res.stdout + res.stderr
+        alerts = json.loads(run(str(BIN / "tocsin"), "alerts", *ops, "--json").stdout)
+        start = {a["host_id"]: a["window_start"] for a in alerts}
+        assert set(start) == {"kept", "redated"}, alerts
+        kept, redated = (_epoch(start[h]) for h in ("kept", "redated"))
+        assert abs(kept - (tomorrow + 1)) < 2, start
+        assert abs(redated - time.time()) < 60, start
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def test_collector_on_postgresql_end_to_end(tmp_path: Path, pg_url: str, pg_dsn: str) -> None:

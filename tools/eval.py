@@ -15,7 +15,8 @@ and the warnings and criticals posted for the host. Each attack style runs
 ``--repeat`` times (median and maximum of the files ruined). Each benign job
 runs once live (night 1, the agent recording what it sends), then its
 recording is replayed into the same collector under the same host id shifted
-by one and two days (nights 2 and 3, ``tocsin replay``): warnings per night.
+by one and two days (nights 2 and 3, ``tocsin replay --keep-dates``, the
+collector allowing three days of clock skew): warnings per night.
 Workloads run as drills: the agent's drill key in their environment
 (``tocsin.agent.drill``), so the collector suspends them for real but never
 isolates (a drill never isolates); nothing else changes in the judgement. The
@@ -89,6 +90,7 @@ DEFAULT_ATTACKS = (
 )
 # Forged drills: the marker in the command line, not the agent's key.
 FORGED_DRILLS = frozenset({"encrypt-drill-marker"})
+NIGHTS_AHEAD_S = 3 * 86_400  # the collector's allowed clock skew: the replayed nights
 DEFAULT_BENIGN = (
     "backup-targz",
     "backup-encrypted",
@@ -236,6 +238,9 @@ class Suite:
                 "--respond",
                 "enforce",
                 "--insecure",
+                # Nights 2 and 3 are replayed one and two days ahead of this clock.
+                "--max-clock-skew-s",
+                str(NIGHTS_AHEAD_S),
             ],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -296,6 +301,7 @@ class Suite:
                 "0",
                 "--host-id",
                 host_id,
+                "--keep-dates",
             ],
             check=True,
             capture_output=True,
