@@ -23,6 +23,11 @@ isolates (a drill never isolates); nothing else changes in the judgement. The
 evasions are the exception: ``encrypt-drill-marker`` names the drill marker but
 has no key, and must be isolated like any attacker. Loopback only.
 
+Then the tripwire alone (all workloads asked, not a list): the agent with
+``--tripwire enforce`` and its collector unreachable, each encrypt-in-place and
+encrypt-to-copy style ``--repeat`` times: files ruined before the agent's own
+tripwire stopped the attack.
+
 Then, as root with Samba installed (``--no-smb`` skips it), the attack over the
 share: a real smbd and agent in a file server's network namespace, an
 attacking and a colleague's workstation speaking SMB 3 from two more, the
@@ -200,6 +205,42 @@ def tree_stopped(proc: psutil.Process) -> bool:
         return False
 
 
+def launch(
+    name: str, share: Path, rate: float, progress: Path, env: dict[str, str] | None
+) -> subprocess.Popen[bytes]:
+    """The workload ``name`` on ``share`` as its own process, its files logged to ``progress``."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tocsin.agent.simulate",
+            "run",
+            name,
+            str(share),
+            "--rate",
+            str(rate),
+            "--progress",
+            str(progress),
+            "--tag",
+            DRILL_TAG,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+
+
+def until_stopped(workload: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Wait until the workload's whole tree is stopped (True), it ended or time ran out."""
+    proc = psutil.Process(workload.pid)
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and workload.poll() is None:
+        if tree_stopped(proc):
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def kill_tree(pid: int) -> None:
     try:
         proc = psutil.Process(pid)
@@ -347,32 +388,8 @@ class Suite:
             key = DrillKey.read(work / "state")
             env = None if name in FORGED_DRILLS else key.environment()
             t0 = time.monotonic()
-            workload = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tocsin.agent.simulate",
-                    "run",
-                    name,
-                    str(share),
-                    "--rate",
-                    str(rate),
-                    "--progress",
-                    str(progress),
-                    "--tag",
-                    DRILL_TAG,
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env=env,
-            )
-            proc = psutil.Process(workload.pid)
-            end = time.monotonic() + timeout_s
-            while time.monotonic() < end and workload.poll() is None:
-                if tree_stopped(proc):
-                    row.stopped = True
-                    break
-                time.sleep(0.01)
+            workload = launch(name, share, rate, progress, env)
+            row.stopped = until_stopped(workload, timeout_s)
             if row.stopped:
                 row.ruined_before_stop = len(progress_times(progress))
             elif workload.poll() is None:
@@ -471,6 +488,88 @@ def summary(rows: list[Row], rate: float) -> dict[str, Any]:
     }
 
 
+TRIPWIRE_STYLES = ("encrypt-inplace", "encrypt-medusa", "encrypt-copy-stem", "encrypt-copy-b64")
+
+
+def tripwire_rows(
+    work: Path, files: int, rate: float, repeat: int, timeout_s: float
+) -> list[dict[str, Any]]:
+    """The tripwire alone: an agent enforcing it, its collector unreachable (a closed
+    loopback port); per style, the files ruined before the attack's tree was stopped."""
+    rng = random.Random(7)
+    rows = []
+    for style in TRIPWIRE_STYLES:
+        ruined: list[int | None] = []
+        for attempt in range(repeat):
+            tmp = work / f"tripwire-{style}-{attempt}"
+            share, progress, log = tmp / "share", tmp / "progress.log", tmp / "agent.log"
+            make_share(share, files=files, seed=11)
+            agent = subprocess.Popen(
+                [
+                    str(BIN / "tocsin-agent"),
+                    "--collector",
+                    "127.0.0.1:9",
+                    "--watch",
+                    str(share),
+                    "--host-id",
+                    "tripwire-alone",
+                    "--state-dir",
+                    str(tmp / "state"),
+                    "--insecure",
+                    "--tripwire",
+                    "enforce",
+                ],
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
+            workload = None
+            try:
+                if not wait_for(lambda log=log: "watching" in log.read_text("latin-1"), 30):
+                    raise SystemExit("eval: the tripwire's agent did not start\n" + log.read_text())
+                time.sleep(1.5 + rng.random())  # not the agent's first window; a random phase
+                workload = launch(style, share, rate, progress, None)
+                stopped = until_stopped(workload, timeout_s)
+                ruined.append(len(progress_times(progress)) if stopped else None)
+            finally:
+                if workload is not None:
+                    kill_tree(workload.pid)
+                agent.send_signal(signal.SIGTERM)
+                agent.wait(timeout=15)
+        row = {"style": style, "ruined_runs": ruined, "stopped": None not in ruined}
+        rows.append(row)
+        print(f"tripwire-alone {json.dumps(row)}", flush=True)
+    return rows
+
+
+def render_tripwire(rows: list[dict[str, Any]], rate: float) -> list[str]:
+    out = [
+        "",
+        "## The tripwire alone (collector unreachable)",
+        "",
+        f"The same share and agent, `--tripwire enforce`, its collector a closed loopback port; "
+        f"each style at {rate:g} files/s. **ruined before stop**: files the attack had finished "
+        "when its process tree was stopped by the agent's own tripwire, one figure per run.",
+        "",
+        "| style | stopped every run | ruined before stop (runs) | median / max |",
+        "|---|---|---|---|",
+    ]
+    every: list[int] = []
+    for r in rows:
+        runs = [n for n in r["ruined_runs"] if n is not None]
+        every += runs
+        figures = " / ".join(_fmt(n) for n in r["ruined_runs"])
+        med = f"{statistics.median(runs):g} / {max(runs)}" if runs else "-"
+        out.append(f"| {r['style']} | {_fmt(r['stopped'])} | {figures} | {med} |")
+    if every:
+        out += [
+            "",
+            f"Files ruined with the tripwire alone: median **{statistics.median(every):g}**, "
+            f"maximum **{max(every)}**; runs not stopped: "
+            f"**{sum(n is None for r in rows for n in r['ruined_runs'])}**.",
+        ]
+    return [*out, ""]
+
+
 def smb_rows(work: Path) -> tuple[list[dict[str, Any]], str]:
     """One attack over the share per style (see module doc): (figures, why not run)."""
     from netns import netns_unavailable_reason
@@ -540,6 +639,7 @@ def render(
     took_s: float,
     smb: tuple[list[dict[str, Any]], str] = ([], "not asked (--no-smb)"),
     load: tuple[float, float] = (0.0, 0.0),
+    tripwire: list[dict[str, Any]] | None = None,
 ) -> str:
     lines = [
         "# Evaluation",
@@ -617,6 +717,7 @@ def render(
         f"- suite wall time: {took_s:.0f} s; machine load (1-minute average, `os.getloadavg`) "
         f"at its start and end: {load[0]:.1f} and {load[1]:.1f} on {os.cpu_count()} CPUs "
         "(timings and files ruined grow with the load: compare runs at a similar load)",
+        *(render_tripwire(tripwire, args.rate) if tripwire else []),
         *render_smb(*smb),
         "## Reproduce",
         "",
@@ -703,15 +804,27 @@ def main() -> int:
                 )
         finally:
             suite.stop()
+        tripwire = (
+            []
+            if args.names
+            else tripwire_rows(work, args.files, args.rate, args.repeat, args.timeout_s)
+        )
         smb = ([], "not asked (--no-smb)") if args.no_smb else smb_rows(work)
     took = time.monotonic() - started
     load = (load_start, os.getloadavg()[0])
     summ = summary(rows, args.rate)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows, summ, args, took, smb, load))
+    args.out.write_text(render(rows, summ, args, took, smb, load, tripwire))
     if args.json:
         args.json.write_text(
-            json.dumps({"rows": [asdict(r) for r in rows], "summary": summ, "smb": smb[0]})
+            json.dumps(
+                {
+                    "rows": [asdict(r) for r in rows],
+                    "summary": summ,
+                    "tripwire_alone": tripwire,
+                    "smb": smb[0],
+                }
+            )
         )
     if not args.no_card and not args.names:
         update_card(ROOT / "models" / "baseline.json", summ)
