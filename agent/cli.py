@@ -48,7 +48,12 @@ def _agent_parser() -> _Parser:
     p.add_argument("--tls-cert", type=Path)
     p.add_argument("--tls-key", type=Path)
     p.add_argument("--record", type=Path, help="append every sent message to this JSONL file")
-    p.add_argument("--tripwire", choices=MODES)
+    p.add_argument(
+        "--tripwire",
+        choices=MODES,
+        help="the agent's own suspend: follow (the collector's response mode; default), "
+        "off, dry-run or enforce",
+    )
     p.add_argument("--window-s", type=float)
     p.add_argument("--allow", action="append", help="CIDR kept reachable when isolated")
     p.add_argument(
@@ -183,7 +188,7 @@ def build_config(argv: list[str]) -> tuple[Any, str]:
         for t in tls:
             if not os.path.isfile(str(t)):
                 raise ConfigError(f"TLS file {t}: not found")
-    mode = merged.get("tripwire") or "dry-run"
+    mode = merged.get("tripwire") or "follow"
     if mode not in MODES:
         raise ConfigError(f"tripwire must be one of {', '.join(MODES)}, not {mode!r}")
     window_s = _finite("window-s", merged.get("window_s") or 1.0)

@@ -34,7 +34,7 @@ from tocsin.agent.ruleset import pin_addresses, system_resolvers
 from tocsin.agent.ship import HelloInfo, Shipper
 from tocsin.agent.smb import SmbSessions
 from tocsin.agent.spool import WindowSpool
-from tocsin.agent.tripwire import Tripwire
+from tocsin.agent.tripwire import FollowedMode, Tripwire
 from tocsin.agent.watch import FileWatcher
 from tocsin.agent.window import Ruined, WindowLoop, scan_tree
 from tocsin.v1 import telemetry_pb2 as pb
@@ -78,7 +78,7 @@ class AgentConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     record: Path | None = None
-    tripwire: str = "dry-run"
+    tripwire: str = "follow"
     window_s: float = 1.0
     allow: list[str] = field(default_factory=list)
     # DNS servers kept reachable when isolated; empty: those of /etc/resolv.conf at start.
@@ -155,7 +155,12 @@ class Agent:
             forks=self.forks,
         )
         self.attributor.ignore(self.spool.files())
-        self.tripwire = Tripwire(self.actions, cfg.tripwire, protect=cfg.protect)
+        self.tripwire = Tripwire(
+            self.actions,
+            cfg.tripwire,
+            protect=cfg.protect,
+            followed=FollowedMode(cfg.state_dir).read(),
+        )
         creds = None
         if cfg.insecure:
             log.warning(
@@ -178,12 +183,13 @@ class Agent:
                 self.boot_id,
                 [wire_text(os.path.realpath(w)) for w in cfg.watch],
                 caps,
-                cfg.tripwire,
+                self.tripwire.describe,
             ),
             self.actions.run,
             creds,
             self.recorder,
             other_targets=cfg.collectors[1:],
+            on_config=self._on_config,
         )
         self.window = WindowLoop(
             self.watcher,
@@ -239,6 +245,19 @@ class Agent:
         if result is not None:
             self.shipper.submit_result(result)
         return result is not None
+
+    def _on_config(self, config: pb.ConfigUpdate) -> None:
+        """A collector's word on the tripwire, for an agent set to follow it."""
+        if not self.tripwire.follow(config.tripwire_mode):
+            return
+        log.warning(
+            "tripwire: %s from now, as the collector responds (kept for restarts)",
+            self.tripwire.mode,
+        )
+        try:
+            FollowedMode(self.cfg.state_dir).write(self.tripwire.mode)
+        except OSError as exc:
+            log.warning("tripwire: the collector's word not kept for restarts: %s", exc)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -10,9 +10,9 @@ window in spool order (earlier boots' windows under their own boot_id), then
 new ones as they come (a window always follows a Hello of its own boot: a
 repeated Hello switches boot); an Ack trims the spool (the collector acks only
 what it committed; an Ack past ``MAX_SEQ`` is refused with a log line); a
-Command is handed to ``on_command`` and its ActionResult sent back.
-``stop()`` sends Goodbye and half-closes. Every message sent is written to
-the optional Recorder.
+Command is handed to ``on_command`` and its ActionResult sent back; a
+``ConfigUpdate`` to ``on_config``. ``stop()`` sends Goodbye and half-closes.
+Every message sent is written to the optional Recorder.
 
 Retries follow the OpenTelemetry exporter rules: after a stream ends with a
 retryable status (``RETRYABLE``; RESOURCE_EXHAUSTED only when the collector
@@ -163,7 +163,7 @@ class HelloInfo:
     boot_id: str
     watched_roots: list[str]
     capabilities: list[str] = field(default_factory=list)
-    tripwire_mode: str = "dry-run"
+    tripwire_mode: Callable[[], str] = lambda: "dry-run"  # read at each hello
     hostname: str = field(default_factory=socket.gethostname)
 
 
@@ -185,6 +185,7 @@ class Shipper:
         refused_retry_s: float = 300.0,
         answer_timeout_s: float = 30.0,
         other_targets: Sequence[str] = (),
+        on_config: Callable[[pb.ConfigUpdate], None] = lambda config: None,
     ) -> None:
         self.targets = (target, *other_targets)
         self._target_at = 0  # the collector streamed to (or tried next)
@@ -192,6 +193,7 @@ class Shipper:
         self.spool = spool
         self.hello = hello
         self.on_command = on_command
+        self.on_config = on_config  # a collector's ConfigUpdate, on the reading thread
         self.credentials = credentials
         self.recorder = recorder
         self.backoff_initial_s = backoff_initial_s
@@ -302,7 +304,7 @@ class Shipper:
                     watched_roots=h.watched_roots,
                     capabilities=[*h.capabilities, PAUSE_CAPABILITY],
                     hostname=h.hostname,
-                    tripwire_mode=h.tripwire_mode,
+                    tripwire_mode=h.tripwire_mode(),
                 )
             )
         )
@@ -591,7 +593,4 @@ class Shipper:
                 self._submitted += 1  # the sender looks again
                 self._wake.notify_all()
         elif which == "config":
-            log.info(
-                "config update received (tripwire_mode=%s); not applied yet",
-                reply.config.tripwire_mode,
-            )
+            self.on_config(reply.config)

@@ -22,8 +22,15 @@ or root-owned executables by path or file name, ``protect.listed_executable``;
 never the name a process gives itself): those only mark the window with a
 "protected" reason.
 
-Default mode is ``dry-run``: an agent acts on its own only where the operator
-asked for it with ``--tripwire enforce``.
+Mode ``follow`` (the default) is ``dry-run`` or ``enforce`` as the collector
+says (``follow(mode)``, from the ``ConfigUpdate`` a collector sends an agent that
+follows it: ``enforce`` when it responds in enforce mode, else ``dry-run``): the
+operator chooses automatic response once, at the collector, and the agent's own
+suspend, which comes tens of milliseconds before the collector's, follows that
+choice. ``dry-run`` until a collector first said otherwise; the runtime keeps
+the last word in its state directory, so a collector cut off later does not
+disarm it. ``off``, ``dry-run`` and ``enforce`` set on the agent are never
+changed by a collector.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import logging
 import os
 from collections import Counter, deque
 from collections.abc import Iterable
+from pathlib import Path
 
 from tocsin.agent.act import Actions
 from tocsin.agent.protect import listed_executable, listed_paths, process_ref
@@ -40,7 +48,8 @@ from tocsin.v1 import telemetry_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-MODES = ("off", "dry-run", "enforce")
+MODES = ("off", "dry-run", "enforce", "follow")
+FOLLOWED = ("dry-run", "enforce")  # what a followed collector may set
 
 
 class Tripwire:
@@ -54,11 +63,14 @@ class Tripwire:
         protect: Iterable[str] = (),
         self_pid: int | None = None,
         horizon_s: float = 10.0,
+        followed: str = "dry-run",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"tripwire mode must be one of {MODES}, not {mode!r}")
         self.actions = actions
-        self.mode = mode
+        self.setting = mode  # as configured on the agent
+        # In effect: the setting, or for "follow" what the collector last said.
+        self.mode = (followed if followed in FOLLOWED else "dry-run") if mode == "follow" else mode
         self.destroyed_threshold = destroyed_threshold
         self.protect = listed_paths(protect)
         self._self_pid = os.getpid() if self_pid is None else self_pid
@@ -69,6 +81,19 @@ class Tripwire:
         self._recent: dict[int, deque[tuple[float, RuinKind]]] = {}
         # What to mark on the window being filled: tree -> reason.
         self._marks: dict[int, str] = {}
+
+    def follow(self, collector_mode: str) -> bool:
+        """Take the mode a followed collector sends; True when the mode in effect changed.
+        Anything but ``enforce`` is ``dry-run``; an agent not set to follow ignores it."""
+        if self.setting != "follow":
+            return False
+        mode = "enforce" if collector_mode == "enforce" else "dry-run"
+        changed, self.mode = mode != self.mode, mode
+        return changed
+
+    def describe(self) -> str:
+        """The mode for the hello: ``follow:enforce`` when following, else the mode."""
+        return f"follow:{self.mode}" if self.setting == "follow" else self.mode
 
     def _protected(self, root: int, writers: list[pb.ProcessSample]) -> str:
         """Why the tree ``root`` must not be touched ("" when it may be)."""
@@ -157,3 +182,36 @@ class Tripwire:
         result = self.actions.run(cmd, local=True)
         log.warning("tripwire fired (%s): %s %s", reason, result.status, result.detail)
         return result, reason
+
+
+class FollowedMode:
+    """What a followed collector last said, kept in the agent's state directory (root's):
+    the mode in effect at the next start, before any collector answers."""
+
+    NAME = "tripwire-followed"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / self.NAME
+
+    def read(self) -> str:
+        """The kept mode; ``dry-run`` when none was kept or it is not one a collector sets."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                text = f.read(64).decode("ascii", "replace").strip()
+        except OSError:
+            return "dry-run"
+        return text if text in FOLLOWED else "dry-run"
+
+    def write(self, mode: str) -> None:
+        """Keep ``mode`` (one of ``FOLLOWED``) durably: a new file renamed into place."""
+        if mode not in FOLLOWED:
+            raise ValueError(f"a followed mode is one of {FOLLOWED}, not {mode!r}")
+        tmp = self.path.with_name(self.NAME + ".tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(mode.encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)

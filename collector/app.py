@@ -138,6 +138,7 @@ def assemble(
         limits=AgentRateLimits(rate_limits),
         silence=silence,
         clock_skew_s=clock_skew_s,
+        respond_mode=mode,
     )
     operator = OperatorService(store, router, responder, console=console)
     return Collector(
@@ -445,6 +446,7 @@ async def build_gateway(conf: dict[str, Any]) -> ScaleApp:
         BusIntake(bus, store),
         limits=AgentRateLimits(RateLimits(per_s, per_s * 100, bytes_s, bytes_s * 16)),
         clock_skew_s=conf["max_clock_skew_s"],
+        respond_mode=conf["respond"],
     )
     operator = OperatorService(store, router, responder)
     credentials = server_credentials(tls) if tls.given() else None

@@ -12,7 +12,9 @@ Per stream, in order:
    address it displaces the old stream (an agent back after a network cut,
    whose old stream the collector has not seen die yet), and so does any
    stream with the host's certificate. The host is registered and an ``Ack`` of what is already
-   stored for this boot is sent at once.
+   stored for this boot is sent at once; then, to an agent whose tripwire follows the
+   collector (its hello's mode ``follow:...``), a ``ConfigUpdate``: ``enforce`` when the
+   collector responds in enforce mode, else ``dry-run``.
 2. Each ``Window`` (seq > 0) is committed, THEN acked (``Ack.seq`` is the
    highest seq committed for the boot), THEN judged, through the ``Intake``
    (except a window with evidence: it is judged as soon as it is read, with the
@@ -326,8 +328,13 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         clock: Callable[[], float] = time.time,
         taken_retry_ms: int = 5_000,
         max_committing: int = 64,
+        respond_mode: str = "dry-run",
     ) -> None:
         self.store, self.router, self.intake = store, router, intake
+        # Told to each agent whose tripwire follows the collector, when its stream opens.
+        self.followed = pb.ConfigUpdate(
+            tripwire_mode="enforce" if respond_mode == "enforce" else "dry-run"
+        )
         self.admission = admission  # None: never behind (a gateway)
         self.max_committing = max_committing
         self.max_outbound = max_outbound
@@ -400,6 +407,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             displaced.displace()
         log.info("agent %s connected (boot %s, version %s)", host_id, boot_id, hello.agent_version)
         await context.write(pb.CollectorMessage(ack=pb.Ack(boot_id=boot_id, seq=committed)))
+        if hello.tripwire_mode.startswith("follow"):
+            await context.write(pb.CollectorMessage(config=self.followed))
 
         reader = asyncio.create_task(self._read(request_iterator, session, boot_id, committed))
         pump = asyncio.create_task(self._pump(session))

@@ -32,7 +32,7 @@ def test_agent_example_loads_and_covers_every_key(tmp_path: Path) -> None:
     plain = load_agent_config(DEPLOY / "agent.toml")
     full = load_agent_config(_full("agent.toml", tmp_path))
     assert set(full) == set(AGENT_KEYS), set(AGENT_KEYS) ^ set(full)
-    assert plain["tripwire"] == "dry-run" and "record" not in plain
+    assert plain["tripwire"] == "follow" and "record" not in plain
 
 
 def test_collector_example_loads_and_covers_every_key(tmp_path: Path) -> None:

@@ -648,10 +648,11 @@ def render(
         "",
         f"Every workload below ran as its own process on a fresh scratch share of {args.files} "
         "typed files, watched by a real `tocsin-agent` (tripwire at its shipped default, "
-        "dry-run) streaming to one real `tocsin-collector` (`--respond enforce`, shipped "
-        "model) over gRPC on 127.0.0.1, with a webhook receiver on 127.0.0.1. Attacks ran at "
+        "`follow`: enforcing, as the collector responds in enforce mode) streaming to one real "
+        "`tocsin-collector` (`--respond enforce`, shipped model) over gRPC on 127.0.0.1, with "
+        "a webhook receiver on 127.0.0.1. Attacks ran at "
         f"{args.rate:g} files/s unless the row says otherwise. Workloads run as drills (the "
-        "agent's drill key in their environment), so the collector suspends them for real but "
+        "agent's drill key in their environment), so they are suspended for real but "
         "never isolates; the judgement is the same. The evasions (`encrypt-as-sshd`, "
         "`encrypt-drill-marker`, `evade-non-utf8-name`, `evade-fifo-document`) must be "
         "stopped like the plain attack; the forged drill is "
@@ -660,7 +661,7 @@ def render(
         "- **seconds to critical**: from the first ruined file (the workload's progress log) "
         "to the receipt of the critical webhook.",
         "- **ruined before stop**: files the workload had finished when its process tree's "
-        "state became stopped (SIGSTOP from the collector's suspend command).",
+        "state became stopped (SIGSTOP by the agent's tripwire or the collector's command).",
         "- **warnings / criticals**: alerts posted for the host (one per incident, plus one "
         "when it escalates).",
         f"- attacks: each style ran {args.repeat} times, each on a fresh share and host id; "
