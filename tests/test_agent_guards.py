@@ -98,7 +98,7 @@ def reuse_pid(pid: int, argv: list[str]) -> subprocess.Popen[bytes]:
 @pytest.mark.parametrize("name", ["sshd", "smbd", "systemd", "tocsin-agent"])
 def test_an_encryptor_calling_itself_a_daemon_is_suspended(tmp_path: Path, name: str) -> None:
     with process(sys.executable, "-c", NAMED, name) as p:
-        assert psutil.Process(p.pid).name() == name
+        wait_for(f"the process to call itself {name}", lambda: psutil.Process(p.pid).name() == name)
         r = Actions(tmp_path).run(command("suspend", p.pid))
         assert r.status == "done", r.detail
         assert stopped_soon(p.pid)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from test_collector_cli import start_collector
 from test_evidence_tripwire import _attack_until_stopped
+from transport_procs import wait_for
 
 from tocsin.agent import simulate
 from tocsin.agent.act import Actions
@@ -47,15 +48,8 @@ def _agent(share: Path, state: Path, collector: str, lines: list[str]) -> subpro
     )
     assert p.stderr is not None
     threading.Thread(target=lambda: lines.extend(p.stderr or ()), daemon=True).start()
-    _wait("the agent to watch", lambda: any("watching" in line for line in lines))
+    wait_for("the agent to watch", lambda: any("watching" in line for line in lines))
     return p
-
-
-def _wait(what: str, check, timeout_s: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def _stop(p: subprocess.Popen[str]) -> None:
@@ -75,7 +69,7 @@ def test_an_agent_following_an_enforcing_collector_suspends_alone_even_once_cut_
     lines: list[str] = []
     try:
         agent = _agent(share, state, addr, lines)
-        _wait("the collector's word", lambda: any("tripwire: enforce" in x for x in lines))
+        wait_for("the collector's word", lambda: any("tripwire: enforce" in x for x in lines))
         _stop(agent)
     finally:
         collector.send_signal(signal.SIGTERM)
