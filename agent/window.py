@@ -169,6 +169,8 @@ class WindowAccumulator:
     probed: dict[str, ProbeResult | None] = field(default_factory=dict)
     probe_files_done: int = 0
     probe_bytes_done: int = 0
+    # Possible copies of an original just deleted have a file budget of their own.
+    copy_probes_done: int = 0
     probe_echoes: set[str] = field(default_factory=set)
     probing: str = ""  # the file being probed right now
     # the canaries touched in the window last closed (for attribution)
@@ -452,15 +454,15 @@ class WindowAccumulator:
         quarter), so a burst of benign files early in a window cannot spend the
         whole budget before an attack starts later in it; newest first, so what
         is probed is what is happening now. A file that may be the copy of an
-        original just deleted goes first, within the whole budget: encrypt-to-copy
-        shows in the copy's probe. Returns how many files it newly showed
+        original just deleted goes first, within a file budget of its own:
+        encrypt-to-copy shows in the copy's probe. Returns how many files it newly showed
         ruined (type destroyed, encoded random, or a random copy replacing an
         original deleted: see ``Ruined``); ``take_ruined`` hands them out.
         """
         damaged = 0
         files_allowed = max(1, round(max_files * min(share, 1.0)))
         while self.probe_bytes_done < max_bytes:
-            path = self._next_to_probe(files_allowed, max_files)
+            path, copy = self._next_to_probe(files_allowed, max_files)
             if path is None:
                 break
             if path in self.deleted:
@@ -472,7 +474,10 @@ class WindowAccumulator:
             self.probed[path] = r
             if r is None:  # a vanished or unreadable file costs no budget
                 continue
-            self.probe_files_done += 1
+            if copy:
+                self.copy_probes_done += 1
+            else:
+                self.probe_files_done += 1
             self.probe_bytes_done += r.bytes_probed
             if r.type_destroyed or r.encoded_random:
                 damaged += self._ruin(
@@ -482,17 +487,19 @@ class WindowAccumulator:
                 damaged += self._copy_probed(r)
         return damaged + self._originals_deleted()
 
-    def _next_to_probe(self, files_allowed: int, max_files: int) -> str | None:
-        """A possible copy first, within the whole window's budget; else the newest
-        file within ``files_allowed``."""
-        while self.urgent:
+    def _next_to_probe(self, files_allowed: int, max_files: int) -> tuple[str | None, bool]:
+        """(path, whether it is a possible copy): a possible copy first, within a budget
+        of ``max_files`` of their own (a burst of new files, such as a ransom note
+        written in every directory before the copies begin, cannot use up the probes
+        that show encrypt-to-copy); else the newest file within ``files_allowed``."""
+        while self.urgent and self.copy_probes_done < max_files:
             path, _ = self.urgent.popitem()
-            if path in self.to_probe and self.probe_files_done < max_files:
+            if path in self.to_probe:
                 del self.to_probe[path]
-                return path
+                return path, True
         if not self.to_probe or self.probe_files_done >= files_allowed:
-            return None
-        return self.to_probe.popitem()[0]
+            return None, False
+        return self.to_probe.popitem()[0], False
 
     def _probe_summary(self) -> ProbeSummary:
         summary = ProbeSummary()
@@ -582,7 +589,7 @@ class WindowAccumulator:
     def _reset(self) -> None:
         self.to_probe, self.probed = {}, {}
         self.unprobed_stems, self.urgent = {}, {}
-        self.probe_files_done = self.probe_bytes_done = 0
+        self.probe_files_done = self.probe_bytes_done = self.copy_probes_done = 0
         self.counts = {}
         self.created, self.modified, self.closed = {}, {}, {}
         self.deleted, self.renamed, self.dirs, self.exts = set(), set(), set(), set()

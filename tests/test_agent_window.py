@@ -317,3 +317,33 @@ def test_a_random_copy_that_replaced_its_original_is_ruin_a_renamed_document_is_
     w, _ = acc.close(0.0, 1.0)
     assert w.encrypted_twins >= 3
     assert acc.ruined_last == 3
+
+
+def test_notes_in_every_directory_leave_the_probes_that_show_the_copies(tmp_path: Path) -> None:
+    """Medusa writes a ransom note into every directory before its first copy: those 64
+    new files spend the window's probe budget, and the copies that follow (each beside
+    an original it then deletes) are still probed and shown ruined in the same window."""
+    rng = random.Random(5)
+    acc = WindowAccumulator(known_extensions={"docx"})
+
+    def ev(kind: str, path: Path) -> None:
+        acc.add(FsEvent(kind, str(path), "", False, time.monotonic()))
+        acc.probe_more(64, 1 << 24)
+
+    for i in range(10):
+        (tmp_path / f"doc{i}.docx").write_bytes(simulate.file_content("docx", rng, 8000))
+    for i in range(64):
+        note = tmp_path / f"dir{i}" / "LISEZ-MOI.txt"
+        note.parent.mkdir()
+        note.write_text("Vos fichiers sont chiffrés.\n" * 20)
+        ev("created", note)
+        ev("closed", note)
+    for i in range(10):
+        copy = tmp_path / f"doc{i}.docx.MEDUSA"
+        copy.write_bytes(rng.randbytes(8000))
+        ev("created", copy)
+        ev("closed", copy)
+        (tmp_path / f"doc{i}.docx").unlink()
+        ev("deleted", tmp_path / f"doc{i}.docx")
+    ruined = acc.take_ruined()
+    assert len(ruined) == 10 and {r.kind for r in ruined} == {"encrypted-copy"}
