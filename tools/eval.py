@@ -197,10 +197,13 @@ def progress_times(path: Path) -> list[float]:
 
 
 def tree_stopped(proc: psutil.Process) -> bool:
-    """True when the process (and every child it has) is stopped."""
+    """True when the process and every child it has are stopped; a child that exited
+    while its stopped parent cannot reap it (a zombie) writes nothing more either."""
     try:
-        procs = [proc, *proc.children(recursive=True)]
-        return all(p.status() == psutil.STATUS_STOPPED for p in procs)
+        kids = proc.children(recursive=True)
+        return proc.status() == psutil.STATUS_STOPPED and all(
+            p.status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE) for p in kids
+        )
     except psutil.NoSuchProcess:
         return False
 
