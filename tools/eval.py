@@ -673,7 +673,8 @@ def render(
         "- benign jobs: **warnings per night** are the warnings of night 1 (the live run, "
         "its agent recording what it sent) and of nights 2 and 3 (that recording replayed "
         "into the same collector under the same host id, shifted by one and two days, "
-        "`tocsin replay --speed 0`): the same job at the same hour on three nights.",
+        "`tocsin replay --speed 0 --keep-dates`, the collector allowing three days of clock "
+        "skew): the same job at the same hour on three nights.",
         "",
         "| workload | what | kind | files/s | detected | s to critical "
         "| ruined before stop (median / max) | files done | warnings per night | criticals "
