@@ -765,6 +765,18 @@ ATTACKS.update(EVASIONS)
 WORKLOADS.update(EVASIONS)
 
 
+def run_argv(
+    style: str, share: Path, rate: float, progress: Path | None = None, tag: str = ""
+) -> list[str]:
+    """The command line that runs workload ``style`` on ``share`` as a process of its own
+    (``python -m tocsin.agent.simulate run ...``), for the tools that launch workloads."""
+    argv = [sys.executable, "-m", "tocsin.agent.simulate", "run", style, str(share)]
+    argv += ["--rate", str(rate)]
+    if progress is not None:
+        argv += ["--progress", str(progress)]
+    return argv + (["--tag", tag] if tag else [])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tocsin.agent.simulate")
     sub = parser.add_subparsers(dest="cmd", required=True)

@@ -70,7 +70,8 @@ class Tripwire:
         self.actions = actions
         self.setting = mode  # as configured on the agent
         # In effect: the setting, or for "follow" what the collector last said.
-        self.mode = (followed if followed in FOLLOWED else "dry-run") if mode == "follow" else mode
+        self.mode = "dry-run" if mode == "follow" else mode
+        self.follow(followed)
         self.destroyed_threshold = destroyed_threshold
         self.protect = listed_paths(protect)
         self._self_pid = os.getpid() if self_pid is None else self_pid

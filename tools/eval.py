@@ -66,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from receiver import WebhookReceiver
 from tocsin.agent.drill import DrillKey
-from tocsin.agent.simulate import ATTACKS, BENIGN, make_share
+from tocsin.agent.simulate import ATTACKS, BENIGN, make_share, run_argv
 from tocsin.v1.recording import Recorder, read_recording
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,25 +208,38 @@ def tree_stopped(proc: psutil.Process) -> bool:
         return False
 
 
+AGENT_LOG = "agent.log"
+
+
+def start_agent(
+    collector: str, share: Path, host_id: str, work: Path, *extra: str
+) -> subprocess.Popen[bytes]:
+    """A real ``tocsin-agent`` watching ``share``, its state and log in ``work``."""
+    return subprocess.Popen(
+        [
+            str(BIN / "tocsin-agent"),
+            "--collector",
+            collector,
+            "--watch",
+            str(share),
+            "--host-id",
+            host_id,
+            "--state-dir",
+            str(work / "state"),
+            "--insecure",
+            *extra,
+        ],
+        stdout=(work / AGENT_LOG).open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
 def launch(
     name: str, share: Path, rate: float, progress: Path, env: dict[str, str] | None
 ) -> subprocess.Popen[bytes]:
     """The workload ``name`` on ``share`` as its own process, its files logged to ``progress``."""
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tocsin.agent.simulate",
-            "run",
-            name,
-            str(share),
-            "--rate",
-            str(rate),
-            "--progress",
-            str(progress),
-            "--tag",
-            DRILL_TAG,
-        ],
+        run_argv(name, share, rate, progress, DRILL_TAG),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
@@ -362,22 +375,12 @@ class Suite:
         make_share(share, files=self.files, seed=11)
         host_id = f"eval-{name}" if not attempt else f"eval-{name}-{attempt}"
         recording = work / "night1.jsonl"
-        agent = subprocess.Popen(
-            [
-                str(BIN / "tocsin-agent"),
-                "--collector",
-                self.addr,
-                "--watch",
-                str(share),
-                "--host-id",
-                host_id,
-                "--state-dir",
-                str(work / "state"),
-                "--insecure",
-                *(["--record", str(recording)] if kind == "benign" else []),
-            ],
-            stdout=(work / "agent.log").open("wb"),
-            stderr=subprocess.STDOUT,
+        agent = start_agent(
+            self.addr,
+            share,
+            host_id,
+            work,
+            *(["--record", str(recording)] if kind == "benign" else []),
         )
         workload: subprocess.Popen[bytes] | None = None
         try:
@@ -505,26 +508,10 @@ def tripwire_rows(
         ruined: list[int | None] = []
         for attempt in range(repeat):
             tmp = work / f"tripwire-{style}-{attempt}"
-            share, progress, log = tmp / "share", tmp / "progress.log", tmp / "agent.log"
+            share, progress, log = tmp / "share", tmp / "progress.log", tmp / AGENT_LOG
             make_share(share, files=files, seed=11)
-            agent = subprocess.Popen(
-                [
-                    str(BIN / "tocsin-agent"),
-                    "--collector",
-                    "127.0.0.1:9",
-                    "--watch",
-                    str(share),
-                    "--host-id",
-                    "tripwire-alone",
-                    "--state-dir",
-                    str(tmp / "state"),
-                    "--insecure",
-                    "--tripwire",
-                    "enforce",
-                ],
-                stdout=log.open("wb"),
-                stderr=subprocess.STDOUT,
-            )
+            closed_port = "127.0.0.1:9"
+            agent = start_agent(closed_port, share, "tripwire-alone", tmp, "--tripwire", "enforce")
             workload = None
             try:
                 if not wait_for(lambda log=log: "watching" in log.read_text("latin-1"), 30):

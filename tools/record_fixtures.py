@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tocsin.agent.simulate import ATTACKS, WORKLOADS, make_share
+from tocsin.agent.simulate import ATTACKS, WORKLOADS, make_share, run_argv
 
 BIN = Path(sys.executable).parent
 # Paced workloads get a smaller share so that a recording stays under a minute.
@@ -102,19 +102,7 @@ def record(name: str, out: Path, rate: float, files: int, settle_s: float) -> Pa
 
             _wait("the agent", connected)
             time.sleep(settle_s)
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "tocsin.agent.simulate",
-                    "run",
-                    name,
-                    str(share),
-                    "--rate",
-                    str(rate),
-                ],
-                check=True,
-            )
+            subprocess.run(run_argv(name, share, rate), check=True)
             time.sleep(settle_s)
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=20)
