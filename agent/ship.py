@@ -63,6 +63,14 @@ so that the suspend does not wait for the whole spool to be read before it.
 Back because its own wait ran out, it sends the first
 window alone and the rest once that one is acked: a collector still behind
 pauses it again at the cost of one window, not of the whole spool.
+
+Every window with evidence is also sent by itself, the moment it is spooled,
+in a unary ``Telemetry.Alarm`` call beside the stream (on the same channel, a
+stream of its own): the collector judges it at once and neither stores nor
+acks it; the window still goes out on the stream in order. The suspend never
+waits behind a spool being sent, a stream held by a pause, or a pushback's
+wait. An alarm that fails is not retried (the stream's copy follows); a
+collector that answers UNIMPLEMENTED (older than the call) is sent no more.
 """
 
 from __future__ import annotations
@@ -103,6 +111,8 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 PAUSE_CAPABILITY = "pause"
 # The largest seq a window can have (Ack.seq is uint64 on the wire).
 MAX_SEQ = 2**63 - 1
+# How long an Alarm call may take: past it, the stream's copy is as quick.
+ALARM_TIMEOUT_S = 5.0
 # Room left under MAX_MESSAGE_BYTES for the AgentMessage envelope.
 _WIRE_SLACK_BYTES = 1024
 
@@ -232,6 +242,12 @@ class Shipper:
         self.pauses = 0
         self._evidence_seq: tuple[str, int] | None = None  # (boot, seq) of the newest
         self._evidence_payload = b""  # its AgentMessage, for a copy sent ahead
+        # The collector streamed to (or tried last) and its stub, for Alarm calls;
+        # None while it is not known to take them.
+        self._alarm_to: tuple[str, telemetry_pb2_grpc.TelemetryStub] | None = None
+        self._no_alarms: set[str] = set()  # collectors that answered UNIMPLEMENTED
+        self.alarms_sent = 0
+        self.alarms_judged = 0  # answered judged=True
 
     @property
     def target(self) -> str:
@@ -255,10 +271,44 @@ class Shipper:
                 self._evidence_seq = (self.hello.boot_id, w.seq)
         if carries_evidence(w):
             self._evidence.set()
+            self._alarm(w)
         with self._wake:
             self._submitted += 1
             self._wake.notify_all()
         return w.seq
+
+    def _alarm(self, w: pb.Window) -> None:
+        """Send ``w`` (with evidence) in an Alarm call beside the stream; never blocks."""
+        to = self._alarm_to
+        if to is None:
+            return  # no collector known to take alarms (none yet, or UNIMPLEMENTED)
+        target, stub = to
+        request = pb.AlarmRequest(
+            hello=pb.Hello(host_id=self.hello.host_id, boot_id=self.hello.boot_id),
+            window=w,
+        )
+        try:
+            call = stub.Alarm.future(request, timeout=ALARM_TIMEOUT_S)
+        except Exception as exc:  # a channel closed meanwhile: the stream's copy follows
+            log.debug("alarm for window %d not sent: %s", w.seq, exc)
+            return
+        self.alarms_sent += 1
+
+        def answered(done: grpc.Future) -> None:
+            try:
+                if done.result().judged:
+                    self.alarms_judged += 1
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                if code is grpc.StatusCode.UNIMPLEMENTED:
+                    self._no_alarms.add(target)  # an older collector: the stream alone
+                    if self._alarm_to is to:
+                        self._alarm_to = None
+                log.debug("alarm for window %d: %s", w.seq, code)
+            except Exception as exc:  # cancelled with its channel
+                log.debug("alarm for window %d: %s", w.seq, exc)
+
+        call.add_done_callback(answered)
 
     def submit_result(self, r: pb.ActionResult) -> None:
         with self._wake:
@@ -471,6 +521,7 @@ class Shipper:
             self._evidence.clear()  # what is spooled now goes out on this stream
         try:
             stub = telemetry_pb2_grpc.TelemetryStub(channel)
+            self._alarm_to = None if self.target in self._no_alarms else (self.target, stub)
             call = stub.Stream(self._requests())
             self._call = call
             self._due_since = time.monotonic()

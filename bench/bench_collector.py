@@ -2,7 +2,7 @@
 
     python bench/bench_collector.py [--agents 200[,400...]] [--duration 10] [--rate 1]
         [--attack-every 2] [--busy 0.2] [--procs 1] [--json OUT]
-        [--baseline REV | --baseline FILE.json | --scale-out]
+        [--baseline REV | --baseline FILE.json | --scale-out] [--floor]
 
 A ``tocsin-collector --respond enforce --insecure`` process listens on loopback
 with a fresh SQLite database (the embedded default). ``--procs`` load-generator
@@ -18,7 +18,9 @@ answered with an ActionResult. A stream that ends is reopened after the
 collector's ``grpc-retry-pushback-ms`` hint (else 1 s), or as soon as an attack
 window is made if that is sooner (the agent's shipper does the same,
 ``tocsin.v1.evidence``), and the unacked windows are resent, as the agent's
-spool does. Like the agent, the hello lists the capability ``pause``: a
+spool does. Like the agent, an attack window is also sent alone in an
+``Alarm`` call beside the stream (not to a baseline that answers
+UNIMPLEMENTED). Like the agent, the hello lists the capability ``pause``: a
 collector that sends ``Pause`` keeps the stream, and the agent holds its
 windows until the collector calls it back (``Pause(0)``), it makes an attack
 window, or the pause runs out, then sends a hello and every unacked window
@@ -46,6 +48,12 @@ per window stored, and the scaling ratio of two workers over one.
 sustainable rate and twice it, say) and prints them side by side; the row
 "nothing lost" checks that every window created was stored once the agents had
 drained their spools.
+
+``--floor`` adds, for each count, a run against a server that only acks
+(the same gRPC service and options, every window acked as it is read, nothing
+stored, judged or answered): what this machine's gRPC and the generators
+beside it allow at all, the ceiling any collector in one Python process meets
+here.
 
 ``--baseline`` prints a previous release line's figures beside these: a git
 revision (``git archive`` into a temp directory; its collector runs from there
@@ -136,6 +144,19 @@ class AgentFigures:
     ends: dict[str, int] = field(default_factory=dict)
     attacks: list[dict[str, Any]] = field(default_factory=list)
     stray_commands: int = 0
+    loop_late_ms: list[float] = field(default_factory=list)  # the generator's own lag
+
+
+async def watch_loop(
+    figs: AgentFigures, measure: tuple[float, float], tick_s: float = 0.05
+) -> None:
+    """How late this generator's event loop runs a timer, over the measured seconds: a
+    late generator sends late and reads commands late, which is not the collector's."""
+    while time.monotonic() < measure[1]:
+        t0 = time.monotonic()
+        await asyncio.sleep(tick_s)
+        if t0 >= measure[0]:
+            figs.loop_late_ms.append(max(0.0, (time.monotonic() - t0 - tick_s) * 1000))
 
 
 class BenchAgent:
@@ -160,6 +181,9 @@ class BenchAgent:
         self.paused_until = 0.0  # the collector's pause: windows wait (0: not paused)
         self.probe: int | None = None  # the seq sent alone after a pause, until acked
         self.called_back = asyncio.Event()  # the collector's Pause(0)
+        self.stub: pb_grpc.TelemetryStub | None = None
+        self.alarms = True  # the collector takes Alarm calls (until UNIMPLEMENTED)
+        self.alarm_calls: set[asyncio.Task[Any]] = set()
         self.resumer: asyncio.Task[None] | None = None
 
     def window(self, now_wall: float) -> pb.AgentMessage:
@@ -183,13 +207,34 @@ class BenchAgent:
             msg = self.window(time.time())
             if carries_evidence(msg.window):
                 self.evidence.set()
+                self.alarm(msg.window)
             now = time.monotonic()
             self.sent[msg.window.seq] = now
             self.payloads[msg.window.seq] = msg
             self.figs.created += 1
             if not self.paused_until and self.probe is None:  # else sent with the rest later
                 await self.out.put(msg)
+            elif not self.paused_until and carries_evidence(msg.window):
+                self.probe = None  # like the agent: evidence ends the wait for the probe's ack
+                self.resend()
             t += period
+
+    def alarm(self, w: pb.Window) -> None:
+        """Like the agent: a window with evidence also goes alone, in an Alarm call."""
+        if self.stub is None or not self.alarms:
+            return
+        request = pb.AlarmRequest(
+            hello=pb.Hello(host_id=self.host_id, boot_id=self.boot_id), window=w
+        )
+        task = asyncio.ensure_future(self.stub.Alarm(request, timeout=5.0))
+        self.alarm_calls.add(task)
+        task.add_done_callback(self.alarm_answered)
+
+    def alarm_answered(self, task: asyncio.Task[Any]) -> None:
+        self.alarm_calls.discard(task)
+        exc = task.exception() if not task.cancelled() else None
+        if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            self.alarms = False  # a baseline without the call: the stream alone
 
     def on_ack(self, seq: int) -> None:
         now = time.monotonic()
@@ -333,6 +378,7 @@ class BenchAgent:
         await asyncio.sleep(max(0.0, connect_at - time.monotonic()))
         options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
         async with grpc.aio.insecure_channel(self.target, options=options) as channel:
+            self.stub = pb_grpc.TelemetryStub(channel)
             streaming = asyncio.create_task(self.keep_streaming(channel))
             try:
                 await self.produce(start, measure[1], attack_at)
@@ -373,10 +419,11 @@ async def generate(spec: dict[str, Any]) -> dict[str, Any]:
     spread = max(0.0, start - 1.0 - time.monotonic()) / max(1, len(agents))
     now = time.monotonic()
     await asyncio.gather(
+        watch_loop(figs, measure),
         *(
             a.run(now + k * spread, start, measure, drain_until, at)
             for k, (a, at) in enumerate(agents)
-        )
+        ),
     )
     return {
         "created": figs.created,
@@ -388,6 +435,7 @@ async def generate(spec: dict[str, Any]) -> dict[str, Any]:
         "ends": figs.ends,
         "attacks": figs.attacks,
         "stray_commands": figs.stray_commands,
+        "loop_late_ms": figs.loop_late_ms,
     }
 
 
@@ -467,6 +515,8 @@ def wait_line(proc: subprocess.Popen[bytes], log_path: Path, pattern: str, what:
 class Embedded:
     """The embedded default: one ``tocsin-collector`` process, one SQLite file."""
 
+    stores = True  # what it acks it stores (the run waits for the drain)
+
     def __init__(self, tree: Path | None, work: Path) -> None:
         self.tree, self.work = tree, work
         self.db = work / "collector.db"
@@ -514,9 +564,64 @@ class Embedded:
             self.proc.wait()
 
 
+# --floor: the Telemetry service reduced to acking every window as it is read.
+_ACK_ONLY = """
+import asyncio, grpc
+from tocsin.collector.grpcconf import SERVER_OPTIONS
+from tocsin.v1 import telemetry_pb2 as pb, telemetry_pb2_grpc as pb_grpc
+
+class AckOnly(pb_grpc.TelemetryServicer):
+    async def Stream(self, requests, context):
+        boot = ""
+        async for msg in requests:
+            body = msg.WhichOneof("body")
+            if body == "hello":
+                boot = msg.hello.boot_id
+                await context.write(pb.CollectorMessage(ack=pb.Ack(boot_id=boot, seq=0)))
+            elif body == "window":
+                ack = pb.Ack(boot_id=boot, seq=msg.window.seq)
+                await context.write(pb.CollectorMessage(ack=ack))
+
+async def main():
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    pb_grpc.add_TelemetryServicer_to_server(AckOnly(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+class AckOnly(Embedded):
+    """``--floor``: a server that acks every window as it reads it, nothing more."""
+
+    stores = False
+
+    def start(self) -> str:
+        log_path = self.work / "ack-only.log"
+        with log_path.open("wb") as log_fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _ACK_ONLY], stdout=log_fh, stderr=subprocess.STDOUT
+            )
+        return wait_line(self.proc, log_path, r"listening on (\S+:\d+)", "ack-only server")
+
+    def stored(self) -> int:
+        return 0  # nothing is stored: only the acks count
+
+    def stop(self) -> None:
+        self.kill()
+
+    def bytes_per_window(self) -> float | None:
+        return None
+
+
 class ScaleOut:
     """``--scale-out``: nats-server -js and a PostgreSQL cluster in ``work``, one gateway
     (the agents' target) and ``workers`` workers, all on loopback."""
+
+    stores = True
 
     def __init__(self, workers: int, work: Path) -> None:
         from pgserver import pg_server  # tests/pgserver.py: initdb/pg_ctl in a temp dir
@@ -694,7 +799,7 @@ def run_once(args: argparse.Namespace, dep: Embedded | ScaleOut) -> dict[str, An
         # The judging side may still work through what JetStream holds: wait for it.
         created = sum(o["created"] for o in outs)
         drained_by = time.monotonic() + args.drain + 30
-        while (stored := dep.stored()) < created and time.monotonic() < drained_by:
+        while (stored := dep.stored()) < created and dep.stores and time.monotonic() < drained_by:
             time.sleep(0.5)
         dep.stop()
         bytes_per_window = dep.bytes_per_window()
@@ -711,6 +816,7 @@ def run_once(args: argparse.Namespace, dep: Embedded | ScaleOut) -> dict[str, An
         for k2, v in o["ends"].items():
             ends[k2] = ends.get(k2, 0) + v
     judged_per_s = (stored1 - stored0) / elapsed
+    gen_late = sorted(x for o in outs for x in o.get("loop_late_ms", []))
     return {
         "windows_per_s": sum(o["acked_in_window"] for o in outs) / args.duration,
         "stored_per_s": judged_per_s,
@@ -736,6 +842,7 @@ def run_once(args: argparse.Namespace, dep: Embedded | ScaleOut) -> dict[str, An
             for role, pct_ in cpu_pct.items()
         },
         "generator_cpu_pct": gen_pct,
+        "generator_late_ms": {"p99": pct(gen_late, 99), "max": gen_late[-1] if gen_late else None},
         "rss_peak_mb": hwm / 2**20,
         "bytes_per_window": bytes_per_window,
         "created": sum(o["created"] for o in outs),
@@ -779,13 +886,25 @@ def rows(f: dict[str, Any]) -> list[tuple[str, str]]:
             if len(f["cpu_pct_by_role"]) > 1
         ),
         ("load generators' CPU %", f"{f.get('generator_cpu_pct', 0):.0f}"),
+        (
+            "load generators' loop late p99 / max ms",
+            f"{ms(f.get('generator_late_ms', {}).get('p99'))}"
+            f" / {ms(f.get('generator_late_ms', {}).get('max'))}",
+        ),
         ("peak RSS MB (largest process)", f"{f['rss_peak_mb']:.0f}"),
         (
             "bytes on disk / window",
             "-" if f["bytes_per_window"] is None else f"{f['bytes_per_window']:.0f}",
         ),
         ("created / stored / unacked", f"{f['created']} / {f['stored']} / {f['unacked_at_end']}"),
-        ("nothing lost (created = stored)", "yes" if f["created"] == f["stored"] else "NO"),
+        (
+            "nothing lost (created = stored)",
+            "-"
+            if f["bytes_per_window"] is None and not f["stored"]  # the ack-only server
+            else "yes"
+            if f["created"] == f["stored"]
+            else "NO",
+        ),
         (
             "streams ended (as agents saw it)",
             ", ".join(f"{k} {v}" for k, v in f["stream_ends"].items()),
@@ -813,6 +932,11 @@ def main(argv: list[str] | None = None) -> int:
         "--scale-out",
         action="store_true",
         help="through a gateway and 1, then 2 workers (NATS JetStream, PostgreSQL) instead",
+    )
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run each count against a server that only acks (this machine's ceiling)",
     )
     ap.add_argument("--generate", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -863,6 +987,13 @@ def main(argv: list[str] | None = None) -> int:
                 (work / f"base-{n}").mkdir()
                 base = run_once(one, Embedded(tree, work / f"base-{n}"))
                 columns.append((f"{args.baseline}, {n}", base))
+            if args.floor:
+                (work / f"floor-{n}").mkdir()
+                floor = run_once(
+                    argparse.Namespace(**{**vars(one), "attack_every": 0}),
+                    AckOnly(None, work / f"floor-{n}"),
+                )
+                columns.append((f"ack-only server, {n}", floor))
     if args.json:
         doc = {"params": params, "figures": mine[str(counts[0])], "runs": mine}
         if args.scale_out:

@@ -33,9 +33,15 @@ Contract of ``Admission(config, backlog, hot)``:
 - ``hold(key, resume)``: a stream paused on its open connection (its agent
   understands ``Pause``) waits in a queue, first paused first; ``run()`` calls
   ``resume()`` for some of them every tick while the collector has room (fewer
-  than half ``config.max_in_flight`` windows in flight, the loop less than half
-  ``config.max_lag_s`` late): one more stream per tick than the tick before,
-  half as many after a tick without room. The collector, not the agents' timers,
+  than half ``config.max_in_flight`` windows in flight or promised, the loop
+  no more than ``config.max_lag_s`` late): one more stream per tick than the
+  tick before, half as many after a tick without room. ``resume()`` returns
+  how many windows that stream will bring back (its agent resends every
+  window the pause held): they are promised until ``returned(key)`` (the
+  stream caught up, or ended), so that streams called back in one tick cannot
+  bring more than the room there was (without it, the spools of streams called
+  back while the first ones were still on their way piled up to ten times
+  ``max_in_flight``, and every message waited behind them). The collector, not the agents' timers,
   decides when paused agents come back: an agent paused for good measure would
   otherwise come back on its own schedule, be paused again, and the collector
   spend what room it had on pausing. ``release(key)``: the stream came back or
@@ -97,6 +103,9 @@ class Admission:
             collections.OrderedDict()
         )
         self._resume_per_tick = 1
+        # Streams called back and not caught up yet -> the windows they bring.
+        self._returning: dict[Hashable, int] = {}
+        self.promised = 0
 
     @property
     def in_flight(self) -> int:
@@ -124,10 +133,11 @@ class Admission:
         at, count = self._logged
         if now - at >= self.config.log_every_s:
             log.warning(
-                "collector behind (%d windows in flight, event loop %.0f ms late):"
+                "collector behind (%d windows in flight, %d promised, event loop %.0f ms late):"
                 " %d quiet stream(s) pushed back in the last %.0f s; windows with"
                 " evidence are still taken",
                 self.in_flight,
+                self.promised,
                 self.lag_s * 1000,
                 self.refused - count,
                 now - at,
@@ -139,27 +149,31 @@ class Admission:
     def held(self) -> int:
         return len(self._held)
 
-    def hold(self, key: Hashable, resume: Callable[[], None]) -> None:
+    def hold(self, key: Hashable, resume: Callable[[], int]) -> None:
         self._held[key] = resume
 
     def release(self, key: Hashable) -> None:
         self._held.pop(key, None)
 
+    def returned(self, key: Hashable) -> None:
+        self.promised -= self._returning.pop(key, 0)
+
     def resume_some(self) -> int:
         """One tick's resumes (see the contract); how many streams were told to come back."""
         if not self._held:
             return 0
-        room = (
-            self.in_flight <= self.config.max_in_flight // 2
-            and self.lag_s <= self.config.max_lag_s / 2
-        )
-        if not room:
+        limit = self.config.max_in_flight // 2
+        in_flight = self.in_flight
+        if in_flight + self.promised > limit or self.lag_s > self.config.max_lag_s:
             self._resume_per_tick = max(1, self._resume_per_tick // 2)
             return 0
-        n = min(self._resume_per_tick, len(self._held))
-        for _ in range(n):
-            _, resume = self._held.popitem(last=False)
-            resume()
+        n = 0
+        while n < self._resume_per_tick and self._held and in_flight + self.promised <= limit:
+            key, resume = self._held.popitem(last=False)
+            bringing = max(1, resume())
+            self.promised += bringing - self._returning.get(key, 0)
+            self._returning[key] = bringing
+            n += 1
         self._resume_per_tick = min(self._resume_per_tick + 1, MAX_RESUMED_PER_TICK)
         return n
 

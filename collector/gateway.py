@@ -63,8 +63,8 @@ class BusIntake:
         host_id: str,
         windows: Sequence[tuple[str, AcceptedWindow]],
         stored_later: bool = False,
-    ) -> None:
-        return None  # a worker judges what the bus delivers, in order
+    ) -> int:
+        return 0  # a worker judges what the bus delivers, in order
 
     async def judge(self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool) -> None:
         return None

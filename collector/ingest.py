@@ -186,6 +186,7 @@ class _StreamSession:
         # are all taken, however long they take to read; the first newer one ends it.
         self.spool_grace = False
         self.held = 0  # windows not taken while paused (the agent resends them)
+        self.paused_s = 0.0  # when the last pause began (monotonic)
         self.early = 0  # attack windows judged ahead of the spool (``Window.ahead``)
         # Windows read and not yet handed to judgement (committing, or waiting for the
         # ack of the one before): a window with evidence takes them along ahead.
@@ -193,6 +194,11 @@ class _StreamSession:
         self.out: asyncio.Queue[pb.CollectorMessage | _End] = asyncio.Queue(max_outbound)
         # The agent's reports, handled in order beside the windows, not ahead of them.
         self.reports: asyncio.Queue[pb.ActionResult] = asyncio.Queue(max_outbound)
+
+    def bringing(self) -> int:
+        """About how many windows the agent resends when called back now: one a
+        second of the pause (its shipper's default window) and the one paused."""
+        return 1 + int(time.monotonic() - self.paused_s)
 
     def displace(self) -> None:
         end = _End(grpc.StatusCode.ABORTED, "replaced by a newer stream from the same host")
@@ -233,7 +239,8 @@ class LocalIntake:
         host_id: str,
         windows: Sequence[tuple[str, AcceptedWindow]],
         stored_later: bool = False,
-    ) -> None:
+    ) -> int:
+        judged = 0
         for boot_id, window in windows:
             key = (host_id, boot_id, window.seq)
             if key in self._ahead:
@@ -244,6 +251,8 @@ class LocalIntake:
             while len(self._ahead) > MAX_AHEAD:
                 self._ahead.popitem(last=False)
             self._enqueue(host_id, boot_id, window)
+            judged += 1
+        return judged
 
     async def judge(self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool) -> None:
         maybe_unmarked = self._ahead.pop((host_id, boot_id, window.seq), None)
@@ -350,6 +359,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         self.bad_streams = 0
         self.store_refusals = 0
         self.rate_refusals = 0
+        self.alarms = 0  # windows judged from an Alarm call
         self._closing_reports: set[asyncio.Task[None]] = set()
         # Per host: its last hello's facts (hostname, version, tripwire, boot) and the
         # highest seq acked for that boot (see ``_hello``).
@@ -426,6 +436,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             self.router.detach(host_id, session)
             if self.admission is not None:
                 self.admission.release(session)
+                self.admission.returned(session)
             pump.cancel()
             reader.cancel()
             tail = [session.tail] if session.tail is not None else []
@@ -453,6 +464,46 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         if end.code is not None:
             self.bad_streams += end.bad
             await self._refuse(context, host_id, end)
+
+    async def Alarm(
+        self,
+        request: pb.AlarmRequest,
+        context: grpc.aio.ServicerContext[pb.AlarmRequest, pb.AlarmReply],
+    ) -> pb.AlarmReply:
+        """A window with evidence sent beside the stream (telemetry.proto): judged now.
+
+        Its stream may hold a spool in front of it, or be paused, or be waiting
+        for a pushback to end: the alarm is read by itself, never behind them.
+        Only a host that said hello to this process, for the same boot, is
+        heard; the window is judged ahead (``Intake.judge_ahead``), its stream's
+        copy is committed and acked in order, and the command goes out on the
+        stream (queued for the host while it has none).
+        """
+        try:
+            hello = validate_hello(pb.AgentMessage(hello=request.hello))
+            self._check_identity(hello.host_id, context)
+            if request.window.seq <= 0:
+                raise WireError("window seq must be > 0")
+        except WireError as exc:
+            self.bad_streams += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (HostIdTaken, PermissionError) as exc:
+            self.bad_streams += 1
+            log.warning("alarm from %s refused: %s", context.peer(), exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        host_id, boot_id, w = hello.host_id, hello.boot_id, request.window
+        refusal = self.limits.admit(host_id, request.ByteSize())
+        if refusal is not None:
+            await self._refuse(context, host_id, self._rate_end(host_id, refusal))
+        known = self._known.get(host_id)
+        if known is None or known[0][3] != boot_id or w.seq <= known[1]:
+            return pb.AlarmReply(judged=False)  # not this boot's, or acked (judged) already
+        if not carries_evidence(w):
+            return pb.AlarmReply(judged=False)
+        window = self._accepted(host_id, w, None)
+        judged = self.intake.judge_ahead(host_id, [(boot_id, window)], stored_later=True)
+        self.alarms += judged
+        return pb.AlarmReply(judged=judged > 0)
 
     async def _hello(self, hello: pb.Hello) -> int:
         """Register the host of a hello; the highest seq committed for its boot.
@@ -646,12 +697,15 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             pass  # ended already: the agent resends what was not acked
         await session.out.put(end)
 
-    def _accepted(self, host_id: str, w: pb.Window, session: _StreamSession) -> AcceptedWindow:
-        """``w`` as taken: its wire bytes, re-dated if the agent's clock is off."""
+    def _accepted(
+        self, host_id: str, w: pb.Window, session: _StreamSession | None
+    ) -> AcceptedWindow:
+        """``w`` as taken: its wire bytes, re-dated if the agent's clock is off
+        (said once a stream; an alarm's is said by its stream's copy)."""
         raw = w.SerializeToString()
         sent_end_s = ts_s(w.end)
         skew_s = clamp_window(w, self._clock(), self.clock_skew_s)
-        if skew_s:
+        if skew_s and session is not None:
             self.clock_skew_windows += 1
             session.skewed += 1
             if session.skewed == 1:
@@ -666,12 +720,15 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                 )
         return AcceptedWindow(w, raw, skew_s)
 
-    def _resume(self, session: _StreamSession) -> None:
-        """The admission has room: tell a paused agent to come back (``Pause(0)``)."""
+    def _resume(self, session: _StreamSession) -> int:
+        """The admission has room: tell a paused agent to come back (``Pause(0)``);
+        how many windows it will bring."""
         if session.paused and not session.resumed:
             with contextlib.suppress(asyncio.QueueFull):  # full: the stream is ending
                 session.out.put_nowait(pb.CollectorMessage(pause=pb.Pause(quiet_ms=0)))
                 session.resumed = True
+                return session.bringing()
+        return 0
 
     async def _drain(self, session: _StreamSession) -> None:
         """Wait until every window taken on the stream is acked (raises what failed)."""
@@ -696,6 +753,8 @@ class TelemetryService(pb_grpc.TelemetryServicer):
             return acked  # not taken: resent after the agent's next Hello
         if session.spool_grace and ts_s(w.end) > self._clock() - CAUGHT_UP_S:
             session.spool_grace = False  # caught up: its spool is in
+            if self.admission is not None:
+                self.admission.returned(session)
             session.started_s = time.monotonic()  # and the grace of a stream from here
         if self.admission is not None and not session.spool_grace:
             age_s = time.monotonic() - session.started_s if session.grace else math.inf
@@ -705,6 +764,7 @@ class TelemetryService(pb_grpc.TelemetryServicer):
                     raise _PushedBack(wait_ms)
                 session.paused, session.resumed = True, False
                 session.held += 1
+                session.paused_s = time.monotonic()
                 self.admission.hold(session, lambda: self._resume(session))
                 pause = pb.Pause(quiet_ms=wait_ms * PAUSE_FACTOR)
                 await session.out.put(pb.CollectorMessage(pause=pause))

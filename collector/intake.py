@@ -16,7 +16,9 @@ a window whose agent clock is off, and then hands each window and each
   done: an intake that judges in this process judges them now, so that an
   attack's commands never wait for a disk that is slow to sync. With
   ``stored_later`` the window is a copy sent ahead of its stream's order
-  (``Window.ahead``): judged now, committed only when it comes again in order.
+  (``Window.ahead``, or the ``Alarm`` call): judged now, committed only when it
+  comes again in order. Returns how many windows it judges now (0: a gateway,
+  whose workers judge what the bus delivers, or windows judged ahead already).
 - ``await judge(host_id, boot_id, window, new)`` runs after the ack, in seq order
   per host (for a window judged ahead: only its judged mark is left to see to).
 - ``await action_result(host_id, result)`` takes an agent's report on a command.
@@ -93,7 +95,7 @@ class Intake(Protocol):
         host_id: str,
         windows: Sequence[tuple[str, AcceptedWindow]],
         stored_later: bool = False,
-    ) -> None: ...
+    ) -> int: ...
     async def judge(
         self, host_id: str, boot_id: str, window: AcceptedWindow, new: bool
     ) -> None: ...

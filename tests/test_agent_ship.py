@@ -317,3 +317,64 @@ def test_evidence_spooled_during_a_pause_goes_out_at_once(tmp_path: Path) -> Non
     assert shipper.connections == 1
     kinds = [(kind, seq) for _, kind, seq in servicer.arrivals if kind in ("hello", "window")]
     assert kinds[-4:] == [("hello", 0), ("window", 2), ("window", 3), ("window", 4)], kinds
+
+
+class _Alarmed(_Collector):
+    """Reads the stream and acks nothing (a collector behind the agent's spool); takes
+    Alarm calls, noting when each came."""
+
+    def __init__(self) -> None:
+        super().__init__(ack=False, ack_hello=True)
+        self.alarms: list[tuple[float, pb.AlarmRequest]] = []
+
+    def Alarm(self, request: pb.AlarmRequest, context: grpc.ServicerContext) -> pb.AlarmReply:
+        with self.lock:
+            self.alarms.append((time.monotonic(), request))
+        return pb.AlarmReply(judged=True)
+
+
+def test_a_window_with_evidence_is_also_sent_alone_in_an_alarm(tmp_path: Path) -> None:
+    """Behind 30 unacked quiet windows, a window with evidence goes out at once in an
+    Alarm call naming its host, boot and seq (the stream still carries it in order)."""
+    servicer = _Alarmed()
+    server, port = _serve(servicer)
+    spool, shipper = _shipper(tmp_path, port)
+    shipper.start()
+    try:
+        _wait(lambda: shipper.connected.is_set())
+        for _ in range(30):
+            shipper.submit_window(pb.Window())
+        spooled_at = time.monotonic()
+        seq = shipper.submit_window(_evidence_window())
+        _wait(lambda: shipper.alarms_judged == 1, timeout_s=5)
+        _wait(lambda: seq in [m.window.seq for m in servicer.received if m.HasField("window")])
+    finally:
+        shipper.stop()
+        server.stop(0)
+    assert spool.depth == 31  # nothing acked: the alarm is no ack
+    ((at, request),) = servicer.alarms
+    assert at - spooled_at < 1.0, at - spooled_at
+    assert (request.hello.host_id, request.hello.boot_id) == ("h", "boot-1")
+    assert request.window.seq == seq == 31 and request.window.files_type_destroyed == 12
+
+
+def test_a_collector_without_alarms_is_sent_one_and_then_only_the_stream(
+    tmp_path: Path,
+) -> None:
+    """An older collector answers the first Alarm UNIMPLEMENTED: the shipper sends it no
+    more (a second attack window goes on the stream only), and nothing is lost."""
+    servicer = _Collector(ack_hello=True)
+    server, port = _serve(servicer)
+    spool, shipper = _shipper(tmp_path, port)
+    shipper.start()
+    try:
+        _wait(lambda: shipper.connected.is_set())
+        shipper.submit_window(_evidence_window())
+        _wait(lambda: shipper._alarm_to is None, timeout_s=5)
+        shipper.submit_window(_evidence_window())
+        _wait(lambda: spool.depth == 0)
+    finally:
+        shipper.stop()
+        server.stop(0)
+    assert shipper.alarms_sent == 1 and shipper.alarms_judged == 0
+    assert [m.window.seq for m in servicer.received if m.HasField("window")] == [1, 2]

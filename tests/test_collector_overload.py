@@ -382,6 +382,30 @@ def test_admission_grace_is_for_agents_back_early_and_hosts_under_attack_stay() 
     assert adm.pushback_ms("x", encrypting(1).window, 5.0) is None  # evidence
 
 
+def test_paused_streams_are_called_back_only_for_the_windows_there_is_room_for() -> None:
+    """Streams called back bring their spools: what they bring is promised until they
+    caught up, and no more are called back while in flight + promised passes half of
+    ``max_in_flight``. Without the promise every tick called back more streams while
+    the first spools were still on their way."""
+    in_flight = [0]
+    adm = Admission(AdmissionConfig(max_in_flight=2000), lambda: in_flight[0])
+    called: list[int] = []
+    for key in range(10):
+        adm.hold(key, lambda key=key: called.append(key) or 300)  # type: ignore[func-returns-value]
+    assert [adm.resume_some() for _ in range(4)] == [1, 2, 1, 0]  # 300, 900, 1200: full
+    assert called == [0, 1, 2, 3] and adm.promised == 1200
+    in_flight[0] = 500  # their windows are read: in flight and still promised
+    assert adm.resume_some() == 0
+    for key in (0, 1, 2):
+        adm.returned(key)  # caught up
+    in_flight[0] = 0
+    assert adm.promised == 300 and adm.resume_some() == 1  # 600
+    assert called == [0, 1, 2, 3, 4]
+    adm.returned(3)
+    adm.returned(3)  # a stream that caught up and then ended: counted once
+    assert adm.promised == 300
+
+
 class SlowScorer(ThresholdScorer):
     """The threshold scorer, 50 ms a call, noting the first value of each call's rows."""
 

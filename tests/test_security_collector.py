@@ -31,6 +31,8 @@ from tocsin.v1 import CHANNEL_OPTIONS
 from tocsin.v1 import telemetry_pb2 as pb
 from tocsin.v1 import telemetry_pb2_grpc as pb_grpc
 
+TESTS = Path(__file__).resolve().parent
+
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -257,6 +259,24 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
+# An Alarm (a window with evidence, judged at once) naming host fs1; prints how it ended.
+_ALARMER = """
+import sys, grpc
+sys.path.insert(0, sys.argv[2])
+from fakeagent import encrypting
+from tocsin.v1 import telemetry_pb2 as pb, telemetry_pb2_grpc as pb_grpc
+
+with grpc.insecure_channel(sys.argv[1]) as ch:
+    request = pb.AlarmRequest(
+        hello=pb.Hello(host_id="fs1", boot_id="boot-1"), window=encrypting(7).window
+    )
+    try:
+        print("judged", pb_grpc.TelemetryStub(ch).Alarm(request, timeout=10).judged, flush=True)
+    except grpc.RpcError as exc:
+        print("ended", exc.code().name, exc.details(), flush=True)
+"""
+
+
 def _holder(where: Any, target: str, out: Path) -> subprocess.Popen[bytes]:
     return where.popen(
         [sys.executable, "-c", _HOLDER, target], stdout=out.open("wb"), stderr=subprocess.STDOUT
@@ -285,6 +305,16 @@ def test_insecure_stream_cannot_take_a_live_host_id(tmp_path: Path) -> None:
             wait_for("the impostor's refusal", lambda: "ended" in impostor_out.read_text())
             assert "ended ABORTED" in impostor_out.read_text()
             assert "held by a live stream" in impostor_out.read_text()
+            # Nor can another address raise an alarm in its name (to get it suspended).
+            alarm = subprocess.run(
+                remote_ns.cmd(
+                    [sys.executable, "-c", _ALARMER, f"{server_ns.address}:7443", str(TESTS)]
+                ),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert alarm.stdout.startswith("ended PERMISSION_DENIED"), alarm
             assert "ended" not in real_out.read_text()  # the real stream is still the host's
             holders.append(_holder(server_ns, "127.0.0.1:7443", again_out))
             wait_for("the same address's ack", lambda: "acked" in again_out.read_text())

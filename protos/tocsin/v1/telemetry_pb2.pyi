@@ -19,6 +19,20 @@ ATTRIBUTION_UNSPECIFIED: Attribution
 ATTRIBUTION_FANOTIFY: Attribution
 ATTRIBUTION_PSUTIL_IO: Attribution
 
+class AlarmRequest(_message.Message):
+    __slots__ = ("hello", "window")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    window: Window
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., window: _Optional[_Union[Window, _Mapping]] = ...) -> None: ...
+
+class AlarmReply(_message.Message):
+    __slots__ = ("judged",)
+    JUDGED_FIELD_NUMBER: _ClassVar[int]
+    judged: bool
+    def __init__(self, judged: _Optional[bool] = ...) -> None: ...
+
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "window", "action_result", "heartbeat", "goodbye")
     HELLO_FIELD_NUMBER: _ClassVar[int]

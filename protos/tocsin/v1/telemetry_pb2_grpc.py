@@ -39,6 +39,11 @@ class TelemetryStub:
                 request_serializer=tocsin_dot_v1_dot_telemetry__pb2.AgentMessage.SerializeToString,
                 response_deserializer=tocsin_dot_v1_dot_telemetry__pb2.CollectorMessage.FromString,
                 _registered_method=True)
+        self.Alarm = channel.unary_unary(
+                '/tocsin.v1.Telemetry/Alarm',
+                request_serializer=tocsin_dot_v1_dot_telemetry__pb2.AlarmRequest.SerializeToString,
+                response_deserializer=tocsin_dot_v1_dot_telemetry__pb2.AlarmReply.FromString,
+                _registered_method=True)
 
 
 class TelemetryServicer:
@@ -54,6 +59,18 @@ class TelemetryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Alarm(self, request, context):
+        """A window with evidence, sent by itself the moment it is made, beside the
+        stream: judged at once, never stored or acknowledged (the window itself
+        goes out on the stream in order, behind whatever the spool holds). The
+        answer (a suspend, an isolation) comes as a Command on the stream. A
+        collector without this call answers UNIMPLEMENTED; the agent then stops
+        using it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TelemetryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +78,11 @@ def add_TelemetryServicer_to_server(servicer, server):
                     servicer.Stream,
                     request_deserializer=tocsin_dot_v1_dot_telemetry__pb2.AgentMessage.FromString,
                     response_serializer=tocsin_dot_v1_dot_telemetry__pb2.CollectorMessage.SerializeToString,
+            ),
+            'Alarm': grpc.unary_unary_rpc_method_handler(
+                    servicer.Alarm,
+                    request_deserializer=tocsin_dot_v1_dot_telemetry__pb2.AlarmRequest.FromString,
+                    response_serializer=tocsin_dot_v1_dot_telemetry__pb2.AlarmReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +112,33 @@ class Telemetry:
             '/tocsin.v1.Telemetry/Stream',
             tocsin_dot_v1_dot_telemetry__pb2.AgentMessage.SerializeToString,
             tocsin_dot_v1_dot_telemetry__pb2.CollectorMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Alarm(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tocsin.v1.Telemetry/Alarm',
+            tocsin_dot_v1_dot_telemetry__pb2.AlarmRequest.SerializeToString,
+            tocsin_dot_v1_dot_telemetry__pb2.AlarmReply.FromString,
             options,
             channel_credentials,
             insecure,
