@@ -832,6 +832,12 @@ def run_once(args: argparse.Namespace, dep: Embedded | ScaleOut) -> dict[str, An
             "max": answered[-1] if answered else None,
         },
         "attacks": len(attacks),
+        # (s after the start of the load, ms to its command), in the attacks' order.
+        "attacks_in_order": sorted(
+            (attacks[str(int(a["host"].rsplit("-", 1)[1]))], a["ms"])
+            for o in outs
+            for a in o["attacks"]
+        ),
         "attacks_answered": len(answered),
         "attacks_within_1s": sum(1 for ms in answered if ms <= 1000),
         "stray_commands": sum(o["stray_commands"] for o in outs),
@@ -1011,6 +1017,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':38}" + "".join(f"{label:>28}" for label, _ in columns))
     for name, _ in rows(columns[0][1]):
         print(f"{name:38}" + "".join(f"{t.get(name, '-'):>28}" for t in table))
+    for label, f in columns:
+        if f.get("attacks_in_order"):
+            each = ", ".join(f"{at:g} s: {ms:.0f}" for at, ms in f["attacks_in_order"])
+            print(f"{label}: attack -> command ms, by when it began: {each}")
     if args.scale_out and columns[0][1]["stored_per_s"]:
         ratio = columns[1][1]["stored_per_s"] / columns[0][1]["stored_per_s"]
         print(

@@ -7,6 +7,12 @@ Contract of ``Admission(config, backlog, hot)``:
 - ``run()`` (forever, started with the collector) measures how late the event
   loop runs a timer of ``tick_s``: ``lag_s``, smoothed over about ten ticks
   (a moment when the machine lends the collector no CPU is not overload).
+  A tick counts as late only while the process used at least
+  ``config.busy_share`` of a core over it (``cpu_clock``: the CPU time of
+  all its threads): a loop late because the machine gave the collector no
+  CPU (another tenant of a shared host, a virtual machine's stolen time) or
+  because a thread waited for the disk is not a collector with too much to
+  do, and reading it so kept agents paused while the collector sat idle.
 - ``behind`` is true while more than ``config.max_in_flight`` windows are in
   flight or the loop lags more than ``config.max_lag_s``.
 - ``grace(host_id)`` is asked when a host's stream begins: whether its windows
@@ -80,6 +86,7 @@ class AdmissionConfig:
     grace_s: float = 1.0
     tick_s: float = 0.05
     log_every_s: float = 10.0
+    busy_share: float = 0.8
 
 
 class Admission:
@@ -90,9 +97,10 @@ class Admission:
         hot: Callable[[str], bool] = lambda host_id: False,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        cpu_clock: Callable[[], float] = time.process_time,
     ) -> None:
         self.config, self._backlog, self._hot = config, backlog, hot
-        self._clock, self._rand = clock, rand
+        self._clock, self._rand, self._cpu_clock = clock, rand, cpu_clock
         self.lag_s = 0.0
         self.refused = 0
         self._logged = (clock(), 0)  # when the last warning was, and the count then
@@ -179,8 +187,14 @@ class Admission:
 
     async def run(self) -> None:
         while True:
-            t0 = self._clock()
+            t0, cpu0 = self._clock(), self._cpu_clock()
             await asyncio.sleep(self.config.tick_s)
-            late = max(0.0, self._clock() - t0 - self.config.tick_s)
-            self.lag_s += (late - self.lag_s) * 0.1
-            self.resume_some()
+            self.tick(self._clock() - t0, self._cpu_clock() - cpu0)
+
+    def tick(self, wall_s: float, cpu_s: float) -> None:
+        """One tick of ``run``: it took ``wall_s`` and the process used ``cpu_s``."""
+        late = max(0.0, wall_s - self.config.tick_s)
+        if cpu_s < self.config.busy_share * wall_s:
+            late = 0.0  # late, but not busy: the machine's doing, not a backlog
+        self.lag_s += (late - self.lag_s) * 0.1
+        self.resume_some()

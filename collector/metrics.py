@@ -7,7 +7,8 @@ bound address, port 0 picks one; ``close()``). Values are read at scrape time
 from the live parts (ingest, judge stage and its ``WindowMeter``, router,
 responder, outbox, fleet guard, hooks); it changes none of them. Families
 (all prefixed ``tocsin_collector_``):
-windows_total, windows_duplicate_total, windows_in_flight, loop_lag_seconds,
+windows_total, windows_duplicate_total, alarms_total (windows with evidence judged from an
+``Alarm`` call, ahead of their stream), windows_in_flight, loop_lag_seconds,
 pushed_back_total (``Admission``: how far behind, what was pushed back), events_total{kind},
 agent_events_dropped_total, agent_spool_dropped{host_id}, score (histogram),
 scoring_dropped_total, alerts_total{severity}, actions_total{kind,status},
@@ -58,6 +59,9 @@ class _CollectorFamilies:
         meter, stage = self.c.stage.meter, self.c.stage
         yield _counter(p + "windows", "Windows stored", tel.windows_stored)
         yield _counter(p + "windows_duplicate", "Resent windows already stored", tel.duplicates)
+        yield _counter(
+            p + "alarms", "Windows with evidence judged from an Alarm call", tel.alarms
+        )
         yield _counter(p + "bad_streams", "Agent streams ended on an error", tel.bad_streams)
         watch = self.c.admission
         yield GaugeMetricFamily(

@@ -113,6 +113,7 @@ def test_an_alarm_is_judged_at_once_while_its_stream_has_not_sent_the_window(
                         acked = msg.ack.seq
                 await out.put(None)
                 call.cancel()
+                answers.append(c.telemetry.alarms == 1)  # tocsin_collector_alarms_total
         finally:
             await c.stop(0.5)
         return answered_s, answers, acked
@@ -120,7 +121,7 @@ def test_an_alarm_is_judged_at_once_while_its_stream_has_not_sent_the_window(
     db = tmp_path / "tocsin.db"
     answered_s, answers, acked = asyncio.run(main(db))
     assert answered_s < 1.0, answered_s
-    assert answers == [True, False, False, False, False], answers
+    assert answers == [True, False, False, False, False, True], answers
     assert acked == 50
     assert rows(db, f"SELECT count(*) FROM windows WHERE host_id = '{HOST}'") == 50
     assert rows(db, "SELECT count(*) FROM alerts WHERE severity = 'critical'") == 1

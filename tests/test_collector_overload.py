@@ -406,6 +406,21 @@ def test_paused_streams_are_called_back_only_for_the_windows_there_is_room_for()
     assert adm.promised == 300
 
 
+def test_a_late_loop_is_overload_only_while_the_collector_is_busy() -> None:
+    """A tick 200 ms late while the process used a core: behind. The same lateness
+    while it used a tenth of a core (the machine lent it no CPU, a thread waited for
+    the disk): not behind, and paused agents are still called back."""
+    idle = Admission(AdmissionConfig(max_lag_s=0.1), lambda: 0)
+    busy = Admission(AdmissionConfig(max_lag_s=0.1), lambda: 0)
+    called: list[str] = []
+    idle.hold("a", lambda: called.append("a") or 1)  # type: ignore[func-returns-value]
+    for _ in range(30):
+        idle.tick(0.25, 0.025)
+        busy.tick(0.25, 0.25)
+    assert idle.lag_s == 0.0 and not idle.behind and called == ["a"]
+    assert busy.lag_s > 0.1 and busy.behind
+
+
 class SlowScorer(ThresholdScorer):
     """The threshold scorer, 50 ms a call, noting the first value of each call's rows."""
 
