@@ -59,9 +59,7 @@ class _CollectorFamilies:
         meter, stage = self.c.stage.meter, self.c.stage
         yield _counter(p + "windows", "Windows stored", tel.windows_stored)
         yield _counter(p + "windows_duplicate", "Resent windows already stored", tel.duplicates)
-        yield _counter(
-            p + "alarms", "Windows with evidence judged from an Alarm call", tel.alarms
-        )
+        yield _counter(p + "alarms", "Windows with evidence judged from an Alarm call", tel.alarms)
         yield _counter(p + "bad_streams", "Agent streams ended on an error", tel.bad_streams)
         watch = self.c.admission
         yield GaugeMetricFamily(
