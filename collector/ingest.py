@@ -494,7 +494,10 @@ class TelemetryService(pb_grpc.TelemetryServicer):
         host_id, boot_id, w = hello.host_id, hello.boot_id, request.window
         refusal = self.limits.admit(host_id, request.ByteSize())
         if refusal is not None:
-            await self._refuse(context, host_id, self._rate_end(host_id, refusal))
+            # Counted, not logged: a unary call costs its sender nothing, and a line
+            # per refusal would let a flood of them fill the collector's log.
+            self.rate_refusals += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refusal))
         known = self._known.get(host_id)
         if known is None or known[0][3] != boot_id or w.seq <= known[1]:
             return pb.AlarmReply(judged=False)  # not this boot's, or acked (judged) already

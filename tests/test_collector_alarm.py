@@ -10,16 +10,19 @@ alarm is exactly what the test says.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
 
 import grpc
+import pytest
 
 from fakeagent import T0, encrypting
 from tocsin.collector.admission import AdmissionConfig
 from tocsin.collector.app import assemble
 from tocsin.collector.protocols import ThresholdScorer
+from tocsin.collector.ratelimit import RateLimits
 from tocsin.collector.store import SqliteStore
 from tocsin.collector.webhook import MemoryWebhookSink
 from tocsin.v1 import CHANNEL_OPTIONS
@@ -125,3 +128,56 @@ def test_an_alarm_is_judged_at_once_while_its_stream_has_not_sent_the_window(
     assert acked == 50
     assert rows(db, f"SELECT count(*) FROM windows WHERE host_id = '{HOST}'") == 50
     assert rows(db, "SELECT count(*) FROM alerts WHERE severity = 'critical'") == 1
+
+
+def test_a_flood_of_alarms_past_the_rate_limit_is_refused_without_a_log_line_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rogue agent calling Alarm 300 times past its host's rate limit (burst 20) is
+    refused RESOURCE_EXHAUSTED and counted, and the collector's log does not grow a
+    line per call (a unary call costs the sender nothing); its stream still works."""
+
+    async def main(db: Path) -> tuple[dict[str, int], int, int]:
+        store = SqliteStore.open(db)
+        c = assemble(
+            store,
+            ThresholdScorer(),
+            MemoryWebhookSink(),
+            mode="enforce",
+            rate_limits=RateLimits(messages_per_s=1.0, messages_burst=20.0),
+        )
+        port = await c.start("127.0.0.1:0")
+        out: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
+        await out.put(pb.AgentMessage(hello=hello()))
+
+        async def requests():  # type: ignore[no-untyped-def]
+            while (m := await out.get()) is not None:
+                yield m
+
+        codes: dict[str, int] = {}
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = pb_grpc.TelemetryStub(ch)
+                call = stub.Stream(requests())
+                await call.read()
+                for seq in range(1, 301):
+                    try:
+                        reply = await stub.Alarm(
+                            pb.AlarmRequest(hello=hello(), window=encrypting(seq).window)
+                        )
+                        key = f"judged={reply.judged}"
+                    except grpc.aio.AioRpcError as exc:
+                        key = exc.code().name
+                    codes[key] = codes.get(key, 0) + 1
+                await out.put(None)
+                call.cancel()
+                refusals = c.telemetry.rate_refusals
+        finally:
+            await c.stop(0.5)
+        return codes, refusals, len(caplog.records)
+
+    with caplog.at_level(logging.INFO, logger="tocsin"):
+        codes, refusals, lines = asyncio.run(main(tmp_path / "tocsin.db"))
+    assert codes.get("RESOURCE_EXHAUSTED", 0) >= 270, codes
+    assert refusals == codes["RESOURCE_EXHAUSTED"]
+    assert lines < 50, [r.getMessage() for r in caplog.records][-20:]
