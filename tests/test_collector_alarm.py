@@ -181,3 +181,41 @@ def test_a_flood_of_alarms_past_the_rate_limit_is_refused_without_a_log_line_eac
     assert codes.get("RESOURCE_EXHAUSTED", 0) >= 270, codes
     assert refusals == codes["RESOURCE_EXHAUSTED"]
     assert lines < 50, [r.getMessage() for r in caplog.records][-20:]
+
+
+@pytest.mark.parametrize("end_s", [221_845_392_000, -62_135_596_900, 2**62], ids=str)
+def test_an_alarm_with_a_forged_date_is_judged_as_received(tmp_path: Path, end_s: int) -> None:
+    """An alarm dated year 9000, before year 1 or past any calendar is re-dated to its
+    arrival like a stream's window (``max_clock_skew_s``): judged, the suspend sent,
+    nothing raised in the collector."""
+
+    async def main(db: Path) -> tuple[bool, str]:
+        store = SqliteStore.open(db)
+        c = assemble(store, ThresholdScorer(), MemoryWebhookSink(), mode="enforce")
+        port = await c.start("127.0.0.1:0")
+        out: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
+        await out.put(pb.AgentMessage(hello=hello()))
+
+        async def requests():  # type: ignore[no-untyped-def]
+            while (m := await out.get()) is not None:
+                yield m
+
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = pb_grpc.TelemetryStub(ch)
+                call = stub.Stream(requests())
+                await call.read()
+                w = encrypting(3).window
+                w.start.seconds, w.end.seconds = end_s - 1, end_s
+                reply = await stub.Alarm(pb.AlarmRequest(hello=hello(), window=w))
+                kind = ""
+                while kind != "command":
+                    msg = await asyncio.wait_for(call.read(), 10)
+                    kind = msg.WhichOneof("body")
+                await out.put(None)
+                call.cancel()
+        finally:
+            await c.stop(0.5)
+        return reply.judged, msg.command.kind
+
+    assert asyncio.run(main(tmp_path / "tocsin.db")) == (True, "suspend")
